@@ -1,0 +1,282 @@
+"""One call: the nursery that owns it, and its three tasks. Only this module knows the layout.
+
+    receive task: ws messages -> InboundDecoder -> packets --[inbound channel]--> processor task
+    processor task: processor(call): reads packets, calls call.player.play() / stop()
+    send task: player releases frames on the playout clock -> codec -> ws (one write per batch)
+
+Channel policies (see the README, "Architecture"):
+- inbound channel, bounded at `inbound_queue_ms` of audio frames. Audio that does not fit is
+  dropped and counted (the processor fell behind; the socket reader must not stall). Every
+  other packet (metadata, DTMF, transcription) waits for room: never dropped.
+- outbound: the player's queue, bounded in seconds; `play()` blocks when full.
+- player -> ACS: at most the lead window ahead of real time; the send task waits for the clock.
+
+Lifecycle. The call ends when ACS closes or resets the socket, or when the processor returns
+(or fails). On hang-up the inbound channel is closed (the processor's `async for` ends), the
+send task stops, and the processor gets `hangup_grace` seconds to return before it is
+cancelled. When the processor returns we close with 1000; when it raises, with 1011. Either way
+`run_call` returns only after every task has ended; the caller closes the stream.
+
+Malformed packets (`ProtocolError`): counted by reason in `CallStats.protocol_errors`, logged
+(the first of each reason at WARNING, later ones at DEBUG), and skipped. After
+`max_consecutive_errors` malformed packets with no good one between, the call is closed with
+1007. Nothing raised by a packet escapes the call.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Final
+
+import attrs
+import trio
+
+from . import codec
+from .codec import InboundDecoder
+from .errors import (
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_INVALID_PAYLOAD,
+    CLOSE_NORMAL,
+    ProtocolError,
+)
+from .packets import FRAME_MS, AudioData, AudioMetadata, InboundPacket, TranscriptionMetadata
+from .player import Player, Playout
+from .processors import Call, CallStats, Processor
+from .websocket import ConnectionClosed, Handshake, ServerWebSocket
+
+CLOSE_TIMEOUT: Final = 2.0  # seconds the closing handshake may take once the call is over
+
+
+@attrs.frozen
+class CallSettings:
+    """The per-call part of the configuration (see `gateway.config.Config`)."""
+
+    inbound_queue_ms: int = 1000
+    playout_lead_ms: int = 60
+    playout_queue_ms: int = 5000
+    metadata_timeout: float = 10.0
+    hangup_grace: float = 2.0
+    max_consecutive_errors: int = 50
+
+
+@attrs.define
+class CallOutcome:
+    """How a call ended: `ended_by` is hangup, processor, processor_error, protocol, or timeout."""
+
+    ended_by: str
+    close_code: int | None
+    stats: CallStats
+    call: Call | None = None
+    error: BaseException | None = None
+
+
+class _CallEnded(Exception):
+    pass
+
+
+async def run_call(
+    ws: ServerWebSocket,
+    handshake: Handshake,
+    processor: Processor,
+    settings: CallSettings,
+    log: logging.LoggerAdapter[logging.Logger],
+    on_call_started: Callable[[Call], None] | None = None,
+) -> CallOutcome:
+    """Run one accepted media stream to its end. Never raises for anything the peer or the
+    processor did; a bug in the gateway itself propagates to the server's error boundary."""
+    stats = CallStats()
+    decoder = InboundDecoder()
+    errors = _ErrorPolicy(settings.max_consecutive_errors, stats, log)
+
+    # 1. Wait for the stream's first metadata: it says what the call carries.
+    early: list[InboundPacket] = []
+    first: AudioMetadata | TranscriptionMetadata | None = None
+    with trio.move_on_at(trio.current_time() + settings.metadata_timeout):
+        try:
+            while first is None:
+                for message in await ws.receive_messages():
+                    packet = errors.decode(decoder, message)
+                    if packet is None:
+                        continue
+                    if first is None and isinstance(packet, AudioMetadata | TranscriptionMetadata):
+                        first = packet
+                    else:
+                        early.append(packet)
+        except ConnectionClosed as closed:
+            log.info("ACS closed before any metadata (%s)", closed.code)
+            return CallOutcome("hangup", closed.code, stats)
+        except _CallEnded:
+            await ws.close(CLOSE_INVALID_PAYLOAD, "too many malformed packets")
+            return CallOutcome("protocol", CLOSE_INVALID_PAYLOAD, stats)
+    if first is None:
+        log.warning("no metadata within %.1f s; closing", settings.metadata_timeout)
+        await ws.close(CLOSE_INVALID_PAYLOAD, "no AudioMetadata")
+        return CallOutcome("timeout", CLOSE_INVALID_PAYLOAD, stats)
+
+    audio = first if isinstance(first, AudioMetadata) else None
+    player = None
+    if audio is not None:
+        player = Player(
+            Playout(
+                audio.sample_rate,
+                lead_ms=settings.playout_lead_ms,
+                capacity_ms=settings.playout_queue_ms,
+            )
+        )
+    audio_slots = max(1, math.ceil(settings.inbound_queue_ms / FRAME_MS))
+    inbound_send, inbound_receive = trio.open_memory_channel[InboundPacket](audio_slots)
+    call = Call(
+        connection_id=handshake.headers.get("x-ms-call-connection-id"),
+        correlation_id=handshake.headers.get("x-ms-call-correlation-id"),
+        path=handshake.target,
+        headers=handshake.headers,
+        audio=audio,
+        transcription=first if isinstance(first, TranscriptionMetadata) else None,
+        packets=inbound_receive,
+        player=player,
+        log=log,
+        stats=stats,
+    )
+    outcome = CallOutcome("hangup", None, stats, call)
+    if on_call_started is not None:
+        on_call_started(call)
+    log.info(
+        "call started: %s",
+        f"{audio.sample_rate} Hz audio" if audio is not None else "transcription only",
+    )
+
+    async def receive() -> None:
+        """Read ACS until it hangs up; route packets by the inbound channel policy."""
+        try:
+            async with inbound_send:
+                for packet in early:
+                    await inbound_send.send(packet)
+                while True:
+                    for message in await ws.receive_messages():
+                        packet = errors.decode(decoder, message)
+                        if packet is None:
+                            continue
+                        stats.packets_in += 1
+                        if type(packet) is AudioData:
+                            stats.audio_frames_in += 1
+                            try:
+                                inbound_send.send_nowait(packet)
+                            except trio.WouldBlock:
+                                stats.audio_frames_dropped += 1
+                                if stats.audio_frames_dropped == 1:
+                                    log.warning("processor is behind: dropping inbound audio")
+                        else:
+                            await inbound_send.send(packet)
+        except ConnectionClosed as closed:
+            outcome.close_code = closed.code
+            log.info("ACS hung up (%s%s)", closed.code, f": {closed.reason}" if closed.reason else "")
+            # The processor sees the end of `packets` and gets a grace period to finish.
+            sending.cancel()
+            if player is not None:
+                player.close()
+            call_scope.deadline = min(
+                call_scope.deadline, trio.current_time() + settings.hangup_grace
+            )
+        except _CallEnded:
+            outcome.ended_by, outcome.close_code = "protocol", CLOSE_INVALID_PAYLOAD
+            await _close(ws, CLOSE_INVALID_PAYLOAD, "too many malformed packets")
+            call_scope.cancel()
+
+    async def send() -> None:
+        """Release the player's frames to ACS on the playout clock."""
+        assert player is not None
+        encode_audio = codec.encode_audio
+        try:
+            while True:
+                stop, frames = await player.next_release()
+                messages = [codec.STOP_AUDIO_MESSAGE] if stop else []
+                messages += [encode_audio(pcm) for pcm in frames]
+                await ws.send_messages(messages)
+                stats.messages_out += len(messages)
+                stats.stop_audio_sent += stop
+        except ConnectionClosed:
+            pass  # the receive task sees the same and ends the call
+
+    async def process() -> None:
+        nonlocal processor_returned
+        try:
+            await processor(call)
+        except Exception as exc:  # the processor's bug ends its own call, nothing else
+            log.exception("processor failed: %r", exc)
+            outcome.ended_by, outcome.close_code, outcome.error = (
+                "processor_error",
+                CLOSE_INTERNAL_ERROR,
+                exc,
+            )
+            await _close(ws, CLOSE_INTERNAL_ERROR, "processor error")
+        else:
+            if ws.closed is None:
+                outcome.ended_by, outcome.close_code = "processor", CLOSE_NORMAL
+                await _close(ws, CLOSE_NORMAL, "")
+        processor_returned = True
+        call_scope.cancel()
+
+    processor_returned = False
+    try:
+        async with trio.open_nursery() as nursery:
+            call_scope = nursery.cancel_scope
+            nursery.start_soon(receive)
+            sending = trio.CancelScope()
+            if player is not None:
+                nursery.start_soon(_run_in(sending, send))
+            nursery.start_soon(process)
+    finally:
+        inbound_receive.close()
+        if player is not None:
+            player.close()
+    if not processor_returned and outcome.ended_by == "hangup":
+        log.warning("processor did not return within %.1f s of hang-up", settings.hangup_grace)
+    return outcome
+
+
+def _run_in(scope: trio.CancelScope, fn: Callable[[], object]) -> Callable[[], object]:
+    async def run() -> None:
+        with scope:
+            await fn()  # type: ignore[misc]
+
+    return run
+
+
+async def _close(ws: ServerWebSocket, code: int, reason: str) -> None:
+    with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_TIMEOUT):
+        await ws.close(code, reason)
+
+
+class _ErrorPolicy:
+    """Decode with the call's malformed-packet policy (see the module docstring)."""
+
+    __slots__ = ("limit", "stats", "log", "consecutive")
+
+    def __init__(self, limit: int, stats: CallStats, log: logging.LoggerAdapter[logging.Logger]):
+        self.limit = limit
+        self.stats = stats
+        self.log = log
+        self.consecutive = 0
+
+    def decode(self, decoder: InboundDecoder, message: str | bytes) -> InboundPacket | None:
+        try:
+            packet = decoder.decode(message)
+        except ProtocolError as exc:
+            self.stats.protocol_errors[exc.reason] += 1
+            if exc.reason == "unknown_kind":  # a newer ACS feature: ignore it (acs-protocol f.2)
+                if self.stats.protocol_errors[exc.reason] == 1:
+                    self.log.info("ignoring packets of an unknown kind: %s", exc)
+                return None
+            first = self.stats.protocol_errors[exc.reason] == 1
+            self.log.log(
+                logging.WARNING if first else logging.DEBUG, "skipping a malformed packet: %s", exc
+            )
+            self.consecutive += 1
+            if self.consecutive >= self.limit:
+                self.log.warning("%d malformed packets in a row; closing", self.consecutive)
+                raise _CallEnded from exc
+            return None
+        self.consecutive = 0
+        return packet

@@ -1,0 +1,96 @@
+"""Command line: `acs-media-gateway serve` (also `python -m gateway serve`).
+
+Owns: flags, signals, and exit codes. Everything it configures goes through `gateway.config`.
+Signals: the first SIGINT/SIGTERM drains (stop accepting, live calls get `shutdown_grace`
+seconds, then are cancelled) and the process exits 0; a second signal cancels every call at
+once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from . import __version__, config as configuration, logs, processors
+from .errors import ConfigError
+from .server import Server, serve
+
+log = logging.getLogger("gateway")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="acs-media-gateway",
+        description="Media gateway for Azure Communication Services bidirectional audio streaming.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("serve", help="accept ACS media-streaming connections")
+    run.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    run.add_argument("--host", help="address to listen on (default 0.0.0.0)")
+    run.add_argument("--port", type=int, help="port to listen on (default 8080; 0: any free port)")
+    run.add_argument("--processor", help="processor for every call (default echo)")
+    run.add_argument("--log-level", choices=configuration.LOG_LEVELS)
+    run.add_argument("--log-format", choices=configuration.LOG_FORMATS)
+    run.add_argument("--max-calls", type=int, help="live calls at most (default 1000)")
+    run.add_argument("--shutdown-grace", type=float, help="seconds calls may go on after SIGTERM")
+    return parser
+
+
+async def _watch_signals(server: Server) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            if not server.draining:
+                log.info("%s: draining", signal.Signals(signum).name)
+                server.drain()
+            else:
+                log.warning("%s again: cancelling every call now", signal.Signals(signum).name)
+                server.stop_now()
+
+
+async def _run(config: configuration.Config, processor: processors.Processor) -> None:
+    async with trio.open_nursery() as nursery:
+        server: Server = await nursery.start(serve, config, processor)
+        nursery.start_soon(_watch_signals, server)
+        await server.stopped.wait()
+        nursery.cancel_scope.cancel()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    overrides = {
+        "host": args.host,
+        "port": args.port,
+        "processor": args.processor,
+        "log_level": args.log_level,
+        "log_format": args.log_format,
+        "max_calls": args.max_calls,
+        "shutdown_grace": args.shutdown_grace,
+    }
+    try:
+        config = configuration.load(args.config, overrides=overrides)
+        logs.configure(config.log_level, config.log_format)
+        processor = processors.load(config.processor, config.processor_options)
+    except ConfigError as exc:
+        print(f"acs-media-gateway: {exc}", file=sys.stderr)
+        return 2
+    log.info("acs-media-gateway %s, processor %r", __version__, config.processor)
+    try:
+        trio.run(_run, config, processor)
+    except KeyboardInterrupt:  # a signal before the handlers were installed
+        return 0
+    except BaseExceptionGroup as group:
+        failure, rest = group.split(OSError)
+        if failure is None or rest is not None:
+            raise
+        log.error("cannot serve: %s", failure.exceptions[0])  # e.g. the port is taken
+        return 1
+    except OSError as exc:
+        log.error("cannot serve: %s", exc)
+        return 1
+    return 0

@@ -1,0 +1,238 @@
+"""Configuration: one frozen `Config`, from defaults < TOML file < environment < command line.
+
+Owns: every setting, its default, its environment variable (`ACS_GATEWAY_<NAME>`), and the
+readable error that names a bad one. Never: reads a setting anywhere else; keys and secrets
+for upstream services come from their own environment variables, never from this file.
+
+The README's configuration reference lists exactly `SETTINGS` (a test keeps them in step).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from typing import Any, Final
+
+import attrs
+import cattrs
+
+from .call import CallSettings
+from .errors import ConfigError
+
+ENV_PREFIX: Final = "ACS_GATEWAY_"
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+LOG_FORMATS: Final = ("text", "json")
+
+
+def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be greater than 0, got {value}")
+
+
+def _one_of(*choices: str) -> Any:
+    def check(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+        if value not in choices:
+            raise ValueError(f"{attribute.name} must be one of {', '.join(choices)}; got {value!r}")
+
+    return check
+
+
+def _port(instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
+    if not 0 <= value <= 65535:
+        raise ValueError(f"{attribute.name} must be a TCP port (0-65535), got {value}")
+
+
+def _at_least_one_frame(instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
+    if value < 20:
+        raise ValueError(f"{attribute.name} must be at least 20 (one frame), got {value}")
+
+
+def _doc(text: str) -> dict[str, str]:
+    return {"doc": text}
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    host: str = attrs.field(default="0.0.0.0", metadata=_doc("Address to listen on."))
+    port: int = attrs.field(
+        default=8080, validator=_port, metadata=_doc("TCP port to listen on (0: any free port).")
+    )
+    processor: str = attrs.field(
+        default="echo",
+        metadata=_doc("Processor for every call: a built-in name, an entry point, or `module:factory`."),
+    )
+    log_level: str = attrs.field(
+        default="info", validator=_one_of(*LOG_LEVELS), metadata=_doc("debug, info, warning, error.")
+    )
+    log_format: str = attrs.field(
+        default="text", validator=_one_of(*LOG_FORMATS), metadata=_doc("`text` or `json` (one object a line).")
+    )
+    max_calls: int = attrs.field(
+        default=1000,
+        validator=_positive,
+        metadata=_doc("Live calls at most; the next handshake is refused with HTTP 503."),
+    )
+    max_message_bytes: int = attrs.field(
+        default=65536,
+        validator=_positive,
+        metadata=_doc("Largest inbound WebSocket message; a larger one closes the call (1009)."),
+    )
+    handshake_timeout: float = attrs.field(
+        default=10.0,
+        validator=_positive,
+        metadata=_doc("Seconds a connection may take to complete the WebSocket upgrade."),
+    )
+    metadata_timeout: float = attrs.field(
+        default=10.0,
+        validator=_positive,
+        metadata=_doc("Seconds from upgrade to the first AudioMetadata/TranscriptionMetadata."),
+    )
+    inbound_queue_ms: int = attrs.field(
+        default=1000,
+        validator=_at_least_one_frame,
+        metadata=_doc("Audio a processor may fall behind before frames are dropped (counted)."),
+    )
+    playout_lead_ms: int = attrs.field(
+        default=60,
+        validator=_at_least_one_frame,
+        metadata=_doc("How far ahead of real time audio is sent to ACS (bounds audio after barge-in)."),
+    )
+    playout_queue_ms: int = attrs.field(
+        default=5000,
+        validator=_at_least_one_frame,
+        metadata=_doc("Outbound audio a call may queue; `play()` blocks beyond it."),
+    )
+    hangup_grace: float = attrs.field(
+        default=2.0,
+        validator=_positive,
+        metadata=_doc("Seconds a processor has to return after ACS hangs up before it is cancelled."),
+    )
+    max_consecutive_errors: int = attrs.field(
+        default=50,
+        validator=_positive,
+        metadata=_doc("Malformed packets in a row that close the call (1007)."),
+    )
+    shutdown_grace: float = attrs.field(
+        default=30.0,
+        validator=_positive,
+        metadata=_doc("On SIGTERM/SIGINT, seconds live calls may go on before they are cancelled."),
+    )
+    tls_certfile: str | None = attrs.field(
+        default=None, metadata=_doc("PEM certificate chain: serve wss:// directly (with tls_keyfile).")
+    )
+    tls_keyfile: str | None = attrs.field(default=None, metadata=_doc("PEM private key for tls_certfile."))
+    processors: dict[str, dict[str, Any]] = attrs.field(
+        factory=dict,
+        metadata=_doc("File only: `[processors.NAME]` tables of options for each processor."),
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("tls_certfile and tls_keyfile go together")
+
+    @property
+    def call_settings(self) -> CallSettings:
+        return CallSettings(
+            inbound_queue_ms=self.inbound_queue_ms,
+            playout_lead_ms=self.playout_lead_ms,
+            playout_queue_ms=self.playout_queue_ms,
+            metadata_timeout=self.metadata_timeout,
+            hangup_grace=self.hangup_grace,
+            max_consecutive_errors=self.max_consecutive_errors,
+        )
+
+    @property
+    def processor_options(self) -> dict[str, Any]:
+        return self.processors.get(self.processor, {})
+
+
+SETTINGS: Final = tuple(a.name for a in attrs.fields(Config))
+FILE_ONLY: Final = ("processors",)
+
+
+def env_name(setting: str) -> str:
+    return ENV_PREFIX + setting.upper()
+
+
+def _converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=True)
+
+    def to_bool(value: Any, _: type) -> bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"not a boolean: {value!r}")
+
+    def to_int(value: Any, _: type) -> int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError(f"not a whole number: {value!r}")
+        return int(value)
+
+    def to_float(value: Any, _: type) -> float:
+        if isinstance(value, bool):
+            raise ValueError(f"not a number: {value!r}")
+        return float(value)
+
+    def to_str(value: Any, _: type) -> str:
+        if not isinstance(value, str):
+            raise ValueError(f"not a string: {value!r}")
+        return value
+
+    conv.register_structure_hook(bool, to_bool)
+    conv.register_structure_hook(int, to_int)
+    conv.register_structure_hook(float, to_float)
+    conv.register_structure_hook(str, to_str)
+    return conv
+
+
+_CONVERTER: Final = _converter()
+
+
+def load(
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the configuration; raises ConfigError naming the setting that is wrong."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                values.update(tomllib.load(f))
+        except OSError as exc:
+            raise ConfigError(f"config file {os.fspath(path)!r}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {os.fspath(path)!r}: not valid TOML ({exc})") from None
+        unknown = sorted(set(values) - set(SETTINGS))
+        if unknown:
+            raise ConfigError(
+                f"config file {os.fspath(path)!r}: unknown setting(s) {', '.join(unknown)}"
+            )
+    env = os.environ if environ is None else environ
+    for name in SETTINGS:
+        if name not in FILE_ONLY and env_name(name) in env:
+            values[name] = env[env_name(name)]
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = value
+    return _structure(values)
+
+
+def _describe(exc: BaseException, type_: type | None) -> str:
+    if type_ is None and isinstance(exc, ValueError):  # a validator: its message names the setting
+        return str(exc)
+    return cattrs.v.format_exception(exc, type_)
+
+
+def _structure(values: dict[str, Any]) -> Config:
+    try:
+        return _CONVERTER.structure(values, Config)
+    except cattrs.ClassValidationError as exc:
+        messages = cattrs.transform_error(exc, path="config", format_exception=_describe)
+        raise ConfigError("invalid configuration: " + "; ".join(messages)) from None
+    except (ValueError, TypeError) as exc:  # validators and __attrs_post_init__
+        raise ConfigError(f"invalid configuration: {exc}") from None

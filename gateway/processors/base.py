@@ -1,0 +1,56 @@
+"""`Call`: everything a processor is given about one call, and nothing about WebSockets."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Mapping
+
+import attrs
+import trio
+
+from ..packets import AudioMetadata, InboundPacket, TranscriptionMetadata
+from ..player import Player
+
+
+@attrs.define(slots=True)
+class CallStats:
+    """Per-call counters. Inbound counts are frames (packets), outbound are in `player.playout`."""
+
+    packets_in: int = 0
+    audio_frames_in: int = 0
+    audio_frames_dropped: int = 0  # processor fell behind: inbound audio queue full
+    protocol_errors: Counter[str] = attrs.field(factory=Counter)  # by ProtocolError.reason
+    messages_out: int = 0
+    stop_audio_sent: int = 0
+
+
+@attrs.define(slots=True, eq=False)
+class Call:
+    """One ACS media stream, as a processor sees it.
+
+    - `connection_id` / `correlation_id`: the `x-ms-call-connection-id` and
+      `x-ms-call-correlation-id` handshake headers (None when absent).
+    - `path`: the request target ACS connected to (path and query string, as sent).
+    - `audio`: the stream's `AudioMetadata` (None on a transcription-only stream).
+    - `packets`: inbound packets after the first metadata, in arrival order; iteration ends when
+      ACS hangs up. Audio frames are dropped (and counted in `stats`) if the processor falls
+      more than `inbound_queue_ms` behind; other packets are never dropped.
+    - `player`: the call's `Player` (None on a transcription-only stream).
+    - `log`: a logger that tags every line with the call's ids.
+    """
+
+    connection_id: str | None
+    correlation_id: str | None
+    path: str
+    headers: Mapping[str, str]
+    audio: AudioMetadata | None
+    transcription: TranscriptionMetadata | None
+    packets: trio.MemoryReceiveChannel[InboundPacket]
+    player: Player | None
+    log: logging.LoggerAdapter[logging.Logger]
+    stats: CallStats
+
+    @property
+    def sample_rate(self) -> int | None:
+        return None if self.audio is None else self.audio.sample_rate

@@ -1,0 +1,51 @@
+"""Public test helpers: a simulated ACS peer, bundled speech, and an in-process gateway.
+
+    async with open_gateway(processor=my_processor) as server:
+        async with simulated_call(server.urls[0]) as call:
+            await call.stream(speech(16000))
+            ...
+
+Everything here runs on loopback (or memory streams) and on Trio's autojump clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from ..config import Config
+from ..processors import Processor, load
+from ..server import Server, serve
+from .audio import frames, read_wav, speech, speech_path
+from .peer import AcsPlayback, Received, SimulatedCall, simulated_call
+
+__all__ = [
+    "AcsPlayback",
+    "Received",
+    "SimulatedCall",
+    "frames",
+    "open_gateway",
+    "read_wav",
+    "simulated_call",
+    "speech",
+    "speech_path",
+]
+
+
+@asynccontextmanager
+async def open_gateway(processor: Processor | str = "echo", **settings: Any) -> AsyncIterator[Server]:
+    """Run a gateway in this Trio run on 127.0.0.1, port 0, with `processor` (a processor
+    function or a registered name) and any `Config` settings; yields the `Server`
+    (`server.urls[0]` is its ws:// URL). On exit, live calls are cancelled."""
+    config = Config(**{"host": "127.0.0.1", "port": 0, **settings})
+    if isinstance(processor, str):
+        processor = load(processor, config.processors.get(processor, {}))
+    async with trio.open_nursery() as nursery:
+        server: Server = await nursery.start(serve, config, processor)
+        try:
+            yield server
+        finally:
+            server.stop_now()
