@@ -63,7 +63,8 @@ class CallSettings:
 
 @attrs.define
 class CallOutcome:
-    """How a call ended: `ended_by` is hangup, processor, processor_error, protocol, or timeout."""
+    """How a call ended: `ended_by` is hangup, processor, processor_error, protocol, timeout,
+    or cancelled (the server drained it)."""
 
     ended_by: str
     close_code: int | None
@@ -139,7 +140,13 @@ async def run_call(
         log=log,
         stats=stats,
     )
-    outcome = CallOutcome("hangup", None, stats, call)
+    outcome = CallOutcome("", None, stats, call)
+
+    def ended(by: str, code: int | None) -> None:
+        """The first reason the call ended is the one reported."""
+        if not outcome.ended_by:
+            outcome.ended_by, outcome.close_code = by, code
+
     if on_call_started is not None:
         on_call_started(call)
     log.info(
@@ -149,8 +156,8 @@ async def run_call(
 
     async def receive() -> None:
         """Read ACS until it hangs up; route packets by the inbound channel policy."""
-        try:
-            async with inbound_send:
+        async with inbound_send:  # closing it ends the processor's `async for`
+            try:
                 for packet in early:
                     await inbound_send.send(packet)
                 while True:
@@ -169,20 +176,21 @@ async def run_call(
                                     log.warning("processor is behind: dropping inbound audio")
                         else:
                             await inbound_send.send(packet)
-        except ConnectionClosed as closed:
-            outcome.close_code = closed.code
-            log.info("ACS hung up (%s%s)", closed.code, f": {closed.reason}" if closed.reason else "")
-            # The processor sees the end of `packets` and gets a grace period to finish.
-            sending.cancel()
-            if player is not None:
-                player.close()
-            call_scope.deadline = min(
-                call_scope.deadline, trio.current_time() + settings.hangup_grace
-            )
-        except _CallEnded:
-            outcome.ended_by, outcome.close_code = "protocol", CLOSE_INVALID_PAYLOAD
-            await _close(ws, CLOSE_INVALID_PAYLOAD, "too many malformed packets")
-            call_scope.cancel()
+            except ConnectionClosed as closed:
+                ended("hangup", closed.code)
+                reason = f": {closed.reason}" if closed.reason else ""
+                log.info("ACS hung up (%s%s)", closed.code, reason)
+                # The processor sees the end of `packets` and gets a grace period to finish.
+                sending.cancel()
+                if player is not None:
+                    player.close()
+                call_scope.deadline = min(
+                    call_scope.deadline, trio.current_time() + settings.hangup_grace
+                )
+            except _CallEnded:
+                ended("protocol", CLOSE_INVALID_PAYLOAD)
+                await _close(ws, CLOSE_INVALID_PAYLOAD, "too many malformed packets")
+                call_scope.cancel()
 
     async def send() -> None:
         """Release the player's frames to ACS on the playout clock."""
@@ -205,15 +213,13 @@ async def run_call(
             await processor(call)
         except Exception as exc:  # the processor's bug ends its own call, nothing else
             log.exception("processor failed: %r", exc)
-            outcome.ended_by, outcome.close_code, outcome.error = (
-                "processor_error",
-                CLOSE_INTERNAL_ERROR,
-                exc,
-            )
-            await _close(ws, CLOSE_INTERNAL_ERROR, "processor error")
+            outcome.error = exc
+            if not outcome.ended_by:
+                ended("processor_error", CLOSE_INTERNAL_ERROR)
+                await _close(ws, CLOSE_INTERNAL_ERROR, "processor error")
         else:
-            if ws.closed is None:
-                outcome.ended_by, outcome.close_code = "processor", CLOSE_NORMAL
+            if not outcome.ended_by:
+                ended("processor", CLOSE_NORMAL)
                 await _close(ws, CLOSE_NORMAL, "")
         processor_returned = True
         call_scope.cancel()
@@ -231,6 +237,8 @@ async def run_call(
         inbound_receive.close()
         if player is not None:
             player.close()
+    if not outcome.ended_by:  # cancelled from outside (server drain)
+        ended("cancelled", None)
     if not processor_returned and outcome.ended_by == "hangup":
         log.warning("processor did not return within %.1f s of hang-up", settings.hangup_grace)
     return outcome

@@ -76,7 +76,10 @@ class ServerWebSocket:
         self._send_lock = trio.StrictFIFOLock()  # pongs (reader) and audio (sender) share it
         self._parts: list[str | bytes] = []  # fragments of the message being received
         self._part_bytes = 0
-        self.closed: ConnectionClosed | None = None
+        self._reading = False  # a task is inside receive_some: close() must not read too
+        self._close_sent = False
+        self._peer_gone = trio.Event()  # the peer's close frame, EOF, or a reset was seen
+        self.closed: ConnectionClosed | None = None  # set once the connection is over
 
     # -- handshake --
 
@@ -111,7 +114,7 @@ class ServerWebSocket:
         """Every complete message from the next read(s); at least one. Answers pings itself."""
         messages: list[str | bytes] = []
         while not messages:
-            if self.closed is not None:
+            if self._peer_gone.is_set() and self.closed is not None:
                 raise self.closed
             for event in self._ws.events():
                 if isinstance(event, TextMessage | BytesMessage):
@@ -131,7 +134,9 @@ class ServerWebSocket:
                 elif isinstance(event, Ping):
                     await self._send_raw(self._ws.send(event.response()))
                 elif isinstance(event, CloseConnection):
-                    self.closed = ConnectionClosed(event.code, event.reason or "")
+                    self._peer_gone.set()
+                    if self.closed is None:
+                        self.closed = ConnectionClosed(event.code, event.reason or "")
                     try:
                         await self._send_raw(self._ws.send(event.response()))
                     except (ConnectionClosed, LocalProtocolError):
@@ -145,8 +150,8 @@ class ServerWebSocket:
 
     async def send_messages(self, messages: list[str]) -> None:
         """Send text messages with one write. Raises ConnectionClosed if the peer is gone."""
-        if self.closed is not None:
-            raise self.closed
+        if self.closed is not None or self._close_sent:
+            raise self.closed or ConnectionClosed(ABNORMAL_CLOSURE, "closing")
         ws_send = self._ws.send
         try:
             data = b"".join([ws_send(TextMessage(data=m)) for m in messages])
@@ -155,33 +160,44 @@ class ServerWebSocket:
         await self._send_raw(data)
 
     async def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
-        """Send a close frame and wait (briefly) for the peer's; never raises."""
-        if self.closed is not None:
+        """Send a close frame and wait (briefly) for the peer's; never raises.
+
+        If another task is reading, that task receives the peer's reply and we wait for it;
+        otherwise we read it ourselves."""
+        if self._close_sent or self._peer_gone.is_set():
             return
-        self.closed = ConnectionClosed(code, reason)
+        self._close_sent = True
         try:
             await self._send_raw(self._ws.send(CloseConnection(code=code, reason=reason)))
             with trio.move_on_at(trio.current_time() + CLOSE_REPLY_TIMEOUT):
-                while True:
-                    data = await self.stream.receive_some(RECEIVE_BYTES)
-                    if not data:
-                        break
-                    self._ws.receive_data(data)
-                    if any(isinstance(e, CloseConnection) for e in self._ws.events()):
-                        break
-        except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError,
-                RemoteProtocolError, LocalProtocolError):
+                while not self._peer_gone.is_set():
+                    if self._reading:
+                        await self._peer_gone.wait()
+                    else:
+                        await self._receive_into_engine()
+                        for event in self._ws.events():
+                            if isinstance(event, CloseConnection):
+                                self._peer_gone.set()
+        except (ConnectionClosed, LocalProtocolError):
             pass
+        finally:
+            if self.closed is None:
+                self.closed = ConnectionClosed(code, reason)
 
     # -- plumbing --
 
     async def _receive_into_engine(self) -> None:
+        self._reading = True
         try:
             data = await self.stream.receive_some(RECEIVE_BYTES)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self.closed = ConnectionClosed(ABNORMAL_CLOSURE, f"connection lost ({exc})")
+            self._peer_gone.set()
+            self.closed = self.closed or ConnectionClosed(ABNORMAL_CLOSURE, f"lost ({exc})")
             raise self.closed from None
+        finally:
+            self._reading = False
         if not data:
+            self._peer_gone.set()
             if self._ws.state is ConnectionState.CONNECTING:
                 self.closed = ConnectionClosed(ABNORMAL_CLOSURE, "EOF during the handshake")
                 raise self.closed
@@ -200,7 +216,8 @@ class ServerWebSocket:
             async with self._send_lock:
                 await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self.closed = ConnectionClosed(ABNORMAL_CLOSURE, f"connection lost ({exc})")
+            self._peer_gone.set()
+            self.closed = self.closed or ConnectionClosed(ABNORMAL_CLOSURE, f"lost ({exc})")
             raise self.closed from None
 
 

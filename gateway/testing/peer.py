@@ -65,7 +65,7 @@ class AcsPlayback:
             if seg.start >= now:
                 self.dropped_bytes += len(seg.pcm)
                 continue
-            played = int((now - seg.start) * self.bytes_per_second)
+            played = round((now - seg.start) * self.bytes_per_second)
             played -= played % BYTES_PER_SAMPLE
             if played < len(seg.pcm):
                 self.dropped_bytes += len(seg.pcm) - played
@@ -81,7 +81,7 @@ class AcsPlayback:
             if until is None or seg.start + len(seg.pcm) / self.bytes_per_second <= until:
                 out += seg.pcm
             elif seg.start < until:
-                n = int((until - seg.start) * self.bytes_per_second)
+                n = round((until - seg.start) * self.bytes_per_second)
                 out += seg.pcm[: n - n % BYTES_PER_SAMPLE]
         return bytes(out)
 

@@ -1,0 +1,79 @@
+"""Shared fixtures: a call over memory streams (no sockets), and a task/fd census for leak checks."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import trio
+import trio.testing
+
+from gateway.call import CallOutcome, CallSettings, run_call
+from gateway.logs import call_logger
+from gateway.processors import Processor, load
+from gateway.testing import SimulatedCall, simulated_call
+from gateway.websocket import ServerWebSocket
+
+
+@attrs.define
+class MemoryCall:
+    peer: SimulatedCall
+    outcome: list[CallOutcome]  # filled when run_call returns
+
+    @property
+    def result(self) -> CallOutcome:
+        assert self.outcome, "run_call has not returned"
+        return self.outcome[0]
+
+
+@asynccontextmanager
+async def memory_call(
+    processor: Processor | str = "echo",
+    settings: CallSettings | None = None,
+    **peer: Any,
+) -> AsyncIterator[MemoryCall]:
+    """One gateway call over a memory stream pair: the real WebSocket engine, codec, call and
+    player, with the simulated ACS peer on the other end. Works on the autojump clock."""
+    if isinstance(processor, str):
+        processor = load(processor)
+    client, server = trio.testing.memory_stream_pair()
+    outcome: list[CallOutcome] = []
+
+    async def serve_one() -> None:
+        ws = ServerWebSocket(server, max_message_bytes=65536)
+        try:
+            handshake = await ws.read_handshake()
+            await ws.accept()
+            log = call_logger(
+                handshake.headers.get("x-ms-call-connection-id"),
+                handshake.headers.get("x-ms-call-correlation-id"),
+                "memory",
+            )
+            outcome.append(await run_call(ws, handshake, processor, settings or CallSettings(), log))
+        finally:
+            await trio.aclose_forcefully(server)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve_one)
+        async with simulated_call(stream=client, **peer) as call:
+            yield MemoryCall(call, outcome)
+
+
+def task_count() -> int:
+    """Tasks alive in this Trio run (walks the task tree from the root)."""
+
+    def walk(task: trio.lowlevel.Task) -> int:
+        return 1 + sum(walk(child) for n in task.child_nurseries for child in n.child_tasks)
+
+    return walk(trio.lowlevel.current_root_task())
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+logging.getLogger("gateway").setLevel(logging.DEBUG)
