@@ -17,6 +17,7 @@ Error handling: a peer that breaks the protocol, resets the socket, or closes ra
 
 from __future__ import annotations
 
+import contextlib
 from typing import Final
 
 import attrs
@@ -205,8 +206,11 @@ class ServerWebSocket:
             return
         try:
             self._ws.receive_data(data)
-        except RemoteProtocolError as exc:  # a malformed HTTP upgrade request
+        except RemoteProtocolError as exc:  # not a (valid) WebSocket upgrade request
             self.closed = ConnectionClosed(1002, f"bad handshake ({exc})")
+            if isinstance(exc.event_hint, RejectConnection):
+                with contextlib.suppress(ConnectionClosed, LocalProtocolError):
+                    await self._send_raw(self._ws.send(exc.event_hint))
             raise self.closed from None
 
     async def _send_raw(self, data: bytes) -> None:

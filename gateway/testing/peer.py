@@ -238,9 +238,39 @@ async def simulated_call(
     ssl_context: ssl.SSLContext | None = None,
     resource: str = "/",
 ) -> AsyncIterator[SimulatedCall]:
-    """Connect like ACS (to `url`, or over an existing `stream`) and yield the call.
+    """Connect like ACS (to `url` + `resource`, or over an existing `stream`) and yield the call.
 
-    On exit the call hangs up (close 1000) if the gateway has not closed it already."""
+    On exit the call hangs up (close 1000) if the gateway has not closed it already. A refused
+    upgrade raises `trio_websocket.ConnectionRejected` (with `.status_code`)."""
+    try:
+        async with _connect(
+            url, stream, sample_rate, connection_id, correlation_id, headers, send_metadata,
+            ssl_context, resource,
+        ) as call:
+            yield call
+    except BaseExceptionGroup as group:
+        # Surface a refused handshake as itself, not wrapped in the peer's nursery's group.
+        refused, rest = group.split(trio_websocket.HandshakeError)
+        if refused is None or rest is not None:
+            raise
+        leaf: BaseException = refused
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        raise leaf from None
+
+
+@asynccontextmanager
+async def _connect(
+    url: str | None,
+    stream: trio.abc.Stream | None,
+    sample_rate: int,
+    connection_id: str | None,
+    correlation_id: str | None,
+    headers: Sequence[tuple[str, str]],
+    send_metadata: bool,
+    ssl_context: ssl.SSLContext | None,
+    resource: str,
+) -> AsyncIterator[SimulatedCall]:
     connection_id = connection_id or str(uuid.uuid4())
     correlation_id = correlation_id or str(uuid.uuid4())
     extra = [*acs_headers(connection_id, correlation_id), *headers]
@@ -251,6 +281,8 @@ async def simulated_call(
             )
         else:
             assert url is not None
+            if resource != "/":
+                url = url.rstrip("/") + resource
             ws = await trio_websocket.connect_websocket_url(
                 nursery, url, extra_headers=extra, ssl_context=ssl_context
             )
