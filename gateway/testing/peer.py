@@ -241,7 +241,8 @@ async def simulated_call(
     """Connect like ACS (to `url` + `resource`, or over an existing `stream`) and yield the call.
 
     On exit the call hangs up (close 1000) if the gateway has not closed it already. A refused
-    upgrade raises `trio_websocket.ConnectionRejected` (with `.status_code`)."""
+    upgrade raises `trio_websocket.ConnectionRejected` (with `.status_code`); a refused TCP
+    connection raises OSError."""
     try:
         async with _connect(
             url, stream, sample_rate, connection_id, correlation_id, headers, send_metadata,
@@ -249,8 +250,8 @@ async def simulated_call(
         ) as call:
             yield call
     except BaseExceptionGroup as group:
-        # Surface a refused handshake as itself, not wrapped in the peer's nursery's group.
-        refused, rest = group.split(trio_websocket.HandshakeError)
+        # Surface a refused or failed connection as itself, not wrapped in the peer's group.
+        refused, rest = group.split((trio_websocket.HandshakeError, OSError))
         if refused is None or rest is not None:
             raise
         leaf: BaseException = refused

@@ -1,0 +1,118 @@
+"""The daemon as users run it: a real process, real signals, real sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+import trio_websocket
+
+from gateway.testing import simulated_call
+
+SERVE = [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", "0"]
+
+
+def test_bad_configuration_names_the_setting(tmp_path):
+    config = tmp_path / "gateway.toml"
+    config.write_text('max_calls = "many"\n')
+    result = subprocess.run(
+        [*SERVE, "--config", str(config)], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    assert "max_calls" in result.stderr
+
+    result = subprocess.run(
+        [*SERVE, "--processor", "no_such_module:make"], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    assert "no_such_module" in result.stderr
+
+
+class Daemon:
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        self.url = ""
+        self.log: list[str] = []
+        self.listening = trio.Event()
+
+    async def read_stderr(self) -> None:
+        assert self.process.stderr is not None
+        buffer = b""
+        async for chunk in self.process.stderr:
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                text = line.decode()
+                self.log.append(text)
+                found = re.search(r"listening on (ws://\S+)", text)
+                if found and not self.url:
+                    self.url = found.group(1)
+                    self.listening.set()
+
+
+@asynccontextmanager
+async def daemon(*args: str) -> AsyncIterator[Daemon]:
+    async with trio.open_nursery() as nursery:
+        process = await trio.lowlevel.open_process([*SERVE, *args], stderr=subprocess.PIPE)
+        d = Daemon(process)
+        nursery.start_soon(d.read_stderr)
+        try:
+            with trio.fail_after(20):
+                await d.listening.wait()
+            yield d
+        finally:
+            if process.returncode is None:
+                process.kill()
+            await process.wait()
+
+
+async def test_sigterm_drains_live_calls_then_exits_zero():
+    async with daemon("--shutdown-grace", "20") as d:
+        async with simulated_call(d.url) as call:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(call.stream, bytes(640 * 50))  # 1 s
+                await trio.sleep(0.3)
+                d.process.send_signal(signal.SIGTERM)
+                await trio.sleep(0.2)
+                # the port is closed to new calls while this one goes on
+                with pytest.raises((OSError, trio_websocket.HandshakeError)):
+                    async with simulated_call(d.url):
+                        pass
+            with trio.fail_after(5):
+                await call.wait_for_audio(640 * 50)
+            assert not call.closed.is_set()  # the live call was not cut
+        with trio.fail_after(10):
+            code = await d.process.wait()
+    assert code == 0
+    assert any("draining" in line for line in d.log)
+
+
+async def test_calls_past_the_grace_period_are_closed_with_1001():
+    async with daemon("--shutdown-grace", "0.5") as d:
+        async with simulated_call(d.url) as call:
+            await call.stream(bytes(640), realtime=False)
+            d.process.send_signal(signal.SIGTERM)
+            with trio.fail_after(10):
+                await call.closed.wait()
+            assert call.close_code == 1001
+        with trio.fail_after(10):
+            assert await d.process.wait() == 0
+
+
+async def test_a_second_signal_stops_at_once():
+    async with daemon("--shutdown-grace", "60") as d:
+        async with simulated_call(d.url) as call:
+            await call.stream(bytes(640), realtime=False)
+            d.process.send_signal(signal.SIGTERM)
+            await trio.sleep(0.3)
+            d.process.send_signal(signal.SIGINT)
+            with trio.fail_after(5):
+                assert await d.process.wait() == 0
+            with trio.fail_after(5):
+                await call.closed.wait()
