@@ -116,3 +116,13 @@ async def test_a_second_signal_stops_at_once():
                 assert await d.process.wait() == 0
             with trio.fail_after(5):
                 await call.closed.wait()
+
+
+def test_the_example_configuration_loads():
+    from pathlib import Path
+
+    from gateway import config
+
+    example = Path(__file__).resolve().parent.parent / "deploy" / "gateway.toml"
+    loaded = config.load(example, environ={})
+    assert loaded.max_calls == 400 and loaded.log_format == "json"
