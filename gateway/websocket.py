@@ -1,13 +1,15 @@
-"""A thin server-side WebSocket over any Trio stream, on wsproto (the sans-IO engine).
+"""The server side of one WebSocket, over any Trio stream: HTTP upgrade (h11) and frames
+(`gateway.framing`).
 
-Owns: the HTTP upgrade, framing, ping/pong, the close handshake, and the message size cap.
+Owns: the upgrade, ping/pong, the close handshake, and the message size cap.
 Never: JSON, audio, or tasks of its own. The call's tasks call it directly: one
 `receive_messages()` returns every message that one read of the socket completed (batching),
 and one `send_messages()` writes a batch with a single `send_all`.
 
 Why not trio-websocket here: it puts a reader task and an internal channel in front of every
-message, one more task switch per frame than the call needs; measured in ../shared/perf-notes.md
-and in the README ("Architecture"). trio-websocket remains the client in `gateway.testing`.
+message, one more task switch per frame than the call needs, and wsproto's generic frame parser
+costs more per frame than the rest of the path (README, "Architecture"). The upgrade is parsed by
+h11, the HTTP/1.1 engine under wsproto; trio-websocket remains the client in `gateway.testing`.
 
 Resource handling: the caller owns the stream and closes it; `close()` sends a close frame and
 waits briefly for the peer's, within the caller's cancel scope.
@@ -17,30 +19,22 @@ Error handling: a peer that breaks the protocol, resets the socket, or closes ra
 
 from __future__ import annotations
 
-import contextlib
+import base64
+import hashlib
 from typing import Final
 
 import attrs
+import h11
 import trio
-from wsproto import ConnectionType, WSConnection
-from wsproto.connection import ConnectionState
-from wsproto.events import (
-    AcceptConnection,
-    BytesMessage,
-    CloseConnection,
-    Ping,
-    RejectConnection,
-    RejectData,
-    Request,
-    TextMessage,
-)
-from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from .errors import CLOSE_MESSAGE_TOO_BIG, CLOSE_NORMAL
+from . import framing
+from .errors import CLOSE_NORMAL
 
 RECEIVE_BYTES: Final = 65536  # one read takes every frame the kernel has for us (batching)
 CLOSE_REPLY_TIMEOUT: Final = 2.0  # seconds to wait for the peer's close frame after ours
+MAX_REQUEST_BYTES: Final = 16384  # the upgrade request's head; ACS sends well under 4 KB
 ABNORMAL_CLOSURE: Final = 1006  # RFC 6455: no close frame (reset, EOF)
+_ACCEPT_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 
 
 class ConnectionClosed(Exception):
@@ -58,7 +52,6 @@ class Handshake:
 
     target: str
     headers: dict[str, str]
-    subprotocols: tuple[str, ...]
 
 
 @attrs.frozen
@@ -72,11 +65,11 @@ class Reject:
 class ServerWebSocket:
     def __init__(self, stream: trio.abc.Stream, *, max_message_bytes: int) -> None:
         self.stream = stream
-        self.max_message_bytes = max_message_bytes
-        self._ws = WSConnection(ConnectionType.SERVER)
+        self._http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
+        self._key = b""
+        self._frames = framing.FrameReader(max_message_bytes)
+        self._pending: list[framing.Event] = []  # read from the socket, not yet handled
         self._send_lock = trio.StrictFIFOLock()  # pongs (reader) and audio (sender) share it
-        self._parts: list[str | bytes] = []  # fragments of the message being received
-        self._part_bytes = 0
         self._reading = False  # a task is inside receive_some: close() must not read too
         self._close_sent = False
         self._peer_gone = trio.Event()  # the peer's close frame, EOF, or a reset was seen
@@ -85,80 +78,95 @@ class ServerWebSocket:
     # -- handshake --
 
     async def read_handshake(self) -> Handshake:
-        """Read the HTTP upgrade request. Raises ConnectionClosed if none arrives intact."""
+        """Read the HTTP upgrade request. A request that is not a WebSocket upgrade is answered
+        (400 or 426) and raises ConnectionClosed, as does a connection that ends first."""
+        request: h11.Request | None = None
         while True:
-            for event in self._ws.events():
-                if isinstance(event, Request):
-                    headers = {
-                        bytes(k).decode("latin-1").lower(): bytes(v).decode("latin-1")
-                        for k, v in event.extra_headers
-                    }
-                    return Handshake(event.target, headers, tuple(event.subprotocols))
-            await self._receive_into_engine()
+            try:
+                event = self._http.next_event()
+            except h11.RemoteProtocolError as exc:
+                await self._refuse_http(Reject(exc.error_status_hint, "bad HTTP request"))
+                raise self._lost(f"bad HTTP request ({exc})") from None
+            if event is h11.NEED_DATA:
+                data = await self._receive_some()
+                self._http.receive_data(data)
+            elif isinstance(event, h11.Request):
+                request = event
+            elif isinstance(event, h11.EndOfMessage) or event is h11.PAUSED:
+                break
+            elif isinstance(event, h11.ConnectionClosed):
+                raise self._lost("EOF during the handshake")
+        assert request is not None
+        headers: dict[str, str] = {}
+        for name, value in request.headers:
+            key = name.decode("latin-1")
+            text = value.decode("latin-1")
+            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        refusal = _check_upgrade(request.method, headers)
+        if refusal is not None:
+            await self._refuse_http(refusal)
+            raise self._lost(refusal.reason)
+        self._key = headers["sec-websocket-key"].strip().encode()
+        return Handshake(request.target.decode("latin-1"), headers)
 
     async def accept(self) -> None:
-        await self._send_raw(self._ws.send(AcceptConnection()))
+        accept = base64.b64encode(hashlib.sha1(self._key + _ACCEPT_GUID).digest())
+        data = self._http.send(
+            h11.InformationalResponse(
+                status_code=101,
+                headers=[
+                    (b"upgrade", b"websocket"),
+                    (b"connection", b"Upgrade"),
+                    (b"sec-websocket-accept", accept),
+                ],
+            )
+        )
+        trailing, _ = self._http.trailing_data  # frames sent right behind the request
+        if trailing:
+            self._pending.extend(self._frames.receive(bytes(trailing)))
+        await self._send_raw(data or b"")
 
     async def reject(self, refusal: Reject) -> None:
-        body = refusal.reason.encode()
-        headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
-        data = self._ws.send(
-            RejectConnection(status_code=refusal.status, headers=headers, has_body=True)
-        )
-        data += self._ws.send(RejectData(data=body, body_finished=True))
-        await self._send_raw(data)
+        await self._refuse_http(refusal)
         self.closed = ConnectionClosed(ABNORMAL_CLOSURE, f"rejected with {refusal.status}")
 
     # -- messages --
 
-    async def receive_messages(self) -> list[str | bytes]:
-        """Every complete message from the next read(s); at least one. Answers pings itself."""
-        messages: list[str | bytes] = []
+    async def receive_messages(self) -> list[bytes | bytearray]:
+        """Every complete message from the next read(s); at least one. Answers pings itself.
+        Text messages are UTF-8 `bytes`, binary ones `bytearray`."""
+        messages: list[bytes | bytearray] = []
         while not messages:
             if self._peer_gone.is_set() and self.closed is not None:
                 raise self.closed
-            for event in self._ws.events():
-                if isinstance(event, TextMessage | BytesMessage):
-                    self._part_bytes += len(event.data)
-                    if self._part_bytes > self.max_message_bytes:
-                        await self.close(CLOSE_MESSAGE_TOO_BIG, "message too big")
-                        raise ConnectionClosed(CLOSE_MESSAGE_TOO_BIG, "message too big")
-                    if event.message_finished and not self._parts:
-                        messages.append(event.data)
-                        self._part_bytes = 0
-                    else:
-                        self._parts.append(event.data)
-                        if event.message_finished:
-                            messages.append(_join(self._parts))
-                            self._parts = []
-                            self._part_bytes = 0
-                elif isinstance(event, Ping):
-                    await self._send_raw(self._ws.send(event.response()))
-                elif isinstance(event, CloseConnection):
-                    self._peer_gone.set()
-                    if self.closed is None:
-                        self.closed = ConnectionClosed(event.code, event.reason or "")
-                    try:
-                        await self._send_raw(self._ws.send(event.response()))
-                    except (ConnectionClosed, LocalProtocolError):
-                        pass  # the peer is already gone (1006) or we were closing
+            events, self._pending = self._pending, []
+            if not events:
+                data = await self._receive_some()
+                if not data:
+                    raise self._lost("connection lost (EOF)")
+                try:
+                    events = self._frames.receive(data)
+                except framing.FramingError as exc:
+                    await self.close(exc.code, exc.reason)
+                    raise ConnectionClosed(exc.code, exc.reason) from None
+            for event in events:
+                kind = type(event)
+                if kind is bytes or kind is bytearray:
+                    messages.append(event)  # type: ignore[arg-type]
+                elif kind is framing.Ping:
+                    await self._send_raw(framing.encode_pong(event))  # type: ignore[arg-type]
+                elif kind is framing.Close:
+                    await self._peer_closed(event)  # type: ignore[arg-type]
                     if not messages:
-                        raise self.closed
+                        raise self.closed  # type: ignore[misc]
                     return messages
-            if not messages:
-                await self._receive_into_engine()
         return messages
 
     async def send_messages(self, messages: list[str]) -> None:
         """Send text messages with one write. Raises ConnectionClosed if the peer is gone."""
         if self.closed is not None or self._close_sent:
             raise self.closed or ConnectionClosed(ABNORMAL_CLOSURE, "closing")
-        ws_send = self._ws.send
-        try:
-            data = b"".join([ws_send(TextMessage(data=m)) for m in messages])
-        except LocalProtocolError:  # closing: wsproto refuses data frames
-            raise ConnectionClosed(ABNORMAL_CLOSURE, "closing") from None
-        await self._send_raw(data)
+        await self._send_raw(framing.encode_texts(messages))
 
     async def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
         """Send a close frame and wait (briefly) for the peer's; never raises.
@@ -169,63 +177,99 @@ class ServerWebSocket:
             return
         self._close_sent = True
         try:
-            await self._send_raw(self._ws.send(CloseConnection(code=code, reason=reason)))
+            await self._send_raw(framing.encode_close(code, reason))
             with trio.move_on_at(trio.current_time() + CLOSE_REPLY_TIMEOUT):
                 while not self._peer_gone.is_set():
                     if self._reading:
                         await self._peer_gone.wait()
-                    else:
-                        await self._receive_into_engine()
-                        for event in self._ws.events():
-                            if isinstance(event, CloseConnection):
-                                self._peer_gone.set()
-        except (ConnectionClosed, LocalProtocolError):
+                        break
+                    data = await self._receive_some()
+                    if not data:
+                        break
+                    try:
+                        events = self._frames.receive(data)
+                    except framing.FramingError:
+                        break
+                    if any(type(e) is framing.Close for e in events):
+                        break
+        except ConnectionClosed:
             pass
         finally:
+            self._peer_gone.set()
             if self.closed is None:
                 self.closed = ConnectionClosed(code, reason)
 
     # -- plumbing --
 
-    async def _receive_into_engine(self) -> None:
+    async def _peer_closed(self, event: framing.Close) -> None:
+        self._peer_gone.set()
+        if self.closed is None:
+            self.closed = ConnectionClosed(event.code, event.reason)
+        if not self._close_sent:  # echo the close, as RFC 6455 asks
+            self._close_sent = True
+            code = 1000 if event.code in (framing.CLOSE_NO_STATUS,) else event.code
+            try:
+                await self._send_raw(framing.encode_close(code))
+            except ConnectionClosed:
+                pass
+
+    async def _receive_some(self) -> bytes:
         self._reading = True
         try:
-            data = await self.stream.receive_some(RECEIVE_BYTES)
+            return await self.stream.receive_some(RECEIVE_BYTES)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self._peer_gone.set()
-            self.closed = self.closed or ConnectionClosed(ABNORMAL_CLOSURE, f"lost ({exc})")
-            raise self.closed from None
+            raise self._lost(f"connection lost ({exc})") from None
         finally:
             self._reading = False
-        if not data:
-            self._peer_gone.set()
-            if self._ws.state is ConnectionState.CONNECTING:
-                self.closed = ConnectionClosed(ABNORMAL_CLOSURE, "EOF during the handshake")
-                raise self.closed
-            self._ws.receive_data(None)  # wsproto reports CloseConnection(1006)
-            return
+
+    def _lost(self, why: str) -> ConnectionClosed:
+        self._peer_gone.set()
+        if self.closed is None:
+            self.closed = ConnectionClosed(ABNORMAL_CLOSURE, why)
+        return self.closed
+
+    async def _refuse_http(self, refusal: Reject) -> None:
+        body = refusal.reason.encode()
+        headers = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        if refusal.status == 426:
+            headers.append((b"upgrade", b"websocket"))
         try:
-            self._ws.receive_data(data)
-        except RemoteProtocolError as exc:  # not a (valid) WebSocket upgrade request
-            self.closed = ConnectionClosed(1002, f"bad handshake ({exc})")
-            if isinstance(exc.event_hint, RejectConnection):
-                with contextlib.suppress(ConnectionClosed, LocalProtocolError):
-                    await self._send_raw(self._ws.send(exc.event_hint))
-            raise self.closed from None
+            data = self._http.send(h11.Response(status_code=refusal.status, headers=headers))
+            data = (data or b"") + (self._http.send(h11.Data(data=body)) or b"")
+            data += self._http.send(h11.EndOfMessage()) or b""
+        except h11.LocalProtocolError:
+            return  # h11 cannot answer in this state (e.g. the request was garbage)
+        try:
+            await self._send_raw(data)
+        except ConnectionClosed:
+            pass
 
     async def _send_raw(self, data: bytes) -> None:
-        if not data:
-            return
         try:
             async with self._send_lock:
                 await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self._peer_gone.set()
-            self.closed = self.closed or ConnectionClosed(ABNORMAL_CLOSURE, f"lost ({exc})")
-            raise self.closed from None
+            raise self._lost(f"connection lost ({exc})") from None
 
 
-def _join(parts: list[str | bytes]) -> str | bytes:
-    if isinstance(parts[0], str):
-        return "".join(parts)  # type: ignore[arg-type]
-    return b"".join(parts)  # type: ignore[arg-type]
+def _check_upgrade(method: bytes, headers: dict[str, str]) -> Reject | None:
+    """RFC 6455 section 4.2.1: what makes a request a WebSocket upgrade."""
+    if method != b"GET":
+        return Reject(405, "only GET can upgrade to a WebSocket")
+    if headers.get("upgrade", "").lower() != "websocket" or "upgrade" not in {
+        token.strip().lower() for token in headers.get("connection", "").split(",")
+    }:
+        return Reject(426, "this is a WebSocket endpoint; send an upgrade request")
+    if headers.get("sec-websocket-version", "").strip() != "13":
+        return Reject(426, "unsupported WebSocket version (13 only)")
+    key = headers.get("sec-websocket-key", "").strip()
+    try:
+        if len(base64.b64decode(key, validate=True)) != 16:
+            raise ValueError
+    except ValueError:
+        return Reject(400, "missing or invalid Sec-WebSocket-Key")
+    return None

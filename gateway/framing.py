@@ -1,0 +1,213 @@
+"""Sans-IO RFC 6455 framing for the server side of an upgraded connection.
+
+Owns: frames -> messages (unmasking, fragmentation, control frames, size cap) and messages ->
+frames. Never: I/O, the HTTP handshake (see `gateway.websocket`), JSON.
+
+Why our own: the data path is the gateway's hottest code. wsproto (a fine, general engine) spends
+more per 1 KB frame in its generic Python parser than the rest of a frame's path together;
+README "Architecture" and `bench/` have the numbers. This module does the one thing a
+server needs, strictly:
+
+- Client frames must be masked; RSV bits must be 0 (no extensions are negotiated); opcodes are
+  continuation, text, binary, close, ping, pong; control frames are final and at most 125 bytes;
+  a continuation needs an open message and a new data frame must not interrupt one.
+  A violation raises `FramingError(1002)`.
+- A message over `max_message_bytes` raises `FramingError(1009)` as soon as its header says so,
+  before the payload is buffered. Text that is not UTF-8 raises `FramingError(1007)`.
+- Text messages are returned as `bytes` (UTF-8 checked), binary ones as `bytearray`: the codec
+  parses either (orjson takes bytes) without another copy. `Ping` and `Close` are the control
+  events; pongs are consumed here.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+OP_CONTINUATION: Final = 0x0
+OP_TEXT: Final = 0x1
+OP_BINARY: Final = 0x2
+OP_CLOSE: Final = 0x8
+OP_PING: Final = 0x9
+OP_PONG: Final = 0xA
+
+CLOSE_PROTOCOL_ERROR: Final = 1002
+CLOSE_INVALID_PAYLOAD: Final = 1007
+CLOSE_MESSAGE_TOO_BIG: Final = 1009
+CLOSE_NO_STATUS: Final = 1005
+
+_U16: Final = struct.Struct("!H")
+_U64: Final = struct.Struct("!Q")
+
+
+class FramingError(Exception):
+    """The peer broke RFC 6455; `code` is the close code to send."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class Ping(bytes):
+    """A ping; answer with `encode_pong(payload)`."""
+
+
+class Close:
+    __slots__ = ("code", "reason")
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+
+
+Event = bytes | bytearray | Ping | Close  # bytes: text message; bytearray: binary
+
+
+def _unmask(data: bytes | bytearray, mask: bytes) -> bytes:
+    n = len(data)
+    key = int.from_bytes((mask * (n // 4 + 1))[:n], "little")
+    return (int.from_bytes(data, "little") ^ key).to_bytes(n, "little")
+
+
+class FrameReader:
+    """Feed it bytes from the socket; it returns the events those bytes completed."""
+
+    __slots__ = ("max_message_bytes", "_buffer", "_parts", "_part_bytes", "_part_opcode")
+
+    def __init__(self, max_message_bytes: int) -> None:
+        self.max_message_bytes = max_message_bytes
+        self._buffer = bytearray()
+        self._parts: list[bytes] = []  # fragments of the open message
+        self._part_bytes = 0
+        self._part_opcode = 0  # opcode of the open fragmented message, 0 when none
+
+    def receive(self, data: bytes) -> list[Event]:
+        buffer = self._buffer
+        buffer += data
+        events: list[Event] = []
+        pos = 0
+        end = len(buffer)
+        while end - pos >= 2:
+            b0 = buffer[pos]
+            b1 = buffer[pos + 1]
+            length = b1 & 0x7F
+            header = 6
+            if length == 126:
+                if end - pos < 4:
+                    break
+                length = _U16.unpack_from(buffer, pos + 2)[0]
+                header = 8
+            elif length == 127:
+                if end - pos < 10:
+                    break
+                length = _U64.unpack_from(buffer, pos + 2)[0]
+                header = 14
+            opcode = b0 & 0x0F
+            fin = b0 & 0x80
+            if b0 & 0x70:
+                raise FramingError(CLOSE_PROTOCOL_ERROR, "reserved bits set")
+            if not b1 & 0x80:
+                raise FramingError(CLOSE_PROTOCOL_ERROR, "client frame not masked")
+            if opcode >= OP_CLOSE:
+                if not fin or length > 125:
+                    raise FramingError(CLOSE_PROTOCOL_ERROR, "bad control frame")
+            elif self._part_bytes + length > self.max_message_bytes:
+                raise FramingError(CLOSE_MESSAGE_TOO_BIG, "message too big")
+            if end - pos < header + length:
+                break
+            mask = bytes(buffer[pos + header - 4 : pos + header])
+            start = pos + header
+            payload = _unmask(buffer[start : start + length], mask)
+            pos = start + length
+            event = self._frame(opcode, fin, payload)
+            if event is not None:
+                events.append(event)
+                if type(event) is Close:
+                    break
+        del buffer[:pos]
+        return events
+
+    def _frame(self, opcode: int, fin: int, payload: bytes) -> Event | None:
+        if opcode == OP_TEXT or opcode == OP_BINARY:
+            if self._part_opcode:
+                raise FramingError(CLOSE_PROTOCOL_ERROR, "new message inside a fragmented one")
+            if fin:
+                return _message(opcode, payload)
+            self._part_opcode = opcode
+            self._parts = [payload]
+            self._part_bytes = len(payload)
+            return None
+        if opcode == OP_CONTINUATION:
+            if not self._part_opcode:
+                raise FramingError(CLOSE_PROTOCOL_ERROR, "continuation without a message")
+            self._parts.append(payload)
+            self._part_bytes += len(payload)
+            if not fin:
+                return None
+            message = _message(self._part_opcode, b"".join(self._parts))
+            self._parts, self._part_bytes, self._part_opcode = [], 0, 0
+            return message
+        if opcode == OP_PING:
+            return Ping(payload)
+        if opcode == OP_PONG:
+            return None
+        if opcode == OP_CLOSE:
+            return _close(payload)
+        raise FramingError(CLOSE_PROTOCOL_ERROR, f"unknown opcode {opcode}")
+
+
+def _message(opcode: int, payload: bytes) -> bytes | bytearray:
+    if opcode == OP_BINARY:
+        return bytearray(payload)
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FramingError(CLOSE_INVALID_PAYLOAD, "text message is not UTF-8") from None
+    return payload
+
+
+def _close(payload: bytes) -> Close:
+    if not payload:
+        return Close(CLOSE_NO_STATUS, "")
+    if len(payload) == 1:
+        raise FramingError(CLOSE_PROTOCOL_ERROR, "one-byte close payload")
+    code = _U16.unpack_from(payload)[0]
+    try:
+        reason = payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise FramingError(CLOSE_INVALID_PAYLOAD, "close reason is not UTF-8") from None
+    return Close(code, reason)
+
+
+def _header(opcode: int, length: int) -> bytes:
+    if length < 126:
+        return bytes((0x80 | opcode, length))
+    if length < 65536:
+        return bytes((0x80 | opcode, 126)) + _U16.pack(length)
+    return bytes((0x80 | opcode, 127)) + _U64.pack(length)
+
+
+def encode_text(text: str) -> bytes:
+    """One final, unmasked text frame (server to client)."""
+    data = text.encode()
+    return _header(OP_TEXT, len(data)) + data
+
+
+def encode_texts(texts: list[str]) -> bytes:
+    """Several text frames, for one write."""
+    parts = []
+    for text in texts:
+        data = text.encode()
+        parts.append(_header(OP_TEXT, len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def encode_pong(payload: bytes) -> bytes:
+    return _header(OP_PONG, len(payload)) + payload
+
+
+def encode_close(code: int, reason: str = "") -> bytes:
+    data = _U16.pack(code) + reason.encode()[:123]
+    return _header(OP_CLOSE, len(data)) + data
