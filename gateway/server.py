@@ -35,6 +35,7 @@ from .config import Config
 from .errors import CLOSE_GOING_AWAY
 from .logs import call_logger
 from .processors import Processor
+from .transport import SocketTransport
 from .websocket import ConnectionClosed, Reject, ServerWebSocket
 
 log = logging.getLogger("gateway.server")
@@ -123,6 +124,8 @@ class Server:
                 log.error("accept failed (%s); retrying in %.1f s", exc, ACCEPT_RETRY_SLEEP)
                 await trio.sleep(ACCEPT_RETRY_SLEEP)
             else:
+                if isinstance(stream, trio.SocketStream):
+                    stream = SocketTransport.from_socket_stream(stream)
                 calls.start_soon(self._handle, stream)
 
     async def _handle(self, stream: trio.abc.Stream) -> None:
@@ -191,7 +194,7 @@ class Server:
 
 
 def _peer(stream: trio.abc.Stream) -> str:
-    inner = getattr(stream, "transport_stream", stream)
+    inner = getattr(stream, "transport_stream", stream)  # SSLStream -> the TCP stream
     sock = getattr(inner, "socket", None)
     try:
         host, port = sock.getpeername()[:2]  # type: ignore[union-attr]

@@ -70,7 +70,8 @@ class ServerWebSocket:
         self._frames = framing.FrameReader(max_message_bytes)
         self._pending: list[framing.Event] = []  # read from the socket, not yet handled
         self._send_lock = trio.StrictFIFOLock()  # pongs (reader) and audio (sender) share it
-        self._reading = False  # a task is inside receive_some: close() must not read too
+        self._receiver_active = False  # a task is in receive_messages: only it may read
+        self._closer_reading = False  # close() is reading the reply: receive_messages waits
         self._close_sent = False
         self._peer_gone = trio.Event()  # the peer's close frame, EOF, or a reset was seen
         self.closed: ConnectionClosed | None = None  # set once the connection is over
@@ -135,6 +136,16 @@ class ServerWebSocket:
     async def receive_messages(self) -> list[bytes | bytearray]:
         """Every complete message from the next read(s); at least one. Answers pings itself.
         Text messages are UTF-8 `bytes`, binary ones `bytearray`."""
+        if self._closer_reading:  # close() is reading the peer's reply: it owns the stream
+            await self._peer_gone.wait()
+            raise self.closed or ConnectionClosed(ABNORMAL_CLOSURE, "closed")
+        self._receiver_active = True
+        try:
+            return await self._receive_messages()
+        finally:
+            self._receiver_active = False
+
+    async def _receive_messages(self) -> list[bytes | bytearray]:
         messages: list[bytes | bytearray] = []
         while not messages:
             if self._peer_gone.is_set() and self.closed is not None:
@@ -147,6 +158,7 @@ class ServerWebSocket:
                 try:
                     events = self._frames.receive(data)
                 except framing.FramingError as exc:
+                    self._receiver_active = False  # we are the reader: close() reads the reply
                     await self.close(exc.code, exc.reason)
                     raise ConnectionClosed(exc.code, exc.reason) from None
             for event in events:
@@ -171,8 +183,8 @@ class ServerWebSocket:
     async def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
         """Send a close frame and wait (briefly) for the peer's; never raises.
 
-        If another task is reading, that task receives the peer's reply and we wait for it;
-        otherwise we read it ourselves."""
+        If a task is inside `receive_messages`, that task receives the peer's reply and we wait
+        for it; otherwise we read it ourselves."""
         if self._close_sent or self._peer_gone.is_set():
             return
         self._close_sent = True
@@ -180,9 +192,10 @@ class ServerWebSocket:
             await self._send_raw(framing.encode_close(code, reason))
             with trio.move_on_at(trio.current_time() + CLOSE_REPLY_TIMEOUT):
                 while not self._peer_gone.is_set():
-                    if self._reading:
+                    if self._receiver_active:
                         await self._peer_gone.wait()
                         break
+                    self._closer_reading = True
                     data = await self._receive_some()
                     if not data:
                         break
@@ -195,6 +208,7 @@ class ServerWebSocket:
         except ConnectionClosed:
             pass
         finally:
+            self._closer_reading = False
             self._peer_gone.set()
             if self.closed is None:
                 self.closed = ConnectionClosed(code, reason)
@@ -214,13 +228,10 @@ class ServerWebSocket:
                 pass
 
     async def _receive_some(self) -> bytes:
-        self._reading = True
         try:
             return await self.stream.receive_some(RECEIVE_BYTES)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise self._lost(f"connection lost ({exc})") from None
-        finally:
-            self._reading = False
 
     def _lost(self, why: str) -> ConnectionClosed:
         self._peer_gone.set()
@@ -249,9 +260,17 @@ class ServerWebSocket:
             pass
 
     async def _send_raw(self, data: bytes) -> None:
+        lock = self._send_lock
         try:
-            async with self._send_lock:
-                await self.stream.send_all(data)
+            if lock.locked():
+                async with lock:
+                    await self.stream.send_all(data)
+            else:  # uncontended, the usual case: skip the lock's extra checkpoint
+                lock.acquire_nowait()
+                try:
+                    await self.stream.send_all(data)
+                finally:
+                    lock.release()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise self._lost(f"connection lost ({exc})") from None
 

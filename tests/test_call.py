@@ -256,3 +256,17 @@ async def test_call_log_lines_carry_the_call_ids(autojump_clock, caplog):
     lines = [r for r in caplog.records if r.name == "gateway.call"]
     assert lines and all(r.call_connection_id == "conn-1" for r in lines)
     assert all(r.call_correlation_id == "corr-1" for r in lines)
+
+
+async def test_processor_returning_at_once_closes_cleanly_every_time(autojump_clock):
+    """Regression: close() and the receive task must never read the socket at the same time,
+    whichever task Trio happens to run first."""
+
+    async def bye(call: Call) -> None:
+        return
+
+    for _ in range(30):
+        async with memory_call(bye) as mc:
+            await mc.peer.closed.wait()
+        assert mc.peer.close_code == 1000
+        assert mc.result.ended_by == "processor"

@@ -1,0 +1,379 @@
+"""Load benchmark: N simulated real-time ACS calls against a gateway in its own process.
+
+    python bench/echo_load.py --calls 250 --duration 20
+    python bench/echo_load.py --sweep 100,150,200,250,300 --duration 15
+
+The gateway runs `python -m gateway serve` (echo), pinned to one core (`--server-cpu`); this load
+generator pins itself to the other (`--client-cpu`). The generator is built not to be the
+bottleneck: one thread, epoll, pre-built masked frames, and one shared 20 ms ticker on absolute
+deadlines for all calls. Each frame's PCM starts with (call, sequence) so its echo is matched.
+
+Prints per load: calls, p50/p99/max echo round trip, frames lost (sent in the measured window,
+never echoed) and out of order, server CPU (% of a core and microseconds per echoed frame),
+server RSS per call, and the generator's own CPU and ticker lateness (so a run where the
+generator fell behind is visible). Also a `RESULT {json}` line per load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import re
+import selectors
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+FRAME_S = 0.020  # ACS sends one frame every 20 ms
+RING = 50  # distinct frames per call (1 s); an echo later than 1 s would be mis-matched
+RAMP_PER_TICK = 4  # connections opened per 20 ms tick while ramping (200/s)
+MASK = b"\x5a\x13\xc7\x2e"  # client frames must be masked; the server unmasks either way
+HEADER = struct.Struct("!HI")  # call index, sequence: the first 6 bytes of each frame's PCM
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def masked_text_frame(text: str) -> bytes:
+    payload = text.encode()
+    n = len(payload)
+    head = bytes((0x81, 0x80 | 126)) + struct.pack("!H", n) if n >= 126 else bytes((0x81, 0x80 | n))
+    key = int.from_bytes((MASK * (n // 4 + 1))[:n], "big")
+    return head + MASK + (int.from_bytes(payload, "big") ^ key).to_bytes(n, "big")
+
+
+def audio_frames(call: int, rate: int) -> list[bytes]:
+    size = rate * 2 // 50
+    frames = []
+    for seq in range(RING):
+        pcm = HEADER.pack(call, seq) + bytes((call + seq + i) & 0xFF for i in range(size - 6))
+        data = base64.b64encode(pcm).decode()
+        frames.append(masked_text_frame(
+            '{"kind":"AudioData","audioData":{"timestamp":"2024-11-15T19:16:12.925Z",'
+            f'"data":"{data}","silent":false}}}}'
+        ))
+    return frames
+
+
+def metadata_frame(rate: int) -> bytes:
+    return masked_text_frame(json.dumps({
+        "kind": "AudioMetadata",
+        "audioMetadata": {"subscriptionId": str(uuid.uuid4()), "encoding": "PCM",
+                          "sampleRate": rate, "channels": 1, "length": rate * 2 // 50},
+    }, separators=(",", ":")))
+
+
+class Call:
+    __slots__ = ("index", "sock", "frames", "sent_at", "inbox", "echoed", "last_seq", "reorder",
+                 "upgraded", "closed")
+
+    def __init__(self, index: int, sock: socket.socket, frames: list[bytes]) -> None:
+        self.index = index
+        self.sock = sock
+        self.frames = frames
+        self.sent_at = [0.0] * RING
+        self.inbox = bytearray()
+        self.echoed = 0
+        self.last_seq = -1
+        self.reorder = 0
+        self.upgraded = False
+        self.closed = False
+
+
+def upgrade_request(host: str, port: int, index: int) -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"GET /bench HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        f"x-ms-call-connection-id: bench-{index}\r\nx-ms-call-correlation-id: bench-corr-{index}"
+        "\r\n\r\n"
+    ).encode()
+
+
+DATA_MARK = b'"data":"'
+
+
+class Generator:
+    def __init__(self, url: str, calls: int, rate: int) -> None:
+        host, port = url.removeprefix("ws://").split("/")[0].rsplit(":", 1)
+        self.host, self.port = host, int(port)
+        self.n = calls
+        self.rate = rate
+        self.sel = selectors.EpollSelector()
+        self.calls: list[Call] = []
+        self.rtts: list[float] = []
+        self.measuring = False
+        self.sent = 0
+        self.lost_window_sent = 0
+        self.errors = 0
+        self.lateness: list[float] = []
+
+    def open_call(self, index: int) -> None:
+        sock = socket.create_connection((self.host, self.port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(upgrade_request(self.host, self.port, index))
+        call = Call(index, sock, audio_frames(index, self.rate))
+        sock.setblocking(False)
+        self.sel.register(sock, selectors.EVENT_READ, call)
+        self.calls.append(call)
+
+    def on_readable(self, call: Call, now: float) -> None:
+        try:
+            data = call.sock.recv(262144)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.errors += 1
+            call.closed = True
+            self.sel.unregister(call.sock)
+            return
+        buf = call.inbox
+        buf += data
+        if not call.upgraded:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            if not buf.startswith(b"HTTP/1.1 101"):
+                raise SystemExit(f"upgrade refused: {bytes(buf[:60])!r}")
+            del buf[: end + 4]
+            call.upgraded = True
+            call.sock.send(metadata_frame(self.rate))
+        pos = 0
+        end = len(buf)
+        while end - pos >= 2:
+            n = buf[pos + 1] & 0x7F
+            head = 2
+            if n == 126:
+                if end - pos < 4:
+                    break
+                n = (buf[pos + 2] << 8) | buf[pos + 3]
+                head = 4
+            elif n == 127:
+                raise SystemExit("unexpected 64-bit frame")
+            if end - pos < head + n:
+                break
+            opcode = buf[pos] & 0x0F
+            if opcode == 0x8:
+                self.errors += 1
+                call.closed = True
+            elif opcode == 0x1:
+                at = buf.find(DATA_MARK, pos + head, pos + head + n)
+                if at >= 0:
+                    tag = base64.b64decode(bytes(buf[at + 8 : at + 16]))
+                    _, seq = HEADER.unpack(tag)
+                    slot = seq % RING
+                    if seq < call.last_seq and call.last_seq - seq < RING // 2:
+                        call.reorder += 1
+                    call.last_seq = seq
+                    call.echoed += 1
+                    if self.measuring:
+                        self.rtts.append(now - call.sent_at[slot])
+            pos += head + n
+        del buf[:pos]
+
+    def run(self, warmup: float, duration: float) -> dict[str, float]:
+        start = time.monotonic()
+        tick = 0
+        opened = 0
+        seq = 0
+        measure_start = measure_end = None
+        client_cpu0 = 0.0
+        window_echoed0 = 0
+        stop_at = None
+        while True:
+            deadline = start + tick * FRAME_S
+            now = time.monotonic()
+            while now < deadline:
+                for key, _ in self.sel.select(deadline - now):
+                    self.on_readable(key.data, time.monotonic())
+                now = time.monotonic()
+            late = now - deadline
+            if self.measuring:
+                self.lateness.append(late)
+            if opened < self.n:
+                for _ in range(min(RAMP_PER_TICK, self.n - opened)):
+                    self.open_call(opened)
+                    opened += 1
+                if opened == self.n:
+                    all_up = now
+            elif stop_at is None:
+                if measure_start is None and now >= all_up + warmup:
+                    measure_start = now
+                    self.measuring = True
+                    self.measure_seq0 = seq
+                    t = os.times()
+                    client_cpu0 = t.user + t.system
+                    window_echoed0 = sum(c.echoed for c in self.calls)
+                    self.server_start()
+                if measure_start is not None and now >= measure_start + duration:
+                    measure_end = now
+                    stop_at = now + 1.0
+                    self.window_frames = (seq - self.measure_seq0) * self.n
+                    t = os.times()
+                    client_cpu = t.user + t.system - client_cpu0
+                    self.server_stop()
+                    self.measuring_until = now
+            if stop_at is None:
+                slot = seq % RING
+                for call in self.calls:
+                    if call.upgraded and not call.closed:
+                        call.sent_at[slot] = now
+                        try:
+                            call.sock.send(call.frames[slot])
+                        except (BlockingIOError, OSError):
+                            self.errors += 1
+                        if self.measuring:
+                            self.sent += 1
+                if opened == self.n and all(c.upgraded for c in self.calls):
+                    seq += 1
+            elif now >= stop_at:
+                break
+            tick += 1
+        self.measuring = False
+        echoed = sum(c.echoed for c in self.calls) - window_echoed0
+        rtts = sorted(self.rtts)
+        lateness = sorted(self.lateness)
+
+        def pct(values: list[float], p: float) -> float:
+            return values[min(len(values) - 1, int(p * len(values)))] * 1000 if values else float("nan")
+
+        window = measure_end - measure_start
+        return {
+            "calls": self.n,
+            "window_s": round(window, 2),
+            "frames_sent": self.sent,
+            "frames_echoed": len(rtts),
+            "frames_lost": max(0, self.sent - len(rtts)),
+            "out_of_order": sum(c.reorder for c in self.calls),
+            "rtt_p50_ms": round(pct(rtts, 0.50), 2),
+            "rtt_p90_ms": round(pct(rtts, 0.90), 2),
+            "rtt_p99_ms": round(pct(rtts, 0.99), 2),
+            "rtt_max_ms": round(rtts[-1] * 1000, 2) if rtts else float("nan"),
+            "client_cpu_pct": round(100 * client_cpu / window, 1),
+            "ticker_late_p99_ms": round(pct(lateness, 0.99), 2),
+            "errors": self.errors,
+            "_echoed_all": echoed,
+        }
+
+    # server CPU is read by the caller through these hooks
+    def server_start(self) -> None: ...
+    def server_stop(self) -> None: ...
+
+    def close(self) -> None:
+        for call in self.calls:
+            try:
+                call.sock.setblocking(True)
+                call.sock.send(masked_close())
+            except OSError:
+                pass
+            call.sock.close()
+
+
+def masked_close() -> bytes:
+    return bytes((0x88, 0x82)) + MASK + bytes(a ^ b for a, b in zip(b"\x03\xe8", MASK))
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def start_server(cpu: int | None, extra: list[str]) -> tuple[subprocess.Popen[bytes], str]:
+    cmd = [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", "0",
+           "--log-level", "info", "--max-calls", "100000", *extra]
+    if cpu is not None:
+        cmd = ["taskset", "-c", str(cpu), *cmd]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline().decode()
+        found = re.search(r"listening on (ws://\S+)", line)
+        if found:
+            # keep draining so the server never blocks on a full pipe
+            threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+            return proc, found.group(1)
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise SystemExit("the gateway did not start")
+
+
+def one_load(args: argparse.Namespace, calls: int) -> dict[str, float]:
+    proc, url = (None, args.url) if args.url else start_server(args.server_cpu, args.server_arg)
+    try:
+        gen = Generator(url, calls, args.rate)
+        marks: dict[str, float] = {}
+        if proc is not None:
+            rss_idle = proc_rss_kb(proc.pid)
+            gen.server_start = lambda: marks.update(cpu0=proc_cpu_seconds(proc.pid),  # type: ignore[method-assign]
+                                                    rss=proc_rss_kb(proc.pid))
+            gen.server_stop = lambda: marks.update(cpu1=proc_cpu_seconds(proc.pid))  # type: ignore[method-assign]
+        result = gen.run(args.warmup, args.duration)
+        gen.close()
+        if proc is not None:
+            cpu = marks["cpu1"] - marks["cpu0"]
+            result["server_cpu_pct"] = round(100 * cpu / result["window_s"], 1)
+            result["server_us_per_frame"] = round(cpu / max(1, result["frames_echoed"]) * 1e6, 1)
+            result["server_rss_idle_mb"] = round(rss_idle / 1024, 1)
+            result["server_rss_per_call_kb"] = round((marks["rss"] - rss_idle) / calls, 1)
+        del result["_echoed_all"]
+        return result
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+COLUMNS = [("calls", "calls"), ("rtt_p50_ms", "p50 ms"), ("rtt_p99_ms", "p99 ms"),
+           ("rtt_max_ms", "max ms"), ("frames_lost", "lost"), ("out_of_order", "reord"),
+           ("server_cpu_pct", "srv cpu%"), ("server_us_per_frame", "us/frame"),
+           ("server_rss_per_call_kb", "KB/call"), ("client_cpu_pct", "gen cpu%"),
+           ("ticker_late_p99_ms", "tick p99 ms")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=100)
+    parser.add_argument("--sweep", help="comma-separated call counts, one fresh server each")
+    parser.add_argument("--duration", type=float, default=20.0, help="measured seconds")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds after ramp-up")
+    parser.add_argument("--rate", type=int, default=16000, choices=(16000, 24000))
+    parser.add_argument("--server-cpu", type=int, default=0)
+    parser.add_argument("--client-cpu", type=int, default=1)
+    parser.add_argument("--url", help="an already running gateway (no server CPU then)")
+    parser.add_argument("--server-arg", action="append", default=[], help="extra serve flag")
+    args = parser.parse_args()
+    os.sched_setaffinity(0, {args.client_cpu})
+    loads = [int(x) for x in args.sweep.split(",")] if args.sweep else [args.calls]
+    print(" ".join(f"{title:>11}" for _, title in COLUMNS))
+    for calls in loads:
+        r = one_load(args, calls)
+        print(" ".join(f"{r.get(key, float('nan')):>11}" for key, _ in COLUMNS), flush=True)
+        print("RESULT " + json.dumps(r), file=sys.stderr, flush=True)
+        if r["client_cpu_pct"] > 80 or r["ticker_late_p99_ms"] > 5:
+            print(f"WARNING: the load generator may be the bottleneck at {calls} calls "
+                  f"(cpu {r['client_cpu_pct']}%, ticker p99 late {r['ticker_late_p99_ms']} ms)")
+
+
+if __name__ == "__main__":
+    main()
