@@ -101,7 +101,7 @@ DATA_MARK = b'"data":"'
 
 
 class Generator:
-    def __init__(self, url: str, calls: int, rate: int) -> None:
+    def __init__(self, url: str, calls: int, rate: int, phases: int = 20) -> None:
         host, port = url.removeprefix("ws://").split("/")[0].rsplit(":", 1)
         self.host, self.port = host, int(port)
         self.n = calls
@@ -114,6 +114,10 @@ class Generator:
         self.lost_window_sent = 0
         self.errors = 0
         self.lateness: list[float] = []
+        # Real calls start at independent times, so their frames are spread over the 20 ms
+        # period: call i sends in sub-tick i % phases. phases=1 sends every call's frame in one
+        # burst (the worst case for round-trip percentiles).
+        self.phases = phases
 
     def open_call(self, index: int) -> None:
         sock = socket.create_connection((self.host, self.port))
@@ -189,8 +193,10 @@ class Generator:
         client_cpu0 = 0.0
         window_echoed0 = 0
         stop_at = None
+        sub_s = FRAME_S / self.phases
         while True:
-            deadline = start + tick * FRAME_S
+            deadline = start + tick * sub_s
+            phase = tick % self.phases
             now = time.monotonic()
             while now < deadline:
                 for key, _ in self.sel.select(deadline - now):
@@ -200,7 +206,7 @@ class Generator:
             if self.measuring:
                 self.lateness.append(late)
             if opened < self.n:
-                for _ in range(min(RAMP_PER_TICK, self.n - opened)):
+                for _ in range(min(RAMP_PER_TICK, self.n - opened) if phase == 0 else 0):
                     self.open_call(opened)
                     opened += 1
                 if opened == self.n:
@@ -224,7 +230,7 @@ class Generator:
                     self.measuring_until = now
             if stop_at is None:
                 slot = seq % RING
-                for call in self.calls:
+                for call in self.calls[phase :: self.phases]:
                     if call.upgraded and not call.closed:
                         call.sent_at[slot] = now
                         try:
@@ -233,7 +239,7 @@ class Generator:
                             self.errors += 1
                         if self.measuring:
                             self.sent += 1
-                if opened == self.n and all(c.upgraded for c in self.calls):
+                if phase == self.phases - 1 and opened == self.n and self.all_up():
                     seq += 1
             elif now >= stop_at:
                 break
@@ -263,6 +269,13 @@ class Generator:
             "errors": self.errors,
             "_echoed_all": echoed,
         }
+
+    def all_up(self) -> bool:
+        if not self._all_up:
+            self._all_up = all(c.upgraded for c in self.calls)
+        return self._all_up
+
+    _all_up = False
 
     # server CPU is read by the caller through these hooks
     def server_start(self) -> None: ...
@@ -318,7 +331,7 @@ def start_server(cpu: int | None, extra: list[str]) -> tuple[subprocess.Popen[by
 def one_load(args: argparse.Namespace, calls: int) -> dict[str, float]:
     proc, url = (None, args.url) if args.url else start_server(args.server_cpu, args.server_arg)
     try:
-        gen = Generator(url, calls, args.rate)
+        gen = Generator(url, calls, args.rate, args.phases)
         marks: dict[str, float] = {}
         if proc is not None:
             rss_idle = proc_rss_kb(proc.pid)
@@ -358,6 +371,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds after ramp-up")
     parser.add_argument("--rate", type=int, default=16000, choices=(16000, 24000))
+    parser.add_argument("--phases", type=int, default=20,
+                        help="spread calls over this many sub-ticks of 20 ms (1: one burst)")
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--client-cpu", type=int, default=1)
     parser.add_argument("--url", help="an already running gateway (no server CPU then)")

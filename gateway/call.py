@@ -42,6 +42,7 @@ from .errors import (
     ProtocolError,
 )
 from .packets import FRAME_MS, AudioData, AudioMetadata, InboundPacket, TranscriptionMetadata
+from .pacer import Pacer
 from .player import Player, Playout
 from .processors import Call, CallStats, Processor
 from .websocket import ConnectionClosed, Handshake, ServerWebSocket
@@ -84,6 +85,7 @@ async def run_call(
     settings: CallSettings,
     log: logging.LoggerAdapter[logging.Logger],
     on_call_started: Callable[[Call], None] | None = None,
+    pacer: Pacer | None = None,
 ) -> CallOutcome:
     """Run one accepted media stream to its end. Never raises for anything the peer or the
     processor did; a bug in the gateway itself propagates to the server's error boundary."""
@@ -124,7 +126,8 @@ async def run_call(
                 audio.sample_rate,
                 lead_ms=settings.playout_lead_ms,
                 capacity_ms=settings.playout_queue_ms,
-            )
+            ),
+            pacer=pacer,
         )
     audio_slots = max(1, math.ceil(settings.inbound_queue_ms / FRAME_MS))
     inbound_send, inbound_receive = trio.open_memory_channel[InboundPacket](audio_slots)

@@ -23,6 +23,7 @@ send task to send stop-audio before anything else.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Final
@@ -31,6 +32,7 @@ import attrs
 import trio
 
 from .packets import BYTES_PER_SAMPLE, FRAME_MS, frame_bytes
+from .pacer import Pacer
 
 DEFAULT_LEAD_MS: Final = 60  # three frames: absorbs send jitter, bounds audio heard after barge-in
 DEFAULT_CAPACITY_MS: Final = 5000  # a model reply streams faster than real time; 5 s is ~160 KB
@@ -189,12 +191,23 @@ class Player:
     - `released_ms(utterance)` says how much of an utterance the caller has been sent.
     """
 
-    def __init__(self, playout: Playout, clock: Callable[[], float] = trio.current_time) -> None:
+    def __init__(
+        self,
+        playout: Playout,
+        clock: Callable[[], float] = trio.current_time,
+        pacer: Pacer | None = None,
+    ) -> None:
         self.playout = playout
         self._clock = clock
+        self._pacer = pacer  # a shared timer (see gateway.pacer); None: a timeout of our own
         self._sender = trio.lowlevel.ParkingLot()  # the send task waits here for work
         self._space = trio.lowlevel.ParkingLot()  # play() waits here for queue space
         self._generation = 0  # bumped by stop(): cuts short any play() in progress
+        # When the parked send task will next look at the queue: +inf when it waits for audio,
+        # its deadline when it waits for the clock, -inf while it runs (it re-checks anyway).
+        # play() wakes it only if the new audio is due sooner, so a call with a backlog costs
+        # one wake-up per frame, not two.
+        self._sender_wakes_at = -math.inf
         self.closed = False
 
     @property
@@ -217,7 +230,7 @@ class Player:
             return
         if len(pcm) <= playout.space_bytes:  # fast path: fits, no copy
             playout.enqueue(pcm, utterance)
-            self._sender.unpark_all()
+            self._wake_sender_if_due()
             return
         generation = self._generation
         view = memoryview(pcm)
@@ -230,8 +243,13 @@ class Player:
                     return
                 continue
             playout.enqueue(bytes(view[:space]), utterance)
-            self._sender.unpark_all()
+            self._wake_sender_if_due()
             view = view[space:]
+
+    def _wake_sender_if_due(self) -> None:
+        due = self.playout.next_due(self._clock())
+        if due is not None and due < self._sender_wakes_at:
+            self._sender.unpark_all()
 
     def flush(self) -> None:
         """End of an utterance: let its last partial frame go without waiting for more audio."""
@@ -273,8 +291,17 @@ class Player:
             if self.closed:
                 await trio.sleep_forever()
             due = playout.next_due(now)
-            if due is None:
-                await self._sender.park()
-            else:
-                with trio.move_on_at(due):
+            try:
+                if due is None:
+                    self._sender_wakes_at = math.inf
                     await self._sender.park()
+                elif self._pacer is not None:
+                    self._sender_wakes_at = due
+                    self._pacer.wake_at(due, self._sender)
+                    await self._sender.park()
+                else:
+                    self._sender_wakes_at = due
+                    with trio.move_on_at(due):
+                        await self._sender.park()
+            finally:
+                self._sender_wakes_at = -math.inf

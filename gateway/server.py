@@ -35,6 +35,7 @@ from .config import Config
 from .errors import CLOSE_GOING_AWAY
 from .logs import call_logger
 from .processors import Processor
+from .pacer import Pacer
 from .transport import SocketTransport
 from .websocket import ConnectionClosed, Reject, ServerWebSocket
 
@@ -91,6 +92,7 @@ class Server:
         self._calls_scope: trio.CancelScope | None = None
         self._hard_stop = False
         self.stopped = trio.Event()  # set when serve() returns
+        self.pacer = Pacer()  # one timer for every call's send task
 
     @property
     def live(self) -> int:
@@ -157,7 +159,9 @@ class Server:
             await ws.accept()
             self.stats.calls_accepted += 1
             calllog.info("accepted %s", handshake.target)
-            outcome = await run_call(ws, handshake, self.processor, config.call_settings, calllog)
+            outcome = await run_call(
+                ws, handshake, self.processor, config.call_settings, calllog, pacer=self.pacer
+            )
             self.stats.add(outcome)
             if self.outcomes is not None:
                 self.outcomes.append(outcome)
@@ -233,20 +237,30 @@ async def serve(
         host = f"[{host}]" if ":" in host else host
         server.urls.append(f"{scheme}://{host}:{port}")
     try:
-        async with trio.open_nursery() as calls:
-            server._calls_scope = calls.cancel_scope
-            with server._accepting:
-                async with trio.open_nursery() as accepting:
-                    for listener in listeners:
-                        accepting.start_soon(server._accept_loop, listener, calls)
-                    for url in server.urls:
-                        log.info("listening on %s", url)
-                    task_status.started(server)
-            # Draining: refuse new connections at once (closed port) while live calls go on.
-            for listener in listeners:
-                await trio.aclose_forcefully(listener)
+        async with trio.open_nursery() as services:
+            await services.start(server.pacer.run)  # outlives every call; ends after them
+            await _serve_calls(server, listeners, task_status)
+            services.cancel_scope.cancel()
     finally:
         for listener in listeners:
             await trio.aclose_forcefully(listener)
         server.stopped.set()
     log.info("server stopped")
+
+
+async def _serve_calls(
+    server: Server, listeners: list[trio.abc.Listener[Any]], task_status: trio.TaskStatus[Server]
+) -> None:
+    """Accept until drained; return when the last call has ended."""
+    async with trio.open_nursery() as calls:
+        server._calls_scope = calls.cancel_scope
+        with server._accepting:
+            async with trio.open_nursery() as accepting:
+                for listener in listeners:
+                    accepting.start_soon(server._accept_loop, listener, calls)
+                for url in server.urls:
+                    log.info("listening on %s", url)
+                task_status.started(server)
+        # Draining: refuse new connections at once (closed port) while live calls go on.
+        for listener in listeners:
+            await trio.aclose_forcefully(listener)

@@ -48,26 +48,30 @@ class SocketTransport(trio.abc.HalfCloseableStream):
         return cls(socket.socket(trio_socket.family, trio_socket.type, fileno=trio_socket.detach()))
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        # Hot path: kept flat (no helper coroutines), since every await level is paid twice
+        # per wake-up.
         if self._receiving:
             raise trio.BusyResourceError("another task is receiving on this stream")
+        self._check_open()
         size = max_bytes or DEFAULT_RECEIVE_BYTES
+        sock = self.socket
         self._receiving = True
         try:
             if self._drained:
-                await self._wait(trio.lowlevel.wait_readable)
+                await trio.lowlevel.wait_readable(sock)
             else:
                 await trio.lowlevel.checkpoint()
             while True:
                 self._check_open()
                 try:
-                    data = self.socket.recv(size)
+                    data = sock.recv(size)
                 except BlockingIOError:
-                    await self._wait(trio.lowlevel.wait_readable)
-                except OSError as exc:
-                    raise trio.BrokenResourceError(exc) from exc
+                    await trio.lowlevel.wait_readable(sock)
                 else:
                     self._drained = len(data) < size
                     return data
+        except OSError as exc:  # ClosedResourceError is not an OSError: it passes through
+            raise trio.BrokenResourceError(exc) from exc
         finally:
             self._receiving = False
 

@@ -140,39 +140,39 @@ class ServerWebSocket:
             await self._peer_gone.wait()
             raise self.closed or ConnectionClosed(ABNORMAL_CLOSURE, "closed")
         self._receiver_active = True
+        messages: list[bytes | bytearray] = []
         try:
-            return await self._receive_messages()
+            while not messages:
+                if self._peer_gone.is_set() and self.closed is not None:
+                    raise self.closed
+                events, self._pending = self._pending, []
+                if not events:
+                    try:  # hot path: the stream call is inline, not behind a helper
+                        data = await self.stream.receive_some(RECEIVE_BYTES)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                        raise self._lost(f"connection lost ({exc})") from None
+                    if not data:
+                        raise self._lost("connection lost (EOF)")
+                    try:
+                        events = self._frames.receive(data)
+                    except framing.FramingError as exc:
+                        self._receiver_active = False  # we are the reader: close() reads
+                        await self.close(exc.code, exc.reason)
+                        raise ConnectionClosed(exc.code, exc.reason) from None
+                for event in events:
+                    kind = type(event)
+                    if kind is bytes or kind is bytearray:
+                        messages.append(event)  # type: ignore[arg-type]
+                    elif kind is framing.Ping:
+                        await self._send_raw(framing.encode_pong(event))  # type: ignore[arg-type]
+                    elif kind is framing.Close:
+                        await self._peer_closed(event)  # type: ignore[arg-type]
+                        if not messages:
+                            raise self.closed  # type: ignore[misc]
+                        return messages
+            return messages
         finally:
             self._receiver_active = False
-
-    async def _receive_messages(self) -> list[bytes | bytearray]:
-        messages: list[bytes | bytearray] = []
-        while not messages:
-            if self._peer_gone.is_set() and self.closed is not None:
-                raise self.closed
-            events, self._pending = self._pending, []
-            if not events:
-                data = await self._receive_some()
-                if not data:
-                    raise self._lost("connection lost (EOF)")
-                try:
-                    events = self._frames.receive(data)
-                except framing.FramingError as exc:
-                    self._receiver_active = False  # we are the reader: close() reads the reply
-                    await self.close(exc.code, exc.reason)
-                    raise ConnectionClosed(exc.code, exc.reason) from None
-            for event in events:
-                kind = type(event)
-                if kind is bytes or kind is bytearray:
-                    messages.append(event)  # type: ignore[arg-type]
-                elif kind is framing.Ping:
-                    await self._send_raw(framing.encode_pong(event))  # type: ignore[arg-type]
-                elif kind is framing.Close:
-                    await self._peer_closed(event)  # type: ignore[arg-type]
-                    if not messages:
-                        raise self.closed  # type: ignore[misc]
-                    return messages
-        return messages
 
     async def send_messages(self, messages: list[str]) -> None:
         """Send text messages with one write. Raises ConnectionClosed if the peer is gone."""
