@@ -5,9 +5,9 @@ Never: sockets or encoding (the call's send task does that), reading the clock i
 `Playout` (it is given `now`), drifting sleeps.
 
 The playout clock. ACS plays what we send at real-time rate from its own queue. `position` is
-the time at which the next frame we release would start playing there. A frame is due when
-`position - lead` has come: we stay at most `lead` seconds ahead of real time, so a barge-in
-leaves at most `lead` of audio already in ACS's hands. Each release advances `position` by the
+the time at which the next frame we release would start playing there. A frame is due when,
+once released, it would end no later than `now + lead`: we stay at most `lead` seconds ahead
+of real time, so a barge-in leaves at most `lead` of audio already in ACS's hands. Each release advances `position` by the
 frame's duration from max(position, now): absolute times, accumulated, so pacing never drifts;
 after an underrun (nothing to play) the next frame starts at `now`.
 
@@ -36,6 +36,7 @@ from .pacer import Pacer
 
 DEFAULT_LEAD_MS: Final = 60  # three frames: absorbs send jitter, bounds audio heard after barge-in
 DEFAULT_CAPACITY_MS: Final = 5000  # a model reply streams faster than real time; 5 s is ~160 KB
+_EPSILON: Final = 1e-9  # seconds; accumulated float positions must not miss an exact due time
 _UTTERANCES_KEPT: Final = 64  # released_ms is remembered for this many recent utterances
 
 
@@ -131,8 +132,8 @@ class Playout:
     def next_due(self, now: float) -> float | None:
         """When the next release is due (may be <= now), or None if nothing is queued."""
         position = now if self.position is None or self.position < now else self.position
-        if self._frames:
-            return position - self.lead
+        if self._frames:  # once released, the head must end no later than now + lead
+            return position + len(self._frames[0][0]) / self.bytes_per_second - self.lead
         if self._tail:
             return position - self.frame_seconds  # only to keep ACS from running dry
         return None
@@ -142,7 +143,7 @@ class Playout:
         released: list[bytes] = []
         while True:
             due = self.next_due(now)
-            if due is None or due > now:
+            if due is None or due > now + _EPSILON:
                 return released
             if not self._frames:
                 self.flush()

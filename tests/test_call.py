@@ -211,9 +211,10 @@ async def test_barge_in_stops_queued_audio_at_once(autojump_clock):
         assert stop - barge_in < 1e-6  # same instant on the autojump clock
         after = [r for r in mc.peer.received if r.time > stop and r.kind == "audioData"]
         assert after == []  # no bot audio after the stop
-        # the gateway had released 1 s + the 60 ms lead; ACS had played 1 s of it
-        assert heard_ms == [pytest.approx(1060, abs=1e-6)]
-        assert len(mc.peer.received_pcm) == 1060 * 32
+        # the gateway had released 1 s + the lead (60 ms, or 40 ms if the frame due at the
+        # same instant as the barge-in had not gone yet); ACS had played 1 s of it
+        assert len(heard_ms) == 1 and heard_ms[0] in (pytest.approx(1040), pytest.approx(1060))
+        assert len(mc.peer.received_pcm) == round(heard_ms[0] * 32)
         assert len(mc.peer.playback.heard()) == 1000 * 32
         await mc.peer.hang_up()
     stats = mc.result.stats
