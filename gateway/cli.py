@@ -9,6 +9,7 @@ once.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import sys
@@ -80,6 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"acs-media-gateway: {exc}", file=sys.stderr)
         return 2
     log.info("acs-media-gateway %s, processor %r", __version__, config.processor)
+    # Everything loaded so far lives as long as the process: keep it out of the cyclic GC's
+    # full collections, whose pauses stall every call at once (README, "Performance").
+    gc.freeze()
     try:
         trio.run(_run, config, processor)
     except KeyboardInterrupt:  # a signal before the handlers were installed
