@@ -84,7 +84,6 @@ async def run_call(
     processor: Processor,
     settings: CallSettings,
     log: logging.LoggerAdapter[logging.Logger],
-    on_call_started: Callable[[Call], None] | None = None,
     pacer: Pacer | None = None,
 ) -> CallOutcome:
     """Run one accepted media stream to its end. Never raises for anything the peer or the
@@ -150,8 +149,6 @@ async def run_call(
         if not outcome.ended_by:
             outcome.ended_by, outcome.close_code = by, code
 
-    if on_call_started is not None:
-        on_call_started(call)
     log.info(
         "call started: %s",
         f"{audio.sample_rate} Hz audio" if audio is not None else "transcription only",

@@ -87,7 +87,6 @@ class Server:
         self.reserved = 0  # calls admitted (from the accepted upgrade to the end of the call)
         self.urls: list[str] = []
         self.draining = False
-        self.outcomes: list[CallOutcome] | None = None  # tests may set a list to collect these
         self._accepting = trio.CancelScope()
         self._calls_scope: trio.CancelScope | None = None
         self._hard_stop = False
@@ -163,8 +162,6 @@ class Server:
                 ws, handshake, self.processor, config.call_settings, calllog, pacer=self.pacer
             )
             self.stats.add(outcome)
-            if self.outcomes is not None:
-                self.outcomes.append(outcome)
             calllog.info(
                 "call ended by %s (close code %s): %d frames in, %d dropped, %d messages out",
                 outcome.ended_by,
