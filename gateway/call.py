@@ -196,16 +196,17 @@ async def run_call(
         """Release the player's frames to ACS on the playout clock."""
         assert player is not None
         encode_audio = codec.encode_audio
-        try:
-            while True:
-                stop, frames = await player.next_release()
-                messages = [codec.STOP_AUDIO_MESSAGE] if stop else []
-                messages += [encode_audio(pcm) for pcm in frames]
+        while True:
+            stop, frames = await player.next_release()
+            messages = [codec.STOP_AUDIO_MESSAGE] if stop else []
+            messages += [encode_audio(pcm) for pcm in frames]
+            try:
                 await ws.send_messages(messages)
-                stats.messages_out += len(messages)
-                stats.stop_audio_sent += stop
-        except ConnectionClosed:
-            pass  # the receive task sees the same and ends the call
+            except ConnectionClosed:
+                player.playout.not_sent(frames)
+                return  # the receive task sees the same and ends the call
+            stats.messages_out += len(messages)
+            stats.stop_audio_sent += stop
 
     async def process() -> None:
         nonlocal processor_returned
@@ -234,9 +235,16 @@ async def run_call(
                 nursery.start_soon(_run_in(sending, send))
             nursery.start_soon(process)
     finally:
+        stats.packets_unread = inbound_receive.statistics().current_buffer_used
         inbound_receive.close()
         if player is not None:
             player.close()
+    if stats.packets_unread or (player is not None and player.playout.stats.unsent_at_end):
+        log.info(
+            "at the end of the call %d inbound packets were unread and %d bytes of audio unsent",
+            stats.packets_unread,
+            0 if player is None else player.playout.stats.unsent_at_end,
+        )
     if not outcome.ended_by:  # cancelled from outside (server drain)
         ended("cancelled", None)
     if not processor_returned and outcome.ended_by == "hangup":

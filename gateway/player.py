@@ -13,8 +13,8 @@ after an underrun (nothing to play) the next frame starts at `now`.
 
 Frames are 20 ms of the call's format. Audio is queued in whole frames; a remainder shorter than
 a frame (the end of an odd-sized chunk) waits for more audio of the same utterance and is
-released on its own only when ACS would otherwise run dry (`position <= now + one frame`) or
-when the producer calls `flush()`.
+released on its own only when ACS would otherwise run dry (`position <= now + one frame`, and
+never beyond the lead window) or when the producer calls `flush()`.
 
 Bounds: the queue holds at most `capacity` seconds; `Player.play()` blocks while it is full
 (back-pressure to the processor). `stop()` drops everything queued, counts it, and asks the
@@ -48,6 +48,7 @@ class PlayoutStats:
     released: int = 0  # sent towards ACS
     dropped_by_stop: int = 0  # queued, then dropped by stop() (barge-in)
     discarded: int = 0  # play() after the call ended, or the rest of a play() cut by stop()
+    unsent_at_end: int = 0  # still queued when the call ended
     frames_released: int = 0
     stops: int = 0
 
@@ -121,11 +122,22 @@ class Playout:
         """Barge-in: drop everything queued; the send task must send stop-audio next."""
         self.stats.dropped_by_stop += self._queued
         self.stats.stops += 1
+        self.drop_queue()
+        self.position = None  # ACS drops its own queue on stop-audio
+        self.stop_pending = True
+
+    def not_sent(self, frames: list[bytes]) -> None:
+        """Released frames the connection refused (the call was ending): count them unsent."""
+        n = sum(len(f) for f in frames)
+        self.stats.released -= n
+        self.stats.frames_released -= len(frames)
+        self.stats.unsent_at_end += n
+
+    def drop_queue(self) -> None:
+        """Forget everything queued (the caller counts it)."""
         self._frames.clear()
         self._tail.clear()
         self._queued = 0
-        self.position = None  # ACS drops its own queue on stop-audio
-        self.stop_pending = True
 
     # -- send side --
 
@@ -134,8 +146,11 @@ class Playout:
         position = now if self.position is None or self.position < now else self.position
         if self._frames:  # once released, the head must end no later than now + lead
             return position + len(self._frames[0][0]) / self.bytes_per_second - self.lead
-        if self._tail:
-            return position - self.frame_seconds  # only to keep ACS from running dry
+        if self._tail:  # only to keep ACS from running dry, and never beyond the lead
+            return max(
+                position - self.frame_seconds,
+                position + len(self._tail) / self.bytes_per_second - self.lead,
+            )
         return None
 
     def release_due(self, now: float) -> list[bytes]:
@@ -176,7 +191,7 @@ class Playout:
         return self._released.get(utterance, 0) * 1000 / self.bytes_per_second
 
     def buffered_ms(self, now: float) -> float:
-        """Milliseconds released but not yet played by ACS (at most `lead`, plus one frame)."""
+        """Milliseconds released but not yet played by ACS (at most `lead`)."""
         if self.position is None or self.position <= now:
             return 0.0
         return (self.position - now) * 1000
@@ -225,6 +240,8 @@ class Player:
     async def play(self, pcm: bytes, utterance: Hashable = None) -> None:
         """Queue PCM16 mono at the call's sample rate; blocks while the queue is full."""
         await trio.lowlevel.checkpoint_if_cancelled()
+        if len(pcm) % BYTES_PER_SAMPLE:  # refuse it whole, not after queueing (playing) a part
+            raise ValueError(f"PCM16 must be whole samples; got {len(pcm)} bytes")
         playout = self.playout
         if self.closed:
             playout.stats.discarded += len(pcm)
@@ -271,7 +288,12 @@ class Player:
             await self._space.park()
 
     def close(self) -> None:
-        """The call is over: later play() calls are discarded (and counted)."""
+        """The call is over: what is still queued is counted as unsent, and later play() calls
+        are discarded (and counted)."""
+        if not self.closed:
+            playout = self.playout
+            playout.stats.unsent_at_end += playout.queued_bytes
+            playout.drop_queue()
         self.closed = True
         self._space.unpark_all()
         self._sender.unpark_all()

@@ -271,3 +271,20 @@ async def test_processor_returning_at_once_closes_cleanly_every_time(autojump_cl
             await mc.peer.closed.wait()
         assert mc.peer.close_code == 1000
         assert mc.result.ended_by == "processor"
+
+
+async def test_what_a_call_leaves_behind_is_counted(autojump_clock):
+    async def leaves_early(call: Call) -> None:
+        assert call.player is not None
+        await call.player.play(bytes(640 * 50))  # 1 s queued; only the lead goes out at once
+        await trio.sleep(0.1)
+
+    async with memory_call(leaves_early) as mc:
+        for _ in range(3):
+            await mc.peer.send_dtmf("1")  # never read
+        await mc.peer.closed.wait()
+    stats = mc.result.stats
+    assert stats.packets_unread == 3
+    playout = mc.result.call.player.playout.stats
+    assert playout.accepted == playout.released + playout.unsent_at_end
+    assert playout.unsent_at_end > 0 and playout.released == len(mc.peer.received_pcm)

@@ -20,6 +20,7 @@ class CallStats:
     packets_in: int = 0
     audio_frames_in: int = 0
     audio_frames_dropped: int = 0  # processor fell behind: inbound audio queue full
+    packets_unread: int = 0  # still in the inbound queue when the call ended
     protocol_errors: Counter[str] = attrs.field(factory=Counter)  # by ProtocolError.reason
     messages_out: int = 0
     stop_audio_sent: int = 0
