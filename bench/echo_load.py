@@ -24,7 +24,6 @@ import re
 import selectors
 import signal
 import socket
-import statistics
 import struct
 import subprocess
 import sys
@@ -55,24 +54,46 @@ def audio_frames(call: int, rate: int) -> list[bytes]:
     for seq in range(RING):
         pcm = HEADER.pack(call, seq) + bytes((call + seq + i) & 0xFF for i in range(size - 6))
         data = base64.b64encode(pcm).decode()
-        frames.append(masked_text_frame(
-            '{"kind":"AudioData","audioData":{"timestamp":"2024-11-15T19:16:12.925Z",'
-            f'"data":"{data}","silent":false}}}}'
-        ))
+        frames.append(
+            masked_text_frame(
+                '{"kind":"AudioData","audioData":{"timestamp":"2024-11-15T19:16:12.925Z",'
+                f'"data":"{data}","silent":false}}}}'
+            )
+        )
     return frames
 
 
 def metadata_frame(rate: int) -> bytes:
-    return masked_text_frame(json.dumps({
-        "kind": "AudioMetadata",
-        "audioMetadata": {"subscriptionId": str(uuid.uuid4()), "encoding": "PCM",
-                          "sampleRate": rate, "channels": 1, "length": rate * 2 // 50},
-    }, separators=(",", ":")))
+    return masked_text_frame(
+        json.dumps(
+            {
+                "kind": "AudioMetadata",
+                "audioMetadata": {
+                    "subscriptionId": str(uuid.uuid4()),
+                    "encoding": "PCM",
+                    "sampleRate": rate,
+                    "channels": 1,
+                    "length": rate * 2 // 50,
+                },
+            },
+            separators=(",", ":"),
+        )
+    )
 
 
 class Call:
-    __slots__ = ("index", "sock", "frames", "sent_at", "inbox", "echoed", "last_seq", "reorder",
-                 "upgraded", "closed")
+    __slots__ = (
+        "index",
+        "sock",
+        "frames",
+        "sent_at",
+        "inbox",
+        "echoed",
+        "last_seq",
+        "reorder",
+        "upgraded",
+        "closed",
+    )
 
     def __init__(self, index: int, sock: socket.socket, frames: list[bytes]) -> None:
         self.index = index
@@ -250,7 +271,11 @@ class Generator:
         lateness = sorted(self.lateness)
 
         def pct(values: list[float], p: float) -> float:
-            return values[min(len(values) - 1, int(p * len(values)))] * 1000 if values else float("nan")
+            return (
+                values[min(len(values) - 1, int(p * len(values)))] * 1000
+                if values
+                else float("nan")
+            )
 
         window = measure_end - measure_start
         return {
@@ -308,8 +333,21 @@ def proc_rss_kb(pid: int) -> int:
 
 
 def start_server(cpu: int | None, extra: list[str]) -> tuple[subprocess.Popen[bytes], str]:
-    cmd = [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", "0",
-           "--log-level", "info", "--max-calls", "100000", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gateway",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--log-level",
+        "info",
+        "--max-calls",
+        "100000",
+        *extra,
+    ]
     if cpu is not None:
         cmd = ["taskset", "-c", str(cpu), *cmd]
     proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE)
@@ -335,8 +373,10 @@ def one_load(args: argparse.Namespace, calls: int) -> dict[str, float]:
         marks: dict[str, float] = {}
         if proc is not None:
             rss_idle = proc_rss_kb(proc.pid)
-            gen.server_start = lambda: marks.update(cpu0=proc_cpu_seconds(proc.pid),  # type: ignore[method-assign]
-                                                    rss=proc_rss_kb(proc.pid))
+            gen.server_start = lambda: marks.update(
+                cpu0=proc_cpu_seconds(proc.pid),  # type: ignore[method-assign]
+                rss=proc_rss_kb(proc.pid),
+            )
             gen.server_stop = lambda: marks.update(cpu1=proc_cpu_seconds(proc.pid))  # type: ignore[method-assign]
         result = gen.run(args.warmup, args.duration)
         gen.close()
@@ -357,22 +397,36 @@ def one_load(args: argparse.Namespace, calls: int) -> dict[str, float]:
                 proc.kill()
 
 
-COLUMNS = [("calls", "calls"), ("rtt_p50_ms", "p50 ms"), ("rtt_p99_ms", "p99 ms"),
-           ("rtt_max_ms", "max ms"), ("frames_lost", "lost"), ("out_of_order", "reord"),
-           ("server_cpu_pct", "srv cpu%"), ("server_us_per_frame", "us/frame"),
-           ("server_rss_per_call_kb", "KB/call"), ("client_cpu_pct", "gen cpu%"),
-           ("ticker_late_p99_ms", "tick p99 ms")]
+COLUMNS = [
+    ("calls", "calls"),
+    ("rtt_p50_ms", "p50 ms"),
+    ("rtt_p99_ms", "p99 ms"),
+    ("rtt_max_ms", "max ms"),
+    ("frames_lost", "lost"),
+    ("out_of_order", "reord"),
+    ("server_cpu_pct", "srv cpu%"),
+    ("server_us_per_frame", "us/frame"),
+    ("server_rss_per_call_kb", "KB/call"),
+    ("client_cpu_pct", "gen cpu%"),
+    ("ticker_late_p99_ms", "tick p99 ms"),
+]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--calls", type=int, default=100)
     parser.add_argument("--sweep", help="comma-separated call counts, one fresh server each")
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds after ramp-up")
     parser.add_argument("--rate", type=int, default=16000, choices=(16000, 24000))
-    parser.add_argument("--phases", type=int, default=20,
-                        help="spread calls over this many sub-ticks of 20 ms (1: one burst)")
+    parser.add_argument(
+        "--phases",
+        type=int,
+        default=20,
+        help="spread calls over this many sub-ticks of 20 ms (1: one burst)",
+    )
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--client-cpu", type=int, default=1)
     parser.add_argument("--url", help="an already running gateway (no server CPU then)")
@@ -386,8 +440,10 @@ def main() -> None:
         print(" ".join(f"{r.get(key, float('nan')):>11}" for key, _ in COLUMNS), flush=True)
         print("RESULT " + json.dumps(r), file=sys.stderr, flush=True)
         if r["client_cpu_pct"] > 80 or r["ticker_late_p99_ms"] > 5:
-            print(f"WARNING: the load generator may be the bottleneck at {calls} calls "
-                  f"(cpu {r['client_cpu_pct']}%, ticker p99 late {r['ticker_late_p99_ms']} ms)")
+            print(
+                f"WARNING: the load generator may be the bottleneck at {calls} calls "
+                f"(cpu {r['client_cpu_pct']}%, ticker p99 late {r['ticker_late_p99_ms']} ms)"
+            )
 
 
 if __name__ == "__main__":

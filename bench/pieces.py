@@ -56,8 +56,10 @@ def main() -> None:
     rows = [
         ("frame in: wsproto receive_data + events()", wsproto_receive),
         ("frame in: gateway.framing.FrameReader.receive", lambda: reader.receive(FRAME)),
-        ("decode: codec InboundDecoder.decode (orjson + pybase64 + attrs)",
-         lambda: decoder.decode(MESSAGE.encode())),
+        (
+            "decode: codec InboundDecoder.decode (orjson + pybase64 + attrs)",
+            lambda: decoder.decode(MESSAGE.encode()),
+        ),
         ("encode: codec.encode_audio (pybase64 + concatenation)", lambda: codec.encode_audio(PCM)),
         ("frame out: wsproto send(TextMessage)", lambda: ws.send(TextMessage(data=out))),
         ("frame out: gateway.framing.encode_texts", lambda: framing.encode_texts([out])),

@@ -41,8 +41,8 @@ from .errors import (
     CLOSE_NORMAL,
     ProtocolError,
 )
-from .packets import FRAME_MS, AudioData, AudioMetadata, InboundPacket, TranscriptionMetadata
 from .pacer import Pacer
+from .packets import FRAME_MS, AudioData, AudioMetadata, InboundPacket, TranscriptionMetadata
 from .player import Player, Playout
 from .processors import Call, CallStats, Processor
 from .websocket import ConnectionClosed, Handshake, ServerWebSocket

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 
 import trio
 
-from . import __version__, config as configuration, logs, processors
+from . import __version__, logs, processors
+from . import config as configuration
 from .errors import ConfigError
 from .server import Server, serve
 

@@ -153,8 +153,12 @@ def _audio_data(p: dict[str, Any]) -> AudioData:
         or (participant is not None and type(participant) is not str)
         or (silent is not None and type(silent) is not bool)
     ):
-        for key, kind in (("data", str), ("timestamp", str), ("participantRawID", str),
-                          ("silent", bool)):
+        for key, kind in (
+            ("data", str),
+            ("timestamp", str),
+            ("participantRawID", str),
+            ("silent", bool),
+        ):
             _opt(p, key, kind, "audioData")  # raises the precise wrong_type error
     return AudioData(
         pcm=_pcm(data, "audioData") if data else b"",

@@ -60,13 +60,19 @@ class Config:
     )
     processor: str = attrs.field(
         default="echo",
-        metadata=_doc("Processor for every call: a built-in name, an entry point, or `module:factory`."),
+        metadata=_doc(
+            "Processor for every call: a built-in name, an entry point, or `module:factory`."
+        ),
     )
     log_level: str = attrs.field(
-        default="info", validator=_one_of(*LOG_LEVELS), metadata=_doc("debug, info, warning, error.")
+        default="info",
+        validator=_one_of(*LOG_LEVELS),
+        metadata=_doc("debug, info, warning, error."),
     )
     log_format: str = attrs.field(
-        default="text", validator=_one_of(*LOG_FORMATS), metadata=_doc("`text` or `json` (one object a line).")
+        default="text",
+        validator=_one_of(*LOG_FORMATS),
+        metadata=_doc("`text` or `json` (one object a line)."),
     )
     max_calls: int = attrs.field(
         default=1000,
@@ -96,7 +102,9 @@ class Config:
     playout_lead_ms: int = attrs.field(
         default=60,
         validator=_at_least_one_frame,
-        metadata=_doc("How far ahead of real time audio is sent to ACS (bounds audio after barge-in)."),
+        metadata=_doc(
+            "How far ahead of real time audio is sent to ACS (bounds audio after barge-in)."
+        ),
     )
     playout_queue_ms: int = attrs.field(
         default=5000,
@@ -106,7 +114,9 @@ class Config:
     hangup_grace: float = attrs.field(
         default=2.0,
         validator=_positive,
-        metadata=_doc("Seconds a processor has to return after ACS hangs up before it is cancelled."),
+        metadata=_doc(
+            "Seconds a processor has to return after ACS hangs up before it is cancelled."
+        ),
     )
     max_consecutive_errors: int = attrs.field(
         default=50,
@@ -119,9 +129,12 @@ class Config:
         metadata=_doc("On SIGTERM/SIGINT, seconds live calls may go on before they are cancelled."),
     )
     tls_certfile: str | None = attrs.field(
-        default=None, metadata=_doc("PEM certificate chain: serve wss:// directly (with tls_keyfile).")
+        default=None,
+        metadata=_doc("PEM certificate chain: serve wss:// directly (with tls_keyfile)."),
     )
-    tls_keyfile: str | None = attrs.field(default=None, metadata=_doc("PEM private key for tls_certfile."))
+    tls_keyfile: str | None = attrs.field(
+        default=None, metadata=_doc("PEM private key for tls_certfile.")
+    )
     processors: dict[str, dict[str, Any]] = attrs.field(
         factory=dict,
         metadata=_doc("File only: `[processors.NAME]` tables of options for each processor."),

@@ -7,8 +7,9 @@ Never: sockets or encoding (the call's send task does that), reading the clock i
 The playout clock. ACS plays what we send at real-time rate from its own queue. `position` is
 the time at which the next frame we release would start playing there. A frame is due when,
 once released, it would end no later than `now + lead`: we stay at most `lead` seconds ahead
-of real time, so a barge-in leaves at most `lead` of audio already in ACS's hands. Each release advances `position` by the
-frame's duration from max(position, now): absolute times, accumulated, so pacing never drifts;
+of real time, so a barge-in leaves at most `lead` of audio already in ACS's hands. Each
+release advances `position` by the frame's duration from max(position, now): absolute times,
+accumulated, so pacing never drifts;
 after an underrun (nothing to play) the next frame starts at `now`.
 
 Frames are 20 ms of the call's format. Audio is queued in whole frames; a remainder shorter than
@@ -31,8 +32,8 @@ from typing import Final
 import attrs
 import trio
 
-from .packets import BYTES_PER_SAMPLE, FRAME_MS, frame_bytes
 from .pacer import Pacer
+from .packets import BYTES_PER_SAMPLE, FRAME_MS, frame_bytes
 
 DEFAULT_LEAD_MS: Final = 60  # three frames: absorbs send jitter, bounds audio heard after barge-in
 DEFAULT_CAPACITY_MS: Final = 5000  # a model reply streams faster than real time; 5 s is ~160 KB

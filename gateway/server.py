@@ -34,8 +34,8 @@ from .call import CallOutcome, run_call
 from .config import Config
 from .errors import CLOSE_GOING_AWAY
 from .logs import call_logger
-from .processors import Processor
 from .pacer import Pacer
+from .processors import Processor
 from .transport import SocketTransport
 from .websocket import ConnectionClosed, Reject, ServerWebSocket
 
@@ -43,9 +43,7 @@ log = logging.getLogger("gateway.server")
 
 # Errors from accept() that mean "out of file descriptors/memory right now", not "broken";
 # trio's serve_listeners waits and retries on the same set.
-ACCEPT_CAPACITY_ERRNOS: Final = frozenset(
-    {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
-)
+ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 ACCEPT_RETRY_SLEEP: Final = 0.1  # seconds; long enough for a call to end and free an fd
 CLOSE_ON_CANCEL_TIMEOUT: Final = 1.0  # seconds for the 1001 close when calls are cancelled
 
@@ -226,10 +224,10 @@ async def serve(
     scheme = "ws"
     if config.tls_certfile is not None:
         context = _ssl_context(config)
-        listeners = [trio.SSLListener(l, context, https_compatible=True) for l in listeners]
+        listeners = [trio.SSLListener(ln, context, https_compatible=True) for ln in listeners]
         scheme = "wss"
     for listener in listeners:
-        sock = getattr(getattr(listener, "transport_listener", listener), "socket")
+        sock = getattr(listener, "transport_listener", listener).socket
         host, port = sock.getsockname()[:2]
         host = f"[{host}]" if ":" in host else host
         server.urls.append(f"{scheme}://{host}:{port}")

@@ -53,7 +53,9 @@ async def memory_call(
                 handshake.headers.get("x-ms-call-correlation-id"),
                 "memory",
             )
-            outcome.append(await run_call(ws, handshake, processor, settings or CallSettings(), log))
+            outcome.append(
+                await run_call(ws, handshake, processor, settings or CallSettings(), log)
+            )
         finally:
             await trio.aclose_forcefully(server)
 

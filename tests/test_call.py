@@ -243,7 +243,10 @@ async def test_transcription_only_stream(autojump_clock):
             {"kind": "TranscriptionMetadata", "transcriptionMetadata": {"locale": "en-us"}}
         )
         await mc.peer.send_json(
-            {"kind": "TranscriptionData", "transcriptionData": {"text": "hi", "resultStatus": "Final"}}
+            {
+                "kind": "TranscriptionData",
+                "transcriptionData": {"text": "hi", "resultStatus": "Final"},
+            }
         )
         await trio.sleep(0.1)
     assert [p.text for p in got] == ["hi"]

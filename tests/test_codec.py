@@ -61,8 +61,12 @@ def _sdk_view(packet) -> dict:
     """Our packet in the SDK's names, for the fields the SDK returns."""
     match packet:
         case AudioMetadata():
-            return {"subscriptionId": packet.subscription_id, "encoding": packet.encoding,
-                    "sampleRate": packet.sample_rate, "channels": packet.channels}
+            return {
+                "subscriptionId": packet.subscription_id,
+                "encoding": packet.encoding,
+                "sampleRate": packet.sample_rate,
+                "channels": packet.channels,
+            }
         case AudioData():
             view = {"data": packet.data, "timestamp": packet.timestamp, "isSilent": packet.silent}
             if packet.participant_raw_id is not None:
@@ -71,18 +75,31 @@ def _sdk_view(packet) -> dict:
         case DtmfData():
             return {"data": packet.tone}
         case TranscriptionMetadata():
-            return {"subscriptionId": packet.subscription_id, "locale": packet.locale,
-                    "callConnectionId": packet.call_connection_id,
-                    "correlationId": packet.correlation_id,
-                    "speechRecognitionModelEndpointId":
-                        packet.speech_recognition_model_endpoint_id}
+            return {
+                "subscriptionId": packet.subscription_id,
+                "locale": packet.locale,
+                "callConnectionId": packet.call_connection_id,
+                "correlationId": packet.correlation_id,
+                "speechRecognitionModelEndpointId": packet.speech_recognition_model_endpoint_id,
+            }
         case TranscriptionData():
-            return {"text": packet.text, "format": packet.format, "confidence": packet.confidence,
-                    "offsetInTicks": packet.offset_ticks, "durationInTicks": packet.duration_ticks,
-                    "words": [{"text": w.text, "offsetInTicks": w.offset_ticks,
-                               "durationInTicks": w.duration_ticks} for w in packet.words or ()],
-                    "participant": packet.participant_raw_id,
-                    "resultState": packet.result_status}
+            return {
+                "text": packet.text,
+                "format": packet.format,
+                "confidence": packet.confidence,
+                "offsetInTicks": packet.offset_ticks,
+                "durationInTicks": packet.duration_ticks,
+                "words": [
+                    {
+                        "text": w.text,
+                        "offsetInTicks": w.offset_ticks,
+                        "durationInTicks": w.duration_ticks,
+                    }
+                    for w in packet.words or ()
+                ],
+                "participant": packet.participant_raw_id,
+                "resultState": packet.result_status,
+            }
     raise AssertionError(packet)
 
 
@@ -90,9 +107,11 @@ def _normalise_sdk(sdk: dict) -> dict:
     out = dict(sdk)
     participant = out.get("participant")
     if isinstance(participant, dict):  # the SDK turns raw ids into identifier objects
-        out["participant"] = participant.get("rawId") or participant.get(
-            "communicationUserId"
-        ) or "4:" + participant["phoneNumber"]
+        out["participant"] = (
+            participant.get("rawId")
+            or participant.get("communicationUserId")
+            or "4:" + participant["phoneNumber"]
+        )
     if "resultState" in out:
         out["resultState"] = out["resultState"].lower()
     return out
@@ -117,7 +136,10 @@ def test_big_tick_offsets_stay_exact():
 @pytest.mark.parametrize(
     ("name", "check"),
     [
-        ("audio_participant_null", lambda p: isinstance(p, AudioData) and p.participant_raw_id is None),
+        (
+            "audio_participant_null",
+            lambda p: isinstance(p, AudioData) and p.participant_raw_id is None,
+        ),
         ("transcription_no_words", lambda p: p.words is None and p.result_status == "intermediate"),
         ("transcription_no_participant", lambda p: p.participant_raw_id is None and p.is_final),
         ("wrong_case_kind", lambda p: isinstance(p, AudioData) and len(p.pcm) == 640),
@@ -129,8 +151,9 @@ def test_we_accept_what_the_sdk_crashes_on(name, check):
     assert check(codec.decode(case["message"]))  # ...we follow acs-protocol.md f.2
 
 
-@pytest.mark.parametrize(("name", "expected"), [("unknown_kind", "unknown_kind"),
-                                                ("missing_payload", "missing_payload")])
+@pytest.mark.parametrize(
+    ("name", "expected"), [("unknown_kind", "unknown_kind"), ("missing_payload", "missing_payload")]
+)
 def test_what_neither_can_read_is_a_protocol_error(name, expected):
     case = next(c for c in FIXTURES["inbound"] if c["name"] == name)
     assert case["sdk_error"]
@@ -142,8 +165,19 @@ def test_what_neither_can_read_is_a_protocol_error(name, expected):
 
 @pytest.mark.parametrize(("rate", "size"), [(16000, 640), (24000, 960)])
 def test_metadata_gives_the_frame_size(rate, size):
-    m = codec.decode(json.dumps({"kind": "AudioMetadata", "audioMetadata": {
-        "subscriptionId": "x", "encoding": "pcm", "sampleRate": rate, "channels": 1}}))
+    m = codec.decode(
+        json.dumps(
+            {
+                "kind": "AudioMetadata",
+                "audioMetadata": {
+                    "subscriptionId": "x",
+                    "encoding": "pcm",
+                    "sampleRate": rate,
+                    "channels": 1,
+                },
+            }
+        )
+    )
     assert isinstance(m, AudioMetadata) and m.frame_bytes == size and m.length is None
 
 
@@ -162,8 +196,16 @@ def test_missing_or_unknown_kind_falls_back_to_the_payload_key():
 
 def test_audio_fields_are_optional_and_null_is_absent():
     p = codec.decode('{"kind":"AudioData","audioData":{}}')
-    assert (p.pcm, p.data, p.timestamp, p.participant_raw_id, p.silent) == (b"", "", None, None, False)
-    p = codec.decode('{"kind":"AudioData","audioData":{"data":null,"silent":null,"participantRawID":""}}')
+    assert (p.pcm, p.data, p.timestamp, p.participant_raw_id, p.silent) == (
+        b"",
+        "",
+        None,
+        None,
+        False,
+    )
+    p = codec.decode(
+        '{"kind":"AudioData","audioData":{"data":null,"silent":null,"participantRawID":""}}'
+    )
     assert p.pcm == b"" and p.participant_raw_id is None and p.silent is False
 
 
@@ -174,7 +216,9 @@ def test_dtmf_tones_pass_through(tone):
 
 def test_text_and_binary_frames_decode_alike():
     text = f'{{"kind":"AudioData","audioData":{{"data":"{B64}","silent":false}}}}'
-    assert codec.decode(text) == codec.decode(text.encode()) == codec.decode(bytearray(text.encode()))
+    assert (
+        codec.decode(text) == codec.decode(text.encode()) == codec.decode(bytearray(text.encode()))
+    )
 
 
 MALFORMED = [
@@ -240,11 +284,24 @@ def test_round_trip_keeps_the_audio():
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
     max_leaves=20,
 )
-KEYS = ["kind", "audioData", "audioMetadata", "dtmfData", "transcriptionData",
-        "transcriptionMetadata", "data", "silent", "sampleRate", "words", "participantRawID"]
+KEYS = [
+    "kind",
+    "audioData",
+    "audioMetadata",
+    "dtmfData",
+    "transcriptionData",
+    "transcriptionMetadata",
+    "data",
+    "silent",
+    "sampleRate",
+    "words",
+    "participantRawID",
+]
 
 
 def _decodes_or_protocol_error(message: str | bytes) -> None:

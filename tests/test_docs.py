@@ -41,7 +41,9 @@ def _readme_processor_module() -> types.ModuleType:
 
 async def test_the_readme_processor_example_works():
     _readme_processor_module()
-    async with open_gateway("readme_bot:make", processors={"readme_bot:make": {"greeting_ms": 100}}) as server:
+    async with open_gateway(
+        "readme_bot:make", processors={"readme_bot:make": {"greeting_ms": 100}}
+    ) as server:
         async with simulated_call(server.urls[0]) as call:
             await call.stream(b"\x01\x00" * 320 * 3, realtime=False)
             with trio.fail_after(5):

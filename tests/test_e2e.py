@@ -172,7 +172,9 @@ async def test_handshake_headers_tag_every_call_log_line(caplog):
     caplog.set_level(logging.INFO)
     async with open_gateway() as server:
         async with simulated_call(
-            server.urls[0], connection_id="401f3500-conn", correlation_id="ebd8-corr",
+            server.urls[0],
+            connection_id="401f3500-conn",
+            correlation_id="ebd8-corr",
             resource="/ws/any/path?x=1",
         ) as call:
             await call.stream(bytes(640 * 3), realtime=False)

@@ -96,8 +96,11 @@ def test_close_frame_code_and_reason():
         (masked(framing.OP_TEXT, b"\xff\xfe"), 1007),  # text that is not UTF-8
         (masked(framing.OP_CLOSE, b"\x03"), 1002),  # one-byte close payload
         (masked(framing.OP_TEXT, b"a" * 101), 1009),  # over max_message_bytes
-        (masked(framing.OP_TEXT, b"a" * 60, fin=False)
-         + masked(framing.OP_CONTINUATION, b"a" * 60), 1009),
+        (
+            masked(framing.OP_TEXT, b"a" * 60, fin=False)
+            + masked(framing.OP_CONTINUATION, b"a" * 60),
+            1009,
+        ),
     ],
 )
 def test_protocol_violations_name_the_close_code(data, code):

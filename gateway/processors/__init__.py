@@ -69,7 +69,9 @@ def find_factory(name: str) -> ProcessorFactory:
             return ep.load()  # type: ignore[no-any-return]
     if ":" in name:
         return _import(name)  # type: ignore[no-any-return]
-    known = sorted({*_BUILTIN, *_registered, *(e.name for e in entry_points(group=ENTRY_POINT_GROUP))})
+    known = sorted(
+        {*_BUILTIN, *_registered, *(e.name for e in entry_points(group=ENTRY_POINT_GROUP))}
+    )
     raise ProcessorNotFound(
         f"processor: unknown processor {name!r}; known: {', '.join(known)}, "
         "or give an import path 'package.module:factory'"

@@ -36,7 +36,9 @@ __all__ = [
 
 
 @asynccontextmanager
-async def open_gateway(processor: Processor | str = "echo", **settings: Any) -> AsyncIterator[Server]:
+async def open_gateway(
+    processor: Processor | str = "echo", **settings: Any
+) -> AsyncIterator[Server]:
     """Run a gateway in this Trio run on 127.0.0.1, port 0, with `processor` (a processor
     function or a registered name) and any `Config` settings; yields the `Server`
     (`server.urls[0]` is its ws:// URL). On exit, live calls are cancelled."""

@@ -20,8 +20,10 @@ def read_wav(path: str | Path) -> tuple[bytes, int]:
     """(PCM16 mono bytes, sample rate) of a WAV file; raises ValueError for any other format."""
     with wave.open(str(path), "rb") as w:
         if w.getsampwidth() != 2 or w.getnchannels() != 1:
-            raise ValueError(f"{path}: need 16-bit mono PCM, got {w.getsampwidth() * 8}-bit "
-                             f"{w.getnchannels()}-channel")
+            raise ValueError(
+                f"{path}: need 16-bit mono PCM, got {w.getsampwidth() * 8}-bit "
+                f"{w.getnchannels()}-channel"
+            )
         return w.readframes(w.getnframes()), w.getframerate()
 
 

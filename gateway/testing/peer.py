@@ -245,8 +245,15 @@ async def simulated_call(
     connection raises OSError."""
     try:
         async with _connect(
-            url, stream, sample_rate, connection_id, correlation_id, headers, send_metadata,
-            ssl_context, resource,
+            url,
+            stream,
+            sample_rate,
+            connection_id,
+            correlation_id,
+            headers,
+            send_metadata,
+            ssl_context,
+            resource,
         ) as call:
             yield call
     except BaseExceptionGroup as group:
