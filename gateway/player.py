@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable, Hashable
-from typing import Final
+from typing import Final, Protocol
 
 import attrs
 import trio
@@ -198,6 +198,16 @@ class Playout:
         return (self.position - now) * 1000
 
 
+class DirectSink(Protocol):
+    """Where `Player.play()` may write due frames itself (the call provides it)."""
+
+    def ready(self) -> bool:
+        """True if a write now would neither wait nor overtake anything."""
+
+    def send(self, frames: list[bytes]) -> bool:
+        """Write the frames without waiting; False if some bytes were left for the send task."""
+
+
 class Player:
     """What a processor uses to speak into the call. One per call; not shared between calls.
 
@@ -213,8 +223,11 @@ class Player:
         playout: Playout,
         clock: Callable[[], float] = trio.current_time,
         pacer: Pacer | None = None,
+        direct: DirectSink | None = None,
     ) -> None:
         self.playout = playout
+        self._direct = direct  # lets play() write due frames itself when the sender is idle
+        self._flush_pending = False  # the direct path left bytes for the send task
         self._clock = clock
         self._pacer = pacer  # a shared timer (see gateway.pacer); None: a timeout of our own
         self._sender = trio.lowlevel.ParkingLot()  # the send task waits here for work
@@ -249,6 +262,19 @@ class Player:
             return
         if len(pcm) <= playout.space_bytes:  # fast path: fits, no copy
             playout.enqueue(pcm, utterance)
+            direct = self._direct
+            if (
+                direct is not None
+                and self._sender_wakes_at == math.inf  # the send task is idle: nothing queued
+                and not playout.stop_pending
+                and direct.ready()
+            ):
+                # Release what is due from this task: one wake-up per frame fewer. The send
+                # task still paces whatever is left, and owns stop-audio and blocking writes.
+                frames = playout.release_due(self._clock())
+                if frames and not direct.send(frames):
+                    self._flush_pending = True
+                    self._sender.unpark_all()
             self._wake_sender_if_due()
             return
         generation = self._generation
@@ -310,7 +336,8 @@ class Player:
             frames = playout.release_due(now)
             if frames:
                 self._space.unpark_all()
-            if stop or frames:
+            if stop or frames or self._flush_pending:
+                self._flush_pending = False
                 return stop, frames
             if self.closed:
                 await trio.sleep_forever()

@@ -93,6 +93,16 @@ class SocketTransport(trio.abc.HalfCloseableStream):
         finally:
             self._sending = False
 
+    def send_nowait(self, data: bytes) -> bytes:
+        """Write what the kernel takes right now, without waiting; return the rest (all of it
+        if nothing could be written). Errors are left for the next `send_all` to raise."""
+        if self._sending or self._closed:
+            return data
+        try:
+            return data[self.socket.send(data) :]
+        except OSError:  # BlockingIOError included
+            return data
+
     async def wait_send_all_might_not_block(self) -> None:
         await self._wait(trio.lowlevel.wait_writable)
 

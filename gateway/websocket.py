@@ -75,6 +75,7 @@ class ServerWebSocket:
         self._close_sent = False
         self._peer_gone = trio.Event()  # the peer's close frame, EOF, or a reset was seen
         self.closed: ConnectionClosed | None = None  # set once the connection is over
+        self._unsent = b""  # written by send_messages_nowait, not yet taken by the kernel
 
     # -- handshake --
 
@@ -180,6 +181,26 @@ class ServerWebSocket:
             raise self.closed or ConnectionClosed(ABNORMAL_CLOSURE, "closing")
         await self._send_raw(framing.encode_texts(messages))
 
+    def can_send_now(self) -> bool:
+        """True if `send_messages_nowait` may write: open, no write in progress or pending."""
+        return (
+            self.closed is None
+            and not self._close_sent
+            and not self._unsent
+            and not self._send_lock.locked()
+            and hasattr(self.stream, "send_nowait")
+        )
+
+    def send_messages_nowait(self, messages: list[str]) -> bool:
+        """Write now, from a synchronous caller (see `Player`'s direct path); only after
+        `can_send_now()`. Returns False if part of the batch is left for the next
+        `send_messages` (which the caller must then arrange) instead of True."""
+        rest = self.stream.send_nowait(framing.encode_texts(messages))  # type: ignore[attr-defined]
+        if rest:
+            self._unsent = bytes(rest)
+            return False
+        return True
+
     async def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
         """Send a close frame and wait (briefly) for the peer's; never raises.
 
@@ -260,6 +281,8 @@ class ServerWebSocket:
             pass
 
     async def _send_raw(self, data: bytes) -> None:
+        if self._unsent:  # bytes the direct path could not write go first
+            data, self._unsent = self._unsent + data, b""
         lock = self._send_lock
         try:
             if lock.locked():

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import socket
 
+import orjson
+import pybase64
 import pytest
 import trio
 import trio_websocket
@@ -238,3 +240,47 @@ async def test_processor_hang_up_and_failure_stay_in_their_call():
             with trio.fail_after(5):
                 await good.wait_for_audio(640 * 10)
     assert server.stats.calls_failed == 1
+
+
+async def test_a_peer_that_stops_reading_still_gets_every_byte_in_order():
+    """The player's direct path meets a full kernel buffer: what the socket does not take goes
+    through the send task, in order, once the peer reads again."""
+    audio = bytes(range(256)) * 1250 * 3  # 30 s at 16 kHz, released at once (lead 60 s)
+
+    async def talker(call: Call) -> None:
+        assert call.player is not None
+        await trio.sleep(0.05)  # let the send task go idle, so play() takes the direct path
+        await call.player.play(audio)
+        await call.player.drain()
+        await trio.sleep_forever()
+
+    async with open_gateway(talker, playout_lead_ms=60_000, playout_queue_ms=60_000) as server:
+        host, port = server.urls[0].removeprefix("ws://").rsplit(":", 1)
+        stream = await trio.open_tcp_stream(host, int(port))
+        await stream.send_all(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        meta = b'{"kind":"AudioMetadata","audioMetadata":{"sampleRate":16000}}'
+        await stream.send_all(bytes((0x81, 0x80 | len(meta))) + b"\0\0\0\0" + meta)
+        await trio.sleep(0.5)  # not reading: the gateway's writes fill the kernel buffers
+        buffer = bytearray()
+        received = bytearray()
+        with trio.fail_after(20):
+            while b"\r\n\r\n" not in buffer:
+                buffer += await stream.receive_some(1 << 16)
+            assert buffer.startswith(b"HTTP/1.1 101")
+            del buffer[: buffer.index(b"\r\n\r\n") + 4]
+            while len(received) < len(audio):
+                buffer += await stream.receive_some(1 << 16)
+                while len(buffer) >= 4:
+                    n, head = buffer[1] & 0x7F, 2
+                    if n == 126:
+                        n, head = int.from_bytes(buffer[2:4], "big"), 4
+                    if len(buffer) < head + n:
+                        break
+                    message = orjson.loads(bytes(buffer[head : head + n]))
+                    received += pybase64.b64decode(message["audioData"]["data"])
+                    del buffer[: head + n]
+        assert bytes(received) == audio
+        await stream.aclose()
