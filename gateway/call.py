@@ -43,7 +43,8 @@ from .errors import (
 )
 from .pacer import Pacer
 from .packets import FRAME_MS, AudioData, AudioMetadata, InboundPacket, TranscriptionMetadata
-from .player import Player, Playout
+from .player import Player
+from .playout import Playout
 from .processors import Call, CallStats, Processor
 from .websocket import ConnectionClosed, Handshake, ServerWebSocket
 

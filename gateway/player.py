@@ -1,201 +1,24 @@
-"""Outbound audio: the playout clock (sans-IO `Playout`) and the processor-facing `Player`.
+"""`Player`: what a processor uses to speak into the call, driving the playout clock.
 
-Owns: the outbound queue, pacing, barge-in, and the count of what the caller was sent.
-Never: sockets or encoding (the call's send task does that), reading the clock itself inside
-`Playout` (it is given `now`), drifting sleeps.
-
-The playout clock. ACS plays what we send at real-time rate from its own queue. `position` is
-the time at which the next frame we release would start playing there. A frame is due when,
-once released, it would end no later than `now + lead`: we stay at most `lead` seconds ahead
-of real time, so a barge-in leaves at most `lead` of audio already in ACS's hands. Each
-release advances `position` by the frame's duration from max(position, now): absolute times,
-accumulated, so pacing never drifts;
-after an underrun (nothing to play) the next frame starts at `now`.
-
-Frames are 20 ms of the call's format. Audio is queued in whole frames; a remainder shorter than
-a frame (the end of an odd-sized chunk) waits for more audio of the same utterance and is
-released on its own only when ACS would otherwise run dry (`position <= now + one frame`, and
-never beyond the lead window) or when the producer calls `flush()`.
-
-Bounds: the queue holds at most `capacity` seconds; `Player.play()` blocks while it is full
-(back-pressure to the processor). `stop()` drops everything queued, counts it, and asks the
-send task to send stop-audio before anything else.
+Owns: waiting (back-pressure in `play()`, the send task's wait for the clock), barge-in, and
+the direct path. Never: sockets or encoding itself (the call gives it a `DirectSink`).
+The clock itself, and the rules of pacing, are in `gateway.playout`.
 """
 
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Callable, Hashable
-from typing import Final, Protocol
+from typing import Protocol
 
-import attrs
 import trio
 
 from .pacer import Pacer
-from .packets import BYTES_PER_SAMPLE, FRAME_MS, frame_bytes
+from .packets import BYTES_PER_SAMPLE
+from .playout import DEFAULT_CAPACITY_MS, DEFAULT_LEAD_MS, Playout, PlayoutStats
 
-DEFAULT_LEAD_MS: Final = 60  # three frames: absorbs send jitter, bounds audio heard after barge-in
-DEFAULT_CAPACITY_MS: Final = 5000  # a model reply streams faster than real time; 5 s is ~160 KB
-_EPSILON: Final = 1e-9  # seconds; accumulated float positions must not miss an exact due time
-_UTTERANCES_KEPT: Final = 64  # released_ms is remembered for this many recent utterances
-
-
-@attrs.define(slots=True)
-class PlayoutStats:
-    """What happened to the audio this call was given to play; all in bytes of PCM."""
-
-    accepted: int = 0  # handed to play()
-    released: int = 0  # sent towards ACS
-    dropped_by_stop: int = 0  # queued, then dropped by stop() (barge-in)
-    discarded: int = 0  # play() after the call ended, or the rest of a play() cut by stop()
-    unsent_at_end: int = 0  # still queued when the call ended
-    frames_released: int = 0
-    stops: int = 0
-
-
-class Playout:
-    """Sans-IO playout clock and bounded outbound queue for one call."""
-
-    def __init__(
-        self,
-        sample_rate: int,
-        *,
-        lead_ms: float = DEFAULT_LEAD_MS,
-        capacity_ms: float = DEFAULT_CAPACITY_MS,
-    ) -> None:
-        if lead_ms < FRAME_MS:
-            raise ValueError(f"lead_ms must be at least one frame ({FRAME_MS} ms)")
-        self.sample_rate = sample_rate
-        self.frame_bytes = frame_bytes(sample_rate)
-        self.bytes_per_second = sample_rate * BYTES_PER_SAMPLE
-        self.frame_seconds = FRAME_MS / 1000
-        self.lead = lead_ms / 1000
-        self.capacity_bytes = int(capacity_ms * self.bytes_per_second / 1000)
-        self.stats = PlayoutStats()
-        self.position: float | None = None  # playout time of the next frame; None = ACS idle
-        self.stop_pending = False
-        self._frames: deque[tuple[bytes, Hashable]] = deque()
-        self._tail = bytearray()  # less than one frame, waiting for more of its utterance
-        self._tail_utterance: Hashable = None
-        self._queued = 0  # bytes in _frames and _tail
-        self._released: dict[Hashable, int] = {}  # utterance -> bytes released
-
-    # -- producer side --
-
-    @property
-    def queued_bytes(self) -> int:
-        return self._queued
-
-    @property
-    def space_bytes(self) -> int:
-        return self.capacity_bytes - self._queued
-
-    def enqueue(self, pcm: bytes, utterance: Hashable = None) -> None:
-        """Queue `pcm` (whole 16-bit samples) as part of `utterance`. Does not check capacity."""
-        if len(pcm) % BYTES_PER_SAMPLE:
-            raise ValueError(f"PCM16 must be whole samples; got {len(pcm)} bytes")
-        if not pcm:
-            return
-        self.stats.accepted += len(pcm)
-        self._queued += len(pcm)
-        fb = self.frame_bytes
-        if self._tail and utterance != self._tail_utterance:
-            self.flush()
-        if not self._tail and len(pcm) == fb:  # the common case: one whole frame, no copy
-            self._frames.append((pcm, utterance))
-            return
-        self._tail_utterance = utterance
-        tail = self._tail
-        tail += pcm
-        whole = len(tail) - len(tail) % fb
-        for start in range(0, whole, fb):
-            self._frames.append((bytes(tail[start : start + fb]), utterance))
-        del tail[:whole]
-
-    def flush(self) -> None:
-        """Queue the remainder shorter than a frame as a short frame of its own."""
-        if self._tail:
-            self._frames.append((bytes(self._tail), self._tail_utterance))
-            self._tail.clear()
-
-    def stop(self) -> None:
-        """Barge-in: drop everything queued; the send task must send stop-audio next."""
-        self.stats.dropped_by_stop += self._queued
-        self.stats.stops += 1
-        self.drop_queue()
-        self.position = None  # ACS drops its own queue on stop-audio
-        self.stop_pending = True
-
-    def not_sent(self, frames: list[bytes]) -> None:
-        """Released frames the connection refused (the call was ending): count them unsent."""
-        n = sum(len(f) for f in frames)
-        self.stats.released -= n
-        self.stats.frames_released -= len(frames)
-        self.stats.unsent_at_end += n
-
-    def drop_queue(self) -> None:
-        """Forget everything queued (the caller counts it)."""
-        self._frames.clear()
-        self._tail.clear()
-        self._queued = 0
-
-    # -- send side --
-
-    def next_due(self, now: float) -> float | None:
-        """When the next release is due (may be <= now), or None if nothing is queued."""
-        position = now if self.position is None or self.position < now else self.position
-        if self._frames:  # once released, the head must end no later than now + lead
-            return position + len(self._frames[0][0]) / self.bytes_per_second - self.lead
-        if self._tail:  # only to keep ACS from running dry, and never beyond the lead
-            return max(
-                position - self.frame_seconds,
-                position + len(self._tail) / self.bytes_per_second - self.lead,
-            )
-        return None
-
-    def release_due(self, now: float) -> list[bytes]:
-        """Take every frame due at `now`, in order, advancing the playout clock."""
-        released: list[bytes] = []
-        while True:
-            due = self.next_due(now)
-            if due is None or due > now + _EPSILON:
-                return released
-            if not self._frames:
-                self.flush()
-            pcm, utterance = self._frames.popleft()
-            n = len(pcm)
-            self._queued -= n
-            position = now if self.position is None or self.position < now else self.position
-            self.position = position + n / self.bytes_per_second
-            self.stats.released += n
-            self.stats.frames_released += 1
-            if utterance in self._released:
-                self._released[utterance] += n
-            else:
-                self._released[utterance] = n
-                if len(self._released) > _UTTERANCES_KEPT:
-                    del self._released[next(iter(self._released))]
-            released.append(pcm)
-
-    def take_stop(self) -> bool:
-        """True once after each stop(): the send task owes ACS a stop-audio."""
-        if self.stop_pending:
-            self.stop_pending = False
-            return True
-        return False
-
-    # -- accounting --
-
-    def released_ms(self, utterance: Hashable = None) -> float:
-        """Milliseconds of `utterance` released towards ACS so far (the caller heard at most this)."""
-        return self._released.get(utterance, 0) * 1000 / self.bytes_per_second
-
-    def buffered_ms(self, now: float) -> float:
-        """Milliseconds released but not yet played by ACS (at most `lead`)."""
-        if self.position is None or self.position <= now:
-            return 0.0
-        return (self.position - now) * 1000
+__all__ = ["DEFAULT_CAPACITY_MS", "DEFAULT_LEAD_MS", "DirectSink", "Player", "Playout",
+           "PlayoutStats"]
 
 
 class DirectSink(Protocol):
