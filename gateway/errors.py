@@ -15,7 +15,10 @@ from __future__ import annotations
 # WebSocket close codes (RFC 6455 section 7.4.1) the gateway uses.
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001  # server draining
-CLOSE_INVALID_PAYLOAD = 1007  # too many malformed packets in a row
+CLOSE_PROTOCOL_ERROR = 1002  # the peer broke RFC 6455 framing
+CLOSE_NO_STATUS = 1005  # received only: a close frame without a code
+CLOSE_ABNORMAL = 1006  # never sent: the connection ended without a close frame
+CLOSE_INVALID_PAYLOAD = 1007  # text that is not UTF-8; too many malformed packets in a row
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_MESSAGE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011  # the processor failed

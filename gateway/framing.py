@@ -24,17 +24,19 @@ from __future__ import annotations
 import struct
 from typing import Final
 
+from .errors import (
+    CLOSE_INVALID_PAYLOAD,
+    CLOSE_MESSAGE_TOO_BIG,
+    CLOSE_NO_STATUS,
+    CLOSE_PROTOCOL_ERROR,
+)
+
 OP_CONTINUATION: Final = 0x0
 OP_TEXT: Final = 0x1
 OP_BINARY: Final = 0x2
 OP_CLOSE: Final = 0x8
 OP_PING: Final = 0x9
 OP_PONG: Final = 0xA
-
-CLOSE_PROTOCOL_ERROR: Final = 1002
-CLOSE_INVALID_PAYLOAD: Final = 1007
-CLOSE_MESSAGE_TOO_BIG: Final = 1009
-CLOSE_NO_STATUS: Final = 1005
 
 _U16: Final = struct.Struct("!H")
 _U64: Final = struct.Struct("!Q")

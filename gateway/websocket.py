@@ -28,12 +28,11 @@ import h11
 import trio
 
 from . import framing
-from .errors import CLOSE_NORMAL
+from .errors import CLOSE_ABNORMAL, CLOSE_NO_STATUS, CLOSE_NORMAL
 
 RECEIVE_BYTES: Final = 65536  # one read takes every frame the kernel has for us (batching)
 CLOSE_REPLY_TIMEOUT: Final = 2.0  # seconds to wait for the peer's close frame after ours
 MAX_REQUEST_BYTES: Final = 16384  # the upgrade request's head; ACS sends well under 4 KB
-ABNORMAL_CLOSURE: Final = 1006  # RFC 6455: no close frame (reset, EOF)
 _ACCEPT_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 
 
@@ -130,7 +129,7 @@ class ServerWebSocket:
 
     async def reject(self, refusal: Reject) -> None:
         await self._refuse_http(refusal)
-        self.closed = ConnectionClosed(ABNORMAL_CLOSURE, f"rejected with {refusal.status}")
+        self.closed = ConnectionClosed(CLOSE_ABNORMAL, f"rejected with {refusal.status}")
 
     # -- messages --
 
@@ -139,7 +138,7 @@ class ServerWebSocket:
         Text messages are UTF-8 `bytes`, binary ones `bytearray`."""
         if self._closer_reading:  # close() is reading the peer's reply: it owns the stream
             await self._peer_gone.wait()
-            raise self.closed or ConnectionClosed(ABNORMAL_CLOSURE, "closed")
+            raise self.closed or ConnectionClosed(CLOSE_ABNORMAL, "closed")
         self._receiver_active = True
         messages: list[bytes | bytearray] = []
         try:
@@ -178,7 +177,7 @@ class ServerWebSocket:
     async def send_messages(self, messages: list[str]) -> None:
         """Send text messages with one write. Raises ConnectionClosed if the peer is gone."""
         if self.closed is not None or self._close_sent:
-            raise self.closed or ConnectionClosed(ABNORMAL_CLOSURE, "closing")
+            raise self.closed or ConnectionClosed(CLOSE_ABNORMAL, "closing")
         await self._send_raw(framing.encode_texts(messages))
 
     def can_send_now(self) -> bool:
@@ -242,7 +241,7 @@ class ServerWebSocket:
             self.closed = ConnectionClosed(event.code, event.reason)
         if not self._close_sent:  # echo the close, as RFC 6455 asks
             self._close_sent = True
-            code = 1000 if event.code in (framing.CLOSE_NO_STATUS,) else event.code
+            code = CLOSE_NORMAL if event.code == CLOSE_NO_STATUS else event.code
             try:
                 await self._send_raw(framing.encode_close(code))
             except ConnectionClosed:
@@ -257,7 +256,7 @@ class ServerWebSocket:
     def _lost(self, why: str) -> ConnectionClosed:
         self._peer_gone.set()
         if self.closed is None:
-            self.closed = ConnectionClosed(ABNORMAL_CLOSURE, why)
+            self.closed = ConnectionClosed(CLOSE_ABNORMAL, why)
         return self.closed
 
     async def _refuse_http(self, refusal: Reject) -> None:
