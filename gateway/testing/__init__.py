@@ -20,13 +20,16 @@ from ..config import Config
 from ..processors import Processor, load
 from ..server import Server, serve
 from .audio import frames, read_wav, speech, speech_path
+from .fake_model import FakeModel, open_fake_model
 from .peer import AcsPlayback, Received, SimulatedCall, simulated_call
 
 __all__ = [
     "AcsPlayback",
+    "FakeModel",
     "Received",
     "SimulatedCall",
     "frames",
+    "open_fake_model",
     "open_gateway",
     "read_wav",
     "simulated_call",
