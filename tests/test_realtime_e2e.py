@@ -80,6 +80,8 @@ async def test_barge_in_truncates_to_what_was_released(autojump_clock, monkeypat
     [stop_at] = acs.stop_times
     # stop-audio reached ACS within one frame of the model's speech start
     assert 0 <= stop_at - starts[1].time <= FRAME_S
+    # what ACS still had queued at the stop (dropped by it) is within the lead window (60 ms)
+    assert 0 < acs.playback.dropped_bytes <= 60 * 32
     # nothing of the bot's was sent after the stop
     assert [r for r in acs.received if r.kind == "audioData" and r.time > stop_at] == []
     # the caller heard part of the reply, not all of it

@@ -200,6 +200,7 @@ class _Session:
         self.ws = ws
         self.stream = stream
         self.ga = True
+        self.turn = 0  # user turns answered: the next reply is responses[turn]
         self.heard_ms = 0.0  # input audio received
         self.voiced_ms = 0.0
         self.unvoiced_ms = 0.0
@@ -307,8 +308,9 @@ class _Session:
                          "audio_end_ms": int(self.heard_ms - self.unvoiced_ms),
                          "item_id": item_id})
         await self.send({"type": "input_audio_buffer.committed", "item_id": item_id})
-        if self.model.responses and self.responding is None:
-            reply = self.model.responses.pop(0)
+        if self.turn < len(self.model.responses) and self.responding is None:
+            reply = self.model.responses[self.turn]
+            self.turn += 1
             assert self.nursery is not None
             self.responding = trio.CancelScope()
             self.nursery.start_soon(self.respond, reply, self.responding)
@@ -362,7 +364,8 @@ async def open_fake_model(
 ) -> AsyncIterator[FakeModel]:
     """Run a fake realtime model on 127.0.0.1, port 0, until the block ends.
 
-    `responses`: 24 kHz PCM16 replies, one per user turn, in order (none left: no reply).
+    `responses`: 24 kHz PCM16 replies, one per user turn, in order, the same script for every
+    connection (none left: no reply).
     `api_key`: if set, handshakes without it (`api-key` or `Authorization: Bearer`) get 401."""
     model = FakeModel(
         responses, api_key=api_key, speed=speed, delta_ms=delta_ms,
