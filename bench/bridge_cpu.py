@@ -4,8 +4,8 @@
     python bench/bridge_cpu.py --calls 50 --stagger 0.04
 
 One run measures both processors, each against a fresh `python -m gateway serve` pinned to core
-0 (`--server-cpu`); this process (the simulated ACS calls and, for the realtime phase, the fake
-model server from `gateway.testing`) pins itself to core 1. Every call plays the same 5.5 s
+0 (`--server-cpu`); this process (the simulated ACS calls) and the fake model server from
+`gateway.testing` (a process of its own) run on core 1. Every call plays the same 5.5 s
 conversation in real time at 16 kHz: 2 s of speech, 1.5 s of silence while the model answers,
 1 s of interruption, 1 s of silence. The fake model answers the first turn with 7.6 s of speech
 streamed 4x faster than real time, so the caller interrupts it mid-answer.
@@ -20,10 +20,14 @@ share). Calls start `--stagger` seconds apart so connection k upstream is call k
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
@@ -56,13 +60,14 @@ async def run_calls(
     async def one(i: int) -> None:
         await trio.sleep(i * stagger)
         async with simulated_call(url, sample_rate=RATE, connection_id=f"bench-{i}") as call:
-            started = trio.current_time()
+            to_perf = time.perf_counter() - trio.current_time()
+            started = trio.current_time() + to_perf
             await call.stream(audio)
             streamed = trio.current_time()
             await trio.sleep(0.2)
             if echo_lag is not None and call.received:
                 echo_lag.append(call.received[-1].time - streamed)
-            results[i] = (started, call.stop_times)
+            results[i] = (started, [t + to_perf for t in call.stop_times])
 
     async with trio.open_nursery() as nursery:
         for i in range(n):
@@ -72,19 +77,58 @@ async def run_calls(
 
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
+    if not ordered:
+        return float("nan")
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+def _spawn(cmd: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+
+@asynccontextmanager
+async def fake_model_process(cpu: int) -> AsyncIterator[tuple[str, list[dict[str, float]]]]:
+    """The fake model in a process of its own (so it is not starved by the simulated calls);
+    yields its URL and, after the block, its speech_started events on the perf_counter clock."""
+    cmd = [sys.executable, __file__, "--serve-model"]
+    if cpu >= 0:
+        cmd = ["taskset", "-c", str(cpu), *cmd]
+    proc = _spawn(cmd)
+    assert proc.stdout is not None and proc.stdin is not None
+    url = (await trio.to_thread.run_sync(proc.stdout.readline)).decode().strip()
+    starts: list[dict[str, float]] = []
+    fake_model_process.pid = proc.pid  # type: ignore[attr-defined]
+    try:
+        yield url, starts
+    finally:
+        proc.stdin.close()  # tells it to report and exit
+        report = await trio.to_thread.run_sync(proc.stdout.read)
+        proc.wait()
+        starts += json.loads(report or b"[]")
+
+
+async def serve_model() -> None:
+    async with open_fake_model([speech(24000)], speed=4.0) as model:
+        print(model.url, flush=True)
+        await trio.to_thread.run_sync(sys.stdin.read)  # until the benchmark closes stdin
+        offset = trio.current_time() - time.perf_counter()
+        starts = [
+            {"connection": r.connection, "time": r.time - offset}
+            for r in model.sent_of("input_audio_buffer.speech_started")
+        ]
+        print(json.dumps(starts), flush=True)
 
 
 async def phase(
     args: argparse.Namespace, kind: str, one_at_a_time: bool = False
 ) -> dict[str, float]:
     audio = conversation()
-    async with open_fake_model([speech(24000)], speed=4.0) as model:
+    async with fake_model_process(args.model_cpu) as (model_url, starts):
         extra = ["--processor", kind]
         if kind == "realtime":
             config = Path(tempfile.mkdtemp()) / "bench.toml"
             config.write_text(
-                f'[processors.realtime]\nendpoint = "{model.url}"\napi_key_env = "{KEY_ENV}"\n'
+                f'[processors.realtime]\nendpoint = "{model_url}"\napi_key_env = "{KEY_ENV}"\n'
             )
             extra += ["--config", str(config)]
         proc, url = start_server(None if args.server_cpu < 0 else args.server_cpu, extra)
@@ -92,6 +136,8 @@ async def phase(
             await trio.sleep(0.5)
             cpu0, wall0 = proc_cpu_seconds(proc.pid), time.monotonic()
             own0 = time.process_time()
+            model_pid = fake_model_process.pid  # type: ignore[attr-defined]
+            model0 = proc_cpu_seconds(model_pid)
             lag: list[float] = []
             if one_at_a_time:  # a fresh model connection per call: connection k is call k
                 results = []
@@ -103,6 +149,7 @@ async def phase(
                 )
             cpu1, wall1 = proc_cpu_seconds(proc.pid), time.monotonic()
             own1 = time.process_time()
+            model1 = proc_cpu_seconds(model_pid)
         finally:
             proc.terminate()
             proc.wait()
@@ -116,31 +163,24 @@ async def phase(
         "cpu_pct_per_call": 100 * cpu / (len(audio) / (RATE * 2)) / calls,
         "us_per_frame": cpu / frames * 1e6,
         "gen_cpu_pct": 100 * (own1 - own0) / (wall1 - wall0),
+        "model_cpu_pct": 100 * (model1 - model0) / (wall1 - wall0),
     }
     if lag:  # last frame sent -> its echo received: how far the whole loop lags real time
         row["echo_lag_max_ms"] = max(lag) * 1000
     if kind == "realtime":
         latencies = []
-        starts = model.sent_of("input_audio_buffer.speech_started")
         for k, (_, stops) in enumerate(results):
-            mine = [r.time for r in starts if r.connection == k + 1]
+            mine = sorted(s["time"] for s in starts if s["connection"] == k + 1)
             if args.verbose:
-                audio_ms, lags = 0.0, []
-                for r in model.events:
-                    if r.connection == k + 1 and r.type == "input_audio_buffer.append":
-                        audio_ms += len(r.event["audio"]) * 3 / 4 / 48
-                        lags.append((round(audio_ms), round(
-                            (r.time - results[k][0]) * 1000 - audio_ms)))
-                print(k, "upstream lag (audio ms, lag ms):", lags[::25])
-                print(k, [round(t - results[k][0], 3) for t in mine],
-                      [round(t - results[k][0], 3) for t in stops])
+                print(k, "speech_started", [round(t - results[k][0], 3) for t in mine],
+                      "stop-audio", [round(t - results[k][0], 3) for t in stops])
             if len(stops) == 1 and len(mine) >= 2:
                 latencies.append((stops[0] - mine[1]) * 1000)
         row.update(
             barge_ins=len(latencies),
             lat_p50_ms=percentile(latencies, 50),
             lat_p99_ms=percentile(latencies, 99),
-            lat_max_ms=max(latencies),
+            lat_max_ms=max(latencies, default=float("nan")),
         )
     return row
 
@@ -154,7 +194,7 @@ async def main(args: argparse.Namespace) -> None:
         rows["realtime, 1 call at a time"] = await phase(args, "realtime", one_at_a_time=True)
     print(
         f"{'processor':>10} {'calls':>5} {'srv cpu%':>8} {'%/call':>7} {'us/frame':>8} "
-        f"{'gen cpu%':>8}  barge-in"
+        f"{'gen cpu%':>8} {'model%':>6}  barge-in"
     )
     for kind, row in rows.items():
         if kind not in ("echo", "realtime"):
@@ -171,7 +211,7 @@ async def main(args: argparse.Namespace) -> None:
         print(
             f"{kind[:10]:>10} {row['calls']:>5.0f} {row['cpu_pct']:>8.1f} "
             f"{row['cpu_pct_per_call']:>7.2f} {row['us_per_frame']:>8.0f} "
-            f"{row['gen_cpu_pct']:>8.0f}  {latency}"
+            f"{row['gen_cpu_pct']:>8.0f} {row['model_cpu_pct']:>6.0f}  {latency}"
         )
     ratio = rows["realtime"]["cpu_s"] / rows["echo"]["cpu_s"]
     print(f"a bridged call costs {ratio:.1f}x an echo call")
@@ -187,4 +227,7 @@ if __name__ == "__main__":
     )
     parser.add_argument("--server-cpu", type=int, default=0, help="-1: do not pin")
     parser.add_argument("--client-cpu", type=int, default=1, help="-1: do not pin")
-    trio.run(main, parser.parse_args())
+    parser.add_argument("--model-cpu", type=int, default=1, help="-1: do not pin")
+    parser.add_argument("--serve-model", action="store_true", help=argparse.SUPPRESS)
+    parsed = parser.parse_args()
+    trio.run(serve_model if parsed.serve_model else main, *([] if parsed.serve_model else [parsed]))
