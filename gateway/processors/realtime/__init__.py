@@ -12,14 +12,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from ...errors import ConfigError
-from ..base import Call
+from .. import Call, Processor
 from .bridge import Bridge
 from .options import RealtimeOptions, parse_options
 
 __all__ = ["Bridge", "RealtimeOptions", "make", "parse_options"]
 
 
-def make(options: Mapping[str, Any]):  # type: ignore[no-untyped-def]
+def make(options: Mapping[str, Any]) -> Processor:
+    """The realtime processor, built from `[processors.realtime]` (bad options raise here)."""
     parsed = parse_options(options)
     try:
         import numpy  # noqa: F401

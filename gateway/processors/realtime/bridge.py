@@ -238,6 +238,11 @@ class Bridge:
 
     # -- the upstream connection --
 
+    def _new_conversation(self) -> None:
+        """A fresh session has no record of the old one's items; audio already received from
+        the old one still plays (its generation is kept) unless the caller barges in."""
+        self.conversation = Conversation(self.player.released_ms, self.conversation.generation)
+
     async def _upstream(self, call_scope: trio.CancelScope) -> None:
         options = self.options
         failures = 0
@@ -248,7 +253,7 @@ class Bridge:
             if self.closing:
                 return
             self.stats.upstream_errors += 1
-            self.conversation = Conversation(self.player.released_ms)
+            self._new_conversation()
             if trio.current_time() - started > options.keepalive_interval:
                 failures = 0  # it worked for a while: this is a new streak
             failures += 1
@@ -320,7 +325,7 @@ class Bridge:
             return "upstream handshake timed out"
         try:
             await ws.send_message(self.session_update)
-            self.conversation = Conversation(self.player.released_ms)
+            self._new_conversation()
             self.ws = ws
             self._first_attempt.set()
             self.log.info("realtime model session open: %s", options.url)

@@ -259,13 +259,13 @@ class Conversation:
     before it is stale.
     """
 
-    def __init__(self, heard_ms: Callable[[str], float]) -> None:
+    def __init__(self, heard_ms: Callable[[str], float], generation: int = 0) -> None:
         self._heard_ms = heard_ms
         self.response_id: str | None = None  # created and not yet done
         self._cancelled: str | None = None  # the response we already cancelled
         self._interrupted: dict[str, None] = {}  # responses whose later audio is stale (ordered)
         self._items: dict[str, _Item] = {}
-        self.generation = 0
+        self.generation = generation  # carried over from the previous session's
 
     @property
     def responding(self) -> bool:
