@@ -4,6 +4,7 @@ assertions below are exact, not luck)."""
 
 from __future__ import annotations
 
+import pybase64
 import trio
 
 from gateway.processors import Call, load
@@ -125,8 +126,6 @@ async def test_24khz_passes_base64_through_and_beta_names_work(autojump_clock, m
     assert update["session"]["input_audio_format"] == "pcm16"  # the beta shape
     assert model.sent_of("response.done") and len(acs.received_pcm) > 24000  # beta audio played
     appended = [e["audio"] for e in model.received("input_audio_buffer.append")]
-    import pybase64
-
     assert b"".join(pybase64.b64decode(a) for a in appended) == bytes(acs.sent[None])
     [truncate] = model.received("conversation.item.truncate")
     [call] = calls
@@ -274,3 +273,15 @@ async def test_a_cancelled_call_closes_the_upstream(autojump_clock, monkeypatch)
             await idle(server)
             await trio.sleep(0.1)
             assert open_fds() <= fds and task_count() <= tasks
+
+
+async def test_unmixed_stream_sends_one_participant_upstream(autojump_clock, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "k")
+    alice, bob = speech(24000)[:48000], silence(24000, 1.0)
+    async with open_fake_model() as model:
+        async with open_gateway(spied(options(model.url), [])) as server:
+            async with simulated_call(server.urls[0], sample_rate=24000) as acs:
+                await acs.stream({"8:acs:alice": alice, "8:acs:bob": bob})
+            await idle(server)
+    appended = [e["audio"] for e in model.received("input_audio_buffer.append")]
+    assert b"".join(pybase64.b64decode(a) for a in appended) == alice

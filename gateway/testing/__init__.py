@@ -1,4 +1,5 @@
-"""Public test helpers: a simulated ACS peer, bundled speech, and an in-process gateway.
+"""Public test helpers: a simulated ACS peer, bundled speech, an in-process gateway, and a fake
+realtime model server (`open_fake_model`, for the `realtime` processor).
 
     async with open_gateway(processor=my_processor) as server:
         async with simulated_call(server.urls[0]) as call:

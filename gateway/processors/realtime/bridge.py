@@ -5,7 +5,8 @@ up), moving audio both ways, and acting on barge-in. Never: wire spellings (`pro
 option parsing (`options`), or anything that outlives the call.
 
 Tasks (all in one nursery inside the processor, so all end with the call):
-- caller -> model (the processor's own task): reads `call.packets`; resamples to 24 kHz with
+- caller -> model (the processor's own task): reads `call.packets` (in unmixed mode, only the
+  first participant heard, as `echo` does); resamples to 24 kHz with
   state (or, for a 24 kHz call, passes ACS's base64 straight through); appends to the model's
   input buffer. Silent frames are sent too, so the model's VAD sees continuous time. While no
   session is up, frames are dropped and counted (`upstream_audio_dropped`). When ACS hangs up
@@ -86,7 +87,6 @@ class Bridge:
         self.conversation = Conversation(self.player.released_ms)
         self.ws: trio_websocket.WebSocketConnection | None = None  # None: no session now
         self.session_update = protocol.session_update(options.session_settings, options.dialect)
-        self.ended_by_upstream = False
         self.closing = False  # the call is ending: a closed upstream is not a failure
         self._first_attempt = trio.Event()  # the first session is up, or failed
         self._pending_send, self._pending = trio.open_memory_channel[
@@ -115,8 +115,14 @@ class Bridge:
         # The caller's first words wait in the inbound queue (bounded, see gateway.call) while
         # the first session opens, rather than being dropped.
         await self._first_attempt.wait()
+        speaker: str | None = None  # unmixed streams: the model hears one participant
+        first = True
         async for packet in self.call.packets:
             if type(packet) is not AudioData:
+                continue
+            if first:
+                speaker, first = packet.participant_raw_id, False
+            if packet.participant_raw_id != speaker:
                 continue
             if self.vad is not None and self.vad.feed(packet.pcm) and self._bot_audible():
                 self.log.info("local VAD: caller speaking; barge-in before the model reacts")
@@ -259,7 +265,6 @@ class Bridge:
             failures += 1
             if options.on_upstream_failure == "hangup" or failures > options.max_reconnects:
                 self.log.error("realtime model session failed (%s); ending the call", reason)
-                self.ended_by_upstream = True
                 call_scope.cancel()
                 return
             delay = min(options.backoff_max_ms, options.backoff_initial_ms * 2 ** (failures - 1))
