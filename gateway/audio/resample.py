@@ -12,7 +12,7 @@ in the model's own milliseconds.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 from ..packets import BYTES_PER_SAMPLE
 
@@ -32,8 +32,8 @@ class StreamResampler:
         self.dst_rate = dst_rate
         self._stream = None if src_rate == dst_rate else self._open()
 
-    def _open(self):  # type: ignore[no-untyped-def]
-        import soxr  # optional dependency: the `realtime` extra
+    def _open(self) -> Any:
+        import soxr  # type: ignore[import-untyped]  # optional: the `realtime` extra
 
         return soxr.ResampleStream(self.src_rate, self.dst_rate, 1, dtype="int16", quality=QUALITY)
 
@@ -45,7 +45,7 @@ class StreamResampler:
         import numpy as np
 
         out = self._stream.resample_chunk(np.frombuffer(pcm, dtype=np.int16))
-        return out.tobytes()  # type: ignore[no-any-return]
+        return out.tobytes()  # type: ignore[no-any-return,unused-ignore]
 
     def flush(self) -> bytes:
         """End of the stream: everything still held back; the next `process` starts afresh."""

@@ -252,7 +252,7 @@ class _Session:
                 else:
                     self.responding.cancel()
             case "conversation.item.truncate":
-                item_id = event.get("item_id")
+                item_id = str(event.get("item_id"))
                 sent = self.model.audio_sent_ms.get(item_id)
                 end = event.get("audio_end_ms")
                 if sent is None:

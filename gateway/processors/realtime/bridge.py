@@ -283,7 +283,7 @@ class Bridge:
         secure = url.scheme == "wss"
         port = url.port or (443 if secure else 80)
         resource = url.path + (f"?{url.query}" if url.query else "")
-        stream: trio.abc.Stream
+        stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
         try:
             with trio.fail_after(options.connect_timeout):
                 if secure:
@@ -316,7 +316,11 @@ class Bridge:
             await trio.aclose_forcefully(stream)
 
     async def _speak(
-        self, nursery: trio.Nursery, stream: trio.abc.Stream, host: str, resource: str
+        self,
+        nursery: trio.Nursery,
+        stream: trio.SocketStream | trio.SSLStream[trio.SocketStream],
+        host: str,
+        resource: str,
     ) -> str:
         options = self.options
         try:
