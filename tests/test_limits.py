@@ -9,7 +9,9 @@ import trio
 import trio.testing
 import trio_websocket
 
+from gateway import config
 from gateway.call import CallSettings
+from gateway.errors import ConfigError
 from gateway.limits import FloodGate
 from gateway.processors import Call, load
 from gateway.server import _in_networks
@@ -303,3 +305,32 @@ async def test_a_stuck_peer_on_a_real_socket_is_reset_and_the_other_call_goes_on
         await stuck.aclose()
     assert server.stats.ended_by["send_timeout"] == 1
     assert server.stats.calls_failed == 0
+
+
+def test_allowed_networks_from_a_file_or_the_environment(tmp_path):
+    path = tmp_path / "gateway.toml"
+    path.write_text('allowed_networks = ["52.112.0.0/14", "2603:1063::/38"]\n')
+    assert config.load(path, environ={}).allowed_networks == ("52.112.0.0/14", "2603:1063::/38")
+    environ = {"ACS_GATEWAY_ALLOWED_NETWORKS": "52.112.0.0/14, 52.122.0.0/15"}
+    assert config.load(environ=environ).allowed_networks == ("52.112.0.0/14", "52.122.0.0/15")
+    with pytest.raises(ConfigError, match="allowed_networks: '52.112.0.0/33'"):
+        config.load(environ={"ACS_GATEWAY_ALLOWED_NETWORKS": "52.112.0.0/33"})
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        ("https://acscallautomation.communication.azure.com/calling/keys", True),
+        ("http://127.0.0.1:8000/keys", True),
+        ("http://localhost/keys", True),
+        ("http://keys.example.com/keys", False),  # plain http over a network
+        ("ftp://127.0.0.1/keys", False),
+    ],
+)
+def test_the_key_set_url_must_be_https_unless_on_loopback(url, ok):
+    environ = {"ACS_GATEWAY_AUTH_KEY_SET_URL": url}
+    if ok:
+        assert config.load(environ=environ).auth_key_set_url == url
+    else:
+        with pytest.raises(ConfigError, match="auth_key_set_url"):
+            config.load(environ=environ)
