@@ -18,7 +18,7 @@ from gateway.server import _in_networks
 from gateway.testing import open_gateway, simulated_call, speech
 from gateway.testing.peer import SimulatedCall
 
-from .conftest import memory_call
+from .conftest import memory_call, raw_acs_stream
 
 FRAME = bytes(640)  # 20 ms of silence at 16 kHz
 
@@ -281,14 +281,7 @@ async def test_a_stuck_peer_on_a_real_socket_is_reset_and_the_other_call_goes_on
     async with open_gateway(
         talker, playout_lead_ms=200_000, playout_queue_ms=200_000, send_timeout=0.5
     ) as server:
-        host, port = server.urls[0].removeprefix("ws://").rsplit(":", 1)
-        stuck = await trio.open_tcp_stream(host, int(port))
-        await stuck.send_all(
-            b"GET /stuck HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        meta = b'{"kind":"AudioMetadata","audioMetadata":{"sampleRate":16000}}'
-        await stuck.send_all(bytes((0x81, 0x80 | len(meta))) + b"\0\0\0\0" + meta)
+        stuck = await raw_acs_stream(server.urls[0], "/stuck")
         async with simulated_call(server.urls[0]) as good:  # and never read `stuck`
             await good.stream(one_second)
             with trio.fail_after(10):
