@@ -327,3 +327,45 @@ def test_the_key_set_url_must_be_https_unless_on_loopback(url, ok):
     else:
         with pytest.raises(ConfigError, match="auth_key_set_url"):
             config.load(environ=environ)
+
+
+async def test_a_ping_flood_counts_as_a_flood():
+    """Pings are answered by the WebSocket itself (one pong per read), but they spend the
+    call's budget like any message, so a peer cannot flood with pings instead."""
+    async with open_gateway(max_frames_per_second=50, flood_grace=1) as server:
+        stream = await raw_acs_stream(server.urls[0])
+        pings = (bytes((0x89, 0x84)) + b"\0\0\0\0" + b"ping") * 10  # masked with a zero key
+        close_code: list[int] = []
+
+        async def read_until_close() -> None:
+            buffer = bytearray()
+            while not close_code:
+                data = await stream.receive_some(1 << 16)
+                if not data:
+                    return
+                buffer += data
+                if b"\r\n\r\n" in buffer and buffer.startswith(b"HTTP/1.1 101"):
+                    del buffer[: buffer.index(b"\r\n\r\n") + 4]
+                while len(buffer) >= 2 and len(buffer) >= 2 + (buffer[1] & 0x7F):
+                    opcode, n = buffer[0] & 0x0F, buffer[1] & 0x7F
+                    if opcode == 0x8:
+                        close_code.append(int.from_bytes(buffer[2:4], "big"))
+                    del buffer[: 2 + n]
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_until_close)
+                try:
+                    while not close_code:
+                        await stream.send_all(pings)
+                        await trio.sleep(0.01)
+                except trio.BrokenResourceError:
+                    pass
+            await stream.send_all(bytes((0x88, 0x82)) + b"\0\0\0\0" + (1000).to_bytes(2, "big"))
+            while await stream.receive_some(1 << 16):  # until the gateway closes the socket
+                pass
+            while server.live:  # noqa: ASYNC110 (the server has no "a call ended" event)
+                await trio.sleep(0.01)
+        await stream.aclose()
+    assert close_code == [1008]
+    assert server.stats.ended_by["flood"] == 1
