@@ -25,10 +25,10 @@ Malformed packets (`ProtocolError`): counted by reason in `CallStats.protocol_er
 Limits (README, "Bad input policy"): inbound messages beyond `max_frames_per_second` (pings
 count too) are dropped unread and counted (`frames_flood_dropped`; see
 `gateway.limits.FloodGate`), and a flood that lasts `flood_grace` seconds closes the call with
-1008. A watchdog task closes the call (1000)
-after `idle_timeout` seconds without inbound audio (without any packet on a transcription-only
-stream) and at `max_call_duration`. A write the peer does not take within the WebSocket's
-`send_timeout` ends the call at once (`send_timeout`, no close frame: the socket is aborted).
+1008. A watchdog task closes the call (1000) after `idle_timeout` seconds without inbound audio
+(without any packet on a transcription-only stream) and at `max_call_duration`. A write the
+peer does not take within the WebSocket's `send_timeout` ends the call at once (`send_timeout`,
+no close frame: the server resets the socket).
 """
 
 from __future__ import annotations

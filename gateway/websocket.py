@@ -295,6 +295,8 @@ class ServerWebSocket:
         ]
         if refusal.status == 426:
             headers.append((b"upgrade", b"websocket"))
+        elif refusal.status == 401:  # RFC 9110 section 15.5.2: say which scheme is wanted
+            headers.append((b"www-authenticate", b"Bearer"))
         try:
             data = self._http.send(h11.Response(status_code=refusal.status, headers=headers))
             data = (data or b"") + (self._http.send(h11.Data(data=body)) or b"")

@@ -275,3 +275,21 @@ async def test_checker_refuses_without_touching_the_network_for_bad_algorithms(i
     with pytest.raises(AuthFailure) as failure:
         await checker.check({"authorization": f"Bearer {token}"})
     assert failure.value.reason == "bad_algorithm"
+
+
+async def test_401_says_a_bearer_token_is_wanted_and_the_connection_closes(issuer):
+    async with auth_gateway(issuer) as (server, _):
+        stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+        await stream.send_all(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        reply = b""
+        with trio.fail_after(5):
+            while data := await stream.receive_some(4096):
+                reply += data
+        await stream.aclose()
+    head = reply.lower()
+    assert head.startswith(b"http/1.1 401")
+    assert b"\r\nwww-authenticate: bearer\r\n" in head
+    assert head.endswith(b"\r\n\r\nauthentication failed")
