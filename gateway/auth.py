@@ -18,13 +18,15 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import httpx
 import jwt
 import orjson
 import pybase64
 import trio
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("gateway.auth")
 
@@ -85,6 +87,8 @@ class KeySet:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Fetch now, then on request and every `max_age` seconds, until cancelled."""
+        import httpx  # here: a gateway without authentication never loads it
+
         async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as client:
             task_status.started()
             while True:
@@ -110,6 +114,8 @@ class KeySet:
         return self.keys.get(kid)
 
     async def _fetch(self, client: httpx.AsyncClient) -> None:
+        import httpx
+
         self._fetching = True
         self._last_attempt = trio.current_time()
         self.fetches += 1
