@@ -86,14 +86,16 @@ class KeySet:
         self._fetched = trio.Event()  # set when the fetch in progress (or the next one) ends
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Fetch now, then on request and every `max_age` seconds, until cancelled."""
+        """Fetch now, then on request and every `max_age` seconds (every `refetch_interval`
+        while no fetch has succeeded yet), until cancelled."""
         import httpx  # here: a gateway without authentication never loads it
 
         async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as client:
             task_status.started()
             while True:
                 await self._fetch(client)
-                with trio.move_on_at(self._last_attempt + self.max_age):
+                wait = self.max_age if self.loaded else self.refetch_interval
+                with trio.move_on_at(self._last_attempt + wait):
                     await self._wanted.wait()
                 self._wanted = trio.Event()
 

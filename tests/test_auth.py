@@ -293,3 +293,20 @@ async def test_401_says_a_bearer_token_is_wanted_and_the_connection_closes(issue
     assert head.startswith(b"http/1.1 401")
     assert b"\r\nwww-authenticate: bearer\r\n" in head
     assert head.endswith(b"\r\n\r\nauthentication failed")
+
+
+async def test_keys_missing_at_start_are_fetched_again_without_waiting_for_a_call(issuer):
+    async with trio.open_nursery() as nursery:
+        keys: KeySetServer = await nursery.start(serve_key_set, issuer)
+        keys.status = 503  # the key server has a bad moment just as the gateway starts
+        async with open_gateway(
+            acs_resource_id=RESOURCE, auth_key_set_url=keys.url, auth_key_refetch_interval=0.2
+        ) as server:
+            assert server.auth is not None
+            await server.auth.keys.first_fetch_done.wait()
+            assert not server.auth.keys.loaded
+            keys.status = 200
+            await trio.sleep(0.5)
+            assert server.auth.keys.loaded  # no handshake asked for it
+            assert await connect(server, [bearer(issuer.token(RESOURCE))]) == 101
+        nursery.cancel_scope.cancel()
