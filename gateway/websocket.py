@@ -67,7 +67,7 @@ class ServerWebSocket:
         self._http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
         self._key = b""
         self._frames = framing.FrameReader(max_message_bytes)
-        self._pending: list[framing.Event] = []  # read from the socket, not yet handled
+        self._unread = b""  # read from the socket with the upgrade request, not yet parsed
         self._send_lock = trio.StrictFIFOLock()  # pongs (reader) and audio (sender) share it
         self._receiver_active = False  # a task is in receive_messages: only it may read
         self._closer_reading = False  # close() is reading the reply: receive_messages waits
@@ -123,8 +123,9 @@ class ServerWebSocket:
             )
         )
         trailing, _ = self._http.trailing_data  # frames sent right behind the request
-        if trailing:
-            self._pending.extend(self._frames.receive(bytes(trailing)))
+        # Parsed by receive_messages like any read, so a framing error there closes the call
+        # with its code instead of escaping from the handshake.
+        self._unread = bytes(trailing)
         await self._send_raw(data or b"")
 
     async def reject(self, refusal: Reject) -> None:
@@ -145,20 +146,20 @@ class ServerWebSocket:
             while not messages:
                 if self._peer_gone.is_set() and self.closed is not None:
                     raise self.closed
-                events, self._pending = self._pending, []
-                if not events:
+                data, self._unread = self._unread, b""
+                if not data:
                     try:  # hot path: the stream call is inline, not behind a helper
                         data = await self.stream.receive_some(RECEIVE_BYTES)
                     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                         raise self._lost(f"connection lost ({exc})") from None
                     if not data:
                         raise self._lost("connection lost (EOF)")
-                    try:
-                        events = self._frames.receive(data)
-                    except framing.FramingError as exc:
-                        self._receiver_active = False  # we are the reader: close() reads
-                        await self.close(exc.code, exc.reason)
-                        raise ConnectionClosed(exc.code, exc.reason) from None
+                try:
+                    events = self._frames.receive(data)
+                except framing.FramingError as exc:
+                    self._receiver_active = False  # we are the reader: close() reads
+                    await self.close(exc.code, exc.reason)
+                    raise ConnectionClosed(exc.code, exc.reason) from None
                 for event in events:
                     kind = type(event)
                     if kind is bytes or kind is bytearray:
