@@ -27,12 +27,11 @@ from gateway.testing import open_gateway, simulated_call
 from gateway.testing.hostile import (
     OP_BINARY,
     OP_TEXT,
-    UPGRADE,
     RawPeer,
     Session,
-    audio_packet,
     client_frame,
     encode,
+    good_connection,
     metadata_packet,
     random_session,
 )
@@ -126,15 +125,7 @@ def test_mutated_packets_frame_garbage_and_random_endings(sessions):
     trio.run(_run_hostile, sessions)
 
 
-def _good_connection() -> bytes:
-    """Everything a well-behaved ACS peer writes for a short call, upgrade to close."""
-    rng = random.Random(5)
-    frames = [client_frame(encode(audio_packet(rng.randbytes(640)))) for _ in range(3)]
-    close = client_frame(struct.pack("!H", 1000), 0x8)
-    return UPGRADE + b"\r\n" + METADATA + b"".join(frames) + close
-
-
-GOOD = _good_connection()
+GOOD = good_connection(random.Random(5))
 
 
 @FUZZ

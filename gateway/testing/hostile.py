@@ -238,6 +238,24 @@ def random_session(rng: random.Random, max_steps: int = 20) -> Session:
     return Session(tuple(steps), rng.choice(ENDINGS), code)
 
 
+def good_connection(rng: random.Random, frames: int = 3) -> bytes:
+    """Every byte a well-behaved ACS peer writes for a short call, from the upgrade request to
+    its close frame (the material for cuts and splices)."""
+    audio = [client_frame(encode(audio_packet(rng.randbytes(640)))) for _ in range(frames)]
+    close = client_frame(struct.pack("!H", 1000), OP_CLOSE)
+    return upgrade_request() + client_frame(encode(metadata_packet())) + b"".join(audio) + close
+
+
+def cut_or_spliced(rng: random.Random) -> bytes:
+    """A good connection's bytes cut at a random point, or with random bytes spliced in: sent
+    verbatim from the first byte, then reset."""
+    data = good_connection(rng)
+    at = rng.randrange(len(data) + 1)
+    if rng.random() < 0.5:
+        return data[:at]
+    return data[:at] + rng.randbytes(rng.randint(1, 64)) + data[at:]
+
+
 # -- the raw peer --
 
 
