@@ -139,13 +139,13 @@ class ServerWebSocket:
         Text messages are UTF-8 `bytes`, binary ones `bytearray`."""
         if self._closer_reading:  # close() is reading the peer's reply: it owns the stream
             await self._peer_gone.wait()
-            raise self.closed or ConnectionClosed(CLOSE_ABNORMAL, "closed")
+            raise self._closed_error("closed")
         self._receiver_active = True
         messages: list[bytes | bytearray] = []
         try:
             while not messages:
                 if self._peer_gone.is_set() and self.closed is not None:
-                    raise self.closed
+                    raise self._closed_error()
                 data, self._unread = self._unread, b""
                 if not data:
                     try:  # hot path: the stream call is inline, not behind a helper
@@ -169,7 +169,7 @@ class ServerWebSocket:
                     elif kind is framing.Close:
                         await self._peer_closed(event)  # type: ignore[arg-type]
                         if not messages:
-                            raise self.closed  # type: ignore[misc]
+                            raise self._closed_error()
                         return messages
             return messages
         finally:
@@ -178,7 +178,7 @@ class ServerWebSocket:
     async def send_messages(self, messages: list[str]) -> None:
         """Send text messages with one write. Raises ConnectionClosed if the peer is gone."""
         if self.closed is not None or self._close_sent:
-            raise self.closed or ConnectionClosed(CLOSE_ABNORMAL, "closing")
+            raise self._closed_error("closing")
         await self._send_raw(framing.encode_texts(messages))
 
     def can_send_now(self) -> bool:
@@ -258,7 +258,14 @@ class ServerWebSocket:
         self._peer_gone.set()
         if self.closed is None:
             self.closed = ConnectionClosed(CLOSE_ABNORMAL, why)
-        return self.closed
+        return self._closed_error()
+
+    def _closed_error(self, why: str = "closed") -> ConnectionClosed:
+        """A new exception saying how the connection closed. The stored `self.closed` is never
+        raised: raising gives it a traceback whose frames hold `self`, a reference cycle that
+        kept every ended call's objects (socket buffers included) alive until a full GC."""
+        closed = self.closed or ConnectionClosed(CLOSE_ABNORMAL, why)
+        return ConnectionClosed(closed.code, closed.reason)
 
     async def _refuse_http(self, refusal: Reject) -> None:
         body = refusal.reason.encode()

@@ -9,6 +9,7 @@ the fault is about time. (Resets of whole connections at random points: tests/te
 
 from __future__ import annotations
 
+import gc
 import struct
 import time
 
@@ -54,3 +55,31 @@ async def test_a_bad_frame_right_behind_the_upgrade_closes_only_that_call():
     assert frames[0] == 0x88 and frames[2:4] == struct.pack("!H", 1007)  # close: not UTF-8
     assert server.stats.calls_failed == 0
     assert sum(server.stats.ended_by.values()) == 1
+
+
+async def test_an_ended_call_leaves_no_reference_cycles():
+    """Regression (found by bench/soak.py, RSS creeping up under call churn): the WebSocket
+    raised the exception it stores in `closed`, so the exception's traceback held the frames
+    that held the WebSocket, a cycle that kept every ended call's objects alive until the
+    cyclic GC's next full collection (rare after `gc.freeze()`)."""
+
+    async def one_call(url: str) -> None:
+        async with simulated_call(url) as call:
+            await call.stream(bytes(640 * 3), realtime=False)
+            with trio.fail_after(5):
+                await call.wait_for_audio(640 * 3)
+
+    async with open_gateway(playout_lead_ms=5000) as server:
+        await one_call(server.urls[0])  # first-use allocations
+        tasks, fds = task_count(), open_fds()
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(5):
+                await one_call(server.urls[0])
+            await settled(server, tasks, fds, live=0)
+            unreachable = gc.collect()
+        finally:
+            gc.enable()
+    assert server.stats.calls_accepted == 6
+    assert unreachable == 0
