@@ -4,9 +4,10 @@ Owns: connections. It knows nothing of audio: each accepted WebSocket is handed 
 `gateway.call.run_call`, in its own task in the server's calls nursery.
 
 Handshake checks, in order: the upgrade must complete within `handshake_timeout` (TLS included);
-while draining, or at `max_calls` live calls, the upgrade is refused with HTTP 503 before it is
-accepted. Any path is accepted. The `x-ms-call-connection-id` and `x-ms-call-correlation-id`
-headers tag every log line of the call.
+a source address outside `allowed_networks` is refused with HTTP 403; while draining, or at
+`max_calls` live calls, the upgrade is refused with HTTP 503, and at `max_calls_per_source` calls
+from one address with 429, before it is accepted. Any path is accepted. The
+`x-ms-call-connection-id` and `x-ms-call-correlation-id` headers tag every log line of the call.
 
 Resource handling: every accepted stream is closed (`aclose_forcefully`) before its handler
 returns, whatever happened; a call still open when the server is cancelled is closed with 1001.
@@ -22,8 +23,11 @@ when the last call has ended.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
+import socket
 import ssl
+import struct
 from collections import Counter
 from typing import Any, Final
 
@@ -37,7 +41,7 @@ from .logs import call_logger
 from .pacer import Pacer
 from .processors import Processor
 from .transport import SocketTransport
-from .websocket import ConnectionClosed, Reject, ServerWebSocket
+from .websocket import ConnectionClosed, Reject, SendTimeout, ServerWebSocket
 
 log = logging.getLogger("gateway.server")
 
@@ -62,6 +66,9 @@ class ServerStats:
     stop_audio_sent: int = 0
     protocol_errors: Counter[str] = attrs.field(factory=Counter)
     ended_by: Counter[str] = attrs.field(factory=Counter)
+    # Limits and authentication (issue 5):
+    refused_by: Counter[str] = attrs.field(factory=Counter)  # calls_refused, by reason
+    frames_flood_dropped: int = 0
 
     def add(self, outcome: CallOutcome) -> None:
         s = outcome.stats
@@ -69,6 +76,7 @@ class ServerStats:
         self.audio_frames_dropped += s.audio_frames_dropped
         self.messages_out += s.messages_out
         self.stop_audio_sent += s.stop_audio_sent
+        self.frames_flood_dropped += s.frames_flood_dropped
         self.protocol_errors.update(s.protocol_errors)
         self.ended_by[outcome.ended_by] += 1
         if outcome.ended_by == "processor_error":
@@ -83,6 +91,10 @@ class Server:
         self.processor = processor
         self.stats = ServerStats()
         self.reserved = 0  # calls admitted (from the accepted upgrade to the end of the call)
+        self.reserved_by_source: Counter[str] = Counter()  # the same, by source address
+        self.allowed_networks = tuple(
+            ipaddress.ip_network(n, strict=False) for n in config.allowed_networks
+        )
         self.urls: list[str] = []
         self.draining = False
         self._accepting = trio.CancelScope()
@@ -130,7 +142,10 @@ class Server:
     async def _handle(self, stream: trio.abc.Stream) -> None:
         config = self.config
         peer = _peer(stream)
-        ws = ServerWebSocket(stream, max_message_bytes=config.max_message_bytes)
+        source = peer.rpartition(":")[0].strip("[]")
+        ws = ServerWebSocket(
+            stream, max_message_bytes=config.max_message_bytes, send_timeout=config.send_timeout
+        )
         admitted = False
         try:
             handshake = None
@@ -145,13 +160,15 @@ class Server:
                 handshake.headers.get("x-ms-call-correlation-id"),
                 peer,
             )
-            refusal = self._admission()
+            refusal = self._admission(source)
             if refusal is not None:
                 self.stats.calls_refused += 1
+                self.stats.refused_by[refusal.reason.split(":")[0]] += 1
                 calllog.warning("refusing the call: %s", refusal.reason)
                 await ws.reject(refusal)
                 return
             self.reserved += 1
+            self.reserved_by_source[source] += 1
             admitted = True
             await ws.accept()
             self.stats.calls_accepted += 1
@@ -177,6 +194,11 @@ class Server:
         finally:
             if admitted:
                 self.reserved -= 1
+                self.reserved_by_source[source] -= 1
+                if not self.reserved_by_source[source]:
+                    del self.reserved_by_source[source]
+            if isinstance(ws.closed, SendTimeout):
+                _reset_on_close(stream)  # drop what the kernel still holds for a stuck peer
             if ws.closed is None and admitted and not self._hard_stop:
                 with trio.CancelScope(
                     shield=True, deadline=trio.current_time() + CLOSE_ON_CANCEL_TIMEOUT
@@ -184,12 +206,42 @@ class Server:
                     await ws.close(CLOSE_GOING_AWAY, "server shutting down")
             await trio.aclose_forcefully(stream)
 
-    def _admission(self) -> Reject | None:
+    def _admission(self, source: str) -> Reject | None:
+        """Why a call from `source` may not start now (None: it may). Reasons start with a
+        metric-friendly token."""
+        if self.allowed_networks and not _in_networks(source, self.allowed_networks):
+            return Reject(403, "network: the source address is not allowed")
         if self.draining:
-            return Reject(503, "server is shutting down")
+            return Reject(503, "draining: server is shutting down")
         if self.reserved >= self.config.max_calls:
-            return Reject(503, f"at the limit of {self.config.max_calls} calls")
+            return Reject(503, f"max_calls: at the limit of {self.config.max_calls} calls")
+        per_source = self.config.max_calls_per_source
+        if per_source is not None and self.reserved_by_source[source] >= per_source:
+            return Reject(429, f"max_calls_per_source: {per_source} calls from this address")
         return None
+
+
+def _in_networks(
+    source: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+) -> bool:
+    try:
+        address = ipaddress.ip_address(source)
+    except ValueError:  # no address (not a socket): nothing to match
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # a dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d
+    return any(address in network for network in networks)
+
+
+def _reset_on_close(stream: trio.abc.Stream) -> None:
+    """Make closing the socket send a reset: a peer that stopped reading would otherwise keep
+    its unsent bytes in our kernel until TCP gives up."""
+    inner = getattr(stream, "transport_stream", stream)
+    sock = getattr(inner, "socket", None)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # type: ignore[union-attr]
+    except (AttributeError, OSError):
+        pass
 
 
 def _peer(stream: trio.abc.Stream) -> str:

@@ -12,7 +12,10 @@ costs more per frame than the rest of the path (README, "Architecture"). The upg
 h11, the HTTP/1.1 engine under wsproto; trio-websocket remains the client in `gateway.testing`.
 
 Resource handling: the caller owns the stream and closes it; `close()` sends a close frame and
-waits briefly for the peer's, within the caller's cancel scope.
+waits briefly for the peer's, within the caller's cancel scope. A write that the peer does not
+take within `send_timeout` seconds (it stopped reading) gives up: the connection is then dead
+(a frame may be half written), every later send or receive raises `SendTimeout`, and the
+caller should abort the stream.
 Error handling: a peer that breaks the protocol, resets the socket, or closes raises
 `ConnectionClosed` with the close code; nothing else escapes from receive/send.
 """
@@ -33,6 +36,7 @@ from .errors import CLOSE_ABNORMAL, CLOSE_NO_STATUS, CLOSE_NORMAL
 RECEIVE_BYTES: Final = 65536  # one read takes every frame the kernel has for us (batching)
 CLOSE_REPLY_TIMEOUT: Final = 2.0  # seconds to wait for the peer's close frame after ours
 MAX_REQUEST_BYTES: Final = 16384  # the upgrade request's head; ACS sends well under 4 KB
+DEFAULT_SEND_TIMEOUT: Final = 10.0  # seconds one write may wait for the peer to read
 _ACCEPT_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 
 
@@ -43,6 +47,14 @@ class ConnectionClosed(Exception):
         super().__init__(f"WebSocket closed ({code}{': ' + reason if reason else ''})")
         self.code = code
         self.reason = reason
+
+
+class SendTimeout(ConnectionClosed):
+    """A write waited `send_timeout` seconds for a peer that does not read: the connection is
+    given up (code 1006: no close frame could be sent)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(CLOSE_ABNORMAL, f"the peer took no data for {seconds:g} s")
 
 
 @attrs.frozen
@@ -62,8 +74,15 @@ class Reject:
 
 
 class ServerWebSocket:
-    def __init__(self, stream: trio.abc.Stream, *, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        max_message_bytes: int,
+        send_timeout: float = DEFAULT_SEND_TIMEOUT,
+    ) -> None:
         self.stream = stream
+        self.send_timeout = send_timeout
         self._http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
         self._key = b""
         self._frames = framing.FrameReader(max_message_bytes)
@@ -265,7 +284,9 @@ class ServerWebSocket:
         raised: raising gives it a traceback whose frames hold `self`, a reference cycle that
         kept every ended call's objects (socket buffers included) alive until a full GC."""
         closed = self.closed or ConnectionClosed(CLOSE_ABNORMAL, why)
-        return ConnectionClosed(closed.code, closed.reason)
+        fresh = type(closed).__new__(type(closed), *closed.args)  # same type: SendTimeout too
+        fresh.__dict__.update(closed.__dict__)
+        return fresh
 
     async def _refuse_http(self, refusal: Reject) -> None:
         body = refusal.reason.encode()
@@ -294,15 +315,33 @@ class ServerWebSocket:
         try:
             if lock.locked():
                 async with lock:
-                    await self.stream.send_all(data)
+                    await self._send_within_timeout(data)
             else:  # uncontended, the usual case: skip the lock's extra checkpoint
                 lock.acquire_nowait()
                 try:
-                    await self.stream.send_all(data)
+                    await self._send_within_timeout(data)
                 finally:
                     lock.release()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise self._lost(f"connection lost ({exc})") from None
+
+    async def _send_within_timeout(self, data: bytes) -> None:
+        if isinstance(self.closed, SendTimeout):
+            raise self._closed_error()
+        send_nowait = getattr(self.stream, "send_nowait", None)
+        if send_nowait is not None:
+            # Hot path: the kernel takes the whole write at once, so no timer is needed (a
+            # cancel scope costs more than the write itself). Errors surface in send_all below.
+            data = send_nowait(data)
+            if not data:
+                return
+        with trio.move_on_at(trio.current_time() + self.send_timeout):
+            await self.stream.send_all(data)
+            return
+        self._peer_gone.set()
+        self._close_sent = True  # no close frame can follow a half-written one
+        self.closed = SendTimeout(self.send_timeout)
+        raise self._closed_error()
 
 
 def _check_upgrade(method: bytes, headers: dict[str, str]) -> Reject | None:

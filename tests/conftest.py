@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -16,7 +16,7 @@ from gateway.logs import call_logger
 from gateway.processors import Processor, load
 from gateway.testing import SimulatedCall, simulated_call
 from gateway.testing.census import open_fds, task_count  # noqa: F401  (re-exported for tests)
-from gateway.websocket import ServerWebSocket
+from gateway.websocket import DEFAULT_SEND_TIMEOUT, ServerWebSocket
 
 
 @attrs.define
@@ -34,17 +34,21 @@ class MemoryCall:
 async def memory_call(
     processor: Processor | str = "echo",
     settings: CallSettings | None = None,
+    *,
+    stream_pair: Callable[[], tuple[trio.abc.Stream, trio.abc.Stream]] | None = None,
+    send_timeout: float = DEFAULT_SEND_TIMEOUT,
     **peer: Any,
 ) -> AsyncIterator[MemoryCall]:
     """One gateway call over a memory stream pair: the real WebSocket engine, codec, call and
-    player, with the simulated ACS peer on the other end. Works on the autojump clock."""
+    player, with the simulated ACS peer on the other end. Works on the autojump clock.
+    `stream_pair` makes (ACS end, gateway end); default: `memory_stream_pair`."""
     if isinstance(processor, str):
         processor = load(processor)
-    client, server = trio.testing.memory_stream_pair()
+    client, server = (stream_pair or trio.testing.memory_stream_pair)()
     outcome: list[CallOutcome] = []
 
     async def serve_one() -> None:
-        ws = ServerWebSocket(server, max_message_bytes=65536)
+        ws = ServerWebSocket(server, max_message_bytes=65536, send_timeout=send_timeout)
         try:
             handshake = await ws.read_handshake()
             await ws.accept()

@@ -24,6 +24,7 @@ class CallStats:
     protocol_errors: Counter[str] = attrs.field(factory=Counter)  # by ProtocolError.reason
     messages_out: int = 0
     stop_audio_sent: int = 0
+    frames_flood_dropped: int = 0  # inbound messages beyond max_frames_per_second, unread
 
 
 @attrs.define(slots=True, eq=False)
