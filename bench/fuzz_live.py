@@ -31,9 +31,15 @@ import trio
 
 from gateway.testing import open_gateway, simulated_call
 from gateway.testing.census import open_fds, rss_kb, task_count
-from gateway.testing.hostile import RawPeer, Session, cut_or_spliced, random_session
+from gateway.testing.hostile import (
+    RawPeer,
+    Session,
+    canary_frame,
+    cut_or_spliced,
+    keep_talking,
+    random_session,
+)
 
-CANARY_FRAMES = 50 * 60  # the canary's audio repeats every minute (distinct frames within it)
 SETTLE_TIMEOUT = 30.0  # seconds for the hostile calls to end after the last input
 CUT_SHARE = 0.2  # connections sent as a cut or spliced good connection
 
@@ -47,24 +53,12 @@ async def fuzz(args: argparse.Namespace) -> dict[str, Any]:
     ) as server:
         url = server.urls[0]
         async with simulated_call(url, connection_id="canary") as canary:
-            pcm = b"".join(
-                k.to_bytes(4, "big") * 160 for k in range(CANARY_FRAMES)
-            )  # frame k says k
-            await canary.stream(pcm[: 640 * 5], realtime=False)
+            await canary.send_audio(canary_frame(0))  # the canary is up before the census
             with trio.fail_after(10):
-                await canary.wait_for_audio(640 * 5)
+                await canary.wait_for_audio(640)
             tasks, fds, rss0 = task_count(), open_fds(), rss_kb()
             started = time.monotonic()
             sent_inputs = trio.Event()
-
-            async def talk() -> None:
-                """The canary talks in real time for as long as the hostile calls run."""
-                start, k = trio.current_time(), 5
-                while not sent_inputs.is_set():
-                    await trio.sleep_until(start + k * 0.020)  # absolute: no drift
-                    frame = k % CANARY_FRAMES
-                    await canary.send_audio(pcm[frame * 640 : frame * 640 + 640])
-                    k += 1
 
             async def hostile(worker: int) -> None:
                 while counts["inputs"] < args.inputs:
@@ -88,7 +82,7 @@ async def fuzz(args: argparse.Namespace) -> dict[str, Any]:
                         )
 
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(talk)
+                nursery.start_soon(keep_talking, canary, sent_inputs)
                 async with trio.open_nursery() as attackers:
                     for worker in range(args.concurrency):
                         attackers.start_soon(hostile, worker)

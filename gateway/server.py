@@ -186,7 +186,9 @@ class Server:
                 outcome.stats.messages_out,
             )
         except ConnectionClosed as closed:
-            self.stats.handshakes_failed += not admitted
+            # Only the handshake raises this (run_call does not): lost before or while the
+            # 101 went out. Counted here, so every connection is counted once.
+            self.stats.handshakes_failed += 1
             log.debug("connection from %s closed during the handshake: %s", peer, closed)
         except Exception:
             self.stats.calls_failed += 1

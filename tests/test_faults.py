@@ -12,31 +12,59 @@ from __future__ import annotations
 import gc
 import struct
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
+import trio.testing
 
 from gateway.call import CallSettings
-from gateway.processors import Call
+from gateway.packets import AudioData
+from gateway.processors import Call, load
+from gateway.server import Server
 from gateway.testing import open_gateway, simulated_call
-from gateway.testing.hostile import UPGRADE, RawPeer, client_frame, encode, metadata_packet
-from gateway.testing.peer import acs_headers
+from gateway.testing.hostile import (
+    UPGRADE,
+    RawPeer,
+    client_frame,
+    encode,
+    good_connection,
+    keep_talking,
+    metadata_packet,
+)
+from gateway.testing.peer import SimulatedCall
 
 from .conftest import memory_call, open_fds, task_count
+from .test_fuzz_live import _run_hostile
 
 METADATA = client_frame(encode(metadata_packet()))
+SAFETY = 10.0  # seconds: a fail_after net for waits that end at once when things work
 
 
-def canary_frame(k: int) -> bytes:
-    """20 ms of audio that says which frame it is, so a lost or swapped frame shows."""
-    return struct.pack("!I", k) * 160
-
-
-async def settled(server, tasks: int, fds: int, live: int = 1, timeout: float = 10.0) -> None:
+async def settled(server: Server, tasks: int, fds: int, live: int = 1) -> None:
     """Wait until only `live` calls remain and the census is back to (tasks, fds)."""
-    with trio.fail_after(timeout):
+    with trio.fail_after(SAFETY):
         while server.live > live or task_count() != tasks or open_fds() != fds:  # noqa: ASYNC110
             await trio.sleep(0.01)
+
+
+@asynccontextmanager
+async def canary(server: Server) -> AsyncIterator[SimulatedCall]:
+    """A good call that talks in real time for the whole block; after it, the call must still
+    be up and its echo byte-exact."""
+    async with simulated_call(server.urls[0], connection_id="canary") as call:
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(keep_talking, call, stop)
+            with trio.fail_after(SAFETY):
+                await call.wait_for_audio(640)
+            yield call
+            stop.set()
+        with trio.fail_after(SAFETY):
+            await call.wait_for_audio(len(call.sent[None]))
+        assert call.received_pcm == bytes(call.sent[None])
+        assert not call.closed.is_set()
 
 
 async def test_a_bad_frame_right_behind_the_upgrade_closes_only_that_call():
@@ -83,3 +111,73 @@ async def test_an_ended_call_leaves_no_reference_cycles():
             gc.enable()
     assert server.stats.calls_accepted == 6
     assert unreachable == 0
+
+
+# -- peers --
+
+GOOD = good_connection(__import__("random").Random(5))
+HEAD = len(UPGRADE) + 2  # where the upgrade request ends
+AUDIO = HEAD + len(METADATA)  # the first audio frame: 2 header bytes, 2 of length, 4 of mask
+CUTS = {
+    "mid-upgrade": HEAD // 2,
+    "right-after-upgrade": HEAD,
+    "mid-header": AUDIO + 1,
+    "mid-length": AUDIO + 3,
+    "mid-mask": AUDIO + 6,
+    "mid-payload": AUDIO + 500,
+}
+
+
+@pytest.mark.parametrize("cut", CUTS.values(), ids=list(CUTS))
+async def test_a_reset_mid_frame_ends_only_that_call(cut):
+    """TCP reset at named points of a good connection (any byte: tests/test_fuzz_live.py);
+    `_run_hostile` checks the canary and the census, here what was counted."""
+    stats = await _run_hostile([], [GOOD[:cut]])
+    if cut < HEAD:
+        assert (stats.handshakes_failed, stats.calls_accepted) == (1, 1)  # the canary only
+    else:  # accepted and hung up, or (reset before the 101 went out) a failed handshake
+        assert stats.calls_accepted + stats.handshakes_failed == 2
+        assert stats.ended_by["hangup"] == stats.calls_accepted
+    assert stats.calls_failed == 0
+
+
+async def test_half_open_connections_are_dropped_at_every_stage():
+    """A peer that vanishes without a FIN (power loss, a NAT that forgot the flow) looks, from
+    here, like one that sends nothing and never reads a reply: each stage has a timeout."""
+    async with open_gateway(
+        handshake_timeout=0.3, metadata_timeout=0.3, idle_timeout=0.3
+    ) as server:
+        url = server.urls[0]
+        async with canary(server):
+            tasks, fds = task_count(), open_fds()
+            in_handshake = await RawPeer.open(url)
+            await in_handshake.send(UPGRADE)  # the request's last empty line never comes
+            before_metadata = await RawPeer.connect(url)
+            in_call = await RawPeer.connect(url)
+            await in_call.send(METADATA + client_frame(encode(metadata_packet())))
+            replies: dict[str, bytes] = {}
+
+            async def vanished(name: str, peer: RawPeer) -> None:
+                replies[name] = await peer.read_until_closed()  # and never answers a close
+                await peer.stream.aclose()
+
+            with trio.fail_after(SAFETY):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(vanished, "in_handshake", in_handshake)
+                    nursery.start_soon(vanished, "before_metadata", before_metadata)
+                    nursery.start_soon(vanished, "in_call", in_call)
+            await settled(server, tasks, fds)
+    assert replies["in_handshake"] == b""
+    assert _close_code(replies["before_metadata"]) == 1007  # no AudioMetadata
+    assert _close_code(replies["in_call"]) == 1000  # idle: no inbound audio
+    stats = server.stats
+    assert stats.handshakes_failed == 1
+    assert (stats.ended_by["timeout"], stats.ended_by["idle"]) == (1, 1)
+    assert stats.calls_failed == 0
+
+
+def _close_code(reply: bytes) -> int:
+    """The code of the close frame that ends `reply` (an upgrade reply and server frames)."""
+    _, _, frames = reply.partition(b"\r\n\r\n")
+    at = frames.rindex(b"\x88")
+    return int.from_bytes(frames[at + 2 : at + 4], "big")

@@ -17,18 +17,20 @@ from __future__ import annotations
 
 import json
 import random
-import struct
+from collections.abc import Sequence
 
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.server import ServerStats
 from gateway.testing import open_gateway, simulated_call
 from gateway.testing.hostile import (
     OP_BINARY,
     OP_TEXT,
     RawPeer,
     Session,
+    canary_frame,
     client_frame,
     encode,
     good_connection,
@@ -39,7 +41,7 @@ from gateway.testing.hostile import (
 from .conftest import open_fds, task_count
 
 FUZZ = settings(
-    max_examples=100,
+    max_examples=50,
     derandomize=True,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -47,16 +49,16 @@ FUZZ = settings(
 SETTLE_TIMEOUT = 10.0  # seconds; a safety net, the hostile calls end at once
 
 
-async def _run_hostile(sessions: list[Session], raw: list[bytes] = ()) -> None:  # type: ignore[assignment]
+async def _run_hostile(sessions: Sequence[Session], raw: Sequence[bytes] = ()) -> ServerStats:
     """Play `sessions` (and `raw` byte streams, sent verbatim from the first byte, upgrade
-    included) concurrently beside a canary call; assert the invariants."""
+    included) concurrently beside a canary call; assert the invariants; return the counters."""
     # A long playout lead: the echo comes back at once instead of at real-time pace.
     async with open_gateway(
         handshake_timeout=2.0, metadata_timeout=2.0, playout_lead_ms=5000
     ) as server:
         url = server.urls[0]
         async with simulated_call(url, connection_id="canary") as canary:
-            await canary.send_audio(struct.pack("!I", 0) * 160)
+            await canary.send_audio(canary_frame(0))
             with trio.fail_after(SETTLE_TIMEOUT):
                 await canary.wait_for_audio(640)
             tasks, fds = task_count(), open_fds()
@@ -75,7 +77,7 @@ async def _run_hostile(sessions: list[Session], raw: list[bytes] = ()) -> None: 
                 for data in raw:
                     nursery.start_soon(verbatim, data)
                 for k in range(1, 6):  # the canary keeps talking while they run
-                    await canary.send_audio(struct.pack("!I", k) * 160)
+                    await canary.send_audio(canary_frame(k))
                     await trio.lowlevel.checkpoint()
             with trio.fail_after(SETTLE_TIMEOUT):
                 await canary.wait_for_audio(640 * 6)
@@ -84,7 +86,12 @@ async def _run_hostile(sessions: list[Session], raw: list[bytes] = ()) -> None: 
             assert canary.received_pcm == bytes(canary.sent[None])
             assert not canary.closed.is_set()
             assert (task_count(), open_fds()) == (tasks, fds)
-    assert server.stats.calls_failed == 0
+    stats = server.stats
+    assert stats.calls_failed == 0
+    # every connection counted once: the canary and each hostile one
+    connections = stats.calls_accepted + stats.calls_refused + stats.handshakes_failed
+    assert connections == 1 + len(sessions) + len(raw)
+    return stats
 
 
 json_values = st.recursive(
