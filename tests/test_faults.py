@@ -27,6 +27,7 @@ from gateway.testing import open_gateway, simulated_call
 from gateway.testing.hostile import (
     UPGRADE,
     RawPeer,
+    canary_frame,
     client_frame,
     encode,
     good_connection,
@@ -37,6 +38,7 @@ from gateway.testing.peer import SimulatedCall
 
 from .conftest import memory_call, open_fds, task_count
 from .test_fuzz_live import _run_hostile
+from .test_limits import StallingStream, _send_at
 
 METADATA = client_frame(encode(metadata_packet()))
 SAFETY = 10.0  # seconds: a fail_after net for waits that end at once when things work
@@ -181,3 +183,124 @@ def _close_code(reply: bytes) -> int:
     _, _, frames = reply.partition(b"\r\n\r\n")
     at = frames.rindex(b"\x88")
     return int.from_bytes(frames[at + 2 : at + 4], "big")
+
+
+class TrickleStream(StallingStream):
+    """The ACS end of a stream pair that, once `stalled`, reads one byte a second: a reader
+    too slow to be useful but never quite stopped."""
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self.stalled:
+            await trio.sleep(1.0)
+            return await self.inner.receive_some(1)
+        return await self.inner.receive_some(max_bytes)
+
+
+async def test_a_trickling_reader_is_closed_within_send_timeout(autojump_clock):
+    """Like a peer that stops reading (tests/test_limits.py), one that reads a byte a second
+    cannot hold a write longer than `send_timeout`; the other call is untouched and no task
+    is left. Lockstep streams: a write completes only as the peer reads it."""
+    slow: list[TrickleStream] = []
+
+    def trickle_pair() -> tuple[trio.abc.Stream, trio.abc.Stream]:
+        client, server = trio.testing.lockstep_stream_pair()
+        slow.append(TrickleStream(client))
+        return slow[-1], server
+
+    audio = b"".join(canary_frame(k) for k in range(150))  # 3 s
+    tasks = task_count()
+    async with memory_call("echo", stream_pair=trickle_pair, send_timeout=2) as trickling:
+        async with memory_call(
+            "echo", stream_pair=trio.testing.lockstep_stream_pair, send_timeout=2
+        ) as good:
+            await trickling.peer.stream(audio[: 640 * 5])
+            await trickling.peer.wait_for_audio(640 * 5)
+            slow[0].stalled = True
+            start = trio.current_time()
+            ended: list[float] = []
+
+            async def note_the_end() -> None:
+                while not trickling.outcome:  # noqa: ASYNC110  (run_call's result, no event)
+                    await trio.sleep(0.01)
+                ended.append(trio.current_time())
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_send_at, trickling.peer, 50, 3)  # it keeps talking
+                nursery.start_soon(note_the_end)
+                await good.peer.stream(audio)
+                await good.peer.wait_for_audio(len(audio))
+            assert ended, "the trickling call is still running"
+            assert good.peer.received_pcm == audio
+            assert not good.peer.closed.is_set()
+    assert trickling.result.ended_by == "send_timeout"
+    # the first echo after the stall could not go out; it gave up send_timeout later
+    # the first echo after the stall went out (the reader was mid-read); the next one, 20 ms
+    # later, never completed and was given up send_timeout after it started
+    assert 2.0 <= ended[0] - start <= 2.0 + 0.02 + 0.01
+    assert good.result.ended_by == "hangup"
+    assert task_count() == tasks
+
+
+# -- the event loop --
+
+
+async def test_a_blocked_event_loop_delays_every_call_but_loses_no_audio(autojump_clock):
+    """One call's processor blocks the whole event loop for 200 ms (as `time.sleep(0.2)` would:
+    on the autojump clock, `jump` moves time with no task running). Every call's peer then
+    sends its backlog at once; the gateway takes it all and the echo catches up: every byte,
+    in order, nothing dropped, and no call later than the stall itself."""
+    echo = load("echo")
+
+    async def blocks_once(call: Call) -> None:
+        packets = 0
+        async for packet in call.packets:
+            packets += 1
+            if packets == 25:
+                autojump_clock.jump(0.2)  # nothing else runs meanwhile
+            assert call.player is not None
+            await call.player.play(packet.pcm)  # type: ignore[union-attr]
+
+    audio = b"".join(canary_frame(k) for k in range(100))  # 2 s each
+    async with memory_call(blocks_once) as blocker, memory_call(echo) as a, memory_call(echo) as b:
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            for mc in (blocker, a, b):
+                nursery.start_soon(mc.peer.stream, audio)
+        for mc in (blocker, a, b):
+            await mc.peer.wait_for_audio(len(audio))
+            assert mc.peer.received_pcm == audio
+            # the last frame was sent at 1.98 s + the 0.2 s stall; its echo is not held longer
+            assert mc.peer.received[-1].time - start <= 1.98 + 0.2 + 1e-6
+    for mc in (blocker, a, b):
+        assert mc.result.stats.audio_frames_dropped == 0
+        assert mc.result.stats.messages_out == 100
+
+
+async def test_time_sleep_in_a_processor_stalls_but_does_not_break_other_calls():
+    """The same with a real `time.sleep(0.2)` on real sockets and the server's shared pacer."""
+
+    async def sleeps_once(call: Call) -> None:
+        assert call.player is not None
+        packets = 0
+        async for packet in call.packets:
+            packets += 1
+            if packets == 10 and call.path == "/blocker":
+                time.sleep(0.2)  # noqa: ASYNC251  (the fault under test)
+            await call.player.play(packet.pcm)  # type: ignore[union-attr]
+
+    audio = b"".join(canary_frame(k) for k in range(50))  # 1 s each
+    async with open_gateway(sleeps_once) as server:
+
+        async def one(resource: str) -> None:
+            async with simulated_call(server.urls[0], resource=resource) as call:
+                await call.stream(audio)
+                with trio.fail_after(SAFETY):
+                    await call.wait_for_audio(len(audio))
+                assert call.received_pcm == audio
+
+        async with trio.open_nursery() as nursery:
+            for resource in ("/blocker", "/a", "/b", "/c"):
+                nursery.start_soon(one, resource)
+    assert server.stats.audio_frames_dropped == 0
+    assert server.stats.ended_by == {"hangup": 4}
+    assert server.stats.calls_failed == 0
