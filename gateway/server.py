@@ -79,7 +79,7 @@ class ServerStats:
         self.frames_flood_dropped += s.frames_flood_dropped
         self.protocol_errors.update(s.protocol_errors)
         self.ended_by[outcome.ended_by] += 1
-        if outcome.ended_by == "processor_error":
+        if outcome.error is not None:  # the processor raised, even after a hang-up
             self.calls_failed += 1
 
 

@@ -14,13 +14,13 @@ import struct
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 import pytest
 import trio
 import trio.testing
 
 from gateway.call import CallSettings
-from gateway.packets import AudioData
 from gateway.processors import Call, load
 from gateway.server import Server
 from gateway.testing import open_gateway, simulated_call
@@ -303,4 +303,141 @@ async def test_time_sleep_in_a_processor_stalls_but_does_not_break_other_calls()
                 nursery.start_soon(one, resource)
     assert server.stats.audio_frames_dropped == 0
     assert server.stats.ended_by == {"hangup": 4}
+    assert server.stats.calls_failed == 0
+
+
+# -- processors --
+
+
+async def test_a_processor_that_raises_ends_only_its_call_and_is_counted():
+    """Wherever a processor fails (before reading, mid-call, in a task of its own nursery, or
+    after ACS hung up), its call ends (1011 while ACS is still there), the failure is counted
+    in `calls_failed`, and nothing of the call is left."""
+
+    async def faulty(call: Call) -> None:
+        where = call.path.strip("/")
+        if where == "at-start":
+            raise ValueError("fails before reading")
+        assert call.player is not None
+
+        async def child() -> None:
+            await trio.sleep(0.05)
+            raise RuntimeError("a task of the processor's own fails")
+
+        async with trio.open_nursery() as nursery:
+            if where == "in-a-child-task":
+                nursery.start_soon(child)
+            async for packet in call.packets:
+                if where == "mid-call":
+                    raise KeyError("fails mid-call")
+                await call.player.play(packet.pcm)  # type: ignore[union-attr]
+        if where == "after-hang-up":
+            raise ValueError("fails after ACS hung up")
+
+    async with open_gateway(faulty, hangup_grace=0.5) as server:
+        async with canary(server):
+            tasks, fds = task_count(), open_fds()
+            for where in ("at-start", "in-a-child-task", "mid-call"):
+                async with simulated_call(server.urls[0], resource=f"/{where}") as call:
+                    await call.send_audio(canary_frame(1))
+                    with trio.fail_after(SAFETY):
+                        await call.closed.wait()
+                    assert call.close_code == 1011
+            async with simulated_call(server.urls[0], resource="/after-hang-up") as call:
+                await call.send_audio(canary_frame(1))
+                with trio.fail_after(SAFETY):
+                    await call.wait_for_audio(640)
+            await settled(server, tasks, fds)
+            assert server.stats.calls_failed == 4
+            assert server.stats.ended_by == {"processor_error": 3, "hangup": 1}
+
+
+async def test_a_hung_processor_ends_hangup_grace_after_the_hang_up(autojump_clock):
+    """A processor that never reads and never returns: its inbound queue fills (the overflow is
+    dropped and counted, the rest counted unread), and ACS's hang-up ends the call exactly
+    `hangup_grace` later."""
+    cancelled_at: list[float] = []
+
+    async def hung(call: Call) -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            cancelled_at.append(trio.current_time())
+
+    tasks = task_count()
+    settings = CallSettings(hangup_grace=1.5, inbound_queue_ms=200)  # 10 frames
+    async with memory_call(hung, settings) as mc:
+        await mc.peer.stream(b"".join(canary_frame(k) for k in range(50)))
+        hung_up = trio.current_time()
+        await mc.peer.hang_up()
+    assert cancelled_at[0] - hung_up == pytest.approx(1.5, abs=1e-6)
+    stats = mc.result.stats
+    assert mc.result.ended_by == "hangup"
+    assert (stats.audio_frames_in, stats.audio_frames_dropped, stats.packets_unread) == (50, 40, 10)
+    assert task_count() == tasks
+
+
+async def test_a_hung_processor_on_a_call_that_never_ends_stops_at_max_duration(autojump_clock):
+    cancelled_at: list[float] = []
+
+    async def hung(call: Call) -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            cancelled_at.append(trio.current_time())
+
+    settings = CallSettings(max_call_duration=5, idle_timeout=1000, inbound_queue_ms=200)
+    async with memory_call(hung, settings) as mc:
+        start = trio.current_time()
+        await _send_at(mc.peer, 50, 60)  # ACS talks for a minute; the call ends first
+        assert mc.peer.close_code == 1000
+    assert cancelled_at[0] - start == pytest.approx(5, abs=0.05)
+    assert mc.result.ended_by == "max_duration"
+
+
+async def test_a_stalled_upstream_ends_with_its_call_and_its_socket_is_closed():
+    """The processor forwards audio to an upstream service (a model) that accepts and then
+    never answers. ACS hangs up; the processor, stuck waiting on the upstream, is cancelled
+    after `hangup_grace`, and its `async with` closes the upstream socket (the upstream sees
+    EOF). Nothing is left and the canary never noticed."""
+    upstream_saw_eof = trio.Event()
+
+    async def stalling_upstream(stream: trio.SocketStream) -> None:
+        try:
+            while await stream.receive_some(65536):  # takes everything, answers nothing
+                pass
+            upstream_saw_eof.set()
+        except trio.BrokenResourceError:
+            pass
+        finally:
+            await stream.aclose()
+
+    async with trio.open_nursery() as upstream_server:
+        (listener,) = await upstream_server.start(
+            partial(trio.serve_tcp, stalling_upstream, 0, host="127.0.0.1")
+        )
+        port = listener.socket.getsockname()[1]
+
+        async def via_upstream(call: Call) -> None:
+            if call.path != "/model":
+                await load("echo")(call)
+                return
+            async with await trio.open_tcp_stream("127.0.0.1", port) as upstream:
+                async for packet in call.packets:
+                    await upstream.send_all(packet.pcm)  # type: ignore[union-attr]
+                    reply = await upstream.receive_some(65536)  # never comes
+                    assert call.player is not None
+                    await call.player.play(reply)
+
+        async with open_gateway(via_upstream, hangup_grace=0.3) as server:
+            async with canary(server):
+                tasks, fds = task_count(), open_fds()
+                async with simulated_call(server.urls[0], resource="/model") as call:
+                    await call.stream(b"".join(canary_frame(k) for k in range(10)))
+                with trio.fail_after(SAFETY):
+                    await upstream_saw_eof.wait()
+                await settled(server, tasks, fds)
+                assert call.received_pcm == b""
+        upstream_server.cancel_scope.cancel()
+    assert server.stats.ended_by == {"hangup": 2}
     assert server.stats.calls_failed == 0
