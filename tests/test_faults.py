@@ -12,7 +12,7 @@ from __future__ import annotations
 import gc
 import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 
@@ -352,11 +352,8 @@ async def test_a_processor_that_raises_ends_only_its_call_and_is_counted():
             assert server.stats.ended_by == {"processor_error": 3, "hangup": 1}
 
 
-async def test_a_hung_processor_ends_hangup_grace_after_the_hang_up(autojump_clock):
-    """A processor that never reads and never returns: its inbound queue fills (the overflow is
-    dropped and counted, the rest counted unread), and ACS's hang-up ends the call exactly
-    `hangup_grace` later."""
-    cancelled_at: list[float] = []
+def hung_processor(cancelled_at: list[float]) -> Callable[[Call], Awaitable[None]]:
+    """A processor that never reads and never returns; notes when it was cancelled."""
 
     async def hung(call: Call) -> None:
         try:
@@ -364,6 +361,15 @@ async def test_a_hung_processor_ends_hangup_grace_after_the_hang_up(autojump_clo
         finally:
             cancelled_at.append(trio.current_time())
 
+    return hung
+
+
+async def test_a_hung_processor_ends_hangup_grace_after_the_hang_up(autojump_clock):
+    """A processor that never reads and never returns: its inbound queue fills (the overflow is
+    dropped and counted, the rest counted unread), and ACS's hang-up ends the call exactly
+    `hangup_grace` later."""
+    cancelled_at: list[float] = []
+    hung = hung_processor(cancelled_at)
     tasks = task_count()
     settings = CallSettings(hangup_grace=1.5, inbound_queue_ms=200)  # 10 frames
     async with memory_call(hung, settings) as mc:
@@ -379,13 +385,7 @@ async def test_a_hung_processor_ends_hangup_grace_after_the_hang_up(autojump_clo
 
 async def test_a_hung_processor_on_a_call_that_never_ends_stops_at_max_duration(autojump_clock):
     cancelled_at: list[float] = []
-
-    async def hung(call: Call) -> None:
-        try:
-            await trio.sleep_forever()
-        finally:
-            cancelled_at.append(trio.current_time())
-
+    hung = hung_processor(cancelled_at)
     settings = CallSettings(max_call_duration=5, idle_timeout=1000, inbound_queue_ms=200)
     async with memory_call(hung, settings) as mc:
         start = trio.current_time()
