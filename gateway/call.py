@@ -22,12 +22,13 @@ Malformed packets (`ProtocolError`): counted by reason in `CallStats.protocol_er
 `max_consecutive_errors` malformed packets with no good one between, the call is closed with
 1007. Nothing raised by a packet escapes the call.
 
-Limits (README, "Bad input policy"): inbound messages beyond `max_frames_per_second` are
-dropped unread and counted (`frames_flood_dropped`; see `gateway.limits.FloodGate`), and a flood
-that lasts `flood_grace` seconds closes the call with 1008. A watchdog task closes the call (1000)
-after `idle_timeout` seconds without inbound audio (without any packet on a transcription-only
-stream) and at `max_call_duration`. A write the peer does not take within the WebSocket's
-`send_timeout` ends the call at once (`send_timeout`, no close frame: the socket is aborted).
+Limits (README, "Bad input policy"): inbound messages beyond `max_frames_per_second` (pings
+count too) are dropped unread and counted (`frames_flood_dropped`; see
+`gateway.limits.FloodGate`), and a flood that lasts `flood_grace` seconds closes the call with
+1008. A watchdog task closes the call (1000) after `idle_timeout` seconds without inbound audio
+(without any packet on a transcription-only stream) and at `max_call_duration`. A write the
+peer does not take within the WebSocket's `send_timeout` ends the call at once (`send_timeout`,
+no close frame: the server resets the socket).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class CallSettings:
     # Limits (issue 5): see the module docstring.
     max_frames_per_second: int = 250
     flood_grace: float = 5.0
-    idle_timeout: float = 60.0
+    idle_timeout: float = 300.0
     max_call_duration: float = 14400.0
 
 
@@ -111,7 +112,7 @@ async def run_call(
     stats = CallStats()
     decoder = InboundDecoder()
     errors = _ErrorPolicy(settings.max_consecutive_errors, stats, log)
-    intake = _Intake(settings, stats, log)
+    intake = _Intake(settings, stats, log, ws)
     end_at = intake.heard + settings.max_call_duration
 
     # 1. Wait for the stream's first metadata: it says what the call carries.
@@ -350,29 +351,39 @@ class _DirectSink:
 class _Intake:
     """What the call takes from each read: the flood gate, and when audio was last heard."""
 
-    __slots__ = ("gate", "stats", "log", "now", "heard")
+    __slots__ = ("gate", "stats", "log", "ws", "pings", "now", "heard")
 
     def __init__(
-        self, settings: CallSettings, stats: CallStats, log: logging.LoggerAdapter[logging.Logger]
+        self,
+        settings: CallSettings,
+        stats: CallStats,
+        log: logging.LoggerAdapter[logging.Logger],
+        ws: ServerWebSocket,
     ) -> None:
         self.now = self.heard = trio.current_time()
         self.gate = FloodGate(settings.max_frames_per_second, settings.flood_grace, self.now)
         self.stats = stats
         self.log = log
+        self.ws = ws
+        self.pings = 0  # the WebSocket's pings_received already counted
 
     def admit(self, messages: list[bytes | bytearray]) -> list[bytes | bytearray]:
         self.now = now = trio.current_time()
         gate = self.gate
-        taken = gate.admit(len(messages), now)
-        if taken == len(messages):
+        pings = self.ws.pings_received - self.pings  # already answered: they spend the budget
+        self.pings += pings
+        count = len(messages) + pings
+        taken = gate.admit(count, now)
+        if taken == count:
             return messages
-        if not self.stats.frames_flood_dropped:
+        kept = max(0, taken - pings)
+        if not gate.dropped - (count - taken):  # the first drop of the call
             self.log.warning("inbound flood: dropping messages beyond %g a second", gate.rate)
-        self.stats.frames_flood_dropped += len(messages) - taken
+        self.stats.frames_flood_dropped += len(messages) - kept
         if gate.persistent(now):
             self.log.warning("inbound flood for %g s; closing", gate.grace)
             raise _Flooded
-        return messages[:taken]
+        return messages[:kept]
 
 
 class _ErrorPolicy:

@@ -189,7 +189,7 @@ class Config:
         metadata=_doc("Seconds a call may flood past that rate before it is closed (1008)."),
     )
     idle_timeout: float = attrs.field(
-        default=60.0,
+        default=300.0,
         validator=_positive,
         metadata=_doc("Seconds without inbound audio that close the call (1000)."),
     )

@@ -94,6 +94,7 @@ class ServerWebSocket:
         self._peer_gone = trio.Event()  # the peer's close frame, EOF, or a reset was seen
         self.closed: ConnectionClosed | None = None  # set once the connection is over
         self._unsent = b""  # written by send_messages_nowait, not yet taken by the kernel
+        self.pings_received = 0  # the call's flood gate counts them with the messages
 
     # -- handshake --
 
@@ -154,15 +155,18 @@ class ServerWebSocket:
     # -- messages --
 
     async def receive_messages(self) -> list[bytes | bytearray]:
-        """Every complete message from the next read(s); at least one. Answers pings itself.
-        Text messages are UTF-8 `bytes`, binary ones `bytearray`."""
+        """Every complete message from the next read(s). Text messages are UTF-8 `bytes`, binary
+        ones `bytearray`. Answers pings itself, one pong for all the pings of one read (RFC 6455
+        section 5.5.3 allows answering only the latest), and returns after them even with no
+        message (an empty list), so that the caller can count them (`pings_received`)."""
         if self._closer_reading:  # close() is reading the peer's reply: it owns the stream
             await self._peer_gone.wait()
             raise self._closed_error("closed")
         self._receiver_active = True
         messages: list[bytes | bytearray] = []
+        pings = self.pings_received
         try:
-            while not messages:
+            while not messages and pings == self.pings_received:
                 if self._peer_gone.is_set() and self.closed is not None:
                     raise self._closed_error()
                 data, self._unread = self._unread, b""
@@ -179,17 +183,21 @@ class ServerWebSocket:
                     self._receiver_active = False  # we are the reader: close() reads
                     await self.close(exc.code, exc.reason)
                     raise ConnectionClosed(exc.code, exc.reason) from None
+                ping = None
                 for event in events:
                     kind = type(event)
                     if kind is bytes or kind is bytearray:
                         messages.append(event)  # type: ignore[arg-type]
                     elif kind is framing.Ping:
-                        await self._send_raw(framing.encode_pong(event))  # type: ignore[arg-type]
+                        ping = event
+                        self.pings_received += 1
                     elif kind is framing.Close:
                         await self._peer_closed(event)  # type: ignore[arg-type]
                         if not messages:
                             raise self._closed_error()
                         return messages
+                if ping is not None:
+                    await self._send_raw(framing.encode_pong(ping))  # type: ignore[arg-type]
             return messages
         finally:
             self._receiver_active = False
@@ -297,6 +305,8 @@ class ServerWebSocket:
         ]
         if refusal.status == 426:
             headers.append((b"upgrade", b"websocket"))
+        elif refusal.status == 401:  # RFC 9110 section 15.5.2: say which scheme is wanted
+            headers.append((b"www-authenticate", b"Bearer"))
         try:
             data = self._http.send(h11.Response(status_code=refusal.status, headers=headers))
             data = (data or b"") + (self._http.send(h11.Data(data=body)) or b"")

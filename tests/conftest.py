@@ -69,4 +69,19 @@ async def memory_call(
             yield MemoryCall(call, outcome)
 
 
+async def raw_acs_stream(url: str, resource: str = "/") -> trio.SocketStream:
+    """A bare TCP connection that has sent ACS's upgrade request and a 16 kHz AudioMetadata,
+    and reads nothing yet: for tests that control every byte the peer reads."""
+    host, port = url.removeprefix("ws://").rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    await stream.send_all(
+        f"GET {resource} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n".encode()
+        + b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    meta = b'{"kind":"AudioMetadata","audioMetadata":{"sampleRate":16000}}'
+    await stream.send_all(bytes((0x81, 0x80 | len(meta))) + b"\0\0\0\0" + meta)
+    return stream
+
+
 logging.getLogger("gateway").setLevel(logging.DEBUG)

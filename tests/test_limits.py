@@ -9,14 +9,16 @@ import trio
 import trio.testing
 import trio_websocket
 
+from gateway import config
 from gateway.call import CallSettings
+from gateway.errors import ConfigError
 from gateway.limits import FloodGate
 from gateway.processors import Call, load
 from gateway.server import _in_networks
 from gateway.testing import open_gateway, simulated_call, speech
 from gateway.testing.peer import SimulatedCall
 
-from .conftest import memory_call
+from .conftest import memory_call, raw_acs_stream
 
 FRAME = bytes(640)  # 20 ms of silence at 16 kHz
 
@@ -279,14 +281,7 @@ async def test_a_stuck_peer_on_a_real_socket_is_reset_and_the_other_call_goes_on
     async with open_gateway(
         talker, playout_lead_ms=200_000, playout_queue_ms=200_000, send_timeout=0.5
     ) as server:
-        host, port = server.urls[0].removeprefix("ws://").rsplit(":", 1)
-        stuck = await trio.open_tcp_stream(host, int(port))
-        await stuck.send_all(
-            b"GET /stuck HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        meta = b'{"kind":"AudioMetadata","audioMetadata":{"sampleRate":16000}}'
-        await stuck.send_all(bytes((0x81, 0x80 | len(meta))) + b"\0\0\0\0" + meta)
+        stuck = await raw_acs_stream(server.urls[0], "/stuck")
         async with simulated_call(server.urls[0]) as good:  # and never read `stuck`
             await good.stream(one_second)
             with trio.fail_after(10):
@@ -303,3 +298,74 @@ async def test_a_stuck_peer_on_a_real_socket_is_reset_and_the_other_call_goes_on
         await stuck.aclose()
     assert server.stats.ended_by["send_timeout"] == 1
     assert server.stats.calls_failed == 0
+
+
+def test_allowed_networks_from_a_file_or_the_environment(tmp_path):
+    path = tmp_path / "gateway.toml"
+    path.write_text('allowed_networks = ["52.112.0.0/14", "2603:1063::/38"]\n')
+    assert config.load(path, environ={}).allowed_networks == ("52.112.0.0/14", "2603:1063::/38")
+    environ = {"ACS_GATEWAY_ALLOWED_NETWORKS": "52.112.0.0/14, 52.122.0.0/15"}
+    assert config.load(environ=environ).allowed_networks == ("52.112.0.0/14", "52.122.0.0/15")
+    with pytest.raises(ConfigError, match="allowed_networks: '52.112.0.0/33'"):
+        config.load(environ={"ACS_GATEWAY_ALLOWED_NETWORKS": "52.112.0.0/33"})
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        ("https://acscallautomation.communication.azure.com/calling/keys", True),
+        ("http://127.0.0.1:8000/keys", True),
+        ("http://localhost/keys", True),
+        ("http://keys.example.com/keys", False),  # plain http over a network
+        ("ftp://127.0.0.1/keys", False),
+    ],
+)
+def test_the_key_set_url_must_be_https_unless_on_loopback(url, ok):
+    environ = {"ACS_GATEWAY_AUTH_KEY_SET_URL": url}
+    if ok:
+        assert config.load(environ=environ).auth_key_set_url == url
+    else:
+        with pytest.raises(ConfigError, match="auth_key_set_url"):
+            config.load(environ=environ)
+
+
+async def test_a_ping_flood_counts_as_a_flood():
+    """Pings are answered by the WebSocket itself (one pong per read), but they spend the
+    call's budget like any message, so a peer cannot flood with pings instead."""
+    async with open_gateway(max_frames_per_second=50, flood_grace=1) as server:
+        stream = await raw_acs_stream(server.urls[0])
+        pings = (bytes((0x89, 0x84)) + b"\0\0\0\0" + b"ping") * 10  # masked with a zero key
+        close_code: list[int] = []
+
+        async def read_until_close() -> None:
+            buffer = bytearray()
+            while not close_code:
+                data = await stream.receive_some(1 << 16)
+                if not data:
+                    return
+                buffer += data
+                if b"\r\n\r\n" in buffer and buffer.startswith(b"HTTP/1.1 101"):
+                    del buffer[: buffer.index(b"\r\n\r\n") + 4]
+                while len(buffer) >= 2 and len(buffer) >= 2 + (buffer[1] & 0x7F):
+                    opcode, n = buffer[0] & 0x0F, buffer[1] & 0x7F
+                    if opcode == 0x8:
+                        close_code.append(int.from_bytes(buffer[2:4], "big"))
+                    del buffer[: 2 + n]
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_until_close)
+                try:
+                    while not close_code:
+                        await stream.send_all(pings)
+                        await trio.sleep(0.01)
+                except trio.BrokenResourceError:
+                    pass
+            await stream.send_all(bytes((0x88, 0x82)) + b"\0\0\0\0" + (1000).to_bytes(2, "big"))
+            while await stream.receive_some(1 << 16):  # until the gateway closes the socket
+                pass
+            while server.live:  # noqa: ASYNC110 (the server has no "a call ended" event)
+                await trio.sleep(0.01)
+        await stream.aclose()
+    assert close_code == [1008]
+    assert server.stats.ended_by["flood"] == 1

@@ -19,16 +19,21 @@ import trio
 from ..config import Config
 from ..processors import Processor, load
 from ..server import Server, serve
+from .acs_auth import AcsTokenIssuer, KeySetServer, bearer, serve_key_set
 from .audio import frames, read_wav, speech, speech_path
 from .peer import AcsPlayback, Received, SimulatedCall, simulated_call
 
 __all__ = [
     "AcsPlayback",
+    "AcsTokenIssuer",
+    "KeySetServer",
     "Received",
     "SimulatedCall",
+    "bearer",
     "frames",
     "open_gateway",
     "read_wav",
+    "serve_key_set",
     "simulated_call",
     "speech",
     "speech_path",
