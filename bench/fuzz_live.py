@@ -110,6 +110,12 @@ async def fuzz(args: argparse.Namespace) -> dict[str, Any]:
                 "live_hostile_calls_left": server.live - 1,
                 "rss_growth_mb": round((rss_kb() - rss0) / 1024, 1),
                 "calls_accepted": server.stats.calls_accepted,
+                # every connection counted once: accepted, refused, or a failed handshake
+                "uncounted_connections": 1
+                + counts["connections"]
+                - server.stats.calls_accepted
+                - server.stats.calls_refused
+                - server.stats.handshakes_failed,
                 "handshakes_failed": server.stats.handshakes_failed,
                 "ended_by": dict(server.stats.ended_by),
                 "protocol_errors": sum(server.stats.protocol_errors.values()),
@@ -142,7 +148,8 @@ def main() -> None:
         f"crashes {r['crashes']}, cross-call effects {r['cross_call_effects']} "
         f"(canary {r['canary_frames_echoed_exactly']}/{r['canary_frames_sent']} frames exact), "
         f"calls_failed {r['calls_failed']}, leaked fds {r['leaked_fds']}, "
-        f"leaked tasks {r['leaked_tasks']}, hostile calls left {r['live_hostile_calls_left']}"
+        f"leaked tasks {r['leaked_tasks']}, hostile calls left {r['live_hostile_calls_left']}, "
+        f"uncounted connections {r['uncounted_connections']}"
     )
 
 
