@@ -10,9 +10,9 @@ through the simulated ACS peer: real-time 20 ms frames of its own random audio f
 TCP reset instead). The load stops by itself after `--duration` seconds.
 
 Prints a sample table every `--sample-every` seconds (elapsed, RSS, fds, tasks, live calls,
-calls accepted and failed) and a verdict: RSS growth from the end of the warm-up to the end of
-the load (the goal is within 5%), and fds and tasks once the last call has ended against the
-idle baseline taken before the first call. Also a `RESULT {json}` line.
+calls accepted and failed, inbound frames dropped) and a verdict: RSS growth from the end of
+the warm-up to the end of the load (the goal is within 5%), and fds and tasks once the last
+call has ended against the idle baseline taken before the first call. Also a `RESULT {json}` line.
 """
 
 from __future__ import annotations
@@ -98,10 +98,11 @@ def sample(server: Server, started: float) -> dict[str, Any]:
         "live": server.live,
         "accepted": server.stats.calls_accepted,
         "failed": server.stats.calls_failed,
+        "dropped": server.stats.audio_frames_dropped + server.stats.frames_flood_dropped,
     }
 
 
-COLUMNS = ("t", "rss_mb", "fds", "tasks", "live", "accepted", "failed")
+COLUMNS = ("t", "rss_mb", "fds", "tasks", "live", "accepted", "failed", "dropped")
 
 
 def show(row: dict[str, Any]) -> None:
@@ -166,6 +167,8 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         "load": counts,
         "calls_accepted": server.stats.calls_accepted,
         "calls_failed": server.stats.calls_failed,
+        "audio_frames_dropped": server.stats.audio_frames_dropped,  # inbound queue full
+        "frames_flood_dropped": server.stats.frames_flood_dropped,
         "ended_by": dict(server.stats.ended_by),
         "rss_idle_mb": baseline["rss_mb"],
         "rss_after_warmup_mb": warm["rss_mb"],
