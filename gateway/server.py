@@ -85,7 +85,7 @@ class ServerStats:
         self.frames_flood_dropped += s.frames_flood_dropped
         self.protocol_errors.update(s.protocol_errors)
         self.ended_by[outcome.ended_by] += 1
-        if outcome.ended_by == "processor_error":
+        if outcome.error is not None:  # the processor raised, even after a hang-up
             self.calls_failed += 1
 
 
@@ -214,7 +214,9 @@ class Server:
                 outcome.stats.messages_out,
             )
         except ConnectionClosed as closed:
-            self.stats.handshakes_failed += not admitted
+            # Only the handshake raises this (run_call does not): lost before or while the
+            # 101 went out. Counted here, so every connection is counted once.
+            self.stats.handshakes_failed += 1
             log.debug("connection from %s closed during the handshake: %s", peer, closed)
         except Exception:
             self.stats.calls_failed += 1

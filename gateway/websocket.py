@@ -86,7 +86,7 @@ class ServerWebSocket:
         self._http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
         self._key = b""
         self._frames = framing.FrameReader(max_message_bytes)
-        self._pending: list[framing.Event] = []  # read from the socket, not yet handled
+        self._unread = b""  # read from the socket with the upgrade request, not yet parsed
         self._send_lock = trio.StrictFIFOLock()  # pongs (reader) and audio (sender) share it
         self._receiver_active = False  # a task is in receive_messages: only it may read
         self._closer_reading = False  # close() is reading the reply: receive_messages waits
@@ -143,8 +143,9 @@ class ServerWebSocket:
             )
         )
         trailing, _ = self._http.trailing_data  # frames sent right behind the request
-        if trailing:
-            self._pending.extend(self._frames.receive(bytes(trailing)))
+        # Parsed by receive_messages like any read, so a framing error there closes the call
+        # with its code instead of escaping from the handshake.
+        self._unread = bytes(trailing)
         await self._send_raw(data or b"")
 
     async def reject(self, refusal: Reject) -> None:
@@ -160,28 +161,28 @@ class ServerWebSocket:
         message (an empty list), so that the caller can count them (`pings_received`)."""
         if self._closer_reading:  # close() is reading the peer's reply: it owns the stream
             await self._peer_gone.wait()
-            raise self.closed or ConnectionClosed(CLOSE_ABNORMAL, "closed")
+            raise self._closed_error("closed")
         self._receiver_active = True
         messages: list[bytes | bytearray] = []
         pings = self.pings_received
         try:
             while not messages and pings == self.pings_received:
                 if self._peer_gone.is_set() and self.closed is not None:
-                    raise self.closed
-                events, self._pending = self._pending, []
-                if not events:
+                    raise self._closed_error()
+                data, self._unread = self._unread, b""
+                if not data:
                     try:  # hot path: the stream call is inline, not behind a helper
                         data = await self.stream.receive_some(RECEIVE_BYTES)
                     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                         raise self._lost(f"connection lost ({exc})") from None
                     if not data:
                         raise self._lost("connection lost (EOF)")
-                    try:
-                        events = self._frames.receive(data)
-                    except framing.FramingError as exc:
-                        self._receiver_active = False  # we are the reader: close() reads
-                        await self.close(exc.code, exc.reason)
-                        raise ConnectionClosed(exc.code, exc.reason) from None
+                try:
+                    events = self._frames.receive(data)
+                except framing.FramingError as exc:
+                    self._receiver_active = False  # we are the reader: close() reads
+                    await self.close(exc.code, exc.reason)
+                    raise ConnectionClosed(exc.code, exc.reason) from None
                 ping = None
                 for event in events:
                     kind = type(event)
@@ -193,7 +194,7 @@ class ServerWebSocket:
                     elif kind is framing.Close:
                         await self._peer_closed(event)  # type: ignore[arg-type]
                         if not messages:
-                            raise self.closed  # type: ignore[misc]
+                            raise self._closed_error()
                         return messages
                 if ping is not None:
                     await self._send_raw(framing.encode_pong(ping))  # type: ignore[arg-type]
@@ -204,7 +205,7 @@ class ServerWebSocket:
     async def send_messages(self, messages: list[str]) -> None:
         """Send text messages with one write. Raises ConnectionClosed if the peer is gone."""
         if self.closed is not None or self._close_sent:
-            raise self.closed or ConnectionClosed(CLOSE_ABNORMAL, "closing")
+            raise self._closed_error("closing")
         await self._send_raw(framing.encode_texts(messages))
 
     def can_send_now(self) -> bool:
@@ -284,7 +285,16 @@ class ServerWebSocket:
         self._peer_gone.set()
         if self.closed is None:
             self.closed = ConnectionClosed(CLOSE_ABNORMAL, why)
-        return self.closed
+        return self._closed_error()
+
+    def _closed_error(self, why: str = "closed") -> ConnectionClosed:
+        """A new exception saying how the connection closed. The stored `self.closed` is never
+        raised: raising gives it a traceback whose frames hold `self`, a reference cycle that
+        kept every ended call's objects (socket buffers included) alive until a full GC."""
+        closed = self.closed or ConnectionClosed(CLOSE_ABNORMAL, why)
+        fresh = type(closed).__new__(type(closed), *closed.args)  # same type: SendTimeout too
+        fresh.__dict__.update(closed.__dict__)
+        return fresh
 
     async def _refuse_http(self, refusal: Reject) -> None:
         body = refusal.reason.encode()
@@ -327,7 +337,7 @@ class ServerWebSocket:
 
     async def _send_within_timeout(self, data: bytes) -> None:
         if isinstance(self.closed, SendTimeout):
-            raise self.closed
+            raise self._closed_error()
         send_nowait = getattr(self.stream, "send_nowait", None)
         if send_nowait is not None:
             # Hot path: the kernel takes the whole write at once, so no timer is needed (a
@@ -341,7 +351,7 @@ class ServerWebSocket:
         self._peer_gone.set()
         self._close_sent = True  # no close frame can follow a half-written one
         self.closed = SendTimeout(self.send_timeout)
-        raise self.closed
+        raise self._closed_error()
 
 
 def _check_upgrade(method: bytes, headers: dict[str, str]) -> Reject | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,6 +15,7 @@ from gateway.call import CallOutcome, CallSettings, run_call
 from gateway.logs import call_logger
 from gateway.processors import Processor, load
 from gateway.testing import SimulatedCall, simulated_call
+from gateway.testing.census import open_fds, task_count  # noqa: F401  (re-exported for tests)
 from gateway.websocket import DEFAULT_SEND_TIMEOUT, ServerWebSocket
 
 
@@ -82,19 +82,6 @@ async def raw_acs_stream(url: str, resource: str = "/") -> trio.SocketStream:
     meta = b'{"kind":"AudioMetadata","audioMetadata":{"sampleRate":16000}}'
     await stream.send_all(bytes((0x81, 0x80 | len(meta))) + b"\0\0\0\0" + meta)
     return stream
-
-
-def task_count() -> int:
-    """Tasks alive in this Trio run (walks the task tree from the root)."""
-
-    def walk(task: trio.lowlevel.Task) -> int:
-        return 1 + sum(walk(child) for n in task.child_nurseries for child in n.child_tasks)
-
-    return walk(trio.lowlevel.current_root_task())
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 logging.getLogger("gateway").setLevel(logging.DEBUG)

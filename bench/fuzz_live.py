@@ -1,0 +1,157 @@
+"""Hostile input at volume against a live gateway, with a canary call: does anything get through?
+
+    python bench/fuzz_live.py --inputs 100000 --concurrency 16 --seed 1
+
+Runs the gateway (echo) in this process on 127.0.0.1 and, beside one real-time canary call,
+`--concurrency` hostile connections at a time until `--inputs` hostile inputs have been sent.
+A connection is either a generated session (`gateway.testing.hostile.random_session`: metadata
+real, mutated or absent; arbitrary bytes, arbitrary JSON and mutated real packets as text and
+binary messages, pings, some good audio; sometimes RFC 6455 framing garbage; then a close, FIN,
+reset, or reset/FIN in the middle of a frame), or a good connection's bytes cut at a random
+point or with random bytes spliced in, sent verbatim from the first byte and then reset.
+Each message, garbage write or cut connection counts as one input.
+
+Prints: inputs and connections sent, crashes (an exception out of a call: `calls_failed`, or out
+of the server), cross-call effects (the canary's echo not byte-exact, or the canary closed),
+and leaked fds and tasks (after the hostile calls end, against the census taken before them).
+Also a `RESULT {json}` line. The same `--seed` replays the same inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import sys
+import time
+from typing import Any
+
+import trio
+
+from gateway.testing import open_gateway, simulated_call
+from gateway.testing.census import open_fds, rss_kb, task_count
+from gateway.testing.hostile import (
+    RawPeer,
+    Session,
+    canary_frame,
+    cut_or_spliced,
+    keep_talking,
+    random_session,
+)
+
+SETTLE_TIMEOUT = 30.0  # seconds for the hostile calls to end after the last input
+CUT_SHARE = 0.2  # connections sent as a cut or spliced good connection
+
+
+async def fuzz(args: argparse.Namespace) -> dict[str, Any]:
+    rng = random.Random(args.seed)
+    counts = {"inputs": 0, "connections": 0, "by_ending": dict.fromkeys(
+        ("close", "fin", "reset", "reset_mid_frame", "fin_mid_frame", "verbatim"), 0)}  # fmt: skip
+    async with open_gateway(
+        handshake_timeout=args.timeout, metadata_timeout=args.timeout
+    ) as server:
+        url = server.urls[0]
+        async with simulated_call(url, connection_id="canary") as canary:
+            await canary.send_audio(canary_frame(0))  # the canary is up before the census
+            with trio.fail_after(10):
+                await canary.wait_for_audio(640)
+            tasks, fds, rss0 = task_count(), open_fds(), rss_kb()
+            started = time.monotonic()
+            sent_inputs = trio.Event()
+
+            async def hostile(worker: int) -> None:
+                while counts["inputs"] < args.inputs:
+                    if rng.random() < CUT_SHARE:
+                        session = Session((cut_or_spliced(rng),), "reset")
+                        counts["by_ending"]["verbatim"] += 1
+                        peer = await RawPeer.open(url)
+                    else:
+                        session = random_session(rng)
+                        counts["by_ending"][session.ending] += 1
+                        peer = await RawPeer.connect(url, ("x-ms-call-connection-id", f"h{worker}"))
+                    counts["inputs"] += max(1, session.inputs)
+                    counts["connections"] += 1
+                    await peer.play(session)
+                    if counts["connections"] % 2000 == 0:
+                        print(
+                            f"{time.monotonic() - started:7.1f} s: {counts['inputs']} inputs, "
+                            f"{counts['connections']} connections, "
+                            f"calls_failed {server.stats.calls_failed}",
+                            flush=True,
+                        )
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(keep_talking, canary, sent_inputs)
+                async with trio.open_nursery() as attackers:
+                    for worker in range(args.concurrency):
+                        attackers.start_soon(hostile, worker)
+                sent_inputs.set()
+            elapsed = time.monotonic() - started
+            with trio.fail_after(SETTLE_TIMEOUT):
+                await canary.wait_for_audio(len(canary.sent[None]))
+            with trio.move_on_after(SETTLE_TIMEOUT):
+                while server.live > 1 or task_count() != tasks or open_fds() != fds:  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+            sent = bytes(canary.sent[None])
+            cross_call = int(canary.received_pcm != sent) + int(canary.closed.is_set())
+            result = {
+                "seed": args.seed,
+                **counts,
+                "seconds": round(elapsed, 1),
+                "inputs_per_s": round(counts["inputs"] / elapsed),
+                "crashes": server.stats.calls_failed,
+                "calls_failed": server.stats.calls_failed,
+                "cross_call_effects": cross_call,
+                "canary_frames_sent": len(sent) // 640,
+                "canary_frames_echoed_exactly": _exact_frames(canary.received_pcm, sent),
+                "leaked_fds": open_fds() - fds,
+                "leaked_tasks": task_count() - tasks,
+                "live_hostile_calls_left": server.live - 1,
+                "rss_growth_mb": round((rss_kb() - rss0) / 1024, 1),
+                "calls_accepted": server.stats.calls_accepted,
+                # every connection counted once: accepted, refused, or a failed handshake
+                "uncounted_connections": 1
+                + counts["connections"]
+                - server.stats.calls_accepted
+                - server.stats.calls_refused
+                - server.stats.handshakes_failed,
+                "handshakes_failed": server.stats.handshakes_failed,
+                "ended_by": dict(server.stats.ended_by),
+                "protocol_errors": sum(server.stats.protocol_errors.values()),
+            }
+    return result
+
+
+def _exact_frames(received: bytes, sent: bytes) -> int:
+    """Frames of the canary's echo that match what it sent, position by position."""
+    return sum(received[i : i + 640] == sent[i : i + 640] for i in range(0, len(sent), 640))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--inputs", type=int, default=100_000)
+    parser.add_argument("--concurrency", type=int, default=16, help="hostile connections at once")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--timeout", type=float, default=2.0, help="handshake and metadata timeouts (s)"
+    )
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR, stream=sys.stderr)  # a gateway failure shows here
+    r = trio.run(fuzz, args)
+    print("RESULT " + json.dumps(r))
+    print(
+        f"inputs {r['inputs']} over {r['connections']} connections in {r['seconds']} s "
+        f"({r['inputs_per_s']}/s)\n"
+        f"crashes {r['crashes']}, cross-call effects {r['cross_call_effects']} "
+        f"(canary {r['canary_frames_echoed_exactly']}/{r['canary_frames_sent']} frames exact), "
+        f"calls_failed {r['calls_failed']}, leaked fds {r['leaked_fds']}, "
+        f"leaked tasks {r['leaked_tasks']}, hostile calls left {r['live_hostile_calls_left']}, "
+        f"uncounted connections {r['uncounted_connections']}"
+    )
+
+
+if __name__ == "__main__":
+    main()
