@@ -89,9 +89,21 @@ class AcsPlayback:
 class SimulatedCall:
     """One simulated ACS media stream. Create it with `simulated_call(...)`."""
 
-    def __init__(self, ws: trio_websocket.WebSocketConnection, sample_rate: int) -> None:
+    def __init__(
+        self,
+        ws: trio_websocket.WebSocketConnection,
+        sample_rate: int,
+        connection_id: str | None = None,
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> None:
         self.ws = ws
         self.sample_rate = sample_rate
+        self.connection_id = connection_id
+        self.headers = [h for h in headers if h[0].lower() != "authorization"]  # no secrets kept
+        self.started = trio.current_time()
+        # Every message both ways, as (time, "sent" | "received", message): what
+        # `gateway.simulate.recording.Recording.from_call` saves.
+        self.transcript: list[tuple[float, str, str | bytes]] = []
         self.frame_bytes = frame_bytes(sample_rate)
         self.received: list[Received] = []
         self.sent: dict[str | None, bytearray] = {}  # participant -> PCM sent
@@ -112,6 +124,17 @@ class SimulatedCall:
     def stop_times(self) -> list[float]:
         return [r.time for r in self.received if r.kind == "stopAudio"]
 
+    @property
+    def audio_times(self) -> list[float]:
+        """When each audio message arrived (trio time)."""
+        return [r.time for r in self.received if r.kind == "audioData"]
+
+    @property
+    def first_audio_latency(self) -> float | None:
+        """Seconds from the call's start to the first audio the gateway sent (None: none yet)."""
+        times = self.audio_times
+        return times[0] - self.started if times else None
+
     async def wait_for_audio(self, n_bytes: int) -> None:
         """Wait until the gateway has sent at least `n_bytes` of audio (or the socket closes)."""
         while len(self.received_pcm) < n_bytes and not self.closed.is_set():
@@ -125,10 +148,11 @@ class SimulatedCall:
     # -- what ACS sends --
 
     async def send_raw(self, message: str | bytes) -> None:
+        self.transcript.append((trio.current_time(), "sent", message))
         await self.ws.send_message(message)
 
     async def send_json(self, obj: Any) -> None:
-        await self.ws.send_message(orjson.dumps(obj).decode())
+        await self.send_raw(orjson.dumps(obj).decode())
 
     async def send_metadata(self, sample_rate: int | None = None) -> None:
         rate = sample_rate or self.sample_rate
@@ -199,6 +223,7 @@ class SimulatedCall:
 
     def _record(self, message: str | bytes) -> None:
         now = trio.current_time()
+        self.transcript.append((now, "received", message))
         try:
             obj = orjson.loads(message)
             kind = obj.get("kind")
@@ -294,7 +319,7 @@ async def _connect(
             ws = await trio_websocket.connect_websocket_url(
                 nursery, url, extra_headers=extra, ssl_context=ssl_context
             )
-        call = SimulatedCall(ws, sample_rate)
+        call = SimulatedCall(ws, sample_rate, connection_id, extra)
         nursery.start_soon(call._receive)
         try:
             if send_metadata:
