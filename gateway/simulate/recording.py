@@ -188,12 +188,19 @@ async def replay(
         send_metadata=False,
         ssl_context=ssl_context,
     ) as call:
-        start = call.started
-        for entry in recording.sent():
-            await trio.sleep_until(start + entry.t)
-            if call.closed.is_set():
-                break
-            await call.send_raw(entry.msg)
-        with trio.move_on_at(start + recording.duration + tail):
-            await call.closed.wait()
+        await replay_into(call, recording, tail)
     return Recording.from_call(call)
+
+
+async def replay_into(call: SimulatedCall, recording: Recording, tail: float = 1.0) -> None:
+    """Send the recording's `sent` side through an open simulated call (one made with
+    `send_metadata=False`) at its original timings, then wait up to `tail` seconds past the
+    recording's end for the gateway to finish answering (or close)."""
+    start = call.started
+    for entry in recording.sent():
+        await trio.sleep_until(start + entry.t)
+        if call.closed.is_set():
+            return
+        await call.send_raw(entry.msg)
+    with trio.move_on_at(start + recording.duration + tail):
+        await call.closed.wait()

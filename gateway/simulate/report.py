@@ -329,11 +329,15 @@ def missed(
     out = []
     for name, limit in maxima:
         value = totals[name]
-        if value is None or value > limit:
+        if value is None:
+            out.append(f"{name} was not measured (maximum {limit:g})")
+        elif value > limit:
             out.append(f"{name} = {value}, above the maximum {limit:g}")
     for name, limit in minima:
         value = totals[name]
-        if value is None or value < limit:
+        if value is None:
+            out.append(f"{name} was not measured (minimum {limit:g})")
+        elif value < limit:
             out.append(f"{name} = {value}, below the minimum {limit:g}")
     return out
 

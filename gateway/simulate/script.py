@@ -83,7 +83,7 @@ def build_scenario(
         clips=tuple(framed),
         barge_in_after=barge_in_after,
         barge_in_clip=tuple(barge),
-        dtmf=tuple(sorted(dtmf)),
+        dtmf=tuple(sorted(dtmf, key=lambda d: d[0])),  # same time: in the order given
         hangup_fraction=hangup_fraction,
     )
 
