@@ -535,12 +535,13 @@ class Engine:
                 link.abort()
             return
         # The script is over: hang up like ACS, with a close frame, and read until the reply.
-        try:
-            await link.send_all(wire.masked_close(1000, call.mask))
-        except OSError:
-            result.error("connection_lost")
-            return
+        # Both are bounded: a gateway that stopped reading must not hold the simulator.
         with trio.move_on_after(CLOSE_TIMEOUT) as wait:
+            try:
+                await link.send_all(wire.masked_close(1000, call.mask))
+            except OSError:
+                result.error("connection_lost")
+                return
             await self._read(call, link, b"")
         if wait.cancelled_caught:
             result.error("close_timeout")

@@ -116,8 +116,8 @@ class ProgressLine:
     """The live progress display: one line rewritten in place on a terminal, or a line every
     `every` seconds when stderr is a file or a CI log."""
 
-    def __init__(self, stream: TextIO = sys.stderr, every: float = 5.0) -> None:
-        self.stream = stream
+    def __init__(self, stream: TextIO | None = None, every: float = 5.0) -> None:
+        self.stream = stream = stream or sys.stderr
         self.tty = stream.isatty()
         self.every = every
         self.started = time.monotonic()

@@ -60,7 +60,9 @@ def barge_in_bot(options: Mapping[str, Any]) -> Processor:
         async def talk(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
             with trio.CancelScope() as scope:
                 task_status.started(scope)
-                while True:
+                # After a hang-up play() and drain() return at once without yielding: a
+                # `while True` here would spin and freeze every call in the process.
+                while not player.closed:
                     await player.play(prompt)
                     await player.drain()
 
