@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from echo_load import proc_cpu_seconds  # bench/ is the script's directory
+
 ROOT = Path(__file__).resolve().parent.parent
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 CLOSE_REPLY = bytes((0x88, 0x02, 0x03, 0xE8))  # close 1000, unmasked (server to client)
@@ -124,11 +126,6 @@ def serve_read_only(port_file: str) -> None:
                 reader.sock.close()
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def one_run(args: argparse.Namespace, calls: int, processes: int) -> dict[str, object]:
     port_file = f"/tmp/simulator-capacity-{os.getpid()}.port"
     Path(port_file).unlink(missing_ok=True)
@@ -145,9 +142,9 @@ def one_run(args: argparse.Namespace, calls: int, processes: int) -> dict[str, o
             "--calls", str(calls), "--duration", str(args.duration), "--ramp", str(args.ramp),
             "--processes", str(processes), "--rate", str(args.rate),
         ]  # fmt: skip
-        cpu0, t0 = cpu_seconds(server.pid), time.monotonic()
+        cpu0, t0 = proc_cpu_seconds(server.pid), time.monotonic()
         done = subprocess.run(command, cwd=ROOT, capture_output=True, check=False)
-        server_cpu = cpu_seconds(server.pid) - cpu0
+        server_cpu = proc_cpu_seconds(server.pid) - cpu0
         wall = time.monotonic() - t0
     finally:
         server.kill()
