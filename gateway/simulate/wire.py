@@ -32,6 +32,7 @@ import pybase64
 
 from .. import framing
 from ..errors import CLOSE_NO_STATUS
+from ..packets import frame_bytes
 
 TIMESTAMP: Final = "2024-11-15T19:16:12.925Z"  # ACS sends ISO-8601; gateways do not interpret it
 _ACCEPT_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
@@ -174,7 +175,7 @@ def metadata_text(sample_rate: int) -> str:
                 "encoding": "PCM",
                 "sampleRate": sample_rate,
                 "channels": 1,
-                "length": sample_rate // 25,
+                "length": frame_bytes(sample_rate),
             },
         }
     ).decode()
@@ -182,7 +183,7 @@ def metadata_text(sample_rate: int) -> str:
 
 def audio_text(pcm: bytes, participant: str | None, silent: bool) -> str:
     data = pybase64.b64encode_as_string(pcm)
-    who = f',"participantRawID":"{participant}"' if participant is not None else ""
+    who = f',"participantRawID":{orjson.dumps(participant).decode()}' if participant else ""
     quiet = "true" if silent else "false"
     return (
         f'{{"kind":"AudioData","audioData":{{"timestamp":"{TIMESTAMP}"{who},'

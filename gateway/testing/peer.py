@@ -23,9 +23,8 @@ import trio
 import trio_websocket
 
 from ..packets import BYTES_PER_SAMPLE, FRAME_MS, frame_bytes
+from ..simulate.wire import TIMESTAMP, dtmf_text, metadata_text
 from .audio import frames as split_frames
-
-TIMESTAMP = "2024-11-15T19:16:12.925Z"  # ACS sends ISO-8601; the gateway does not interpret it
 
 
 @attrs.define
@@ -155,19 +154,7 @@ class SimulatedCall:
         await self.send_raw(orjson.dumps(obj).decode())
 
     async def send_metadata(self, sample_rate: int | None = None) -> None:
-        rate = sample_rate or self.sample_rate
-        await self.send_json(
-            {
-                "kind": "AudioMetadata",
-                "audioMetadata": {
-                    "subscriptionId": str(uuid.uuid4()),
-                    "encoding": "PCM",
-                    "sampleRate": rate,
-                    "channels": 1,
-                    "length": frame_bytes(rate),
-                },
-            }
-        )
+        await self.send_raw(metadata_text(sample_rate or self.sample_rate))
 
     async def send_audio(
         self, pcm: bytes, participant: str | None = None, silent: bool = False
@@ -183,7 +170,7 @@ class SimulatedCall:
         self.sent.setdefault(participant, bytearray()).extend(pcm)
 
     async def send_dtmf(self, tone: str) -> None:
-        await self.send_json({"kind": "DtmfData", "dtmfData": {"data": tone}})
+        await self.send_raw(dtmf_text(tone))
 
     async def stream(
         self,
