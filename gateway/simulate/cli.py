@@ -13,6 +13,8 @@ import os
 import sys
 from typing import Any
 
+import attrs
+
 TOKEN_ENV = "ACS_GATEWAY_SIMULATE_TOKEN"
 
 
@@ -31,11 +33,14 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     load.add_argument("--processes", type=int, default=1, help="worker processes (default 1)")
     load.add_argument("--seed", type=int, help="seed for random hang-ups (repeatable runs)")
     audio = p.add_argument_group("what the callers send")
-    audio.add_argument("--rate", type=int, default=16000, choices=(16000, 24000))
+    audio.add_argument(
+        "--rate", dest="sample_rate", type=int, default=16000, choices=(16000, 24000)
+    )
     audio.add_argument("--unmixed", action="store_true", help="unmixed audio (participant ids)")
     audio.add_argument("--speakers", type=int, default=1, help="speakers per call (--unmixed)")
     audio.add_argument(
         "--wav",
+        dest="wavs",
         action="append",
         default=[],
         metavar="FILE",
@@ -118,29 +123,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         maxima = [report.parse_threshold(t) for t in args.max]
         minima = [report.parse_threshold(t) for t in args.min]
-        options = runner.Options(
-            url=args.url,
-            calls=args.calls,
-            duration=args.duration,
-            ramp=args.ramp,
-            sample_rate=args.rate,
-            unmixed=args.unmixed,
-            speakers=args.speakers,
-            wavs=tuple(args.wav),
-            barge_in_after=args.barge_in_after,
-            barge_in_wav=args.barge_in_wav,
-            dtmf=tuple(_dtmf(d) for d in args.dtmf),
-            hangup_fraction=args.hangup_fraction,
-            token=args.token or os.environ.get(TOKEN_ENV) or None,
-            ca_file=args.ca_file,
-            insecure=args.insecure,
-            connect_timeout=args.connect_timeout,
-            timeline_calls=args.plot_calls if args.plot else 0,
-            record=args.record,
-            record_calls=args.record_calls,
-            seed=args.seed,
-            processes=args.processes,
-        )
+        # Flags are named after the Options fields they set (`dest`); these few need work.
+        worked = {
+            "wavs": tuple(args.wavs),
+            "dtmf": tuple(_dtmf(d) for d in args.dtmf),
+            "token": args.token or os.environ.get(TOKEN_ENV) or None,
+            "timeline_calls": args.plot_calls if args.plot else 0,
+        }
+        fields = {f.name for f in attrs.fields(runner.Options)} & set(vars(args)) - set(worked)
+        options = runner.Options(**{name: getattr(args, name) for name in fields}, **worked)
         if options.calls < 1 or options.processes < 1 or options.duration <= 0:
             raise ValueError("--calls, --processes and --duration must be positive")
         runner.Engine(options, [])  # checks the URL, the WAV files and the scenario

@@ -22,6 +22,7 @@ Error handling: a failing call is counted in its `errors` by kind and never affe
 
 from __future__ import annotations
 
+import inspect
 import os
 import random
 import socket
@@ -90,17 +91,9 @@ class Options:
         return cls(**obj)
 
     def scenario(self) -> Scenario:
-        return build_scenario(
-            sample_rate=self.sample_rate,
-            duration=self.duration,
-            speakers=self.speakers,
-            unmixed=self.unmixed,
-            wavs=self.wavs,
-            barge_in_after=self.barge_in_after,
-            barge_in_wav=self.barge_in_wav,
-            dtmf=self.dtmf,
-            hangup_fraction=self.hangup_fraction,
-        )
+        """The Scenario these options describe (raises ValueError for a bad one)."""
+        names = inspect.signature(build_scenario).parameters
+        return build_scenario(**{name: getattr(self, name) for name in names})
 
     def ssl_context(self) -> ssl.SSLContext | None:
         if urlsplit(self.url).scheme != "wss":
