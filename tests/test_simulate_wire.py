@@ -128,3 +128,20 @@ def test_classify_and_length_without_decoding():
     assert wire.classify(b"not json")[0] == wire.OTHER
     assert wire.classify(b'{"kind":"audioData"}')[0] == wire.OTHER
     assert wire.classify(b"[1]")[0] == wire.OTHER
+
+
+@pytest.mark.parametrize("participant", [None, '8:acs:"quoted"\u00e9'])
+def test_fast_audio_frames_are_the_same_messages(participant):
+    frames = wire.AudioFrames(key=b"\x9a\x01\xff\x37")
+    reader = framing.FrameReader(max_message_bytes=65536)
+    clip = [bytes(range(256)) * 2 + bytes(128), bytes(640), b"\x05\x00" * 480]
+    for seq, pcm in enumerate(clip * 3):  # cached parts reused across frames
+        for silent in (False, True):
+            frame = frames.frame(pcm, seq, participant, silent)
+            (message,) = reader.receive(frame)
+            assert message.decode() == frames.text(pcm, seq, participant, silent)
+            packet = codec.decode(message)
+            assert isinstance(packet, AudioData)
+            assert packet.pcm == wire.tag(pcm, seq)
+            assert (packet.participant_raw_id, packet.silent) == (participant, silent)
+            assert wire.read_tag(packet.data) == seq

@@ -294,7 +294,7 @@ class SimCall:
 
     # -- the ticker's side --
 
-    def tick(self, now: float, due: float, lateness: Histogram) -> bool:
+    def tick(self, now: float, due: float, lateness: Histogram, audio: wire.AudioFrames) -> bool:
         """Send this tick's frames; False when the call's script is over (or it hung up)."""
         result = self.result
         k = self.k
@@ -307,26 +307,30 @@ class SimCall:
         if k >= self.script.ticks:
             self.scope.cancel()
             return False
-        texts = []
+        frames = []
+        recording = self.recording
         for participant, pcm, silent in self.script.tick(k, now):
             seq = self.seq
             self.seq += 1
             self.sent_at[seq % RING] = (seq & 0xFFFF, now)
-            texts.append(wire.audio_text(wire.tag(pcm, seq), participant, silent))
+            frames.append(audio.frame(pcm, seq, participant, silent))
+            if recording is not None:
+                text = audio.text(pcm, seq, participant, silent)
+                recording.entries.append(Entry(now - self.started, "sent", text))
             lateness.add(now - due)
-        result.frames_sent += len(texts)
+        result.frames_sent += len(frames)
         for tone in self.script.dtmf_due(k * FRAME_MS / 1000):
-            texts.append(wire.dtmf_text(tone))
+            frames.append(wire.masked_text(wire.dtmf_text(tone), self.mask))
             result.dtmf_sent += 1
+            if recording is not None:
+                recording.entries.append(Entry(now - self.started, "sent", wire.dtmf_text(tone)))
             if result.timeline is not None:
                 result.timeline.dtmf.append((now - self.started, tone))
         if self.first_sent is None:
             self.first_sent = now
-        if self.recording is not None:
-            self.recording.entries += [Entry(now - self.started, "sent", t) for t in texts]
         assert self.link is not None
         try:
-            self.link.send_nowait(b"".join(wire.masked_text(t, self.mask) for t in texts))
+            self.link.send_nowait(b"".join(frames))
         except OSError:
             result.error("connection_lost")
             self.scope.cancel()
@@ -408,6 +412,7 @@ class Engine:
         ]
         self.start_at = start_at  # wall-clock time.time() at which call 0 starts (workers)
         self.health = SimulatorHealth()
+        self.audio = wire.AudioFrames()
         self.buckets: list[list[SimCall]] = [[] for _ in range(PHASES)]
         self.up = 0
         url = urlsplit(options.url)
@@ -448,6 +453,7 @@ class Engine:
     async def _ticker(self, t0: float) -> None:
         tick = 0
         lateness = self.health.send_lateness
+        audio = self.audio
         while True:
             due = t0 + tick * SUB_TICK
             if trio.current_time() < due:
@@ -455,7 +461,7 @@ class Engine:
             now = trio.current_time()
             bucket = self.buckets[tick % PHASES]
             if bucket:
-                bucket[:] = [c for c in bucket if c.tick(now, due, lateness)]
+                bucket[:] = [c for c in bucket if c.tick(now, due, lateness, audio)]
             tick += 1
 
     async def _call(self, call: SimCall, t0: float, offset: float) -> None:
