@@ -22,6 +22,7 @@ Error handling: a failing call is counted in its `errors` by kind and never affe
 
 from __future__ import annotations
 
+import gc
 import inspect
 import os
 import random
@@ -30,6 +31,7 @@ import ssl
 import struct
 import time
 import uuid
+from array import array
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
@@ -282,7 +284,11 @@ class SimCall:
         self.k = 0  # next tick of the script
         self.seq = 0  # next audio frame's tag
         self.first_sent: float | None = None
-        self.sent_at: list[tuple[int, float] | None] = [None] * RING
+        # When each recent frame left, by tag (-1: none, or already matched). Flat arrays, not
+        # tuples: hundreds of calls' rings would otherwise make every full garbage collection
+        # walk a million objects while the ticker waits.
+        self.sent_seq = array("l", [-1]) * RING
+        self.sent_at = array("d", [0.0]) * RING
         self.answered_barge_ins = 0
         self.scope = trio.CancelScope()
         self.hang_up = False
@@ -312,7 +318,8 @@ class SimCall:
         for participant, pcm, silent in self.script.tick(k, now):
             seq = self.seq
             self.seq += 1
-            self.sent_at[seq % RING] = (seq & 0xFFFF, now)
+            self.sent_seq[seq % RING] = seq & 0xFFFF
+            self.sent_at[seq % RING] = now
             frames.append(audio.frame(pcm, seq, participant, silent))
             if recording is not None:
                 text = audio.text(pcm, seq, participant, silent)
@@ -357,12 +364,13 @@ class SimCall:
                 result.first_audio_ms = round((now - self.first_sent) * 1000, 2)
             seq = wire.read_tag(data)
             if seq is not None:
-                slot = self.sent_at[seq % RING]
-                if slot is not None and slot[0] == seq:
-                    self.sent_at[seq % RING] = None  # an echo is matched once
-                    result.rtt.add(now - slot[1])
+                slot = seq % RING
+                if self.sent_seq[slot] == seq:
+                    self.sent_seq[slot] = -1  # an echo is matched once
+                    rtt = now - self.sent_at[slot]
+                    result.rtt.add(rtt)
                     if timeline is not None:
-                        timeline.rtt.append((now - self.started, (now - slot[1]) * 1000))
+                        timeline.rtt.append((now - self.started, rtt * 1000))
             self.script.bot_audio(now)
             if timeline is not None:
                 timeline.add_bot_audio(now - self.started, seconds)
@@ -436,6 +444,9 @@ class Engine:
         }
 
     async def run(self) -> tuple[list[CallResult], SimulatorHealth]:
+        # What exists now (clips, calls) lives until the end: keep it out of full collections,
+        # whose pauses would stall the ticker (the gateway does the same, README "Performance").
+        gc.freeze()
         cpu0 = _cpu_seconds()
         wall0 = trio.current_time()
         t0 = wall0 if self.start_at is None else wall0 + (self.start_at - time.time())
