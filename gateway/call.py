@@ -21,6 +21,14 @@ Malformed packets (`ProtocolError`): counted by reason in `CallStats.protocol_er
 (the first of each reason at WARNING, later ones at DEBUG), and skipped. After
 `max_consecutive_errors` malformed packets with no good one between, the call is closed with
 1007. Nothing raised by a packet escapes the call.
+
+Limits (README, "Bad input policy"): inbound messages beyond `max_frames_per_second` (pings
+count too) are dropped unread and counted (`frames_flood_dropped`; see
+`gateway.limits.FloodGate`), and a flood that lasts `flood_grace` seconds closes the call with
+1008. A watchdog task closes the call (1000) after `idle_timeout` seconds without inbound audio
+(without any packet on a transcription-only stream) and at `max_call_duration`. A write the
+peer does not take within the WebSocket's `send_timeout` ends the call at once (`send_timeout`,
+no close frame: the server resets the socket).
 """
 
 from __future__ import annotations
@@ -36,17 +44,20 @@ import trio
 from . import codec
 from .codec import InboundDecoder
 from .errors import (
+    CLOSE_ABNORMAL,
     CLOSE_INTERNAL_ERROR,
     CLOSE_INVALID_PAYLOAD,
     CLOSE_NORMAL,
+    CLOSE_POLICY_VIOLATION,
     ProtocolError,
 )
+from .limits import FloodGate
 from .pacer import Pacer
 from .packets import FRAME_MS, AudioData, AudioMetadata, InboundPacket, TranscriptionMetadata
 from .player import Player
 from .playout import Playout
 from .processors import Call, CallStats, Processor
-from .websocket import ConnectionClosed, Handshake, ServerWebSocket
+from .websocket import ConnectionClosed, Handshake, SendTimeout, ServerWebSocket
 
 CLOSE_TIMEOUT: Final = 2.0  # seconds the closing handshake may take once the call is over
 
@@ -61,12 +72,17 @@ class CallSettings:
     metadata_timeout: float = 10.0
     hangup_grace: float = 2.0
     max_consecutive_errors: int = 50
+    # Limits (issue 5): see the module docstring.
+    max_frames_per_second: int = 250
+    flood_grace: float = 5.0
+    idle_timeout: float = 300.0
+    max_call_duration: float = 14400.0
 
 
 @attrs.define
 class CallOutcome:
     """How a call ended: `ended_by` is hangup, processor, processor_error, protocol, timeout,
-    or cancelled (the server drained it)."""
+    flood, idle, max_duration, send_timeout, or cancelled (the server drained it)."""
 
     ended_by: str
     close_code: int | None
@@ -76,6 +92,10 @@ class CallOutcome:
 
 
 class _CallEnded(Exception):
+    pass
+
+
+class _Flooded(Exception):
     pass
 
 
@@ -92,6 +112,8 @@ async def run_call(
     stats = CallStats()
     decoder = InboundDecoder()
     errors = _ErrorPolicy(settings.max_consecutive_errors, stats, log)
+    intake = _Intake(settings, stats, log, ws)
+    end_at = intake.heard + settings.max_call_duration
 
     # 1. Wait for the stream's first metadata: it says what the call carries.
     early: list[InboundPacket] = []
@@ -99,7 +121,7 @@ async def run_call(
     with trio.move_on_at(trio.current_time() + settings.metadata_timeout):
         try:
             while first is None:
-                for message in await ws.receive_messages():
+                for message in intake.admit(await ws.receive_messages()):
                     packet = errors.decode(decoder, message)
                     if packet is None:
                         continue
@@ -113,6 +135,9 @@ async def run_call(
         except _CallEnded:
             await ws.close(CLOSE_INVALID_PAYLOAD, "too many malformed packets")
             return CallOutcome("protocol", CLOSE_INVALID_PAYLOAD, stats)
+        except _Flooded:
+            await ws.close(CLOSE_POLICY_VIOLATION, "inbound message flood")
+            return CallOutcome("flood", CLOSE_POLICY_VIOLATION, stats)
     if first is None:
         log.warning("no metadata within %.1f s; closing", settings.metadata_timeout)
         await ws.close(CLOSE_INVALID_PAYLOAD, "no AudioMetadata")
@@ -151,6 +176,14 @@ async def run_call(
         if not outcome.ended_by:
             outcome.ended_by, outcome.close_code = by, code
 
+    def give_up(closed: SendTimeout) -> None:
+        """The peer stopped reading: end the call now, without a close frame."""
+        ended("send_timeout", CLOSE_ABNORMAL)
+        log.warning("closing the call: %s", closed.reason)
+        if player is not None:
+            player.close()
+        call_scope.cancel()
+
     log.info(
         "call started: %s",
         f"{audio.sample_rate} Hz audio" if audio is not None else "transcription only",
@@ -163,12 +196,13 @@ async def run_call(
                 for packet in early:
                     await inbound_send.send(packet)
                 while True:
-                    for message in await ws.receive_messages():
+                    for message in intake.admit(await ws.receive_messages()):
                         packet = errors.decode(decoder, message)
                         if packet is None:
                             continue
                         stats.packets_in += 1
                         if type(packet) is AudioData:
+                            intake.heard = intake.now
                             stats.audio_frames_in += 1
                             try:
                                 inbound_send.send_nowait(packet)
@@ -177,7 +211,11 @@ async def run_call(
                                 if stats.audio_frames_dropped == 1:
                                     log.warning("processor is behind: dropping inbound audio")
                         else:
+                            if audio is None:  # a transcription stream is alive while it talks
+                                intake.heard = intake.now
                             await inbound_send.send(packet)
+            except SendTimeout as closed:  # a pong the peer would not take
+                give_up(closed)
             except ConnectionClosed as closed:
                 ended("hangup", closed.code)
                 reason = f": {closed.reason}" if closed.reason else ""
@@ -193,6 +231,29 @@ async def run_call(
                 ended("protocol", CLOSE_INVALID_PAYLOAD)
                 await _close(ws, CLOSE_INVALID_PAYLOAD, "too many malformed packets")
                 call_scope.cancel()
+            except _Flooded:
+                ended("flood", CLOSE_POLICY_VIOLATION)
+                await _close(ws, CLOSE_POLICY_VIOLATION, "inbound message flood")
+                call_scope.cancel()
+
+    async def watch() -> None:
+        """Close the call when it has been idle too long or has lasted too long."""
+        while not outcome.ended_by:
+            idle_at = intake.heard + settings.idle_timeout
+            await trio.sleep_until(min(idle_at, end_at))
+            now = trio.current_time()
+            if outcome.ended_by:
+                return
+            if now >= end_at:
+                by, why = "max_duration", f"the call reached {settings.max_call_duration:g} s"
+            elif now >= intake.heard + settings.idle_timeout:
+                by, why = "idle", f"no inbound audio for {settings.idle_timeout:g} s"
+            else:
+                continue  # audio came in meanwhile: sleep until the new deadline
+            ended(by, CLOSE_NORMAL)
+            log.info("closing the call: %s", why)
+            await _close(ws, CLOSE_NORMAL, why)
+            call_scope.cancel()
 
     async def send() -> None:
         """Release the player's frames to ACS on the playout clock."""
@@ -204,9 +265,11 @@ async def run_call(
             messages += [encode_audio(pcm) for pcm in frames]
             try:
                 await ws.send_messages(messages)
-            except ConnectionClosed:
+            except ConnectionClosed as closed:
                 player.playout.not_sent(frames)
-                return  # the receive task sees the same and ends the call
+                if isinstance(closed, SendTimeout):
+                    give_up(closed)
+                return  # otherwise the receive task sees the same and ends the call
             stats.messages_out += len(messages)
             stats.stop_audio_sent += stop
 
@@ -232,6 +295,7 @@ async def run_call(
         async with trio.open_nursery() as nursery:
             call_scope = nursery.cancel_scope
             nursery.start_soon(receive)
+            nursery.start_soon(watch)
             sending = trio.CancelScope()
             if player is not None:
                 nursery.start_soon(_run_in(sending, send))
@@ -282,6 +346,44 @@ class _DirectSink:
     def send(self, frames: list[bytes]) -> bool:
         self.stats.messages_out += len(frames)
         return self.ws.send_messages_nowait([codec.encode_audio(pcm) for pcm in frames])
+
+
+class _Intake:
+    """What the call takes from each read: the flood gate, and when audio was last heard."""
+
+    __slots__ = ("gate", "stats", "log", "ws", "pings", "now", "heard")
+
+    def __init__(
+        self,
+        settings: CallSettings,
+        stats: CallStats,
+        log: logging.LoggerAdapter[logging.Logger],
+        ws: ServerWebSocket,
+    ) -> None:
+        self.now = self.heard = trio.current_time()
+        self.gate = FloodGate(settings.max_frames_per_second, settings.flood_grace, self.now)
+        self.stats = stats
+        self.log = log
+        self.ws = ws
+        self.pings = 0  # the WebSocket's pings_received already counted
+
+    def admit(self, messages: list[bytes | bytearray]) -> list[bytes | bytearray]:
+        self.now = now = trio.current_time()
+        gate = self.gate
+        pings = self.ws.pings_received - self.pings  # already answered: they spend the budget
+        self.pings += pings
+        count = len(messages) + pings
+        taken = gate.admit(count, now)
+        if taken == count:
+            return messages
+        kept = max(0, taken - pings)
+        if not gate.dropped - (count - taken):  # the first drop of the call
+            self.log.warning("inbound flood: dropping messages beyond %g a second", gate.rate)
+        self.stats.frames_flood_dropped += len(messages) - kept
+        if gate.persistent(now):
+            self.log.warning("inbound flood for %g s; closing", gate.grace)
+            raise _Flooded
+        return messages[:kept]
 
 
 class _ErrorPolicy:

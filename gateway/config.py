@@ -9,6 +9,7 @@ The README's configuration reference lists exactly `SETTINGS` (a test keeps them
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -46,6 +47,42 @@ def _port(instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
 def _at_least_one_frame(instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
     if value < 20:
         raise ValueError(f"{attribute.name} must be at least 20 (one frame), got {value}")
+
+
+def _not_negative(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value < 0:
+        raise ValueError(f"{attribute.name} must be 0 or more, got {value}")
+
+
+def _positive_or_none(instance: Any, attribute: attrs.Attribute[Any], value: int | None) -> None:
+    if value is not None:
+        _positive(instance, attribute, value)
+
+
+def _networks(instance: Any, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    for network in value:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ValueError(
+                f"{attribute.name}: {network!r} is not a network (e.g. 52.112.0.0/14)"
+            ) from None
+
+
+def _key_set_url(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    from urllib.parse import urlsplit
+
+    url = urlsplit(value)
+    if url.scheme == "https" and url.hostname:
+        return
+    if url.scheme == "http" and url.hostname in ("127.0.0.1", "::1", "localhost"):
+        return  # a local key-set server (tests, a sidecar): never plain http over a network
+    raise ValueError(f"{attribute.name} must be an https:// URL (http:// only on loopback)")
+
+
+# ACS's WebSocket token (acs-protocol c.3).
+ACS_TOKEN_ISSUER: Final = "https://acscallautomation.communication.azure.com"
+ACS_KEY_SET_URL: Final = "https://acscallautomation.communication.azure.com/calling/keys"
 
 
 def _doc(text: str) -> dict[str, str]:
@@ -135,6 +172,69 @@ class Config:
     tls_keyfile: str | None = attrs.field(
         default=None, metadata=_doc("PEM private key for tls_certfile.")
     )
+    # -- Limits and authentication (issue 5, trust-limits) --
+    send_timeout: float = attrs.field(
+        default=10.0,
+        validator=_positive,
+        metadata=_doc("Seconds one write may wait for ACS to read; then that call is aborted."),
+    )
+    max_frames_per_second: int = attrs.field(
+        default=250,
+        validator=_positive,
+        metadata=_doc("Inbound messages a call may send a second (bursts of one second's worth)."),
+    )
+    flood_grace: float = attrs.field(
+        default=5.0,
+        validator=_positive,
+        metadata=_doc("Seconds a call may flood past that rate before it is closed (1008)."),
+    )
+    idle_timeout: float = attrs.field(
+        default=300.0,
+        validator=_positive,
+        metadata=_doc("Seconds without inbound audio that close the call (1000)."),
+    )
+    max_call_duration: float = attrs.field(
+        default=14400.0,
+        validator=_positive,
+        metadata=_doc("Seconds a call may last; then it is closed (1000)."),
+    )
+    max_calls_per_source: int | None = attrs.field(
+        default=None,
+        validator=_positive_or_none,
+        metadata=_doc("Live calls from one source address at most (HTTP 429); none: no limit."),
+    )
+    allowed_networks: tuple[str, ...] = attrs.field(
+        default=(),
+        validator=_networks,
+        metadata=_doc("Source networks (CIDR) that may connect (others: HTTP 403); empty: any."),
+    )
+    acs_resource_id: str | None = attrs.field(
+        default=None,
+        metadata=_doc("The ACS resource's immutable id: turns token validation on (audience)."),
+    )
+    auth_issuer: str = attrs.field(
+        default=ACS_TOKEN_ISSUER, metadata=_doc("The `iss` a token must carry.")
+    )
+    auth_key_set_url: str = attrs.field(
+        default=ACS_KEY_SET_URL,
+        validator=_key_set_url,
+        metadata=_doc("Where ACS's signing keys (JWKS) are fetched from."),
+    )
+    auth_leeway: float = attrs.field(
+        default=30.0,
+        validator=_not_negative,
+        metadata=_doc("Seconds of clock skew allowed on a token's `exp` and `nbf`."),
+    )
+    auth_key_refetch_interval: float = attrs.field(
+        default=30.0,
+        validator=_positive,
+        metadata=_doc("Seconds between key-set fetches caused by tokens with an unknown key id."),
+    )
+    auth_key_max_age: float = attrs.field(
+        default=3600.0,
+        validator=_positive,
+        metadata=_doc("Seconds after which the cached key set is fetched again."),
+    )
     processors: dict[str, dict[str, Any]] = attrs.field(
         factory=dict,
         metadata=_doc("File only: `[processors.NAME]` tables of options for each processor."),
@@ -153,6 +253,10 @@ class Config:
             metadata_timeout=self.metadata_timeout,
             hangup_grace=self.hangup_grace,
             max_consecutive_errors=self.max_consecutive_errors,
+            max_frames_per_second=self.max_frames_per_second,
+            flood_grace=self.flood_grace,
+            idle_timeout=self.idle_timeout,
+            max_call_duration=self.max_call_duration,
         )
 
     @property
@@ -199,6 +303,15 @@ def _converter() -> cattrs.Converter:
     conv.register_structure_hook(int, to_int)
     conv.register_structure_hook(float, to_float)
     conv.register_structure_hook(str, to_str)
+
+    def to_strings(value: Any, _: type) -> tuple[str, ...]:
+        if isinstance(value, str):  # from the environment: comma-separated
+            return tuple(item.strip() for item in value.split(",") if item.strip())
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"not a list: {value!r}")
+        return tuple(to_str(item, str) for item in value)
+
+    conv.register_structure_hook_func(lambda t: t == tuple[str, ...], to_strings)
     return conv
 
 

@@ -4,9 +4,14 @@ Owns: connections. It knows nothing of audio: each accepted WebSocket is handed 
 `gateway.call.run_call`, in its own task in the server's calls nursery.
 
 Handshake checks, in order: the upgrade must complete within `handshake_timeout` (TLS included);
-while draining, or at `max_calls` live calls, the upgrade is refused with HTTP 503 before it is
-accepted. Any path is accepted. The `x-ms-call-connection-id` and `x-ms-call-correlation-id`
-headers tag every log line of the call.
+a source address outside `allowed_networks` is refused with HTTP 403; with `acs_resource_id`
+set, ACS's token must pass `gateway.auth` within the same deadline (else HTTP 401, or 503 when
+the signing keys cannot be had); while draining, or at `max_calls` live calls, the upgrade is
+refused with HTTP 503, and at `max_calls_per_source` calls from one address with 429, before it
+is accepted. Admission and the reservation of a call's place happen with no await between them
+(after the token check, which may wait), so the limits hold however many handshakes race. Any
+path is accepted. The `x-ms-call-connection-id` and `x-ms-call-correlation-id` headers tag every
+log line of the call.
 
 Resource handling: every accepted stream is closed (`aclose_forcefully`) before its handler
 returns, whatever happened; a call still open when the server is cancelled is closed with 1001.
@@ -22,14 +27,18 @@ when the last call has ended.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
+import socket
 import ssl
+import struct
 from collections import Counter
 from typing import Any, Final
 
 import attrs
 import trio
 
+from .auth import AuthFailure, KeySet, TokenChecker
 from .call import CallOutcome, run_call
 from .config import Config
 from .errors import CLOSE_GOING_AWAY
@@ -37,7 +46,7 @@ from .logs import call_logger
 from .pacer import Pacer
 from .processors import Processor
 from .transport import SocketTransport
-from .websocket import ConnectionClosed, Reject, ServerWebSocket
+from .websocket import ConnectionClosed, Reject, SendTimeout, ServerWebSocket
 
 log = logging.getLogger("gateway.server")
 
@@ -53,7 +62,7 @@ class ServerStats:
     """Server-wide counters (exported as metrics)."""
 
     calls_accepted: int = 0
-    calls_refused: int = 0  # 503 at the limit or while draining
+    calls_refused: int = 0  # 403/429/503 before the upgrade (by reason in refused_by)
     calls_failed: int = 0  # ended by a processor error or a gateway bug
     handshakes_failed: int = 0  # timed out, or not a WebSocket upgrade
     audio_frames_in: int = 0
@@ -62,6 +71,10 @@ class ServerStats:
     stop_audio_sent: int = 0
     protocol_errors: Counter[str] = attrs.field(factory=Counter)
     ended_by: Counter[str] = attrs.field(factory=Counter)
+    # Limits and authentication (issue 5):
+    refused_by: Counter[str] = attrs.field(factory=Counter)  # calls_refused, by reason
+    auth_failed: Counter[str] = attrs.field(factory=Counter)  # by AuthFailure.reason
+    frames_flood_dropped: int = 0
 
     def add(self, outcome: CallOutcome) -> None:
         s = outcome.stats
@@ -69,6 +82,7 @@ class ServerStats:
         self.audio_frames_dropped += s.audio_frames_dropped
         self.messages_out += s.messages_out
         self.stop_audio_sent += s.stop_audio_sent
+        self.frames_flood_dropped += s.frames_flood_dropped
         self.protocol_errors.update(s.protocol_errors)
         self.ended_by[outcome.ended_by] += 1
         if outcome.ended_by == "processor_error":
@@ -83,6 +97,10 @@ class Server:
         self.processor = processor
         self.stats = ServerStats()
         self.reserved = 0  # calls admitted (from the accepted upgrade to the end of the call)
+        self.reserved_by_source: Counter[str] = Counter()  # the same, by source address
+        self.allowed_networks = tuple(
+            ipaddress.ip_network(n, strict=False) for n in config.allowed_networks
+        )
         self.urls: list[str] = []
         self.draining = False
         self._accepting = trio.CancelScope()
@@ -90,6 +108,19 @@ class Server:
         self._hard_stop = False
         self.stopped = trio.Event()  # set when serve() returns
         self.pacer = Pacer()  # one timer for every call's send task
+        self.auth: TokenChecker | None = None
+        if config.acs_resource_id is not None:
+            keys = KeySet(
+                config.auth_key_set_url,
+                refetch_interval=config.auth_key_refetch_interval,
+                max_age=config.auth_key_max_age,
+            )
+            self.auth = TokenChecker(
+                keys,
+                audience=config.acs_resource_id,
+                issuer=config.auth_issuer,
+                leeway=config.auth_leeway,
+            )
 
     @property
     def live(self) -> int:
@@ -130,11 +161,15 @@ class Server:
     async def _handle(self, stream: trio.abc.Stream) -> None:
         config = self.config
         peer = _peer(stream)
-        ws = ServerWebSocket(stream, max_message_bytes=config.max_message_bytes)
+        source = peer.rpartition(":")[0].strip("[]")
+        ws = ServerWebSocket(
+            stream, max_message_bytes=config.max_message_bytes, send_timeout=config.send_timeout
+        )
         admitted = False
         try:
             handshake = None
-            with trio.move_on_at(trio.current_time() + config.handshake_timeout):
+            deadline = trio.current_time() + config.handshake_timeout
+            with trio.move_on_at(deadline):
                 handshake = await ws.read_handshake()
             if handshake is None:
                 self.stats.handshakes_failed += 1
@@ -145,13 +180,23 @@ class Server:
                 handshake.headers.get("x-ms-call-correlation-id"),
                 peer,
             )
-            refusal = self._admission()
-            if refusal is not None:
+            refused = self._screen(source)
+            if refused is None and self.auth is not None:
+                failure = await self._authenticate(self.auth, handshake.headers, deadline, calllog)
+                if failure is not None:
+                    await ws.reject(failure)
+                    return
+            if refused is None:
+                refused = self._admission(source)
+            if refused is not None:
+                why, refusal = refused
                 self.stats.calls_refused += 1
-                calllog.warning("refusing the call: %s", refusal.reason)
+                self.stats.refused_by[why] += 1
+                calllog.warning("refusing the call (%s): %s", why, refusal.reason)
                 await ws.reject(refusal)
                 return
             self.reserved += 1
+            self.reserved_by_source[source] += 1
             admitted = True
             await ws.accept()
             self.stats.calls_accepted += 1
@@ -177,6 +222,11 @@ class Server:
         finally:
             if admitted:
                 self.reserved -= 1
+                self.reserved_by_source[source] -= 1
+                if not self.reserved_by_source[source]:
+                    del self.reserved_by_source[source]
+            if isinstance(ws.closed, SendTimeout):
+                _reset_on_close(stream)  # drop what the kernel still holds for a stuck peer
             if ws.closed is None and admitted and not self._hard_stop:
                 with trio.CancelScope(
                     shield=True, deadline=trio.current_time() + CLOSE_ON_CANCEL_TIMEOUT
@@ -184,12 +234,69 @@ class Server:
                     await ws.close(CLOSE_GOING_AWAY, "server shutting down")
             await trio.aclose_forcefully(stream)
 
-    def _admission(self) -> Reject | None:
-        if self.draining:
-            return Reject(503, "server is shutting down")
-        if self.reserved >= self.config.max_calls:
-            return Reject(503, f"at the limit of {self.config.max_calls} calls")
+    def _screen(self, source: str) -> tuple[str, Reject] | None:
+        """Refuse sources outside the allowed networks (before the token costs anything)."""
+        if self.allowed_networks and not _in_networks(source, self.allowed_networks):
+            return "network", Reject(403, "the source address is not allowed")
         return None
+
+    async def _authenticate(
+        self,
+        auth: TokenChecker,
+        headers: dict[str, str],
+        deadline: float,
+        calllog: logging.LoggerAdapter[logging.Logger],
+    ) -> Reject | None:
+        """Check ACS's token by the handshake deadline; counts and logs a failure's reason."""
+        failure = None
+        with trio.move_on_at(deadline):
+            try:
+                await auth.check(headers)
+            except AuthFailure as exc:
+                failure = exc
+            else:
+                return None
+        if failure is None:
+            failure = AuthFailure("keys_unavailable", "no signing keys by the handshake deadline")
+        self.stats.auth_failed[failure.reason] += 1
+        calllog.warning("refusing the call (%d): token %s", failure.status, failure)
+        body = "authentication failed" if failure.status == 401 else "signing keys unavailable"
+        return Reject(failure.status, body)
+
+    def _admission(self, source: str) -> tuple[str, Reject] | None:
+        """Why a call from `source` may not start now, as (a token for metrics, the refusal);
+        None: it may."""
+        if self.draining:
+            return "draining", Reject(503, "server is shutting down")
+        if self.reserved >= self.config.max_calls:
+            return "max_calls", Reject(503, f"at the limit of {self.config.max_calls} calls")
+        per_source = self.config.max_calls_per_source
+        if per_source is not None and self.reserved_by_source[source] >= per_source:
+            return "max_calls_per_source", Reject(429, f"{per_source} calls from this address")
+        return None
+
+
+def _in_networks(
+    source: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+) -> bool:
+    try:
+        address = ipaddress.ip_address(source)
+    except ValueError:  # no address (not a socket): nothing to match
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # a dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d
+    return any(address in network for network in networks)
+
+
+def _reset_on_close(stream: trio.abc.Stream) -> None:
+    """Make closing the socket send a reset: a peer that stopped reading would otherwise keep
+    its unsent bytes in our kernel until TCP gives up."""
+    inner = getattr(stream, "transport_stream", stream)
+    sock = getattr(inner, "socket", None)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # type: ignore[union-attr]
+    except (AttributeError, OSError):
+        pass
 
 
 def _peer(stream: trio.abc.Stream) -> str:
@@ -234,6 +341,8 @@ async def serve(
     try:
         async with trio.open_nursery() as services:
             await services.start(server.pacer.run)  # outlives every call; ends after them
+            if server.auth is not None:
+                await services.start(server.auth.keys.run)
             await _serve_calls(server, listeners, task_status)
             services.cancel_scope.cancel()
     finally:

@@ -12,7 +12,10 @@ costs more per frame than the rest of the path (README, "Architecture"). The upg
 h11, the HTTP/1.1 engine under wsproto; trio-websocket remains the client in `gateway.testing`.
 
 Resource handling: the caller owns the stream and closes it; `close()` sends a close frame and
-waits briefly for the peer's, within the caller's cancel scope.
+waits briefly for the peer's, within the caller's cancel scope. A write that the peer does not
+take within `send_timeout` seconds (it stopped reading) gives up: the connection is then dead
+(a frame may be half written), every later send or receive raises `SendTimeout`, and the
+caller should abort the stream.
 Error handling: a peer that breaks the protocol, resets the socket, or closes raises
 `ConnectionClosed` with the close code; nothing else escapes from receive/send.
 """
@@ -33,6 +36,7 @@ from .errors import CLOSE_ABNORMAL, CLOSE_NO_STATUS, CLOSE_NORMAL
 RECEIVE_BYTES: Final = 65536  # one read takes every frame the kernel has for us (batching)
 CLOSE_REPLY_TIMEOUT: Final = 2.0  # seconds to wait for the peer's close frame after ours
 MAX_REQUEST_BYTES: Final = 16384  # the upgrade request's head; ACS sends well under 4 KB
+DEFAULT_SEND_TIMEOUT: Final = 10.0  # seconds one write may wait for the peer to read
 _ACCEPT_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 
 
@@ -43,6 +47,14 @@ class ConnectionClosed(Exception):
         super().__init__(f"WebSocket closed ({code}{': ' + reason if reason else ''})")
         self.code = code
         self.reason = reason
+
+
+class SendTimeout(ConnectionClosed):
+    """A write waited `send_timeout` seconds for a peer that does not read: the connection is
+    given up (code 1006: no close frame could be sent)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(CLOSE_ABNORMAL, f"the peer took no data for {seconds:g} s")
 
 
 @attrs.frozen
@@ -62,8 +74,15 @@ class Reject:
 
 
 class ServerWebSocket:
-    def __init__(self, stream: trio.abc.Stream, *, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        max_message_bytes: int,
+        send_timeout: float = DEFAULT_SEND_TIMEOUT,
+    ) -> None:
         self.stream = stream
+        self.send_timeout = send_timeout
         self._http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
         self._key = b""
         self._frames = framing.FrameReader(max_message_bytes)
@@ -75,6 +94,7 @@ class ServerWebSocket:
         self._peer_gone = trio.Event()  # the peer's close frame, EOF, or a reset was seen
         self.closed: ConnectionClosed | None = None  # set once the connection is over
         self._unsent = b""  # written by send_messages_nowait, not yet taken by the kernel
+        self.pings_received = 0  # the call's flood gate counts them with the messages
 
     # -- handshake --
 
@@ -134,15 +154,18 @@ class ServerWebSocket:
     # -- messages --
 
     async def receive_messages(self) -> list[bytes | bytearray]:
-        """Every complete message from the next read(s); at least one. Answers pings itself.
-        Text messages are UTF-8 `bytes`, binary ones `bytearray`."""
+        """Every complete message from the next read(s). Text messages are UTF-8 `bytes`, binary
+        ones `bytearray`. Answers pings itself, one pong for all the pings of one read (RFC 6455
+        section 5.5.3 allows answering only the latest), and returns after them even with no
+        message (an empty list), so that the caller can count them (`pings_received`)."""
         if self._closer_reading:  # close() is reading the peer's reply: it owns the stream
             await self._peer_gone.wait()
             raise self.closed or ConnectionClosed(CLOSE_ABNORMAL, "closed")
         self._receiver_active = True
         messages: list[bytes | bytearray] = []
+        pings = self.pings_received
         try:
-            while not messages:
+            while not messages and pings == self.pings_received:
                 if self._peer_gone.is_set() and self.closed is not None:
                     raise self.closed
                 events, self._pending = self._pending, []
@@ -159,17 +182,21 @@ class ServerWebSocket:
                         self._receiver_active = False  # we are the reader: close() reads
                         await self.close(exc.code, exc.reason)
                         raise ConnectionClosed(exc.code, exc.reason) from None
+                ping = None
                 for event in events:
                     kind = type(event)
                     if kind is bytes or kind is bytearray:
                         messages.append(event)  # type: ignore[arg-type]
                     elif kind is framing.Ping:
-                        await self._send_raw(framing.encode_pong(event))  # type: ignore[arg-type]
+                        ping = event
+                        self.pings_received += 1
                     elif kind is framing.Close:
                         await self._peer_closed(event)  # type: ignore[arg-type]
                         if not messages:
                             raise self.closed  # type: ignore[misc]
                         return messages
+                if ping is not None:
+                    await self._send_raw(framing.encode_pong(ping))  # type: ignore[arg-type]
             return messages
         finally:
             self._receiver_active = False
@@ -268,6 +295,8 @@ class ServerWebSocket:
         ]
         if refusal.status == 426:
             headers.append((b"upgrade", b"websocket"))
+        elif refusal.status == 401:  # RFC 9110 section 15.5.2: say which scheme is wanted
+            headers.append((b"www-authenticate", b"Bearer"))
         try:
             data = self._http.send(h11.Response(status_code=refusal.status, headers=headers))
             data = (data or b"") + (self._http.send(h11.Data(data=body)) or b"")
@@ -286,15 +315,33 @@ class ServerWebSocket:
         try:
             if lock.locked():
                 async with lock:
-                    await self.stream.send_all(data)
+                    await self._send_within_timeout(data)
             else:  # uncontended, the usual case: skip the lock's extra checkpoint
                 lock.acquire_nowait()
                 try:
-                    await self.stream.send_all(data)
+                    await self._send_within_timeout(data)
                 finally:
                     lock.release()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise self._lost(f"connection lost ({exc})") from None
+
+    async def _send_within_timeout(self, data: bytes) -> None:
+        if isinstance(self.closed, SendTimeout):
+            raise self.closed
+        send_nowait = getattr(self.stream, "send_nowait", None)
+        if send_nowait is not None:
+            # Hot path: the kernel takes the whole write at once, so no timer is needed (a
+            # cancel scope costs more than the write itself). Errors surface in send_all below.
+            data = send_nowait(data)
+            if not data:
+                return
+        with trio.move_on_at(trio.current_time() + self.send_timeout):
+            await self.stream.send_all(data)
+            return
+        self._peer_gone.set()
+        self._close_sent = True  # no close frame can follow a half-written one
+        self.closed = SendTimeout(self.send_timeout)
+        raise self.closed
 
 
 def _check_upgrade(method: bytes, headers: dict[str, str]) -> Reject | None:

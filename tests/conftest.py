@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -16,7 +16,7 @@ from gateway.call import CallOutcome, CallSettings, run_call
 from gateway.logs import call_logger
 from gateway.processors import Processor, load
 from gateway.testing import SimulatedCall, simulated_call
-from gateway.websocket import ServerWebSocket
+from gateway.websocket import DEFAULT_SEND_TIMEOUT, ServerWebSocket
 
 
 @attrs.define
@@ -34,17 +34,21 @@ class MemoryCall:
 async def memory_call(
     processor: Processor | str = "echo",
     settings: CallSettings | None = None,
+    *,
+    stream_pair: Callable[[], tuple[trio.abc.Stream, trio.abc.Stream]] | None = None,
+    send_timeout: float = DEFAULT_SEND_TIMEOUT,
     **peer: Any,
 ) -> AsyncIterator[MemoryCall]:
     """One gateway call over a memory stream pair: the real WebSocket engine, codec, call and
-    player, with the simulated ACS peer on the other end. Works on the autojump clock."""
+    player, with the simulated ACS peer on the other end. Works on the autojump clock.
+    `stream_pair` makes (ACS end, gateway end); default: `memory_stream_pair`."""
     if isinstance(processor, str):
         processor = load(processor)
-    client, server = trio.testing.memory_stream_pair()
+    client, server = (stream_pair or trio.testing.memory_stream_pair)()
     outcome: list[CallOutcome] = []
 
     async def serve_one() -> None:
-        ws = ServerWebSocket(server, max_message_bytes=65536)
+        ws = ServerWebSocket(server, max_message_bytes=65536, send_timeout=send_timeout)
         try:
             handshake = await ws.read_handshake()
             await ws.accept()
@@ -63,6 +67,21 @@ async def memory_call(
         nursery.start_soon(serve_one)
         async with simulated_call(stream=client, **peer) as call:
             yield MemoryCall(call, outcome)
+
+
+async def raw_acs_stream(url: str, resource: str = "/") -> trio.SocketStream:
+    """A bare TCP connection that has sent ACS's upgrade request and a 16 kHz AudioMetadata,
+    and reads nothing yet: for tests that control every byte the peer reads."""
+    host, port = url.removeprefix("ws://").rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    await stream.send_all(
+        f"GET {resource} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n".encode()
+        + b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    meta = b'{"kind":"AudioMetadata","audioMetadata":{"sampleRate":16000}}'
+    await stream.send_all(bytes((0x81, 0x80 | len(meta))) + b"\0\0\0\0" + meta)
+    return stream
 
 
 def task_count() -> int:

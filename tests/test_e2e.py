@@ -15,7 +15,7 @@ import trio_websocket
 from gateway.processors import Call
 from gateway.testing import open_gateway, simulated_call, speech
 
-from .conftest import open_fds, task_count
+from .conftest import open_fds, raw_acs_stream, task_count
 
 ONE_SECOND_16K = speech(16000)[: 16000 * 2]
 
@@ -255,14 +255,7 @@ async def test_a_peer_that_stops_reading_still_gets_every_byte_in_order():
         await trio.sleep_forever()
 
     async with open_gateway(talker, playout_lead_ms=60_000, playout_queue_ms=60_000) as server:
-        host, port = server.urls[0].removeprefix("ws://").rsplit(":", 1)
-        stream = await trio.open_tcp_stream(host, int(port))
-        await stream.send_all(
-            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        meta = b'{"kind":"AudioMetadata","audioMetadata":{"sampleRate":16000}}'
-        await stream.send_all(bytes((0x81, 0x80 | len(meta))) + b"\0\0\0\0" + meta)
+        stream = await raw_acs_stream(server.urls[0])
         await trio.sleep(0.5)  # not reading: the gateway's writes fill the kernel buffers
         buffer = bytearray()
         received = bytearray()

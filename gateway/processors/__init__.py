@@ -35,6 +35,7 @@ ENTRY_POINT_GROUP = "acs_media_gateway.processors"
 
 _BUILTIN: dict[str, str] = {
     "echo": "gateway.processors.echo:make",
+    "realtime": "gateway.processors.realtime:make",
 }
 
 __all__ = ["Call", "CallStats", "Processor", "ProcessorFactory", "load", "register"]

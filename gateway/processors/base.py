@@ -24,6 +24,13 @@ class CallStats:
     protocol_errors: Counter[str] = attrs.field(factory=Counter)  # by ProtocolError.reason
     messages_out: int = 0
     stop_audio_sent: int = 0
+    frames_flood_dropped: int = 0  # inbound messages beyond max_frames_per_second, unread
+    # realtime bridge (gateway.processors.realtime)
+    upstream_errors: int = 0  # upstream refused, dropped, went silent, or sent an error event
+    upstream_reconnects: int = 0
+    upstream_audio_dropped: int = 0  # caller frames not sent upstream (no connection then)
+    upstream_audio_discarded: int = 0  # bytes of model audio dropped after a barge-in
+    barge_ins: int = 0
 
 
 @attrs.define(slots=True, eq=False)

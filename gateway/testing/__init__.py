@@ -1,4 +1,5 @@
-"""Public test helpers: a simulated ACS peer, bundled speech, and an in-process gateway.
+"""Public test helpers: a simulated ACS peer, bundled speech, an in-process gateway, and a fake
+realtime model server (`open_fake_model`, for the `realtime` processor).
 
     async with open_gateway(processor=my_processor) as server:
         async with simulated_call(server.urls[0]) as call:
@@ -19,16 +20,24 @@ import trio
 from ..config import Config
 from ..processors import Processor, load
 from ..server import Server, serve
+from .acs_auth import AcsTokenIssuer, KeySetServer, bearer, serve_key_set
 from .audio import frames, read_wav, speech, speech_path
+from .fake_model import FakeModel, open_fake_model
 from .peer import AcsPlayback, Received, SimulatedCall, simulated_call
 
 __all__ = [
     "AcsPlayback",
+    "AcsTokenIssuer",
+    "KeySetServer",
+    "FakeModel",
     "Received",
     "SimulatedCall",
+    "bearer",
     "frames",
+    "open_fake_model",
     "open_gateway",
     "read_wav",
+    "serve_key_set",
     "simulated_call",
     "speech",
     "speech_path",

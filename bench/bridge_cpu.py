@@ -1,0 +1,233 @@
+"""Realtime bridge benchmark: barge-in latency, and CPU per bridged call next to an echo call.
+
+    python bench/bridge_cpu.py --calls 20
+    python bench/bridge_cpu.py --calls 50 --stagger 0.04
+
+One run measures both processors, each against a fresh `python -m gateway serve` pinned to core
+0 (`--server-cpu`); this process (the simulated ACS calls) and the fake model server from
+`gateway.testing` (a process of its own) run on core 1. Every call plays the same 5.5 s
+conversation in real time at 16 kHz: 2 s of speech, 1.5 s of silence while the model answers,
+1 s of interruption, 1 s of silence. The fake model answers the first turn with 7.6 s of speech
+streamed 4x faster than real time, so the caller interrupts it mid-answer.
+
+Prints, per processor: the gateway's CPU over the run (% of a core, per call, and microseconds
+per 20 ms inbound frame), and for the realtime phase the barge-in latency: from the fake model
+sending `input_audio_buffer.speech_started` to the simulated ACS receiving stop-audio (so it
+includes two loopback hops and this process's own scheduling: an upper bound on the gateway's
+share). Calls start `--stagger` seconds apart so connection k upstream is call k.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from echo_load import proc_cpu_seconds, start_server  # noqa: E402
+
+from gateway.testing import open_fake_model, simulated_call, speech  # noqa: E402
+
+RATE = 16000
+KEY_ENV = "BENCH_REALTIME_KEY"
+
+
+def conversation() -> bytes:
+    silence = lambda s: bytes(int(RATE * s) * 2)  # noqa: E731
+    return (
+        speech(RATE)[: RATE * 2 * 2]
+        + silence(1.5)
+        + speech(RATE, "interrupt")[: RATE * 2]
+        + silence(1.0)
+    )
+
+
+async def run_calls(
+    url: str, n: int, stagger: float, audio: bytes, echo_lag: list[float] | None = None
+) -> list[tuple[float, list]]:
+    """Run n calls; returns (start time, stop-audio times) per call, in start order."""
+    results: list[tuple[float, list]] = [(0.0, [])] * n
+
+    async def one(i: int) -> None:
+        await trio.sleep(i * stagger)
+        async with simulated_call(url, sample_rate=RATE, connection_id=f"bench-{i}") as call:
+            to_perf = time.perf_counter() - trio.current_time()
+            started = trio.current_time() + to_perf
+            await call.stream(audio)
+            streamed = trio.current_time()
+            await trio.sleep(0.2)
+            if echo_lag is not None and call.received:
+                echo_lag.append(call.received[-1].time - streamed)
+            results[i] = (started, [t + to_perf for t in call.stop_times])
+
+    async with trio.open_nursery() as nursery:
+        for i in range(n):
+            nursery.start_soon(one, i)
+    return results
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+def _spawn(cmd: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+
+@asynccontextmanager
+async def fake_model_process(cpu: int) -> AsyncIterator[tuple[str, list[dict[str, float]]]]:
+    """The fake model in a process of its own (so it is not starved by the simulated calls);
+    yields its URL and, after the block, its speech_started events on the perf_counter clock."""
+    cmd = [sys.executable, __file__, "--serve-model"]
+    if cpu >= 0:
+        cmd = ["taskset", "-c", str(cpu), *cmd]
+    proc = _spawn(cmd)
+    assert proc.stdout is not None and proc.stdin is not None
+    url = (await trio.to_thread.run_sync(proc.stdout.readline)).decode().strip()
+    starts: list[dict[str, float]] = []
+    fake_model_process.pid = proc.pid  # type: ignore[attr-defined]
+    try:
+        yield url, starts
+    finally:
+        proc.stdin.close()  # tells it to report and exit
+        report = await trio.to_thread.run_sync(proc.stdout.read)
+        proc.wait()
+        starts += json.loads(report or b"[]")
+
+
+async def serve_model() -> None:
+    async with open_fake_model([speech(24000)], speed=4.0) as model:
+        print(model.url, flush=True)
+        await trio.to_thread.run_sync(sys.stdin.read)  # until the benchmark closes stdin
+        offset = trio.current_time() - time.perf_counter()
+        starts = [
+            {"connection": r.connection, "time": r.time - offset}
+            for r in model.sent_of("input_audio_buffer.speech_started")
+        ]
+        print(json.dumps(starts), flush=True)
+
+
+async def phase(
+    args: argparse.Namespace, kind: str, one_at_a_time: bool = False
+) -> dict[str, float]:
+    audio = conversation()
+    async with fake_model_process(args.model_cpu) as (model_url, starts):
+        extra = ["--processor", kind]
+        if kind == "realtime":
+            config = Path(tempfile.mkdtemp()) / "bench.toml"
+            config.write_text(
+                f'[processors.realtime]\nendpoint = "{model_url}"\napi_key_env = "{KEY_ENV}"\n'
+            )
+            extra += ["--config", str(config)]
+        proc, url = start_server(None if args.server_cpu < 0 else args.server_cpu, extra)
+        try:
+            await trio.sleep(0.5)
+            cpu0, wall0 = proc_cpu_seconds(proc.pid), time.monotonic()
+            own0 = time.process_time()
+            model_pid = fake_model_process.pid  # type: ignore[attr-defined]
+            model0 = proc_cpu_seconds(model_pid)
+            lag: list[float] = []
+            if one_at_a_time:  # a fresh model connection per call: connection k is call k
+                results = []
+                for _ in range(args.latency_runs):
+                    results += await run_calls(url, 1, 0, audio)
+            else:
+                results = await run_calls(
+                    url, args.calls, args.stagger, audio, lag if kind == "echo" else None
+                )
+            cpu1, wall1 = proc_cpu_seconds(proc.pid), time.monotonic()
+            own1 = time.process_time()
+            model1 = proc_cpu_seconds(model_pid)
+        finally:
+            proc.terminate()
+            proc.wait()
+    cpu = cpu1 - cpu0
+    calls = len(results)
+    frames = calls * len(audio) / (RATE * 2 // 50)
+    row: dict[str, float] = {
+        "calls": calls,
+        "cpu_s": cpu,
+        "cpu_pct": 100 * cpu / (wall1 - wall0),
+        "cpu_pct_per_call": 100 * cpu / (len(audio) / (RATE * 2)) / calls,
+        "us_per_frame": cpu / frames * 1e6,
+        "gen_cpu_pct": 100 * (own1 - own0) / (wall1 - wall0),
+        "model_cpu_pct": 100 * (model1 - model0) / (wall1 - wall0),
+    }
+    if lag:  # last frame sent -> its echo received: how far the whole loop lags real time
+        row["echo_lag_max_ms"] = max(lag) * 1000
+    if kind == "realtime":
+        latencies = []
+        for k, (_, stops) in enumerate(results):
+            mine = sorted(s["time"] for s in starts if s["connection"] == k + 1)
+            if args.verbose:
+                print(k, "speech_started", [round(t - results[k][0], 3) for t in mine],
+                      "stop-audio", [round(t - results[k][0], 3) for t in stops])
+            if len(stops) == 1 and len(mine) >= 2:
+                latencies.append((stops[0] - mine[1]) * 1000)
+        row.update(
+            barge_ins=len(latencies),
+            lat_p50_ms=percentile(latencies, 50),
+            lat_p99_ms=percentile(latencies, 99),
+            lat_max_ms=max(latencies, default=float("nan")),
+        )
+    return row
+
+
+async def main(args: argparse.Namespace) -> None:
+    os.environ[KEY_ENV] = "bench-key"
+    if args.client_cpu >= 0:
+        os.sched_setaffinity(0, {args.client_cpu})
+    rows = {kind: await phase(args, kind) for kind in ("echo", "realtime")}
+    if args.latency_runs:
+        rows["realtime, 1 call at a time"] = await phase(args, "realtime", one_at_a_time=True)
+    print(
+        f"{'processor':>10} {'calls':>5} {'srv cpu%':>8} {'%/call':>7} {'us/frame':>8} "
+        f"{'gen cpu%':>8} {'model%':>6}  barge-in"
+    )
+    for kind, row in rows.items():
+        if kind not in ("echo", "realtime"):
+            print(f"{kind}:")
+        latency = ""
+        if "echo_lag_max_ms" in row:
+            latency = f"(echo of the last frame after at most {row['echo_lag_max_ms']:.0f} ms)"
+        if "barge_ins" in row:
+            latency = (
+                f"{row['barge_ins']:.0f} stops, speech_started -> stop-audio p50 "
+                f"{row['lat_p50_ms']:.1f} / p99 {row['lat_p99_ms']:.1f} / max "
+                f"{row['lat_max_ms']:.1f} ms"
+            )
+        print(
+            f"{kind[:10]:>10} {row['calls']:>5.0f} {row['cpu_pct']:>8.1f} "
+            f"{row['cpu_pct_per_call']:>7.2f} {row['us_per_frame']:>8.0f} "
+            f"{row['gen_cpu_pct']:>8.0f} {row['model_cpu_pct']:>6.0f}  {latency}"
+        )
+    ratio = rows["realtime"]["cpu_s"] / rows["echo"]["cpu_s"]
+    print(f"a bridged call costs {ratio:.1f}x an echo call")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--calls", type=int, default=20)
+    parser.add_argument("--stagger", type=float, default=0.05, help="seconds between call starts")
+    parser.add_argument("--verbose", action="store_true")
+    parser.add_argument(
+        "--latency-runs", type=int, default=5, help="then this many barge-ins, one call at a time"
+    )
+    parser.add_argument("--server-cpu", type=int, default=0, help="-1: do not pin")
+    parser.add_argument("--client-cpu", type=int, default=1, help="-1: do not pin")
+    parser.add_argument("--model-cpu", type=int, default=1, help="-1: do not pin")
+    parser.add_argument("--serve-model", action="store_true", help=argparse.SUPPRESS)
+    parsed = parser.parse_args()
+    trio.run(serve_model if parsed.serve_model else main, *([] if parsed.serve_model else [parsed]))

@@ -1,0 +1,50 @@
+"""`realtime`: bridge each call to a realtime speech-to-speech model (OpenAI Realtime protocol).
+
+Providers: OpenAI, Azure OpenAI (GA and preview URL forms), Azure AI Voice Live; options in
+`[processors.realtime]` (see `options`, and the README section "Realtime voice models").
+`protocol` is the sans-IO wire and barge-in logic, `bridge` the per-call async part.
+Needs the `realtime` extra (soxr, numpy) for 16 kHz calls, and `vad` for `local_vad`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ...errors import ConfigError
+from .. import Call, Processor
+from .bridge import Bridge
+from .options import RealtimeOptions, parse_options
+
+__all__ = ["Bridge", "RealtimeOptions", "make", "parse_options"]
+
+
+def make(options: Mapping[str, Any]) -> Processor:
+    """The realtime processor, built from `[processors.realtime]` (bad options raise here)."""
+    parsed = parse_options(options)
+    try:
+        import numpy  # noqa: F401
+        import soxr  # type: ignore[import-untyped]  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "processors.realtime: resampling needs soxr and numpy: "
+            "pip install 'acs-media-gateway[realtime]'"
+        ) from None
+    if parsed.local_vad:
+        try:
+            import webrtcvad  # type: ignore[import-untyped]  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "processors.realtime: local_vad needs webrtcvad: "
+                "pip install 'acs-media-gateway[vad]'"
+            ) from None
+
+    async def realtime(call: Call) -> None:
+        if call.player is None:  # a transcription-only stream: nothing to bridge
+            call.log.warning("realtime: the stream carries no audio; nothing to bridge")
+            async for _ in call.packets:
+                pass
+            return
+        await Bridge(call, parsed).run()
+
+    return realtime

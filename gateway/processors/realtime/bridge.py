@@ -1,0 +1,369 @@
+"""The realtime bridge: one call <-> one realtime model session, over trio-websocket.
+
+Owns: the upstream connection's life (connect, session.update, keepalive, reconnect or give
+up), moving audio both ways, and acting on barge-in. Never: wire spellings (`protocol`),
+option parsing (`options`), or anything that outlives the call.
+
+Tasks (all in one nursery inside the processor, so all end with the call):
+- caller -> model (the processor's own task): reads `call.packets` (in unmixed mode, only the
+  first participant heard, as `echo` does); resamples to 24 kHz with
+  state (or, for a 24 kHz call, passes ACS's base64 straight through); appends to the model's
+  input buffer. Silent frames are sent too, so the model's VAD sees continuous time. While no
+  session is up, frames are dropped and counted (`upstream_audio_dropped`). When ACS hangs up
+  the `async for` ends, the nursery is cancelled and the upstream socket is closed at once.
+- upstream: connects, then reads model events. Control events are handled at once, in this
+  task, so a barge-in is never queued behind audio: on `input_audio_buffer.speech_started` the
+  player is stopped (queued audio dropped, stop-audio sent to ACS) before anything is sent
+  upstream, then `response.cancel` and `conversation.item.truncate` (to the player's count of
+  what was released of that item) or `conversation.item.delete` go to the model.
+- feeder: audio deltas reach the player through a bounded channel (`PENDING_DELTAS`; the
+  upstream reader waits only when that many deltas are queued, minutes of audio), because
+  `play()` blocks while the player's queue is full and the reader must stay free for barge-in.
+  Deltas queued before a barge-in are discarded (counted in `upstream_audio_discarded`).
+
+Failures: refused, dropped, silent (no pong within `keepalive_timeout`), or a fatal `error`
+event. Each is logged with the call's ids and counted (`upstream_errors`); then either a new
+session after a capped exponential back-off (`on_upstream_failure = "reconnect"`, at most
+`max_reconnects` failures in a row), or the call is ended normally (`"hangup"`).
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Final
+from urllib.parse import urlsplit
+
+import pybase64
+import trio
+import trio_websocket
+
+from ...audio.resample import StreamResampler
+from ...audio.vad import WebRtcVad
+from ...packets import AudioData
+from ..base import Call
+from . import protocol
+from .options import RealtimeOptions
+from .protocol import (
+    MODEL_RATE,
+    AudioDelta,
+    AudioDone,
+    Conversation,
+    MalformedEvent,
+    ResponseCreated,
+    ResponseDone,
+    SessionReady,
+    SpeechStarted,
+    UpstreamError,
+)
+
+PENDING_DELTAS: Final = 4096  # model audio deltas queued for the player (each ~20-200 ms)
+CLOSE_TIMEOUT: Final = 1.0  # seconds for the upstream closing handshake when the call ends
+MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024  # a session.updated with long instructions is large
+
+
+class Bridge:
+    """One call's bridge to the model. `await Bridge(call, options).run()`."""
+
+    def __init__(self, call: Call, options: RealtimeOptions) -> None:
+        assert call.player is not None and call.audio is not None
+        self.call = call
+        self.player = call.player
+        self.options = options
+        self.stats = call.stats
+        self.log = call.log
+        rate = call.audio.sample_rate
+        self.pass_through = rate == MODEL_RATE  # ACS's base64 goes upstream untouched
+        self.to_model = StreamResampler(rate, MODEL_RATE)
+        self.to_caller = StreamResampler(MODEL_RATE, rate)
+        self.vad = (
+            WebRtcVad(
+                rate,
+                aggressiveness=options.local_vad_aggressiveness,
+                min_speech_ms=options.local_vad_min_speech_ms,
+            )
+            if options.local_vad
+            else None
+        )
+        self.conversation = Conversation(self.player.released_ms)
+        self.ws: trio_websocket.WebSocketConnection | None = None  # None: no session now
+        self.session_update = protocol.session_update(options.session_settings, options.dialect)
+        self.closing = False  # the call is ending: a closed upstream is not a failure
+        self._first_attempt = trio.Event()  # the first session is up, or failed
+        self._pending_send, self._pending = trio.open_memory_channel[
+            tuple[int, str, str | None]
+        ](PENDING_DELTAS)
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._upstream, nursery.cancel_scope)
+            nursery.start_soon(self._feed_player)
+            await self._forward_caller()
+            # ACS hung up: close the upstream now (one round trip for the closing handshake,
+            # while its reader still runs), then end every task.
+            self.closing = True
+            ws = self.ws
+            if ws is not None:
+                with trio.move_on_after(CLOSE_TIMEOUT):
+                    await ws.aclose()
+            nursery.cancel_scope.cancel()
+
+    # -- caller -> model --
+
+    async def _forward_caller(self) -> None:
+        append = protocol.append_audio
+        b64encode = pybase64.b64encode_as_string
+        # The caller's first words wait in the inbound queue (bounded, see gateway.call) while
+        # the first session opens, rather than being dropped.
+        await self._first_attempt.wait()
+        speaker: str | None = None  # unmixed streams: the model hears one participant
+        first = True
+        async for packet in self.call.packets:
+            if type(packet) is not AudioData:
+                continue
+            if first:
+                speaker, first = packet.participant_raw_id, False
+            if packet.participant_raw_id != speaker:
+                continue
+            if self.vad is not None and self.vad.feed(packet.pcm) and self._bot_audible():
+                self.log.info("local VAD: caller speaking; barge-in before the model reacts")
+                await self._barge_in()
+            ws = self.ws
+            if ws is None:
+                self.stats.upstream_audio_dropped += 1
+                continue
+            if self.pass_through:
+                message = append(packet.data)
+            else:
+                pcm = self.to_model.process(packet.pcm)
+                if not pcm:
+                    continue  # the resampler holds it back until the next frame
+                message = append(b64encode(pcm))
+            try:
+                await ws.send_message(message)
+            except trio_websocket.ConnectionClosed:
+                self.stats.upstream_audio_dropped += 1  # the upstream task sees it too
+
+    # -- barge-in --
+
+    def _bot_audible(self) -> bool:
+        player = self.player
+        return (
+            self.conversation.responding
+            or player.playout.queued_bytes > 0
+            or player.playout.buffered_ms(trio.current_time()) > 0
+        )
+
+    async def _barge_in(self) -> None:
+        """Stop the player first (stop-audio to ACS is owed from this instant), then tell the
+        model what the caller heard."""
+        if self._bot_audible():
+            self.player.stop()
+            self.stats.barge_ins += 1
+        events = self.conversation.interrupt()
+        ws = self.ws
+        if ws is not None:
+            for event in events:
+                try:
+                    await ws.send_message(event)
+                except trio_websocket.ConnectionClosed:
+                    return
+
+    # -- model -> caller --
+
+    async def _feed_player(self) -> None:
+        player = self.player
+        generation = 0
+        async for gen, item_id, audio in self._pending:
+            if gen != self.conversation.generation:
+                if audio is not None:
+                    self.stats.upstream_audio_discarded += protocol.audio_bytes(audio)
+                continue
+            if gen != generation:  # first audio after a barge-in: the resampler's tail is stale
+                self.to_caller.reset()
+                generation = gen
+            if audio is None:  # the item's audio is complete
+                tail = self.to_caller.flush()
+                if tail:
+                    await player.play(tail, utterance=item_id)
+                player.flush()
+                continue
+            pcm = self.to_caller.process(pybase64.b64decode(audio))
+            if pcm:
+                await player.play(pcm, utterance=item_id)
+
+    def _audio_entry(self, event: AudioDelta | AudioDone) -> tuple[int, str, str | None] | None:
+        """Bookkeeping for the model's audio; what to queue for the feeder (None: drop it)."""
+        conversation = self.conversation
+        if type(event) is AudioDone:
+            conversation.audio_done(event.item_id)
+            return conversation.generation, event.item_id, None
+        assert type(event) is AudioDelta
+        if conversation.audio(event, protocol.audio_bytes(event.audio)):
+            return conversation.generation, event.item_id, event.audio
+        self.stats.upstream_audio_discarded += protocol.audio_bytes(event.audio)
+        return None
+
+    async def _read_events(self, ws: trio_websocket.WebSocketConnection) -> str:
+        """Read the model until the session fails; returns why."""
+        conversation_ready = False
+        while True:
+            try:
+                message = await ws.get_message()
+            except trio_websocket.ConnectionClosed as closed:
+                code = closed.reason.code if closed.reason else None
+                return f"upstream closed the session ({code})"
+            try:
+                event = protocol.parse(message)
+            except MalformedEvent as exc:
+                self.stats.upstream_errors += 1
+                self.log.warning("upstream sent a malformed event: %s", exc)
+                continue
+            match event:
+                case AudioDelta() | AudioDone():
+                    entry = self._audio_entry(event)
+                    if entry is not None:
+                        try:
+                            self._pending_send.send_nowait(entry)
+                        except trio.WouldBlock:  # back-pressure past PENDING_DELTAS only
+                            await self._pending_send.send(entry)
+                case SpeechStarted():
+                    await self._barge_in()
+                case ResponseCreated(response_id=response_id):
+                    self.conversation.response_created(response_id)
+                case ResponseDone(response_id=response_id):
+                    self.conversation.response_done(response_id)
+                case SessionReady(updated=True):
+                    conversation_ready = True
+                case UpstreamError():
+                    if event.fatal or not conversation_ready:
+                        return f"upstream error {event.type}/{event.code}: {event.message}"
+                    self.stats.upstream_errors += 1
+                    self.log.warning(
+                        "upstream error event %s/%s: %s", event.type, event.code, event.message
+                    )
+
+    # -- the upstream connection --
+
+    def _new_conversation(self) -> None:
+        """A fresh session has no record of the old one's items; audio already received from
+        the old one still plays (its generation is kept) unless the caller barges in."""
+        self.conversation = Conversation(self.player.released_ms, self.conversation.generation)
+
+    async def _upstream(self, call_scope: trio.CancelScope) -> None:
+        options = self.options
+        failures = 0
+        while True:
+            started = trio.current_time()
+            reason = await self._session()
+            self._first_attempt.set()
+            if self.closing:
+                return
+            self.stats.upstream_errors += 1
+            self._new_conversation()
+            if trio.current_time() - started > options.keepalive_interval:
+                failures = 0  # it worked for a while: this is a new streak
+            failures += 1
+            if options.on_upstream_failure == "hangup" or failures > options.max_reconnects:
+                self.log.error("realtime model session failed (%s); ending the call", reason)
+                call_scope.cancel()
+                return
+            delay = min(options.backoff_max_ms, options.backoff_initial_ms * 2 ** (failures - 1))
+            self.log.warning(
+                "realtime model session failed (%s); new session in %d ms (attempt %d of %d)",
+                reason, delay, failures, options.max_reconnects,
+            )
+            self.stats.upstream_reconnects += 1
+            await trio.sleep_until(trio.current_time() + delay / 1000)
+
+    async def _session(self) -> str:
+        """Run one upstream session until it fails; returns why. The socket is closed when
+        this returns or is cancelled."""
+        options = self.options
+        url = urlsplit(options.url)
+        secure = url.scheme == "wss"
+        port = url.port or (443 if secure else 80)
+        resource = url.path + (f"?{url.query}" if url.query else "")
+        stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
+        try:
+            with trio.fail_after(options.connect_timeout):
+                if secure:
+                    stream = await trio.open_ssl_over_tcp_stream(
+                        url.hostname or "", port, ssl_context=ssl.create_default_context()
+                    )
+                else:
+                    stream = await trio.open_tcp_stream(url.hostname or "", port)
+        except (OSError, trio.TooSlowError) as exc:
+            return f"cannot connect to {url.hostname}:{port}: {exc or 'timed out'}"
+        try:
+            reason = "cancelled"
+            try:
+                async with trio.open_nursery() as nursery:  # trio-websocket's reader task
+                    reason = await self._speak(nursery, stream, url.hostname or "", resource)
+                    nursery.cancel_scope.cancel()
+            except BaseExceptionGroup as group:  # the reader task raises a refused handshake
+                refused, rest = group.split(trio_websocket.HandshakeError)
+                if refused is None or rest is not None:
+                    raise
+                leaf: BaseException = refused
+                while isinstance(leaf, BaseExceptionGroup):
+                    leaf = leaf.exceptions[0]
+                status = getattr(leaf, "status_code", None)
+                reason = f"upstream refused the session (HTTP {status})" if status else \
+                    f"upstream handshake failed ({leaf!r})"
+            return reason
+        finally:
+            self.ws = None
+            await trio.aclose_forcefully(stream)
+
+    async def _speak(
+        self,
+        nursery: trio.Nursery,
+        stream: trio.SocketStream | trio.SSLStream[trio.SocketStream],
+        host: str,
+        resource: str,
+    ) -> str:
+        options = self.options
+        try:
+            with trio.fail_after(options.connect_timeout):
+                ws = await trio_websocket.wrap_client_stream(
+                    nursery, stream, host, resource,
+                    extra_headers=[(k.encode(), v.encode()) for k, v in options.headers()],
+                    max_message_size=MAX_MESSAGE_BYTES,
+                )
+        except trio.TooSlowError:
+            return "upstream handshake timed out"
+        try:
+            await ws.send_message(self.session_update)
+            self._new_conversation()
+            self.ws = ws
+            self._first_attempt.set()
+            self.log.info("realtime model session open: %s", options.url)
+            failure: list[str] = []
+            async with trio.open_nursery() as inner:
+                inner.start_soon(self._keepalive, ws, inner.cancel_scope, failure)
+                failure.append(await self._read_events(ws))
+                inner.cancel_scope.cancel()
+            return failure[0]
+        except trio_websocket.ConnectionClosed:
+            return "upstream closed the session during set-up"
+        finally:
+            self.ws = None  # _session closes the socket
+
+    async def _keepalive(
+        self, ws: trio_websocket.WebSocketConnection, scope: trio.CancelScope, failure: list[str]
+    ) -> None:
+        """A session that answers no ping within `keepalive_timeout` has gone silent."""
+        options = self.options
+        deadline = trio.current_time()
+        while True:
+            deadline += options.keepalive_interval
+            await trio.sleep_until(deadline)
+            with trio.move_on_after(options.keepalive_timeout) as waiting:
+                try:
+                    await ws.ping()
+                except trio_websocket.ConnectionClosed:
+                    return  # the reader reports it
+            if waiting.cancelled_caught:
+                failure.append(f"upstream went silent (no pong in {options.keepalive_timeout} s)")
+                scope.cancel()
+                return

@@ -1,0 +1,185 @@
+"""The realtime processor's options (`[processors.realtime]`) and where they lead: URL, headers.
+
+Owns: validating the options once, at start-up, with messages that name the option; the
+endpoint forms of each provider; reading the API key from its environment variable. Never:
+the key in a message, a log line or a repr (it lives only in the request headers).
+
+Providers and the URL each one gets (`endpoint` is the resource's base URL; https -> wss):
+- `openai`:        wss://api.openai.com/v1/realtime?model=MODEL      (Authorization: Bearer)
+- `azure`:         ENDPOINT/openai/v1/realtime?model=DEPLOYMENT      (api-key; GA)
+- `azure-preview`: ENDPOINT/openai/realtime?api-version=V&deployment=DEPLOYMENT  (api-key; beta)
+- `voice-live`:    ENDPOINT/voice-live/realtime?api-version=V&model=MODEL        (api-key)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, Final
+from urllib.parse import quote, urlsplit
+
+import attrs
+
+from .protocol import BETA, DIALECTS, GA, SessionSettings
+
+
+@attrs.frozen
+class _Provider:
+    path: str  # with {model} and {version}
+    key_env: str
+    auth: str  # "bearer" or "api-key"
+    dialect: str
+    api_version: str | None = None
+    endpoint: str | None = None
+
+
+PROVIDERS: Final = {
+    "openai": _Provider("/v1/realtime?model={model}", "OPENAI_API_KEY", "bearer", GA,
+                        endpoint="wss://api.openai.com"),
+    "azure": _Provider("/openai/v1/realtime?model={model}", "AZURE_OPENAI_API_KEY", "api-key", GA),
+    "azure-preview": _Provider(
+        "/openai/realtime?api-version={version}&deployment={model}",
+        "AZURE_OPENAI_API_KEY", "api-key", BETA, api_version="2025-04-01-preview",
+    ),
+    "voice-live": _Provider(
+        "/voice-live/realtime?api-version={version}&model={model}",
+        "AZURE_VOICELIVE_API_KEY", "api-key", BETA, api_version="2025-10-01",
+    ),
+}
+FAILURE_POLICIES: Final = ("reconnect", "hangup")
+
+
+def _table(value: Any, name: str) -> dict[str, Any] | None:
+    if value is None or value is False:
+        return None
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{name} must be a table, got {value!r}")
+    return dict(value)
+
+
+@attrs.frozen(kw_only=True)
+class RealtimeOptions:
+    provider: str = "openai"
+    endpoint: str | None = None
+    model: str = "gpt-realtime"  # the model, or the Azure deployment name
+    api_version: str | None = None
+    api_key_env: str | None = None
+    protocol: str | None = None  # "ga" or "beta"; default: the provider's
+    instructions: str | None = None
+    voice: str | dict[str, Any] | None = None
+    turn_detection: dict[str, Any] | None = attrs.field(factory=lambda: {"type": "server_vad"})
+    transcription: dict[str, Any] | None = None
+    session: dict[str, Any] = attrs.field(factory=dict)
+    on_upstream_failure: str = "reconnect"
+    max_reconnects: int = 5
+    backoff_initial_ms: int = 250
+    backoff_max_ms: int = 8000
+    connect_timeout: float = 10.0
+    keepalive_interval: float = 10.0
+    keepalive_timeout: float = 10.0
+    local_vad: bool = False
+    local_vad_aggressiveness: int = 3
+    local_vad_min_speech_ms: int = 60
+
+    @property
+    def dialect(self) -> str:
+        return self.protocol or PROVIDERS[self.provider].dialect
+
+    @property
+    def key_env(self) -> str:
+        return self.api_key_env or PROVIDERS[self.provider].key_env
+
+    @property
+    def url(self) -> str:
+        provider = PROVIDERS[self.provider]
+        base = (self.endpoint or provider.endpoint or "").rstrip("/")
+        scheme, _, rest = base.partition("://")
+        scheme = {"https": "wss", "http": "ws"}.get(scheme, scheme)
+        path = provider.path.format(
+            model=quote(self.model, safe=""),
+            version=quote(self.api_version or provider.api_version or "", safe=""),
+        )
+        return f"{scheme}://{rest}{path}"
+
+    def headers(self, environ: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+        """The handshake headers, with the key read from its environment variable now."""
+        key = (os.environ if environ is None else environ).get(self.key_env, "")
+        if PROVIDERS[self.provider].auth == "bearer":
+            headers = [("Authorization", f"Bearer {key}")]
+        else:
+            headers = [("api-key", key)]
+        if self.dialect == BETA and self.provider == "openai":
+            headers.append(("OpenAI-Beta", "realtime=v1"))
+        return headers
+
+    @property
+    def session_settings(self) -> SessionSettings:
+        return SessionSettings(
+            instructions=self.instructions,
+            voice=self.voice,
+            turn_detection=self.turn_detection,
+            transcription=self.transcription,
+            extra=self.session,
+        )
+
+
+_TYPES: Final[dict[str, Any]] = {
+    "provider": str, "endpoint": str, "model": str, "api_version": str, "api_key_env": str,
+    "protocol": str, "instructions": str, "voice": (str, dict), "session": dict,
+    "on_upstream_failure": str, "max_reconnects": int, "backoff_initial_ms": int,
+    "backoff_max_ms": int, "connect_timeout": (int, float), "keepalive_interval": (int, float),
+    "keepalive_timeout": (int, float), "local_vad": bool, "local_vad_aggressiveness": int,
+    "local_vad_min_speech_ms": int,
+}
+_TABLES: Final = ("turn_detection", "transcription")
+KNOWN: Final = tuple(a.name for a in attrs.fields(RealtimeOptions))
+
+
+def parse_options(
+    options: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> RealtimeOptions:
+    """Validate `[processors.realtime]`; raises ValueError naming the bad option."""
+    unknown = sorted(set(options) - set(KNOWN))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown}; realtime takes {', '.join(KNOWN)}")
+    values: dict[str, Any] = {}
+    for name, value in options.items():
+        if name in _TABLES:
+            values[name] = _table(value, name)
+            continue
+        expected = _TYPES[name]
+        if isinstance(value, bool) and expected is not bool or not isinstance(value, expected):
+            raise ValueError(f"{name}: wrong type {type(value).__name__} ({value!r})")
+        values[name] = dict(value) if isinstance(value, Mapping) else value
+    opts = RealtimeOptions(**values)
+    if opts.provider not in PROVIDERS:
+        raise ValueError(f"provider must be one of {', '.join(PROVIDERS)}; got {opts.provider!r}")
+    if opts.protocol is not None and opts.protocol not in DIALECTS:
+        raise ValueError(f"protocol must be one of {', '.join(DIALECTS)}; got {opts.protocol!r}")
+    if opts.on_upstream_failure not in FAILURE_POLICIES:
+        raise ValueError(
+            f"on_upstream_failure must be one of {', '.join(FAILURE_POLICIES)}; "
+            f"got {opts.on_upstream_failure!r}"
+        )
+    if opts.endpoint is None and PROVIDERS[opts.provider].endpoint is None:
+        raise ValueError(f"provider {opts.provider!r} needs 'endpoint' (your resource's URL)")
+    if urlsplit(opts.url).scheme not in ("ws", "wss"):
+        raise ValueError(
+            f"endpoint must be an https://, wss://, http:// or ws:// URL, got {opts.endpoint!r}"
+        )
+    for name in ("max_reconnects",):
+        if getattr(opts, name) < 0:
+            raise ValueError(f"{name} must be 0 or more")
+    for name in ("backoff_initial_ms", "backoff_max_ms", "connect_timeout", "keepalive_interval",
+                 "keepalive_timeout", "local_vad_min_speech_ms"):
+        if getattr(opts, name) <= 0:
+            raise ValueError(f"{name} must be greater than 0")
+    if not 0 <= opts.local_vad_aggressiveness <= 3:
+        raise ValueError("local_vad_aggressiveness must be 0-3")
+    env = os.environ if environ is None else environ
+    if not env.get(opts.key_env):
+        raise ValueError(
+            f"the API key is read from the environment variable {opts.key_env}, which is not set "
+            "(set it, or name another one with api_key_env)"
+        )
+    return opts

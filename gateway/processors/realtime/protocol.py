@@ -1,0 +1,325 @@
+"""The OpenAI Realtime protocol, sans-IO: client events out, server events in, barge-in rules.
+
+Owns: every wire spelling of the Realtime API as OpenAI, Azure OpenAI and Azure AI Voice Live
+speak it, in both generations: the GA names (`response.output_audio.delta`, session
+`{"type": "realtime", "audio": {...}}`) and the earlier beta/preview names (`response.audio.delta`,
+`input_audio_format`, ...). Incoming events are parsed into frozen values whatever their
+generation; outgoing ones are written in the configured `dialect`. And `Conversation`: which
+response is in flight, which assistant items have audio, and what to send the model when the
+caller barges in. Never: sockets, tasks, clocks, logging.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+import attrs
+import orjson
+
+GA: Final = "ga"
+BETA: Final = "beta"
+DIALECTS: Final = (GA, BETA)
+MODEL_RATE: Final = 24000  # the Realtime API's PCM16 is 24 kHz mono
+_ITEMS_KEPT: Final = 16  # assistant items remembered for truncation (older ones were heard)
+
+# -- server events -----------------------------------------------------------------------------
+
+
+@attrs.frozen(slots=True)
+class SessionReady:
+    """session.created or session.updated."""
+
+    updated: bool
+
+
+@attrs.frozen(slots=True)
+class ResponseCreated:
+    response_id: str | None
+
+
+@attrs.frozen(slots=True)
+class ResponseDone:
+    response_id: str | None
+    status: str | None  # completed, cancelled, failed, incomplete
+
+
+@attrs.frozen(slots=True)
+class AudioDelta:
+    """A piece of an assistant item's audio: base64 PCM16 at 24 kHz."""
+
+    response_id: str | None
+    item_id: str
+    content_index: int
+    audio: str
+
+
+@attrs.frozen(slots=True)
+class AudioDone:
+    response_id: str | None
+    item_id: str
+
+
+@attrs.frozen(slots=True)
+class SpeechStarted:
+    """The model's VAD heard the caller start speaking."""
+
+    audio_start_ms: int | None
+    item_id: str | None
+
+
+@attrs.frozen(slots=True)
+class UpstreamError:
+    """An `error` event. Most are recoverable; `fatal` says this one ends the session."""
+
+    type: str | None
+    code: str | None
+    message: str | None
+
+    @property
+    def fatal(self) -> bool:
+        return self.type in _FATAL_ERROR_TYPES or self.code in _FATAL_ERROR_CODES
+
+
+@attrs.frozen(slots=True)
+class OtherEvent:
+    """Anything else (transcripts, item bookkeeping, rate limits): the bridge ignores it."""
+
+    type: str
+
+
+ServerEvent = (
+    SessionReady
+    | ResponseCreated
+    | ResponseDone
+    | AudioDelta
+    | AudioDone
+    | SpeechStarted
+    | UpstreamError
+    | OtherEvent
+)
+
+_FATAL_ERROR_TYPES: Final = frozenset({"server_error", "authentication_error"})
+_FATAL_ERROR_CODES: Final = frozenset({"session_expired", "invalid_api_key", "session_closed"})
+_AUDIO_DELTA: Final = frozenset({"response.output_audio.delta", "response.audio.delta"})
+_AUDIO_DONE: Final = frozenset({"response.output_audio.done", "response.audio.done"})
+
+
+class MalformedEvent(ValueError):
+    """The upstream sent something that is not a Realtime event (counted, then skipped)."""
+
+
+def _str(obj: Mapping[str, Any], key: str) -> str | None:
+    value = obj.get(key)
+    return value if isinstance(value, str) else None
+
+
+def parse(message: str | bytes) -> ServerEvent:
+    """Parse one server event (GA or beta spelling)."""
+    try:
+        event = orjson.loads(message)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedEvent(f"not JSON: {exc}") from None
+    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+        raise MalformedEvent("not an event object with a 'type'")
+    kind: str = event["type"]
+    if kind in _AUDIO_DELTA:
+        item_id, audio = event.get("item_id"), event.get("delta")
+        if not isinstance(item_id, str) or not isinstance(audio, str):
+            raise MalformedEvent(f"{kind} without item_id or delta")
+        index = event.get("content_index")
+        return AudioDelta(
+            _str(event, "response_id"), item_id, index if isinstance(index, int) else 0, audio
+        )
+    if kind == "input_audio_buffer.speech_started":
+        start = event.get("audio_start_ms")
+        return SpeechStarted(start if isinstance(start, int) else None, _str(event, "item_id"))
+    if kind in _AUDIO_DONE:
+        return AudioDone(_str(event, "response_id"), _str(event, "item_id") or "")
+    if kind == "response.created" or kind == "response.done":
+        response = event.get("response")
+        response = response if isinstance(response, dict) else {}
+        if kind == "response.created":
+            return ResponseCreated(_str(response, "id"))
+        return ResponseDone(_str(response, "id"), _str(response, "status"))
+    if kind == "session.created" or kind == "session.updated":
+        return SessionReady(kind == "session.updated")
+    if kind == "error":
+        error = event.get("error")
+        error = error if isinstance(error, dict) else {}
+        return UpstreamError(_str(error, "type"), _str(error, "code"), _str(error, "message"))
+    return OtherEvent(kind)
+
+
+# -- client events -----------------------------------------------------------------------------
+
+_APPEND_HEAD: Final = '{"type":"input_audio_buffer.append","audio":"'
+_APPEND_TAIL: Final = '"}'
+
+
+def append_audio(b64: str) -> str:
+    """input_audio_buffer.append with base64 PCM16 at 24 kHz (no JSON escaping is needed)."""
+    return _APPEND_HEAD + b64 + _APPEND_TAIL
+
+
+def cancel_response(response_id: str | None) -> str:
+    event: dict[str, Any] = {"type": "response.cancel"}
+    if response_id is not None:
+        event["response_id"] = response_id
+    return orjson.dumps(event).decode()
+
+
+def truncate_item(item_id: str, content_index: int, audio_end_ms: int) -> str:
+    return orjson.dumps(
+        {
+            "type": "conversation.item.truncate",
+            "item_id": item_id,
+            "content_index": content_index,
+            "audio_end_ms": audio_end_ms,
+        }
+    ).decode()
+
+
+def delete_item(item_id: str) -> str:
+    return orjson.dumps({"type": "conversation.item.delete", "item_id": item_id}).decode()
+
+
+@attrs.frozen(kw_only=True)
+class SessionSettings:
+    """What the model is told at the start of every session (from the configuration)."""
+
+    instructions: str | None = None
+    voice: str | dict[str, Any] | None = None
+    turn_detection: dict[str, Any] | None = attrs.field(factory=lambda: {"type": "server_vad"})
+    transcription: dict[str, Any] | None = None
+    extra: dict[str, Any] = attrs.field(factory=dict)  # merged last, as given
+
+
+def session_update(settings: SessionSettings, dialect: str) -> str:
+    """The session.update that configures audio in and out as 24 kHz PCM16, in `dialect`."""
+    session: dict[str, Any]
+    if dialect == GA:
+        pcm = {"type": "audio/pcm", "rate": MODEL_RATE}
+        audio_in: dict[str, Any] = {"format": pcm, "turn_detection": settings.turn_detection}
+        if settings.transcription is not None:
+            audio_in["transcription"] = settings.transcription
+        audio_out: dict[str, Any] = {"format": pcm}
+        if settings.voice is not None:
+            audio_out["voice"] = settings.voice
+        session = {
+            "type": "realtime",
+            "output_modalities": ["audio"],
+            "audio": {"input": audio_in, "output": audio_out},
+        }
+    else:
+        session = {
+            "modalities": ["audio", "text"],
+            "input_audio_format": "pcm16",
+            "output_audio_format": "pcm16",
+            "turn_detection": settings.turn_detection,
+        }
+        if settings.voice is not None:
+            session["voice"] = settings.voice
+        if settings.transcription is not None:
+            session["input_audio_transcription"] = settings.transcription
+    if settings.instructions is not None:
+        session["instructions"] = settings.instructions
+    _merge(session, settings.extra)
+    return orjson.dumps({"type": "session.update", "session": session}).decode()
+
+
+def _merge(into: dict[str, Any], extra: Mapping[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def audio_bytes(b64: str) -> int:
+    """Decoded length of padded base64, without decoding it."""
+    return len(b64) * 3 // 4 - (2 if b64.endswith("==") else 1 if b64.endswith("=") else 0)
+
+
+# -- barge-in ----------------------------------------------------------------------------------
+
+
+@attrs.define(slots=True)
+class _Item:
+    content_index: int
+    received_ms: float = 0.0  # model audio received for it
+    done: bool = False  # the model sent all of its audio
+
+
+class Conversation:
+    """One session's responses and assistant audio items, for barge-in.
+
+    `heard_ms(item_id)` is the player's count of that item's audio released to the caller (the
+    bridge passes `Player.released_ms`). `generation` goes up at each barge-in: audio queued
+    before it is stale.
+    """
+
+    def __init__(self, heard_ms: Callable[[str], float], generation: int = 0) -> None:
+        self._heard_ms = heard_ms
+        self.response_id: str | None = None  # created and not yet done
+        self._cancelled: str | None = None  # the response we already cancelled
+        self._interrupted: dict[str, None] = {}  # responses whose later audio is stale (ordered)
+        self._items: dict[str, _Item] = {}
+        self.generation = generation  # carried over from the previous session's
+
+    @property
+    def responding(self) -> bool:
+        return self.response_id is not None
+
+    def response_created(self, response_id: str | None) -> None:
+        self.response_id = response_id
+        for item_id in [i for i, item in self._items.items() if self._fully_heard(i, item)]:
+            del self._items[item_id]
+
+    def response_done(self, response_id: str | None) -> None:
+        if response_id == self.response_id or response_id is None:
+            self.response_id = None
+
+    def audio(self, delta: AudioDelta, n_bytes: int) -> bool:
+        """Count a delta; False if it belongs to an interrupted response (drop it)."""
+        if delta.response_id in self._interrupted:
+            return False
+        item = self._items.get(delta.item_id)
+        if item is None:
+            item = self._items[delta.item_id] = _Item(delta.content_index)
+            if len(self._items) > _ITEMS_KEPT:
+                del self._items[next(iter(self._items))]
+        item.received_ms += n_bytes * 1000 / (MODEL_RATE * 2)
+        return True
+
+    def audio_done(self, item_id: str) -> None:
+        item = self._items.get(item_id)
+        if item is not None:
+            item.done = True
+
+    def _fully_heard(self, item_id: str, item: _Item) -> bool:
+        # 1 ms of slack: resampling may round the item's length by a sample
+        return item.done and self._heard_ms(item_id) + 1 >= item.received_ms
+
+    def interrupt(self) -> list[str]:
+        """The caller barged in: the client events that make the model's record match what
+        the caller heard (cancel the response in flight; truncate each item to what was
+        released, or delete it if none was)."""
+        self.generation += 1
+        events = []
+        if self.response_id is not None and self._cancelled != self.response_id:
+            self._cancelled = self.response_id
+            self._interrupted[self.response_id] = None
+            if len(self._interrupted) > _ITEMS_KEPT:
+                del self._interrupted[next(iter(self._interrupted))]
+            events.append(cancel_response(self.response_id))
+        for item_id, item in self._items.items():
+            if self._fully_heard(item_id, item):
+                continue
+            heard = int(self._heard_ms(item_id))  # never claim more than was released
+            if heard <= 0:
+                events.append(delete_item(item_id))
+            else:
+                events.append(truncate_item(item_id, item.content_index, heard))
+        self._items.clear()
+        return events

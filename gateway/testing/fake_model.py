@@ -1,0 +1,384 @@
+"""A fake realtime model server speaking the OpenAI Realtime protocol, for tests and benchmarks.
+
+Owns: the model side of a Realtime WebSocket session on 127.0.0.1, port 0. It answers like the
+real service: `session.created` on connect, `session.updated` for `session.update`; server VAD by
+energy over the appended audio (`input_audio_buffer.speech_started` / `speech_stopped` /
+`committed`); a scripted reply per user turn, streamed in `delta_ms` deltas `speed` times faster
+than real time (`response.created`, `response.output_item.added`, audio deltas,
+`response.output_audio.done`, `response.done`); `response.cancel`, `conversation.item.truncate`
+(rejected past the audio sent, as the service does) and `conversation.item.delete`. It speaks
+the GA names, or the beta ones (`response.audio.delta`, ...) when the client's `session.update`
+is in the beta shape. On demand it refuses handshakes, drops connections, sends error events,
+or goes silent (stops reading, so pings go unanswered). Everything it receives is recorded
+(`events`) with the time, so tests can assert on it (truncate offsets included).
+
+Never: real network beyond loopback, sleeps that drift (deltas are paced on absolute deadlines),
+or anything that outlives `open_fake_model`.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from array import array
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import orjson
+import pybase64
+import trio
+import trio_websocket
+
+RATE = 24000
+BYTES_PER_MS = RATE * 2 // 1000
+VAD_WINDOW_MS = 20
+
+
+@attrs.define
+class Recorded:
+    time: float
+    connection: int
+    event: dict[str, Any]
+
+    @property
+    def type(self) -> str:
+        return str(self.event.get("type"))
+
+
+class _Stallable(trio.abc.Stream):
+    """A socket stream that stops reading while `stalled` (the model went silent)."""
+
+    def __init__(self, inner: trio.abc.Stream, model: FakeModel) -> None:
+        self.inner = inner
+        self.model = model
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        while self.model.silent:
+            await self.model._unstalled.park()
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class FakeModel:
+    """The server; create it with `open_fake_model(...)`. Attributes tests read:
+
+    - `url`: ws://127.0.0.1:PORT (give it as the realtime processor's `endpoint`)
+    - `events`: every client event received, `Recorded(time, connection, event)`
+    - `sent`: every server event sent except audio deltas (`Recorded` too)
+    - `requests`: (resource, headers) of each handshake; `connections` opened, `live` now open
+    - `audio_sent_ms`: per item id, ms of audio streamed
+    """
+
+    def __init__(
+        self,
+        responses: Sequence[bytes],
+        *,
+        api_key: str | None,
+        speed: float,
+        delta_ms: int,
+        vad_threshold: float,
+        speech_start_ms: int,
+        silence_ms: int,
+        auto_cancel: bool,
+    ) -> None:
+        self.responses = list(responses)
+        self.api_key = api_key
+        self.speed = speed
+        self.delta_ms = delta_ms
+        self.vad_threshold = vad_threshold
+        self.speech_start_ms = speech_start_ms
+        self.silence_ms = silence_ms
+        self.auto_cancel = auto_cancel
+        self.url = ""
+        self.events: list[Recorded] = []
+        self.sent: list[Recorded] = []
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        self.audio_sent_ms: dict[str, float] = {}
+        self.connections = 0
+        self.live = 0
+        self.refuse_status: int | None = None
+        self.silent = False
+        self._unstalled = trio.lowlevel.ParkingLot()
+        self._changed = trio.lowlevel.ParkingLot()
+        self._sessions: list[_Session] = []
+        self._ids = itertools.count(1)
+
+    # -- what tests use --
+
+    def received(self, kind: str) -> list[dict[str, Any]]:
+        return [r.event for r in self.events if r.type == kind]
+
+    def sent_of(self, kind: str) -> list[Recorded]:
+        return [r for r in self.sent if r.type == kind]
+
+    async def wait_for(self, predicate: Callable[[FakeModel], bool]) -> None:
+        while not predicate(self):
+            await self._changed.park()
+
+    def refuse(self, status: int | None = 503) -> None:
+        """Refuse every later handshake with HTTP `status` (None: accept again)."""
+        self.refuse_status = status
+
+    async def drop(self) -> None:
+        """Drop every open connection abruptly (TCP closed, no closing handshake)."""
+        for session in list(self._sessions):
+            await trio.aclose_forcefully(session.stream)
+
+    async def send_error(self, code: str, type: str = "server_error", message: str = "") -> None:
+        for session in list(self._sessions):
+            await session.send(
+                {"type": "error", "error": {"type": type, "code": code, "message": message}}
+            )
+
+    def go_silent(self, silent: bool = True) -> None:
+        """Stop (or resume) reading and answering: pings go unanswered."""
+        self.silent = silent
+        if not silent:
+            self._unstalled.unpark_all()
+
+    def _notify(self) -> None:
+        self._changed.unpark_all()
+
+    def _new_id(self, prefix: str) -> str:
+        return f"{prefix}_{next(self._ids):04d}"
+
+    # -- the server --
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        stallable = _Stallable(stream, self)
+        try:
+            async with trio.open_nursery() as nursery:
+                request = await trio_websocket.wrap_server_stream(nursery, stallable)
+                headers = {k.decode().lower(): v.decode() for k, v in request.headers}
+                self.requests.append((request.path, headers))
+                if self.refuse_status is not None:
+                    await request.reject(self.refuse_status)
+                    return
+                if self.api_key is not None and self.api_key not in (
+                    headers.get("api-key"),
+                    headers.get("authorization", "").removeprefix("Bearer "),
+                ):
+                    await request.reject(401, body=b"invalid api key")
+                    return
+                ws = await request.accept()
+                self.connections += 1
+                self.live += 1
+                session = _Session(self, self.connections, ws, stallable)
+                self._sessions.append(session)
+                self._notify()
+                try:
+                    await session.run()
+                finally:
+                    self._sessions.remove(session)
+                    self.live -= 1
+                    self._notify()
+                    nursery.cancel_scope.cancel()
+        finally:
+            await trio.aclose_forcefully(stream)
+
+
+class _Session:
+    """One client connection: its dialect, VAD state, and the response being streamed."""
+
+    def __init__(
+        self, model: FakeModel, number: int, ws: trio_websocket.WebSocketConnection,
+        stream: trio.abc.Stream,
+    ) -> None:
+        self.model = model
+        self.number = number
+        self.ws = ws
+        self.stream = stream
+        self.ga = True
+        self.turn = 0  # user turns answered: the next reply is responses[turn]
+        self.heard_ms = 0.0  # input audio received
+        self.voiced_ms = 0.0
+        self.unvoiced_ms = 0.0
+        self.speaking = False
+        self.window = bytearray()
+        self.responding: trio.CancelScope | None = None
+        self.response_id: str | None = None
+        self.nursery: trio.Nursery | None = None
+
+    async def send(self, event: dict[str, Any]) -> None:
+        event.setdefault("event_id", self.model._new_id("event"))
+        kind = event["type"]
+        if not kind.endswith(".delta"):
+            self.model.sent.append(Recorded(trio.current_time(), self.number, event))
+            self.model._notify()
+        try:
+            await self.ws.send_message(orjson.dumps(event).decode())
+        except trio_websocket.ConnectionClosed:
+            pass
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            session_id = self.model._new_id("sess")
+            await self.send({"type": "session.created", "session": {"id": session_id}})
+            try:
+                while True:
+                    message = await self.ws.get_message()
+                    event = orjson.loads(message)
+                    self.model.events.append(Recorded(trio.current_time(), self.number, event))
+                    self.model._notify()
+                    await self.on_event(event)
+            except trio_websocket.ConnectionClosed:
+                pass
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def on_event(self, event: dict[str, Any]) -> None:
+        match event.get("type"):
+            case "session.update":
+                session = event.get("session", {})
+                self.ga = "type" in session
+                await self.send({"type": "session.updated", "session": session})
+            case "input_audio_buffer.append":
+                await self.on_audio(pybase64.b64decode(event["audio"], validate=True))
+            case "response.cancel":
+                if self.responding is None:
+                    await self.error("response_cancel_not_active", "no active response")
+                else:
+                    self.responding.cancel()
+            case "conversation.item.truncate":
+                item_id = str(event.get("item_id"))
+                sent = self.model.audio_sent_ms.get(item_id)
+                end = event.get("audio_end_ms")
+                if sent is None:
+                    await self.error("item_not_found", f"no item {item_id}")
+                elif not isinstance(end, int) or end > sent + 1:
+                    await self.error("invalid_value", f"audio_end_ms {end} is past {sent} ms")
+                else:
+                    await self.send({"type": "conversation.item.truncated", "item_id": item_id,
+                                     "content_index": event.get("content_index", 0),
+                                     "audio_end_ms": end})
+            case "conversation.item.delete":
+                await self.send({"type": "conversation.item.deleted",
+                                 "item_id": event.get("item_id")})
+
+    async def error(self, code: str, message: str) -> None:
+        await self.send({"type": "error",
+                         "error": {"type": "invalid_request_error", "code": code,
+                                   "message": message}})
+
+    async def on_audio(self, pcm: bytes) -> None:
+        """Server VAD by energy, in 20 ms windows of the appended audio."""
+        self.window += pcm
+        window_bytes = VAD_WINDOW_MS * BYTES_PER_MS
+        while len(self.window) >= window_bytes:
+            samples = array("h", bytes(self.window[:window_bytes]))[::4]  # energy: 6 kHz is plenty
+            del self.window[:window_bytes]
+            rms = math.sqrt(sum(s * s for s in samples) / len(samples))
+            self.heard_ms += VAD_WINDOW_MS
+            if rms >= self.model.vad_threshold:
+                self.voiced_ms += VAD_WINDOW_MS
+                self.unvoiced_ms = 0
+                if not self.speaking and self.voiced_ms >= self.model.speech_start_ms:
+                    self.speaking = True
+                    await self.speech_started()
+            else:
+                self.unvoiced_ms += VAD_WINDOW_MS
+                self.voiced_ms = 0
+                if self.speaking and self.unvoiced_ms >= self.model.silence_ms:
+                    self.speaking = False
+                    await self.speech_stopped()
+
+    async def speech_started(self) -> None:
+        item_id = self.model._new_id("item")
+        await self.send({"type": "input_audio_buffer.speech_started",
+                         "audio_start_ms": int(self.heard_ms - self.voiced_ms),
+                         "item_id": item_id})
+        if self.model.auto_cancel and self.responding is not None:
+            self.responding.cancel()
+
+    async def speech_stopped(self) -> None:
+        item_id = self.model._new_id("item")
+        await self.send({"type": "input_audio_buffer.speech_stopped",
+                         "audio_end_ms": int(self.heard_ms - self.unvoiced_ms),
+                         "item_id": item_id})
+        await self.send({"type": "input_audio_buffer.committed", "item_id": item_id})
+        if self.turn < len(self.model.responses) and self.responding is None:
+            reply = self.model.responses[self.turn]
+            self.turn += 1
+            assert self.nursery is not None
+            self.responding = trio.CancelScope()
+            self.nursery.start_soon(self.respond, reply, self.responding)
+
+    async def respond(self, reply: bytes, scope: trio.CancelScope) -> None:
+        model = self.model
+        response_id = model._new_id("resp")
+        item_id = model._new_id("item")
+        audio_delta = "response.output_audio.delta" if self.ga else "response.audio.delta"
+        audio_done = "response.output_audio.done" if self.ga else "response.audio.done"
+        item = {"id": item_id, "type": "message", "role": "assistant", "status": "in_progress"}
+        where = {"response_id": response_id, "item_id": item_id, "output_index": 0,
+                 "content_index": 0}
+        status = "completed"
+        await self.send({"type": "response.created",
+                         "response": {"id": response_id, "status": "in_progress"}})
+        await self.send({"type": "response.output_item.added", "response_id": response_id,
+                         "output_index": 0, "item": item})
+        await self.send({"type": "conversation.item.added" if self.ga
+                         else "conversation.item.created", "item": item})
+        model.audio_sent_ms[item_id] = 0.0
+        with scope:
+            step = model.delta_ms * BYTES_PER_MS
+            deadline = trio.current_time()
+            for start in range(0, len(reply), step):
+                chunk = reply[start : start + step]
+                await self.send({"type": audio_delta, **where,
+                                 "delta": pybase64.b64encode_as_string(chunk)})
+                model.audio_sent_ms[item_id] += len(chunk) / BYTES_PER_MS
+                deadline += model.delta_ms / 1000 / model.speed
+                await trio.sleep_until(deadline)
+            await self.send({"type": audio_done, **where})
+        if scope.cancelled_caught:
+            status = "cancelled"
+        self.responding = None
+        await self.send({"type": "response.done",
+                         "response": {"id": response_id, "status": status}})
+
+
+@asynccontextmanager
+async def open_fake_model(
+    responses: Sequence[bytes] = (),
+    *,
+    api_key: str | None = None,
+    speed: float = 4.0,
+    delta_ms: int = 100,
+    vad_threshold: float = 300.0,
+    speech_start_ms: int = 60,
+    silence_ms: int = 500,
+    auto_cancel: bool = False,
+) -> AsyncIterator[FakeModel]:
+    """Run a fake realtime model on 127.0.0.1, port 0, until the block ends.
+
+    `responses`: 24 kHz PCM16 replies, one per user turn, in order, the same script for every
+    connection (none left: no reply).
+    `api_key`: if set, handshakes without it (`api-key` or `Authorization: Bearer`) get 401."""
+    model = FakeModel(
+        responses, api_key=api_key, speed=speed, delta_ms=delta_ms,
+        vad_threshold=vad_threshold, speech_start_ms=speech_start_ms, silence_ms=silence_ms,
+        auto_cancel=auto_cancel,
+    )
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            functools.partial(trio.serve_tcp, model._handle, 0, host="127.0.0.1")
+        )
+        host, port = listeners[0].socket.getsockname()[:2]
+        model.url = f"ws://{host}:{port}"
+        try:
+            yield model
+        finally:
+            nursery.cancel_scope.cancel()

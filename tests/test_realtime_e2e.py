@@ -1,0 +1,287 @@
+"""End to end: a simulated ACS call, the gateway running the realtime processor, and the fake
+model server, all on 127.0.0.1 under Trio's autojump clock (virtual time, so the timing
+assertions below are exact, not luck)."""
+
+from __future__ import annotations
+
+import pybase64
+import trio
+
+from gateway.processors import Call, load
+from gateway.testing import open_fake_model, open_gateway, simulated_call, speech
+
+from .conftest import open_fds, task_count
+
+KEY_ENV = "TEST_REALTIME_KEY"
+FRAME_S = 0.020
+
+
+def options(model_url: str, **extra: object) -> dict[str, object]:
+    return {"endpoint": model_url, "api_key_env": KEY_ENV, "keepalive_interval": 5.0, **extra}
+
+
+def spied(opts: dict[str, object], calls: list[Call]):  # type: ignore[no-untyped-def]
+    """The realtime processor, remembering each Call so tests can read its player."""
+    inner = load("realtime", opts)
+
+    async def processor(call: Call) -> None:
+        calls.append(call)
+        await inner(call)
+
+    return processor
+
+
+async def idle(server) -> None:  # type: ignore[no-untyped-def]
+    """Wait until the gateway has no live call (its call tasks have all ended)."""
+    for _ in range(500):
+        if not server.live:
+            return
+        await trio.sleep(0.01)
+    raise AssertionError("the call did not end")
+
+
+def silence(rate: int, seconds: float) -> bytes:
+    return bytes(int(rate * seconds) * 2)
+
+
+def conversation(rate: int) -> bytes:
+    """The caller: says something (2 s), waits while the model answers (1.5 s), interrupts
+    (1 s of other speech), then is quiet."""
+    if rate == 16000:
+        interrupt = speech(16000, "interrupt")[: 16000 * 2]
+    else:
+        interrupt = speech(24000)[24000 * 2 * 5 : 24000 * 2 * 6]
+    return (
+        speech(rate)[: rate * 2 * 2] + silence(rate, 1.5) + interrupt + silence(rate, 1.0)
+    )
+
+
+async def test_barge_in_truncates_to_what_was_released(autojump_clock, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "secret-key")
+    reply = speech(24000)  # 7.6 s: still playing when the caller interrupts
+    calls: list[Call] = []
+    async with open_fake_model([reply], api_key="secret-key") as model:
+        async with open_gateway(spied(options(model.url), calls)) as server:
+            tasks, fds = task_count(), open_fds()
+            async with simulated_call(server.urls[0], sample_rate=16000) as acs:
+                await acs.stream(conversation(16000))
+                hung_up_at = trio.current_time()
+            with trio.fail_after(5):
+                await model.wait_for(lambda m: m.live == 0)
+            closed_at = trio.current_time()
+            await idle(server)
+            await trio.sleep(0.1)
+            assert task_count() == tasks
+            assert open_fds() == fds
+
+    [call] = calls
+    assert call.player is not None
+    starts = model.sent_of("input_audio_buffer.speech_started")
+    assert len(starts) == 2  # the question, then the interruption
+    [stop_at] = acs.stop_times
+    # stop-audio reached ACS within one frame of the model's speech start
+    assert 0 <= stop_at - starts[1].time <= FRAME_S
+    # what ACS still had queued at the stop (dropped by it) is within the lead window (60 ms)
+    assert 0 < acs.playback.dropped_bytes <= 60 * 32
+    # nothing of the bot's was sent after the stop
+    assert [r for r in acs.received if r.kind == "audioData" and r.time > stop_at] == []
+    # the caller heard part of the reply, not all of it
+    [created] = model.sent_of("response.created")
+    [item_added] = model.sent_of("response.output_item.added")
+    item_id = item_added.event["item"]["id"]
+    released_ms = call.player.released_ms(item_id)
+    assert 500 < released_ms < len(reply) / 48
+    # response.cancel for the reply in flight, then a truncate to what the player released
+    [cancel] = model.received("response.cancel")
+    assert cancel["response_id"] == created.event["response"]["id"]
+    [truncate] = model.received("conversation.item.truncate")
+    assert truncate["item_id"] == item_id
+    assert abs(truncate["audio_end_ms"] - released_ms) <= FRAME_S * 1000
+    sent_before_stop_ms = len(acs.received_pcm) / 32  # 16 kHz PCM16: 32 bytes per ms
+    assert abs(truncate["audio_end_ms"] - sent_before_stop_ms) <= FRAME_S * 1000
+    [done] = model.sent_of("response.done")
+    assert done.event["response"]["status"] == "cancelled"
+    assert [r.type for r in model.sent if r.type == "error"] == []
+    # the upstream was closed when ACS hung up, not later
+    assert closed_at - hung_up_at <= 0.1
+    assert call.stats.barge_ins == 1 and call.stats.upstream_errors == 0
+    assert call.stats.upstream_audio_dropped == 0  # the first words waited for the session
+    assert call.player.playout.stats.dropped_by_stop > 0  # the rest of the reply, counted
+
+
+async def test_24khz_passes_base64_through_and_beta_names_work(autojump_clock, monkeypatch):
+    """Azure OpenAI preview URL form: beta event names (response.audio.delta), api-key header;
+    a 24 kHz call's audio goes upstream as ACS sent it, byte for byte, silence included."""
+    monkeypatch.setenv(KEY_ENV, "azure-key")
+    calls: list[Call] = []
+    async with open_fake_model([speech(24000)], api_key="azure-key") as model:
+        opts = options(model.url, provider="azure-preview", model="my-deployment")
+        async with open_gateway(spied(opts, calls)) as server:
+            async with simulated_call(server.urls[0], sample_rate=24000) as acs:
+                await acs.stream(conversation(24000))
+    [(resource, headers)] = model.requests
+    assert resource == "/openai/realtime?api-version=2025-04-01-preview&deployment=my-deployment"
+    assert headers["api-key"] == "azure-key"
+    [update] = model.received("session.update")
+    assert update["session"]["input_audio_format"] == "pcm16"  # the beta shape
+    assert model.sent_of("response.done") and len(acs.received_pcm) > 24000  # beta audio played
+    appended = [e["audio"] for e in model.received("input_audio_buffer.append")]
+    assert b"".join(pybase64.b64decode(a) for a in appended) == bytes(acs.sent[None])
+    [truncate] = model.received("conversation.item.truncate")
+    [call] = calls
+    assert call.player is not None
+    assert abs(truncate["audio_end_ms"] - call.player.released_ms(truncate["item_id"])) <= 20
+    assert len(acs.stop_times) == 1
+
+
+async def test_local_vad_stops_playback_before_the_model_reacts(autojump_clock, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "k")
+    calls: list[Call] = []
+    # a slow model VAD: it needs 200 ms of speech; the local one needs 60 ms
+    async with open_fake_model([speech(24000)], speech_start_ms=200) as model:
+        opts = options(model.url, local_vad=True)
+        async with open_gateway(spied(opts, calls)) as server:
+            async with simulated_call(server.urls[0], sample_rate=16000) as acs:
+                await acs.stream(conversation(16000))
+    starts = model.sent_of("input_audio_buffer.speech_started")
+    [stop_at] = acs.stop_times  # one stop: the model's later speech start adds none
+    assert stop_at < starts[1].time - 0.1
+    [truncate] = model.received("conversation.item.truncate")
+    [call] = calls
+    assert call.player is not None
+    assert abs(truncate["audio_end_ms"] - call.player.released_ms(truncate["item_id"])) <= 20
+    assert [r for r in acs.received if r.kind == "audioData" and r.time > stop_at] == []
+
+
+async def test_refused_upstream_with_hangup_policy_ends_the_call(
+    autojump_clock, monkeypatch, caplog
+):
+    monkeypatch.setenv(KEY_ENV, "wrong-key")
+    calls: list[Call] = []
+    async with open_fake_model(api_key="right-key") as model:
+        opts = options(model.url, on_upstream_failure="hangup")
+        async with open_gateway(spied(opts, calls)) as server:
+            async with simulated_call(server.urls[0], connection_id="conn-7") as acs:
+                with trio.fail_after(5):
+                    await acs.closed.wait()
+            await idle(server)
+    assert acs.close_code == 1000
+    [call] = calls
+    assert call.stats.upstream_errors == 1 and call.stats.upstream_reconnects == 0
+    failed = [r for r in caplog.records if "refused the session (HTTP 401)" in r.getMessage()]
+    assert failed and failed[0].call_connection_id == "conn-7"
+    assert "wrong-key" not in caplog.text
+
+
+async def test_refusals_are_retried_with_back_off_then_the_call_ends(autojump_clock, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "k")
+    calls: list[Call] = []
+    async with open_fake_model() as model:
+        model.refuse(503)
+        opts = options(model.url, max_reconnects=3, backoff_initial_ms=100, backoff_max_ms=300)
+        async with open_gateway(spied(opts, calls)) as server:
+            async with simulated_call(server.urls[0]) as acs:
+                started = trio.current_time()
+                with trio.fail_after(5):
+                    await acs.closed.wait()
+                ended = trio.current_time()
+            await idle(server)
+    assert len(model.requests) == 4  # the first try and three more
+    [call] = calls
+    assert call.stats.upstream_errors == 4 and call.stats.upstream_reconnects == 3
+    assert 0.1 + 0.2 + 0.3 <= ended - started < 0.7  # 100, 200, then capped at 300 ms
+
+
+async def test_a_dropped_upstream_is_replaced_by_a_fresh_session(autojump_clock, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "k")
+    calls: list[Call] = []
+    async with open_fake_model() as model:
+        async with open_gateway(spied(options(model.url), calls)) as server:
+            async with simulated_call(server.urls[0]) as acs:
+                await acs.stream(silence(16000, 1.0))
+                await model.drop()
+                await acs.stream(silence(16000, 1.0))
+            await idle(server)
+    assert model.connections == 2
+    assert [r.connection for r in model.events if r.type == "session.update"] == [1, 2]
+    appended = [
+        len(r.event["audio"]) * 3 // 4
+        for r in model.events
+        if r.type == "input_audio_buffer.append" and r.connection == 2
+    ]
+    assert sum(appended) > 0.6 * 48000  # the caller's audio flows to the new session
+    [call] = calls
+    assert call.stats.upstream_errors == 1 and call.stats.upstream_reconnects == 1
+    assert call.stats.upstream_audio_dropped > 0  # frames during the outage, counted
+
+
+async def test_error_events_fatal_or_not(autojump_clock, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "k")
+    calls: list[Call] = []
+    async with open_fake_model() as model:
+        async with open_gateway(spied(options(model.url), calls)) as server:
+            async with simulated_call(server.urls[0]) as acs:
+                await acs.stream(silence(16000, 0.5))
+                await model.send_error("rate_limited", "invalid_request_error")  # recoverable
+                await acs.stream(silence(16000, 0.5))
+                assert model.connections == 1
+                await model.send_error("internal", "server_error")  # the session is gone
+                await acs.stream(silence(16000, 1.0))
+            await idle(server)
+    assert model.connections == 2
+    [call] = calls
+    assert call.stats.upstream_errors == 2 and call.stats.upstream_reconnects == 1
+
+
+async def test_a_silent_upstream_is_noticed_and_the_call_ended(autojump_clock, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "k")
+    calls: list[Call] = []
+    async with open_fake_model() as model:
+        opts = options(
+            model.url, keepalive_interval=1.0, keepalive_timeout=2.0,
+            on_upstream_failure="hangup",
+        )
+        async with open_gateway(spied(opts, calls)) as server:
+            async with simulated_call(server.urls[0]) as acs:
+                await acs.stream(silence(16000, 0.5))
+                model.go_silent()
+                silent_at = trio.current_time()
+                with trio.fail_after(10):
+                    await acs.closed.wait()
+                ended = trio.current_time() - silent_at
+            await idle(server)
+            model.go_silent(False)
+    assert acs.close_code == 1000
+    assert ended <= 1.0 + 2.0 + 0.1  # next ping, plus its timeout
+    [call] = calls
+    assert call.stats.upstream_errors == 1
+
+
+async def test_a_cancelled_call_closes_the_upstream(autojump_clock, monkeypatch):
+    """The server drains (cancels) a live call: the model's socket closes with it."""
+    monkeypatch.setenv(KEY_ENV, "k")
+    async with open_fake_model() as model:
+        async with open_gateway(spied(options(model.url), [])) as server:
+            tasks, fds = task_count(), open_fds()
+            async with simulated_call(server.urls[0]) as acs:
+                await acs.stream(silence(16000, 0.5))
+                assert model.live == 1
+                server.stop_now()
+                with trio.fail_after(1):
+                    await model.wait_for(lambda m: m.live == 0)
+                    await acs.closed.wait()
+            await idle(server)
+            await trio.sleep(0.1)
+            assert open_fds() <= fds and task_count() <= tasks
+
+
+async def test_unmixed_stream_sends_one_participant_upstream(autojump_clock, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "k")
+    alice, bob = speech(24000)[:48000], silence(24000, 1.0)
+    async with open_fake_model() as model:
+        async with open_gateway(spied(options(model.url), [])) as server:
+            async with simulated_call(server.urls[0], sample_rate=24000) as acs:
+                await acs.stream({"8:acs:alice": alice, "8:acs:bob": bob})
+            await idle(server)
+    appended = [e["audio"] for e in model.received("input_audio_buffer.append")]
+    assert b"".join(pybase64.b64decode(a) for a in appended) == alice

@@ -1,0 +1,80 @@
+"""`[processors.realtime]` options: validation, provider URL forms, keys from the environment."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.errors import ConfigError
+from gateway.processors import load
+from gateway.processors.realtime.options import parse_options
+
+ENV = {"OPENAI_API_KEY": "sk-o", "AZURE_OPENAI_API_KEY": "az-k", "AZURE_VOICELIVE_API_KEY": "vl"}
+
+
+@pytest.mark.parametrize(
+    "opts, url, headers",
+    [
+        ({}, "wss://api.openai.com/v1/realtime?model=gpt-realtime",
+         [("Authorization", "Bearer sk-o")]),
+        ({"protocol": "beta", "model": "gpt-4o-realtime-preview"},
+         "wss://api.openai.com/v1/realtime?model=gpt-4o-realtime-preview",
+         [("Authorization", "Bearer sk-o"), ("OpenAI-Beta", "realtime=v1")]),
+        ({"provider": "azure", "endpoint": "https://res.openai.azure.com", "model": "my-rt"},
+         "wss://res.openai.azure.com/openai/v1/realtime?model=my-rt", [("api-key", "az-k")]),
+        ({"provider": "azure-preview", "endpoint": "https://res.openai.azure.com/",
+          "model": "gpt-4o-rt"},
+         "wss://res.openai.azure.com/openai/realtime?api-version=2025-04-01-preview"
+         "&deployment=gpt-4o-rt", [("api-key", "az-k")]),
+        ({"provider": "voice-live", "endpoint": "https://res.services.ai.azure.com",
+          "api_version": "2025-05-01-preview"},
+         "wss://res.services.ai.azure.com/voice-live/realtime?api-version=2025-05-01-preview"
+         "&model=gpt-realtime", [("api-key", "vl")]),
+    ],
+)
+def test_provider_url_forms_and_auth_headers(opts, url, headers):
+    parsed = parse_options(opts, ENV)
+    assert parsed.url == url
+    assert parsed.headers(ENV) == headers
+
+
+def test_dialect_defaults_per_provider():
+    assert parse_options({}, ENV).dialect == "ga"
+    azure = {"endpoint": "https://r.openai.azure.com"}
+    assert parse_options({"provider": "azure-preview", **azure}, ENV).dialect == "beta"
+    assert parse_options({"provider": "azure", **azure}, ENV).dialect == "ga"
+    assert parse_options({"provider": "azure", "protocol": "beta", **azure}, ENV).dialect == "beta"
+
+
+@pytest.mark.parametrize(
+    "opts, message",
+    [
+        ({"voise": "alloy"}, "unknown option(s) ['voise']"),
+        ({"provider": "bedrock"}, "provider must be one of"),
+        ({"provider": "azure"}, "needs 'endpoint'"),
+        ({"protocol": "v2"}, "protocol must be one of"),
+        ({"on_upstream_failure": "retry"}, "on_upstream_failure must be one of"),
+        ({"max_reconnects": "3"}, "max_reconnects: wrong type"),
+        ({"local_vad": 1}, "local_vad: wrong type"),
+        ({"turn_detection": "server_vad"}, "turn_detection must be a table"),
+        ({"keepalive_timeout": 0}, "keepalive_timeout must be greater than 0"),
+        ({"endpoint": "ftp://x"}, "endpoint must be an https://"),
+        ({"api_key_env": "NOPE_KEY"}, "environment variable NOPE_KEY, which is not set"),
+    ],
+)
+def test_bad_options_are_refused_with_a_message_naming_them(opts, message):
+    with pytest.raises(ValueError) as refused:
+        parse_options(opts, ENV)
+    assert message in str(refused.value)
+
+
+def test_load_reports_bad_options_as_config_errors(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-value")
+    with pytest.raises(ConfigError, match=r"processors\.realtime: unknown option"):
+        load("realtime", {"api_key": "sk-in-the-file"})
+    assert callable(load("realtime", {}))
+
+
+def test_the_key_is_never_in_the_options_or_their_repr(monkeypatch):
+    parsed = parse_options({}, {"OPENAI_API_KEY": "sk-secret-value"})
+    assert "sk-secret-value" not in repr(parsed)
+    assert "sk-secret-value" not in parsed.url
