@@ -29,8 +29,9 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
+
+from gateway.simulate import wire  # the simulator's client side: frames and packets
 
 FRAME_S = 0.020  # ACS sends one frame every 20 ms
 RING = 50  # distinct frames per call (1 s); an echo later than 1 s would be mis-matched
@@ -41,11 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def masked_text_frame(text: str) -> bytes:
-    payload = text.encode()
-    n = len(payload)
-    head = bytes((0x81, 0x80 | 126)) + struct.pack("!H", n) if n >= 126 else bytes((0x81, 0x80 | n))
-    key = int.from_bytes((MASK * (n // 4 + 1))[:n], "big")
-    return head + MASK + (int.from_bytes(payload, "big") ^ key).to_bytes(n, "big")
+    return wire.masked_text(text, MASK)
 
 
 def audio_frames(call: int, rate: int) -> list[bytes]:
@@ -53,32 +50,12 @@ def audio_frames(call: int, rate: int) -> list[bytes]:
     frames = []
     for seq in range(RING):
         pcm = HEADER.pack(call, seq) + bytes((call + seq + i) & 0xFF for i in range(size - 6))
-        data = base64.b64encode(pcm).decode()
-        frames.append(
-            masked_text_frame(
-                '{"kind":"AudioData","audioData":{"timestamp":"2024-11-15T19:16:12.925Z",'
-                f'"data":"{data}","silent":false}}}}'
-            )
-        )
+        frames.append(masked_text_frame(wire.audio_text(pcm, None, silent=False)))
     return frames
 
 
 def metadata_frame(rate: int) -> bytes:
-    return masked_text_frame(
-        json.dumps(
-            {
-                "kind": "AudioMetadata",
-                "audioMetadata": {
-                    "subscriptionId": str(uuid.uuid4()),
-                    "encoding": "PCM",
-                    "sampleRate": rate,
-                    "channels": 1,
-                    "length": rate * 2 // 50,
-                },
-            },
-            separators=(",", ":"),
-        )
-    )
+    return masked_text_frame(wire.metadata_text(rate))
 
 
 class Call:
@@ -109,13 +86,11 @@ class Call:
 
 
 def upgrade_request(host: str, port: int, index: int) -> bytes:
-    key = base64.b64encode(os.urandom(16)).decode()
-    return (
-        f"GET /bench HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-        f"x-ms-call-connection-id: bench-{index}\r\nx-ms-call-correlation-id: bench-corr-{index}"
-        "\r\n\r\n"
-    ).encode()
+    headers = [
+        ("x-ms-call-connection-id", f"bench-{index}"),
+        ("x-ms-call-correlation-id", f"bench-corr-{index}"),
+    ]
+    return wire.upgrade_request(f"{host}:{port}", "/bench", headers)[0]
 
 
 DATA_MARK = b'"data":"'
@@ -317,7 +292,7 @@ class Generator:
 
 
 def masked_close() -> bytes:
-    return bytes((0x88, 0x82)) + MASK + bytes(a ^ b for a, b in zip(b"\x03\xe8", MASK))
+    return wire.masked_close(1000, MASK)
 
 
 def proc_cpu_seconds(pid: int) -> float:

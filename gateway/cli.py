@@ -21,6 +21,7 @@ from . import __version__, logs, processors
 from . import config as configuration
 from .errors import ConfigError
 from .server import Server, serve
+from .simulate import cli as simulate_cli
 
 log = logging.getLogger("gateway")
 
@@ -41,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-format", choices=configuration.LOG_FORMATS)
     run.add_argument("--max-calls", type=int, help="live calls at most (default 1000)")
     run.add_argument("--shutdown-grace", type=float, help="seconds calls may go on after SIGTERM")
+    simulate_cli.add_parser(commands)
     return parser
 
 
@@ -65,6 +67,8 @@ async def _run(config: configuration.Config, processor: processors.Processor) ->
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "simulate":
+        return simulate_cli.run(args)
     overrides = {
         "host": args.host,
         "port": args.port,

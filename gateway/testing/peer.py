@@ -23,9 +23,8 @@ import trio
 import trio_websocket
 
 from ..packets import BYTES_PER_SAMPLE, FRAME_MS, frame_bytes
+from ..simulate.wire import TIMESTAMP, dtmf_text, metadata_text
 from .audio import frames as split_frames
-
-TIMESTAMP = "2024-11-15T19:16:12.925Z"  # ACS sends ISO-8601; the gateway does not interpret it
 
 
 @attrs.define
@@ -89,9 +88,21 @@ class AcsPlayback:
 class SimulatedCall:
     """One simulated ACS media stream. Create it with `simulated_call(...)`."""
 
-    def __init__(self, ws: trio_websocket.WebSocketConnection, sample_rate: int) -> None:
+    def __init__(
+        self,
+        ws: trio_websocket.WebSocketConnection,
+        sample_rate: int,
+        connection_id: str | None = None,
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> None:
         self.ws = ws
         self.sample_rate = sample_rate
+        self.connection_id = connection_id
+        self.headers = [h for h in headers if h[0].lower() != "authorization"]  # no secrets kept
+        self.started = trio.current_time()
+        # Every message both ways, as (time, "sent" | "received", message): what
+        # `gateway.simulate.recording.Recording.from_call` saves.
+        self.transcript: list[tuple[float, str, str | bytes]] = []
         self.frame_bytes = frame_bytes(sample_rate)
         self.received: list[Received] = []
         self.sent: dict[str | None, bytearray] = {}  # participant -> PCM sent
@@ -112,6 +123,17 @@ class SimulatedCall:
     def stop_times(self) -> list[float]:
         return [r.time for r in self.received if r.kind == "stopAudio"]
 
+    @property
+    def audio_times(self) -> list[float]:
+        """When each audio message arrived (trio time)."""
+        return [r.time for r in self.received if r.kind == "audioData"]
+
+    @property
+    def first_audio_latency(self) -> float | None:
+        """Seconds from the call's start to the first audio the gateway sent (None: none yet)."""
+        times = self.audio_times
+        return times[0] - self.started if times else None
+
     async def wait_for_audio(self, n_bytes: int) -> None:
         """Wait until the gateway has sent at least `n_bytes` of audio (or the socket closes)."""
         while len(self.received_pcm) < n_bytes and not self.closed.is_set():
@@ -125,25 +147,14 @@ class SimulatedCall:
     # -- what ACS sends --
 
     async def send_raw(self, message: str | bytes) -> None:
+        self.transcript.append((trio.current_time(), "sent", message))
         await self.ws.send_message(message)
 
     async def send_json(self, obj: Any) -> None:
-        await self.ws.send_message(orjson.dumps(obj).decode())
+        await self.send_raw(orjson.dumps(obj).decode())
 
     async def send_metadata(self, sample_rate: int | None = None) -> None:
-        rate = sample_rate or self.sample_rate
-        await self.send_json(
-            {
-                "kind": "AudioMetadata",
-                "audioMetadata": {
-                    "subscriptionId": str(uuid.uuid4()),
-                    "encoding": "PCM",
-                    "sampleRate": rate,
-                    "channels": 1,
-                    "length": frame_bytes(rate),
-                },
-            }
-        )
+        await self.send_raw(metadata_text(sample_rate or self.sample_rate))
 
     async def send_audio(
         self, pcm: bytes, participant: str | None = None, silent: bool = False
@@ -159,7 +170,7 @@ class SimulatedCall:
         self.sent.setdefault(participant, bytearray()).extend(pcm)
 
     async def send_dtmf(self, tone: str) -> None:
-        await self.send_json({"kind": "DtmfData", "dtmfData": {"data": tone}})
+        await self.send_raw(dtmf_text(tone))
 
     async def stream(
         self,
@@ -199,6 +210,7 @@ class SimulatedCall:
 
     def _record(self, message: str | bytes) -> None:
         now = trio.current_time()
+        self.transcript.append((now, "received", message))
         try:
             obj = orjson.loads(message)
             kind = obj.get("kind")
@@ -294,7 +306,7 @@ async def _connect(
             ws = await trio_websocket.connect_websocket_url(
                 nursery, url, extra_headers=extra, ssl_context=ssl_context
             )
-        call = SimulatedCall(ws, sample_rate)
+        call = SimulatedCall(ws, sample_rate, connection_id, extra)
         nursery.start_soon(call._receive)
         try:
             if send_metadata:

@@ -1,0 +1,197 @@
+"""`acs-media-gateway simulate URL`: the subcommand's flags, and turning them into a run.
+
+Owns: flags, output (table, JSON, plot, recordings) and exit codes. Never: sending audio.
+
+Exit codes: 0 the run met every threshold; 1 a threshold was missed, no call connected, or a
+replay came back different; 2 bad flags or files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+import attrs
+
+TOKEN_ENV = "ACS_GATEWAY_SIMULATE_TOKEN"
+
+
+def add_parser(commands: Any) -> argparse.ArgumentParser:
+    """Add `simulate` to the main parser's subcommands."""
+    p = commands.add_parser(
+        "simulate",
+        help="run simulated ACS calls against a gateway (load test, barge-in, replay)",
+        description="Run N simulated ACS calls against a gateway and report what came back.",
+    )
+    p.add_argument("url", help="the gateway's ws:// or wss:// URL (path included)")
+    load = p.add_argument_group("load")
+    load.add_argument("--calls", type=int, default=1, help="concurrent calls (default 1)")
+    load.add_argument("--duration", type=float, default=10.0, help="seconds per call (10)")
+    load.add_argument("--ramp", type=float, default=0.0, help="seconds to start all calls (0)")
+    load.add_argument("--processes", type=int, default=1, help="worker processes (default 1)")
+    load.add_argument("--seed", type=int, help="seed for random hang-ups (repeatable runs)")
+    audio = p.add_argument_group("what the callers send")
+    audio.add_argument(
+        "--rate", dest="sample_rate", type=int, default=16000, choices=(16000, 24000)
+    )
+    audio.add_argument("--unmixed", action="store_true", help="unmixed audio (participant ids)")
+    audio.add_argument("--speakers", type=int, default=1, help="speakers per call (--unmixed)")
+    audio.add_argument(
+        "--wav",
+        dest="wavs",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="16-bit mono WAV to speak, looped (repeat: one per speaker); default bundled speech",
+    )
+    audio.add_argument(
+        "--barge-in-after",
+        type=float,
+        metavar="S",
+        help="caller is quiet until the bot has talked S seconds, then barges in",
+    )
+    audio.add_argument("--barge-in-wav", metavar="FILE", help="what the caller says to barge in")
+    audio.add_argument(
+        "--dtmf",
+        action="append",
+        default=[],
+        metavar="S:TONE",
+        help="press TONE S seconds into each call (repeatable), e.g. 2.5:5",
+    )
+    audio.add_argument(
+        "--hangup-fraction",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="share of calls that drop the connection abruptly at a random moment",
+    )
+    net = p.add_argument_group("connection")
+    net.add_argument(
+        "--token", help=f"bearer token for the Authorization header (better: ${TOKEN_ENV})"
+    )
+    net.add_argument("--ca-file", help="PEM CA bundle to verify a wss:// gateway")
+    net.add_argument("--insecure", action="store_true", help="do not verify wss:// certificates")
+    net.add_argument("--connect-timeout", type=float, default=10.0)
+    out = p.add_argument_group("output")
+    out.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    out.add_argument("--quiet", action="store_true", help="no live progress on stderr")
+    out.add_argument("--plot", metavar="FILE.png", help="draw a timeline of the first calls")
+    out.add_argument("--plot-calls", type=int, default=3, help="calls in the plot (default 3)")
+    out.add_argument("--record", metavar="FILE", help="save the first call(s) as JSON lines")
+    out.add_argument("--record-calls", type=int, default=1)
+    out.add_argument(
+        "--replay",
+        metavar="FILE",
+        help="instead of a load test, replay a recording's caller side and compare the answer",
+    )
+    out.add_argument("--tolerance", type=float, default=0.1, help="replay timing slack (s)")
+    out.add_argument(
+        "--max",
+        action="append",
+        default=[],
+        metavar="METRIC=VALUE",
+        help="fail (exit 1) if METRIC is above VALUE, e.g. rtt_p99_ms=50 (repeatable)",
+    )
+    out.add_argument(
+        "--min",
+        action="append",
+        default=[],
+        metavar="METRIC=VALUE",
+        help="fail (exit 1) if METRIC is below VALUE, e.g. calls_connected=100",
+    )
+    return p
+
+
+def _dtmf(text: str) -> tuple[float, str]:
+    at, sep, tone = text.partition(":")
+    if not sep or not tone:
+        raise ValueError(f"bad --dtmf {text!r}: use SECONDS:TONE, e.g. 2.5:5")
+    return float(at), tone
+
+
+def run(args: argparse.Namespace) -> int:
+    import trio
+
+    from . import report, runner, workers
+
+    def fail(message: str) -> int:
+        print(f"acs-media-gateway simulate: {message}", file=sys.stderr)
+        return 2
+
+    try:
+        maxima = [report.parse_threshold(t) for t in args.max]
+        minima = [report.parse_threshold(t) for t in args.min]
+        # Flags are named after the Options fields they set (`dest`); these few need work.
+        worked = {
+            "wavs": tuple(args.wavs),
+            "dtmf": tuple(_dtmf(d) for d in args.dtmf),
+            "token": args.token or os.environ.get(TOKEN_ENV) or None,
+            "timeline_calls": args.plot_calls if args.plot else 0,
+        }
+        fields = {f.name for f in attrs.fields(runner.Options)} & set(vars(args)) - set(worked)
+        options = runner.Options(**{name: getattr(args, name) for name in fields}, **worked)
+        if options.calls < 1 or options.processes < 1 or options.duration <= 0:
+            raise ValueError("--calls, --processes and --duration must be positive")
+        runner.Engine(options, [])  # checks the URL, the WAV files and the scenario
+        if args.plot:
+            from . import plot
+
+            plot.require()
+        if args.replay:
+            return _replay(args, options)
+    except (ValueError, OSError, RuntimeError) as exc:
+        return fail(str(exc))
+
+    progress = None if args.quiet else workers.ProgressLine()
+    result = trio.run(workers.run, options, progress)
+    if progress is not None:
+        progress.done()
+    totals = result.totals()
+    if args.json:
+        import orjson
+
+        sys.stdout.write(orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2).decode())
+        sys.stdout.write("\n")
+    else:
+        print(result.table())
+    if args.plot:
+        from . import plot
+
+        plot.plot(result.calls, args.plot, title=f"{args.url}: {options.calls} call(s)")
+        print(f"timeline: {args.plot}", file=sys.stderr)
+    problems = report.missed(totals, maxima, minima)
+    if totals["calls_connected"] == 0:
+        problems.append("no call connected")
+    for line in problems:
+        print(f"FAILED: {line}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def _replay(args: argparse.Namespace, options: Any) -> int:
+    import trio
+
+    from .recording import Recording, compare, replay
+
+    original = Recording.read(args.replay)
+    headers = [("Authorization", f"Bearer {options.token}")] if options.token else []
+
+    async def go() -> Recording:
+        return await replay(original, args.url, ssl_context=options.ssl_context(), headers=headers)
+
+    again = trio.run(go)
+    if args.record:
+        again.write(args.record)
+    differences = compare(original, again, args.tolerance)
+    summary = again.summary()
+    print(
+        f"replayed {len(original.sent())} messages from {args.replay}: "
+        f"{summary['audio_ms']} ms of audio back, {len(summary['stop_audio_s'])} stop-audio, "
+        f"closed with {summary['close_code']}"
+    )
+    for line in differences:
+        print(f"DIFFERENT: {line}")
+    if not differences:
+        print("the gateway answered as recorded")
+    return 1 if differences else 0

@@ -1,0 +1,147 @@
+"""The simulator's sans-IO client side: frames, upgrade, packets, the echo tag."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+import orjson
+import pybase64
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway import codec, framing
+from gateway.packets import AudioData, AudioMetadata, DtmfData
+from gateway.simulate import wire
+
+MASK = b"\x01\x02\x03\x04"
+
+
+def test_client_frames_are_masked_and_the_gateway_reads_them():
+    reader = framing.FrameReader(max_message_bytes=65536)
+    text = wire.audio_text(bytes(640), "8:acs:x", silent=True)
+    frame = wire.masked_text(text, MASK)
+    assert frame[1] & 0x80  # masked, as RFC 6455 requires of clients
+    assert text.encode() not in frame  # the payload is not in clear
+    events = reader.receive(frame + wire.masked_close(1000, MASK))
+    assert events[0] == text.encode()
+    assert isinstance(events[1], framing.Close) and events[1].code == 1000
+
+
+def test_inbound_packets_decode_with_the_gateways_codec():
+    meta = codec.decode(wire.metadata_text(24000))
+    assert isinstance(meta, AudioMetadata)
+    assert (meta.sample_rate, meta.length, meta.channels) == (24000, 960, 1)
+    audio = codec.decode(wire.audio_text(b"\x01\x00" * 480, "8:acs:a", silent=False))
+    assert isinstance(audio, AudioData)
+    assert audio.pcm == b"\x01\x00" * 480 and audio.participant_raw_id == "8:acs:a"
+    assert not audio.silent
+    mixed = codec.decode(wire.audio_text(bytes(640), None, silent=True))
+    assert isinstance(mixed, AudioData) and mixed.participant_raw_id is None and mixed.silent
+    dtmf = codec.decode(wire.dtmf_text("#"))
+    assert isinstance(dtmf, DtmfData) and dtmf.tone == "#"
+
+
+def test_server_frames_joins_fragments_and_reports_ping_and_close():
+    frames = wire.ServerFrames()
+    text = b'{"kind":"stopAudio","stopAudio":{}}'
+    first = bytes((0x01, 10)) + text[:10]  # text, not final
+    rest = bytes((0x80, len(text) - 10)) + text[10:]  # continuation, final
+    ping = bytes((0x89, 2)) + b"hi"
+    close = framing.encode_close(1011, "boom")
+    data = first + ping + rest + framing.encode_text("x" * 300) + close
+    events = []
+    for i in range(0, len(data), 7):  # any split of the byte stream
+        events += frames.receive(data[i : i + 7])
+    assert events[0] == b"hi" and isinstance(events[0], framing.Ping)
+    assert events[1] == text
+    assert events[2] == b"x" * 300
+    assert isinstance(events[3], framing.Close) and (events[3].code, events[3].reason) == (
+        1011,
+        "boom",
+    )
+
+
+def test_a_masked_server_frame_is_a_protocol_error():
+    with pytest.raises(framing.FramingError):
+        wire.ServerFrames().receive(wire.masked_text("hi", MASK))
+
+
+def _response(status: str, accept: bytes) -> bytearray:
+    return bytearray(
+        f"HTTP/1.1 {status}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Accept: {accept.decode()}\r\n\r\n".encode()
+        + b"\x81\x02hi"
+    )
+
+
+def test_upgrade_request_and_response():
+    request, accept = wire.upgrade_request("h:1", "/ws?x=1", [("Authorization", "Bearer t")])
+    head = request.decode()
+    assert head.startswith("GET /ws?x=1 HTTP/1.1\r\nHost: h:1\r\n")
+    assert "\r\nAuthorization: Bearer t\r\n" in head and head.endswith("\r\n\r\n")
+    key = head.split("Sec-WebSocket-Key: ")[1].split("\r\n")[0].encode()
+    expected = base64.b64encode(
+        hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()
+    )
+    assert accept == expected
+    response = _response("101 Switching Protocols", accept)
+    assert wire.parse_upgrade_response(response[:20], accept) is None  # incomplete
+    used = wire.parse_upgrade_response(response, accept)
+    assert response[used:] == b"\x81\x02hi"  # what follows the head is the first frame
+    with pytest.raises(wire.UpgradeRefused) as refused:
+        wire.parse_upgrade_response(_response("503 Service Unavailable", accept), accept)
+    assert refused.value.status == 503
+    with pytest.raises(wire.UpgradeRefused):
+        wire.parse_upgrade_response(_response("101 Switching Protocols", b"wrong"), accept)
+
+
+@given(st.binary(min_size=640, max_size=640), st.integers(0, 1_000_000))
+def test_the_tag_survives_base64_and_changes_only_low_bits(pcm, seq):
+    tagged = wire.tag(pcm, seq)
+    assert len(tagged) == len(pcm) and tagged[64:] == pcm[64:]
+    assert all(a >> 1 == b >> 1 for a, b in zip(pcm[0:64:2], tagged[0:64:2], strict=True))
+    assert tagged[1:64:2] == pcm[1:64:2]  # high bytes untouched: at most one step of 32768
+    assert wire.read_tag(pybase64.b64encode_as_string(tagged)) == seq & 0xFFFF
+
+
+def test_untagged_audio_is_almost_never_read_as_tagged():
+    import random
+
+    rng = random.Random(7)
+    clips = [bytes(rng.getrandbits(8) for _ in range(640)) for _ in range(2000)]
+    found = [wire.read_tag(pybase64.b64encode_as_string(c)) for c in clips]
+    assert sum(f is not None for f in found) <= 1
+    assert wire.read_tag(pybase64.b64encode_as_string(bytes(640))) is None  # silence
+    assert wire.read_tag("short") is None
+
+
+def test_classify_and_length_without_decoding():
+    pcm = bytes(range(256)) * 2 + b"\x01\x02"
+    data = pybase64.b64encode_as_string(pcm)
+    audio = orjson.dumps({"kind": "audioData", "audioData": {"data": data}, "stopAudio": {}})
+    assert wire.classify(audio) == (wire.AUDIO, data)
+    assert wire.b64_pcm_bytes(data) == len(pcm)
+    assert wire.b64_pcm_bytes(pybase64.b64encode_as_string(b"abcd")) == 4
+    assert wire.classify(b'{"kind":"stopAudio","stopAudio":{}}') == (wire.STOP, "")
+    assert wire.classify(b"not json")[0] == wire.OTHER
+    assert wire.classify(b'{"kind":"audioData"}')[0] == wire.OTHER
+    assert wire.classify(b"[1]")[0] == wire.OTHER
+
+
+@pytest.mark.parametrize("participant", [None, '8:acs:"quoted"\u00e9'])
+def test_fast_audio_frames_are_the_same_messages(participant):
+    frames = wire.AudioFrames(key=b"\x9a\x01\xff\x37")
+    reader = framing.FrameReader(max_message_bytes=65536)
+    clip = [bytes(range(256)) * 2 + bytes(128), bytes(640), b"\x05\x00" * 480]
+    for seq, pcm in enumerate(clip * 3):  # cached parts reused across frames
+        for silent in (False, True):
+            frame = frames.frame(pcm, seq, participant, silent)
+            (message,) = reader.receive(frame)
+            assert message.decode() == frames.text(pcm, seq, participant, silent)
+            packet = codec.decode(message)
+            assert isinstance(packet, AudioData)
+            assert packet.pcm == wire.tag(pcm, seq)
+            assert (packet.participant_raw_id, packet.silent) == (participant, silent)
+            assert wire.read_tag(packet.data) == seq
