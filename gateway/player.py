@@ -82,6 +82,9 @@ class Player:
         playout = self.playout
         if self.closed:
             playout.stats.discarded += len(pcm)
+            # A schedule point: a processor looping on play() after hang-up must not starve
+            # the event loop (and with it every other call, and its own hang-up deadline).
+            await trio.lowlevel.checkpoint()
             return
         if len(pcm) <= playout.space_bytes:  # fast path: fits, no copy
             playout.enqueue(pcm, utterance)
@@ -133,9 +136,13 @@ class Player:
 
     async def drain(self) -> None:
         """Wait until everything queued has been released to ACS (e.g. before hanging up)."""
+        parked = False
         while self.playout.queued_bytes and not self.closed:
             self.flush()
             await self._space.park()
+            parked = True
+        if not parked:  # always a schedule point, so a `while: play(); drain()` loop yields
+            await trio.lowlevel.checkpoint()
 
     def close(self) -> None:
         """The call is over: what is still queued is counted as unsent, and later play() calls

@@ -291,3 +291,31 @@ async def test_what_a_call_leaves_behind_is_counted(autojump_clock):
     playout = mc.result.call.player.playout.stats
     assert playout.accepted == playout.released + playout.unsent_at_end
     assert playout.unsent_at_end > 0 and playout.released == len(mc.peer.received_pcm)
+
+
+async def test_processor_looping_on_play_after_hang_up_cannot_freeze_the_loop():
+    """play() and drain() on a closed call still yield: a processor that loops on them (and
+    never reads `packets`) is cancelled after `hangup_grace` like any other, instead of
+    spinning forever with the event loop, and every other call, stuck behind it. Real clock:
+    a task that is always runnable never lets the autojump clock jump. Against the bug this
+    test hangs (nothing in-process can interrupt a task that never yields)."""
+    loops = 0
+
+    async def chatterbox(call: Call) -> None:
+        nonlocal loops
+        assert call.player is not None
+        while True:
+            await call.player.play(bytes(640))
+            await call.player.drain()
+            loops += 1
+
+    settings = CallSettings(hangup_grace=0.5)
+    async with memory_call(chatterbox, settings) as mc:
+        await trio.sleep(0.2)
+        await mc.peer.hang_up()
+    with trio.fail_after(5):
+        while not mc.outcome:
+            await trio.sleep(0.1)
+    assert mc.result.ended_by == "hangup"
+    assert loops > 0
+    assert mc.result.call.player.playout.stats.discarded > 0
