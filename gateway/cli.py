@@ -4,6 +4,11 @@ Owns: flags, signals, and exit codes. Everything it configures goes through `gat
 Signals: the first SIGINT/SIGTERM drains (stop accepting, live calls get `shutdown_grace`
 seconds, then are cancelled) and the process exits 0; a second signal cancels every call at
 once.
+
+Processes: with `workers` > 1 this process becomes the supervisor (`gateway.supervisor`) and
+runs each worker as this same command line; a worker is recognised by the listening sockets
+the supervisor passed it. Under systemd the sockets may come from socket activation, and
+READY=1/STATUS=/STOPPING=1/WATCHDOG=1 go to `$NOTIFY_SOCKET` (`gateway.ops.systemd`).
 """
 
 from __future__ import annotations
@@ -12,14 +17,17 @@ import argparse
 import gc
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Sequence
+from functools import partial
 
 import trio
 
-from . import __version__, logs, processors
+from . import __version__, logs, processors, supervisor
 from . import config as configuration
 from .errors import ConfigError
+from .ops import systemd
 from .server import Server, serve
 
 log = logging.getLogger("gateway")
@@ -41,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-format", choices=configuration.LOG_FORMATS)
     run.add_argument("--max-calls", type=int, help="live calls at most (default 1000)")
     run.add_argument("--shutdown-grace", type=float, help="seconds calls may go on after SIGTERM")
+    run.add_argument("--workers", type=int, help="worker processes sharing the port (default 1)")
     return parser
 
 
@@ -55,15 +64,33 @@ async def _watch_signals(server: Server) -> None:
                 server.stop_now()
 
 
-async def _run(config: configuration.Config, processor: processors.Processor) -> None:
+async def _run(
+    config: configuration.Config,
+    processor: processors.Processor,
+    sockets: Sequence[socket.socket],
+    notifier: systemd.Notifier,
+) -> None:
     async with trio.open_nursery() as nursery:
-        server: Server = await nursery.start(serve, config, processor)
+        server: Server = await nursery.start(
+            partial(serve, config, processor, sockets=sockets, notifier=notifier)
+        )
         nursery.start_soon(_watch_signals, server)
+        nursery.start_soon(supervisor.watch_supervisor, server.drain)
         await server.stopped.wait()
         nursery.cancel_scope.cancel()
 
 
+async def _supervise(
+    config: configuration.Config,
+    argv: Sequence[str],
+    sockets: Sequence[socket.socket],
+    notifier: systemd.Notifier,
+) -> int:
+    return await supervisor.Supervisor(config, argv, notifier, sockets).run()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
     overrides = {
         "host": args.host,
@@ -73,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "log_format": args.log_format,
         "max_calls": args.max_calls,
         "shutdown_grace": args.shutdown_grace,
+        "workers": args.workers,
     }
     try:
         config = configuration.load(args.config, overrides=overrides)
@@ -85,8 +113,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Everything loaded so far lives as long as the process: keep it out of the cyclic GC's
     # full collections, whose pauses stall every call at once (README, "Performance").
     gc.freeze()
+    notifier = systemd.Notifier.from_environ()
     try:
-        trio.run(_run, config, processor)
+        worker_sockets = supervisor.worker_sockets()
+        inherited = worker_sockets or systemd.listen_fds()
+        if inherited and not worker_sockets:
+            log.info("serving %d socket(s) from systemd; host and port unused", len(inherited))
+        if config.workers > 1 and not worker_sockets:
+            return trio.run(_supervise, config, argv, inherited, notifier)
+        trio.run(_run, config, processor, inherited, notifier)
     except KeyboardInterrupt:  # a signal before the handlers were installed
         return 0
     except BaseExceptionGroup as group:

@@ -135,6 +135,14 @@ class Config:
     tls_keyfile: str | None = attrs.field(
         default=None, metadata=_doc("PEM private key for tls_certfile.")
     )
+    # Many cores (ops-sys: gateway/supervisor.py).
+    workers: int = attrs.field(
+        default=1,
+        validator=_positive,
+        metadata=_doc(
+            "Worker processes sharing the port, supervised (one core each); 1: no supervisor."
+        ),
+    )
     processors: dict[str, dict[str, Any]] = attrs.field(
         factory=dict,
         metadata=_doc("File only: `[processors.NAME]` tables of options for each processor."),

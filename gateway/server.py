@@ -17,14 +17,25 @@ and the other calls go on.
 Drain (`Server.drain(grace)`): stop accepting and close the listeners, let live calls go on for
 `grace` seconds, then cancel them (hypercorn's `worker_serve` in one line). `serve()` returns
 when the last call has ended.
+
+Listening sockets: bound here from `host`/`port`, or handed in already bound (`sockets=`: from
+systemd's socket activation, or one of a supervisor's SO_REUSEPORT sockets). A handed-in
+socket is only closed here, never shut down: its owner keeps the accept queue alive, so under
+socket activation connections that arrive while this process drains wait for the next one.
+
+Service manager: `notifier` (`gateway.ops.systemd`) gets READY=1 once listening, STATUS= with
+the live calls when they change (at most every `STATUS_INTERVAL`), STOPPING=1 on drain, and
+WATCHDOG=1 from this event loop when systemd asked for it.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import socket
 import ssl
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any, Final
 
 import attrs
@@ -34,6 +45,7 @@ from .call import CallOutcome, run_call
 from .config import Config
 from .errors import CLOSE_GOING_AWAY
 from .logs import call_logger
+from .ops import systemd
 from .pacer import Pacer
 from .processors import Processor
 from .transport import SocketTransport
@@ -78,9 +90,13 @@ class ServerStats:
 class Server:
     """A running server; `serve()` hands it to `task_status.started`."""
 
-    def __init__(self, config: Config, processor: Processor) -> None:
+    def __init__(
+        self, config: Config, processor: Processor, notifier: systemd.Notifier | None = None
+    ) -> None:
         self.config = config
         self.processor = processor
+        self.notifier = notifier or systemd.Notifier(None)
+        self.changes = systemd.Changes()  # live calls, readiness or draining: for STATUS=
         self.stats = ServerStats()
         self.reserved = 0  # calls admitted (from the accepted upgrade to the end of the call)
         self.urls: list[str] = []
@@ -96,6 +112,11 @@ class Server:
         return self.reserved
 
     @property
+    def ready(self) -> bool:
+        """Would admit a new call now: not draining and below `max_calls`."""
+        return not self.draining and self.reserved < self.config.max_calls
+
+    @property
     def port(self) -> int:
         return int(self.urls[0].rsplit(":", 1)[1])
 
@@ -107,6 +128,18 @@ class Server:
         assert self._calls_scope is not None
         self._calls_scope.deadline = min(self._calls_scope.deadline, trio.current_time() + grace)
         log.info("draining: %d live call(s), grace %.1f s", self.live, grace)
+        self.notifier.notify("STOPPING=1", *self._status())
+        self.changes.note()
+
+    def _status(self) -> tuple[str, ...]:
+        return systemd.status_assignments(self.live, self.ready, self.draining)
+
+    async def _report_status(self) -> None:
+        """STATUS= whenever the live calls change, at most every STATUS_INTERVAL seconds."""
+        while True:
+            await self.changes.wait()
+            self.notifier.notify(*self._status())
+            await trio.sleep(systemd.STATUS_INTERVAL)
 
     def stop_now(self) -> None:
         """Cancel every call at once (a second signal)."""
@@ -153,6 +186,7 @@ class Server:
                 return
             self.reserved += 1
             admitted = True
+            self.changes.note()
             await ws.accept()
             self.stats.calls_accepted += 1
             calllog.info("accepted %s", handshake.target)
@@ -177,6 +211,7 @@ class Server:
         finally:
             if admitted:
                 self.reserved -= 1
+                self.changes.note()
             if ws.closed is None and admitted and not self._hard_stop:
                 with trio.CancelScope(
                     shield=True, deadline=trio.current_time() + CLOSE_ON_CANCEL_TIMEOUT
@@ -213,14 +248,20 @@ async def serve(
     config: Config,
     processor: Processor,
     *,
+    sockets: Sequence[socket.socket] = (),
+    notifier: systemd.Notifier | None = None,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen and serve calls until drained (or cancelled). The one entry point for the daemon
-    and the tests: `server = await nursery.start(serve, config, processor)`."""
-    server = Server(config, processor)
-    listeners: list[trio.abc.Listener[Any]] = list(
-        await trio.open_tcp_listeners(config.port, host=config.host)
-    )
+    and the tests: `server = await nursery.start(serve, config, processor)`.
+
+    `sockets`: already listening sockets to serve on instead of binding `host`/`port`."""
+    server = Server(config, processor, notifier)
+    listeners: list[trio.abc.Listener[Any]]
+    if sockets:
+        listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
+    else:
+        listeners = list(await trio.open_tcp_listeners(config.port, host=config.host))
     scheme = "ws"
     if config.tls_certfile is not None:
         context = _ssl_context(config)
@@ -234,6 +275,11 @@ async def serve(
     try:
         async with trio.open_nursery() as services:
             await services.start(server.pacer.run)  # outlives every call; ends after them
+            services.start_soon(server._report_status)
+            if server.notifier.watchdog_interval is not None:
+                await services.start(
+                    systemd.ping_watchdog, server.notifier, server.notifier.watchdog_interval
+                )
             await _serve_calls(server, listeners, task_status)
             services.cancel_scope.cancel()
     finally:
@@ -255,6 +301,7 @@ async def _serve_calls(
                     accepting.start_soon(server._accept_loop, listener, calls)
                 for url in server.urls:
                     log.info("listening on %s", url)
+                server.notifier.notify("READY=1", *server._status())
                 task_status.started(server)
         # Draining: refuse new connections at once (closed port) while live calls go on.
         for listener in listeners:
