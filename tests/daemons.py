@@ -7,6 +7,7 @@ killed, with any workers it started, when its context exits, whatever happened.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import signal
@@ -43,11 +44,15 @@ def free_port() -> int:
 
 
 def children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split()]
+    """Child processes of `pid`, whichever of its threads started them (Trio spawns from a
+    worker thread, and /proc lists children per thread)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return sorted(found)
 
 
 class Gateway:
@@ -189,3 +194,55 @@ def held_listening_socket() -> socket.socket:
 def as_systemd(sock: socket.socket, *gateway_args: str) -> list[str]:
     """The command that runs the gateway with `sock` passed as systemd would (fd 3)."""
     return [sys.executable, "-c", AS_SYSTEMD, str(sock.fileno()), "-m", "gateway", *gateway_args]
+
+
+TCP_ESTABLISHED, TCP_LISTEN = "01", "0A"  # the st column of /proc/net/tcp
+
+
+def tcp_sockets(port: int, state: str) -> set[int]:
+    """Inodes of the TCP sockets on local `port` in `state` (read from /proc/net/tcp)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == state:
+                inodes.add(int(fields[9]))
+    return inodes
+
+
+def socket_inodes(pid: int) -> set[int]:
+    inodes = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return inodes
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def connections_per_process(pids: Sequence[int], port: int) -> dict[int, int]:
+    """How many established connections on `port` each process holds."""
+    established = tcp_sockets(port, TCP_ESTABLISHED)
+    return {pid: len(socket_inodes(pid) & established) for pid in pids}
+
+
+POLL_INTERVAL = 0.02  # seconds between looks at state only the kernel can show (/proc)
+
+
+async def poll_until(predicate: Callable[[], bool], limit: float = 20) -> None:
+    """Wait for a condition on another process's state, which sends no event we could await."""
+    with trio.fail_after(limit):
+        for _ in itertools.count():
+            if predicate():
+                return
+            await trio.sleep(POLL_INTERVAL)
