@@ -44,6 +44,7 @@ import trio
 
 from .config import Config
 from .ops import systemd
+from .server import _ssl_context
 
 log = logging.getLogger("gateway.supervisor")
 
@@ -154,6 +155,8 @@ class Supervisor:
         self, *, task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED
     ) -> int:
         count = self.config.workers
+        if self.config.tls_certfile is not None:
+            _ssl_context(self.config)  # a bad certificate or key fails here, not in each worker
         if self.inherited:
             groups = [self.inherited] * count
             log.info("serving %d inherited socket(s) with %d workers", len(self.inherited), count)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import pytest
 import trio
 import trio_websocket
+import trustme
 
 from gateway.supervisor import reuseport_sockets
 from gateway.testing import SimulatedCall, simulated_call
@@ -139,3 +141,37 @@ async def test_a_worker_whose_loop_is_stuck_is_killed_and_restarted(tmp_path):
             assert stuck not in gateway.workers()
             async with calls_on_every_worker(gateway):
                 pass
+
+
+async def test_workers_serve_wss_directly(tmp_path):
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(certfile))
+    cert.private_key_pem.write_to_path(str(keyfile))
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    tls = ["--config", str(tmp_path / "gateway.toml")]
+    (tmp_path / "gateway.toml").write_text(
+        f'tls_certfile = "{certfile}"\ntls_keyfile = "{keyfile}"\n'
+    )
+    async with gateway_process([*WORKERS, *tls]) as gateway:
+        assert gateway.url.startswith("wss://127.0.0.1:")
+        await live_workers(gateway)
+        for _ in range(4):
+            async with simulated_call(gateway.url, ssl_context=client) as call:
+                await call.stream(PCM, realtime=False)
+                with trio.fail_after(10):
+                    await call.wait_for_audio(len(PCM))
+                assert call.received_pcm == PCM
+
+
+async def test_a_bad_certificate_stops_the_supervisor_before_any_worker(tmp_path):
+    (tmp_path / "gateway.toml").write_text(
+        f'tls_certfile = "{tmp_path}/missing.pem"\ntls_keyfile = "{tmp_path}/missing.pem"\n'
+    )
+    command = [*WORKERS, "--config", str(tmp_path / "gateway.toml")]
+    async with gateway_process(command, listening=False) as gateway:
+        assert await gateway.wait_exit() == 1
+    assert "cannot serve" in gateway.text
+    assert "worker 0 started" not in gateway.text
