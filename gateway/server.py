@@ -4,8 +4,8 @@ Owns: connections. It knows nothing of audio: each accepted WebSocket is handed 
 `gateway.call.run_call`, in its own task in the server's calls nursery.
 
 Handshake checks, in order: the upgrade must complete within `handshake_timeout` (TLS included);
-while draining, or at `max_calls` live calls, the upgrade is refused with HTTP 503 before it is
-accepted. Any path is accepted. The `x-ms-call-connection-id` and `x-ms-call-correlation-id`
+on a connection accepted while draining, or at `max_calls` live calls, the upgrade is refused
+with HTTP 503 before it is accepted. Any path is accepted. The `x-ms-call-connection-id` and `x-ms-call-correlation-id`
 headers tag every log line of the call.
 
 Resource handling: every accepted stream is closed (`aclose_forcefully`) before its handler
@@ -165,6 +165,9 @@ class Server:
         peer = _peer(stream)
         ws = ServerWebSocket(stream, max_message_bytes=config.max_message_bytes)
         admitted = False
+        # A connection accepted before the drain began is a call we took on: it is admitted
+        # even if its upgrade completes after (workers get the signal a moment apart).
+        accepted_draining = self.draining
         try:
             handshake = None
             with trio.move_on_at(trio.current_time() + config.handshake_timeout):
@@ -178,7 +181,7 @@ class Server:
                 handshake.headers.get("x-ms-call-correlation-id"),
                 peer,
             )
-            refusal = self._admission()
+            refusal = self._admission(accepted_draining)
             if refusal is not None:
                 self.stats.calls_refused += 1
                 calllog.warning("refusing the call: %s", refusal.reason)
@@ -219,8 +222,8 @@ class Server:
                     await ws.close(CLOSE_GOING_AWAY, "server shutting down")
             await trio.aclose_forcefully(stream)
 
-    def _admission(self) -> Reject | None:
-        if self.draining:
+    def _admission(self, draining: bool) -> Reject | None:
+        if draining:
             return Reject(503, "server is shutting down")
         if self.reserved >= self.config.max_calls:
             return Reject(503, f"at the limit of {self.config.max_calls} calls")

@@ -19,8 +19,9 @@ from gateway.config import Config
 from gateway.ops import systemd
 from gateway.processors import load
 from gateway.server import Server, serve
-from gateway.testing import simulated_call
+from gateway.testing import open_gateway, simulated_call
 
+from .conftest import task_count
 from .daemons import (
     SERVE,
     as_systemd,
@@ -28,6 +29,7 @@ from .daemons import (
     gateway_process,
     held_listening_socket,
     notify_socket,
+    poll_until,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -349,3 +351,19 @@ def test_the_service_is_hardened(tmp_path):
     grace = Config().shutdown_grace
     assert float(settings["TimeoutStopSec"]) > grace
     assert float(settings["WatchdogSec"]) > 0
+
+
+async def test_a_connection_accepted_before_the_drain_is_served():
+    """Workers get the drain signal a moment apart (and so may one process, mid-upgrade): a
+    connection the server accepted before it began draining is a call it took on."""
+    async with open_gateway(shutdown_grace=10) as server:
+        tasks = task_count()
+        stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+        await poll_until(lambda: task_count() > tasks)  # accepted; it awaits the upgrade
+        server.drain()
+        async with simulated_call(stream=stream) as call:
+            await call.stream(ECHO_PCM, realtime=False)
+            with trio.fail_after(5):
+                await call.wait_for_audio(len(ECHO_PCM))
+            assert call.received_pcm == ECHO_PCM
+        assert server.stats.calls_refused == 0 and server.stats.calls_accepted == 1
