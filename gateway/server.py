@@ -4,9 +4,10 @@ Owns: connections. It knows nothing of audio: each accepted WebSocket is handed 
 `gateway.call.run_call`, in its own task in the server's calls nursery.
 
 Handshake checks, in order: the upgrade must complete within `handshake_timeout` (TLS included);
-on a connection accepted while draining, or at `max_calls` live calls, the upgrade is refused
-with HTTP 503 before it is accepted. Any path is accepted. The `x-ms-call-connection-id` and `x-ms-call-correlation-id`
-headers tag every log line of the call.
+at `max_calls` live calls, the upgrade is refused with HTTP 503 before it is accepted. While
+draining, nothing more is accepted, and a connection accepted before is served. Any path is
+accepted. The `x-ms-call-connection-id` and `x-ms-call-correlation-id` headers tag every log
+line of the call.
 
 Resource handling: every accepted stream is closed (`aclose_forcefully`) before its handler
 returns, whatever happened; a call still open when the server is cancelled is closed with 1001.
@@ -165,9 +166,6 @@ class Server:
         peer = _peer(stream)
         ws = ServerWebSocket(stream, max_message_bytes=config.max_message_bytes)
         admitted = False
-        # A connection accepted before the drain began is a call we took on: it is admitted
-        # even if its upgrade completes after (workers get the signal a moment apart).
-        accepted_draining = self.draining
         try:
             handshake = None
             with trio.move_on_at(trio.current_time() + config.handshake_timeout):
@@ -181,7 +179,7 @@ class Server:
                 handshake.headers.get("x-ms-call-correlation-id"),
                 peer,
             )
-            refusal = self._admission(accepted_draining)
+            refusal = self._admission()
             if refusal is not None:
                 self.stats.calls_refused += 1
                 calllog.warning("refusing the call: %s", refusal.reason)
@@ -222,9 +220,10 @@ class Server:
                     await ws.close(CLOSE_GOING_AWAY, "server shutting down")
             await trio.aclose_forcefully(stream)
 
-    def _admission(self, draining: bool) -> Reject | None:
-        if draining:
-            return Reject(503, "server is shutting down")
+    def _admission(self) -> Reject | None:
+        # Draining refuses no connection it has accepted: accept() took it out of the kernel's
+        # queue, where the next process (socket activation) or another worker would have
+        # served it; a refusal now would drop it. The drain stops accept() instead.
         if self.reserved >= self.config.max_calls:
             return Reject(503, f"at the limit of {self.config.max_calls} calls")
         return None

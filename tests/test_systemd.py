@@ -247,6 +247,8 @@ async def test_a_rolling_restart_refuses_no_connection_and_drops_no_call(tmp_pat
                     await trio.sleep(0.3)
                     old.process.send_signal(signal.SIGTERM)  # systemctl restart: stop ...
                     await listener.wait_for(lambda m: "STOPPING" in m)
+                    # every process of the old service has stopped accepting
+                    await old.wait_log("gateway.server draining", count=workers)
                     for n in range(3):
                         nursery.start_soon(call_during_restart, f"new-{n}")
                     with trio.fail_after(10):
