@@ -70,7 +70,7 @@ class Worker:
     ready: bool = False  # its last word: admitting calls
     calls: int = 0
     started_at: float = 0.0
-    last_ping: float = 0.0
+    last_ping: float | None = None  # None until its loop runs (start-up is not watched)
     restarts: int = 0
     exit_code: int | None = None
 
@@ -249,7 +249,7 @@ class Supervisor:
         command = [sys.executable, "-m", "gateway", *self.argv]
         while not self.draining:
             worker.ready = False
-            worker.started_at = worker.last_ping = trio.current_time()
+            worker.started_at, worker.last_ping = trio.current_time(), None
             try:
                 worker.process = await trio.lowlevel.open_process(
                     command,
@@ -318,7 +318,7 @@ class Supervisor:
             now = trio.current_time()
             for worker in self.workers:
                 process = worker.process
-                if process is None or process.returncode is not None:
+                if process is None or process.returncode is not None or worker.last_ping is None:
                     continue
                 if now - worker.last_ping > self.worker_watchdog:
                     log.error(
