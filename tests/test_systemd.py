@@ -103,6 +103,19 @@ async def test_watchdog_pings_on_absolute_deadlines(autojump_clock):
     assert times == [0, 5, 10, 15, 20]
 
 
+async def test_the_server_pings_the_watchdog_from_its_event_loop(autojump_clock):
+    notifier = RecordingNotifier(watchdog_interval=5.0)
+    async with trio.open_nursery() as nursery:
+        start = trio.current_time()
+        server: Server = await nursery.start(
+            partial(serve, Config(host="127.0.0.1", port=0), load("echo"), notifier=notifier)
+        )
+        await trio.sleep(12)
+        server.stop_now()
+    pings = [round(t - start, 6) for t, sent in notifier.sent if sent == ("WATCHDOG=1",)]
+    assert pings == [0, 5, 10]
+
+
 async def test_status_is_rate_limited_and_never_loses_the_last_change(autojump_clock):
     config = Config(host="127.0.0.1", port=0)
     notifier = RecordingNotifier()
