@@ -24,20 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import echo_load  # noqa: E402  (the generator and /proc readers, shared with echo_load.py)
-
-ROOT = Path(__file__).resolve().parent.parent
-READY_LINE = {1: r"listening on (ws://\S+)", 0: r"all \d+ workers ready"}
 
 
 def process_tree(pid: int) -> list[int]:
@@ -61,39 +55,15 @@ def tree_cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-def start_gateway(workers: int, cpus: str) -> tuple[subprocess.Popen[bytes], str]:
-    command = [
-        *("taskset", "-c", cpus),
-        *(sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", "0"),
-        *("--max-calls", "100000", "--workers", str(workers)),
-    ]
-    proc = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE)
-    assert proc.stderr is not None
-    url = ""
-    waiting_for = READY_LINE[1] if workers == 1 else READY_LINE[0]
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline().decode()
-        found = re.search(READY_LINE[1], line)
-        if found and not url:
-            url = found.group(1)
-        if url and re.search(waiting_for, line):
-            # keep draining the log so the gateway never blocks on a full pipe
-            threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
-            return proc, url
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    raise SystemExit(f"the gateway with {workers} worker(s) did not start")
-
-
 def one_run(args: argparse.Namespace, workers: int, calls: int) -> dict[str, float]:
     if workers == 1:
         server_cpus, client_cpus = args.single_server_cpu, args.single_client_cpu
     else:
         server_cpus, client_cpus = args.server_cpus, args.client_cpus or args.server_cpus
     os.sched_setaffinity(0, {int(c) for c in client_cpus.split(",")})
-    proc, url = start_gateway(workers, server_cpus)
+    # taskset takes a core list as well as one core; the supervisor binds every worker's
+    # socket before it starts them, so calls opened before the last worker is up just wait.
+    proc, url = echo_load.start_server(server_cpus, ["--workers", str(workers)])  # type: ignore[arg-type]
     try:
         pids = process_tree(proc.pid)
         marks: dict[str, float] = {}

@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -19,6 +20,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
+import trustme
 
 from gateway.ops import systemd
 
@@ -246,3 +248,16 @@ async def poll_until(predicate: Callable[[], bool], limit: float = 20) -> None:
             if predicate():
                 return
             await trio.sleep(POLL_INTERVAL)
+
+
+def throwaway_tls(directory: Path) -> tuple[Path, Path, ssl.SSLContext]:
+    """A certificate for 127.0.0.1 from a throwaway CA (trustme): (certfile, keyfile, a client
+    context that trusts it)."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    certfile, keyfile = directory / "cert.pem", directory / "key.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(certfile))
+    cert.private_key_pem.write_to_path(str(keyfile))
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    return certfile, keyfile, client

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import ssl
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,11 +12,10 @@ from pathlib import Path
 
 import pytest
 import trio
-import trustme
 
 from gateway.testing import open_gateway, simulated_call
 
-from .daemons import TCP_LISTEN, free_port, kill_tree, poll_until, tcp_sockets
+from .daemons import TCP_LISTEN, free_port, kill_tree, poll_until, tcp_sockets, throwaway_tls
 
 ROOT = Path(__file__).resolve().parent.parent
 SITE = (ROOT / "deploy" / "nginx.conf").read_text()
@@ -86,14 +84,7 @@ async def running_nginx(tmp_path: Path, site: str, port: int) -> AsyncIterator[t
 
 @pytest.fixture
 def tls(tmp_path):
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert.private_key_and_cert_chain_pem.write_to_path(str(certfile))
-    cert.private_key_pem.write_to_path(str(keyfile))
-    client = ssl.create_default_context()
-    ca.configure_trust(client)
-    return certfile, keyfile, client
+    return throwaway_tls(tmp_path)
 
 
 async def test_calls_through_nginx_terminating_tls(tmp_path, tls):

@@ -9,8 +9,11 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -35,6 +38,17 @@ from .daemons import (
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 ECHO_PCM = bytes(range(256)) * 5  # 1280 bytes: two frames
+
+
+@asynccontextmanager
+async def serving(notifier: systemd.Notifier | None, **settings: Any) -> AsyncIterator[Server]:
+    """An in-process gateway on 127.0.0.1, port 0, telling `notifier` what systemd hears."""
+    config = Config(**{"host": "127.0.0.1", "port": 0, **settings})
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(partial(serve, config, load("echo"), notifier=notifier))
+        yield server
+        if not server.stopped.is_set():
+            server.stop_now()
 
 
 async def echo_round_trip(url: str) -> None:
@@ -105,24 +119,16 @@ async def test_watchdog_pings_on_absolute_deadlines(autojump_clock):
 
 async def test_the_server_pings_the_watchdog_from_its_event_loop(autojump_clock):
     notifier = RecordingNotifier(watchdog_interval=5.0)
-    async with trio.open_nursery() as nursery:
-        start = trio.current_time()
-        server: Server = await nursery.start(
-            partial(serve, Config(host="127.0.0.1", port=0), load("echo"), notifier=notifier)
-        )
+    start = trio.current_time()
+    async with serving(notifier):
         await trio.sleep(12)
-        server.stop_now()
     pings = [round(t - start, 6) for t, sent in notifier.sent if sent == ("WATCHDOG=1",)]
     assert pings == [0, 5, 10]
 
 
 async def test_status_is_rate_limited_and_never_loses_the_last_change(autojump_clock):
-    config = Config(host="127.0.0.1", port=0)
     notifier = RecordingNotifier()
-    async with trio.open_nursery() as nursery:
-        server: Server = await nursery.start(
-            partial(serve, config, load("echo"), notifier=notifier)
-        )
+    async with serving(notifier) as server:
         assert notifier.sent[-1][1][0] == "READY=1"
         for live in (1, 2, 3, 2):  # four changes within one interval
             server.reserved = live
@@ -133,17 +139,11 @@ async def test_status_is_rate_limited_and_never_loses_the_last_change(autojump_c
         # READY (0), the first change (1) at once, then only the latest (2) after the interval
         assert calls == ["0", "1", "2"]
         server.reserved = 0
-        server.stop_now()
 
 
 async def test_server_tells_systemd_ready_status_and_stopping(tmp_path):
-    config = Config(host="127.0.0.1", port=0, shutdown_grace=10)
     async with notify_socket(tmp_path) as listener:
-        notifier = systemd.Notifier(listener.address)
-        async with trio.open_nursery() as nursery:
-            server: Server = await nursery.start(
-                partial(serve, config, load("echo"), notifier=notifier)
-            )
+        async with serving(systemd.Notifier(listener.address), shutdown_grace=10) as server:
             ready = await listener.wait_for(lambda m: "READY" in m)
             assert ready["X_ACS_CALLS"] == "0" and ready["X_ACS_READY"] == "1"
             async with simulated_call(server.urls[0]) as call:
@@ -161,20 +161,14 @@ async def test_server_tells_systemd_ready_status_and_stopping(tmp_path):
 
 
 async def test_readiness_is_false_at_the_call_limit(tmp_path):
-    config = Config(host="127.0.0.1", port=0, max_calls=1)
     async with notify_socket(tmp_path) as listener:
-        notifier = systemd.Notifier(listener.address)
-        async with trio.open_nursery() as nursery:
-            server: Server = await nursery.start(
-                partial(serve, config, load("echo"), notifier=notifier)
-            )
+        async with serving(systemd.Notifier(listener.address), max_calls=1) as server:
             async with simulated_call(server.urls[0]):
                 full = await listener.wait_for(lambda m: m.get("X_ACS_CALLS") == "1")
                 assert full["X_ACS_READY"] == "0" and "at the call limit" in full["STATUS"]
                 assert not server.ready
             await listener.wait_for(lambda m: m.get("X_ACS_CALLS") == "0" and "READY" not in m)
             assert server.ready
-            server.stop_now()
 
 
 async def test_serve_takes_an_already_listening_socket():
@@ -186,6 +180,7 @@ async def test_serve_takes_an_already_listening_socket():
         assert server.urls == [f"ws://127.0.0.1:{port}"]
         await echo_round_trip(server.urls[0])
         server.stop_now()
+    assert sock.fileno() == -1  # closed with the server (never shut down: see server.py)
 
 
 def test_an_inherited_fd_that_is_not_a_listening_socket_is_refused():

@@ -5,14 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import ssl
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import pytest
 import trio
 import trio_websocket
-import trustme
 
 from gateway.supervisor import reuseport_sockets
 from gateway.testing import SimulatedCall, simulated_call
@@ -26,6 +24,7 @@ from .daemons import (
     notify_socket,
     poll_until,
     tcp_sockets,
+    throwaway_tls,
 )
 
 WORKERS = [*SERVE, "--host", "127.0.0.1", "--port", "0", "--workers", "2"]
@@ -143,13 +142,7 @@ async def test_a_worker_whose_loop_is_stuck_is_killed_and_restarted(tmp_path):
 
 
 async def test_workers_serve_wss_directly(tmp_path):
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert.private_key_and_cert_chain_pem.write_to_path(str(certfile))
-    cert.private_key_pem.write_to_path(str(keyfile))
-    client = ssl.create_default_context()
-    ca.configure_trust(client)
+    certfile, keyfile, client = throwaway_tls(tmp_path)
     tls = ["--config", str(tmp_path / "gateway.toml")]
     (tmp_path / "gateway.toml").write_text(
         f'tls_certfile = "{certfile}"\ntls_keyfile = "{keyfile}"\n'
