@@ -167,3 +167,14 @@ async def test_a_bad_certificate_stops_the_supervisor_before_any_worker(tmp_path
         assert await gateway.wait_exit() == 1
     assert "cannot serve" in gateway.text
     assert "worker 0 started" not in gateway.text
+
+
+async def test_a_taken_port_stops_the_supervisor_with_exit_code_1():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        command = [*SERVE, "--host", "127.0.0.1", "--port", str(taken.getsockname()[1])]
+        async with gateway_process([*command, "--workers", "2"], listening=False) as gateway:
+            assert await gateway.wait_exit() == 1
+    assert "Address already in use" in gateway.text
+    assert "worker 0 started" not in gateway.text
