@@ -157,14 +157,14 @@ class Supervisor:
         count = self.config.workers
         if self.config.tls_certfile is not None:
             _ssl_context(self.config)  # a bad certificate or key fails here, not in each worker
-        if self.inherited:
-            groups = [self.inherited] * count
-            log.info("serving %d inherited socket(s) with %d workers", len(self.inherited), count)
-        else:
-            groups = reuseport_sockets(self.config.host, self.config.port, count)
-        tag = f"acs-media-gateway/{os.getpid()}/{secrets.token_hex(4)}"
-        self.workers = [Worker(i, group, f"@{tag}/{i}") for i, group in enumerate(groups)]
         try:
+            if self.inherited:
+                groups = [self.inherited] * count
+                log.info("serving %d inherited socket(s) with %d workers", len(groups[0]), count)
+            else:
+                groups = reuseport_sockets(self.config.host, self.config.port, count)
+            tag = f"acs-media-gateway/{os.getpid()}/{secrets.token_hex(4)}"
+            self.workers = [Worker(i, group, f"@{tag}/{i}") for i, group in enumerate(groups)]
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch_signals)
                 if self.notifier.watchdog_interval is not None:

@@ -26,6 +26,7 @@ from gateway.ops import systemd
 
 SERVE = [sys.executable, "-m", "gateway", "serve"]
 STARTUP_TIMEOUT = 20  # seconds: Python start-up on a loaded 2-core machine
+CLEAN_STOP_TIMEOUT = 5  # seconds a process gets to exit on SIGTERM before SIGKILL
 # Puts the fd given first at fd 3 and execs the rest with LISTEN_FDS/LISTEN_PID for itself:
 # what systemd does for a service whose socket it holds.
 AS_SYSTEMD = (
@@ -129,8 +130,12 @@ async def gateway_process(
             yield gateway
             nursery.cancel_scope.cancel()
     finally:
-        kill_tree(process.pid)
         with trio.CancelScope(shield=True):
+            if process.returncode is None:  # a clean stop first: the supervisor tidies up
+                process.send_signal(signal.SIGTERM)
+                with trio.move_on_after(CLEAN_STOP_TIMEOUT):
+                    await process.wait()
+            kill_tree(process.pid)
             await process.wait()
 
 
