@@ -56,7 +56,8 @@ RESTART_BACKOFF_MAX: Final = 30.0  # a worker that keeps dying is retried this o
 HEALTHY_UPTIME: Final = 10.0  # seconds a worker must run for its back-off to start over
 WORKER_WATCHDOG_DEFAULT: Final = 30.0  # seconds a worker's loop may stall (outside systemd)
 NOTIFY_DATAGRAM_MAX: Final = 4096  # systemd's own limit is larger; ours are a few lines
-WORKER_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
+WORKER_SIGNALS: Final = (*STOP_SIGNALS, signal.SIGHUP)
 
 
 @attrs.define(eq=False)
@@ -68,6 +69,7 @@ class Worker:
     notify_address: str  # '@...': abstract, nothing to clean up
     process: trio.Process | None = None
     ready: bool = False  # its last word: admitting calls
+    serving: bool = False  # this process said READY=1 (it has its signal handlers)
     calls: int = 0
     started_at: float = 0.0
     last_ping: float | None = None  # None until its loop runs (start-up is not watched)
@@ -248,7 +250,7 @@ class Supervisor:
         backoff = RESTART_BACKOFF_FIRST
         command = [sys.executable, "-m", "gateway", *self.argv]
         while not self.draining:
-            worker.ready = False
+            worker.ready = worker.serving = False
             worker.started_at, worker.last_ping = trio.current_time(), None
             try:
                 worker.process = await trio.lowlevel.open_process(
@@ -265,6 +267,11 @@ class Supervisor:
             if self.draining:  # the signal went out while this one was being spawned
                 worker.process.send_signal(signal.SIGTERM)
             worker.exit_code = await worker.process.wait()
+            if self.draining and not worker.serving and -worker.exit_code in STOP_SIGNALS:
+                # stopped while still starting (before it could handle the signal): no call
+                # was ever on it, so this is a clean stop
+                log.info("worker %d stopped while starting", worker.index)
+                worker.exit_code = 0
             worker.ready, worker.calls = False, 0
             self.changes.note()
             if self.draining:
@@ -304,7 +311,8 @@ class Supervisor:
                     worker.ready = fields["X_ACS_READY"] == "1"
                 if "STOPPING" in fields:
                     worker.ready = False
-                if fields.get("READY") == "1" and not self.draining:
+                if fields.get("READY") == "1":
+                    worker.serving = True
                     log.info("worker %d ready", worker.index)
                 self.changes.note()
 

@@ -178,3 +178,11 @@ async def test_a_taken_port_stops_the_supervisor_with_exit_code_1():
             assert await gateway.wait_exit() == 1
     assert "Address already in use" in gateway.text
     assert "worker 0 started" not in gateway.text
+
+
+async def test_sigterm_while_workers_start_is_a_clean_stop():
+    async with gateway_process(WORKERS, listening=False) as gateway:
+        await gateway.wait_log("worker 1 started")  # its Python is still starting
+        gateway.process.send_signal(signal.SIGTERM)
+        assert await gateway.wait_exit() == 0
+    assert "ended with exit code" not in gateway.text
