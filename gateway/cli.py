@@ -3,7 +3,7 @@
 Owns: flags, signals, and exit codes. Everything it configures goes through `gateway.config`.
 Signals: the first SIGINT/SIGTERM drains (stop accepting, live calls get `shutdown_grace`
 seconds, then are cancelled) and the process exits 0; a second signal cancels every call at
-once.
+once. SIGHUP reloads the configuration (`gateway.ops.reload`).
 """
 
 from __future__ import annotations
@@ -13,13 +13,18 @@ import gc
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
+import prometheus_client
 import trio
 
 from . import __version__, logs, processors
 from . import config as configuration
 from .errors import ConfigError
+from .ops.health import serve_health
+from .ops.metrics import Metrics
+from .ops.reload import reload_on_sighup
 from .server import Server, serve
 
 log = logging.getLogger("gateway")
@@ -41,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-format", choices=configuration.LOG_FORMATS)
     run.add_argument("--max-calls", type=int, help="live calls at most (default 1000)")
     run.add_argument("--shutdown-grace", type=float, help="seconds calls may go on after SIGTERM")
+    run.add_argument("--health-port", type=int, help="health and metrics port (default: none)")
     return parser
 
 
@@ -55,9 +61,20 @@ async def _watch_signals(server: Server) -> None:
                 server.stop_now()
 
 
-async def _run(config: configuration.Config, processor: processors.Processor) -> None:
+async def _run(
+    config: configuration.Config,
+    processor: processors.Processor,
+    load: Callable[[], configuration.Config],
+) -> None:
+    # The process's global registry: it also carries prometheus-client's process collectors.
+    prometheus_client.disable_created_metrics()  # `_created` series: noise for our scrapers
+    metrics = Metrics(prometheus_client.REGISTRY)
     async with trio.open_nursery() as nursery:
-        server: Server = await nursery.start(serve, config, processor)
+        server: Server = await nursery.start(partial(serve, config, processor, metrics=metrics))
+        await nursery.start(reload_on_sighup, server, load)
+        if config.health_port is not None:
+            health = partial(serve_health, metrics=metrics.exposition)
+            await nursery.start(health, config.health_host, config.health_port, server.readiness)
         nursery.start_soon(_watch_signals, server)
         await server.stopped.wait()
         nursery.cancel_scope.cancel()
@@ -73,9 +90,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "log_format": args.log_format,
         "max_calls": args.max_calls,
         "shutdown_grace": args.shutdown_grace,
+        "health_port": args.health_port,
     }
+
+    def load() -> configuration.Config:  # at start, and again on SIGHUP
+        return configuration.load(args.config, overrides=overrides)
+
     try:
-        config = configuration.load(args.config, overrides=overrides)
+        config = load()
         logs.configure(config.log_level, config.log_format)
         processor = processors.load(config.processor, config.processor_options)
     except ConfigError as exc:
@@ -86,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # full collections, whose pauses stall every call at once (README, "Performance").
     gc.freeze()
     try:
-        trio.run(_run, config, processor)
+        trio.run(_run, config, processor, load)
     except KeyboardInterrupt:  # a signal before the handlers were installed
         return 0
     except BaseExceptionGroup as group:

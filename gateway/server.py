@@ -30,12 +30,13 @@ from typing import Any, Final
 import attrs
 import trio
 
-from .call import CallOutcome, run_call
+from .call import CallOutcome, CallTimings, run_call
 from .config import Config
 from .errors import CLOSE_GOING_AWAY
 from .logs import call_logger
+from .ops.metrics import Metrics
 from .pacer import Pacer
-from .processors import Processor
+from .processors import CallStats, Processor
 from .transport import SocketTransport
 from .websocket import ConnectionClosed, Reject, ServerWebSocket
 
@@ -78,10 +79,14 @@ class ServerStats:
 class Server:
     """A running server; `serve()` hands it to `task_status.started`."""
 
-    def __init__(self, config: Config, processor: Processor) -> None:
+    def __init__(
+        self, config: Config, processor: Processor, metrics: Metrics | None = None
+    ) -> None:
         self.config = config
         self.processor = processor
         self.stats = ServerStats()
+        self.metrics = Metrics() if metrics is None else metrics  # a private registry by default
+        self._timings = CallTimings(self.metrics.processing.observe, self.metrics.lateness.observe)
         self.reserved = 0  # calls admitted (from the accepted upgrade to the end of the call)
         self.urls: list[str] = []
         self.draining = False
@@ -108,6 +113,14 @@ class Server:
         self._calls_scope.deadline = min(self._calls_scope.deadline, trio.current_time() + grace)
         log.info("draining: %d live call(s), grace %.1f s", self.live, grace)
 
+    def readiness(self) -> tuple[bool, str]:
+        """Would a new call be admitted now, and if not, why (the health endpoint's /readyz)."""
+        if self.draining:
+            return False, "draining"
+        if self.reserved >= self.config.max_calls:
+            return False, f"at the limit of {self.config.max_calls} calls"
+        return True, "ready"
+
     def stop_now(self) -> None:
         """Cancel every call at once (a second signal)."""
         self._hard_stop = True
@@ -132,12 +145,14 @@ class Server:
         peer = _peer(stream)
         ws = ServerWebSocket(stream, max_message_bytes=config.max_message_bytes)
         admitted = False
+        ended_by, call = "hangup", None  # for the metrics: how an admitted call ended
         try:
             handshake = None
             with trio.move_on_at(trio.current_time() + config.handshake_timeout):
                 handshake = await ws.read_handshake()
             if handshake is None:
                 self.stats.handshakes_failed += 1
+                self.metrics.handshakes_failed.labels("timeout").inc()
                 log.info("handshake from %s timed out", peer)
                 return
             calllog = call_logger(
@@ -148,18 +163,30 @@ class Server:
             refusal = self._admission()
             if refusal is not None:
                 self.stats.calls_refused += 1
+                self.metrics.calls_refused.labels(str(refusal.status)).inc()
                 calllog.warning("refusing the call: %s", refusal.reason)
                 await ws.reject(refusal)
                 return
             self.reserved += 1
             admitted = True
+            live = self.metrics.call_started(call_stats := CallStats())
+            admitted_at = trio.current_time()
             await ws.accept()
             self.stats.calls_accepted += 1
+            self.metrics.calls_accepted.inc()
             calllog.info("accepted %s", handshake.target)
             outcome = await run_call(
-                ws, handshake, self.processor, config.call_settings, calllog, pacer=self.pacer
+                ws,
+                handshake,
+                self.processor,
+                config.call_settings,
+                calllog,
+                pacer=self.pacer,
+                stats=call_stats,
+                timings=self._timings,
             )
             self.stats.add(outcome)
+            ended_by, call = outcome.ended_by, outcome.call
             calllog.info(
                 "call ended by %s (close code %s): %d frames in, %d dropped, %d messages out",
                 outcome.ended_by,
@@ -170,13 +197,18 @@ class Server:
             )
         except ConnectionClosed as closed:
             self.stats.handshakes_failed += not admitted
+            if not admitted:
+                self.metrics.handshakes_failed.labels("invalid").inc()
             log.debug("connection from %s closed during the handshake: %s", peer, closed)
         except Exception:
             self.stats.calls_failed += 1
+            self.metrics.calls_failed.inc()
+            ended_by = "gateway_error"
             log.exception("call from %s failed in the gateway", peer)
         finally:
             if admitted:
                 self.reserved -= 1
+                self.metrics.call_ended(live, trio.current_time() - admitted_at, ended_by, call)
             if ws.closed is None and admitted and not self._hard_stop:
                 with trio.CancelScope(
                     shield=True, deadline=trio.current_time() + CLOSE_ON_CANCEL_TIMEOUT
@@ -213,11 +245,12 @@ async def serve(
     config: Config,
     processor: Processor,
     *,
+    metrics: Metrics | None = None,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen and serve calls until drained (or cancelled). The one entry point for the daemon
     and the tests: `server = await nursery.start(serve, config, processor)`."""
-    server = Server(config, processor)
+    server = Server(config, processor, metrics)
     listeners: list[trio.abc.Listener[Any]] = list(
         await trio.open_tcp_listeners(config.port, host=config.host)
     )
@@ -234,6 +267,7 @@ async def serve(
     try:
         async with trio.open_nursery() as services:
             await services.start(server.pacer.run)  # outlives every call; ends after them
+            services.start_soon(server.metrics.flush_periodically)
             await _serve_calls(server, listeners, task_status)
             services.cancel_scope.cancel()
     finally:
