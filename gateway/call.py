@@ -125,7 +125,9 @@ async def run_call(
                         continue
                     if first is None and isinstance(packet, AudioMetadata | TranscriptionMetadata):
                         first = packet
-                    else:
+                    else:  # came in the same read as the metadata: counted like the rest
+                        stats.packets_in += 1
+                        stats.audio_frames_in += type(packet) is AudioData
                         early.append((packet, arrived))
         except ConnectionClosed as closed:
             log.info("ACS closed before any metadata (%s)", closed.code)

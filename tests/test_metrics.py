@@ -8,10 +8,13 @@ import subprocess
 import sys
 import textwrap
 
+import pybase64
 import pytest
 import trio
 import trio_websocket
 from prometheus_client import CollectorRegistry, Histogram
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, Request, TextMessage
 
 from gateway.ops.metrics import (
     LATENCY_BUCKETS,
@@ -277,3 +280,35 @@ def test_workers_add_up_in_the_supervisors_registry(tmp_path):
     m = samples(render(registry)[0].decode())
     assert v("live_calls") == 1  # a dead worker's calls are not live ...
     assert v("audio_frames_in_total") == 360  # ... but what it counted stays counted
+
+
+async def test_frames_in_the_same_read_as_the_metadata_are_counted():
+    """Regression: audio that arrived in one socket read with the AudioMetadata was echoed but
+    not counted in audio_frames_in."""
+    metadata = (
+        '{"kind":"AudioMetadata","audioMetadata":{"subscriptionId":"s","encoding":"PCM",'
+        '"sampleRate":16000,"channels":1,"length":640}}'
+    )
+    pcm = pybase64.b64encode_as_string(bytes(FRAME))
+    audio = f'{{"kind":"AudioData","audioData":{{"data":"{pcm}","silent":false}}}}'
+    client = WSConnection(ConnectionType.CLIENT)
+    async with open_gateway() as server:
+        port = int(server.urls[0].rsplit(":", 1)[1])
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(client.send(Request(host="127.0.0.1", target="/")))
+            client.receive_data(await stream.receive_some(4096))
+            assert isinstance(next(client.events()), AcceptConnection)
+            # metadata and three frames in one write: the server reads them all at once
+            await stream.send_all(
+                client.send(TextMessage(metadata))
+                + b"".join(client.send(TextMessage(audio)) for _ in range(3))
+            )
+            echoed = 0
+            with trio.fail_after(5):
+                while echoed < 3:
+                    client.receive_data(await stream.receive_some(65536))
+                    echoed += sum(isinstance(e, TextMessage) for e in client.events())
+            m = scrape(server.metrics)
+            assert value(m, "audio_frames_in_total") == 3
+            assert value(m, "audio_frames_out_total") == 3
