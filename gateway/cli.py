@@ -3,7 +3,7 @@
 Owns: flags, signals, and exit codes. Everything it configures goes through `gateway.config`.
 Signals: the first SIGINT/SIGTERM drains (stop accepting, live calls get `shutdown_grace`
 seconds, then are cancelled) and the process exits 0; a second signal cancels every call at
-once.
+once. SIGHUP reloads the configuration (`gateway.ops.reload`).
 
 Processes: with `workers` > 1 this process becomes the supervisor (`gateway.supervisor`) and
 runs each worker as this same command line; a worker is recognised by the listening sockets
@@ -19,15 +19,19 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 
+import prometheus_client
 import trio
 
 from . import __version__, logs, processors, supervisor
 from . import config as configuration
 from .errors import ConfigError
 from .ops import systemd
+from .ops.health import serve_health
+from .ops.metrics import Metrics
+from .ops.reload import reload_on_sighup
 from .server import Server, serve
 
 log = logging.getLogger("gateway")
@@ -50,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-calls", type=int, help="live calls at most (default 1000)")
     run.add_argument("--shutdown-grace", type=float, help="seconds calls may go on after SIGTERM")
     run.add_argument("--workers", type=int, help="worker processes sharing the port (default 1)")
+    run.add_argument("--health-port", type=int, help="health and metrics port (default: none)")
     return parser
 
 
@@ -67,13 +72,24 @@ async def _watch_signals(server: Server) -> None:
 async def _run(
     config: configuration.Config,
     processor: processors.Processor,
+    load: Callable[[], configuration.Config],
     sockets: Sequence[socket.socket],
     notifier: systemd.Notifier,
+    worker: bool,
 ) -> None:
+    # The process's global registry: it also carries prometheus-client's process collectors.
+    # In a worker, $PROMETHEUS_MULTIPROC_DIR makes it write to files the supervisor sums.
+    prometheus_client.disable_created_metrics()  # `_created` series: noise for our scrapers
+    metrics = Metrics(prometheus_client.REGISTRY)
     async with trio.open_nursery() as nursery:
         server: Server = await nursery.start(
-            partial(serve, config, processor, sockets=sockets, notifier=notifier)
+            partial(serve, config, processor, metrics=metrics, sockets=sockets, notifier=notifier)
         )
+        await nursery.start(reload_on_sighup, server, load)
+        # A worker's health is the supervisor's to serve (gateway.supervisor).
+        if config.health_port is not None and not worker:
+            health = partial(serve_health, metrics=metrics.exposition)
+            await nursery.start(health, config.health_host, config.health_port, server.readiness)
         nursery.start_soon(_watch_signals, server)
         nursery.start_soon(supervisor.watch_supervisor, server.drain)
         await server.stopped.wait()
@@ -101,9 +117,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "max_calls": args.max_calls,
         "shutdown_grace": args.shutdown_grace,
         "workers": args.workers,
+        "health_port": args.health_port,
     }
+
+    def load() -> configuration.Config:  # at start, and again on SIGHUP
+        return configuration.load(args.config, overrides=overrides)
+
     try:
-        config = configuration.load(args.config, overrides=overrides)
+        config = load()
         logs.configure(config.log_level, config.log_format)
         processor = processors.load(config.processor, config.processor_options)
     except ConfigError as exc:
@@ -121,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.info("serving %d socket(s) from systemd; host and port unused", len(inherited))
         if config.workers > 1 and not worker_sockets:
             return trio.run(_supervise, config, argv, inherited, notifier)
-        trio.run(_run, config, processor, inherited, notifier)
+        trio.run(_run, config, processor, load, inherited, notifier, bool(worker_sockets))
     except KeyboardInterrupt:  # a signal before the handlers were installed
         return 0
     except BaseExceptionGroup as group:

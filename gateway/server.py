@@ -42,13 +42,14 @@ from typing import Any, Final
 import attrs
 import trio
 
-from .call import CallOutcome, run_call
+from .call import CallOutcome, CallTimings, run_call
 from .config import Config
 from .errors import CLOSE_GOING_AWAY
 from .logs import call_logger
 from .ops import systemd
+from .ops.metrics import Metrics
 from .pacer import Pacer
-from .processors import Processor
+from .processors import CallStats, Processor
 from .transport import SocketTransport
 from .websocket import ConnectionClosed, Reject, ServerWebSocket
 
@@ -92,13 +93,19 @@ class Server:
     """A running server; `serve()` hands it to `task_status.started`."""
 
     def __init__(
-        self, config: Config, processor: Processor, notifier: systemd.Notifier | None = None
+        self,
+        config: Config,
+        processor: Processor,
+        metrics: Metrics | None = None,
+        notifier: systemd.Notifier | None = None,
     ) -> None:
         self.config = config
         self.processor = processor
         self.notifier = notifier or systemd.Notifier(None)
         self.changes = systemd.Changes()  # live calls, readiness or draining: for STATUS=
         self.stats = ServerStats()
+        self.metrics = Metrics() if metrics is None else metrics  # a private registry by default
+        self._timings = CallTimings(self.metrics.processing.observe, self.metrics.lateness.observe)
         self.reserved = 0  # calls admitted (from the accepted upgrade to the end of the call)
         self.urls: list[str] = []
         self.draining = False
@@ -114,8 +121,8 @@ class Server:
 
     @property
     def ready(self) -> bool:
-        """Would admit a new call now: not draining and below `max_calls`."""
-        return not self.draining and self.reserved < self.config.max_calls
+        """Would admit a new call now (`readiness()` says why not)."""
+        return self.readiness()[0]
 
     @property
     def port(self) -> int:
@@ -142,6 +149,14 @@ class Server:
             self.notifier.notify(*self._status())
             await trio.sleep(systemd.STATUS_INTERVAL)
 
+    def readiness(self) -> tuple[bool, str]:
+        """Would a new call be admitted now, and if not, why (the health endpoint's /readyz)."""
+        if self.draining:
+            return False, "draining"
+        if self.reserved >= self.config.max_calls:
+            return False, f"at the limit of {self.config.max_calls} calls"
+        return True, "ready"
+
     def stop_now(self) -> None:
         """Cancel every call at once (a second signal)."""
         self._hard_stop = True
@@ -166,12 +181,14 @@ class Server:
         peer = _peer(stream)
         ws = ServerWebSocket(stream, max_message_bytes=config.max_message_bytes)
         admitted = False
+        ended_by, call = "hangup", None  # for the metrics: how an admitted call ended
         try:
             handshake = None
             with trio.move_on_at(trio.current_time() + config.handshake_timeout):
                 handshake = await ws.read_handshake()
             if handshake is None:
                 self.stats.handshakes_failed += 1
+                self.metrics.handshakes_failed.labels("timeout").inc()
                 log.info("handshake from %s timed out", peer)
                 return
             calllog = call_logger(
@@ -182,19 +199,31 @@ class Server:
             refusal = self._admission()
             if refusal is not None:
                 self.stats.calls_refused += 1
+                self.metrics.calls_refused.labels(str(refusal.status)).inc()
                 calllog.warning("refusing the call: %s", refusal.reason)
                 await ws.reject(refusal)
                 return
             self.reserved += 1
             admitted = True
+            live = self.metrics.call_started(call_stats := CallStats())
+            admitted_at = trio.current_time()
             self.changes.note()
             await ws.accept()
             self.stats.calls_accepted += 1
+            self.metrics.calls_accepted.inc()
             calllog.info("accepted %s", handshake.target)
             outcome = await run_call(
-                ws, handshake, self.processor, config.call_settings, calllog, pacer=self.pacer
+                ws,
+                handshake,
+                self.processor,
+                config.call_settings,
+                calllog,
+                pacer=self.pacer,
+                stats=call_stats,
+                timings=self._timings,
             )
             self.stats.add(outcome)
+            ended_by, call = outcome.ended_by, outcome.call
             calllog.info(
                 "call ended by %s (close code %s): %d frames in, %d dropped, %d messages out",
                 outcome.ended_by,
@@ -205,13 +234,18 @@ class Server:
             )
         except ConnectionClosed as closed:
             self.stats.handshakes_failed += not admitted
+            if not admitted:
+                self.metrics.handshakes_failed.labels("invalid").inc()
             log.debug("connection from %s closed during the handshake: %s", peer, closed)
         except Exception:
             self.stats.calls_failed += 1
+            self.metrics.calls_failed.inc()
+            ended_by = "gateway_error"
             log.exception("call from %s failed in the gateway", peer)
         finally:
             if admitted:
                 self.reserved -= 1
+                self.metrics.call_ended(live, trio.current_time() - admitted_at, ended_by, call)
                 self.changes.note()
             if ws.closed is None and admitted and not self._hard_stop:
                 with trio.CancelScope(
@@ -252,13 +286,14 @@ async def serve(
     *,
     sockets: Sequence[socket.socket] = (),
     notifier: systemd.Notifier | None = None,
+    metrics: Metrics | None = None,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen and serve calls until drained (or cancelled). The one entry point for the daemon
     and the tests: `server = await nursery.start(serve, config, processor)`.
 
     `sockets`: already listening sockets to serve on instead of binding `host`/`port`."""
-    server = Server(config, processor, notifier)
+    server = Server(config, processor, metrics, notifier)
     listeners: list[trio.abc.Listener[Any]]
     if sockets:
         listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
@@ -277,6 +312,7 @@ async def serve(
     try:
         async with trio.open_nursery() as services:
             await services.start(server.pacer.run)  # outlives every call; ends after them
+            services.start_soon(server.metrics.flush_periodically)
             services.start_soon(server._report_status)
             if server.notifier.watchdog_interval is not None:
                 await services.start(

@@ -24,6 +24,8 @@ class CallStats:
     protocol_errors: Counter[str] = attrs.field(factory=Counter)  # by ProtocolError.reason
     messages_out: int = 0
     stop_audio_sent: int = 0
+    # A processor's upstream (e.g. a realtime model) failed, by kind; exported as a metric.
+    upstream_errors: Counter[str] = attrs.field(factory=Counter)
 
 
 @attrs.define(slots=True, eq=False)
@@ -47,7 +49,7 @@ class Call:
     headers: Mapping[str, str]
     audio: AudioMetadata | None
     transcription: TranscriptionMetadata | None
-    packets: trio.MemoryReceiveChannel[InboundPacket]
+    packets: trio.abc.ReceiveChannel[InboundPacket]
     player: Player | None
     log: logging.LoggerAdapter[logging.Logger]
     stats: CallStats
