@@ -15,6 +15,11 @@ fds to serve on (`WORKER_FDS_ENV`) and where to read for the supervisor's death
 drains). Workers run in their own session, so a terminal's Ctrl-C reaches them once, through
 the supervisor.
 
+Health: with `health_port` set, the supervisor (not the workers) serves `/livez`, `/readyz`
+(ready when not draining and every worker is ready) and `/metrics` (every worker's metrics,
+summed by prometheus-client's multiprocess mode from `$PROMETHEUS_MULTIPROC_DIR`, a fresh
+private directory for each run).
+
 Workers talk to the supervisor with systemd's own notify protocol (`gateway.ops.systemd`): each
 gets a private abstract `$NOTIFY_SOCKET` and a `$WATCHDOG_USEC`. The supervisor tells systemd
 READY=1 once every worker is ready, STATUS= with the total of live calls, STOPPING=1 on drain,
@@ -37,6 +42,7 @@ import socket
 import sys
 import tempfile
 from collections.abc import Sequence
+from functools import partial
 from typing import Final
 
 import attrs
@@ -44,6 +50,8 @@ import trio
 
 from .config import Config
 from .ops import systemd
+from .ops.health import serve_health
+from .ops.metrics import multiprocess_registry, worker_exited
 from .server import _ssl_context
 
 log = logging.getLogger("gateway.supervisor")
@@ -140,7 +148,16 @@ class Supervisor:
     @property
     def ready(self) -> bool:
         """Admitting calls: not draining, and every worker ready."""
-        return not self.draining and all(w.ready for w in self.workers)
+        return self.readiness()[0]
+
+    def readiness(self) -> tuple[bool, str]:
+        """The health endpoint's /readyz for the whole service, and why not."""
+        if self.draining:
+            return False, "draining"
+        waiting = [str(w.index) for w in self.workers if not w.ready]
+        if waiting:
+            return False, f"worker(s) {', '.join(waiting)} not ready (starting, or at max_calls)"
+        return True, "ready"
 
     def _status(self) -> tuple[str, ...]:
         up = sum(w.process is not None and w.process.returncode is None for w in self.workers)
@@ -179,6 +196,13 @@ class Supervisor:
                         workers.start_soon(self._keep_running, worker)
                     workers.start_soon(self._watch_watchdogs)
                     workers.start_soon(self._report)
+                    if self.config.health_port is not None:
+                        # the workers' metrics, summed from their multiprocess files
+                        registry = multiprocess_registry(self.metrics_dir)
+                        health = partial(serve_health, registry=registry)
+                        await nursery.start(
+                            health, self.config.health_host, self.config.health_port, self.readiness
+                        )
                     task_status.started(self)
                     await self.all_exited.wait()
                     workers.cancel_scope.cancel()
@@ -267,6 +291,7 @@ class Supervisor:
             if self.draining:  # the signal went out while this one was being spawned
                 worker.process.send_signal(signal.SIGTERM)
             worker.exit_code = await worker.process.wait()
+            worker_exited(worker.process.pid, self.metrics_dir)  # its live calls count no more
             if self.draining and not worker.serving and -worker.exit_code in STOP_SIGNALS:
                 # stopped while still starting (before it could handle the signal): no call
                 # was ever on it, so this is a clean stop

@@ -46,6 +46,9 @@ def test_probes_and_service_point_at_the_right_ports():
     assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "health"}
     assert set(ports) == {"media", "health"}
     assert ports["media"] == config.Config().port
+
+    toml = DOCUMENTS["ConfigMap"]["data"]["gateway.toml"]
+    assert f"health_port = {ports['health']}" in toml  # what the probes reach is served
     service = DOCUMENTS["Service"]["spec"]
     assert [p["targetPort"] for p in service["ports"]] == ["media"]
     assert service["selector"] == DOCUMENTS["Deployment"]["spec"]["selector"]["matchLabels"]

@@ -26,6 +26,7 @@ from .daemons import (
     tcp_sockets,
     throwaway_tls,
 )
+from .test_health import http, samples
 
 WORKERS = [*SERVE, "--host", "127.0.0.1", "--port", "0", "--workers", "2"]
 MAX_CALLS_TO_REACH_BOTH = 24  # the kernel hashes each connection to a worker: 2**-23 to miss
@@ -186,3 +187,34 @@ async def test_sigterm_while_workers_start_is_a_clean_stop():
         gateway.process.send_signal(signal.SIGTERM)
         assert await gateway.wait_exit() == 0
     assert "ended with exit code" not in gateway.text
+
+
+async def test_the_supervisor_serves_readiness_and_every_workers_metrics():
+    env = {"ACS_GATEWAY_HEALTH_HOST": "127.0.0.1"}
+    async with gateway_process([*WORKERS, "--health-port", "0"], env=env) as gateway:
+        found = await gateway.wait_log(r"health and metrics on http://127\.0\.0\.1:\d+/")
+        health = int(found[0].rsplit(":", 1)[1].rstrip("/"))
+        await gateway.wait_log("all 2 workers ready")
+        assert await http(health, "/readyz") == (200, "ready\n")
+        async with calls_on_every_worker(gateway) as calls:
+            opened = len(calls)
+        frames = len(PCM) // 640 * opened
+
+        def summed() -> tuple[float, float]:
+            return (
+                totals.get(("acs_gateway_calls_accepted_total", ()), 0),
+                totals.get(("acs_gateway_audio_frames_in_total", ()), 0),
+            )
+
+        with trio.fail_after(10):
+            while True:  # each worker adds its call's counts when the call has ended
+                totals = samples((await http(health, "/metrics"))[1])
+                if summed() == (opened, frames):
+                    break
+                await trio.sleep(0.05)
+        async with simulated_call(gateway.url):  # keeps the drain going
+            gateway.process.send_signal(signal.SIGTERM)
+            await gateway.wait_log("draining 2 worker")
+            status, body = await http(health, "/readyz")
+            assert status == 503 and "draining" in body
+        assert await gateway.wait_exit() == 0
