@@ -218,3 +218,21 @@ async def test_the_supervisor_serves_readiness_and_every_workers_metrics():
             status, body = await http(health, "/readyz")
             assert status == 503 and "draining" in body
         assert await gateway.wait_exit() == 0
+
+
+async def test_sighup_reloads_every_worker_and_drops_nothing(tmp_path):
+    settings = tmp_path / "gateway.toml"
+    settings.write_text("max_calls = 100\n")
+    async with gateway_process([*WORKERS, "--config", str(settings)]) as gateway:
+        pids = await live_workers(gateway)
+        await gateway.wait_log("all 2 workers ready")
+        async with simulated_call(gateway.url) as call:
+            settings.write_text("max_calls = 50\n")
+            gateway.process.send_signal(signal.SIGHUP)
+            await gateway.wait_log("SIGHUP: reloading the configuration", count=2)
+            await gateway.wait_log("configuration reloaded: max_calls=50", count=2)
+            await call.stream(PCM, realtime=False)
+            with trio.fail_after(10):
+                await call.wait_for_audio(len(PCM))
+            assert call.received_pcm == PCM and not call.closed.is_set()
+        assert gateway.workers() == pids  # reloaded in place, not restarted
