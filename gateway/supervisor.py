@@ -174,9 +174,9 @@ class Supervisor:
         self, *, task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED
     ) -> int:
         count = self.config.workers
-        if self.config.tls_certfile is not None:
-            _ssl_context(self.config)  # a bad certificate or key fails here, not in each worker
         try:
+            if self.config.tls_certfile is not None:
+                _ssl_context(self.config)  # a bad certificate or key fails here, not in workers
             if self.inherited:
                 groups = [self.inherited] * count
                 log.info("serving %d inherited socket(s) with %d workers", len(groups[0]), count)
