@@ -19,7 +19,7 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from functools import partial
 
 import prometheus_client
@@ -58,15 +58,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _watch_signals(server: Server) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            if not server.draining:
-                log.info("%s: draining", signal.Signals(signum).name)
-                server.drain()
-            else:
-                log.warning("%s again: cancelling every call now", signal.Signals(signum).name)
-                server.stop_now()
+async def _watch_signals(server: Server, signals: AsyncIterator[int]) -> None:
+    async for signum in signals:
+        if not server.draining:
+            log.info("%s: draining", signal.Signals(signum).name)
+            server.drain()
+        else:
+            log.warning("%s again: cancelling every call now", signal.Signals(signum).name)
+            server.stop_now()
 
 
 async def _run(
@@ -81,19 +80,26 @@ async def _run(
     # In a worker, $PROMETHEUS_MULTIPROC_DIR makes it write to files the supervisor sums.
     prometheus_client.disable_created_metrics()  # `_created` series: noise for our scrapers
     metrics = Metrics(prometheus_client.REGISTRY)
-    async with trio.open_nursery() as nursery:
-        server: Server = await nursery.start(
-            partial(serve, config, processor, metrics=metrics, sockets=sockets, notifier=notifier)
-        )
-        await nursery.start(reload_on_sighup, server, load)
-        # A worker's health is the supervisor's to serve (gateway.supervisor).
-        if config.health_port is not None and not worker:
-            health = partial(serve_health, metrics=metrics.exposition)
-            await nursery.start(health, config.health_host, config.health_port, server.readiness)
-        nursery.start_soon(_watch_signals, server)
-        nursery.start_soon(supervisor.watch_supervisor, server.drain)
-        await server.stopped.wait()
-        nursery.cancel_scope.cancel()
+    # Catch SIGTERM before serve() says it listens (READY=1): a stop that comes right after
+    # must drain, not kill the process.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            server: Server = await nursery.start(
+                partial(
+                    serve, config, processor, metrics=metrics, sockets=sockets, notifier=notifier
+                )
+            )
+            await nursery.start(reload_on_sighup, server, load)
+            # A worker's health is the supervisor's to serve (gateway.supervisor).
+            if config.health_port is not None and not worker:
+                health = partial(serve_health, metrics=metrics.exposition)
+                await nursery.start(
+                    health, config.health_host, config.health_port, server.readiness
+                )
+            nursery.start_soon(_watch_signals, server, signals)
+            nursery.start_soon(supervisor.watch_supervisor, server.drain)
+            await server.stopped.wait()
+            nursery.cancel_scope.cancel()
 
 
 async def _supervise(

@@ -137,6 +137,8 @@ async def gateway_process(
                     await process.wait()
             kill_tree(process.pid)
             await process.wait()
+            if process.stderr is not None:
+                await process.stderr.aclose()  # our end of its pipe, now rather than at GC
 
 
 def kill_tree(pid: int) -> None:

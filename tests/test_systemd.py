@@ -46,9 +46,13 @@ async def serving(notifier: systemd.Notifier | None, **settings: Any) -> AsyncIt
     config = Config(**{"host": "127.0.0.1", "port": 0, **settings})
     async with trio.open_nursery() as nursery:
         server = await nursery.start(partial(serve, config, load("echo"), notifier=notifier))
-        yield server
-        if not server.stopped.is_set():
-            server.stop_now()
+        try:
+            yield server
+        finally:
+            if not server.stopped.is_set():
+                server.stop_now()
+            if notifier is not None:
+                notifier.close()  # its socket, now, not at some later garbage collection
 
 
 async def echo_round_trip(url: str) -> None:
@@ -80,6 +84,7 @@ def test_notify_outside_systemd_does_nothing_and_a_gone_socket_is_not_fatal(tmp_
     assert not systemd.Notifier.from_environ({}).notify("READY=1")
     gone = systemd.Notifier(str(tmp_path / "nobody-listens.sock"))
     assert not gone.notify("READY=1")
+    gone.close()
     assert "sd_notify" in caplog.text
 
 
