@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import Callable
 from typing import Final
 
@@ -91,6 +92,20 @@ class CallOutcome:
     error: BaseException | None = None
 
 
+@attrs.frozen
+class CallTimings:
+    """Where a call reports its timings, in seconds (`gateway.ops.metrics` provides them).
+
+    - `processing`: per inbound packet, from the socket read that completed it to the moment
+      the processor took it from the inbound channel.
+    - `pacing_lateness`: per release by the send task after sleeping until a playout deadline,
+      how late it ran.
+    """
+
+    processing: Callable[[float], None]
+    pacing_lateness: Callable[[float], None]
+
+
 class _CallEnded(Exception):
     pass
 
@@ -106,17 +121,20 @@ async def run_call(
     settings: CallSettings,
     log: logging.LoggerAdapter[logging.Logger],
     pacer: Pacer | None = None,
+    stats: CallStats | None = None,
+    timings: CallTimings | None = None,
 ) -> CallOutcome:
     """Run one accepted media stream to its end. Never raises for anything the peer or the
-    processor did; a bug in the gateway itself propagates to the server's error boundary."""
-    stats = CallStats()
+    processor did; a bug in the gateway itself propagates to the server's error boundary.
+    `stats`: where to count (the server reads it while the call is live)."""
+    stats = CallStats() if stats is None else stats
     decoder = InboundDecoder()
     errors = _ErrorPolicy(settings.max_consecutive_errors, stats, log)
     intake = _Intake(settings, stats, log, ws)
     end_at = intake.heard + settings.max_call_duration
 
     # 1. Wait for the stream's first metadata: it says what the call carries.
-    early: list[InboundPacket] = []
+    early: list[tuple[InboundPacket, float]] = []  # with their arrival times
     first: AudioMetadata | TranscriptionMetadata | None = None
     with trio.move_on_at(trio.current_time() + settings.metadata_timeout):
         try:
@@ -127,8 +145,10 @@ async def run_call(
                         continue
                     if first is None and isinstance(packet, AudioMetadata | TranscriptionMetadata):
                         first = packet
-                    else:
-                        early.append(packet)
+                    else:  # came in the same read as the metadata: counted like the rest
+                        stats.packets_in += 1
+                        stats.audio_frames_in += type(packet) is AudioData
+                        early.append((packet, intake.now))
         except ConnectionClosed as closed:
             log.info("ACS closed before any metadata (%s)", closed.code)
             return CallOutcome("hangup", closed.code, stats)
@@ -154,9 +174,16 @@ async def run_call(
             ),
             pacer=pacer,
             direct=_DirectSink(ws, stats),
+            on_late=None if timings is None else timings.pacing_lateness,
         )
     audio_slots = max(1, math.ceil(settings.inbound_queue_ms / FRAME_MS))
     inbound_send, inbound_receive = trio.open_memory_channel[InboundPacket](audio_slots)
+    # Arrival times of the packets in the inbound channel, in the same order (timings only).
+    arrivals: deque[float] | None = None
+    packets: trio.abc.ReceiveChannel[InboundPacket] = inbound_receive
+    if timings is not None:
+        arrivals = deque()
+        packets = _TimedPackets(inbound_receive, arrivals, timings.processing)
     call = Call(
         connection_id=handshake.headers.get("x-ms-call-connection-id"),
         correlation_id=handshake.headers.get("x-ms-call-correlation-id"),
@@ -164,7 +191,7 @@ async def run_call(
         headers=handshake.headers,
         audio=audio,
         transcription=first if isinstance(first, TranscriptionMetadata) else None,
-        packets=inbound_receive,
+        packets=packets,
         player=player,
         log=log,
         stats=stats,
@@ -193,7 +220,9 @@ async def run_call(
         """Read ACS until it hangs up; route packets by the inbound channel policy."""
         async with inbound_send:  # closing it ends the processor's `async for`
             try:
-                for packet in early:
+                for packet, arrived in early:
+                    if arrivals is not None:
+                        arrivals.append(arrived)
                     await inbound_send.send(packet)
                 while True:
                     for message in intake.admit(await ws.receive_messages()):
@@ -210,9 +239,14 @@ async def run_call(
                                 stats.audio_frames_dropped += 1
                                 if stats.audio_frames_dropped == 1:
                                     log.warning("processor is behind: dropping inbound audio")
+                                continue
+                            if arrivals is not None:
+                                arrivals.append(intake.now)  # when the read returned
                         else:
                             if audio is None:  # a transcription stream is alive while it talks
                                 intake.heard = intake.now
+                            if arrivals is not None:  # before: the processor may run first
+                                arrivals.append(intake.now)
                             await inbound_send.send(packet)
             except SendTimeout as closed:  # a pong the peer would not take
                 give_up(closed)
@@ -329,6 +363,52 @@ def _run_in(scope: trio.CancelScope, fn: Callable[[], object]) -> Callable[[], o
 async def _close(ws: ServerWebSocket, code: int, reason: str) -> None:
     with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_TIMEOUT):
         await ws.close(code, reason)
+
+
+class _TimedPackets(trio.abc.ReceiveChannel[InboundPacket]):
+    """The inbound channel as the processor sees it, timing each packet from its arrival
+    (`arrivals`, appended by the receive task in channel order) to the processor taking it."""
+
+    def __init__(
+        self,
+        channel: trio.MemoryReceiveChannel[InboundPacket],
+        arrivals: deque[float],
+        observe: Callable[[float], None],
+    ) -> None:
+        self._channel = channel
+        self._arrivals = arrivals
+        self._observe = observe
+
+    def _taken(self) -> None:
+        if self._arrivals:
+            self._observe(trio.current_time() - self._arrivals.popleft())
+
+    async def receive(self) -> InboundPacket:
+        packet = await self._channel.receive()
+        self._taken()
+        return packet
+
+    async def __anext__(self) -> InboundPacket:  # the processor's `async for`: one hop, not two
+        try:
+            packet = await self._channel.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+        self._taken()
+        return packet
+
+    def receive_nowait(self) -> InboundPacket:
+        packet = self._channel.receive_nowait()
+        self._taken()
+        return packet
+
+    def statistics(self) -> trio.MemoryChannelStatistics:
+        return self._channel.statistics()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    async def aclose(self) -> None:
+        await self._channel.aclose()
 
 
 class _DirectSink:

@@ -85,8 +85,14 @@ ACS_TOKEN_ISSUER: Final = "https://acscallautomation.communication.azure.com"
 ACS_KEY_SET_URL: Final = "https://acscallautomation.communication.azure.com/calling/keys"
 
 
-def _doc(text: str) -> dict[str, str]:
+def _doc(text: str) -> dict[str, Any]:
     return {"doc": text}
+
+
+def _hot(text: str) -> dict[str, Any]:
+    """A setting SIGHUP may change in a running gateway (`gateway.ops.reload`): calls that
+    started keep the value they started with; new calls get the new one."""
+    return {"doc": text, "reloadable": True}
 
 
 @attrs.frozen(kw_only=True)
@@ -104,66 +110,66 @@ class Config:
     log_level: str = attrs.field(
         default="info",
         validator=_one_of(*LOG_LEVELS),
-        metadata=_doc("debug, info, warning, error."),
+        metadata=_hot("debug, info, warning, error."),
     )
     log_format: str = attrs.field(
         default="text",
         validator=_one_of(*LOG_FORMATS),
-        metadata=_doc("`text` or `json` (one object a line)."),
+        metadata=_hot("`text` or `json` (one object a line)."),
     )
     max_calls: int = attrs.field(
         default=1000,
         validator=_positive,
-        metadata=_doc("Live calls at most; the next handshake is refused with HTTP 503."),
+        metadata=_hot("Live calls at most; the next handshake is refused with HTTP 503."),
     )
     max_message_bytes: int = attrs.field(
         default=65536,
         validator=_positive,
-        metadata=_doc("Largest inbound WebSocket message; a larger one closes the call (1009)."),
+        metadata=_hot("Largest inbound WebSocket message; a larger one closes the call (1009)."),
     )
     handshake_timeout: float = attrs.field(
         default=10.0,
         validator=_positive,
-        metadata=_doc("Seconds a connection may take to complete the WebSocket upgrade."),
+        metadata=_hot("Seconds a connection may take to complete the WebSocket upgrade."),
     )
     metadata_timeout: float = attrs.field(
         default=10.0,
         validator=_positive,
-        metadata=_doc("Seconds from upgrade to the first AudioMetadata/TranscriptionMetadata."),
+        metadata=_hot("Seconds from upgrade to the first AudioMetadata/TranscriptionMetadata."),
     )
     inbound_queue_ms: int = attrs.field(
         default=1000,
         validator=_at_least_one_frame,
-        metadata=_doc("Audio a processor may fall behind before frames are dropped (counted)."),
+        metadata=_hot("Audio a processor may fall behind before frames are dropped (counted)."),
     )
     playout_lead_ms: int = attrs.field(
         default=60,
         validator=_at_least_one_frame,
-        metadata=_doc(
+        metadata=_hot(
             "How far ahead of real time audio is sent to ACS (bounds audio after barge-in)."
         ),
     )
     playout_queue_ms: int = attrs.field(
         default=5000,
         validator=_at_least_one_frame,
-        metadata=_doc("Outbound audio a call may queue; `play()` blocks beyond it."),
+        metadata=_hot("Outbound audio a call may queue; `play()` blocks beyond it."),
     )
     hangup_grace: float = attrs.field(
         default=2.0,
         validator=_positive,
-        metadata=_doc(
+        metadata=_hot(
             "Seconds a processor has to return after ACS hangs up before it is cancelled."
         ),
     )
     max_consecutive_errors: int = attrs.field(
         default=50,
         validator=_positive,
-        metadata=_doc("Malformed packets in a row that close the call (1007)."),
+        metadata=_hot("Malformed packets in a row that close the call (1007)."),
     )
     shutdown_grace: float = attrs.field(
         default=30.0,
         validator=_positive,
-        metadata=_doc("On SIGTERM/SIGINT, seconds live calls may go on before they are cancelled."),
+        metadata=_hot("On SIGTERM/SIGINT, seconds live calls may go on before they are cancelled."),
     )
     tls_certfile: str | None = attrs.field(
         default=None,
@@ -176,32 +182,32 @@ class Config:
     send_timeout: float = attrs.field(
         default=10.0,
         validator=_positive,
-        metadata=_doc("Seconds one write may wait for ACS to read; then that call is aborted."),
+        metadata=_hot("Seconds one write may wait for ACS to read; then that call is aborted."),
     )
     max_frames_per_second: int = attrs.field(
         default=250,
         validator=_positive,
-        metadata=_doc("Inbound messages a call may send a second (bursts of one second's worth)."),
+        metadata=_hot("Inbound messages a call may send a second (bursts of one second's worth)."),
     )
     flood_grace: float = attrs.field(
         default=5.0,
         validator=_positive,
-        metadata=_doc("Seconds a call may flood past that rate before it is closed (1008)."),
+        metadata=_hot("Seconds a call may flood past that rate before it is closed (1008)."),
     )
     idle_timeout: float = attrs.field(
         default=300.0,
         validator=_positive,
-        metadata=_doc("Seconds without inbound audio that close the call (1000)."),
+        metadata=_hot("Seconds without inbound audio that close the call (1000)."),
     )
     max_call_duration: float = attrs.field(
         default=14400.0,
         validator=_positive,
-        metadata=_doc("Seconds a call may last; then it is closed (1000)."),
+        metadata=_hot("Seconds a call may last; then it is closed (1000)."),
     )
     max_calls_per_source: int | None = attrs.field(
         default=None,
         validator=_positive_or_none,
-        metadata=_doc("Live calls from one source address at most (HTTP 429); none: no limit."),
+        metadata=_hot("Live calls from one source address at most (HTTP 429); none: no limit."),
     )
     allowed_networks: tuple[str, ...] = attrs.field(
         default=(),
@@ -234,6 +240,23 @@ class Config:
         default=3600.0,
         validator=_positive,
         metadata=_doc("Seconds after which the cached key set is fetched again."),
+    # Health and metrics endpoint (ops-obs: gateway/ops/health.py, gateway/ops/metrics.py).
+    health_host: str = attrs.field(
+        default="0.0.0.0",
+        metadata=_doc("Address of the health endpoint: `/livez`, `/readyz`, `/metrics`."),
+    )
+    health_port: int | None = attrs.field(
+        default=None,
+        validator=attrs.validators.optional(_port),
+        metadata=_doc("TCP port of the health endpoint (0: any free port); unset: no endpoint."),
+    )
+    # Many cores (ops-sys: gateway/supervisor.py).
+    workers: int = attrs.field(
+        default=1,
+        validator=_positive,
+        metadata=_doc(
+            "Worker processes sharing the port, supervised (one core each); 1: no supervisor."
+        ),
     )
     processors: dict[str, dict[str, Any]] = attrs.field(
         factory=dict,
@@ -243,6 +266,8 @@ class Config:
     def __attrs_post_init__(self) -> None:
         if (self.tls_certfile is None) != (self.tls_keyfile is None):
             raise ValueError("tls_certfile and tls_keyfile go together")
+        if self.health_port and self.health_port == self.port:
+            raise ValueError(f"health_port must differ from port (both {self.port})")
 
     @property
     def call_settings(self) -> CallSettings:
@@ -265,6 +290,9 @@ class Config:
 
 
 SETTINGS: Final = tuple(a.name for a in attrs.fields(Config))
+RELOADABLE: Final = frozenset(
+    a.name for a in attrs.fields(Config) if a.metadata.get("reloadable", False)
+)
 FILE_ONLY: Final = ("processors",)
 
 

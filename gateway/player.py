@@ -47,8 +47,10 @@ class Player:
         clock: Callable[[], float] = trio.current_time,
         pacer: Pacer | None = None,
         direct: DirectSink | None = None,
+        on_late: Callable[[float], None] | None = None,
     ) -> None:
         self.playout = playout
+        self._on_late = on_late  # told how late the send task ran after a playout deadline
         self._direct = direct  # lets play() write due frames itself when the sender is idle
         self._flush_pending = False  # the direct path left bytes for the send task
         self._clock = clock
@@ -160,12 +162,15 @@ class Player:
     async def next_release(self) -> tuple[bool, list[bytes]]:
         """Wait until there is something to send: (stop-audio owed?, frames due now)."""
         playout = self.playout
+        slept_until = None  # the playout deadline the send task slept until, if it did
         while True:
             now = self._clock()
             stop = playout.take_stop()
             frames = playout.release_due(now)
             if frames:
                 self._space.unpark_all()
+                if slept_until is not None and self._on_late is not None and now >= slept_until:
+                    self._on_late(now - slept_until)
             if stop or frames or self._flush_pending:
                 self._flush_pending = False
                 return stop, frames
@@ -175,13 +180,14 @@ class Player:
             try:
                 if due is None:
                     self._sender_wakes_at = math.inf
+                    slept_until = None
                     await self._sender.park()
                 elif self._pacer is not None:
-                    self._sender_wakes_at = due
+                    self._sender_wakes_at = slept_until = due
                     self._pacer.wake_at(due, self._sender)
                     await self._sender.park()
                 else:
-                    self._sender_wakes_at = due
+                    self._sender_wakes_at = slept_until = due
                     with trio.move_on_at(due):
                         await self._sender.park()
             finally:

@@ -6,12 +6,12 @@ Owns: connections. It knows nothing of audio: each accepted WebSocket is handed 
 Handshake checks, in order: the upgrade must complete within `handshake_timeout` (TLS included);
 a source address outside `allowed_networks` is refused with HTTP 403; with `acs_resource_id`
 set, ACS's token must pass `gateway.auth` within the same deadline (else HTTP 401, or 503 when
-the signing keys cannot be had); while draining, or at `max_calls` live calls, the upgrade is
-refused with HTTP 503, and at `max_calls_per_source` calls from one address with 429, before it
-is accepted. Admission and the reservation of a call's place happen with no await between them
-(after the token check, which may wait), so the limits hold however many handshakes race. Any
-path is accepted. The `x-ms-call-connection-id` and `x-ms-call-correlation-id` headers tag every
-log line of the call.
+the signing keys cannot be had); at `max_calls` live calls the upgrade is refused with HTTP 503,
+and at `max_calls_per_source` calls from one address with 429, before it is accepted. Admission
+and the reservation of a call's place happen with no await between them (after the token check,
+which may wait), so the limits hold however many handshakes race. While draining, nothing more
+is accepted, and a connection accepted before is served. Any path is accepted. The
+`x-ms-call-connection-id` and `x-ms-call-correlation-id` headers tag every log line of the call.
 
 Resource handling: every accepted stream is closed (`aclose_forcefully`) before its handler
 returns, whatever happened; a call still open when the server is cancelled is closed with 1001.
@@ -22,6 +22,15 @@ and the other calls go on.
 Drain (`Server.drain(grace)`): stop accepting and close the listeners, let live calls go on for
 `grace` seconds, then cancel them (hypercorn's `worker_serve` in one line). `serve()` returns
 when the last call has ended.
+
+Listening sockets: bound here from `host`/`port`, or handed in already bound (`sockets=`: from
+systemd's socket activation, or one of a supervisor's SO_REUSEPORT sockets). A handed-in
+socket is only closed here, never shut down: its owner keeps the accept queue alive, so under
+socket activation connections that arrive while this process drains wait for the next one.
+
+Service manager: `notifier` (`gateway.ops.systemd`) gets READY=1 once listening, STATUS= with
+the live calls when they change (at most every `STATUS_INTERVAL`), STOPPING=1 on drain, and
+WATCHDOG=1 from this event loop when systemd asked for it.
 """
 
 from __future__ import annotations
@@ -33,18 +42,21 @@ import socket
 import ssl
 import struct
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any, Final
 
 import attrs
 import trio
 
 from .auth import AuthFailure, KeySet, TokenChecker
-from .call import CallOutcome, run_call
+from .call import CallOutcome, CallTimings, run_call
 from .config import Config
 from .errors import CLOSE_GOING_AWAY
 from .logs import call_logger
+from .ops import systemd
+from .ops.metrics import Metrics
 from .pacer import Pacer
-from .processors import Processor
+from .processors import CallStats, Processor
 from .transport import SocketTransport
 from .websocket import ConnectionClosed, Reject, SendTimeout, ServerWebSocket
 
@@ -92,10 +104,20 @@ class ServerStats:
 class Server:
     """A running server; `serve()` hands it to `task_status.started`."""
 
-    def __init__(self, config: Config, processor: Processor) -> None:
+    def __init__(
+        self,
+        config: Config,
+        processor: Processor,
+        metrics: Metrics | None = None,
+        notifier: systemd.Notifier | None = None,
+    ) -> None:
         self.config = config
         self.processor = processor
+        self.notifier = notifier or systemd.Notifier(None)
+        self.changes = systemd.Changes()  # live calls, readiness or draining: for STATUS=
         self.stats = ServerStats()
+        self.metrics = Metrics() if metrics is None else metrics  # a private registry by default
+        self._timings = CallTimings(self.metrics.processing.observe, self.metrics.lateness.observe)
         self.reserved = 0  # calls admitted (from the accepted upgrade to the end of the call)
         self.reserved_by_source: Counter[str] = Counter()  # the same, by source address
         self.allowed_networks = tuple(
@@ -127,6 +149,11 @@ class Server:
         return self.reserved
 
     @property
+    def ready(self) -> bool:
+        """Would admit a new call now (`readiness()` says why not)."""
+        return self.readiness()[0]
+
+    @property
     def port(self) -> int:
         return int(self.urls[0].rsplit(":", 1)[1])
 
@@ -138,6 +165,26 @@ class Server:
         assert self._calls_scope is not None
         self._calls_scope.deadline = min(self._calls_scope.deadline, trio.current_time() + grace)
         log.info("draining: %d live call(s), grace %.1f s", self.live, grace)
+        self.notifier.notify("STOPPING=1", *self._status())
+        self.changes.note()
+
+    def _status(self) -> tuple[str, ...]:
+        return systemd.status_assignments(self.live, self.ready, self.draining)
+
+    async def _report_status(self) -> None:
+        """STATUS= whenever the live calls change, at most every STATUS_INTERVAL seconds."""
+        while True:
+            await self.changes.wait()
+            self.notifier.notify(*self._status())
+            await trio.sleep(systemd.STATUS_INTERVAL)
+
+    def readiness(self) -> tuple[bool, str]:
+        """Would a new call be admitted now, and if not, why (the health endpoint's /readyz)."""
+        if self.draining:
+            return False, "draining"
+        if self.reserved >= self.config.max_calls:
+            return False, f"at the limit of {self.config.max_calls} calls"
+        return True, "ready"
 
     def stop_now(self) -> None:
         """Cancel every call at once (a second signal)."""
@@ -166,6 +213,7 @@ class Server:
             stream, max_message_bytes=config.max_message_bytes, send_timeout=config.send_timeout
         )
         admitted = False
+        ended_by, call = "hangup", None  # for the metrics: how an admitted call ended
         try:
             handshake = None
             deadline = trio.current_time() + config.handshake_timeout
@@ -173,6 +221,7 @@ class Server:
                 handshake = await ws.read_handshake()
             if handshake is None:
                 self.stats.handshakes_failed += 1
+                self.metrics.handshakes_failed.labels("timeout").inc()
                 log.info("handshake from %s timed out", peer)
                 return
             calllog = call_logger(
@@ -192,19 +241,32 @@ class Server:
                 why, refusal = refused
                 self.stats.calls_refused += 1
                 self.stats.refused_by[why] += 1
+                self.metrics.calls_refused.labels(str(refusal.status)).inc()
                 calllog.warning("refusing the call (%s): %s", why, refusal.reason)
                 await ws.reject(refusal)
                 return
             self.reserved += 1
             self.reserved_by_source[source] += 1
             admitted = True
+            live = self.metrics.call_started(call_stats := CallStats())
+            admitted_at = trio.current_time()
+            self.changes.note()
             await ws.accept()
             self.stats.calls_accepted += 1
+            self.metrics.calls_accepted.inc()
             calllog.info("accepted %s", handshake.target)
             outcome = await run_call(
-                ws, handshake, self.processor, config.call_settings, calllog, pacer=self.pacer
+                ws,
+                handshake,
+                self.processor,
+                config.call_settings,
+                calllog,
+                pacer=self.pacer,
+                stats=call_stats,
+                timings=self._timings,
             )
             self.stats.add(outcome)
+            ended_by, call = outcome.ended_by, outcome.call
             calllog.info(
                 "call ended by %s (close code %s): %d frames in, %d dropped, %d messages out",
                 outcome.ended_by,
@@ -217,9 +279,12 @@ class Server:
             # Only the handshake raises this (run_call does not): lost before or while the
             # 101 went out. Counted here, so every connection is counted once.
             self.stats.handshakes_failed += 1
+            self.metrics.handshakes_failed.labels("invalid").inc()
             log.debug("connection from %s closed during the handshake: %s", peer, closed)
         except Exception:
             self.stats.calls_failed += 1
+            self.metrics.calls_failed.inc()
+            ended_by = "gateway_error"
             log.exception("call from %s failed in the gateway", peer)
         finally:
             if admitted:
@@ -227,6 +292,8 @@ class Server:
                 self.reserved_by_source[source] -= 1
                 if not self.reserved_by_source[source]:
                     del self.reserved_by_source[source]
+                self.metrics.call_ended(live, trio.current_time() - admitted_at, ended_by, call)
+                self.changes.note()
             if isinstance(ws.closed, SendTimeout):
                 _reset_on_close(stream)  # drop what the kernel still holds for a stuck peer
             if ws.closed is None and admitted and not self._hard_stop:
@@ -261,15 +328,19 @@ class Server:
         if failure is None:
             failure = AuthFailure("keys_unavailable", "no signing keys by the handshake deadline")
         self.stats.auth_failed[failure.reason] += 1
+        self.metrics.auth_failed.labels(failure.reason).inc()
+        self.metrics.calls_refused.labels(str(failure.status)).inc()
         calllog.warning("refusing the call (%d): token %s", failure.status, failure)
         body = "authentication failed" if failure.status == 401 else "signing keys unavailable"
         return Reject(failure.status, body)
 
     def _admission(self, source: str) -> tuple[str, Reject] | None:
         """Why a call from `source` may not start now, as (a token for metrics, the refusal);
-        None: it may."""
-        if self.draining:
-            return "draining", Reject(503, "server is shutting down")
+        None: it may.
+
+        Draining refuses no connection it has accepted: accept() took it out of the kernel's
+        queue, where the next process (socket activation) or another worker would have served
+        it; a refusal now would drop it. The drain stops accept() instead."""
         if self.reserved >= self.config.max_calls:
             return "max_calls", Reject(503, f"at the limit of {self.config.max_calls} calls")
         per_source = self.config.max_calls_per_source
@@ -322,14 +393,21 @@ async def serve(
     config: Config,
     processor: Processor,
     *,
+    sockets: Sequence[socket.socket] = (),
+    notifier: systemd.Notifier | None = None,
+    metrics: Metrics | None = None,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen and serve calls until drained (or cancelled). The one entry point for the daemon
-    and the tests: `server = await nursery.start(serve, config, processor)`."""
-    server = Server(config, processor)
-    listeners: list[trio.abc.Listener[Any]] = list(
-        await trio.open_tcp_listeners(config.port, host=config.host)
-    )
+    and the tests: `server = await nursery.start(serve, config, processor)`.
+
+    `sockets`: already listening sockets to serve on instead of binding `host`/`port`."""
+    server = Server(config, processor, metrics, notifier)
+    listeners: list[trio.abc.Listener[Any]]
+    if sockets:
+        listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
+    else:
+        listeners = list(await trio.open_tcp_listeners(config.port, host=config.host))
     scheme = "ws"
     if config.tls_certfile is not None:
         context = _ssl_context(config)
@@ -345,6 +423,12 @@ async def serve(
             await services.start(server.pacer.run)  # outlives every call; ends after them
             if server.auth is not None:
                 await services.start(server.auth.keys.run)
+            services.start_soon(server.metrics.flush_periodically)
+            services.start_soon(server._report_status)
+            if server.notifier.watchdog_interval is not None:
+                await services.start(
+                    systemd.ping_watchdog, server.notifier, server.notifier.watchdog_interval
+                )
             await _serve_calls(server, listeners, task_status)
             services.cancel_scope.cancel()
     finally:
@@ -366,6 +450,7 @@ async def _serve_calls(
                     accepting.start_soon(server._accept_loop, listener, calls)
                 for url in server.urls:
                     log.info("listening on %s", url)
+                server.notifier.notify("READY=1", *server._status())
                 task_status.started(server)
         # Draining: refuse new connections at once (closed port) while live calls go on.
         for listener in listeners:

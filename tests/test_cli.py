@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import re
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 
 import pytest
 import trio
 import trio_websocket
 
 from gateway.testing import simulated_call
+
+from .daemons import Gateway, gateway_process
 
 SERVE = [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", "0"]
 
@@ -34,42 +34,11 @@ def test_bad_configuration_names_the_setting(tmp_path):
     assert "no_such_module" in result.stderr
 
 
-class Daemon:
-    def __init__(self, process: trio.Process) -> None:
-        self.process = process
-        self.url = ""
-        self.log: list[str] = []
-        self.listening = trio.Event()
-
-    async def read_stderr(self) -> None:
-        assert self.process.stderr is not None
-        buffer = b""
-        async for chunk in self.process.stderr:
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                text = line.decode()
-                self.log.append(text)
-                found = re.search(r"listening on (ws://\S+)", text)
-                if found and not self.url:
-                    self.url = found.group(1)
-                    self.listening.set()
+Daemon = Gateway  # the name other tests import
 
 
-@asynccontextmanager
-async def daemon(*args: str) -> AsyncIterator[Daemon]:
-    async with trio.open_nursery() as nursery:
-        process = await trio.lowlevel.open_process([*SERVE, *args], stderr=subprocess.PIPE)
-        d = Daemon(process)
-        nursery.start_soon(d.read_stderr)
-        try:
-            with trio.fail_after(20):
-                await d.listening.wait()
-            yield d
-        finally:
-            if process.returncode is None:
-                process.kill()
-            await process.wait()
+def daemon(*args: str) -> AbstractAsyncContextManager[Gateway]:
+    return gateway_process([*SERVE, *args])
 
 
 async def test_sigterm_drains_live_calls_then_exits_zero():

@@ -25,8 +25,9 @@ class CallStats:
     messages_out: int = 0
     stop_audio_sent: int = 0
     frames_flood_dropped: int = 0  # inbound messages beyond max_frames_per_second, unread
+    # A processor's upstream (e.g. a realtime model) failed, by kind; exported as a metric.
+    upstream_errors: Counter[str] = attrs.field(factory=Counter)
     # realtime bridge (gateway.processors.realtime)
-    upstream_errors: int = 0  # upstream refused, dropped, went silent, or sent an error event
     upstream_reconnects: int = 0
     upstream_audio_dropped: int = 0  # caller frames not sent upstream (no connection then)
     upstream_audio_discarded: int = 0  # bytes of model audio dropped after a barge-in
@@ -54,7 +55,7 @@ class Call:
     headers: Mapping[str, str]
     audio: AudioMetadata | None
     transcription: TranscriptionMetadata | None
-    packets: trio.MemoryReceiveChannel[InboundPacket]
+    packets: trio.abc.ReceiveChannel[InboundPacket]
     player: Player | None
     log: logging.LoggerAdapter[logging.Logger]
     stats: CallStats

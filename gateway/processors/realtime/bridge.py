@@ -215,7 +215,7 @@ class Bridge:
             try:
                 event = protocol.parse(message)
             except MalformedEvent as exc:
-                self.stats.upstream_errors += 1
+                self.stats.upstream_errors["malformed_event"] += 1
                 self.log.warning("upstream sent a malformed event: %s", exc)
                 continue
             match event:
@@ -237,7 +237,7 @@ class Bridge:
                 case UpstreamError():
                     if event.fatal or not conversation_ready:
                         return f"upstream error {event.type}/{event.code}: {event.message}"
-                    self.stats.upstream_errors += 1
+                    self.stats.upstream_errors["error_event"] += 1
                     self.log.warning(
                         "upstream error event %s/%s: %s", event.type, event.code, event.message
                     )
@@ -258,7 +258,7 @@ class Bridge:
             self._first_attempt.set()
             if self.closing:
                 return
-            self.stats.upstream_errors += 1
+            self.stats.upstream_errors["session_failed"] += 1
             self._new_conversation()
             if trio.current_time() - started > options.keepalive_interval:
                 failures = 0  # it worked for a while: this is a new streak

@@ -1,0 +1,352 @@
+"""Prometheus metrics: what the gateway counts, and how per-call counts reach Prometheus cheaply.
+
+Owns: every metric object (names, help, labels, buckets), the flush of per-call counters into
+them, and the aggregating registry for several worker processes. Never: a per-call label
+(unbounded cardinality), a Prometheus call per frame, or the event loop's time for I/O.
+
+Hot path. A frame costs the gateway about 60 us, and a prometheus-client `Counter.inc()` about
+0.6 us (a lock, and in multiprocess mode an mmap write), `Histogram.observe()` about 1.4 us. So:
+- per-frame counts (frames in and out, drops, stop-audio, protocol errors, upstream errors) are
+  counted in the call's own `CallStats` as before, and `Metrics.flush()` adds what changed since
+  the last flush: at the end of the call, every `FLUSH_INTERVAL` seconds for live calls, and
+  before each scrape, so `/metrics` is exact when it is read;
+- per-frame timings go into a `LocalHistogram` (a bisect and two adds) that the flush moves
+  into the Prometheus histogram;
+- rare events (calls accepted, refused, failed, ended; live calls; handshake failures) go to
+  Prometheus at once.
+
+Several processes. With `PROMETHEUS_MULTIPROC_DIR` set (the supervisor sets it for its
+workers), prometheus-client writes every value to files in that directory, and
+`multiprocess_registry()` sums them for the supervisor's `/metrics`. Live calls is a `livesum`
+gauge: the supervisor calls `worker_exited(pid)` when a worker ends, so a dead worker's calls
+stop counting; its counters stay in the totals.
+"""
+
+from __future__ import annotations
+
+import os
+from bisect import bisect_left
+from collections.abc import Iterable
+from typing import Final
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+
+from ..processors import Call, CallStats
+
+NAMESPACE: Final = "acs_gateway"
+FLUSH_INTERVAL: Final = 1.0  # seconds; how far live calls' counters may lag between scrapes
+
+# Seconds. Processing latency and pacing lateness are tiny when all is well and grow by whole
+# frames (20 ms) under overload; call duration spans seconds to hours.
+LATENCY_BUCKETS: Final = (
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.5,
+    1.0,
+    2.5,
+    float("inf"),
+)
+CALL_DURATION_BUCKETS: Final = (
+    1.0,
+    5.0,
+    15.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1800.0,
+    3600.0,
+    7200.0,
+    float("inf"),
+)
+_ENDED_BY: Final = (
+    "hangup",
+    "processor",
+    "processor_error",
+    "protocol",
+    "timeout",
+    "cancelled",
+    "gateway_error",
+    "flood",  # the limits (gateway.limits, gateway.call)
+    "idle",
+    "max_duration",
+    "send_timeout",
+)
+
+
+class LocalHistogram:
+    """Observations kept in this process until `flush_into` a Prometheus histogram with the
+    same buckets: `observe` costs a bisect and two adds, no lock, no mmap write."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: Iterable[float]) -> None:
+        self.bounds = tuple(bounds)
+        if not self.bounds or self.bounds[-1] != float("inf"):
+            raise ValueError("the last bucket must be +Inf")
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        # Prometheus buckets are `le` (value <= bound): bisect_left finds the first such bound.
+        self.counts[bisect_left(self.bounds, seconds)] += 1
+        self.total += seconds
+
+    def flush_into(self, histogram: Histogram) -> None:
+        """Move what was observed into `histogram` (its buckets must be `self.bounds`)."""
+        if not any(self.counts):
+            return
+        # prometheus-client has no public way to add n observations at once; its histogram
+        # keeps one value per bucket (not cumulative) and one for the sum. A test checks that
+        # this gives exactly what `observe()` one by one gives.
+        buckets = histogram._buckets  # noqa: SLF001
+        for i, n in enumerate(self.counts):
+            if n:
+                buckets[i].inc(n)
+                self.counts[i] = 0
+        histogram._sum.inc(self.total)  # noqa: SLF001
+        self.total = 0.0
+
+
+class CallCounters:
+    """One live call's `CallStats` as last flushed: `flush` adds only what changed since."""
+
+    __slots__ = (
+        "stats", "frames_in", "frames_out", "dropped", "flooded", "stops", "errors", "upstream"
+    )
+
+    def __init__(self, stats: CallStats) -> None:
+        self.stats = stats
+        self.frames_in = self.frames_out = self.dropped = self.flooded = self.stops = 0
+        self.errors: dict[str, int] = {}
+        self.upstream: dict[str, int] = {}
+
+    def flush(self, metrics: Metrics) -> None:
+        s = self.stats
+        frames_out = s.messages_out - s.stop_audio_sent  # messages_out counts stop-audio too
+        if s.audio_frames_in != self.frames_in:
+            metrics.frames_in.inc(s.audio_frames_in - self.frames_in)
+            self.frames_in = s.audio_frames_in
+        if frames_out != self.frames_out:
+            metrics.frames_out.inc(frames_out - self.frames_out)
+            self.frames_out = frames_out
+        if s.audio_frames_dropped != self.dropped:
+            metrics.inbound_dropped.inc(s.audio_frames_dropped - self.dropped)
+            self.dropped = s.audio_frames_dropped
+        if s.frames_flood_dropped != self.flooded:
+            metrics.flood_dropped.inc(s.frames_flood_dropped - self.flooded)
+            self.flooded = s.frames_flood_dropped
+        if s.stop_audio_sent != self.stops:
+            metrics.stop_audio_sent.inc(s.stop_audio_sent - self.stops)
+            self.stops = s.stop_audio_sent
+        _flush_by_label(s.protocol_errors, self.errors, metrics.protocol_errors)
+        _flush_by_label(s.upstream_errors, self.upstream, metrics.upstream_errors)
+
+
+def _flush_by_label(counts: dict[str, int], flushed: dict[str, int], counter: Counter) -> None:
+    for label, n in counts.items():
+        done = flushed.get(label, 0)
+        if n != done:
+            counter.labels(label).inc(n - done)
+            flushed[label] = n
+
+
+class Metrics:
+    """The gateway's metrics in one registry. A new private registry by default (tests, several
+    servers in one process); the daemon passes prometheus-client's global `REGISTRY`, which
+    also carries the process collectors (CPU, memory, file descriptors, GC)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = CollectorRegistry() if registry is None else registry
+        r = self.registry
+
+        def counter(name: str, doc: str, labels: Iterable[str] = ()) -> Counter:
+            return Counter(name, doc, tuple(labels), namespace=NAMESPACE, registry=r)
+
+        self.live_calls = Gauge(
+            "live_calls",
+            "Calls admitted and not yet ended.",
+            namespace=NAMESPACE,
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.calls_accepted = counter("calls_accepted", "WebSocket upgrades accepted as calls.")
+        self.calls_refused = counter(
+            "calls_refused", "Handshakes refused, by the HTTP status sent.", ["status"]
+        )
+        self.calls_failed = counter(
+            "calls_failed", "Calls ended by a processor error or a gateway bug (closed 1011)."
+        )
+        self.calls_ended = counter(
+            "calls_ended", "Calls ended, by who or what ended them.", ["ended_by"]
+        )
+        self.handshakes_failed = counter(
+            "handshakes_failed",
+            "Connections that never became a call: timeout, or not a valid WebSocket upgrade.",
+            ["reason"],
+        )
+        self.frames_in = counter("audio_frames_in", "Inbound AudioData frames decoded.")
+        self.frames_out = counter("audio_frames_out", "Outbound audioData frames sent to ACS.")
+        self.frames_dropped = counter(
+            "frames_dropped",
+            "Inbound packets dropped by a channel policy, by policy.",
+            ["policy"],
+        )
+        self.inbound_dropped = self.frames_dropped.labels("inbound_queue_full")
+        self.flood_dropped = self.frames_dropped.labels("flood")  # max_frames_per_second
+        self.auth_failed = counter(
+            "auth_failed", "Handshakes whose ACS token failed the check, by reason.", ["reason"]
+        )
+        self.outbound_dropped = counter(
+            "outbound_audio_dropped_seconds",
+            "Seconds of audio a processor played that never reached ACS, by reason.",
+            ["reason"],
+        )
+        self.stop_audio_sent = counter("stop_audio_sent", "stopAudio messages sent (barge-in).")
+        self.protocol_errors = counter(
+            "protocol_errors", "Malformed inbound packets, by reason.", ["reason"]
+        )
+        self.upstream_errors = counter(
+            "upstream_errors",
+            "Errors talking to a processor's upstream service, by kind.",
+            ["kind"],
+        )
+        self.config_reloads = counter(
+            "config_reloads", "SIGHUP configuration reloads, by result.", ["result"]
+        )
+        self.processing_latency = Histogram(
+            "processing_latency_seconds",
+            "Inbound audio frame: from the socket read that completed it to the moment the "
+            "processor took it from the call's inbound queue.",
+            namespace=NAMESPACE,
+            registry=r,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.pacing_lateness = Histogram(
+            "pacing_lateness_seconds",
+            "Outbound audio: how late the send task released frames after the playout "
+            "deadline it slept until.",
+            namespace=NAMESPACE,
+            registry=r,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.call_duration = Histogram(
+            "call_duration_seconds",
+            "Calls: from the accepted upgrade to the end of the call.",
+            namespace=NAMESPACE,
+            registry=r,
+            buckets=CALL_DURATION_BUCKETS,
+        )
+        # Show every series from the start (0, not absent), so rates and alerts work at once.
+        for ended_by in _ENDED_BY:
+            self.calls_ended.labels(ended_by)
+        for reason in ("timeout", "invalid"):
+            self.handshakes_failed.labels(reason)
+        for reason in ("stop", "discarded", "unsent_at_end"):
+            self.outbound_dropped.labels(reason)
+        self.frames_dropped.labels("unread_at_end")
+        for result in ("applied", "rejected"):
+            self.config_reloads.labels(result)
+        for status in ("401", "403", "429", "503"):
+            self.calls_refused.labels(status)
+
+        self.processing = LocalHistogram(LATENCY_BUCKETS)
+        self.lateness = LocalHistogram(LATENCY_BUCKETS)
+        self._live: set[CallCounters] = set()
+
+    # -- per call --
+
+    def call_started(self, stats: CallStats) -> CallCounters:
+        """A call was admitted: count it live, and flush its counters until `call_ended`."""
+        self.live_calls.inc()
+        counters = CallCounters(stats)
+        self._live.add(counters)
+        return counters
+
+    def call_ended(
+        self,
+        counters: CallCounters,
+        duration: float,
+        ended_by: str,
+        call: Call | None = None,
+    ) -> None:
+        """The call is over: final counts, duration, and the audio its player never sent."""
+        self._live.discard(counters)
+        counters.flush(self)
+        self.live_calls.dec()
+        self.call_duration.observe(duration)
+        self.calls_ended.labels(ended_by).inc()
+        if ended_by == "processor_error":  # the server counts "gateway_error" itself
+            self.calls_failed.inc()
+        if counters.stats.packets_unread:
+            self.frames_dropped.labels("unread_at_end").inc(counters.stats.packets_unread)
+        player = None if call is None else call.player
+        if player is not None:
+            played = player.playout.stats
+            per_second = player.playout.bytes_per_second
+            for reason, n in (
+                ("stop", played.dropped_by_stop),
+                ("discarded", played.discarded),
+                ("unsent_at_end", played.unsent_at_end),
+            ):
+                if n:
+                    self.outbound_dropped.labels(reason).inc(n / per_second)
+
+    # -- everything else --
+
+    def flush(self) -> None:
+        """Bring Prometheus up to date with the live calls and the local histograms."""
+        for counters in self._live:
+            counters.flush(self)
+        self.processing.flush_into(self.processing_latency)
+        self.lateness.flush_into(self.pacing_lateness)
+
+    async def flush_periodically(self, interval: float = FLUSH_INTERVAL) -> None:
+        """Flush every `interval` seconds (absolute deadlines), so that a scrape in another
+        process (the supervisor, multiprocess mode) sees live calls at most that late."""
+        import trio  # the module stays importable by the supervisor without an event loop
+
+        deadline = trio.current_time()
+        while True:
+            deadline += interval
+            await trio.sleep_until(deadline)
+            self.flush()
+
+    def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The registry in the format `accept` asks for (text 0.0.4 or OpenMetrics), after a
+        flush: what it shows is exact at the moment of the scrape."""
+        self.flush()
+        return render(self.registry, accept)
+
+
+def render(registry: CollectorRegistry, accept: str | None = None) -> tuple[bytes, str]:
+    """`(body, content_type)` for a scrape of `registry`."""
+    encoder, content_type = prometheus_client.exposition.choose_encoder(accept or "")
+    return encoder(registry), content_type
+
+
+def multiprocess_dir() -> str | None:
+    """The directory of multiprocess mode, if this process is in it."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def multiprocess_registry(path: str | None = None) -> CollectorRegistry:
+    """A registry that sums every worker's values from the multiprocess directory (for the
+    supervisor's `/metrics`). Never register metric objects in it."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=path)
+    return registry
+
+
+def worker_exited(pid: int, path: str | None = None) -> None:
+    """A worker process ended: its live gauge values no longer count (its counters still do)."""
+    multiprocess.mark_process_dead(pid, path)

@@ -1,0 +1,97 @@
+"""SIGHUP: re-read the configuration and apply what can change without dropping a call.
+
+Owns: deciding what a reload changes, and applying it: the server's configuration (read by
+every new connection and call), and the log level and format. Never: touches a live call (it
+keeps the settings it started with; new calls get the new ones), or runs on a half-applied
+configuration: a bad file is rejected whole, with a log line naming the setting, and the running
+configuration stays.
+
+Which settings may change is declared once, in `gateway.config` (`_hot` fields, `RELOADABLE`).
+A changed setting that needs a restart (host, port, TLS files, processor, ...) is named in the
+log and left as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable
+from typing import Protocol
+
+import attrs
+import trio
+
+from .. import logs
+from ..config import RELOADABLE, SETTINGS, Config
+from ..errors import ConfigError
+from .metrics import Metrics
+
+log = logging.getLogger("gateway.reload")
+
+
+class Reloadable(Protocol):
+    """What a reload changes: the running server (`gateway.server.Server`)."""
+
+    config: Config
+    metrics: Metrics
+
+
+@attrs.frozen
+class Reload:
+    """The outcome of comparing the running configuration with a newly loaded one."""
+
+    config: Config  # the running configuration with every reloadable change applied
+    applied: tuple[str, ...]  # reloadable settings that changed
+    ignored: tuple[str, ...]  # settings that changed but need a restart; kept as they were
+
+
+def plan(running: Config, loaded: Config) -> Reload:
+    changed = [n for n in SETTINGS if getattr(loaded, n) != getattr(running, n)]
+    applied = tuple(n for n in changed if n in RELOADABLE)
+    ignored = tuple(n for n in changed if n not in RELOADABLE)
+    config = attrs.evolve(running, **{n: getattr(loaded, n) for n in applied})
+    return Reload(config, applied, ignored)
+
+
+def apply_logging(running: Config, config: Config) -> None:
+    if (config.log_level, config.log_format) != (running.log_level, running.log_format):
+        logs.configure(config.log_level, config.log_format)
+
+
+def reload(target: Reloadable, load: Callable[[], Config]) -> Reload | None:
+    """Load the configuration again and apply it to `target`; None if it was rejected."""
+    try:
+        loaded = load()
+    except ConfigError as exc:
+        log.error("reload rejected, the running configuration stays: %s", exc)
+        target.metrics.config_reloads.labels("rejected").inc()
+        return None
+    change = plan(target.config, loaded)
+    for name in change.ignored:
+        log.warning(
+            "reload: %s changed, but takes effect only after a restart (still %r)",
+            name,
+            getattr(target.config, name),
+        )
+    apply_logging(target.config, change.config)
+    target.config = change.config
+    target.metrics.config_reloads.labels("applied").inc()
+    log.info(
+        "configuration reloaded: %s",
+        ", ".join(f"{n}={getattr(change.config, n)!r}" for n in change.applied) or "no change",
+    )
+    return change
+
+
+async def reload_on_sighup(
+    target: Reloadable,
+    load: Callable[[], Config],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Reload on every SIGHUP until cancelled (signals that arrive together reload once)."""
+    with trio.open_signal_receiver(signal.SIGHUP) as signals:
+        task_status.started()
+        async for _ in signals:
+            log.info("SIGHUP: reloading the configuration")
+            reload(target, load)

@@ -1,0 +1,153 @@
+"""SIGHUP reload: what may change in a running gateway, in process and in a real daemon."""
+
+from __future__ import annotations
+
+import logging
+import re
+import signal
+
+import pytest
+import trio
+import trio_websocket
+
+from gateway import config as configuration
+from gateway.config import RELOADABLE, SETTINGS, Config
+from gateway.ops.reload import plan, reload
+from gateway.testing import open_gateway, simulated_call
+
+from .test_cli import Daemon, daemon
+from .test_docs import README
+from .test_health import http, no_live_calls, samples
+
+FRAME = 640
+
+
+def test_the_readme_marks_exactly_the_reloadable_settings():
+    marks = {}  # setting -> its "SIGHUP" cell in the configuration table
+    for row in re.finditer(r"^\| `(\w+)` \| [^|]* \| [^|]* \| (\w+) \|", README, re.M):
+        marks[row.group(1)] = row.group(2)
+    assert {name: marks.get(name) for name in SETTINGS} == {
+        name: "reload" if name in RELOADABLE else "restart" for name in SETTINGS
+    }
+    assert {"log_level", "max_calls", "max_message_bytes", "inbound_queue_ms"} <= RELOADABLE
+    assert not {"host", "port", "processor", "tls_certfile", "health_port"} & RELOADABLE
+
+
+def test_a_plan_applies_the_reloadable_and_keeps_the_rest():
+    running = Config(port=8080, max_calls=10)
+    loaded = Config(port=9000, max_calls=5, log_level="debug", processor="other:make")
+    change = plan(running, loaded)
+    assert change.applied == ("log_level", "max_calls")
+    assert change.ignored == ("port", "processor")
+    assert change.config == Config(port=8080, max_calls=5, log_level="debug")
+
+
+async def test_reload_in_process_new_calls_get_new_limits_live_calls_keep_theirs(tmp_path, caplog):
+    path = tmp_path / "gateway.toml"
+    path.write_text("max_calls = 2\n")
+
+    def load() -> Config:
+        return configuration.load(path, environ={}, overrides={"host": "127.0.0.1", "port": 0})
+
+    big = bytes(FRAME * 3)  # one ~2.6 KB message: over the new max_message_bytes
+    async with open_gateway(max_calls=2) as server:
+        async with simulated_call(server.urls[0]) as before:
+            path.write_text("max_calls = 1\nmax_message_bytes = 2000\n")
+            assert reload(server, load) is not None
+            assert server.config.max_calls == 1
+            assert server.readiness() == (False, "at the limit of 1 calls")
+            with pytest.raises(trio_websocket.HandshakeError) as refused:
+                async with simulated_call(server.urls[0]):
+                    pass
+            assert refused.value.status_code == 503  # type: ignore[attr-defined]
+            await before.send_audio(big)  # the live call keeps its 64 KB limit
+            with trio.fail_after(5):
+                await before.wait_for_audio(len(big))
+            assert not before.closed.is_set()
+        await no_live_calls(server)
+        async with simulated_call(server.urls[0]) as after:  # a new call gets the new limit
+            await after.send_audio(big)
+            with trio.fail_after(5):
+                await after.closed.wait()
+            assert after.close_code == 1009
+    assert "configuration reloaded: max_calls=1, max_message_bytes=2000" in caplog.text
+
+
+async def test_a_bad_or_restart_only_change_leaves_the_running_configuration(tmp_path, caplog):
+    path = tmp_path / "gateway.toml"
+
+    def load() -> Config:
+        return configuration.load(path, environ={}, overrides={"host": "127.0.0.1", "port": 0})
+
+    async with open_gateway(max_calls=3) as server:
+        running = server.config
+        path.write_text('max_calls = "many"\n')
+        with caplog.at_level(logging.INFO, "gateway.reload"):
+            assert reload(server, load) is None
+        assert server.config is running
+        rejected = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(rejected) == 1 and "max_calls" in rejected[0].getMessage()
+
+        path.write_text('max_calls = 3\nprocessor = "mypackage.bot:make"\n')
+        with caplog.at_level(logging.INFO, "gateway.reload"):
+            change = reload(server, load)
+        assert change is not None and change.ignored == ("processor",)
+        assert server.config.processor == "echo"
+        assert any("processor changed" in r.getMessage() for r in caplog.records)
+        async with simulated_call(server.urls[0]) as call:  # still serving, as before
+            await call.stream(bytes(FRAME), realtime=False)
+            with trio.fail_after(5):
+                await call.wait_for_audio(FRAME)
+        m = samples(server.metrics.exposition()[0].decode())
+        assert m[("acs_gateway_config_reloads_total", (("result", "rejected"),))] == 1
+        assert m[("acs_gateway_config_reloads_total", (("result", "applied"),))] == 1
+
+
+async def logged(d: Daemon, pattern: str) -> re.Match[str]:
+    """Wait for a daemon log line matching `pattern`."""
+    with trio.fail_after(20):
+        while True:
+            for line in d.log:
+                if found := re.search(pattern, line):
+                    return found
+            await trio.sleep(0.02)
+
+
+async def test_sighup_in_a_real_daemon(tmp_path):
+    path = tmp_path / "gateway.toml"
+    path.write_text('health_host = "127.0.0.1"\nmax_calls = 5\n')
+    async with daemon("--config", str(path), "--health-port", "0") as d:
+        health = int((await logged(d, r"health and metrics on http://127\.0\.0\.1:(\d+)/"))[1])
+        assert await http(health, "/readyz") == (200, "ready\n")
+        async with simulated_call(d.url) as live:
+            await live.stream(bytes(FRAME), realtime=False)
+            with trio.fail_after(5):
+                await live.wait_for_audio(FRAME)
+            path.write_text('health_host = "127.0.0.1"\nmax_calls = 1\nlog_level = "debug"\n')
+            d.process.send_signal(signal.SIGHUP)
+            await logged(d, r"configuration reloaded: log_level='debug', max_calls=1")
+            assert await http(health, "/readyz") == (503, "not ready: at the limit of 1 calls\n")
+            with pytest.raises(trio_websocket.HandshakeError):
+                async with simulated_call(d.url):
+                    pass
+            await live.stream(bytes(FRAME * 5), realtime=False)  # the live call goes on
+            with trio.fail_after(5):
+                await live.wait_for_audio(FRAME * 6)
+            assert not live.closed.is_set()
+
+            path.write_text('health_host = "127.0.0.1"\nmax_calls = 0\n')  # bad: rejected
+            d.process.send_signal(signal.SIGHUP)
+            await logged(d, r"reload rejected.*max_calls")
+            assert await http(health, "/readyz") == (503, "not ready: at the limit of 1 calls\n")
+            host, port = d.url.removeprefix("ws://").rsplit(":", 1)
+            await (await trio.open_tcp_stream(host, int(port))).aclose()
+            await logged(d, r"DEBUG .* closed during the handshake")  # the new level is on
+            _, text = await http(health, "/metrics")
+            m = samples(text)
+            assert m[("acs_gateway_config_reloads_total", (("result", "applied"),))] == 1
+            assert m[("acs_gateway_config_reloads_total", (("result", "rejected"),))] == 1
+            assert m[("acs_gateway_audio_frames_in_total", ())] == 6
+            assert m[("acs_gateway_live_calls", ())] == 1
+        d.process.send_signal(signal.SIGTERM)
+        with trio.fail_after(10):
+            assert await d.process.wait() == 0
