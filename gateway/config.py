@@ -240,6 +240,7 @@ class Config:
         default=3600.0,
         validator=_positive,
         metadata=_doc("Seconds after which the cached key set is fetched again."),
+    )
     # Health and metrics endpoint (ops-obs: gateway/ops/health.py, gateway/ops/metrics.py).
     health_host: str = attrs.field(
         default="0.0.0.0",
