@@ -1,4 +1,5 @@
-"""Shared fixtures: a call over memory streams (no sockets), and a task/fd census for leak checks."""
+"""Shared fixtures: a call over memory streams (no sockets), and a task/fd census for leak
+checks."""
 
 from __future__ import annotations
 

@@ -12,7 +12,8 @@ DATA = files("gateway.testing") / "data"
 
 
 def speech_path(sample_rate: int = 16000, name: str = "speech") -> Path:
-    """A bundled clip of real speech (espeak-ng): `speech` at 16 or 24 kHz, `interrupt` at 16 kHz."""
+    """A bundled clip of real speech (espeak-ng): `speech` at 16 or 24 kHz, `interrupt` at
+    16 kHz."""
     return Path(str(DATA / f"{name}-{sample_rate // 1000}k.wav"))
 
 
