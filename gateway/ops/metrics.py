@@ -114,41 +114,70 @@ class LocalHistogram:
 
 
 class CallCounters:
-    """One live call's `CallStats` as last flushed: `flush` adds only what changed since."""
+    """One live call's `CallStats` as last flushed: `take` collects only what changed since,
+    into totals that the flush adds to Prometheus once for all calls (a `Counter.inc()` costs
+    about 0.7 us; a thousand calls times four counters, every second, would stall the loop)."""
 
-    __slots__ = ("stats", "frames_in", "frames_out", "dropped", "stops", "errors", "upstream")
+    __slots__ = ("stats", "flushed", "errors", "upstream")
 
     def __init__(self, stats: CallStats) -> None:
         self.stats = stats
+        self.flushed = (0, 0, 0, 0)  # frames in, frames out, inbound dropped, stop-audio
+        self.errors: dict[str, int] = {}
+        self.upstream: dict[str, int] = {}
+
+    def take(self, totals: Totals) -> None:
+        s = self.stats
+        now = (
+            s.audio_frames_in,
+            s.messages_out - s.stop_audio_sent,  # messages_out counts stop-audio too
+            s.audio_frames_dropped,
+            s.stop_audio_sent,
+        )
+        if now != self.flushed:
+            was = self.flushed
+            totals.frames_in += now[0] - was[0]
+            totals.frames_out += now[1] - was[1]
+            totals.dropped += now[2] - was[2]
+            totals.stops += now[3] - was[3]
+            self.flushed = now
+        if s.protocol_errors:
+            _take_by_label(s.protocol_errors, self.errors, totals.errors)
+        if s.upstream_errors:
+            _take_by_label(s.upstream_errors, self.upstream, totals.upstream)
+
+
+def _take_by_label(counts: dict[str, int], flushed: dict[str, int], totals: dict[str, int]) -> None:
+    for label, n in counts.items():
+        done = flushed.get(label, 0)
+        if n != done:
+            totals[label] = totals.get(label, 0) + n - done
+            flushed[label] = n
+
+
+class Totals:
+    """What changed in some calls since their last flush."""
+
+    __slots__ = ("frames_in", "frames_out", "dropped", "stops", "errors", "upstream")
+
+    def __init__(self) -> None:
         self.frames_in = self.frames_out = self.dropped = self.stops = 0
         self.errors: dict[str, int] = {}
         self.upstream: dict[str, int] = {}
 
-    def flush(self, metrics: Metrics) -> None:
-        s = self.stats
-        frames_out = s.messages_out - s.stop_audio_sent  # messages_out counts stop-audio too
-        if s.audio_frames_in != self.frames_in:
-            metrics.frames_in.inc(s.audio_frames_in - self.frames_in)
-            self.frames_in = s.audio_frames_in
-        if frames_out != self.frames_out:
-            metrics.frames_out.inc(frames_out - self.frames_out)
-            self.frames_out = frames_out
-        if s.audio_frames_dropped != self.dropped:
-            metrics.inbound_dropped.inc(s.audio_frames_dropped - self.dropped)
-            self.dropped = s.audio_frames_dropped
-        if s.stop_audio_sent != self.stops:
-            metrics.stop_audio_sent.inc(s.stop_audio_sent - self.stops)
-            self.stops = s.stop_audio_sent
-        _flush_by_label(s.protocol_errors, self.errors, metrics.protocol_errors)
-        _flush_by_label(s.upstream_errors, self.upstream, metrics.upstream_errors)
-
-
-def _flush_by_label(counts: dict[str, int], flushed: dict[str, int], counter: Counter) -> None:
-    for label, n in counts.items():
-        done = flushed.get(label, 0)
-        if n != done:
-            counter.labels(label).inc(n - done)
-            flushed[label] = n
+    def add_to(self, metrics: Metrics) -> None:
+        for counter, n in (
+            (metrics.frames_in, self.frames_in),
+            (metrics.frames_out, self.frames_out),
+            (metrics.inbound_dropped, self.dropped),
+            (metrics.stop_audio_sent, self.stops),
+        ):
+            if n:
+                counter.inc(n)
+        for reason, n in self.errors.items():
+            metrics.protocol_errors.labels(reason).inc(n)
+        for kind, n in self.upstream.items():
+            metrics.upstream_errors.labels(kind).inc(n)
 
 
 class Metrics:
@@ -267,7 +296,9 @@ class Metrics:
     ) -> None:
         """The call is over: final counts, duration, and the audio its player never sent."""
         self._live.discard(counters)
-        counters.flush(self)
+        totals = Totals()
+        counters.take(totals)
+        totals.add_to(self)
         self.live_calls.dec()
         self.call_duration.observe(duration)
         self.calls_ended.labels(ended_by).inc()
@@ -291,8 +322,10 @@ class Metrics:
 
     def flush(self) -> None:
         """Bring Prometheus up to date with the live calls and the local histograms."""
+        totals = Totals()
         for counters in self._live:
-            counters.flush(self)
+            counters.take(totals)
+        totals.add_to(self)
         self.processing.flush_into(self.processing_latency)
         self.lateness.flush_into(self.pacing_lateness)
 
