@@ -67,7 +67,8 @@ async def _run(
     load: Callable[[], configuration.Config],
 ) -> None:
     # The process's global registry: it also carries prometheus-client's process collectors.
-    prometheus_client.disable_created_metrics()  # `_created` series: noise for our scrapers
+    # No `_created` series: noise for our scrapers.
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     metrics = Metrics(prometheus_client.REGISTRY)
     async with trio.open_nursery() as nursery:
         server: Server = await nursery.start(partial(serve, config, processor, metrics=metrics))
