@@ -136,10 +136,10 @@ class Config:
     )
     tls_certfile: str | None = attrs.field(
         default=None,
-        metadata=_doc("PEM certificate chain: serve wss:// directly (with tls_keyfile)."),
+        metadata=_hot("PEM certificate chain: serve wss:// directly (with tls_keyfile)."),
     )
     tls_keyfile: str | None = attrs.field(
-        default=None, metadata=_doc("PEM private key for tls_certfile.")
+        default=None, metadata=_hot("PEM private key for tls_certfile.")
     )
     # Health and metrics endpoint (ops-obs: gateway/ops/health.py, gateway/ops/metrics.py).
     health_host: str = attrs.field(

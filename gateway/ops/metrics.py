@@ -241,7 +241,7 @@ class Metrics:
         )
         self.processing_latency = Histogram(
             "processing_latency_seconds",
-            "Inbound audio frame: from the socket read that completed it to the moment the "
+            "Inbound packet: from the socket read that completed it to the moment the "
             "processor took it from the call's inbound queue.",
             namespace=NAMESPACE,
             registry=r,
