@@ -367,7 +367,9 @@ async def _close(ws: ServerWebSocket, code: int, reason: str) -> None:
 
 class _TimedPackets(trio.abc.ReceiveChannel[InboundPacket]):
     """The inbound channel as the processor sees it, timing each packet from its arrival
-    (`arrivals`, appended by the receive task in channel order) to the processor taking it."""
+    (`arrivals`, appended by the receive task in channel order) to the processor taking it.
+    About 1 us a packet: one clock reading (the clock's own method, not the run-context
+    lookup of `trio.current_time`), one popleft, one `LocalHistogram` observation."""
 
     def __init__(
         self,
@@ -378,14 +380,12 @@ class _TimedPackets(trio.abc.ReceiveChannel[InboundPacket]):
         self._channel = channel
         self._arrivals = arrivals
         self._observe = observe
-
-    def _taken(self) -> None:
-        if self._arrivals:
-            self._observe(trio.current_time() - self._arrivals.popleft())
+        self._now = trio.lowlevel.current_clock().current_time
 
     async def receive(self) -> InboundPacket:
         packet = await self._channel.receive()
-        self._taken()
+        if self._arrivals:
+            self._observe(self._now() - self._arrivals.popleft())
         return packet
 
     async def __anext__(self) -> InboundPacket:  # the processor's `async for`: one hop, not two
@@ -393,12 +393,14 @@ class _TimedPackets(trio.abc.ReceiveChannel[InboundPacket]):
             packet = await self._channel.receive()
         except trio.EndOfChannel:
             raise StopAsyncIteration from None
-        self._taken()
+        if self._arrivals:
+            self._observe(self._now() - self._arrivals.popleft())
         return packet
 
     def receive_nowait(self) -> InboundPacket:
         packet = self._channel.receive_nowait()
-        self._taken()
+        if self._arrivals:
+            self._observe(self._now() - self._arrivals.popleft())
         return packet
 
     def statistics(self) -> trio.MemoryChannelStatistics:

@@ -80,7 +80,8 @@ async def _run(
 ) -> None:
     # The process's global registry: it also carries prometheus-client's process collectors.
     # In a worker, $PROMETHEUS_MULTIPROC_DIR makes it write to files the supervisor sums.
-    prometheus_client.disable_created_metrics()  # `_created` series: noise for our scrapers
+    # No `_created` series: noise for our scrapers.
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     metrics = Metrics(prometheus_client.REGISTRY)
     # Catch SIGTERM before serve() says it listens (READY=1): a stop that comes right after
     # must drain, not kill the process.

@@ -173,10 +173,10 @@ class Config:
     )
     tls_certfile: str | None = attrs.field(
         default=None,
-        metadata=_doc("PEM certificate chain: serve wss:// directly (with tls_keyfile)."),
+        metadata=_hot("PEM certificate chain: serve wss:// directly (with tls_keyfile)."),
     )
     tls_keyfile: str | None = attrs.field(
-        default=None, metadata=_doc("PEM private key for tls_certfile.")
+        default=None, metadata=_hot("PEM private key for tls_certfile.")
     )
     # -- Limits and authentication (issue 5, trust-limits) --
     send_timeout: float = attrs.field(

@@ -117,6 +117,7 @@ class Server:
         self.changes = systemd.Changes()  # live calls, readiness or draining: for STATUS=
         self.stats = ServerStats()
         self.metrics = Metrics() if metrics is None else metrics  # a private registry by default
+        self.tls_context: ssl.SSLContext | None = None  # serving wss://; SIGHUP reloads its cert
         self._timings = CallTimings(self.metrics.processing.observe, self.metrics.lateness.observe)
         self.reserved = 0  # calls admitted (from the accepted upgrade to the end of the call)
         self.reserved_by_source: Counter[str] = Counter()  # the same, by source address
@@ -410,7 +411,7 @@ async def serve(
         listeners = list(await trio.open_tcp_listeners(config.port, host=config.host))
     scheme = "ws"
     if config.tls_certfile is not None:
-        context = _ssl_context(config)
+        context = server.tls_context = _ssl_context(config)
         listeners = [trio.SSLListener(ln, context, https_compatible=True) for ln in listeners]
         scheme = "wss"
     for listener in listeners:

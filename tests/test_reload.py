@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import re
 import signal
+import ssl
 
 import pytest
 import trio
 import trio_websocket
+import trustme
 
 from gateway import config as configuration
 from gateway.config import RELOADABLE, SETTINGS, Config
@@ -30,7 +32,7 @@ def test_the_readme_marks_exactly_the_reloadable_settings():
         name: "reload" if name in RELOADABLE else "restart" for name in SETTINGS
     }
     assert {"log_level", "max_calls", "max_message_bytes", "inbound_queue_ms"} <= RELOADABLE
-    assert not {"host", "port", "processor", "tls_certfile", "health_port"} & RELOADABLE
+    assert not {"host", "port", "processor", "health_port"} & RELOADABLE
 
 
 def test_a_plan_applies_the_reloadable_and_keeps_the_rest():
@@ -151,3 +153,77 @@ async def test_sighup_in_a_real_daemon(tmp_path):
         d.process.send_signal(signal.SIGTERM)
         with trio.fail_after(10):
             assert await d.process.wait() == 0
+
+
+async def tls_handshake(url: str, context: ssl.SSLContext) -> bool:
+    """Whether a TLS handshake with the gateway at `url` verifies under `context`."""
+    host, port = url.removeprefix("wss://").rsplit(":", 1)
+    stream = trio.SSLStream(
+        await trio.open_tcp_stream(host, int(port)), context, server_hostname=host
+    )
+    try:
+        with trio.fail_after(5):
+            await stream.do_handshake()
+        return True
+    except trio.BrokenResourceError as exc:
+        assert isinstance(exc.__cause__, ssl.SSLCertVerificationError)
+        return False
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+async def test_sighup_reloads_the_tls_certificate_for_new_handshakes_only(tmp_path, caplog):
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    old_ca, new_ca = trustme.CA(), trustme.CA()
+
+    def install(ca: trustme.CA) -> None:  # a renewal overwrites the same files
+        cert = ca.issue_cert("127.0.0.1")
+        cert.private_key_and_cert_chain_pem.write_to_path(str(certfile))
+        cert.private_key_pem.write_to_path(str(keyfile))
+
+    def trusting(ca: trustme.CA) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        return context
+
+    tls = {"tls_certfile": str(certfile), "tls_keyfile": str(keyfile)}
+
+    def load() -> Config:
+        return configuration.load(
+            None, environ={}, overrides={"host": "127.0.0.1", "port": 0, **tls}
+        )
+
+    install(old_ca)
+    async with open_gateway(**tls) as server:
+        async with simulated_call(server.urls[0], ssl_context=trusting(old_ca)) as live:
+            install(new_ca)
+            assert reload(server, load) is not None
+            assert not await tls_handshake(server.urls[0], trusting(old_ca))  # the old one is gone
+            assert await tls_handshake(server.urls[0], trusting(new_ca))
+            async with simulated_call(server.urls[0], ssl_context=trusting(new_ca)) as new:
+                await new.stream(bytes(FRAME), realtime=False)  # ... the new one serves
+                with trio.fail_after(5):
+                    await new.wait_for_audio(FRAME)
+            await live.stream(bytes(FRAME), realtime=False)  # the live call keeps its session
+            with trio.fail_after(5):
+                await live.wait_for_audio(FRAME)
+
+            keyfile.write_text(
+                trustme.CA().issue_cert("127.0.0.1").private_key_pem.bytes().decode()
+            )
+            assert reload(server, load) is None  # a key that does not match: rejected whole
+            assert "tls_certfile/tls_keyfile" in caplog.text
+            assert await tls_handshake(server.urls[0], trusting(new_ca))  # still the good one
+            async with simulated_call(server.urls[0], ssl_context=trusting(new_ca)) as again:
+                await again.stream(bytes(FRAME), realtime=False)
+                with trio.fail_after(5):
+                    await again.wait_for_audio(FRAME)
+
+
+def test_turning_tls_on_or_off_needs_a_restart():
+    plain = Config()
+    secure = Config(tls_certfile="c.pem", tls_keyfile="k.pem")
+    assert plan(plain, secure).ignored == ("tls_certfile", "tls_keyfile")
+    assert plan(secure, plain).config == secure
+    renewed = Config(tls_certfile="new.pem", tls_keyfile="new-key.pem")
+    assert plan(secure, renewed).applied == ("tls_certfile", "tls_keyfile")

@@ -95,7 +95,7 @@ class HealthEndpoint:
                 await _send_error(stream, http, exc.error_status_hint)
                 return False
             if event is h11.NEED_DATA:
-                http.receive_data(await stream.receive_some(RECEIVE_BYTES))  # b"": EOF
+                http.receive_data(bytes(await stream.receive_some(RECEIVE_BYTES)))  # b"": EOF
             elif isinstance(event, h11.Request):
                 request = event
             elif isinstance(event, h11.EndOfMessage):

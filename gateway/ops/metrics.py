@@ -118,46 +118,73 @@ class LocalHistogram:
 
 
 class CallCounters:
-    """One live call's `CallStats` as last flushed: `flush` adds only what changed since."""
+    """One live call's `CallStats` as last flushed: `take` collects only what changed since,
+    into totals that the flush adds to Prometheus once for all calls (a `Counter.inc()` costs
+    about 0.7 us; a thousand calls times four counters, every second, would stall the loop)."""
 
-    __slots__ = (
-        "stats", "frames_in", "frames_out", "dropped", "flooded", "stops", "errors", "upstream"
-    )
+    __slots__ = ("stats", "flushed", "errors", "upstream")
 
     def __init__(self, stats: CallStats) -> None:
         self.stats = stats
-        self.frames_in = self.frames_out = self.dropped = self.flooded = self.stops = 0
+        self.flushed = (0, 0, 0, 0, 0)  # frames in, out, inbound dropped, stop-audio, flooded
         self.errors: dict[str, int] = {}
         self.upstream: dict[str, int] = {}
 
-    def flush(self, metrics: Metrics) -> None:
+    def take(self, totals: Totals) -> None:
         s = self.stats
-        frames_out = s.messages_out - s.stop_audio_sent  # messages_out counts stop-audio too
-        if s.audio_frames_in != self.frames_in:
-            metrics.frames_in.inc(s.audio_frames_in - self.frames_in)
-            self.frames_in = s.audio_frames_in
-        if frames_out != self.frames_out:
-            metrics.frames_out.inc(frames_out - self.frames_out)
-            self.frames_out = frames_out
-        if s.audio_frames_dropped != self.dropped:
-            metrics.inbound_dropped.inc(s.audio_frames_dropped - self.dropped)
-            self.dropped = s.audio_frames_dropped
-        if s.frames_flood_dropped != self.flooded:
-            metrics.flood_dropped.inc(s.frames_flood_dropped - self.flooded)
-            self.flooded = s.frames_flood_dropped
-        if s.stop_audio_sent != self.stops:
-            metrics.stop_audio_sent.inc(s.stop_audio_sent - self.stops)
-            self.stops = s.stop_audio_sent
-        _flush_by_label(s.protocol_errors, self.errors, metrics.protocol_errors)
-        _flush_by_label(s.upstream_errors, self.upstream, metrics.upstream_errors)
+        now = (
+            s.audio_frames_in,
+            s.messages_out - s.stop_audio_sent,  # messages_out counts stop-audio too
+            s.audio_frames_dropped,
+            s.stop_audio_sent,
+            s.frames_flood_dropped,
+        )
+        if now != self.flushed:
+            was = self.flushed
+            totals.frames_in += now[0] - was[0]
+            totals.frames_out += now[1] - was[1]
+            totals.dropped += now[2] - was[2]
+            totals.stops += now[3] - was[3]
+            totals.flooded += now[4] - was[4]
+            self.flushed = now
+        if s.protocol_errors:
+            _take_by_label(s.protocol_errors, self.errors, totals.errors)
+        if s.upstream_errors:
+            _take_by_label(s.upstream_errors, self.upstream, totals.upstream)
 
 
-def _flush_by_label(counts: dict[str, int], flushed: dict[str, int], counter: Counter) -> None:
+def _take_by_label(counts: dict[str, int], flushed: dict[str, int], totals: dict[str, int]) -> None:
     for label, n in counts.items():
         done = flushed.get(label, 0)
         if n != done:
-            counter.labels(label).inc(n - done)
+            totals[label] = totals.get(label, 0) + n - done
             flushed[label] = n
+
+
+class Totals:
+    """What changed in some calls since their last flush."""
+
+    __slots__ = ("frames_in", "frames_out", "dropped", "stops", "flooded", "errors", "upstream")
+
+    def __init__(self) -> None:
+        self.frames_in = self.frames_out = self.dropped = self.stops = self.flooded = 0
+        self.errors: dict[str, int] = {}
+        self.upstream: dict[str, int] = {}
+
+    def add_to(self, metrics: Metrics) -> None:
+        for counter, n in (
+            (metrics.frames_in, self.frames_in),
+            (metrics.frames_out, self.frames_out),
+            (metrics.inbound_dropped, self.dropped),
+            (metrics.stop_audio_sent, self.stops),
+            (metrics.flood_dropped, self.flooded),
+        ):
+            if n:
+                counter.inc(n)
+        for reason, n in self.errors.items():
+            metrics.protocol_errors.labels(reason).inc(n)
+        for kind, n in self.upstream.items():
+            metrics.upstream_errors.labels(kind).inc(n)
 
 
 class Metrics:
@@ -225,7 +252,7 @@ class Metrics:
         )
         self.processing_latency = Histogram(
             "processing_latency_seconds",
-            "Inbound audio frame: from the socket read that completed it to the moment the "
+            "Inbound packet: from the socket read that completed it to the moment the "
             "processor took it from the call's inbound queue.",
             namespace=NAMESPACE,
             registry=r,
@@ -281,7 +308,9 @@ class Metrics:
     ) -> None:
         """The call is over: final counts, duration, and the audio its player never sent."""
         self._live.discard(counters)
-        counters.flush(self)
+        totals = Totals()
+        counters.take(totals)
+        totals.add_to(self)
         self.live_calls.dec()
         self.call_duration.observe(duration)
         self.calls_ended.labels(ended_by).inc()
@@ -305,8 +334,10 @@ class Metrics:
 
     def flush(self) -> None:
         """Bring Prometheus up to date with the live calls and the local histograms."""
+        totals = Totals()
         for counters in self._live:
-            counters.flush(self)
+            counters.take(totals)
+        totals.add_to(self)
         self.processing.flush_into(self.processing_latency)
         self.lateness.flush_into(self.pacing_lateness)
 
@@ -343,10 +374,10 @@ def multiprocess_registry(path: str | None = None) -> CollectorRegistry:
     """A registry that sums every worker's values from the multiprocess directory (for the
     supervisor's `/metrics`). Never register metric objects in it."""
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=path)
+    multiprocess.MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
     return registry
 
 
 def worker_exited(pid: int, path: str | None = None) -> None:
     """A worker process ended: its live gauge values no longer count (its counters still do)."""
-    multiprocess.mark_process_dead(pid, path)
+    multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]

@@ -7,14 +7,17 @@ configuration: a bad file is rejected whole, with a log line naming the setting,
 configuration stays.
 
 Which settings may change is declared once, in `gateway.config` (`_hot` fields, `RELOADABLE`).
-A changed setting that needs a restart (host, port, TLS files, processor, ...) is named in the
-log and left as it was.
+A changed setting that needs a restart (host, port, processor, ...) is named in the log and
+left as it was. A gateway serving wss:// reads its certificate and key again on every reload
+(renewed certificates are usually written over the same files): new TLS handshakes get the new
+certificate, live calls keep their sessions. Turning TLS on or off needs a restart.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
+import ssl
 from collections.abc import Callable
 from typing import Protocol
 
@@ -34,6 +37,7 @@ class Reloadable(Protocol):
 
     config: Config
     metrics: Metrics
+    tls_context: ssl.SSLContext | None  # None: not serving TLS
 
 
 @attrs.frozen
@@ -47,10 +51,27 @@ class Reload:
 
 def plan(running: Config, loaded: Config) -> Reload:
     changed = [n for n in SETTINGS if getattr(loaded, n) != getattr(running, n)]
-    applied = tuple(n for n in changed if n in RELOADABLE)
-    ignored = tuple(n for n in changed if n not in RELOADABLE)
+    tls_switch = (running.tls_certfile is None) != (loaded.tls_certfile is None)
+    restart = {n for n in changed if n not in RELOADABLE or (tls_switch and n in _TLS_FILES)}
+    applied = tuple(n for n in changed if n not in restart)
+    ignored = tuple(n for n in changed if n in restart)
     config = attrs.evolve(running, **{n: getattr(loaded, n) for n in applied})
     return Reload(config, applied, ignored)
+
+
+_TLS_FILES = ("tls_certfile", "tls_keyfile")
+
+
+def _reload_certificate(context: ssl.SSLContext, config: Config) -> None:
+    """Load the certificate and key into the live context, after proving on a scratch context
+    that they load and match: a failed `load_cert_chain` can leave a context half-changed."""
+    assert config.tls_certfile is not None and config.tls_keyfile is not None
+    scratch = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        scratch.load_cert_chain(config.tls_certfile, config.tls_keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"tls_certfile/tls_keyfile: cannot load ({exc})") from None
+    context.load_cert_chain(config.tls_certfile, config.tls_keyfile)
 
 
 def apply_logging(running: Config, config: Config) -> None:
@@ -61,12 +82,13 @@ def apply_logging(running: Config, config: Config) -> None:
 def reload(target: Reloadable, load: Callable[[], Config]) -> Reload | None:
     """Load the configuration again and apply it to `target`; None if it was rejected."""
     try:
-        loaded = load()
+        change = plan(target.config, load())
+        if target.tls_context is not None and change.config.tls_certfile is not None:
+            _reload_certificate(target.tls_context, change.config)
     except ConfigError as exc:
         log.error("reload rejected, the running configuration stays: %s", exc)
         target.metrics.config_reloads.labels("rejected").inc()
         return None
-    change = plan(target.config, loaded)
     for name in change.ignored:
         log.warning(
             "reload: %s changed, but takes effect only after a restart (still %r)",

@@ -1,0 +1,106 @@
+"""What the metrics cost the event loop: per frame, per flush, per scrape.
+
+    python bench/metrics_overhead.py
+
+Prints medians of several runs (microseconds unless marked):
+- the per-frame additions on the hot path: the processor's inbound hop through the timing
+  wrapper (`_TimedPackets`, which also takes one clock reading and one `LocalHistogram`
+  observation) against the bare memory channel, and the receive task's arrival-time append;
+- why per-frame work does not go to prometheus-client directly: `Counter.inc()` and
+  `Histogram.observe()` against `LocalHistogram.observe()`;
+- `Metrics.flush()` with N live calls that all changed since the last flush (it runs once a
+  second and before each scrape), and a whole scrape (`Metrics.exposition()`), both of which
+  run on the event loop.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import timeit
+from collections import deque
+
+import trio
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from gateway.call import _TimedPackets
+from gateway.ops.metrics import LATENCY_BUCKETS, LocalHistogram, Metrics
+from gateway.processors import CallStats
+
+N = 200_000
+REPEAT = 5
+
+
+def per_op_us(fn, number: int = N) -> float:
+    return statistics.median(timeit.repeat(fn, number=number, repeat=REPEAT)) / number * 1e6
+
+
+async def channel_hop_us(timed: bool) -> float:
+    """Per packet: the processor's `async for` over a channel holding `N` packets."""
+    runs = []
+    for _ in range(REPEAT):
+        send, receive = trio.open_memory_channel[object](N)
+        for i in range(N):
+            send.send_nowait(i)
+        send.close()
+        source = receive
+        if timed:
+            local = LocalHistogram(LATENCY_BUCKETS)
+            source = _TimedPackets(receive, deque([trio.current_time()] * N), local.observe)
+        start = time.perf_counter()
+        async for _ in source:
+            pass
+        runs.append((time.perf_counter() - start) / N * 1e6)
+    return statistics.median(runs)
+
+
+def flush_ms(live_calls: int) -> tuple[float, float]:
+    metrics = Metrics()
+    calls = [metrics.call_started(CallStats()) for _ in range(live_calls)]
+    flushes, scrapes = [], []
+    for _ in range(REPEAT):
+        for counters in calls:  # a second of audio on every call: everything changed
+            s = counters.stats
+            s.audio_frames_in += 50
+            s.messages_out += 50
+            s.protocol_errors["not_json"] += 1
+        for _ in range(50 * live_calls // 100):
+            metrics.processing.observe(0.0003)
+        start = time.perf_counter()
+        metrics.flush()
+        flushes.append((time.perf_counter() - start) * 1000)
+        start = time.perf_counter()
+        metrics.exposition()
+        scrapes.append((time.perf_counter() - start) * 1000)
+    return statistics.median(flushes), statistics.median(scrapes)
+
+
+def main() -> None:
+    registry = CollectorRegistry()
+    counter = Counter("c", "c", registry=registry)
+    histogram = Histogram("h", "h", registry=registry, buckets=LATENCY_BUCKETS)
+    local = LocalHistogram(LATENCY_BUCKETS)
+    arrivals: deque[float] = deque(maxlen=1000)
+    bare = trio.run(channel_hop_us, False)
+    timed = trio.run(channel_hop_us, True)
+    rows = [
+        ("hot path, per frame (us)", None),
+        ("  processor hop, bare memory channel", bare),
+        ("  processor hop, timed (_TimedPackets)", timed),
+        ("    difference", timed - bare),
+        ("  receive task: arrival-time append", per_op_us(lambda: arrivals.append(1.0))),
+        ("per observation (us)", None),
+        ("  prometheus Counter.inc()", per_op_us(counter.inc)),
+        ("  prometheus Histogram.observe()", per_op_us(lambda: histogram.observe(3e-4))),
+        ("  LocalHistogram.observe()", per_op_us(lambda: local.observe(3e-4))),
+    ]
+    for title, us in rows:
+        print(title if us is None else f"{title:<42}{us:7.3f}")
+    print("per flush / scrape on the event loop (ms), all live calls changed")
+    for live in (100, 250, 1000):
+        flush, scrape = flush_ms(live)
+        print(f"  {live:5d} live calls: flush {flush:6.3f}   scrape {scrape:6.3f}")
+
+
+if __name__ == "__main__":
+    main()
