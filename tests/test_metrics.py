@@ -27,7 +27,14 @@ from gateway.ops.metrics import (
 from gateway.pacer import SLACK
 from gateway.packets import AudioData, DtmfData
 from gateway.processors import Call
-from gateway.testing import open_gateway, simulated_call
+from gateway.testing import (
+    AcsTokenIssuer,
+    KeySetServer,
+    bearer,
+    open_gateway,
+    serve_key_set,
+    simulated_call,
+)
 
 from .test_health import no_live_calls, samples
 
@@ -312,3 +319,48 @@ async def test_frames_in_the_same_read_as_the_metadata_are_counted():
             m = scrape(server.metrics)
             assert value(m, "audio_frames_in_total") == 3
             assert value(m, "audio_frames_out_total") == 3
+
+
+async def test_the_limits_and_authentication_are_counted():
+    """What the limits and the token check refuse or drop reaches /metrics: flood drops and
+    the flood's end, a source outside the allowed networks (403), a call with no token (401,
+    by reason)."""
+    async with trio.open_nursery() as nursery:
+        issuer = AcsTokenIssuer(("acs-key-1",))
+        keys: KeySetServer = await nursery.start(serve_key_set, issuer)
+        async with open_gateway(
+            max_frames_per_second=50,
+            flood_grace=0.5,
+            acs_resource_id="3d20e1de-0f28-41c5-84c4-4a7e0a6c1b3e",
+            auth_key_set_url=keys.url,
+        ) as server:
+            with pytest.raises(trio_websocket.HandshakeError) as refused:
+                async with simulated_call(server.urls[0]):  # no token
+                    pass
+            assert refused.value.status_code == 401  # type: ignore[attr-defined]
+            token = issuer.token(audience="3d20e1de-0f28-41c5-84c4-4a7e0a6c1b3e")
+            async with simulated_call(server.urls[0], headers=[bearer(token)]) as call:
+                with trio.fail_after(10):
+                    while not call.closed.is_set():  # a flood: 1000 frames as fast as it can
+                        try:
+                            await call.stream(bytes(FRAME * 1000), realtime=False)
+                        except trio_websocket.ConnectionClosed:
+                            break
+                    await call.closed.wait()
+                assert call.close_code == 1008
+            await no_live_calls(server)
+            m = scrape(server.metrics)
+            flooded = server.stats.frames_flood_dropped
+        nursery.cancel_scope.cancel()
+    assert flooded > 0
+    assert value(m, "frames_dropped_total", policy="flood") == flooded
+    assert value(m, "calls_ended_total", ended_by="flood") == 1
+    assert value(m, "auth_failed_total", reason="missing_token") == 1
+    assert value(m, "calls_refused_total", status="401") == 1
+
+    async with open_gateway(allowed_networks=("52.112.0.0/14",)) as server:
+        with pytest.raises(trio_websocket.HandshakeError) as refused:
+            async with simulated_call(server.urls[0]):
+                pass
+        assert refused.value.status_code == 403  # type: ignore[attr-defined]
+        assert value(scrape(server.metrics), "calls_refused_total", status="403") == 1
