@@ -4,7 +4,7 @@
 
 Prints medians of several runs (microseconds unless marked):
 - the per-frame additions on the hot path: the processor's inbound hop through the timing
-  wrapper (`_TimedPackets`, which also takes one clock reading and one `LocalHistogram`
+  wrapper (`TimedPackets`, which also takes one clock reading and one `LocalHistogram`
   observation) against the bare memory channel, and the receive task's arrival-time append;
 - why per-frame work does not go to prometheus-client directly: `Counter.inc()` and
   `Histogram.observe()` against `LocalHistogram.observe()`;
@@ -23,7 +23,7 @@ from collections import deque
 import trio
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from gateway.call import _TimedPackets
+from gateway.intake import TimedPackets
 from gateway.ops.metrics import LATENCY_BUCKETS, LocalHistogram, Metrics
 from gateway.processors import CallStats
 
@@ -46,7 +46,7 @@ async def channel_hop_us(timed: bool) -> float:
         source = receive
         if timed:
             local = LocalHistogram(LATENCY_BUCKETS)
-            source = _TimedPackets(receive, deque([trio.current_time()] * N), local.observe)
+            source = TimedPackets(receive, deque([trio.current_time()] * N), local.observe)
         start = time.perf_counter()
         async for _ in source:
             pass
@@ -86,7 +86,7 @@ def main() -> None:
     rows = [
         ("hot path, per frame (us)", None),
         ("  processor hop, bare memory channel", bare),
-        ("  processor hop, timed (_TimedPackets)", timed),
+        ("  processor hop, timed (TimedPackets)", timed),
         ("    difference", timed - bare),
         ("  receive task: arrival-time append", per_op_us(lambda: arrivals.append(1.0))),
         ("per observation (us)", None),

@@ -17,14 +17,15 @@ send task stops, and the processor gets `hangup_grace` seconds to return before 
 cancelled. When the processor returns we close with 1000; when it raises, with 1011. Either way
 `run_call` returns only after every task has ended; the caller closes the stream.
 
-Malformed packets (`ProtocolError`): counted by reason in `CallStats.protocol_errors`, logged
-(the first of each reason at WARNING, later ones at DEBUG), and skipped. After
+Malformed packets (`ProtocolError`; the policy is `gateway.intake.ErrorPolicy`): counted by
+reason in `CallStats.protocol_errors`, logged (the first of each reason at WARNING, later ones
+at DEBUG), and skipped. After
 `max_consecutive_errors` malformed packets with no good one between, the call is closed with
 1007. Nothing raised by a packet escapes the call.
 
 Limits (README, "Bad input policy"): inbound messages beyond `max_frames_per_second` (pings
 count too) are dropped unread and counted (`frames_flood_dropped`; see
-`gateway.limits.FloodGate`), and a flood that lasts `flood_grace` seconds closes the call with
+`gateway.intake.Intake`), and a flood that lasts `flood_grace` seconds closes the call with
 1008. A watchdog task closes the call (1000) after `idle_timeout` seconds without inbound audio
 (without any packet on a transcription-only stream) and at `max_call_duration`. A write the
 peer does not take within the WebSocket's `send_timeout` ends the call at once (`send_timeout`,
@@ -50,9 +51,8 @@ from .errors import (
     CLOSE_INVALID_PAYLOAD,
     CLOSE_NORMAL,
     CLOSE_POLICY_VIOLATION,
-    ProtocolError,
 )
-from .limits import FloodGate
+from .intake import ErrorPolicy, Flooded, Intake, TimedPackets, TooManyErrors
 from .pacer import Pacer
 from .packets import FRAME_MS, AudioData, AudioMetadata, InboundPacket, TranscriptionMetadata
 from .player import Player
@@ -106,14 +106,6 @@ class CallTimings:
     pacing_lateness: Callable[[float], None]
 
 
-class _CallEnded(Exception):
-    pass
-
-
-class _Flooded(Exception):
-    pass
-
-
 async def run_call(
     ws: ServerWebSocket,
     handshake: Handshake,
@@ -129,8 +121,8 @@ async def run_call(
     `stats`: where to count (the server reads it while the call is live)."""
     stats = CallStats() if stats is None else stats
     decoder = InboundDecoder()
-    errors = _ErrorPolicy(settings.max_consecutive_errors, stats, log)
-    intake = _Intake(settings, stats, log, ws)
+    errors = ErrorPolicy(settings.max_consecutive_errors, stats, log)
+    intake = Intake(settings, stats, log, ws)
     end_at = intake.heard + settings.max_call_duration
 
     # 1. Wait for the stream's first metadata: it says what the call carries.
@@ -152,10 +144,10 @@ async def run_call(
         except ConnectionClosed as closed:
             log.info("ACS closed before any metadata (%s)", closed.code)
             return CallOutcome("hangup", closed.code, stats)
-        except _CallEnded:
+        except TooManyErrors:
             await ws.close(CLOSE_INVALID_PAYLOAD, "too many malformed packets")
             return CallOutcome("protocol", CLOSE_INVALID_PAYLOAD, stats)
-        except _Flooded:
+        except Flooded:
             await ws.close(CLOSE_POLICY_VIOLATION, "inbound message flood")
             return CallOutcome("flood", CLOSE_POLICY_VIOLATION, stats)
     if first is None:
@@ -183,7 +175,7 @@ async def run_call(
     packets: trio.abc.ReceiveChannel[InboundPacket] = inbound_receive
     if timings is not None:
         arrivals = deque()
-        packets = _TimedPackets(inbound_receive, arrivals, timings.processing)
+        packets = TimedPackets(inbound_receive, arrivals, timings.processing)
     call = Call(
         connection_id=handshake.headers.get("x-ms-call-connection-id"),
         correlation_id=handshake.headers.get("x-ms-call-correlation-id"),
@@ -261,11 +253,11 @@ async def run_call(
                 call_scope.deadline = min(
                     call_scope.deadline, trio.current_time() + settings.hangup_grace
                 )
-            except _CallEnded:
+            except TooManyErrors:
                 ended("protocol", CLOSE_INVALID_PAYLOAD)
                 await _close(ws, CLOSE_INVALID_PAYLOAD, "too many malformed packets")
                 call_scope.cancel()
-            except _Flooded:
+            except Flooded:
                 ended("flood", CLOSE_POLICY_VIOLATION)
                 await _close(ws, CLOSE_POLICY_VIOLATION, "inbound message flood")
                 call_scope.cancel()
@@ -365,54 +357,6 @@ async def _close(ws: ServerWebSocket, code: int, reason: str) -> None:
         await ws.close(code, reason)
 
 
-class _TimedPackets(trio.abc.ReceiveChannel[InboundPacket]):
-    """The inbound channel as the processor sees it, timing each packet from its arrival
-    (`arrivals`, appended by the receive task in channel order) to the processor taking it.
-    About 1 us a packet: one clock reading (the clock's own method, not the run-context
-    lookup of `trio.current_time`), one popleft, one `LocalHistogram` observation."""
-
-    def __init__(
-        self,
-        channel: trio.MemoryReceiveChannel[InboundPacket],
-        arrivals: deque[float],
-        observe: Callable[[float], None],
-    ) -> None:
-        self._channel = channel
-        self._arrivals = arrivals
-        self._observe = observe
-        self._now = trio.lowlevel.current_clock().current_time
-
-    async def receive(self) -> InboundPacket:
-        packet = await self._channel.receive()
-        if self._arrivals:
-            self._observe(self._now() - self._arrivals.popleft())
-        return packet
-
-    async def __anext__(self) -> InboundPacket:  # the processor's `async for`: one hop, not two
-        try:
-            packet = await self._channel.receive()
-        except trio.EndOfChannel:
-            raise StopAsyncIteration from None
-        if self._arrivals:
-            self._observe(self._now() - self._arrivals.popleft())
-        return packet
-
-    def receive_nowait(self) -> InboundPacket:
-        packet = self._channel.receive_nowait()
-        if self._arrivals:
-            self._observe(self._now() - self._arrivals.popleft())
-        return packet
-
-    def statistics(self) -> trio.MemoryChannelStatistics:
-        return self._channel.statistics()
-
-    def close(self) -> None:
-        self._channel.close()
-
-    async def aclose(self) -> None:
-        await self._channel.aclose()
-
-
 class _DirectSink:
     """The player's direct path to the socket (see `Player.play`): audio frames only."""
 
@@ -428,74 +372,3 @@ class _DirectSink:
     def send(self, frames: list[bytes]) -> bool:
         self.stats.messages_out += len(frames)
         return self.ws.send_messages_nowait([codec.encode_audio(pcm) for pcm in frames])
-
-
-class _Intake:
-    """What the call takes from each read: the flood gate, and when audio was last heard."""
-
-    __slots__ = ("gate", "stats", "log", "ws", "pings", "now", "heard")
-
-    def __init__(
-        self,
-        settings: CallSettings,
-        stats: CallStats,
-        log: logging.LoggerAdapter[logging.Logger],
-        ws: ServerWebSocket,
-    ) -> None:
-        self.now = self.heard = trio.current_time()
-        self.gate = FloodGate(settings.max_frames_per_second, settings.flood_grace, self.now)
-        self.stats = stats
-        self.log = log
-        self.ws = ws
-        self.pings = 0  # the WebSocket's pings_received already counted
-
-    def admit(self, messages: list[bytes | bytearray]) -> list[bytes | bytearray]:
-        self.now = now = trio.current_time()
-        gate = self.gate
-        pings = self.ws.pings_received - self.pings  # already answered: they spend the budget
-        self.pings += pings
-        count = len(messages) + pings
-        taken = gate.admit(count, now)
-        if taken == count:
-            return messages
-        kept = max(0, taken - pings)
-        if not gate.dropped - (count - taken):  # the first drop of the call
-            self.log.warning("inbound flood: dropping messages beyond %g a second", gate.rate)
-        self.stats.frames_flood_dropped += len(messages) - kept
-        if gate.persistent(now):
-            self.log.warning("inbound flood for %g s; closing", gate.grace)
-            raise _Flooded
-        return messages[:kept]
-
-
-class _ErrorPolicy:
-    """Decode with the call's malformed-packet policy (see the module docstring)."""
-
-    __slots__ = ("limit", "stats", "log", "consecutive")
-
-    def __init__(self, limit: int, stats: CallStats, log: logging.LoggerAdapter[logging.Logger]):
-        self.limit = limit
-        self.stats = stats
-        self.log = log
-        self.consecutive = 0
-
-    def decode(self, decoder: InboundDecoder, message: str | bytes) -> InboundPacket | None:
-        try:
-            packet = decoder.decode(message)
-        except ProtocolError as exc:
-            self.stats.protocol_errors[exc.reason] += 1
-            if exc.reason == "unknown_kind":  # a newer ACS feature: ignore it (acs-protocol f.2)
-                if self.stats.protocol_errors[exc.reason] == 1:
-                    self.log.info("ignoring packets of an unknown kind: %s", exc)
-                return None
-            first = self.stats.protocol_errors[exc.reason] == 1
-            self.log.log(
-                logging.WARNING if first else logging.DEBUG, "skipping a malformed packet: %s", exc
-            )
-            self.consecutive += 1
-            if self.consecutive >= self.limit:
-                self.log.warning("%d malformed packets in a row; closing", self.consecutive)
-                raise _CallEnded from exc
-            return None
-        self.consecutive = 0
-        return packet
