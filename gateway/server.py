@@ -425,7 +425,8 @@ async def serve(
             if server.auth is not None:
                 await services.start(server.auth.keys.run)
             services.start_soon(server.metrics.flush_periodically)
-            services.start_soon(server._report_status)
+            if server.notifier.enabled:  # outside systemd (or a supervisor) nobody listens
+                services.start_soon(server._report_status)
             if server.notifier.watchdog_interval is not None:
                 await services.start(
                     systemd.ping_watchdog, server.notifier, server.notifier.watchdog_interval
