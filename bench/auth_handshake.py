@@ -21,8 +21,8 @@ import uuid
 
 import trio
 
-from gateway.auth import TokenChecker
-from gateway.server import Server
+from gateway.server.auth import TokenChecker
+from gateway.server.serve import Server
 from gateway.testing import AcsTokenIssuer, open_gateway, serve_key_set
 
 RESOURCE = "3d20e1de-0f28-41c5-84c4-4a7e0a6c1b3e"

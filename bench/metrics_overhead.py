@@ -23,7 +23,7 @@ from collections import deque
 import trio
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from gateway.intake import TimedPackets
+from gateway.call.intake import TimedPackets
 from gateway.ops.metrics import LATENCY_BUCKETS, LocalHistogram, Metrics
 from gateway.processors import CallStats
 

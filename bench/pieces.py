@@ -16,7 +16,8 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request, TextMessage
 from wsproto.frame_protocol import FrameProtocol
 
-from gateway import codec, framing
+from gateway.acs import codec
+from gateway.wire import framing
 
 N = 20000
 PCM = os.urandom(640)

@@ -32,7 +32,7 @@ import trio
 
 from gateway.config import Config
 from gateway.processors import load as load_processor
-from gateway.server import Server, serve
+from gateway.server.serve import Server, serve
 from gateway.testing import simulated_call
 from gateway.testing.census import open_fds, rss_kb, task_count
 

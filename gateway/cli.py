@@ -25,14 +25,15 @@ from functools import partial
 import prometheus_client
 import trio
 
-from . import __version__, logs, processors, supervisor
+from . import __version__, logs, processors
 from . import config as configuration
 from .errors import ConfigError
 from .ops import systemd
 from .ops.health import serve_health
 from .ops.metrics import Metrics
 from .ops.reload import reload_on_sighup
-from .server import Server, serve
+from .server import supervisor
+from .server.serve import Server, serve
 from .simulate import cli as simulate_cli
 
 log = logging.getLogger("gateway")

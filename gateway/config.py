@@ -18,7 +18,7 @@ from typing import Any, Final
 import attrs
 import cattrs
 
-from .call import CallSettings
+from .call.run import CallSettings
 from .errors import ConfigError
 
 ENV_PREFIX: Final = "ACS_GATEWAY_"

@@ -12,12 +12,12 @@ import attrs
 import trio
 import trio.testing
 
-from gateway.call import CallOutcome, CallSettings, run_call
+from gateway.call.run import CallOutcome, CallSettings, run_call
 from gateway.logs import call_logger
 from gateway.processors import Processor, load
 from gateway.testing import SimulatedCall, simulated_call
 from gateway.testing.census import open_fds, task_count  # noqa: F401  (re-exported for tests)
-from gateway.websocket import DEFAULT_SEND_TIMEOUT, ServerWebSocket
+from gateway.wire.websocket import DEFAULT_SEND_TIMEOUT, ServerWebSocket
 
 
 @attrs.define

@@ -21,8 +21,8 @@ import trio
 import trio_websocket
 from cryptography.hazmat.primitives import serialization
 
-from gateway.auth import AuthFailure, TokenChecker, bearer_token
-from gateway.server import Server
+from gateway.server.auth import AuthFailure, TokenChecker, bearer_token
+from gateway.server.serve import Server
 from gateway.testing import (
     AcsTokenIssuer,
     KeySetServer,

@@ -8,12 +8,11 @@ import logging
 import pytest
 import trio
 
-from gateway.call import CallSettings
-from gateway.packets import AudioData, DtmfData
+from gateway.acs.packets import AudioData, DtmfData
+from gateway.call.run import CallSettings
 from gateway.processors import Call
 from gateway.testing import frames, speech
-
-from .conftest import memory_call, task_count
+from tests.conftest import memory_call, task_count
 
 
 @pytest.mark.parametrize("rate", [16000, 24000])

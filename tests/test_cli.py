@@ -12,8 +12,7 @@ import trio
 import trio_websocket
 
 from gateway.testing import simulated_call
-
-from .daemons import Gateway, gateway_process
+from tests.daemons import Gateway, gateway_process
 
 SERVE = [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", "0"]
 

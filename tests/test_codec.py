@@ -12,9 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import codec
-from gateway.errors import ProtocolError
-from gateway.packets import (
+from gateway.acs import codec
+from gateway.acs.packets import (
     AudioData,
     AudioMetadata,
     DtmfData,
@@ -23,6 +22,7 @@ from gateway.packets import (
     TranscriptionData,
     TranscriptionMetadata,
 )
+from gateway.errors import ProtocolError
 
 ORACLE = Path(__file__).parent / "oracle" / "sdk_fixtures.json"
 FIXTURES = json.loads(ORACLE.read_text())

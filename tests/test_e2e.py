@@ -15,8 +15,7 @@ import trio_websocket
 
 from gateway.processors import Call
 from gateway.testing import open_gateway, simulated_call, speech
-
-from .conftest import open_fds, raw_acs_stream, task_count
+from tests.conftest import open_fds, raw_acs_stream, task_count
 
 ONE_SECOND_16K = speech(16000)[: 16000 * 2]
 

@@ -20,9 +20,9 @@ import pytest
 import trio
 import trio.testing
 
-from gateway.call import CallSettings
+from gateway.call.run import CallSettings
 from gateway.processors import Call, load
-from gateway.server import Server
+from gateway.server.serve import Server
 from gateway.testing import open_gateway, simulated_call
 from gateway.testing.hostile import (
     UPGRADE,
@@ -35,10 +35,9 @@ from gateway.testing.hostile import (
     metadata_packet,
 )
 from gateway.testing.peer import SimulatedCall
-
-from .conftest import memory_call, open_fds, task_count
-from .test_fuzz_live import _run_hostile
-from .test_limits import StallingStream, _send_at
+from tests.conftest import memory_call, open_fds, task_count
+from tests.test_fuzz_live import _run_hostile
+from tests.test_limits import StallingStream, _send_at
 
 METADATA = client_frame(encode(metadata_packet()))
 SAFETY = 10.0  # seconds: a fail_after net for waits that end at once when things work

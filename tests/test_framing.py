@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
-from gateway import framing
+from gateway.wire import framing
 
 
 def client() -> FrameProtocol:

@@ -23,7 +23,7 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.server import ServerStats
+from gateway.server.serve import ServerStats
 from gateway.testing import open_gateway, simulated_call
 from gateway.testing.hostile import (
     OP_BINARY,
@@ -37,8 +37,7 @@ from gateway.testing.hostile import (
     metadata_packet,
     random_session,
 )
-
-from .conftest import open_fds, task_count
+from tests.conftest import open_fds, task_count
 
 FUZZ = settings(
     max_examples=50,

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.ops import health
 from gateway.ops.health import HealthEndpoint, serve_health
 from gateway.ops.metrics import Metrics
-from gateway.server import Server
+from gateway.server.serve import Server
 from gateway.testing import open_gateway, simulated_call
 
 

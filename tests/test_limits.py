@@ -10,15 +10,14 @@ import trio.testing
 import trio_websocket
 
 from gateway import config
-from gateway.call import CallSettings
+from gateway.call.limits import FloodGate
+from gateway.call.run import CallSettings
 from gateway.errors import ConfigError
-from gateway.limits import FloodGate
 from gateway.processors import Call, load
-from gateway.server import _in_networks
+from gateway.server.serve import _in_networks
 from gateway.testing import open_gateway, simulated_call, speech
 from gateway.testing.peer import SimulatedCall
-
-from .conftest import memory_call, raw_acs_stream
+from tests.conftest import memory_call, raw_acs_stream
 
 FRAME = bytes(640)  # 20 ms of silence at 16 kHz
 

@@ -16,6 +16,8 @@ from prometheus_client import CollectorRegistry, Histogram
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request, TextMessage
 
+from gateway.acs.packets import AudioData, DtmfData
+from gateway.call.pacer import SLACK
 from gateway.ops.metrics import (
     LATENCY_BUCKETS,
     LocalHistogram,
@@ -24,8 +26,6 @@ from gateway.ops.metrics import (
     render,
     worker_exited,
 )
-from gateway.pacer import SLACK
-from gateway.packets import AudioData, DtmfData
 from gateway.processors import Call
 from gateway.testing import (
     AcsTokenIssuer,
@@ -35,8 +35,7 @@ from gateway.testing import (
     serve_key_set,
     simulated_call,
 )
-
-from .test_health import no_live_calls, samples
+from tests.test_health import no_live_calls, samples
 
 FRAME = 640  # bytes of one 20 ms frame at 16 kHz
 

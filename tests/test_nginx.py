@@ -14,8 +14,7 @@ import pytest
 import trio
 
 from gateway.testing import open_gateway, simulated_call
-
-from .daemons import TCP_LISTEN, free_port, kill_tree, poll_until, tcp_sockets, throwaway_tls
+from tests.daemons import TCP_LISTEN, free_port, kill_tree, poll_until, tcp_sockets, throwaway_tls
 
 ROOT = Path(__file__).resolve().parent.parent
 SITE = (ROOT / "deploy" / "nginx.conf").read_text()

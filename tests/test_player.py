@@ -24,8 +24,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from gateway.pacer import SLACK, Pacer
-from gateway.player import Player, Playout
+from gateway.call.pacer import SLACK, Pacer
+from gateway.call.player import Player, Playout
 
 F16 = 640  # bytes in 20 ms at 16 kHz
 F24 = 960  # bytes in 20 ms at 24 kHz

@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio_websocket
 
-from gateway.packets import DtmfData
+from gateway.acs.packets import DtmfData
 from gateway.simulate import workers
 from gateway.simulate.runner import Options
 from gateway.testing import open_gateway

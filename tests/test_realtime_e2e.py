@@ -9,8 +9,7 @@ import trio
 
 from gateway.processors import Call, load
 from gateway.testing import open_fake_model, open_gateway, simulated_call, speech
-
-from .conftest import open_fds, task_count
+from tests.conftest import open_fds, task_count
 
 KEY_ENV = "TEST_REALTIME_KEY"
 FRAME_S = 0.020

@@ -16,10 +16,9 @@ from gateway import config as configuration
 from gateway.config import RELOADABLE, SETTINGS, Config
 from gateway.ops.reload import plan, reload
 from gateway.testing import open_gateway, simulated_call
-
-from .test_cli import Daemon, daemon
-from .test_docs import README
-from .test_health import http, no_live_calls, samples
+from tests.test_cli import Daemon, daemon
+from tests.test_docs import README
+from tests.test_health import http, no_live_calls, samples
 
 FRAME = 640
 

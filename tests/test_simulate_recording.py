@@ -9,8 +9,7 @@ import trio
 from gateway.simulate.recording import Entry, Recording, compare, replay_into
 from gateway.testing import speech
 from gateway.testing.processors import barge_in_bot
-
-from .conftest import memory_call
+from tests.conftest import memory_call
 
 
 def test_the_file_keeps_both_directions_and_timings(tmp_path):

@@ -11,7 +11,7 @@ import ssl
 import trio
 import trustme
 
-from gateway.packets import DtmfData
+from gateway.acs.packets import DtmfData
 from gateway.simulate import workers
 from gateway.simulate.recording import Recording, compare, replay
 from gateway.simulate.report import Report

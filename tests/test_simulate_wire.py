@@ -11,9 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway import codec, framing
-from gateway.packets import AudioData, AudioMetadata, DtmfData
-from gateway.simulate import wire
+from gateway.acs import client as wire
+from gateway.acs import codec
+from gateway.acs.packets import AudioData, AudioMetadata, DtmfData
+from gateway.wire import framing
 
 MASK = b"\x01\x02\x03\x04"
 

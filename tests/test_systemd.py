@@ -21,11 +21,10 @@ import trio
 from gateway.config import Config
 from gateway.ops import systemd
 from gateway.processors import load
-from gateway.server import Server, serve
+from gateway.server.serve import Server, serve
 from gateway.testing import open_gateway, simulated_call
-
-from .conftest import task_count
-from .daemons import (
+from tests.conftest import task_count
+from tests.daemons import (
     SERVE,
     as_systemd,
     free_port,

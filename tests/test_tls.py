@@ -5,8 +5,7 @@ from __future__ import annotations
 import trio
 
 from gateway.testing import open_gateway, simulated_call
-
-from .daemons import throwaway_tls
+from tests.daemons import throwaway_tls
 
 
 async def test_echo_over_wss(tmp_path):

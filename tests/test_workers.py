@@ -12,10 +12,9 @@ import pytest
 import trio
 import trio_websocket
 
-from gateway.supervisor import reuseport_sockets
+from gateway.server.supervisor import reuseport_sockets
 from gateway.testing import SimulatedCall, simulated_call
-
-from .daemons import (
+from tests.daemons import (
     SERVE,
     TCP_LISTEN,
     Gateway,
@@ -26,7 +25,7 @@ from .daemons import (
     tcp_sockets,
     throwaway_tls,
 )
-from .test_health import http, samples
+from tests.test_health import http, samples
 
 WORKERS = [*SERVE, "--host", "127.0.0.1", "--port", "0", "--workers", "2"]
 MAX_CALLS_TO_REACH_BOTH = 24  # the kernel hashes each connection to a worker: 2**-23 to miss

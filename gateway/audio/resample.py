@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from ..packets import BYTES_PER_SAMPLE
+from ..acs.packets import BYTES_PER_SAMPLE
 
 QUALITY: Final = "HQ"  # soxr "high quality": ~25 ms of delay, ~15 us per 20 ms frame here
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from ..packets import FRAME_MS, frame_bytes
+from ..acs.packets import FRAME_MS, frame_bytes
 from .resample import StreamResampler
 
 VAD_RATES: Final = (8000, 16000, 32000, 48000)  # what the WebRTC VAD accepts

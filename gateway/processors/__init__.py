@@ -25,10 +25,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from importlib.metadata import entry_points
 from typing import Any, TypeAlias
 
+from ..call.interface import Call, CallStats, Processor
 from ..errors import ConfigError, ProcessorNotFound
-from .base import Call, CallStats
 
-Processor: TypeAlias = Callable[[Call], Awaitable[None]]
 ProcessorFactory: TypeAlias = Callable[[Mapping[str, Any]], Processor]
 
 ENTRY_POINT_GROUP = "acs_media_gateway.processors"

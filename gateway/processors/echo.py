@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..packets import AudioData
+from ..acs.packets import AudioData
 from . import Call, Processor
 
 

@@ -27,9 +27,9 @@ import orjson
 import pybase64
 import trio
 
-from ..packets import pcm_ms
+from ..acs import client as wire
+from ..acs.packets import pcm_ms
 from ..testing.peer import SimulatedCall, simulated_call
-from . import wire
 
 FORMAT_VERSION = 1
 

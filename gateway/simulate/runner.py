@@ -39,9 +39,9 @@ from urllib.parse import urlsplit
 import attrs
 import trio
 
-from .. import framing
-from ..packets import BYTES_PER_SAMPLE, FRAME_MS
-from . import wire
+from ..acs import client as wire
+from ..acs.packets import BYTES_PER_SAMPLE, FRAME_MS
+from ..wire import framing
 from .link import ConnectFailed, Link
 from .recording import Entry, Recording
 from .report import CallResult, Histogram, SimulatorHealth, Timeline

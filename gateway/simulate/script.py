@@ -18,7 +18,7 @@ from pathlib import Path
 
 import attrs
 
-from ..packets import frame_bytes
+from ..acs.packets import frame_bytes
 from ..testing.audio import frames, read_wav, speech
 
 

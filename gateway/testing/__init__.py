@@ -19,7 +19,7 @@ import trio
 
 from ..config import Config
 from ..processors import Processor, load
-from ..server import Server, serve
+from ..server.serve import Server, serve
 from .acs_auth import AcsTokenIssuer, KeySetServer, bearer, serve_key_set
 from .audio import frames, read_wav, speech, speech_path
 from .fake_model import FakeModel, open_fake_model

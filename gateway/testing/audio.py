@@ -6,7 +6,7 @@ import wave
 from importlib.resources import files
 from pathlib import Path
 
-from ..packets import frame_bytes
+from ..acs.packets import frame_bytes
 
 DATA = files("gateway.testing") / "data"
 

@@ -21,7 +21,7 @@ from typing import Any, Final
 import attrs
 import trio
 
-from ..packets import FRAME_MS
+from ..acs.packets import FRAME_MS
 from .peer import SimulatedCall
 
 UPGRADE: Final = (

@@ -22,8 +22,8 @@ import pybase64
 import trio
 import trio_websocket
 
-from ..packets import BYTES_PER_SAMPLE, FRAME_MS, frame_bytes
-from ..simulate.wire import TIMESTAMP, dtmf_text, metadata_text
+from ..acs.client import TIMESTAMP, dtmf_text, metadata_text
+from ..acs.packets import BYTES_PER_SAMPLE, FRAME_MS, frame_bytes
 from .audio import frames as split_frames
 
 

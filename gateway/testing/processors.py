@@ -22,7 +22,7 @@ from typing import Any
 
 import trio
 
-from ..packets import AudioData
+from ..acs.packets import AudioData
 from ..processors import Call, Processor
 from .audio import speech
 

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from ..processors import Processor
-from ..server import Server
+from ..server.serve import Server
 from . import SimulatedCall, open_gateway, simulated_call
 
 try:

@@ -37,10 +37,10 @@ import pybase64
 import trio
 import trio_websocket
 
+from ...acs.packets import AudioData
 from ...audio.resample import StreamResampler
 from ...audio.vad import WebRtcVad
-from ...packets import AudioData
-from ..base import Call
+from ...call.interface import Call
 from . import protocol
 from .options import RealtimeOptions
 from .protocol import (

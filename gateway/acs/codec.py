@@ -25,7 +25,7 @@ from typing import Any, Final
 import orjson
 import pybase64
 
-from .errors import ProtocolError
+from ..errors import ProtocolError
 from .packets import (
     AudioData,
     AudioMetadata,

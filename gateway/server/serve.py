@@ -48,17 +48,17 @@ from typing import Any, Final
 import attrs
 import trio
 
+from ..call.pacer import Pacer
+from ..call.run import CallOutcome, CallTimings, run_call
+from ..config import Config
+from ..errors import CLOSE_GOING_AWAY
+from ..logs import call_logger
+from ..ops import systemd
+from ..ops.metrics import Metrics
+from ..processors import CallStats, Processor
+from ..wire.transport import SocketTransport
+from ..wire.websocket import ConnectionClosed, Reject, SendTimeout, ServerWebSocket
 from .auth import AuthFailure, KeySet, TokenChecker
-from .call import CallOutcome, CallTimings, run_call
-from .config import Config
-from .errors import CLOSE_GOING_AWAY
-from .logs import call_logger
-from .ops import systemd
-from .ops.metrics import Metrics
-from .pacer import Pacer
-from .processors import CallStats, Processor
-from .transport import SocketTransport
-from .websocket import ConnectionClosed, Reject, SendTimeout, ServerWebSocket
 
 log = logging.getLogger("gateway.server")
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeAlias
 
 import attrs
 import trio
 
-from ..packets import AudioMetadata, InboundPacket, TranscriptionMetadata
-from ..player import Player
+from ..acs.packets import AudioMetadata, InboundPacket, TranscriptionMetadata
+from .player import Player
 
 
 @attrs.define(slots=True)
@@ -63,3 +64,7 @@ class Call:
     @property
     def sample_rate(self) -> int | None:
         return None if self.audio is None else self.audio.sample_rate
+
+
+Processor: TypeAlias = Callable[[Call], Awaitable[None]]
+"""A processor: an async function that runs one call and returns when it is done with it."""

@@ -18,15 +18,15 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from .codec import InboundDecoder
-from .errors import ProtocolError
+from ..acs.codec import InboundDecoder
+from ..acs.packets import InboundPacket
+from ..errors import ProtocolError
+from ..wire.websocket import ServerWebSocket
+from .interface import CallStats
 from .limits import FloodGate
-from .packets import InboundPacket
-from .processors import CallStats
-from .websocket import ServerWebSocket
 
 if TYPE_CHECKING:
-    from .call import CallSettings
+    from .run import CallSettings
 
 
 class TooManyErrors(Exception):

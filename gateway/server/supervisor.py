@@ -48,11 +48,11 @@ from typing import Final
 import attrs
 import trio
 
-from .config import Config
-from .ops import systemd
-from .ops.health import serve_health
-from .ops.metrics import multiprocess_registry, worker_exited
-from .server import _ssl_context
+from ..config import Config
+from ..ops import systemd
+from ..ops.health import serve_health
+from ..ops.metrics import multiprocess_registry, worker_exited
+from .serve import _ssl_context
 
 log = logging.getLogger("gateway.supervisor")
 

@@ -43,22 +43,22 @@ from typing import Final
 import attrs
 import trio
 
-from . import codec
-from .codec import InboundDecoder
-from .errors import (
+from ..acs import codec
+from ..acs.codec import InboundDecoder
+from ..acs.packets import FRAME_MS, AudioData, AudioMetadata, InboundPacket, TranscriptionMetadata
+from ..errors import (
     CLOSE_ABNORMAL,
     CLOSE_INTERNAL_ERROR,
     CLOSE_INVALID_PAYLOAD,
     CLOSE_NORMAL,
     CLOSE_POLICY_VIOLATION,
 )
+from ..wire.websocket import ConnectionClosed, Handshake, SendTimeout, ServerWebSocket
 from .intake import ErrorPolicy, Flooded, Intake, TimedPackets, TooManyErrors
+from .interface import Call, CallStats, Processor
 from .pacer import Pacer
-from .packets import FRAME_MS, AudioData, AudioMetadata, InboundPacket, TranscriptionMetadata
 from .player import Player
 from .playout import Playout
-from .processors import Call, CallStats, Processor
-from .websocket import ConnectionClosed, Handshake, SendTimeout, ServerWebSocket
 
 CLOSE_TIMEOUT: Final = 2.0  # seconds the closing handshake may take once the call is over
 

@@ -30,9 +30,9 @@ from typing import Final
 import orjson
 import pybase64
 
-from .. import framing
 from ..errors import CLOSE_NO_STATUS
-from ..packets import frame_bytes
+from ..wire import framing
+from .packets import frame_bytes
 
 TIMESTAMP: Final = "2024-11-15T19:16:12.925Z"  # ACS sends ISO-8601; gateways do not interpret it
 _ACCEPT_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3

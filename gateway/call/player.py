@@ -13,8 +13,8 @@ from typing import Protocol
 
 import trio
 
+from ..acs.packets import BYTES_PER_SAMPLE
 from .pacer import Pacer
-from .packets import BYTES_PER_SAMPLE
 from .playout import DEFAULT_CAPACITY_MS, DEFAULT_LEAD_MS, Playout, PlayoutStats
 
 __all__ = ["DEFAULT_CAPACITY_MS", "DEFAULT_LEAD_MS", "DirectSink", "Player", "Playout",

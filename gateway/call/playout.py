@@ -30,7 +30,7 @@ from typing import Final
 
 import attrs
 
-from .packets import BYTES_PER_SAMPLE, FRAME_MS, frame_bytes
+from ..acs.packets import BYTES_PER_SAMPLE, FRAME_MS, frame_bytes
 
 DEFAULT_LEAD_MS: Final = 60  # three frames: absorbs send jitter, bounds audio heard after barge-in
 DEFAULT_CAPACITY_MS: Final = 5000  # a model reply streams faster than real time; 5 s is ~160 KB

@@ -30,8 +30,8 @@ import attrs
 import h11
 import trio
 
+from ..errors import CLOSE_ABNORMAL, CLOSE_NO_STATUS, CLOSE_NORMAL
 from . import framing
-from .errors import CLOSE_ABNORMAL, CLOSE_NO_STATUS, CLOSE_NORMAL
 
 RECEIVE_BYTES: Final = 65536  # one read takes every frame the kernel has for us (batching)
 CLOSE_REPLY_TIMEOUT: Final = 2.0  # seconds to wait for the peer's close frame after ours

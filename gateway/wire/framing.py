@@ -24,7 +24,7 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-from .errors import (
+from ..errors import (
     CLOSE_INVALID_PAYLOAD,
     CLOSE_MESSAGE_TOO_BIG,
     CLOSE_NO_STATUS,
