@@ -31,7 +31,7 @@ import threading
 import time
 from pathlib import Path
 
-from gateway.simulate import wire  # the simulator's client side: frames and packets
+from gateway.acs import client as wire  # the simulator's client side: frames and packets
 
 FRAME_S = 0.020  # ACS sends one frame every 20 ms
 RING = 50  # distinct frames per call (1 s); an echo later than 1 s would be mis-matched
