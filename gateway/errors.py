@@ -1,13 +1,19 @@
-"""The gateway's small error vocabulary, split by whose fault it is (after h11).
+"""The gateway's error vocabulary, split by blame (after h11's Remote/LocalProtocolError).
 
-- `ProtocolError`: the peer (ACS, or whatever connected) sent something we cannot use. It says
-  what was wrong in `reason` (a stable, metric-friendly token) and in its message. Raised by the
-  sans-IO codec; caught at exactly one place per call (`gateway.call`), which applies the
-  documented policy: count, log, skip the packet, or close the call with `close_code`.
-- `ConfigError`: the operator's configuration is wrong; the message names the setting.
-- `ProcessorNotFound`: `--processor` names nothing we can load.
+Rules:
+- `PeerError`: the remote peer (ACS, or whatever connected) did something wrong. Each kind
+  says what it earns: `close_code`, the WebSocket close code to end the call with (None: the
+  call's policy decides, e.g. skip the packet), or `http_status`, the refusal to send instead
+  of the upgrade. Raised by sans-IO code (framing, codec, intake); the call or the server is
+  the one place that turns it into a close or a refusal.
+- `LocalError`: our side got something wrong: the operator's configuration, or gateway code
+  that used a sans-IO object in a state that forbids it. Never the peer's doing.
+- `ConnectionClosed` is neither: it reports that the WebSocket is over (its `code` says how).
+  `SendTimeout` is also the peer's fault (it stopped reading).
 
-None of these may escape the call or the server that met them.
+None of these may escape the call or the server that met them. `AuthFailure` stays with the
+token checks (`gateway.server.auth`): its blame depends on its reason (a bad token is the
+peer's, keys we could not fetch are ours).
 """
 
 from __future__ import annotations
@@ -28,8 +34,42 @@ class GatewayError(Exception):
     """Base class of every error the gateway raises on purpose."""
 
 
-class ProtocolError(GatewayError):
-    """The remote peer sent a packet we cannot use.
+# -- the peer's fault --
+
+
+class PeerError(GatewayError):
+    """The remote peer did something wrong; the class says what that earns it."""
+
+    close_code: int | None = None  # the WebSocket close code; None: the call's policy decides
+    http_status: int | None = None  # the refusal, for a fault found before the upgrade
+
+
+class FramingError(PeerError):
+    """The peer broke RFC 6455 (1002), sent text that is not UTF-8 (1007), or a message over
+    the size cap (1009): the connection is closed with `close_code`."""
+
+    close_code: int
+
+    def __init__(self, close_code: int, reason: str) -> None:
+        super().__init__(f"{close_code}: {reason}")
+        self.close_code = close_code
+        self.reason = reason
+
+
+class BadUpgrade(PeerError):
+    """The request cannot become a WebSocket: it is refused with `http_status`, and `reason`
+    as the body."""
+
+    http_status: int
+
+    def __init__(self, http_status: int, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason} ({detail})" if detail else reason)
+        self.http_status = http_status
+        self.reason = reason
+
+
+class ProtocolError(PeerError):
+    """The peer sent a packet we cannot use. The call skips it (see `ErrorPolicy`).
 
     `reason` is one of the tokens in `REASONS`; tests and metrics key on it.
     """
@@ -57,7 +97,63 @@ class ProtocolError(GatewayError):
         self.detail = detail
 
 
-class ConfigError(GatewayError):
+class TooManyErrors(PeerError):
+    """`max_consecutive_errors` malformed packets in a row: the call is closed."""
+
+    close_code = CLOSE_INVALID_PAYLOAD
+
+
+class Flooded(PeerError):
+    """Inbound messages beyond the rate limit for longer than `flood_grace`: the call is closed."""
+
+    close_code = CLOSE_POLICY_VIOLATION
+
+
+# -- the end of a connection --
+
+
+class ConnectionClosed(GatewayError):
+    """The WebSocket is closed: by the peer (its code), by us, or abnormally (1006)."""
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        super().__init__(f"WebSocket closed ({code}{': ' + reason if reason else ''})")
+        self.code = code
+        self.reason = reason
+
+    def fresh(self) -> ConnectionClosed:
+        """A new exception saying the same. A connection keeps its `closed` value and raises
+        copies: raising the kept one would give it a traceback whose frames hold the
+        connection, a reference cycle that keeps an ended call's buffers alive until a full GC."""
+        return ConnectionClosed(self.code, self.reason)
+
+
+class SendTimeout(ConnectionClosed, PeerError):
+    """A write waited `send_timeout` seconds for a peer that does not read: the connection is
+    given up (code 1006: no close frame could be sent)."""
+
+    close_code = CLOSE_ABNORMAL
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(CLOSE_ABNORMAL, f"the peer took no data for {seconds:g} s")
+        self.seconds = seconds
+
+    def fresh(self) -> SendTimeout:
+        return SendTimeout(self.seconds)
+
+
+# -- our fault --
+
+
+class LocalError(GatewayError):
+    """Our side got something wrong; never the peer's doing."""
+
+
+class LocalProtocolError(LocalError):
+    """Gateway code asked a sans-IO protocol object for something its state forbids (e.g. a
+    message after our close frame). A bug in the caller, not in the peer."""
+
+
+class ConfigError(LocalError):
     """A configuration setting is missing or invalid; the message names the setting."""
 
 

@@ -37,8 +37,9 @@ def test_text_and_binary_messages_of_every_header_size():
     texts = ["", "a", "é" * 100, "x" * 125, "y" * 126, "z" * 65535, "w" * 70000]
     data = b"".join(proto.send_data(t) for t in texts) + proto.send_data(b"\x00\xff" * 10)
     events = reader.receive(data)
-    assert events == [t.encode() for t in texts] + [bytearray(b"\x00\xff" * 10)]
-    assert type(events[-1]) is bytearray and type(events[0]) is bytes
+    expected = [framing.TextMessage(t.encode()) for t in texts]
+    assert events == expected + [framing.BinaryMessage(b"\x00\xff" * 10)]
+    assert events[0] != framing.BinaryMessage(b"")  # text and binary are told apart by type
 
 
 @settings(max_examples=200, deadline=None)
@@ -55,7 +56,7 @@ def test_any_split_of_the_stream_gives_the_same_messages(messages, cuts):
     for cut in sorted({c % (len(data) + 1) for c in cuts} | {len(data)}):
         events += reader.receive(data[previous:cut])
         previous = cut
-    assert events == [m.encode() for m in messages]
+    assert events == [framing.TextMessage(m.encode()) for m in messages]
 
 
 def test_fragments_with_control_frames_between():
@@ -69,7 +70,7 @@ def test_fragments_with_control_frames_between():
     )
     events = reader.receive(data)
     assert events[0] == b"are you there" and type(events[0]) is framing.Ping
-    assert events[1] == b"hello world"
+    assert events[1] == framing.TextMessage(b"hello world")
 
 
 def test_close_frame_code_and_reason():
@@ -106,14 +107,14 @@ def test_close_frame_code_and_reason():
 def test_protocol_violations_name_the_close_code(data, code):
     with pytest.raises(framing.FramingError) as error:
         framing.FrameReader(max_message_bytes=100).receive(data)
-    assert error.value.code == code
+    assert error.value.close_code == code
 
 
 def test_a_huge_declared_length_fails_before_the_payload_arrives():
     header = bytes((0x81, 0xFF)) + struct.pack("!Q", 2**40) + b"mask"
     with pytest.raises(framing.FramingError) as error:
         framing.FrameReader(max_message_bytes=65536).receive(header)
-    assert error.value.code == 1009
+    assert error.value.close_code == 1009
 
 
 def test_server_frames_are_what_a_client_engine_reads():

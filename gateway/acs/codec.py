@@ -26,6 +26,7 @@ import orjson
 import pybase64
 
 from ..errors import ProtocolError
+from ..wire.events import BinaryMessage, Message, TextMessage
 from .packets import (
     AudioData,
     AudioMetadata,
@@ -240,15 +241,24 @@ def _payload(message: dict[str, Any], key: str) -> Any:
     return None
 
 
-def decode(message: str | bytes) -> InboundPacket:
-    """Decode one inbound WebSocket message. Stateless; see `InboundDecoder` for ordering."""
-    if isinstance(message, bytes | bytearray | memoryview):
-        try:
-            bytes(message).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ProtocolError("not_utf8", f"binary frame is not UTF-8 ({exc.reason})") from None
+def _utf8(message: Message | str | bytes) -> str | bytes:
+    """The JSON text of a message that the frame reader did not check."""
+    if isinstance(message, str):
+        return message
+    data = message.data if isinstance(message, TextMessage | BinaryMessage) else message
     try:
-        obj = orjson.loads(message)
+        bytes(data).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError("not_utf8", f"binary frame is not UTF-8 ({exc.reason})") from None
+    return data
+
+
+def decode(message: Message | str | bytes) -> InboundPacket:
+    """Decode one inbound WebSocket message. Stateless; see `InboundDecoder` for ordering.
+    A `TextMessage` is UTF-8 already (the frame reader checked); other bytes are checked here."""
+    data = message.data if type(message) is TextMessage else _utf8(message)
+    try:
+        obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise ProtocolError("not_json", f"message is not JSON ({exc})") from None
     if not isinstance(obj, dict):
@@ -290,7 +300,7 @@ class InboundDecoder:
     def __init__(self) -> None:
         self.metadata: AudioMetadata | None = None
 
-    def decode(self, message: str | bytes) -> InboundPacket:
+    def decode(self, message: Message | str | bytes) -> InboundPacket:
         packet = decode(message)
         if type(packet) is AudioData:
             if self.metadata is None:

@@ -20,7 +20,8 @@ import trio
 
 from ..acs.codec import InboundDecoder
 from ..acs.packets import InboundPacket
-from ..errors import ProtocolError
+from ..errors import Flooded, ProtocolError, TooManyErrors
+from ..wire.events import Message
 from ..wire.websocket import ServerWebSocket
 from .interface import CallStats
 from .limits import FloodGate
@@ -29,12 +30,7 @@ if TYPE_CHECKING:
     from .run import CallSettings
 
 
-class TooManyErrors(Exception):
-    pass
-
-
-class Flooded(Exception):
-    pass
+__all__ = ["ErrorPolicy", "Flooded", "Intake", "TimedPackets", "TooManyErrors"]
 
 
 class TimedPackets(trio.abc.ReceiveChannel[InboundPacket]):
@@ -104,7 +100,7 @@ class Intake:
         self.ws = ws
         self.pings = 0  # the WebSocket's pings_received already counted
 
-    def admit(self, messages: list[bytes | bytearray]) -> list[bytes | bytearray]:
+    def admit(self, messages: list[Message]) -> list[Message]:
         self.now = now = trio.current_time()
         gate = self.gate
         pings = self.ws.pings_received - self.pings  # already answered: they spend the budget
@@ -134,7 +130,7 @@ class ErrorPolicy:
         self.log = log
         self.consecutive = 0
 
-    def decode(self, decoder: InboundDecoder, message: str | bytes) -> InboundPacket | None:
+    def decode(self, decoder: InboundDecoder, message: Message) -> InboundPacket | None:
         try:
             packet = decoder.decode(message)
         except ProtocolError as exc:

@@ -1,8 +1,9 @@
 """`Player`: what a processor uses to speak into the call, driving the playout clock.
 
 Owns: waiting (back-pressure in `play()`, the send task's wait for the clock), barge-in, and
-the direct path. Never: sockets or encoding itself (the call gives it a `DirectSink`).
-The clock itself, and the rules of pacing, are in `gateway.playout`.
+when the direct path may be used. Never: sockets, encoding, or the order of writes (the call
+gives it a `DirectSink`, which the WebSocket provides and keeps in order).
+The clock itself, and the rules of pacing, are in `gateway.call.playout`.
 """
 
 from __future__ import annotations
@@ -17,12 +18,19 @@ from ..acs.packets import BYTES_PER_SAMPLE
 from .pacer import Pacer
 from .playout import DEFAULT_CAPACITY_MS, DEFAULT_LEAD_MS, Playout, PlayoutStats
 
-__all__ = ["DEFAULT_CAPACITY_MS", "DEFAULT_LEAD_MS", "DirectSink", "Player", "Playout",
-           "PlayoutStats"]
+__all__ = [
+    "DEFAULT_CAPACITY_MS",
+    "DEFAULT_LEAD_MS",
+    "DirectSink",
+    "Player",
+    "Playout",
+    "PlayoutStats",
+]
 
 
 class DirectSink(Protocol):
-    """Where `Player.play()` may write due frames itself (the call provides it)."""
+    """Where `Player.play()` may write due frames itself, from the processor's task
+    (`ServerWebSocket.direct_sink` provides it)."""
 
     def ready(self) -> bool:
         """True if a write now would neither wait nor overtake anything."""

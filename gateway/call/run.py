@@ -165,7 +165,7 @@ async def run_call(
                 capacity_ms=settings.playout_queue_ms,
             ),
             pacer=pacer,
-            direct=_DirectSink(ws, stats),
+            direct=ws.direct_sink(codec.encode_audio, stats),
             on_late=None if timings is None else timings.pacing_lateness,
         )
     audio_slots = max(1, math.ceil(settings.inbound_queue_ms / FRAME_MS))
@@ -356,19 +356,3 @@ async def _close(ws: ServerWebSocket, code: int, reason: str) -> None:
     with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_TIMEOUT):
         await ws.close(code, reason)
 
-
-class _DirectSink:
-    """The player's direct path to the socket (see `Player.play`): audio frames only."""
-
-    __slots__ = ("ws", "stats")
-
-    def __init__(self, ws: ServerWebSocket, stats: CallStats) -> None:
-        self.ws = ws
-        self.stats = stats
-
-    def ready(self) -> bool:
-        return self.ws.can_send_now()
-
-    def send(self, frames: list[bytes]) -> bool:
-        self.stats.messages_out += len(frames)
-        return self.ws.send_messages_nowait([codec.encode_audio(pcm) for pcm in frames])

@@ -1,12 +1,12 @@
 """Sans-IO RFC 6455 framing for the server side of an upgraded connection.
 
-Owns: frames -> messages (unmasking, fragmentation, control frames, size cap) and messages ->
-frames. Never: I/O, the HTTP handshake (see `gateway.websocket`), JSON.
+Owns: frames -> events (unmasking, fragmentation, control frames, size cap) and messages ->
+frames. Never: I/O, connection state (see `gateway.wire.connection`), the HTTP handshake (see
+`gateway.wire.handshake`), JSON.
 
 Why our own: the data path is the gateway's hottest code. wsproto (a fine, general engine) spends
 more per 1 KB frame in its generic Python parser than the rest of a frame's path together;
-README "Architecture" and `bench/` have the numbers. This module does the one thing a
-server needs, strictly:
+`bench/pieces.py` has the numbers. This module does the one thing a server needs, strictly:
 
 - Client frames must be masked; RSV bits must be 0 (no extensions are negotiated); opcodes are
   continuation, text, binary, close, ping, pong; control frames are final and at most 125 bytes;
@@ -14,9 +14,9 @@ server needs, strictly:
   A violation raises `FramingError(1002)`.
 - A message over `max_message_bytes` raises `FramingError(1009)` as soon as its header says so,
   before the payload is buffered. Text that is not UTF-8 raises `FramingError(1007)`.
-- Text messages are returned as `bytes` (UTF-8 checked), binary ones as `bytearray`: the codec
-  parses either (orjson takes bytes) without another copy. `Ping` and `Close` are the control
-  events; pongs are consumed here.
+- Messages are `TextMessage` (UTF-8 checked) or `BinaryMessage` values whose `data` is the
+  unmasked payload, uncopied. `Ping` and `Close` are the control events; pongs are consumed
+  here. A `Close` ends a read: bytes after it are not parsed.
 """
 
 from __future__ import annotations
@@ -29,7 +29,24 @@ from ..errors import (
     CLOSE_MESSAGE_TOO_BIG,
     CLOSE_NO_STATUS,
     CLOSE_PROTOCOL_ERROR,
+    FramingError,
 )
+from .events import BinaryMessage, Close, Event, Message, Ping, TextMessage
+
+__all__ = [
+    "BinaryMessage",
+    "Close",
+    "Event",
+    "FrameReader",
+    "FramingError",
+    "Message",
+    "Ping",
+    "TextMessage",
+    "encode_close",
+    "encode_pong",
+    "encode_text",
+    "encode_texts",
+]
 
 OP_CONTINUATION: Final = 0x0
 OP_TEXT: Final = 0x1
@@ -40,30 +57,6 @@ OP_PONG: Final = 0xA
 
 _U16: Final = struct.Struct("!H")
 _U64: Final = struct.Struct("!Q")
-
-
-class FramingError(Exception):
-    """The peer broke RFC 6455; `code` is the close code to send."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(f"{code}: {reason}")
-        self.code = code
-        self.reason = reason
-
-
-class Ping(bytes):
-    """A ping; answer with `encode_pong(payload)`."""
-
-
-class Close:
-    __slots__ = ("code", "reason")
-
-    def __init__(self, code: int, reason: str) -> None:
-        self.code = code
-        self.reason = reason
-
-
-Event = bytes | bytearray | Ping | Close  # bytes: text message; bytearray: binary
 
 
 def _unmask(data: bytes | bytearray, mask: bytes) -> bytes:
@@ -84,7 +77,7 @@ class FrameReader:
         self._part_bytes = 0
         self._part_opcode = 0  # opcode of the open fragmented message, 0 when none
 
-    def receive(self, data: bytes) -> list[Event]:
+    def receive(self, data: bytes | bytearray) -> list[Event]:
         buffer = self._buffer
         buffer += data
         events: list[Event] = []
@@ -159,14 +152,15 @@ class FrameReader:
         raise FramingError(CLOSE_PROTOCOL_ERROR, f"unknown opcode {opcode}")
 
 
-def _message(opcode: int, payload: bytes) -> bytes | bytearray:
+def _message(opcode: int, payload: bytes) -> Message:
     if opcode == OP_BINARY:
-        return bytearray(payload)
-    try:
-        payload.decode("utf-8")
-    except UnicodeDecodeError:
-        raise FramingError(CLOSE_INVALID_PAYLOAD, "text message is not UTF-8") from None
-    return payload
+        return BinaryMessage(payload)
+    if not payload.isascii():  # ACS sends ASCII JSON: the full check is the rare case
+        try:
+            payload.decode("utf-8")
+        except UnicodeDecodeError:
+            raise FramingError(CLOSE_INVALID_PAYLOAD, "text message is not UTF-8") from None
+    return TextMessage(payload)
 
 
 def _close(payload: bytes) -> Close:
