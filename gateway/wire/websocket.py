@@ -7,9 +7,11 @@ every message that one read of the socket completed (batching), and one `send_me
 writes a batch with a single `send_all`.
 
 Ordering rules (this module is the only place that knows them):
-- One reader at a time: whoever holds `_reading`. That is `receive_messages()`; `close()` reads
-  the peer's close frame itself only when nobody else reads, and otherwise waits for the reader
-  to see it.
+- One reader at a time: `_reading` is True while a task reads the socket. That is
+  `receive_messages()`; `close()` reads the peer's close frame itself only when nobody else
+  reads, and otherwise waits for the reader to see it. Whoever finds `_reading` set does not
+  read (a plain attribute, not a lock: the check and the set are one step, with no checkpoint
+  between, and a lock's acquire and release cost more than the rest of a read's bookkeeping).
 - One writer at a time: whoever holds `_writing` (the send task's audio, the reader's pongs and
   close echo, `close()`). The player's direct path (`direct_sink()`) writes without waiting,
   and only when no write is in progress or owed; what the kernel did not take then (`_unsent`)
@@ -44,6 +46,7 @@ from ..errors import (
     BadUpgrade,
     ConnectionClosed,
     FramingError,
+    LocalProtocolError,
     SendTimeout,
 )
 from .connection import Connection, ConnectionState
@@ -92,7 +95,7 @@ class ServerWebSocket:
         self.connection = Connection(max_message_bytes)
         self._handshake = ServerHandshake()
         self._unread: bytes | bytearray = b""  # came with the upgrade request, not yet parsed
-        self._reading = trio.StrictFIFOLock()
+        self._reading = False  # a task is reading the socket: only it may (see above)
         self._writing = trio.StrictFIFOLock()
         self._unsent = b""  # written by the direct path, not yet taken by the kernel
         self._ended = trio.Event()  # the connection reached CLOSED: close() may stop waiting
@@ -140,11 +143,10 @@ class ServerWebSocket:
         all the pings of one read (RFC 6455 section 5.5.3 allows answering only the latest),
         and returns after them even with no message (an empty list), so that the caller can
         count them (`pings_received`)."""
-        reading = self._reading
-        if reading.locked():  # close() is reading the peer's reply
+        if self._reading:  # close() is reading the peer's reply
             await self._ended.wait()
             raise self._closed_error()
-        reading.acquire_nowait()
+        self._reading = True
         connection = self.connection
         messages: list[Message] = []
         pings = self.pings_received
@@ -181,7 +183,7 @@ class ServerWebSocket:
                 if ping is not None and connection.state is _OPEN:
                     await self._send_raw(connection.send(Pong(ping)))
         finally:
-            reading.release()
+            self._reading = False
         if failure is None:
             return messages
         await self.close(*failure)  # we no longer read: close() reads the reply
@@ -189,10 +191,11 @@ class ServerWebSocket:
 
     async def send_messages(self, messages: list[str]) -> None:
         """Send text messages with one write. Raises ConnectionClosed if the peer is gone."""
-        connection = self.connection
-        if connection.state is not _OPEN:
-            raise self._closed_error("closing")
-        await self._send_raw(connection.send_texts(messages))
+        try:
+            data = self.connection.send_texts(messages)
+        except LocalProtocolError:  # we or the peer began closing: no message may follow
+            raise self._closed_error("closing") from None
+        await self._send_raw(data)
 
     def direct_sink(self, encode: Callable[[bytes], str], counts: MessageCounts) -> DirectSink:
         """A writer for the player's direct path: each frame is `encode(frame)`, and every
@@ -207,11 +210,14 @@ class ServerWebSocket:
         try:
             await self._send_raw(connection.send(Close(code, reason)))
             with trio.move_on_at(trio.current_time() + CLOSE_REPLY_TIMEOUT):
-                if self._reading.locked():  # the reader will see the reply
+                if self._reading:  # the reader will see the reply
                     await self._ended.wait()
                 else:
-                    async with self._reading:
+                    self._reading = True
+                    try:
                         await self._read_close_reply()
+                    finally:
+                        self._reading = False
         except ConnectionClosed:
             pass
         finally:
@@ -220,7 +226,8 @@ class ServerWebSocket:
     # -- plumbing --
 
     async def _read_close_reply(self) -> None:
-        """Read until the peer's close frame or EOF; messages are dropped. Holds `_reading`."""
+        """Read until the peer's close frame or EOF; messages are dropped. Only while
+        `_reading` is ours."""
         connection = self.connection
         while connection.state is _LOCAL_CLOSING:
             data = self._unread or await self._receive_some()
