@@ -31,7 +31,9 @@ METADATA = '{"kind":"AudioMetadata","audioMetadata":{"sampleRate":16000}}'
 
 
 def per_call_us(fn: Callable[[], object]) -> float:
-    return statistics.median(timeit.repeat(fn, number=N, repeat=7, timer=time.process_time)) / N * 1e6
+    return (
+        statistics.median(timeit.repeat(fn, number=N, repeat=7, timer=time.process_time)) / N * 1e6
+    )
 
 
 async def per_await_us(step: Callable[[], Awaitable[object]]) -> float:

@@ -121,10 +121,10 @@ class ServerFrames:
         self._buffer = bytearray()
         self._parts: list[bytes] = []
 
-    def receive(self, data: bytes) -> list[framing.Event]:
+    def receive(self, data: bytes) -> list[bytes | framing.Ping | framing.Close]:
         buffer = self._buffer
         buffer += data
-        events: list[framing.Event] = []
+        events: list[bytes | framing.Ping | framing.Close] = []
         pos, end = 0, len(buffer)
         while end - pos >= 2:
             b0, b1 = buffer[pos], buffer[pos + 1]

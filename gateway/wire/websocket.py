@@ -72,10 +72,6 @@ _REMOTE_CLOSING: Final = ConnectionState.REMOTE_CLOSING
 _CLOSED: Final = ConnectionState.CLOSED
 
 
-class _NowaitStream(Protocol):
-    def send_nowait(self, data: bytes) -> bytes: ...
-
-
 class MessageCounts(Protocol):
     """Where the direct path counts the messages it wrote (the call's `CallStats`)."""
 
