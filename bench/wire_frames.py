@@ -78,6 +78,7 @@ async def adapter() -> None:
         await ws.send_messages([codec.encode_audio(PCM)])
 
     sink = ws.direct_sink(codec.encode_audio, CallStats())
+    assert sink is not None
     print(f"in:  ServerWebSocket.receive_messages + decode {await per_await_us(receive):6.2f} us")
     print(f"out: ServerWebSocket.send_messages(encode)     {await per_await_us(send):6.2f} us")
     direct = per_call_us(lambda: sink.ready() and sink.send([PCM]))

@@ -210,6 +210,7 @@ async def test_the_direct_path_leftover_goes_first_and_blocks_direct_writes_unti
     ws = ServerWebSocket(stream, max_message_bytes=1000)
     counts = Counts()
     sink = ws.direct_sink(lambda pcm: pcm.decode(), counts)
+    assert sink is not None
     assert sink.ready()
     assert not sink.send([b"frame-one"])  # the kernel took 5 bytes: the rest is owed
     assert counts.messages_out == 1
@@ -220,6 +221,8 @@ async def test_the_direct_path_leftover_goes_first_and_blocks_direct_writes_unti
     assert sink.ready()
     await ws.close()
     assert not sink.ready()  # nothing follows our close frame
+    memory = ServerWebSocket(trio.testing.MemorySendStream(), max_message_bytes=10)
+    assert memory.direct_sink(str, counts) is None  # it cannot write without waiting
 
 
 async def test_close_waits_for_the_reader_to_see_the_reply_and_raises_fresh_copies(

@@ -79,48 +79,61 @@ class FrameReader:
 
     def receive(self, data: bytes | bytearray) -> list[Event]:
         buffer = self._buffer
-        buffer += data
+        view: bytes | bytearray
+        if buffer:  # a frame was cut between reads: parse from the joined bytes
+            buffer += data
+            view = buffer
+        else:  # the usual case: parse the read itself, no copy into the buffer
+            view = data
         events: list[Event] = []
         pos = 0
-        end = len(buffer)
-        while end - pos >= 2:
-            b0 = buffer[pos]
-            b1 = buffer[pos + 1]
-            length = b1 & 0x7F
-            header = 6
-            if length == 126:
-                if end - pos < 4:
+        end = len(view)
+        try:
+            while end - pos >= 2:
+                b0 = view[pos]
+                b1 = view[pos + 1]
+                length = b1 & 0x7F
+                header = 6
+                if length == 126:
+                    if end - pos < 4:
+                        break
+                    length = _U16.unpack_from(view, pos + 2)[0]
+                    header = 8
+                elif length == 127:
+                    if end - pos < 10:
+                        break
+                    length = _U64.unpack_from(view, pos + 2)[0]
+                    header = 14
+                opcode = b0 & 0x0F
+                fin = b0 & 0x80
+                if b0 & 0x70:
+                    raise FramingError(CLOSE_PROTOCOL_ERROR, "reserved bits set")
+                if not b1 & 0x80:
+                    raise FramingError(CLOSE_PROTOCOL_ERROR, "client frame not masked")
+                if opcode >= OP_CLOSE:
+                    if not fin or length > 125:
+                        raise FramingError(CLOSE_PROTOCOL_ERROR, "bad control frame")
+                elif self._part_bytes + length > self.max_message_bytes:
+                    raise FramingError(CLOSE_MESSAGE_TOO_BIG, "message too big")
+                if end - pos < header + length:
                     break
-                length = _U16.unpack_from(buffer, pos + 2)[0]
-                header = 8
-            elif length == 127:
-                if end - pos < 10:
-                    break
-                length = _U64.unpack_from(buffer, pos + 2)[0]
-                header = 14
-            opcode = b0 & 0x0F
-            fin = b0 & 0x80
-            if b0 & 0x70:
-                raise FramingError(CLOSE_PROTOCOL_ERROR, "reserved bits set")
-            if not b1 & 0x80:
-                raise FramingError(CLOSE_PROTOCOL_ERROR, "client frame not masked")
-            if opcode >= OP_CLOSE:
-                if not fin or length > 125:
-                    raise FramingError(CLOSE_PROTOCOL_ERROR, "bad control frame")
-            elif self._part_bytes + length > self.max_message_bytes:
-                raise FramingError(CLOSE_MESSAGE_TOO_BIG, "message too big")
-            if end - pos < header + length:
-                break
-            mask = bytes(buffer[pos + header - 4 : pos + header])
-            start = pos + header
-            payload = _unmask(buffer[start : start + length], mask)
-            pos = start + length
-            event = self._frame(opcode, fin, payload)
-            if event is not None:
-                events.append(event)
-                if type(event) is Close:
-                    break
-        del buffer[:pos]
+                mask = bytes(view[pos + header - 4 : pos + header])
+                start = pos + header
+                payload = _unmask(view[start : start + length], mask)
+                pos = start + length
+                event = self._frame(opcode, fin, payload)
+                if event is not None:
+                    events.append(event)
+                    if type(event) is Close:
+                        break
+        except FramingError:
+            if view is data:  # keep the read: parsing it again fails again (a failed reader)
+                buffer += data
+            raise
+        if view is buffer:
+            del buffer[:pos]
+        elif pos < end:  # the start of a frame whose rest comes with the next read
+            buffer += data[pos:]
         return events
 
     def _frame(self, opcode: int, fin: int, payload: bytes) -> Event | None:

@@ -193,10 +193,15 @@ class ServerWebSocket:
             raise self._closed_error("closing") from None
         await self._send_raw(data)
 
-    def direct_sink(self, encode: Callable[[bytes], str], counts: MessageCounts) -> DirectSink:
+    def direct_sink(
+        self, encode: Callable[[bytes], str], counts: MessageCounts
+    ) -> DirectSink | None:
         """A writer for the player's direct path: each frame is `encode(frame)`, and every
-        message it writes is counted in `counts.messages_out`."""
-        return DirectSink(self, encode, counts)
+        message it writes is counted in `counts.messages_out`. None if the stream cannot
+        write without waiting (then the send task writes everything)."""
+        if self._send_nowait is None:
+            return None
+        return DirectSink(self, self._send_nowait, encode, counts)
 
     async def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
         """Send a close frame and wait (briefly) for the peer's; never raises."""
@@ -280,24 +285,6 @@ class ServerWebSocket:
             except ConnectionClosed:
                 pass
 
-    def _can_write_now(self) -> bool:
-        return (
-            self.connection.state is _OPEN
-            and not self._unsent
-            and not self._writing.locked()
-            and self._send_nowait is not None
-        )
-
-    def _write_now(self, messages: list[str]) -> bool:
-        """Write without waiting (only after `_can_write_now()`); False if bytes were left
-        in `_unsent` for the next write."""
-        assert self._send_nowait is not None
-        rest = self._send_nowait(self.connection.send_texts(messages))
-        if rest:
-            self._unsent = bytes(rest)
-            return False
-        return True
-
     async def _send_raw(self, data: bytes) -> None:
         if self._unsent:  # bytes the direct path could not write go first
             data, self._unsent = self._unsent + data, b""
@@ -339,21 +326,34 @@ class DirectSink:
     """The player's direct path to the socket (see `Player.play`): audio frames, written from
     the processor's task without waiting, in order with everything else this socket writes."""
 
-    __slots__ = ("_ws", "_encode", "_counts")
+    __slots__ = ("_ws", "_connection", "_send_nowait", "_encode", "_counts")
 
     def __init__(
-        self, ws: ServerWebSocket, encode: Callable[[bytes], str], counts: MessageCounts
+        self,
+        ws: ServerWebSocket,
+        send_nowait: Callable[[bytes], bytes],
+        encode: Callable[[bytes], str],
+        counts: MessageCounts,
     ) -> None:
         self._ws = ws
+        self._connection = ws.connection
+        self._send_nowait = send_nowait
         self._encode = encode
         self._counts = counts
 
     def ready(self) -> bool:
-        """True if a write now would neither wait nor overtake anything."""
-        return self._ws._can_write_now()
+        """True if a write now would neither wait nor overtake anything: the connection is
+        open, no write is in progress, and none is owed."""
+        ws = self._ws
+        return self._connection.state is _OPEN and not ws._unsent and not ws._writing.locked()
 
     def send(self, frames: list[bytes]) -> bool:
-        """Write the frames now; False if some bytes were left for the next write."""
+        """Write the frames now (only right after `ready()`); False if some bytes were left
+        for the next write, which sends them first."""
         self._counts.messages_out += len(frames)
         encode = self._encode
-        return self._ws._write_now([encode(pcm) for pcm in frames])
+        rest = self._send_nowait(self._connection.send_texts([encode(pcm) for pcm in frames]))
+        if rest:
+            self._ws._unsent = bytes(rest)
+            return False
+        return True
