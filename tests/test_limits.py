@@ -14,7 +14,7 @@ from gateway.call.limits import FloodGate
 from gateway.call.run import CallSettings
 from gateway.errors import ConfigError
 from gateway.processors import Call, load
-from gateway.server.serve import _in_networks
+from gateway.server.admission import in_networks
 from gateway.testing import open_gateway, simulated_call, speech
 from gateway.testing.peer import SimulatedCall
 from tests.conftest import memory_call, raw_acs_stream
@@ -262,7 +262,7 @@ async def test_sources_outside_the_allowed_networks_get_403():
 )
 def test_allow_list_matching(source, allowed):
     networks = tuple(ipaddress.ip_network(n) for n in ("52.112.0.0/14", "2603:1063::/38"))
-    assert _in_networks(source, networks) is allowed
+    assert in_networks(source, networks) is allowed
 
 
 async def test_a_stuck_peer_on_a_real_socket_is_reset_and_the_other_call_goes_on():

@@ -1,19 +1,22 @@
-"""Prometheus metrics: what the gateway counts, and how per-call counts reach Prometheus cheaply.
+"""Prometheus metrics: the gateway's counts as Prometheus series, brought up to date cheaply.
 
-Owns: every metric object (names, help, labels, buckets), the flush of per-call counters into
-them, and the aggregating registry for several worker processes. Never: a per-call label
-(unbounded cardinality), a Prometheus call per frame, or the event loop's time for I/O.
+Owns: every metric object (names, help, labels, buckets), the flush that brings them up to date,
+and the aggregating registry for several worker processes. Never: counts an event itself (the
+server's `ServerStats` is the one owner of every count: the counters here are derived from it),
+a per-call label (unbounded cardinality), a Prometheus call per frame, or the event loop's time
+for I/O.
+
+Derived, not counted twice. `follow(counts)` names the counts to show; `flush()` reads each
+total (ended calls plus the live calls' own `CallStats`) and advances the Prometheus counter by
+what changed since the last flush. Prometheus' multiprocess mode only sees values written
+through metric objects, which is why the counters are advanced rather than collected. The
+flush runs every `FLUSH_INTERVAL` seconds and before each scrape, so `/metrics` is exact when
+it is read in this process; another process (the supervisor) sees it at most that late.
 
 Hot path. A frame costs the gateway about 60 us, and a prometheus-client `Counter.inc()` about
-0.6 us (a lock, and in multiprocess mode an mmap write), `Histogram.observe()` about 1.4 us. So:
-- per-frame counts (frames in and out, drops, stop-audio, protocol errors, upstream errors) are
-  counted in the call's own `CallStats` as before, and `Metrics.flush()` adds what changed since
-  the last flush: at the end of the call, every `FLUSH_INTERVAL` seconds for live calls, and
-  before each scrape, so `/metrics` is exact when it is read;
-- per-frame timings go into a `LocalHistogram` (a bisect and two adds) that the flush moves
-  into the Prometheus histogram;
-- rare events (calls accepted, refused, failed, ended; live calls; handshake failures) go to
-  Prometheus at once.
+0.6 us (a lock, and in multiprocess mode an mmap write), `Histogram.observe()` about 1.4 us. So
+per-frame counts stay in the call's `CallStats`, and per-frame timings go into a
+`LocalHistogram` (a bisect and two adds) that the flush moves into the Prometheus histogram.
 
 Several processes. With `PROMETHEUS_MULTIPROC_DIR` set (the supervisor sets it for its
 workers), prometheus-client writes every value to files in that directory, and
@@ -26,13 +29,14 @@ from __future__ import annotations
 
 import os
 from bisect import bisect_left
-from collections.abc import Iterable
-from typing import Final
+from collections import Counter as Tally
+from collections.abc import Collection, Iterable, Mapping
+from typing import Final, Protocol
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
-from ..processors import Call, CallStats
+from ..processors import CallStats
 
 NAMESPACE: Final = "acs_gateway"
 FLUSH_INTERVAL: Final = 1.0  # seconds; how far live calls' counters may lag between scrapes
@@ -117,74 +121,41 @@ class LocalHistogram:
         self.total = 0.0
 
 
-class CallCounters:
-    """One live call's `CallStats` as last flushed: `take` collects only what changed since,
-    into totals that the flush adds to Prometheus once for all calls (a `Counter.inc()` costs
-    about 0.7 us; a thousand calls times four counters, every second, would stall the loop)."""
+class Counts(Protocol):
+    """The counts the counters are derived from (`gateway.server.stats.ServerStats`): totals
+    since the start, per-call ones for ended calls, with the live calls' own counts beside."""
 
-    __slots__ = ("stats", "flushed", "errors", "upstream")
-
-    def __init__(self, stats: CallStats) -> None:
-        self.stats = stats
-        self.flushed = (0, 0, 0, 0, 0)  # frames in, out, inbound dropped, stop-audio, flooded
-        self.errors: dict[str, int] = {}
-        self.upstream: dict[str, int] = {}
-
-    def take(self, totals: Totals) -> None:
-        s = self.stats
-        now = (
-            s.audio_frames_in,
-            s.messages_out - s.stop_audio_sent,  # messages_out counts stop-audio too
-            s.audio_frames_dropped,
-            s.stop_audio_sent,
-            s.frames_flood_dropped,
-        )
-        if now != self.flushed:
-            was = self.flushed
-            totals.frames_in += now[0] - was[0]
-            totals.frames_out += now[1] - was[1]
-            totals.dropped += now[2] - was[2]
-            totals.stops += now[3] - was[3]
-            totals.flooded += now[4] - was[4]
-            self.flushed = now
-        if s.protocol_errors:
-            _take_by_label(s.protocol_errors, self.errors, totals.errors)
-        if s.upstream_errors:
-            _take_by_label(s.upstream_errors, self.upstream, totals.upstream)
-
-
-def _take_by_label(counts: dict[str, int], flushed: dict[str, int], totals: dict[str, int]) -> None:
-    for label, n in counts.items():
-        done = flushed.get(label, 0)
-        if n != done:
-            totals[label] = totals.get(label, 0) + n - done
-            flushed[label] = n
-
-
-class Totals:
-    """What changed in some calls since their last flush."""
-
-    __slots__ = ("frames_in", "frames_out", "dropped", "stops", "flooded", "errors", "upstream")
-
-    def __init__(self) -> None:
-        self.frames_in = self.frames_out = self.dropped = self.stops = self.flooded = 0
-        self.errors: dict[str, int] = {}
-        self.upstream: dict[str, int] = {}
-
-    def add_to(self, metrics: Metrics) -> None:
-        for counter, n in (
-            (metrics.frames_in, self.frames_in),
-            (metrics.frames_out, self.frames_out),
-            (metrics.inbound_dropped, self.dropped),
-            (metrics.stop_audio_sent, self.stops),
-            (metrics.flood_dropped, self.flooded),
-        ):
-            if n:
-                counter.inc(n)
-        for reason, n in self.errors.items():
-            metrics.protocol_errors.labels(reason).inc(n)
-        for kind, n in self.upstream.items():
-            metrics.upstream_errors.labels(kind).inc(n)
+    @property
+    def calls_accepted(self) -> int: ...
+    @property
+    def calls_failed(self) -> int: ...
+    @property
+    def audio_frames_in(self) -> int: ...
+    @property
+    def audio_frames_dropped(self) -> int: ...
+    @property
+    def messages_out(self) -> int: ...
+    @property
+    def stop_audio_sent(self) -> int: ...
+    @property
+    def frames_flood_dropped(self) -> int: ...
+    @property
+    def packets_unread(self) -> int: ...
+    @property
+    def protocol_errors(self) -> Mapping[str, int]: ...
+    @property
+    def upstream_errors(self) -> Mapping[str, int]: ...
+    @property
+    def ended_by(self) -> Mapping[str, int]: ...
+    @property
+    def handshake_failures(self) -> Mapping[str, int]: ...
+    @property
+    def auth_failed(self) -> Mapping[str, int]: ...
+    @property
+    def outbound_dropped_seconds(self) -> Mapping[str, float]: ...
+    @property
+    def live(self) -> Collection[CallStats]: ...
+    def refused_by_status(self) -> Mapping[str, int]: ...
 
 
 class Metrics:
@@ -288,58 +259,66 @@ class Metrics:
 
         self.processing = LocalHistogram(LATENCY_BUCKETS)
         self.lateness = LocalHistogram(LATENCY_BUCKETS)
-        self._live: set[CallCounters] = set()
+        self.durations = LocalHistogram(CALL_DURATION_BUCKETS)
+        self._counts: Counts | None = None
+        self._shown: dict[object, float] = {}  # each derived series' total as last written
 
-    # -- per call --
-
-    def call_started(self, stats: CallStats) -> CallCounters:
-        """A call was admitted: count it live, and flush its counters until `call_ended`."""
-        self.live_calls.inc()
-        counters = CallCounters(stats)
-        self._live.add(counters)
-        return counters
-
-    def call_ended(
-        self,
-        counters: CallCounters,
-        duration: float,
-        ended_by: str,
-        call: Call | None = None,
-    ) -> None:
-        """The call is over: final counts, duration, and the audio its player never sent."""
-        self._live.discard(counters)
-        totals = Totals()
-        counters.take(totals)
-        totals.add_to(self)
-        self.live_calls.dec()
-        self.call_duration.observe(duration)
-        self.calls_ended.labels(ended_by).inc()
-        if ended_by == "processor_error":  # the server counts "gateway_error" itself
-            self.calls_failed.inc()
-        if counters.stats.packets_unread:
-            self.frames_dropped.labels("unread_at_end").inc(counters.stats.packets_unread)
-        player = None if call is None else call.player
-        if player is not None:
-            played = player.playout.stats
-            per_second = player.playout.bytes_per_second
-            for reason, n in (
-                ("stop", played.dropped_by_stop),
-                ("discarded", played.discarded),
-                ("unsent_at_end", played.unsent_at_end),
-            ):
-                if n:
-                    self.outbound_dropped.labels(reason).inc(n / per_second)
-
-    # -- everything else --
+    def follow(self, counts: Counts) -> None:
+        """Derive the counters from `counts` (the server's `ServerStats`) at every flush."""
+        self._counts = counts
 
     def flush(self) -> None:
-        """Bring Prometheus up to date with the live calls and the local histograms."""
-        totals = Totals()
-        for counters in self._live:
-            counters.take(totals)
-        totals.add_to(self)
+        """Bring Prometheus up to date with the counts and the local histograms."""
+        if self._counts is not None:
+            self._derive(self._counts)
         self.processing.flush_into(self.processing_latency)
         self.lateness.flush_into(self.pacing_lateness)
+        self.durations.flush_into(self.call_duration)
+
+    def _derive(self, c: Counts) -> None:
+        frames_in, frames_out = c.audio_frames_in, c.messages_out - c.stop_audio_sent
+        dropped, stops, flooded = c.audio_frames_dropped, c.stop_audio_sent, c.frames_flood_dropped
+        errors, upstream = Tally(c.protocol_errors), Tally(c.upstream_errors)
+        for s in c.live:  # messages_out counts stop-audio too
+            frames_in += s.audio_frames_in
+            frames_out += s.messages_out - s.stop_audio_sent
+            dropped += s.audio_frames_dropped
+            stops += s.stop_audio_sent
+            flooded += s.frames_flood_dropped
+            if s.protocol_errors:
+                errors.update(s.protocol_errors)
+            if s.upstream_errors:
+                upstream.update(s.upstream_errors)
+        self.live_calls.set(len(c.live))
+        for counter, total in (
+            (self.calls_accepted, c.calls_accepted),
+            (self.calls_failed, c.calls_failed),
+            (self.frames_in, frames_in),
+            (self.frames_out, frames_out),
+            (self.inbound_dropped, dropped),
+            (self.stop_audio_sent, stops),
+            (self.flood_dropped, flooded),
+            (self.frames_dropped.labels("unread_at_end"), c.packets_unread),
+        ):
+            self._advance(counter, total)
+        for family, by_label in (
+            (self.calls_ended, c.ended_by),
+            (self.calls_refused, c.refused_by_status()),
+            (self.handshakes_failed, c.handshake_failures),
+            (self.auth_failed, c.auth_failed),
+            (self.protocol_errors, errors),
+            (self.upstream_errors, upstream),
+            (self.outbound_dropped, c.outbound_dropped_seconds),
+        ):
+            for label, value in by_label.items():
+                self._advance(family.labels(label), value)
+
+    def _advance(self, counter: Counter, total: float) -> None:
+        """Add to `counter` what `total` gained since the last flush."""
+        shown = self._shown.get(counter, 0.0)
+        if total > shown:
+            counter.inc(total - shown)
+            self._shown[counter] = total
 
     async def flush_periodically(self, interval: float = FLUSH_INTERVAL) -> None:
         """Flush every `interval` seconds (absolute deadlines), so that a scrape in another

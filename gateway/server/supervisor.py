@@ -52,7 +52,7 @@ from ..config import Config
 from ..ops import systemd
 from ..ops.health import serve_health
 from ..ops.metrics import multiprocess_registry, worker_exited
-from .serve import _ssl_context
+from .serve import ssl_context
 
 log = logging.getLogger("gateway.supervisor")
 
@@ -176,7 +176,7 @@ class Supervisor:
         count = self.config.workers
         try:
             if self.config.tls_certfile is not None:
-                _ssl_context(self.config)  # a bad certificate or key fails here, not in workers
+                ssl_context(self.config)  # a bad certificate or key fails here, not in workers
             if self.inherited:
                 groups = [self.inherited] * count
                 log.info("serving %d inherited socket(s) with %d workers", len(groups[0]), count)
