@@ -86,6 +86,7 @@ class _Place:
     source: str
     stats: CallStats
     admitted_at: float
+    accepted: bool = False  # the 101 went out: a call, whose end is counted
     outcome: CallOutcome | None = None
 
 
@@ -114,6 +115,7 @@ async def serve_connection(stream: trio.abc.Stream, context: ServerContext) -> C
         if place is None:
             return None
         await ws.accept()
+        place.accepted = True
         context.stats.calls_accepted += 1
         calllog.info("accepted %s", handshake.target)
         place.outcome = await run_call(
@@ -218,12 +220,18 @@ def _log_end(calllog: CallLog, outcome: CallOutcome) -> None:
 
 
 def _release(context: ServerContext, place: _Place, gateway_failed: bool) -> None:
-    """The call is over: free its place and move its counts into the totals."""
+    """The call is over (or never started): free its place and account for it."""
     context.admission.release(place.source)
+    context.changes.note()
     outcome = place.outcome
+    if not place.accepted:
+        context.stats.call_withdrawn(place.stats)
+        if gateway_failed:
+            context.stats.calls_failed += 1
+        return
     if gateway_failed:
         ended_by = "gateway_error"
-    else:  # no outcome: the connection was lost while accepting, or the call was cancelled
+    else:  # no outcome: the call was cancelled (the server stopped) before run_call returned
         ended_by = "hangup" if outcome is None else outcome.ended_by
     context.stats.call_ended(
         place.stats,
@@ -233,7 +241,6 @@ def _release(context: ServerContext, place: _Place, gateway_failed: bool) -> Non
     )
     if context.call_durations is not None:
         context.call_durations(trio.current_time() - place.admitted_at)
-    context.changes.note()
 
 
 async def _close(

@@ -33,7 +33,7 @@ class ServerStats:
     messages_out: int = 0
     stop_audio_sent: int = 0
     protocol_errors: Counter[str] = attrs.field(factory=Counter)
-    ended_by: Counter[str] = attrs.field(factory=Counter)  # every admitted call, once
+    ended_by: Counter[str] = attrs.field(factory=Counter)  # every accepted call, once
     refused_by: Counter[str] = attrs.field(factory=Counter)  # admission refusals, by reason
     auth_failed: Counter[str] = attrs.field(factory=Counter)  # by AuthFailure.reason
     frames_flood_dropped: int = 0
@@ -72,6 +72,11 @@ class ServerStats:
         stats = CallStats()
         self._live[id(stats)] = stats
         return stats
+
+    def call_withdrawn(self, stats: CallStats) -> None:
+        """An admitted call that never started: its upgrade was lost before the 101 went out
+        (counted as a failed handshake, not as a call that ended)."""
+        del self._live[id(stats)]
 
     def call_ended(
         self, stats: CallStats, ended_by: str, *, failed: bool, call: Call | None = None
