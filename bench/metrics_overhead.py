@@ -57,7 +57,7 @@ async def channel_hop_us(timed: bool) -> float:
 def flush_ms(live_calls: int) -> tuple[float, float]:
     stats = ServerStats()
     metrics = Metrics()
-    metrics.follow(stats)
+    metrics.follow(stats.totals)
     calls = [stats.call_started() for _ in range(live_calls)]
     flushes, scrapes = [], []
     for _ in range(REPEAT):

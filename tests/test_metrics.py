@@ -242,7 +242,7 @@ WORKER = textwrap.dedent(
 
     stats = ServerStats()
     metrics = Metrics()
-    metrics.follow(stats)
+    metrics.follow(stats.totals)
     frames = int(sys.argv[1])
     ended = stats.call_started()
     ended.audio_frames_in, ended.messages_out, ended.stop_audio_sent = frames, frames + 1, 1

@@ -6,9 +6,9 @@ server's `ServerStats` is the one owner of every count: the counters here are de
 a per-call label (unbounded cardinality), a Prometheus call per frame, or the event loop's time
 for I/O.
 
-Derived, not counted twice. `follow(counts)` names the counts to show; `flush()` reads each
-total (ended calls plus the live calls' own `CallStats`) and advances the Prometheus counter by
-what changed since the last flush. Prometheus' multiprocess mode only sees values written
+Derived, not counted twice. `follow(totals)` names where the counts come from; `flush()` reads
+the `Totals` (ended calls plus the live calls' own `CallStats`) and advances each Prometheus
+counter by what changed since the last flush. Prometheus' multiprocess mode only sees values written
 through metric objects, which is why the counters are advanced rather than collected. The
 flush runs every `FLUSH_INTERVAL` seconds and before each scrape, so `/metrics` is exact when
 it is read in this process; another process (the supervisor) sees it at most that late.
@@ -29,14 +29,12 @@ from __future__ import annotations
 
 import os
 from bisect import bisect_left
-from collections import Counter as Tally
-from collections.abc import Collection, Iterable, Mapping
-from typing import Final, Protocol
+from collections.abc import Callable, Iterable, Mapping
+from typing import Final
 
+import attrs
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
-
-from ..processors import CallStats
 
 NAMESPACE: Final = "acs_gateway"
 FLUSH_INTERVAL: Final = 1.0  # seconds; how far live calls' counters may lag between scrapes
@@ -121,41 +119,28 @@ class LocalHistogram:
         self.total = 0.0
 
 
-class Counts(Protocol):
-    """The counts the counters are derived from (`gateway.server.stats.ServerStats`): totals
-    since the start, per-call ones for ended calls, with the live calls' own counts beside."""
+@attrs.frozen
+class Totals:
+    """Every count the counters show, each a total since the start, live calls included. The
+    counts' owner makes it (`gateway.server.stats.ServerStats.totals`); fields are named after
+    the counters they feed."""
 
-    @property
-    def calls_accepted(self) -> int: ...
-    @property
-    def calls_failed(self) -> int: ...
-    @property
-    def audio_frames_in(self) -> int: ...
-    @property
-    def audio_frames_dropped(self) -> int: ...
-    @property
-    def messages_out(self) -> int: ...
-    @property
-    def stop_audio_sent(self) -> int: ...
-    @property
-    def frames_flood_dropped(self) -> int: ...
-    @property
-    def packets_unread(self) -> int: ...
-    @property
-    def protocol_errors(self) -> Mapping[str, int]: ...
-    @property
-    def upstream_errors(self) -> Mapping[str, int]: ...
-    @property
-    def ended_by(self) -> Mapping[str, int]: ...
-    @property
-    def handshake_failures(self) -> Mapping[str, int]: ...
-    @property
-    def auth_failed(self) -> Mapping[str, int]: ...
-    @property
-    def outbound_dropped_seconds(self) -> Mapping[str, float]: ...
-    @property
-    def live(self) -> Collection[CallStats]: ...
-    def refused_by_status(self) -> Mapping[str, int]: ...
+    live_calls: int
+    calls_accepted: int
+    calls_failed: int
+    frames_in: int
+    frames_out: int
+    inbound_dropped: int
+    stop_audio_sent: int
+    flood_dropped: int
+    unread_at_end: int
+    calls_ended: Mapping[str, int]  # by ended_by
+    calls_refused: Mapping[str, int]  # by the HTTP status sent
+    handshakes_failed: Mapping[str, int]  # by reason
+    auth_failed: Mapping[str, int]  # by reason
+    protocol_errors: Mapping[str, int]  # by reason
+    upstream_errors: Mapping[str, int]  # by kind
+    outbound_dropped: Mapping[str, float]  # seconds, by reason
 
 
 class Metrics:
@@ -260,55 +245,42 @@ class Metrics:
         self.processing = LocalHistogram(LATENCY_BUCKETS)
         self.lateness = LocalHistogram(LATENCY_BUCKETS)
         self.durations = LocalHistogram(CALL_DURATION_BUCKETS)
-        self._counts: Counts | None = None
+        self._totals: Callable[[], Totals] | None = None
         self._shown: dict[object, float] = {}  # each derived series' total as last written
 
-    def follow(self, counts: Counts) -> None:
-        """Derive the counters from `counts` (the server's `ServerStats`) at every flush."""
-        self._counts = counts
+    def follow(self, totals: Callable[[], Totals]) -> None:
+        """Derive the counters from `totals()` (the server's counts) at every flush."""
+        self._totals = totals
 
     def flush(self) -> None:
         """Bring Prometheus up to date with the counts and the local histograms."""
-        if self._counts is not None:
-            self._derive(self._counts)
+        if self._totals is not None:
+            self._derive(self._totals())
         self.processing.flush_into(self.processing_latency)
         self.lateness.flush_into(self.pacing_lateness)
         self.durations.flush_into(self.call_duration)
 
-    def _derive(self, c: Counts) -> None:
-        frames_in, frames_out = c.audio_frames_in, c.messages_out - c.stop_audio_sent
-        dropped, stops, flooded = c.audio_frames_dropped, c.stop_audio_sent, c.frames_flood_dropped
-        errors, upstream = Tally(c.protocol_errors), Tally(c.upstream_errors)
-        for s in c.live:  # messages_out counts stop-audio too
-            frames_in += s.audio_frames_in
-            frames_out += s.messages_out - s.stop_audio_sent
-            dropped += s.audio_frames_dropped
-            stops += s.stop_audio_sent
-            flooded += s.frames_flood_dropped
-            if s.protocol_errors:
-                errors.update(s.protocol_errors)
-            if s.upstream_errors:
-                upstream.update(s.upstream_errors)
-        self.live_calls.set(len(c.live))
+    def _derive(self, t: Totals) -> None:
+        self.live_calls.set(t.live_calls)
         for counter, total in (
-            (self.calls_accepted, c.calls_accepted),
-            (self.calls_failed, c.calls_failed),
-            (self.frames_in, frames_in),
-            (self.frames_out, frames_out),
-            (self.inbound_dropped, dropped),
-            (self.stop_audio_sent, stops),
-            (self.flood_dropped, flooded),
-            (self.frames_dropped.labels("unread_at_end"), c.packets_unread),
+            (self.calls_accepted, t.calls_accepted),
+            (self.calls_failed, t.calls_failed),
+            (self.frames_in, t.frames_in),
+            (self.frames_out, t.frames_out),
+            (self.inbound_dropped, t.inbound_dropped),
+            (self.stop_audio_sent, t.stop_audio_sent),
+            (self.flood_dropped, t.flood_dropped),
+            (self.frames_dropped.labels("unread_at_end"), t.unread_at_end),
         ):
             self._advance(counter, total)
         for family, by_label in (
-            (self.calls_ended, c.ended_by),
-            (self.calls_refused, c.refused_by_status()),
-            (self.handshakes_failed, c.handshake_failures),
-            (self.auth_failed, c.auth_failed),
-            (self.protocol_errors, errors),
-            (self.upstream_errors, upstream),
-            (self.outbound_dropped, c.outbound_dropped_seconds),
+            (self.calls_ended, t.calls_ended),
+            (self.calls_refused, t.calls_refused),
+            (self.handshakes_failed, t.handshakes_failed),
+            (self.auth_failed, t.auth_failed),
+            (self.protocol_errors, t.protocol_errors),
+            (self.upstream_errors, t.upstream_errors),
+            (self.outbound_dropped, t.outbound_dropped),
         ):
             for label, value in by_label.items():
                 self._advance(family.labels(label), value)

@@ -65,51 +65,35 @@ class Server:
         self.notifier = notifier or systemd.Notifier(None)
         self.metrics = Metrics() if metrics is None else metrics  # a private registry by default
         self.tls_context: ssl.SSLContext | None = None  # serving wss://; SIGHUP reloads its cert
-        self.context = ServerContext(
+        self.processor = processor
+        self.pacer = Pacer()  # one timer for every call's send task
+        self.auth = _token_checker(config)
+        self.stats = ServerStats()
+        self.changes = systemd.Changes()  # live calls, readiness or draining: for STATUS=
+        self.context = ServerContext(  # what every connection is served with
             config,
             processor,
-            auth=_token_checker(config),
-            pacer=Pacer(),  # one timer for every call's send task
+            stats=self.stats,
+            auth=self.auth,
+            pacer=self.pacer,
             timings=CallTimings(self.metrics.processing.observe, self.metrics.lateness.observe),
             call_durations=self.metrics.durations.observe,
+            changes=self.changes,
         )
-        self.metrics.follow(self.context.stats)
+        self.metrics.follow(self.stats.totals)
         self.urls: list[str] = []
         self.draining = False
         self._accepting = trio.CancelScope()
         self._calls_scope: trio.CancelScope | None = None
         self.stopped = trio.Event()  # set when serve() returns
 
-    # What the connections share, by the names the daemon, the reload and the tests use.
     @property
     def config(self) -> Config:
         return self.context.config
 
     @config.setter
     def config(self, config: Config) -> None:
-        self.context.config = config  # read by every new connection
-
-    @property
-    def processor(self) -> Processor:
-        return self.context.processor
-
-    @property
-    def stats(self) -> ServerStats:
-        return self.context.stats
-
-    @property
-    def auth(self) -> TokenChecker | None:
-        return self.context.auth
-
-    @property
-    def pacer(self) -> Pacer:
-        assert self.context.pacer is not None
-        return self.context.pacer
-
-    @property
-    def changes(self) -> systemd.Changes:
-        """Live calls, readiness or draining changed: for STATUS=."""
-        return self.context.changes
+        self.context.config = config  # a reload: read by every new connection
 
     @property
     def reserved(self) -> int:

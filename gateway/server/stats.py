@@ -2,8 +2,8 @@
 
 Owns: every server-wide count (calls accepted, refused, failed and ended; handshake and token
 failures; the per-call counts of ended calls) and the live calls' own `CallStats`. Never: talks
-to Prometheus. `gateway.ops.metrics` derives its counters from these at each flush (live calls
-included), so every event is counted once, here, and `server.stats` and `/metrics` agree.
+to Prometheus. `gateway.ops.metrics` derives its counters from `totals()` at each flush (live
+calls included), so every event is counted once, here, and `server.stats` and `/metrics` agree.
 
 A call's counts move from `live` into the totals in `call_ended`, with no await between, so a
 total seen with the live calls added never goes back.
@@ -16,6 +16,7 @@ from collections.abc import Collection
 
 import attrs
 
+from ..ops.metrics import Totals
 from ..processors import Call, CallStats
 from .admission import REFUSAL_STATUS
 from .auth import AuthFailure
@@ -56,16 +57,52 @@ class ServerStats:
 
     @property
     def live(self) -> Collection[CallStats]:
+        """The counts of the calls still going."""
         return self._live.values()
 
-    def refused_by_status(self) -> Counter[str]:
-        """Every refused handshake (admission and token), by the HTTP status sent."""
-        statuses: Counter[str] = Counter()
+    def totals(self) -> Totals:
+        """Every count as a total since the start, the live calls' counts included (what the
+        metrics show)."""
+        frames_in, frames_out = self.audio_frames_in, self.messages_out - self.stop_audio_sent
+        dropped, stops, flooded = (
+            self.audio_frames_dropped,
+            self.stop_audio_sent,
+            self.frames_flood_dropped,
+        )
+        errors, upstream = Counter(self.protocol_errors), Counter(self.upstream_errors)
+        for s in self._live.values():
+            frames_in += s.audio_frames_in
+            frames_out += s.messages_out - s.stop_audio_sent  # messages_out counts stops too
+            dropped += s.audio_frames_dropped
+            stops += s.stop_audio_sent
+            flooded += s.frames_flood_dropped
+            if s.protocol_errors:
+                errors.update(s.protocol_errors)
+            if s.upstream_errors:
+                upstream.update(s.upstream_errors)
+        refused: Counter[str] = Counter()
         for reason, n in self.refused_by.items():
-            statuses[str(REFUSAL_STATUS[reason])] += n
+            refused[str(REFUSAL_STATUS[reason])] += n
         for reason, n in self.auth_failed.items():
-            statuses[str(AuthFailure(reason, "").status)] += n  # the status it refuses with
-        return statuses
+            refused[str(AuthFailure(reason, "").status)] += n  # the status it refuses with
+        return Totals(
+            live_calls=len(self._live),
+            calls_accepted=self.calls_accepted,
+            calls_failed=self.calls_failed,
+            frames_in=frames_in,
+            frames_out=frames_out,
+            inbound_dropped=dropped,
+            stop_audio_sent=stops,
+            flood_dropped=flooded,
+            unread_at_end=self.packets_unread,
+            calls_ended=self.ended_by,
+            calls_refused=refused,
+            handshakes_failed=self.handshake_failures,
+            auth_failed=self.auth_failed,
+            protocol_errors=errors,
+            upstream_errors=upstream,
+            outbound_dropped=self.outbound_dropped_seconds,
+        )
 
     def call_started(self) -> CallStats:
         """A call was admitted: the counts it keeps while live."""
