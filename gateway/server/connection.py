@@ -31,8 +31,6 @@ refusal, or an accepted call (and a gateway bug, if any, in `calls_failed`).
 from __future__ import annotations
 
 import logging
-import socket
-import struct
 from collections.abc import Callable, Mapping
 from typing import Final
 
@@ -49,6 +47,7 @@ from ..processors import CallStats, Processor
 from ..wire.websocket import ConnectionClosed, Handshake, Reject, SendTimeout, ServerWebSocket
 from .admission import Admission
 from .auth import AuthFailure, TokenChecker
+from .sockets import peer_address, reset_on_close
 from .stats import ServerStats
 
 log = logging.getLogger("gateway.server")
@@ -257,34 +256,3 @@ async def _close(
                 await ws.close(CLOSE_GOING_AWAY, "server shutting down")
     finally:
         await trio.aclose_forcefully(stream)
-
-
-def _socket_of(stream: trio.abc.Stream) -> socket.socket | trio.socket.SocketType | None:
-    """The TCP socket under `stream` (through TLS), if it has one (memory streams do not)."""
-    if isinstance(stream, trio.SSLStream):
-        stream = stream.transport_stream
-    sock = getattr(stream, "socket", None)  # trio's SocketStream, or our SocketTransport
-    return sock if isinstance(sock, socket.socket | trio.socket.SocketType) else None
-
-
-def reset_on_close(stream: trio.abc.Stream) -> None:
-    """Make closing the socket send a reset: a peer that stopped reading would otherwise keep
-    its unsent bytes in our kernel until TCP gives up."""
-    sock = _socket_of(stream)
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
-
-
-def peer_address(stream: trio.abc.Stream) -> str:
-    """`host:port` of the peer, or "-" when the stream has no socket (memory streams)."""
-    sock = _socket_of(stream)
-    if sock is None:
-        return "-"
-    try:
-        host, port = sock.getpeername()[:2]
-    except (OSError, ValueError):
-        return "-"
-    return f"{host}:{port}"
