@@ -86,10 +86,7 @@ class Call:
 
 
 def upgrade_request(host: str, port: int, index: int) -> bytes:
-    headers = [
-        ("x-ms-call-connection-id", f"bench-{index}"),
-        ("x-ms-call-correlation-id", f"bench-corr-{index}"),
-    ]
+    headers = wire.acs_headers(f"bench-{index}", f"bench-corr-{index}")
     return wire.upgrade_request(f"{host}:{port}", "/bench", headers)[0]
 
 
