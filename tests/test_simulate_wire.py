@@ -147,3 +147,31 @@ def test_fast_audio_frames_are_the_same_messages(participant):
             assert packet.pcm == tagging.tag(pcm, seq)
             assert (packet.participant_raw_id, packet.silent) == (participant, silent)
             assert tagging.read_tag(packet.data) == seq
+
+
+@pytest.mark.parametrize("participant", [None, "", '8:acs:"quoted"\u00e9'])
+@pytest.mark.parametrize("silent", [False, True])
+def test_packets_as_dicts_and_as_text_are_the_same_json(participant, silent):
+    pcm = bytes(range(256)) * 2 + bytes(128)
+    assert orjson.dumps(wire.audio_packet(pcm, participant, silent)).decode() == wire.audio_text(
+        pcm, participant, silent
+    )
+    frames = tagging.AudioFrames()
+    assert frames.text(pcm, 9, participant, silent) == wire.audio_text(
+        tagging.tag(pcm, 9), participant, silent
+    )
+    assert orjson.loads(wire.metadata_text(24000, "sub")) == wire.metadata_packet(24000, "sub")
+    assert orjson.loads(wire.dtmf_text("#")) == wire.dtmf_packet("#")
+
+
+def test_acs_headers_and_a_reproducible_upgrade():
+    assert wire.acs_headers("conn", "corr", "t0ken") == [
+        ("x-ms-call-connection-id", "conn"),
+        ("x-ms-call-correlation-id", "corr"),
+        ("Authorization", "Bearer t0ken"),
+    ]
+    assert wire.acs_headers(None, None) == []
+    key = b"dGhlIHNhbXBsZSBub25jZQ=="
+    request, accept = wire.upgrade_request("x", "/", (), key)
+    assert request == wire.upgrade_request("x", "/", (), key)[0]
+    assert accept == b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="  # RFC 6455 section 1.3's example
