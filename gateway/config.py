@@ -1,8 +1,10 @@
 """Configuration: one frozen `Config`, from defaults < TOML file < environment < command line.
 
 Owns: every setting, its default, its environment variable (`ACS_GATEWAY_<NAME>`), and the
-readable error that names a bad one. Never: reads a setting anywhere else; keys and secrets
-for upstream services come from their own environment variables, never from this file.
+readable error that names a bad one. The per-call settings are declared once, in
+`gateway.call.settings.CallSettings`, which `Config` subclasses. Never: reads a setting
+anywhere else; keys and secrets for upstream services come from their own environment
+variables, never from this file.
 
 The README's configuration reference lists exactly `SETTINGS` (a test keeps them in step).
 """
@@ -73,7 +75,7 @@ def _key_set_url(instance: Any, attribute: attrs.Attribute[Any], value: str) -> 
     raise ValueError(f"{attribute.name} must be an https:// URL (http:// only on loopback)")
 
 
-# ACS's WebSocket token (acs-protocol c.3).
+# ACS's WebSocket token (docs/protocol.md, "The token").
 ACS_TOKEN_ISSUER: Final = "https://acscallautomation.communication.azure.com"
 ACS_KEY_SET_URL: Final = "https://acscallautomation.communication.azure.com/calling/keys"
 
@@ -145,7 +147,7 @@ class Config(CallSettings):
     tls_keyfile: str | None = attrs.field(
         default=None, metadata=_hot("PEM private key for tls_certfile.")
     )
-    # -- Limits and authentication (issue 5, trust-limits) --
+    # -- Limits and authentication --
     send_timeout: float = attrs.field(
         default=10.0,
         validator=_positive,
@@ -188,7 +190,7 @@ class Config(CallSettings):
         validator=_positive,
         metadata=_doc("Seconds after which the cached key set is fetched again."),
     )
-    # Health and metrics endpoint (ops-obs: gateway/ops/health.py, gateway/ops/metrics.py).
+    # Health and metrics endpoint (gateway/ops/health.py, gateway/ops/metrics.py).
     health_host: str = attrs.field(
         default="0.0.0.0",
         metadata=_doc("Address of the health endpoint: `/livez`, `/readyz`, `/metrics`."),
@@ -198,7 +200,7 @@ class Config(CallSettings):
         validator=attrs.validators.optional(_port),
         metadata=_doc("TCP port of the health endpoint (0: any free port); unset: no endpoint."),
     )
-    # Many cores (ops-sys: gateway/supervisor.py).
+    # Many cores (gateway/server/supervisor.py).
     workers: int = attrs.field(
         default=1,
         validator=_positive,

@@ -138,7 +138,9 @@ class ErrorPolicy:
             packet = decoder.decode(message)
         except ProtocolError as exc:
             self.stats.protocol_errors[exc.reason] += 1
-            if exc.reason == "unknown_kind":  # a newer ACS feature: ignore it (acs-protocol f.2)
+            # A newer ACS feature: ignore it (docs/protocol.md, "Inbound: unknown and malformed
+            # messages").
+            if exc.reason == "unknown_kind":
                 if self.stats.protocol_errors[exc.reason] == 1:
                     self.log.info("ignoring packets of an unknown kind: %s", exc)
                 return None
