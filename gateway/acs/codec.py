@@ -245,7 +245,7 @@ def _payload(message: dict[str, Any], key: str) -> Any:
     return None
 
 
-def decode(message: str | bytes) -> InboundPacket:
+def decode(message: str | bytes | bytearray) -> InboundPacket:
     """Decode one inbound WebSocket message. Stateless; see `InboundDecoder` for ordering."""
     if isinstance(message, bytes | bytearray | memoryview):
         try:
@@ -295,7 +295,7 @@ class InboundDecoder:
     def __init__(self) -> None:
         self.metadata: AudioMetadata | None = None
 
-    def decode(self, message: str | bytes) -> InboundPacket:
+    def decode(self, message: str | bytes | bytearray) -> InboundPacket:
         packet = decode(message)
         if type(packet) is AudioData:
             if self.metadata is None:

@@ -32,6 +32,7 @@ from typing import Final
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
+from ..call.outcome import EndReason
 from ..processors import Call, CallStats
 
 NAMESPACE: Final = "acs_gateway"
@@ -68,19 +69,7 @@ CALL_DURATION_BUCKETS: Final = (
     7200.0,
     float("inf"),
 )
-_ENDED_BY: Final = (
-    "hangup",
-    "processor",
-    "processor_error",
-    "protocol",
-    "timeout",
-    "cancelled",
-    "gateway_error",
-    "flood",  # the limits (gateway.limits, gateway.call)
-    "idle",
-    "max_duration",
-    "send_timeout",
-)
+_ENDED_BY: Final = tuple(EndReason)  # every label value, exported at 0 from the start
 
 
 class LocalHistogram:
@@ -314,7 +303,7 @@ class Metrics:
         self.live_calls.dec()
         self.call_duration.observe(duration)
         self.calls_ended.labels(ended_by).inc()
-        if ended_by == "processor_error":  # the server counts "gateway_error" itself
+        if ended_by == EndReason.PROCESSOR_ERROR:  # the server counts GATEWAY_ERROR itself
             self.calls_failed.inc()
         if counters.stats.packets_unread:
             self.frames_dropped.labels("unread_at_end").inc(counters.stats.packets_unread)
