@@ -82,7 +82,7 @@ async def _run(
     # The process's global registry: it also carries prometheus-client's process collectors.
     # In a worker, $PROMETHEUS_MULTIPROC_DIR makes it write to files the supervisor sums.
     # No `_created` series: noise for our scrapers.
-    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
     metrics = Metrics(prometheus_client.REGISTRY)
     # Catch SIGTERM before serve() says it listens (READY=1): a stop that comes right after
     # must drain, not kill the process.

@@ -13,6 +13,7 @@ import attrs
 import trio
 import trio.testing
 
+from gateway.acs import client as acs_client
 from gateway.call.run import CallOutcome, CallSettings
 from gateway.config import Config
 from gateway.processors import Processor, load
@@ -67,18 +68,16 @@ async def memory_call(
             yield MemoryCall(call, outcome)
 
 
+RAW_MASK = b"\x5a\x13\xc7\x2e"  # any mask does: the gateway unmasks whatever key a client picks
+
+
 async def raw_acs_stream(url: str, resource: str = "/") -> trio.SocketStream:
     """A bare TCP connection that has sent ACS's upgrade request and a 16 kHz AudioMetadata,
     and reads nothing yet: for tests that control every byte the peer reads."""
     host, port = url.removeprefix("ws://").rsplit(":", 1)
     stream = await trio.open_tcp_stream(host, int(port))
-    await stream.send_all(
-        f"GET {resource} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n".encode()
-        + b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        b"Sec-WebSocket-Version: 13\r\n\r\n"
-    )
-    meta = b'{"kind":"AudioMetadata","audioMetadata":{"sampleRate":16000}}'
-    await stream.send_all(bytes((0x81, 0x80 | len(meta))) + b"\0\0\0\0" + meta)
+    await stream.send_all(acs_client.upgrade_request("x", resource, ())[0])
+    await stream.send_all(acs_client.masked_text(acs_client.metadata_text(16000), RAW_MASK))
     return stream
 
 

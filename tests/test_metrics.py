@@ -237,6 +237,7 @@ def test_local_histogram_flush_equals_observing_one_by_one():
 WORKER = textwrap.dedent(
     """
     import os, sys
+    from gateway.call.outcome import EndReason
     from gateway.ops.metrics import Metrics
     from gateway.server import ServerStats
 
@@ -246,7 +247,7 @@ WORKER = textwrap.dedent(
     frames = int(sys.argv[1])
     ended = stats.call_started()
     ended.audio_frames_in, ended.messages_out, ended.stop_audio_sent = frames, frames + 1, 1
-    stats.call_ended(ended, "hangup", failed=False)
+    stats.call_ended(ended, EndReason.HANGUP, failed=False)
     metrics.durations.observe(2.0)
     stats.call_started().audio_frames_in = 5  # still live when the worker exits
     metrics.processing.observe(0.003)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import binascii
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import orjson
 import pybase64
@@ -80,7 +80,12 @@ def encode(packet: OutboundPacket) -> str:
 # --- inbound: field readers ------------------------------------------------------------------
 
 
-def _opt(payload: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+_T = TypeVar("_T")
+
+
+def _opt(
+    payload: dict[str, Any], key: str, kind: type[_T] | tuple[type[_T], ...], where: str
+) -> _T | None:
     """`payload[key]` if present and not null, checked against `kind`; else None."""
     value = payload.get(key)
     if value is None:
@@ -99,11 +104,11 @@ def _names(kind: type | tuple[type, ...]) -> str:
 
 
 def _str(payload: dict[str, Any], key: str, where: str) -> str | None:
-    return _opt(payload, key, str, where)  # type: ignore[no-any-return]
+    return _opt(payload, key, str, where)
 
 
 def _int(payload: dict[str, Any], key: str, where: str) -> int | None:
-    return _opt(payload, key, int, where)  # type: ignore[no-any-return]
+    return _opt(payload, key, int, where)
 
 
 def _pcm(data: str, where: str) -> bytes:
@@ -240,7 +245,7 @@ def _payload(message: dict[str, Any], key: str) -> Any:
     return None
 
 
-def decode(message: str | bytes) -> InboundPacket:
+def decode(message: str | bytes | bytearray) -> InboundPacket:
     """Decode one inbound WebSocket message. Stateless; see `InboundDecoder` for ordering."""
     if isinstance(message, bytes | bytearray | memoryview):
         try:
@@ -290,7 +295,7 @@ class InboundDecoder:
     def __init__(self) -> None:
         self.metadata: AudioMetadata | None = None
 
-    def decode(self, message: str | bytes) -> InboundPacket:
+    def decode(self, message: str | bytes | bytearray) -> InboundPacket:
         packet = decode(message)
         if type(packet) is AudioData:
             if self.metadata is None:

@@ -36,6 +36,8 @@ import attrs
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
+from ..call.outcome import EndReason
+
 NAMESPACE: Final = "acs_gateway"
 FLUSH_INTERVAL: Final = 1.0  # seconds; how far live calls' counters may lag between scrapes
 
@@ -70,19 +72,7 @@ CALL_DURATION_BUCKETS: Final = (
     7200.0,
     float("inf"),
 )
-_ENDED_BY: Final = (
-    "hangup",
-    "processor",
-    "processor_error",
-    "protocol",
-    "timeout",
-    "cancelled",
-    "gateway_error",
-    "flood",  # the limits (gateway.limits, gateway.call)
-    "idle",
-    "max_duration",
-    "send_timeout",
-)
+_ENDED_BY: Final = tuple(EndReason)  # every label value, exported at 0 from the start
 
 
 class LocalHistogram:

@@ -37,8 +37,9 @@ from typing import Final
 import attrs
 import trio
 
+from ..call.outcome import CallOutcome, CallTimings, EndReason
 from ..call.pacer import Pacer
-from ..call.run import CallOutcome, CallTimings, run_call
+from ..call.run import run_call
 from ..config import Config
 from ..errors import CLOSE_GOING_AWAY
 from ..logs import call_logger
@@ -229,9 +230,9 @@ def _release(context: ServerContext, place: _Place, gateway_failed: bool) -> Non
             context.stats.calls_failed += 1
         return
     if gateway_failed:
-        ended_by = "gateway_error"
+        ended_by = EndReason.GATEWAY_ERROR
     else:  # no outcome: the call was cancelled (the server stopped) before run_call returned
-        ended_by = "hangup" if outcome is None else outcome.ended_by
+        ended_by = EndReason.HANGUP if outcome is None else outcome.ended_by
     context.stats.call_ended(
         place.stats,
         ended_by,

@@ -16,6 +16,7 @@ from collections.abc import Collection
 
 import attrs
 
+from ..call.outcome import EndReason
 from ..ops.metrics import Totals
 from ..processors import Call, CallStats
 from .admission import REFUSAL_STATUS
@@ -116,7 +117,7 @@ class ServerStats:
         del self._live[id(stats)]
 
     def call_ended(
-        self, stats: CallStats, ended_by: str, *, failed: bool, call: Call | None = None
+        self, stats: CallStats, ended_by: EndReason, *, failed: bool, call: Call | None = None
     ) -> None:
         """Move an ended call's counts into the totals; `call`: its player's unsent audio."""
         del self._live[id(stats)]

@@ -41,7 +41,7 @@ import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Final
 
@@ -390,7 +390,7 @@ def worker_sockets() -> list[socket.socket]:
     return [systemd.adopt_listening_socket(int(fd)) for fd in fds.split(",") if fd]
 
 
-async def watch_supervisor(on_gone: object) -> None:
+async def watch_supervisor(on_gone: Callable[[], object]) -> None:
     """In a worker: wait for the supervisor process to end (its life-line pipe reads EOF),
     then call `on_gone()` (drain). Returns at once when not a worker."""
     fd = os.environ.pop(SUPERVISOR_FD_ENV, "")
@@ -400,4 +400,4 @@ async def watch_supervisor(on_gone: object) -> None:
         while await lifeline.receive_some():
             pass
     log.warning("the supervisor is gone: draining")
-    on_gone()  # type: ignore[operator]
+    on_gone()

@@ -66,7 +66,9 @@ class Close:
 Event = bytes | bytearray | Ping | Close  # bytes: text message; bytearray: binary
 
 
-def _unmask(data: bytes | bytearray, mask: bytes) -> bytes:
+def unmask(data: bytes | bytearray, mask: bytes) -> bytes:
+    """`data` XORed with the 4-byte `mask` repeated (RFC 6455 section 5.3); masking is the same
+    operation."""
     n = len(data)
     key = int.from_bytes((mask * (n // 4 + 1))[:n], "little")
     return (int.from_bytes(data, "little") ^ key).to_bytes(n, "little")
@@ -120,7 +122,7 @@ class FrameReader:
                 break
             mask = bytes(buffer[pos + header - 4 : pos + header])
             start = pos + header
-            payload = _unmask(buffer[start : start + length], mask)
+            payload = unmask(buffer[start : start + length], mask)
             pos = start + length
             event = self._frame(opcode, fin, payload)
             if event is not None:
@@ -182,7 +184,8 @@ def _close(payload: bytes) -> Close:
     return Close(code, reason)
 
 
-def _header(opcode: int, length: int) -> bytes:
+def frame_header(opcode: int, length: int) -> bytes:
+    """The header of one final, unmasked frame of `length` payload bytes."""
     if length < 126:
         return bytes((0x80 | opcode, length))
     if length < 65536:
@@ -193,7 +196,7 @@ def _header(opcode: int, length: int) -> bytes:
 def encode_text(text: str) -> bytes:
     """One final, unmasked text frame (server to client)."""
     data = text.encode()
-    return _header(OP_TEXT, len(data)) + data
+    return frame_header(OP_TEXT, len(data)) + data
 
 
 def encode_texts(texts: list[str]) -> bytes:
@@ -201,15 +204,15 @@ def encode_texts(texts: list[str]) -> bytes:
     parts = []
     for text in texts:
         data = text.encode()
-        parts.append(_header(OP_TEXT, len(data)))
+        parts.append(frame_header(OP_TEXT, len(data)))
         parts.append(data)
     return b"".join(parts)
 
 
 def encode_pong(payload: bytes) -> bytes:
-    return _header(OP_PONG, len(payload)) + payload
+    return frame_header(OP_PONG, len(payload)) + payload
 
 
 def encode_close(code: int, reason: str = "") -> bytes:
     data = _U16.pack(code) + reason.encode()[:123]
-    return _header(OP_CLOSE, len(data)) + data
+    return frame_header(OP_CLOSE, len(data)) + data

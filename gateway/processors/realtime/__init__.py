@@ -24,7 +24,7 @@ def make(options: Mapping[str, Any]) -> Processor:
     parsed = parse_options(options)
     try:
         import numpy  # noqa: F401
-        import soxr  # type: ignore[import-untyped]  # noqa: F401
+        import soxr  # noqa: F401
     except ImportError:
         raise ConfigError(
             "processors.realtime: resampling needs soxr and numpy: "
@@ -32,7 +32,7 @@ def make(options: Mapping[str, Any]) -> Processor:
         ) from None
     if parsed.local_vad:
         try:
-            import webrtcvad  # type: ignore[import-untyped]  # noqa: F401
+            import webrtcvad  # noqa: F401
         except ImportError:
             raise ConfigError(
                 "processors.realtime: local_vad needs webrtcvad: "
