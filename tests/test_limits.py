@@ -1,4 +1,4 @@
-"""Limits: everything a peer can make the gateway hold is bounded (README, "Bad input policy")."""
+"""Limits: everything a peer can make the gateway hold is bounded (docs/security.md, "Bad input policy")."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ what each task does is in `gateway.call.tasks`, what they share in `gateway.call
     send task: player releases frames on the playout clock -> codec -> ws (one write per batch)
     watch task: closes the call when it is idle or has lasted too long
 
-Channel policies (see the README, "Architecture"):
+Channel policies (see docs/architecture.md, "Bounded channels, each with a declared policy"):
 - inbound channel, bounded at `inbound_queue_ms` of audio frames. Audio that does not fit is
   dropped and counted (the processor fell behind; the socket reader must not stall). Every
   other packet (metadata, DTMF, transcription) waits for room: never dropped.
@@ -25,7 +25,7 @@ reason in `CallStats.protocol_errors`, logged (the first of each reason at WARNI
 at DEBUG), and skipped. After `max_consecutive_errors` malformed packets with no good one
 between, the call is closed with 1007. Nothing raised by a packet escapes the call.
 
-Limits (README, "Bad input policy"): inbound messages beyond `max_frames_per_second` (pings
+Limits (docs/security.md, "Bad input policy"): inbound messages beyond `max_frames_per_second` (pings
 count too) are dropped unread and counted (`frames_flood_dropped`; see
 `gateway.call.intake.Intake`), and a flood that lasts `flood_grace` seconds closes the call with
 1008. A watchdog task closes the call (1000) after `idle_timeout` seconds without inbound audio

@@ -293,7 +293,7 @@ class Engine:
 
     async def run(self) -> tuple[list[CallResult], SimulatorHealth]:
         # What exists now (clips, calls) lives until the end: keep it out of full collections,
-        # whose pauses would stall the ticker (the gateway does the same, README "Performance").
+        # whose pauses would stall the ticker (the gateway does the same, docs/performance.md).
         gc.freeze()
         cpu0 = _cpu_seconds()
         wall0 = trio.current_time()

@@ -1,6 +1,6 @@
 """A stand-in for ACS's token issuer and key-set endpoint, for tests and benchmarks.
 
-Owns: throwaway RSA signing keys, tokens shaped like ACS's WebSocket token (acs-protocol c.3),
+Owns: throwaway RSA signing keys, tokens shaped like ACS's WebSocket token (docs/protocol.md, "The token"),
 and a tiny HTTP server on 127.0.0.1 that serves their key set (JWKS) and counts fetches.
 
     issuer = AcsTokenIssuer()

@@ -1,7 +1,7 @@
 """`realtime`: bridge each call to a realtime speech-to-speech model (OpenAI Realtime protocol).
 
 Providers: OpenAI, Azure OpenAI (GA and preview URL forms), Azure AI Voice Live; options in
-`[processors.realtime]` (see `options`, and the README section "Realtime voice models").
+`[processors.realtime]` (see `options`, and docs/realtime.md).
 `protocol` is the sans-IO wire and barge-in logic, `bridge` the per-call async part.
 Needs the `realtime` extra (soxr, numpy) for 16 kHz calls, and `vad` for `local_vad`.
 """
