@@ -6,7 +6,9 @@ readable error that names a bad one. The per-call settings are declared once, in
 anywhere else; keys and secrets for upstream services come from their own environment
 variables, never from this file.
 
-docs/configuration.md's reference table is generated from these fields' metadata (`python -m gateway.config_reference --write docs/configuration.md`; tests/test_docs.py keeps them in step).
+docs/configuration.md's reference table is generated from these fields' metadata
+(`python -m gateway.config_reference --write docs/configuration.md`; tests/test_docs.py keeps
+them in step).
 """
 
 from __future__ import annotations

@@ -148,7 +148,8 @@ def test_big_tick_offsets_stay_exact():
 def test_we_accept_what_the_sdk_crashes_on(name, check):
     case = next(c for c in FIXTURES["inbound"] if c["name"] == name)
     assert case["sdk_error"]  # the SDK throws here...
-    assert check(codec.decode(case["message"]))  # ...we follow docs/protocol.md, "Inbound: unknown and malformed messages"
+    # ...we follow docs/protocol.md, "Inbound: unknown and malformed messages"
+    assert check(codec.decode(case["message"]))
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""Limits: everything a peer can make the gateway hold is bounded (docs/security.md, "Bad input policy")."""
+"""Limits: everything a peer can make the gateway hold is bounded (docs/security.md, "Bad input
+policy")."""
 
 from __future__ import annotations
 

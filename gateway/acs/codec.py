@@ -1,7 +1,8 @@
 """Sans-IO codec: ACS media-streaming messages <-> `gateway.packets` values.
 
-Owns: every wire spelling (see docs/protocol.md, "Inbound: envelope" to "Outbound: stopAudio"). Never: I/O, clocks,
-`async`, logging. All protocol knowledge lives here; the rest of the gateway sees packets.
+Owns: every wire spelling (docs/protocol.md, "Inbound: envelope" to "Outbound: stopAudio").
+Never: I/O, clocks, `async`, logging. All protocol knowledge lives here; the rest of the
+gateway sees packets.
 
 Rules (docs/protocol.md, "Inbound: envelope" and "Inbound: unknown and malformed messages"):
 - A message is one UTF-8 JSON object, in a text (`str`) or binary (`bytes`) frame.
@@ -11,7 +12,8 @@ Rules (docs/protocol.md, "Inbound: envelope" and "Inbound: unknown and malformed
   fields of the wrong JSON type are `wrong_type`. Unknown keys are ignored.
 - Audio is validated here (standard padded base64, whole 16-bit samples), so a processor never
   sees a frame it cannot use.
-- Outbound messages are byte-for-byte what the official JS SDK 1.6.0 emits (docs/protocol.md, "Outbound: audioData").
+- Outbound messages are byte-for-byte what the official JS SDK 1.6.0 emits (docs/protocol.md,
+  "Outbound: audioData").
 
 Every failure is a `ProtocolError` whose `reason` says what was wrong.
 """
@@ -131,7 +133,8 @@ def _audio_metadata(p: dict[str, Any]) -> AudioMetadata:
     encoding = _str(p, "encoding", w) or "PCM"
     if encoding.lower() != "pcm":
         raise ProtocolError("bad_value", f"{w}.encoding is {encoding!r}; only PCM is streamed")
-    sample_rate = _int(p, "sampleRate", w) or 16000  # the service default (docs/protocol.md, "Audio format and timing")
+    # 16 kHz is the service default (docs/protocol.md, "Audio format and timing").
+    sample_rate = _int(p, "sampleRate", w) or 16000
     if sample_rate <= 0 or sample_rate % 50:
         raise ProtocolError("bad_value", f"{w}.sampleRate {sample_rate} gives no 20 ms frame")
     channels = _int(p, "channels", w) or 1

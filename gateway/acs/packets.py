@@ -15,7 +15,8 @@ from typing import Final
 
 import attrs
 
-FRAME_MS: Final = 20  # ACS streams and plays 20 ms frames (docs/protocol.md, "Audio format and timing")
+# ACS streams and plays 20 ms frames (docs/protocol.md, "Audio format and timing").
+FRAME_MS: Final = 20
 BYTES_PER_SAMPLE: Final = 2  # PCM 16-bit signed little-endian, mono
 SUPPORTED_SAMPLE_RATES: Final = (16000, 24000)
 

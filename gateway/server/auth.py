@@ -1,4 +1,5 @@
-"""ACS's WebSocket token: checking the JWT that ACS puts in the upgrade request (docs/protocol.md, "The token").
+"""ACS's WebSocket token: checking the JWT that ACS puts in the upgrade request
+(docs/protocol.md, "The token").
 
 Owns: ACS's signing keys (a `KeySet`: fetched over HTTPS, cached, fetched again every
 `auth_key_max_age` seconds and when a token names a key id we do not know, at most once per
