@@ -25,14 +25,13 @@ reason in `CallStats.protocol_errors`, logged (the first of each reason at WARNI
 at DEBUG), and skipped. After `max_consecutive_errors` malformed packets with no good one
 between, the call is closed with 1007. Nothing raised by a packet escapes the call.
 
-Limits (docs/security.md, "Bad input policy"): inbound messages beyond
-`max_frames_per_second` (pings count too) are dropped unread and counted
-(`frames_flood_dropped`; see `gateway.call.intake.Intake`), and a flood that lasts `flood_grace` seconds closes the call with
+Limits (docs/security.md, "Bad input policy"): inbound messages beyond `max_frames_per_second`
+(pings count too) are dropped unread and counted (`frames_flood_dropped`; see
+`gateway.call.intake.Intake`), and a flood that lasts `flood_grace` seconds closes the call with
 1008. A watchdog task closes the call (1000) after `idle_timeout` seconds without inbound audio
-(without any packet on a transcription-only stream) and at `max_call_duration`. A write the
-peer does not take within the WebSocket's `send_timeout` ends the call at once (`send_timeout`,
-no close frame: the server resets the socket).
-"""
+(without any packet on a transcription-only stream) and at `max_call_duration`. A write the peer
+does not take within the WebSocket's `send_timeout` ends the call at once (`send_timeout`, no
+close frame: the server resets the socket). """
 
 from __future__ import annotations
 
