@@ -31,7 +31,8 @@ Limits (docs/security.md, "Bad input policy"): inbound messages beyond `max_fram
 1008. A watchdog task closes the call (1000) after `idle_timeout` seconds without inbound audio
 (without any packet on a transcription-only stream) and at `max_call_duration`. A write the peer
 does not take within the WebSocket's `send_timeout` ends the call at once (`send_timeout`, no
-close frame: the server resets the socket). """
+close frame: the server resets the socket).
+"""
 
 from __future__ import annotations
 
