@@ -86,10 +86,7 @@ class Call:
 
 
 def upgrade_request(host: str, port: int, index: int) -> bytes:
-    headers = [
-        ("x-ms-call-connection-id", f"bench-{index}"),
-        ("x-ms-call-correlation-id", f"bench-corr-{index}"),
-    ]
+    headers = wire.acs_headers(f"bench-{index}", f"bench-corr-{index}")
     return wire.upgrade_request(f"{host}:{port}", "/bench", headers)[0]
 
 
@@ -307,7 +304,10 @@ def proc_rss_kb(pid: int) -> int:
     return 0
 
 
-def start_server(cpu: int | None, extra: list[str]) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(
+    cpu: int | None, extra: list[str], root: Path = ROOT
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start `python -m gateway serve` from the source tree `root` (another checkout: A/B runs)."""
     cmd = [
         sys.executable,
         "-m",
@@ -325,7 +325,8 @@ def start_server(cpu: int | None, extra: list[str]) -> tuple[subprocess.Popen[by
     ]
     if cpu is not None:
         cmd = ["taskset", "-c", str(cpu), *cmd]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE)
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stderr=subprocess.PIPE)
     assert proc.stderr is not None
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -342,7 +343,11 @@ def start_server(cpu: int | None, extra: list[str]) -> tuple[subprocess.Popen[by
 
 
 def one_load(args: argparse.Namespace, calls: int) -> dict[str, float]:
-    proc, url = (None, args.url) if args.url else start_server(args.server_cpu, args.server_arg)
+    proc, url = (
+        (None, args.url)
+        if args.url
+        else start_server(args.server_cpu, args.server_arg, Path(args.gateway_root or ROOT))
+    )
     try:
         gen = Generator(url, calls, args.rate, args.phases)
         marks: dict[str, float] = {}
@@ -406,6 +411,9 @@ def main() -> None:
     parser.add_argument("--client-cpu", type=int, default=1)
     parser.add_argument("--url", help="an already running gateway (no server CPU then)")
     parser.add_argument("--server-arg", action="append", default=[], help="extra serve flag")
+    parser.add_argument(
+        "--gateway-root", help="serve the gateway from this source tree (default: this one)"
+    )
     args = parser.parse_args()
     os.sched_setaffinity(0, {args.client_cpu})
     loads = [int(x) for x in args.sweep.split(",")] if args.sweep else [args.calls]

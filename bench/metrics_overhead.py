@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from gateway.call.intake import TimedPackets
 from gateway.ops.metrics import LATENCY_BUCKETS, LocalHistogram, Metrics
-from gateway.processors import CallStats
+from gateway.server import ServerStats
 
 N = 200_000
 REPEAT = 5
@@ -55,12 +55,13 @@ async def channel_hop_us(timed: bool) -> float:
 
 
 def flush_ms(live_calls: int) -> tuple[float, float]:
+    stats = ServerStats()
     metrics = Metrics()
-    calls = [metrics.call_started(CallStats()) for _ in range(live_calls)]
+    metrics.follow(stats.totals)
+    calls = [stats.call_started() for _ in range(live_calls)]
     flushes, scrapes = [], []
     for _ in range(REPEAT):
-        for counters in calls:  # a second of audio on every call: everything changed
-            s = counters.stats
+        for s in calls:  # a second of audio on every call: everything changed
             s.audio_frames_in += 50
             s.messages_out += 50
             s.protocol_errors["not_json"] += 1

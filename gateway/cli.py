@@ -82,7 +82,7 @@ async def _run(
     # The process's global registry: it also carries prometheus-client's process collectors.
     # In a worker, $PROMETHEUS_MULTIPROC_DIR makes it write to files the supervisor sums.
     # No `_created` series: noise for our scrapers.
-    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
     metrics = Metrics(prometheus_client.REGISTRY)
     # Catch SIGTERM before serve() says it listens (READY=1): a stop that comes right after
     # must drain, not kill the process.
@@ -144,7 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     log.info("acs-media-gateway %s, processor %r", __version__, config.processor)
     # Everything loaded so far lives as long as the process: keep it out of the cyclic GC's
-    # full collections, whose pauses stall every call at once (README, "Performance").
+    # full collections, whose pauses stall every call at once (docs/performance.md,
+    # "Echo calls per process").
     gc.freeze()
     notifier = systemd.Notifier.from_environ()
     try:

@@ -1,10 +1,14 @@
 """Configuration: one frozen `Config`, from defaults < TOML file < environment < command line.
 
 Owns: every setting, its default, its environment variable (`ACS_GATEWAY_<NAME>`), and the
-readable error that names a bad one. Never: reads a setting anywhere else; keys and secrets
-for upstream services come from their own environment variables, never from this file.
+readable error that names a bad one. The per-call settings are declared once, in
+`gateway.call.settings.CallSettings`, which `Config` subclasses. Never: reads a setting
+anywhere else; keys and secrets for upstream services come from their own environment
+variables, never from this file.
 
-The README's configuration reference lists exactly `SETTINGS` (a test keeps them in step).
+docs/configuration.md's reference table is generated from these fields' metadata
+(`python -m gateway.config_reference --write docs/configuration.md`; tests/test_docs.py keeps
+them in step).
 """
 
 from __future__ import annotations
@@ -12,23 +16,21 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import attrs
 import cattrs
 
-from .call.run import CallSettings
+from .call.settings import CallSettings
+from .call.settings import doc as _doc
+from .call.settings import hot as _hot
+from .call.settings import positive as _positive
 from .errors import ConfigError
 
 ENV_PREFIX: Final = "ACS_GATEWAY_"
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 LOG_FORMATS: Final = ("text", "json")
-
-
-def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be greater than 0, got {value}")
 
 
 def _one_of(*choices: str) -> Any:
@@ -42,11 +44,6 @@ def _one_of(*choices: str) -> Any:
 def _port(instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
     if not 0 <= value <= 65535:
         raise ValueError(f"{attribute.name} must be a TCP port (0-65535), got {value}")
-
-
-def _at_least_one_frame(instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
-    if value < 20:
-        raise ValueError(f"{attribute.name} must be at least 20 (one frame), got {value}")
 
 
 def _not_negative(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -80,23 +77,31 @@ def _key_set_url(instance: Any, attribute: attrs.Attribute[Any], value: str) -> 
     raise ValueError(f"{attribute.name} must be an https:// URL (http:// only on loopback)")
 
 
-# ACS's WebSocket token (acs-protocol c.3).
+# ACS's WebSocket token (docs/protocol.md, "The token").
 ACS_TOKEN_ISSUER: Final = "https://acscallautomation.communication.azure.com"
 ACS_KEY_SET_URL: Final = "https://acscallautomation.communication.azure.com/calling/keys"
 
 
-def _doc(text: str) -> dict[str, Any]:
-    return {"doc": text}
+def _call_settings_after(
+    setting: str,
+) -> Callable[[type, list[attrs.Attribute[Any]]], list[attrs.Attribute[Any]]]:
+    """Place the fields inherited from `CallSettings` right after `setting` (attrs puts a base
+    class's fields first), so that the keys read in the order of a connection's life."""
+
+    def place(cls: type, fields: list[attrs.Attribute[Any]]) -> list[attrs.Attribute[Any]]:
+        per_call = {f.name for f in attrs.fields(CallSettings)}
+        own = [f for f in fields if f.name not in per_call]
+        at = next(i for i, f in enumerate(own) if f.name == setting) + 1
+        return own[:at] + [f for f in fields if f.name in per_call] + own[at:]
+
+    return place
 
 
-def _hot(text: str) -> dict[str, Any]:
-    """A setting SIGHUP may change in a running gateway (`gateway.ops.reload`): calls that
-    started keep the value they started with; new calls get the new one."""
-    return {"doc": text, "reloadable": True}
+@attrs.frozen(kw_only=True, field_transformer=_call_settings_after("handshake_timeout"))
+class Config(CallSettings):
+    """Every setting. The per-call ones (`metadata_timeout` ... `max_call_duration`) are
+    declared once, in `CallSettings`: a `Config` is the `CallSettings` of the calls it runs."""
 
-
-@attrs.frozen(kw_only=True)
-class Config:
     host: str = attrs.field(default="0.0.0.0", metadata=_doc("Address to listen on."))
     port: int = attrs.field(
         default=8080, validator=_port, metadata=_doc("TCP port to listen on (0: any free port).")
@@ -132,40 +137,6 @@ class Config:
         validator=_positive,
         metadata=_hot("Seconds a connection may take to complete the WebSocket upgrade."),
     )
-    metadata_timeout: float = attrs.field(
-        default=10.0,
-        validator=_positive,
-        metadata=_hot("Seconds from upgrade to the first AudioMetadata/TranscriptionMetadata."),
-    )
-    inbound_queue_ms: int = attrs.field(
-        default=1000,
-        validator=_at_least_one_frame,
-        metadata=_hot("Audio a processor may fall behind before frames are dropped (counted)."),
-    )
-    playout_lead_ms: int = attrs.field(
-        default=60,
-        validator=_at_least_one_frame,
-        metadata=_hot(
-            "How far ahead of real time audio is sent to ACS (bounds audio after barge-in)."
-        ),
-    )
-    playout_queue_ms: int = attrs.field(
-        default=5000,
-        validator=_at_least_one_frame,
-        metadata=_hot("Outbound audio a call may queue; `play()` blocks beyond it."),
-    )
-    hangup_grace: float = attrs.field(
-        default=2.0,
-        validator=_positive,
-        metadata=_hot(
-            "Seconds a processor has to return after ACS hangs up before it is cancelled."
-        ),
-    )
-    max_consecutive_errors: int = attrs.field(
-        default=50,
-        validator=_positive,
-        metadata=_hot("Malformed packets in a row that close the call (1007)."),
-    )
     shutdown_grace: float = attrs.field(
         default=30.0,
         validator=_positive,
@@ -178,31 +149,11 @@ class Config:
     tls_keyfile: str | None = attrs.field(
         default=None, metadata=_hot("PEM private key for tls_certfile.")
     )
-    # -- Limits and authentication (issue 5, trust-limits) --
+    # -- Limits and authentication --
     send_timeout: float = attrs.field(
         default=10.0,
         validator=_positive,
         metadata=_hot("Seconds one write may wait for ACS to read; then that call is aborted."),
-    )
-    max_frames_per_second: int = attrs.field(
-        default=250,
-        validator=_positive,
-        metadata=_hot("Inbound messages a call may send a second (bursts of one second's worth)."),
-    )
-    flood_grace: float = attrs.field(
-        default=5.0,
-        validator=_positive,
-        metadata=_hot("Seconds a call may flood past that rate before it is closed (1008)."),
-    )
-    idle_timeout: float = attrs.field(
-        default=300.0,
-        validator=_positive,
-        metadata=_hot("Seconds without inbound audio that close the call (1000)."),
-    )
-    max_call_duration: float = attrs.field(
-        default=14400.0,
-        validator=_positive,
-        metadata=_hot("Seconds a call may last; then it is closed (1000)."),
     )
     max_calls_per_source: int | None = attrs.field(
         default=None,
@@ -241,7 +192,7 @@ class Config:
         validator=_positive,
         metadata=_doc("Seconds after which the cached key set is fetched again."),
     )
-    # Health and metrics endpoint (ops-obs: gateway/ops/health.py, gateway/ops/metrics.py).
+    # Health and metrics endpoint (gateway/ops/health.py, gateway/ops/metrics.py).
     health_host: str = attrs.field(
         default="0.0.0.0",
         metadata=_doc("Address of the health endpoint: `/livez`, `/readyz`, `/metrics`."),
@@ -251,7 +202,7 @@ class Config:
         validator=attrs.validators.optional(_port),
         metadata=_doc("TCP port of the health endpoint (0: any free port); unset: no endpoint."),
     )
-    # Many cores (ops-sys: gateway/supervisor.py).
+    # Many cores (gateway/server/supervisor.py).
     workers: int = attrs.field(
         default=1,
         validator=_positive,
@@ -272,18 +223,7 @@ class Config:
 
     @property
     def call_settings(self) -> CallSettings:
-        return CallSettings(
-            inbound_queue_ms=self.inbound_queue_ms,
-            playout_lead_ms=self.playout_lead_ms,
-            playout_queue_ms=self.playout_queue_ms,
-            metadata_timeout=self.metadata_timeout,
-            hangup_grace=self.hangup_grace,
-            max_consecutive_errors=self.max_consecutive_errors,
-            max_frames_per_second=self.max_frames_per_second,
-            flood_grace=self.flood_grace,
-            idle_timeout=self.idle_timeout,
-            max_call_duration=self.max_call_duration,
-        )
+        return self
 
     @property
     def processor_options(self) -> dict[str, Any]:

@@ -4,6 +4,7 @@ checks."""
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,22 +13,24 @@ import attrs
 import trio
 import trio.testing
 
-from gateway.call.run import CallOutcome, CallSettings, run_call
-from gateway.logs import call_logger
+from gateway.acs import client as acs_client
+from gateway.call.run import CallOutcome, CallSettings
+from gateway.config import Config
 from gateway.processors import Processor, load
+from gateway.server import ServerContext, serve_connection
 from gateway.testing import SimulatedCall, simulated_call
 from gateway.testing.census import open_fds, task_count  # noqa: F401  (re-exported for tests)
-from gateway.wire.websocket import DEFAULT_SEND_TIMEOUT, ServerWebSocket
+from gateway.wire.websocket import DEFAULT_SEND_TIMEOUT
 
 
 @attrs.define
 class MemoryCall:
     peer: SimulatedCall
-    outcome: list[CallOutcome]  # filled when run_call returns
+    outcome: list[CallOutcome]  # filled when the call ends
 
     @property
     def result(self) -> CallOutcome:
-        assert self.outcome, "run_call has not returned"
+        assert self.outcome, "the call has not ended"
         return self.outcome[0]
 
 
@@ -40,29 +43,24 @@ async def memory_call(
     send_timeout: float = DEFAULT_SEND_TIMEOUT,
     **peer: Any,
 ) -> AsyncIterator[MemoryCall]:
-    """One gateway call over a memory stream pair: the real WebSocket engine, codec, call and
-    player, with the simulated ACS peer on the other end. Works on the autojump clock.
-    `stream_pair` makes (ACS end, gateway end); default: `memory_stream_pair`."""
+    """One gateway call over a memory stream pair, served by `serve_connection` as the server
+    serves a socket: the real WebSocket engine, codec, call and player, with the simulated ACS
+    peer on the other end. Works on the autojump clock. `stream_pair` makes (ACS end, gateway
+    end); default: `memory_stream_pair`. No handshake deadline: the peer's pace is the test's."""
     if isinstance(processor, str):
         processor = load(processor)
+    config = Config(
+        **attrs.asdict(settings or CallSettings()),
+        send_timeout=send_timeout,
+        handshake_timeout=math.inf,
+    )
     client, server = (stream_pair or trio.testing.memory_stream_pair)()
     outcome: list[CallOutcome] = []
 
     async def serve_one() -> None:
-        ws = ServerWebSocket(server, max_message_bytes=65536, send_timeout=send_timeout)
-        try:
-            handshake = await ws.read_handshake()
-            await ws.accept()
-            log = call_logger(
-                handshake.headers.get("x-ms-call-connection-id"),
-                handshake.headers.get("x-ms-call-correlation-id"),
-                "memory",
-            )
-            outcome.append(
-                await run_call(ws, handshake, processor, settings or CallSettings(), log)
-            )
-        finally:
-            await trio.aclose_forcefully(server)
+        result = await serve_connection(server, ServerContext(config, processor))
+        if result is not None:
+            outcome.append(result)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(serve_one)
@@ -70,18 +68,16 @@ async def memory_call(
             yield MemoryCall(call, outcome)
 
 
+RAW_MASK = b"\x5a\x13\xc7\x2e"  # any mask does: the gateway unmasks whatever key a client picks
+
+
 async def raw_acs_stream(url: str, resource: str = "/") -> trio.SocketStream:
     """A bare TCP connection that has sent ACS's upgrade request and a 16 kHz AudioMetadata,
     and reads nothing yet: for tests that control every byte the peer reads."""
     host, port = url.removeprefix("ws://").rsplit(":", 1)
     stream = await trio.open_tcp_stream(host, int(port))
-    await stream.send_all(
-        f"GET {resource} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n".encode()
-        + b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        b"Sec-WebSocket-Version: 13\r\n\r\n"
-    )
-    meta = b'{"kind":"AudioMetadata","audioMetadata":{"sampleRate":16000}}'
-    await stream.send_all(bytes((0x81, 0x80 | len(meta))) + b"\0\0\0\0" + meta)
+    await stream.send_all(acs_client.upgrade_request("x", resource, ())[0])
+    await stream.send_all(acs_client.masked_text(acs_client.metadata_text(16000), RAW_MASK))
     return stream
 
 

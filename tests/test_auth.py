@@ -1,4 +1,4 @@
-"""ACS authentication: the token is checked before the upgrade (README, "Security").
+"""ACS authentication: the token is checked before the upgrade (docs/security.md, "Authentication").
 
 Real sockets on 127.0.0.1 and a local key-set server (`gateway.testing.acs_auth`); the clock is
 Trio's real one, since the key fetches go over a real socket.

@@ -8,10 +8,15 @@ import logging
 import pytest
 import trio
 
-from gateway.acs.packets import AudioData, DtmfData
-from gateway.call.run import CallSettings
+from gateway.acs.packets import AudioData, AudioMetadata, DtmfData
+from gateway.call import CallSettings, EndReason
+from gateway.call.interface import CallStats
+from gateway.call.state import CallState
+from gateway.call.tasks import wait_for_metadata, watch
+from gateway.logs import call_logger
 from gateway.processors import Call
 from gateway.testing import frames, speech
+from gateway.wire.websocket import ConnectionClosed
 from tests.conftest import memory_call, task_count
 
 
@@ -26,7 +31,7 @@ async def test_echo_is_byte_exact_and_immediate(autojump_clock, rate):
         # Each frame is echoed the moment it arrives (the lead window never holds it back).
         times = [r.time - start for r in mc.peer.received]
         assert times == pytest.approx([k * 0.020 for k in range(50)], abs=1e-9)
-    assert mc.result.ended_by == "hangup"
+    assert mc.result.ended_by == EndReason.HANGUP
     assert mc.result.stats.audio_frames_in == 50
     assert mc.result.stats.messages_out == 50
 
@@ -41,7 +46,7 @@ async def test_processor_return_closes_the_call_normally(autojump_clock):
         await mc.peer.closed.wait()
     assert mc.peer.close_code == 1000
     assert len(mc.peer.received_pcm) == 640 * 10
-    assert mc.result.ended_by == "processor"
+    assert mc.result.ended_by == EndReason.PROCESSOR
 
 
 async def test_processor_error_closes_with_1011_and_is_logged(autojump_clock, caplog):
@@ -53,7 +58,7 @@ async def test_processor_error_closes_with_1011_and_is_logged(autojump_clock, ca
         await mc.peer.send_audio(bytes(640))
         await mc.peer.closed.wait()
     assert mc.peer.close_code == 1011
-    assert mc.result.ended_by == "processor_error"
+    assert mc.result.ended_by == EndReason.PROCESSOR_ERROR
     assert isinstance(mc.result.error, RuntimeError)
     failures = [r for r in caplog.records if "processor failed" in r.getMessage()]
     assert failures and failures[0].call_connection_id == "conn-42"
@@ -72,7 +77,7 @@ async def test_hang_up_ends_packets_and_the_processor_returns(autojump_clock):
         await mc.peer.send_dtmf("5")
         await mc.peer.hang_up()
     assert [type(p) for p in seen] == [AudioData, DtmfData, str]
-    assert mc.result.ended_by == "hangup"
+    assert mc.result.ended_by == EndReason.HANGUP
 
 
 async def test_processor_ignoring_hang_up_is_cancelled_after_grace(autojump_clock):
@@ -152,7 +157,7 @@ async def test_too_many_malformed_in_a_row_closes_with_1007(autojump_clock):
             await mc.peer.send_raw("garbage")
         await mc.peer.closed.wait()
     assert mc.peer.close_code == 1007
-    assert mc.result.ended_by == "protocol"
+    assert mc.result.ended_by == EndReason.PROTOCOL
 
 
 async def test_unknown_kinds_never_close_the_call(autojump_clock):
@@ -181,7 +186,7 @@ async def test_no_metadata_closes_after_the_timeout(autojump_clock):
         await mc.peer.closed.wait()
         assert trio.current_time() - start == pytest.approx(3, abs=0.01)
     assert mc.peer.close_code == 1007
-    assert mc.result.ended_by == "timeout"
+    assert mc.result.ended_by == EndReason.TIMEOUT
 
 
 async def test_barge_in_stops_queued_audio_at_once(autojump_clock):
@@ -271,7 +276,7 @@ async def test_processor_returning_at_once_closes_cleanly_every_time(autojump_cl
         async with memory_call(bye) as mc:
             await mc.peer.closed.wait()
         assert mc.peer.close_code == 1000
-        assert mc.result.ended_by == "processor"
+        assert mc.result.ended_by == EndReason.PROCESSOR
 
 
 async def test_what_a_call_leaves_behind_is_counted(autojump_clock):
@@ -312,6 +317,81 @@ async def test_processor_looping_on_play_after_hang_up_cannot_freeze_the_loop():
         await trio.sleep(0.2)
         await mc.peer.hang_up()
     # memory_call returns once the gateway's side of the call has ended
-    assert mc.result.ended_by == "hangup"
+    assert mc.result.ended_by == EndReason.HANGUP
     assert loops > 0
     assert mc.result.call.player.playout.stats.discarded > 0
+
+
+# -- the parts alone: the call state, the packet-reading routine, the metadata wait, watch --
+
+
+class FakeSocket:
+    """What the call's state reads and closes, without a WebSocket: each `reads` entry is the
+    message list of one `receive_messages`; after the last one, ACS hangs up."""
+
+    def __init__(self, *reads: list[bytes | bytearray]) -> None:
+        self.reads = list(reads)
+        self.pings_received = 0
+        self.closed: list[tuple[int, str]] = []
+
+    async def receive_messages(self) -> list[bytes | bytearray]:
+        await trio.lowlevel.checkpoint()
+        if not self.reads:
+            raise ConnectionClosed(1000, "bye")
+        return self.reads.pop(0)
+
+    async def close(self, code: int, reason: str) -> None:
+        self.closed.append((code, reason))
+
+
+METADATA = b'{"kind":"AudioMetadata","audioMetadata":{"sampleRate":16000}}'
+AUDIO = b'{"kind":"AudioData","audioData":{"data":"AAA="}}'
+DTMF = b'{"kind":"DtmfData","dtmfData":{"data":"5"}}'
+
+
+def call_state(ws: FakeSocket, **settings: float) -> CallState:
+    return CallState(ws, CallSettings(**settings), call_logger(None, None, "fake"), CallStats())
+
+
+async def test_the_first_end_reason_is_the_one_reported(autojump_clock):
+    state = call_state(FakeSocket())
+    assert state.outcome().ended_by == EndReason.CANCELLED  # nobody ended it: drained
+    assert state.end(EndReason.HANGUP, 1000)
+    assert not state.end(EndReason.PROCESSOR, 1000)
+    outcome = state.outcome()
+    assert (outcome.ended_by, outcome.close_code) == (EndReason.HANGUP, 1000)
+    assert outcome.ended_by == "hangup"  # the metric label and the log word
+
+
+async def test_read_packets_skips_and_counts_malformed_ones(autojump_clock):
+    state = call_state(FakeSocket([METADATA, b"garbage", AUDIO]))
+    packets = await state.read_packets()
+    assert [type(p) for p in packets] == [AudioMetadata, AudioData]
+    assert state.stats.protocol_errors == {"not_json": 1}
+
+
+async def test_the_metadata_wait_keeps_what_came_with_it(autojump_clock):
+    state = call_state(FakeSocket([DTMF], [METADATA, AUDIO]))
+    first = await wait_for_metadata(state)
+    assert isinstance(first, AudioMetadata) and first.sample_rate == 16000
+    assert [type(p) for p, _ in state.early] == [DtmfData, AudioData]
+    assert (state.stats.packets_in, state.stats.audio_frames_in) == (2, 1)
+    assert state.ended_by is None
+
+
+async def test_the_metadata_wait_reports_a_hang_up(autojump_clock):
+    state = call_state(FakeSocket([DTMF]))
+    assert await wait_for_metadata(state) is None
+    assert (state.ended_by, state.close_code) == (EndReason.HANGUP, 1000)
+    assert state.ws.closed == []
+
+
+async def test_watch_closes_an_idle_call(autojump_clock):
+    ws = FakeSocket()
+    state = call_state(ws, idle_timeout=5, max_call_duration=1000)
+    start = trio.current_time()
+    with state.scope:
+        await watch(state)
+    assert trio.current_time() - start == pytest.approx(5)
+    assert (state.ended_by, state.close_code) == (EndReason.IDLE, 1000)
+    assert ws.closed == [(1000, "no inbound audio for 5 s")]

@@ -1,4 +1,4 @@
-"""The codec: every inbound kind and edge case of ../shared/acs-protocol.md, and the official
+"""The codec: every inbound kind and edge case of docs/protocol.md, and the official
 JS SDK's own output (tests/oracle) as the reference for outbound bytes and inbound values."""
 
 from __future__ import annotations
@@ -148,7 +148,8 @@ def test_big_tick_offsets_stay_exact():
 def test_we_accept_what_the_sdk_crashes_on(name, check):
     case = next(c for c in FIXTURES["inbound"] if c["name"] == name)
     assert case["sdk_error"]  # the SDK throws here...
-    assert check(codec.decode(case["message"]))  # ...we follow acs-protocol.md f.2
+    # ...we follow docs/protocol.md, "Inbound: unknown and malformed messages"
+    assert check(codec.decode(case["message"]))
 
 
 @pytest.mark.parametrize(

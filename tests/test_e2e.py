@@ -7,15 +7,16 @@ import gc
 import logging
 import socket
 
-import orjson
 import pybase64
 import pytest
 import trio
 import trio_websocket
 
+from gateway.acs import client
 from gateway.processors import Call
 from gateway.testing import open_gateway, simulated_call, speech
-from tests.conftest import open_fds, raw_acs_stream, task_count
+from gateway.wire.framing import OP_TEXT
+from tests.conftest import RAW_MASK, open_fds, raw_acs_stream, task_count
 
 ONE_SECOND_16K = speech(16000)[: 16000 * 2]
 
@@ -67,12 +68,9 @@ def _abrupt(url: str) -> None:
     """Connect, upgrade, send metadata and half a frame, then reset the TCP connection."""
     host, port = url.removeprefix("ws://").rsplit(":", 1)
     sock = socket.create_connection((host, int(port)))
-    sock.sendall(
-        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
+    sock.sendall(client.upgrade_request("x", "/", ())[0])
     assert sock.recv(4096).startswith(b"HTTP/1.1 101")
-    sock.sendall(b"\x81\xfe\x04\x00mask" + b"x" * 100)  # a 1 KB frame, cut short
+    sock.sendall(client.masked_frame(OP_TEXT, b"x" * 1024, RAW_MASK)[:108])  # a 1 KB frame, cut
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     sock.close()  # RST
 
@@ -88,7 +86,7 @@ async def test_abrupt_disconnects_do_not_disturb_a_good_call():
                 await call.wait_for_audio(len(ONE_SECOND_16K))
             assert call.received_pcm == ONE_SECOND_16K
         with trio.fail_after(5):
-            while server.live:
+            while server.live:  # noqa: ASYNC110  (a counter polled under fail_after; no event)
                 await trio.sleep(0.01)
         assert server.stats.calls_failed == 0
 
@@ -208,7 +206,7 @@ async def test_many_calls_leave_no_tasks_or_sockets_behind():
                 for i in range(40):
                     nursery.start_soon(one, i)
         with trio.fail_after(5):
-            while server.live:
+            while server.live:  # noqa: ASYNC110  (a counter polled under fail_after; no event)
                 await trio.sleep(0.01)
         await trio.sleep(0.05)
         assert task_count() == tasks
@@ -259,22 +257,20 @@ async def test_a_peer_that_stops_reading_still_gets_every_byte_in_order():
         stream = await raw_acs_stream(server.urls[0])
         await trio.sleep(0.5)  # not reading: the gateway's writes fill the kernel buffers
         buffer = bytearray()
+        frames = client.ServerFrames()
         received = bytearray()
         with trio.fail_after(20):
             while b"\r\n\r\n" not in buffer:
                 buffer += await stream.receive_some(1 << 16)
             assert buffer.startswith(b"HTTP/1.1 101")
-            del buffer[: buffer.index(b"\r\n\r\n") + 4]
-            while len(received) < len(audio):
-                buffer += await stream.receive_some(1 << 16)
-                while len(buffer) >= 4:
-                    n, head = buffer[1] & 0x7F, 2
-                    if n == 126:
-                        n, head = int.from_bytes(buffer[2:4], "big"), 4
-                    if len(buffer) < head + n:
-                        break
-                    message = orjson.loads(bytes(buffer[head : head + n]))
-                    received += pybase64.b64decode(message["audioData"]["data"])
-                    del buffer[: head + n]
+            data = bytes(buffer[buffer.index(b"\r\n\r\n") + 4 :])
+            while True:
+                for message in frames.receive(data):
+                    kind, b64 = client.classify(message)
+                    assert kind == client.AUDIO
+                    received += pybase64.b64decode(b64)
+                if len(received) >= len(audio):
+                    break
+                data = await stream.receive_some(1 << 16)
         assert bytes(received) == audio
         await stream.aclose()

@@ -20,7 +20,7 @@ import pytest
 import trio
 import trio.testing
 
-from gateway.call.run import CallSettings
+from gateway.call import CallSettings, EndReason
 from gateway.processors import Call, load
 from gateway.server.serve import Server
 from gateway.testing import open_gateway, simulated_call
@@ -100,8 +100,8 @@ async def test_an_ended_call_leaves_no_reference_cycles():
 
     async with open_gateway(playout_lead_ms=5000) as server:
         await one_call(server.urls[0])  # first-use allocations
+        gc.collect()  # before the census: earlier tests' garbage may still hold sockets
         tasks, fds = task_count(), open_fds()
-        gc.collect()
         gc.disable()
         try:
             for _ in range(5):
@@ -231,12 +231,12 @@ async def test_a_trickling_reader_is_closed_within_send_timeout(autojump_clock):
             assert ended, "the trickling call is still running"
             assert good.peer.received_pcm == audio
             assert not good.peer.closed.is_set()
-    assert trickling.result.ended_by == "send_timeout"
+    assert trickling.result.ended_by == EndReason.SEND_TIMEOUT
     # the first echo after the stall could not go out; it gave up send_timeout later
     # the first echo after the stall went out (the reader was mid-read); the next one, 20 ms
     # later, never completed and was given up send_timeout after it started
     assert 2.0 <= ended[0] - start <= 2.0 + 0.02 + 0.01
-    assert good.result.ended_by == "hangup"
+    assert good.result.ended_by == EndReason.HANGUP
     assert task_count() == tasks
 
 
@@ -377,7 +377,7 @@ async def test_a_hung_processor_ends_hangup_grace_after_the_hang_up(autojump_clo
         await mc.peer.hang_up()
     assert cancelled_at[0] - hung_up == pytest.approx(1.5, abs=1e-6)
     stats = mc.result.stats
-    assert mc.result.ended_by == "hangup"
+    assert mc.result.ended_by == EndReason.HANGUP
     assert (stats.audio_frames_in, stats.audio_frames_dropped, stats.packets_unread) == (50, 40, 10)
     assert task_count() == tasks
 
@@ -391,7 +391,7 @@ async def test_a_hung_processor_on_a_call_that_never_ends_stops_at_max_duration(
         await _send_at(mc.peer, 50, 60)  # ACS talks for a minute; the call ends first
         assert mc.peer.close_code == 1000
     assert cancelled_at[0] - start == pytest.approx(5, abs=0.05)
-    assert mc.result.ended_by == "max_duration"
+    assert mc.result.ended_by == EndReason.MAX_DURATION
 
 
 async def test_a_stalled_upstream_ends_with_its_call_and_its_socket_is_closed():

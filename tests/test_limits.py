@@ -1,4 +1,5 @@
-"""Limits: everything a peer can make the gateway hold is bounded (README, "Bad input policy")."""
+"""Limits: everything a peer can make the gateway hold is bounded (docs/security.md, "Bad input
+policy")."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ import trio.testing
 import trio_websocket
 
 from gateway import config
+from gateway.call import CallSettings, EndReason
 from gateway.call.limits import FloodGate
-from gateway.call.run import CallSettings
 from gateway.errors import ConfigError
 from gateway.processors import Call, load
-from gateway.server.serve import _in_networks
+from gateway.server.admission import in_networks
 from gateway.testing import open_gateway, simulated_call, speech
 from gateway.testing.peer import SimulatedCall
 from tests.conftest import memory_call, raw_acs_stream
@@ -78,7 +79,7 @@ async def test_a_short_flood_is_dropped_and_counted_but_the_call_goes_on(autojum
         await trio.sleep(1)
         assert not mc.peer.closed.is_set()
     stats = mc.result.stats
-    assert mc.result.ended_by == "hangup"
+    assert mc.result.ended_by == EndReason.HANGUP
     assert 0 < stats.frames_flood_dropped < flood
     # every frame is either taken or counted as dropped: nothing vanishes
     assert stats.audio_frames_in + stats.frames_flood_dropped == flood + calm
@@ -94,7 +95,7 @@ async def test_a_persistent_flood_closes_the_call_with_1008(autojump_clock):
             await mc.peer.closed.wait()
         closed_after = trio.current_time() - start
     assert mc.peer.close_code == 1008
-    assert mc.result.ended_by == "flood"
+    assert mc.result.ended_by == EndReason.FLOOD
     assert mc.result.close_code == 1008
     # the first drop comes once the one-second bucket is spent (~0.33 s), then the grace
     assert 2.3 <= closed_after <= 2.5
@@ -112,7 +113,7 @@ async def test_a_flood_before_the_metadata_is_bounded_too(autojump_clock):
             pass
         with trio.fail_after(5):
             await mc.peer.closed.wait()
-    assert mc.result.ended_by == "flood"
+    assert mc.result.ended_by == EndReason.FLOOD
     assert mc.peer.close_code == 1008
 
 
@@ -125,7 +126,7 @@ async def test_a_call_without_inbound_audio_is_closed_after_the_idle_timeout(aut
         with trio.fail_after(10):
             await mc.peer.closed.wait()
         assert trio.current_time() - last_audio == pytest.approx(5, abs=0.05)
-    assert mc.result.ended_by == "idle"
+    assert mc.result.ended_by == EndReason.IDLE
     assert mc.peer.close_code == 1000
     assert len(mc.peer.received_pcm) == 400 * len(FRAME)  # everything was echoed first
 
@@ -139,7 +140,7 @@ async def test_a_call_is_closed_at_the_maximum_duration(autojump_clock):
             with trio.fail_after(10):
                 await mc.peer.closed.wait()
         assert trio.current_time() - start == pytest.approx(3, abs=0.05)
-    assert mc.result.ended_by == "max_duration"
+    assert mc.result.ended_by == EndReason.MAX_DURATION
     assert mc.peer.close_code == 1000
 
 
@@ -205,8 +206,8 @@ async def test_a_peer_that_stops_reading_loses_its_call_and_no_other(autojump_cl
                 nursery.cancel_scope.cancel()
             assert good.peer.received_pcm == audio
             assert not good.peer.closed.is_set()
-    assert stuck.result.ended_by == "send_timeout"
-    assert good.result.ended_by == "hangup"
+    assert stuck.result.ended_by == EndReason.SEND_TIMEOUT
+    assert good.result.ended_by == EndReason.HANGUP
     # the first echo after the stall blocked within a frame; it gave up send_timeout later
     assert 2.0 <= ended_at[0] - stalled_at <= 2.05
 
@@ -262,7 +263,7 @@ async def test_sources_outside_the_allowed_networks_get_403():
 )
 def test_allow_list_matching(source, allowed):
     networks = tuple(ipaddress.ip_network(n) for n in ("52.112.0.0/14", "2603:1063::/38"))
-    assert _in_networks(source, networks) is allowed
+    assert in_networks(source, networks) is allowed
 
 
 async def test_a_stuck_peer_on_a_real_socket_is_reset_and_the_other_call_goes_on():

@@ -237,16 +237,19 @@ def test_local_histogram_flush_equals_observing_one_by_one():
 WORKER = textwrap.dedent(
     """
     import os, sys
+    from gateway.call.outcome import EndReason
     from gateway.ops.metrics import Metrics
-    from gateway.processors import CallStats
+    from gateway.server import ServerStats
 
+    stats = ServerStats()
     metrics = Metrics()
+    metrics.follow(stats.totals)
     frames = int(sys.argv[1])
-    ended = metrics.call_started(
-        CallStats(audio_frames_in=frames, messages_out=frames + 1, stop_audio_sent=1)
-    )
-    metrics.call_ended(ended, 2.0, "hangup")
-    metrics.call_started(CallStats(audio_frames_in=5))  # still live when the worker exits
+    ended = stats.call_started()
+    ended.audio_frames_in, ended.messages_out, ended.stop_audio_sent = frames, frames + 1, 1
+    stats.call_ended(ended, EndReason.HANGUP, failed=False)
+    metrics.durations.observe(2.0)
+    stats.call_started().audio_frames_in = 5  # still live when the worker exits
     metrics.processing.observe(0.003)
     metrics.flush()
     print(os.getpid())

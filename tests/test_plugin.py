@@ -1,5 +1,6 @@
 """The pytest plugin (`gateway.testing.pytest_plugin`, entry point `pytest11`): its fixtures, and
-the README's example tests, run as a user runs them (a fresh pytest in a directory of its own)."""
+the example tests of docs/testing.md, run as a user runs them (a fresh pytest in a directory of
+its own)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from gateway.simulate import workers
 from gateway.simulate.runner import Options
 from gateway.testing import open_gateway
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+PAGE = (Path(__file__).resolve().parent.parent / "docs" / "testing.md").read_text()
 
 pressed: list[str] = []
 
@@ -61,7 +62,7 @@ def test_the_plugin_is_registered_through_its_entry_point():
 
 def _readme_block(first_line: str) -> str:
     return next(
-        b for b in re.findall(r"```python\n(.*?)```", README, re.S) if b.startswith(first_line)
+        b for b in re.findall(r"```python\n(.*?)```", PAGE, re.S) if b.startswith(first_line)
     )
 
 

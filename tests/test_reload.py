@@ -17,15 +17,15 @@ from gateway.config import RELOADABLE, SETTINGS, Config
 from gateway.ops.reload import plan, reload
 from gateway.testing import open_gateway, simulated_call
 from tests.test_cli import Daemon, daemon
-from tests.test_docs import README
+from tests.test_docs import CONFIGURATION
 from tests.test_health import http, no_live_calls, samples
 
 FRAME = 640
 
 
-def test_the_readme_marks_exactly_the_reloadable_settings():
+def test_the_configuration_page_marks_exactly_the_reloadable_settings():
     marks = {}  # setting -> its "SIGHUP" cell in the configuration table
-    for row in re.finditer(r"^\| `(\w+)` \| [^|]* \| [^|]* \| (\w+) \|", README, re.M):
+    for row in re.finditer(r"^\| `(\w+)` \| [^|]* \| [^|]* \| (\w+) \|", CONFIGURATION, re.M):
         marks[row.group(1)] = row.group(2)
     assert {name: marks.get(name) for name in SETTINGS} == {
         name: "reload" if name in RELOADABLE else "restart" for name in SETTINGS

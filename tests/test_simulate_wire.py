@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from gateway.acs import client as wire
 from gateway.acs import codec
 from gateway.acs.packets import AudioData, AudioMetadata, DtmfData
+from gateway.simulate import tagging
 from gateway.wire import framing
 
 MASK = b"\x01\x02\x03\x04"
@@ -100,11 +101,11 @@ def test_upgrade_request_and_response():
 
 @given(st.binary(min_size=640, max_size=640), st.integers(0, 1_000_000))
 def test_the_tag_survives_base64_and_changes_only_low_bits(pcm, seq):
-    tagged = wire.tag(pcm, seq)
+    tagged = tagging.tag(pcm, seq)
     assert len(tagged) == len(pcm) and tagged[64:] == pcm[64:]
     assert all(a >> 1 == b >> 1 for a, b in zip(pcm[0:64:2], tagged[0:64:2], strict=True))
     assert tagged[1:64:2] == pcm[1:64:2]  # high bytes untouched: at most one step of 32768
-    assert wire.read_tag(pybase64.b64encode_as_string(tagged)) == seq & 0xFFFF
+    assert tagging.read_tag(pybase64.b64encode_as_string(tagged)) == seq & 0xFFFF
 
 
 def test_untagged_audio_is_almost_never_read_as_tagged():
@@ -112,10 +113,10 @@ def test_untagged_audio_is_almost_never_read_as_tagged():
 
     rng = random.Random(7)
     clips = [bytes(rng.getrandbits(8) for _ in range(640)) for _ in range(2000)]
-    found = [wire.read_tag(pybase64.b64encode_as_string(c)) for c in clips]
+    found = [tagging.read_tag(pybase64.b64encode_as_string(c)) for c in clips]
     assert sum(f is not None for f in found) <= 1
-    assert wire.read_tag(pybase64.b64encode_as_string(bytes(640))) is None  # silence
-    assert wire.read_tag("short") is None
+    assert tagging.read_tag(pybase64.b64encode_as_string(bytes(640))) is None  # silence
+    assert tagging.read_tag("short") is None
 
 
 def test_classify_and_length_without_decoding():
@@ -123,8 +124,8 @@ def test_classify_and_length_without_decoding():
     data = pybase64.b64encode_as_string(pcm)
     audio = orjson.dumps({"kind": "audioData", "audioData": {"data": data}, "stopAudio": {}})
     assert wire.classify(audio) == (wire.AUDIO, data)
-    assert wire.b64_pcm_bytes(data) == len(pcm)
-    assert wire.b64_pcm_bytes(pybase64.b64encode_as_string(b"abcd")) == 4
+    assert tagging.b64_pcm_bytes(data) == len(pcm)
+    assert tagging.b64_pcm_bytes(pybase64.b64encode_as_string(b"abcd")) == 4
     assert wire.classify(b'{"kind":"stopAudio","stopAudio":{}}') == (wire.STOP, "")
     assert wire.classify(b"not json")[0] == wire.OTHER
     assert wire.classify(b'{"kind":"audioData"}')[0] == wire.OTHER
@@ -133,7 +134,7 @@ def test_classify_and_length_without_decoding():
 
 @pytest.mark.parametrize("participant", [None, '8:acs:"quoted"\u00e9'])
 def test_fast_audio_frames_are_the_same_messages(participant):
-    frames = wire.AudioFrames(key=b"\x9a\x01\xff\x37")
+    frames = tagging.AudioFrames(key=b"\x9a\x01\xff\x37")
     reader = framing.FrameReader(max_message_bytes=65536)
     clip = [bytes(range(256)) * 2 + bytes(128), bytes(640), b"\x05\x00" * 480]
     for seq, pcm in enumerate(clip * 3):  # cached parts reused across frames
@@ -143,6 +144,34 @@ def test_fast_audio_frames_are_the_same_messages(participant):
             assert message.data.decode() == frames.text(pcm, seq, participant, silent)
             packet = codec.decode(message)
             assert isinstance(packet, AudioData)
-            assert packet.pcm == wire.tag(pcm, seq)
+            assert packet.pcm == tagging.tag(pcm, seq)
             assert (packet.participant_raw_id, packet.silent) == (participant, silent)
-            assert wire.read_tag(packet.data) == seq
+            assert tagging.read_tag(packet.data) == seq
+
+
+@pytest.mark.parametrize("participant", [None, "", '8:acs:"quoted"\u00e9'])
+@pytest.mark.parametrize("silent", [False, True])
+def test_packets_as_dicts_and_as_text_are_the_same_json(participant, silent):
+    pcm = bytes(range(256)) * 2 + bytes(128)
+    assert orjson.dumps(wire.audio_packet(pcm, participant, silent)).decode() == wire.audio_text(
+        pcm, participant, silent
+    )
+    frames = tagging.AudioFrames()
+    assert frames.text(pcm, 9, participant, silent) == wire.audio_text(
+        tagging.tag(pcm, 9), participant, silent
+    )
+    assert orjson.loads(wire.metadata_text(24000, "sub")) == wire.metadata_packet(24000, "sub")
+    assert orjson.loads(wire.dtmf_text("#")) == wire.dtmf_packet("#")
+
+
+def test_acs_headers_and_a_reproducible_upgrade():
+    assert wire.acs_headers("conn", "corr", "t0ken") == [
+        ("x-ms-call-connection-id", "conn"),
+        ("x-ms-call-correlation-id", "corr"),
+        ("Authorization", "Bearer t0ken"),
+    ]
+    assert wire.acs_headers(None, None) == []
+    key = b"dGhlIHNhbXBsZSBub25jZQ=="
+    request, accept = wire.upgrade_request("x", "/", (), key)
+    assert request == wire.upgrade_request("x", "/", (), key)[0]
+    assert accept == b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="  # RFC 6455 section 1.3's example

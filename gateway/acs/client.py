@@ -1,21 +1,17 @@
-"""Sans-IO client side of an ACS media-streaming WebSocket, for the load simulator.
+"""Sans-IO client side of an ACS media-streaming WebSocket: what ACS Call Automation puts on the
+wire and how it reads the gateway's answer. One module for the simulator, the test peers
+(`gateway.testing`) and the tests.
 
-Owns: the upgrade request and the check of its answer, masked client frames, reading the
-server's (unmasked) frames, the inbound ACS packets as text, sorting what the gateway sends
-into audio / stop-audio / other, and the tag that lets an echoed frame be matched to the frame
-it echoes. Never: I/O, clocks, tasks.
+Owns: the upgrade request (ACS's `x-ms-call-*` headers, an optional bearer token) and the check
+of its 101 answer, masked client frames, reading the server's (unmasked) frames, the inbound ACS
+packets as dicts and as text, and sorting what the gateway sends into audio / stop-audio /
+other. Never: I/O, clocks, tasks; the gateway's side of the wire (`gateway.wire`); anything
+only the simulator needs (the echo tag: `gateway.simulate.tagging`).
 
-Why not the peer in `gateway.testing` (trio-websocket): the simulator must run hundreds of
+Why not trio-websocket (which `gateway.testing.peer` uses): the simulator must run hundreds of
 calls from one core without being the bottleneck; trio-websocket puts a task and a channel in
-front of every message and wsproto's parser costs more per frame than everything else here
-(README, "Performance"). Per frame this module costs a few microseconds: one tag, one base64,
-one f-string, one XOR.
-
-The tag: the 32 low-order bits of the first 32 samples of every frame carry the call's frame
-sequence number (16 bits) and a 16-bit check. That changes each sample by at most one step in
-32768 (inaudible, and harmless to speech recognition), survives an echo byte for byte, and a
-frame the processor made itself matches by chance once in 65536 frames at most, and only if
-the sequence is one the call really sent recently.
+front of every message and wsproto's parser costs more per frame than everything else here.
+Per frame this module costs a few microseconds: one base64, one f-string, one XOR.
 """
 
 from __future__ import annotations
@@ -25,7 +21,7 @@ import hashlib
 import os
 import uuid
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
 
 import orjson
 import pybase64
@@ -41,11 +37,26 @@ MAX_RESPONSE_HEAD: Final = 16384
 # -- the upgrade --
 
 
+def acs_headers(
+    connection_id: str | None, correlation_id: str | None, token: str | None = None
+) -> list[tuple[str, str]]:
+    """The headers ACS adds to its upgrade request (each one only when given)."""
+    headers = []
+    if connection_id is not None:
+        headers.append(("x-ms-call-connection-id", connection_id))
+    if correlation_id is not None:
+        headers.append(("x-ms-call-correlation-id", correlation_id))
+    if token is not None:
+        headers.append(("Authorization", f"Bearer {token}"))
+    return headers
+
+
 def upgrade_request(
-    host: str, resource: str, headers: Sequence[tuple[str, str]]
+    host: str, resource: str, headers: Sequence[tuple[str, str]], key: bytes | None = None
 ) -> tuple[bytes, bytes]:
-    """The HTTP upgrade request ACS sends, and the `Sec-WebSocket-Accept` value to expect."""
-    key = base64.b64encode(os.urandom(16))
+    """The HTTP upgrade request ACS sends, and the `Sec-WebSocket-Accept` value to expect.
+    `key` (base64 of 16 bytes) is random unless given, e.g. for byte-reproducible requests."""
+    key = key or base64.b64encode(os.urandom(16))
     lines = [
         f"GET {resource} HTTP/1.1",
         f"Host: {host}",
@@ -95,11 +106,16 @@ def parse_upgrade_response(buffer: bytearray, accept: bytes) -> int | None:
 # -- frames --
 
 
+def masked_header(opcode: int, length: int, mask: bytes) -> bytes:
+    """The header of one final client frame of `length` payload bytes, ending with `mask`."""
+    head = bytearray(framing.frame_header(opcode, length))
+    head[1] |= 0x80
+    return bytes(head) + mask
+
+
 def masked_frame(opcode: int, payload: bytes, mask: bytes) -> bytes:
     """One final client frame. Masking is the same XOR as unmasking."""
-    head = bytearray(framing._header(opcode, len(payload)))
-    head[1] |= 0x80
-    return bytes(head) + mask + framing._unmask(payload, mask)
+    return masked_header(opcode, len(payload), mask) + framing.unmask(payload, mask)
 
 
 def masked_text(text: str, mask: bytes) -> bytes:
@@ -108,6 +124,10 @@ def masked_text(text: str, mask: bytes) -> bytes:
 
 def masked_close(code: int, mask: bytes) -> bytes:
     return masked_frame(framing.OP_CLOSE, code.to_bytes(2, "big"), mask)
+
+
+def pong(payload: bytes, mask: bytes) -> bytes:
+    return masked_frame(framing.OP_PONG, payload, mask)
 
 
 class ServerFrames:
@@ -159,40 +179,65 @@ class ServerFrames:
         return events
 
 
-def pong(payload: bytes, mask: bytes) -> bytes:
-    return masked_frame(framing.OP_PONG, payload, mask)
+# -- inbound ACS packets (what ACS sends), as dicts and as text --
 
 
-# -- inbound ACS packets (what the simulator sends) --
+def metadata_packet(sample_rate: int, subscription_id: str | None = None) -> dict[str, Any]:
+    """`AudioMetadata` for 20 ms PCM16 mono frames; a random subscription id unless given."""
+    return {
+        "kind": "AudioMetadata",
+        "audioMetadata": {
+            "subscriptionId": subscription_id or str(uuid.uuid4()),
+            "encoding": "PCM",
+            "sampleRate": sample_rate,
+            "channels": 1,
+            "length": frame_bytes(sample_rate),
+        },
+    }
 
 
-def metadata_text(sample_rate: int) -> str:
-    return orjson.dumps(
-        {
-            "kind": "AudioMetadata",
-            "audioMetadata": {
-                "subscriptionId": str(uuid.uuid4()),
-                "encoding": "PCM",
-                "sampleRate": sample_rate,
-                "channels": 1,
-                "length": frame_bytes(sample_rate),
-            },
-        }
-    ).decode()
+def audio_packet(
+    pcm: bytes, participant: str | None = None, silent: bool = False
+) -> dict[str, Any]:
+    """`AudioData` with the keys in `audio_text`'s order: `orjson.dumps` of it is that text."""
+    payload: dict[str, Any] = {"timestamp": TIMESTAMP}
+    if participant is not None:
+        payload["participantRawID"] = participant
+    payload["silent"] = silent
+    payload["data"] = pybase64.b64encode_as_string(pcm)
+    return {"kind": "AudioData", "audioData": payload}
 
 
-def audio_text(pcm: bytes, participant: str | None, silent: bool) -> str:
-    data = pybase64.b64encode_as_string(pcm)
-    who = f',"participantRawID":{orjson.dumps(participant).decode()}' if participant else ""
+def dtmf_packet(tone: str) -> dict[str, Any]:
+    return {"kind": "DtmfData", "dtmfData": {"data": tone}}
+
+
+def metadata_text(sample_rate: int, subscription_id: str | None = None) -> str:
+    return orjson.dumps(metadata_packet(sample_rate, subscription_id)).decode()
+
+
+def audio_prefix(participant: str | None, silent: bool) -> str:
+    """An `AudioData` message up to its base64 data, which comes last: the text before the
+    audio does not depend on it, so a sender can build it once per (participant, silent)."""
+    who = ""
+    if participant is not None:
+        who = f',"participantRawID":{orjson.dumps(participant).decode()}'
     quiet = "true" if silent else "false"
     return (
         f'{{"kind":"AudioData","audioData":{{"timestamp":"{TIMESTAMP}"{who},'
-        f'"data":"{data}","silent":{quiet}}}}}'
+        f'"silent":{quiet},"data":"'
     )
 
 
+AUDIO_SUFFIX: Final = '"}}'  # what follows the base64 data of an `AudioData` message
+
+
+def audio_text(pcm: bytes, participant: str | None, silent: bool) -> str:
+    return audio_prefix(participant, silent) + pybase64.b64encode_as_string(pcm) + AUDIO_SUFFIX
+
+
 def dtmf_text(tone: str) -> str:
-    return orjson.dumps({"kind": "DtmfData", "dtmfData": {"data": tone}}).decode()
+    return orjson.dumps(dtmf_packet(tone)).decode()
 
 
 # -- what the gateway sends --
@@ -202,7 +247,7 @@ STOP: Final = "stopAudio"
 OTHER: Final = "other"
 
 
-def classify(message: bytes) -> tuple[str, str]:
+def classify(message: str | bytes) -> tuple[str, str]:
     """("audioData", base64 data) | ("stopAudio", "") | ("other", "")."""
     try:
         obj = orjson.loads(message)
@@ -212,122 +257,3 @@ def classify(message: bytes) -> tuple[str, str]:
     except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError):
         return OTHER, ""
     return (STOP, "") if kind == STOP else (OTHER, "")
-
-
-def b64_pcm_bytes(data: str) -> int:
-    """PCM bytes in a base64 string, without decoding it."""
-    return len(data) * 3 // 4 - data.count("=", -2)
-
-
-# -- the echo tag --
-
-TAG_SAMPLES: Final = 32
-# The tag lives in the low bytes of samples 0..31: bytes 0, 2, ..., 62. The first 63 bytes are
-# 84 base64 characters exactly (63 = 3 * 21), so the rest of a frame's base64 does not depend
-# on the tag and is computed once per clip frame (`AudioFrames`).
-HEAD_BYTES: Final = 63
-_HEAD_B64: Final = HEAD_BYTES // 3 * 4
-_KEEP: Final = ((1 << (8 * HEAD_BYTES)) - 1) ^ sum(1 << (16 * i) for i in range(TAG_SAMPLES))
-_SPREAD: Final = [sum(((b >> j) & 1) << (16 * j) for j in range(8)) for b in range(256)]
-
-
-def _check(seq: int) -> int:
-    return ((seq * 0x9E37) ^ 0xA5C3) & 0xFFFF
-
-
-def _tag_head(head: bytes, seq: int) -> bytes:
-    word = (seq & 0xFFFF) | _check(seq & 0xFFFF) << 16
-    spread = (
-        _SPREAD[word & 0xFF]
-        | _SPREAD[(word >> 8) & 0xFF] << 128
-        | _SPREAD[(word >> 16) & 0xFF] << 256
-        | _SPREAD[word >> 24] << 384
-    )
-    return (int.from_bytes(head, "little") & _KEEP | spread).to_bytes(HEAD_BYTES, "little")
-
-
-def tag(pcm: bytes, seq: int) -> bytes:
-    """`pcm` with frame number `seq` (mod 65536) in the low bits of its first 32 samples."""
-    if len(pcm) < HEAD_BYTES + 1:
-        return pcm
-    return _tag_head(pcm[:HEAD_BYTES], seq) + pcm[HEAD_BYTES:]
-
-
-def read_tag(data: str) -> int | None:
-    """The frame number tagged into base64 audio `data`, or None if it carries no valid tag."""
-    if len(data) < _HEAD_B64:
-        return None
-    try:
-        head = int.from_bytes(pybase64.b64decode(data[:_HEAD_B64]), "little")
-    except ValueError:
-        return None
-    word = 0
-    for i in range(TAG_SAMPLES):
-        word |= ((head >> (16 * i)) & 1) << i
-    seq = word & 0xFFFF
-    return seq if word >> 16 == _check(seq) else None
-
-
-# -- fast AudioData frames --
-
-
-def _xor(data: bytes, key: bytes, offset: int) -> bytes:
-    """`data` masked as if it started at byte `offset` of a payload masked with `key`."""
-    r = offset % 4
-    return framing._unmask(data, key[r:] + key[:r])
-
-
-class AudioFrames:
-    """Masked, tagged `AudioData` frames for many calls, at a few microseconds each.
-
-    Byte for byte the same message as `audio_text(tag(pcm, seq), participant, silent)`, with
-    `data` last, masked with one random key per `AudioFrames` (one per simulator process: an
-    unpredictable key, as RFC 6455 asks; only its reuse across this process's connections is
-    a shortcut, invisible to a server). What does not depend on the frame number (the JSON
-    around the audio, and the base64 after the tagged head, masked) is computed once per clip
-    frame and shared by every call, so a frame costs one small tag, one 84-character base64,
-    and masking those 84 bytes. The frame header and the masked JSON prefix are cached too.
-    The caches grow with the distinct clip frames given: meant for a scenario's clips.
-    """
-
-    def __init__(self, key: bytes | None = None) -> None:
-        self.key = key or os.urandom(4)
-        self._prefixes: dict[tuple[str | None, bool], bytes] = {}
-        self._tails: dict[tuple[bytes, int], bytes] = {}  # base64 after the head, masked
-        self._masked: dict[tuple[bytes, int], bytes] = {}  # header, key, masked JSON prefix
-
-    def text(self, pcm: bytes, seq: int, participant: str | None, silent: bool) -> str:
-        """The message (unmasked), e.g. for a recording."""
-        prefix = self._prefix(participant, silent).decode()
-        return prefix + pybase64.b64encode_as_string(tag(pcm, seq)) + '"}}'
-
-    def frame(self, pcm: bytes, seq: int, participant: str | None, silent: bool) -> bytes:
-        prefix = self._prefix(participant, silent)
-        at = len(prefix)
-        end = at + _HEAD_B64
-        tail = self._tails.get((pcm, end % 4))
-        if tail is None:
-            tail = self._tails[(pcm, end % 4)] = _xor(
-                pybase64.b64encode(pcm[HEAD_BYTES:]) + b'"}}', self.key, end
-            )
-        length = end + len(tail)
-        masked_prefix = self._masked.get((prefix, length))
-        if masked_prefix is None:
-            header = bytearray(framing._header(framing.OP_TEXT, end + len(tail)))
-            header[1] |= 0x80
-            masked_prefix = self._masked[prefix] = (
-                bytes(header) + self.key + _xor(prefix, self.key, 0)
-            )
-        head = pybase64.b64encode(_tag_head(pcm[:HEAD_BYTES], seq))
-        return b"".join((masked_prefix, _xor(head, self.key, at), tail))
-
-    def _prefix(self, participant: str | None, silent: bool) -> bytes:
-        prefix = self._prefixes.get((participant, silent))
-        if prefix is None:
-            who = f',"participantRawID":{orjson.dumps(participant).decode()}' if participant else ""
-            quiet = "true" if silent else "false"
-            prefix = self._prefixes[(participant, silent)] = (
-                f'{{"kind":"AudioData","audioData":{{"timestamp":"{TIMESTAMP}"{who},'
-                f'"silent":{quiet},"data":"'
-            ).encode()
-        return prefix

@@ -1,9 +1,10 @@
 """Sans-IO codec: ACS media-streaming messages <-> `gateway.packets` values.
 
-Owns: every wire spelling (see ../shared/acs-protocol.md (a), (b), (f)). Never: I/O, clocks,
-`async`, logging. All protocol knowledge lives here; the rest of the gateway sees packets.
+Owns: every wire spelling (docs/protocol.md, "Inbound: envelope" to "Outbound: stopAudio").
+Never: I/O, clocks, `async`, logging. All protocol knowledge lives here; the rest of the
+gateway sees packets.
 
-Rules (acs-protocol.md f.2):
+Rules (docs/protocol.md, "Inbound: envelope" and "Inbound: unknown and malformed messages"):
 - A message is one UTF-8 JSON object, in a text (`str`) or binary (`bytes`) frame.
 - `kind` is matched case-insensitively; when it is missing or unknown, the payload key decides
   (the Java SDK's strategy). A message with neither is `unknown_kind`.
@@ -11,7 +12,8 @@ Rules (acs-protocol.md f.2):
   fields of the wrong JSON type are `wrong_type`. Unknown keys are ignored.
 - Audio is validated here (standard padded base64, whole 16-bit samples), so a processor never
   sees a frame it cannot use.
-- Outbound messages are byte-for-byte what the official JS SDK 1.6.0 emits (acs-protocol.md b.1).
+- Outbound messages are byte-for-byte what the official JS SDK 1.6.0 emits (docs/protocol.md,
+  "Outbound: audioData").
 
 Every failure is a `ProtocolError` whose `reason` says what was wrong.
 """
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import binascii
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import orjson
 import pybase64
@@ -81,7 +83,12 @@ def encode(packet: OutboundPacket) -> str:
 # --- inbound: field readers ------------------------------------------------------------------
 
 
-def _opt(payload: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+_T = TypeVar("_T")
+
+
+def _opt(
+    payload: dict[str, Any], key: str, kind: type[_T] | tuple[type[_T], ...], where: str
+) -> _T | None:
     """`payload[key]` if present and not null, checked against `kind`; else None."""
     value = payload.get(key)
     if value is None:
@@ -100,11 +107,11 @@ def _names(kind: type | tuple[type, ...]) -> str:
 
 
 def _str(payload: dict[str, Any], key: str, where: str) -> str | None:
-    return _opt(payload, key, str, where)  # type: ignore[no-any-return]
+    return _opt(payload, key, str, where)
 
 
 def _int(payload: dict[str, Any], key: str, where: str) -> int | None:
-    return _opt(payload, key, int, where)  # type: ignore[no-any-return]
+    return _opt(payload, key, int, where)
 
 
 def _pcm(data: str, where: str) -> bytes:
@@ -127,7 +134,8 @@ def _audio_metadata(p: dict[str, Any]) -> AudioMetadata:
     encoding = _str(p, "encoding", w) or "PCM"
     if encoding.lower() != "pcm":
         raise ProtocolError("bad_value", f"{w}.encoding is {encoding!r}; only PCM is streamed")
-    sample_rate = _int(p, "sampleRate", w) or 16000  # the service default (acs-protocol.md d)
+    # 16 kHz is the service default (docs/protocol.md, "Audio format and timing").
+    sample_rate = _int(p, "sampleRate", w) or 16000
     if sample_rate <= 0 or sample_rate % 50:
         raise ProtocolError("bad_value", f"{w}.sampleRate {sample_rate} gives no 20 ms frame")
     channels = _int(p, "channels", w) or 1

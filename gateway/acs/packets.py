@@ -1,7 +1,7 @@
 """Typed values for every packet on an ACS media-streaming WebSocket.
 
 Owns: the shape of each packet, as the gateway's own code sees it (snake_case, decoded,
-validated). Wire spellings live only in `gateway.codec`; see ../shared/acs-protocol.md (a), (b).
+validated). Wire spellings live only in `gateway.codec`; see docs/protocol.md, "Inbound: envelope".
 Never: I/O, clocks, or JSON. Every packet is a frozen attrs value, so it can be shared between
 tasks and matched with `match`.
 
@@ -15,7 +15,8 @@ from typing import Final
 
 import attrs
 
-FRAME_MS: Final = 20  # ACS streams and plays 20 ms frames (acs-protocol.md (d))
+# ACS streams and plays 20 ms frames (docs/protocol.md, "Audio format and timing").
+FRAME_MS: Final = 20
 BYTES_PER_SAMPLE: Final = 2  # PCM 16-bit signed little-endian, mono
 SUPPORTED_SAMPLE_RATES: Final = (16000, 24000)
 

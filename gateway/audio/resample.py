@@ -12,11 +12,23 @@ in the model's own milliseconds.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 from ..acs.packets import BYTES_PER_SAMPLE
 
+if TYPE_CHECKING:  # numpy is imported only when resampling is used (the `realtime` extra)
+    import numpy as np
+    from numpy.typing import NDArray
+
 QUALITY: Final = "HQ"  # soxr "high quality": ~25 ms of delay, ~15 us per 20 ms frame here
+
+
+class _SoxrStream(Protocol):
+    """The part of `soxr.ResampleStream` used here (soxr ships no type information)."""
+
+    def resample_chunk(self, x: NDArray[np.int16], last: bool = False) -> NDArray[np.int16]: ...
+
+    def clear(self) -> None: ...
 
 
 class StreamResampler:
@@ -32,10 +44,13 @@ class StreamResampler:
         self.dst_rate = dst_rate
         self._stream = None if src_rate == dst_rate else self._open()
 
-    def _open(self) -> Any:
-        import soxr  # type: ignore[import-untyped]  # optional: the `realtime` extra
+    def _open(self) -> _SoxrStream:
+        import soxr  # optional: the `realtime` extra
 
-        return soxr.ResampleStream(self.src_rate, self.dst_rate, 1, dtype="int16", quality=QUALITY)
+        stream: _SoxrStream = soxr.ResampleStream(
+            self.src_rate, self.dst_rate, 1, dtype="int16", quality=QUALITY
+        )
+        return stream
 
     def process(self, pcm: bytes) -> bytes:
         if self._stream is None:
@@ -45,7 +60,7 @@ class StreamResampler:
         import numpy as np
 
         out = self._stream.resample_chunk(np.frombuffer(pcm, dtype=np.int16))
-        return out.tobytes()  # type: ignore[no-any-return,unused-ignore]
+        return out.tobytes()
 
     def flush(self) -> bytes:
         """End of the stream: everything still held back; the next `process` starts afresh."""
@@ -55,7 +70,7 @@ class StreamResampler:
 
         out = self._stream.resample_chunk(np.zeros(0, dtype=np.int16), last=True).tobytes()
         self._stream = self._open()
-        return out  # type: ignore[no-any-return]
+        return out
 
     def reset(self) -> None:
         """Forget what is held back (it is stale: the caller interrupted)."""

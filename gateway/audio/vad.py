@@ -31,7 +31,7 @@ class WebRtcVad:
         min_speech_ms: int = 60,
         min_silence_ms: int = 300,
     ) -> None:
-        import webrtcvad  # type: ignore[import-untyped]  # optional: the `vad` extra
+        import webrtcvad  # optional: the `vad` extra
 
         if not 0 <= aggressiveness <= 3:
             raise ValueError(f"vad aggressiveness must be 0-3, got {aggressiveness}")

@@ -1,5 +1,7 @@
 """One call: its nursery and tasks, what it takes in, and how its audio is paced out."""
 
-from .run import CallOutcome, CallSettings, CallTimings, run_call
+from .outcome import CallOutcome, CallTimings, EndReason
+from .run import run_call
+from .settings import CallSettings
 
-__all__ = ["CallOutcome", "CallSettings", "CallTimings", "run_call"]
+__all__ = ["CallOutcome", "CallSettings", "CallTimings", "EndReason", "run_call"]

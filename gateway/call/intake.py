@@ -1,5 +1,5 @@
 """What the receive task takes from the socket, and how the processor's side of the inbound
-channel is timed. `gateway.call` wires these into its tasks; nothing here knows the layout.
+channel is timed. `gateway.call.tasks` uses these; nothing here knows the layout.
 
 Owns: the per-read flood gate (`Intake`, over `gateway.limits.FloodGate`: messages beyond
 `max_frames_per_second`, pings included, are dropped unread and counted, and a flood lasting
@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import trio
 
@@ -25,10 +24,7 @@ from ..wire.events import Message
 from ..wire.websocket import ServerWebSocket
 from .interface import CallStats
 from .limits import FloodGate
-
-if TYPE_CHECKING:
-    from .run import CallSettings
-
+from .settings import CallSettings
 
 __all__ = ["ErrorPolicy", "Flooded", "Intake", "TimedPackets", "TooManyErrors"]
 
@@ -135,7 +131,9 @@ class ErrorPolicy:
             packet = decoder.decode(message)
         except ProtocolError as exc:
             self.stats.protocol_errors[exc.reason] += 1
-            if exc.reason == "unknown_kind":  # a newer ACS feature: ignore it (acs-protocol f.2)
+            # A newer ACS feature: ignore it (docs/protocol.md, "Inbound: unknown and malformed
+            # messages").
+            if exc.reason == "unknown_kind":
                 if self.stats.protocol_errors[exc.reason] == 1:
                     self.log.info("ignoring packets of an unknown kind: %s", exc)
                 return None

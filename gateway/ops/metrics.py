@@ -1,19 +1,22 @@
-"""Prometheus metrics: what the gateway counts, and how per-call counts reach Prometheus cheaply.
+"""Prometheus metrics: the gateway's counts as Prometheus series, brought up to date cheaply.
 
-Owns: every metric object (names, help, labels, buckets), the flush of per-call counters into
-them, and the aggregating registry for several worker processes. Never: a per-call label
-(unbounded cardinality), a Prometheus call per frame, or the event loop's time for I/O.
+Owns: every metric object (names, help, labels, buckets), the flush that brings them up to date,
+and the aggregating registry for several worker processes. Never: counts an event itself (the
+server's `ServerStats` is the one owner of every count: the counters here are derived from it),
+a per-call label (unbounded cardinality), a Prometheus call per frame, or the event loop's time
+for I/O.
+
+Derived, not counted twice. `follow(totals)` names where the counts come from; `flush()` reads
+the `Totals` (ended calls plus the live calls' own `CallStats`) and advances each Prometheus
+counter by what changed since the last flush. Prometheus' multiprocess mode only sees values written
+through metric objects, which is why the counters are advanced rather than collected. The
+flush runs every `FLUSH_INTERVAL` seconds and before each scrape, so `/metrics` is exact when
+it is read in this process; another process (the supervisor) sees it at most that late.
 
 Hot path. A frame costs the gateway about 60 us, and a prometheus-client `Counter.inc()` about
-0.6 us (a lock, and in multiprocess mode an mmap write), `Histogram.observe()` about 1.4 us. So:
-- per-frame counts (frames in and out, drops, stop-audio, protocol errors, upstream errors) are
-  counted in the call's own `CallStats` as before, and `Metrics.flush()` adds what changed since
-  the last flush: at the end of the call, every `FLUSH_INTERVAL` seconds for live calls, and
-  before each scrape, so `/metrics` is exact when it is read;
-- per-frame timings go into a `LocalHistogram` (a bisect and two adds) that the flush moves
-  into the Prometheus histogram;
-- rare events (calls accepted, refused, failed, ended; live calls; handshake failures) go to
-  Prometheus at once.
+0.6 us (a lock, and in multiprocess mode an mmap write), `Histogram.observe()` about 1.4 us. So
+per-frame counts stay in the call's `CallStats`, and per-frame timings go into a
+`LocalHistogram` (a bisect and two adds) that the flush moves into the Prometheus histogram.
 
 Several processes. With `PROMETHEUS_MULTIPROC_DIR` set (the supervisor sets it for its
 workers), prometheus-client writes every value to files in that directory, and
@@ -26,13 +29,14 @@ from __future__ import annotations
 
 import os
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
+import attrs
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
-from ..processors import Call, CallStats
+from ..call.outcome import EndReason
 
 NAMESPACE: Final = "acs_gateway"
 FLUSH_INTERVAL: Final = 1.0  # seconds; how far live calls' counters may lag between scrapes
@@ -68,19 +72,7 @@ CALL_DURATION_BUCKETS: Final = (
     7200.0,
     float("inf"),
 )
-_ENDED_BY: Final = (
-    "hangup",
-    "processor",
-    "processor_error",
-    "protocol",
-    "timeout",
-    "cancelled",
-    "gateway_error",
-    "flood",  # the limits (gateway.limits, gateway.call)
-    "idle",
-    "max_duration",
-    "send_timeout",
-)
+_ENDED_BY: Final = tuple(EndReason)  # every label value, exported at 0 from the start
 
 
 class LocalHistogram:
@@ -117,74 +109,28 @@ class LocalHistogram:
         self.total = 0.0
 
 
-class CallCounters:
-    """One live call's `CallStats` as last flushed: `take` collects only what changed since,
-    into totals that the flush adds to Prometheus once for all calls (a `Counter.inc()` costs
-    about 0.7 us; a thousand calls times four counters, every second, would stall the loop)."""
-
-    __slots__ = ("stats", "flushed", "errors", "upstream")
-
-    def __init__(self, stats: CallStats) -> None:
-        self.stats = stats
-        self.flushed = (0, 0, 0, 0, 0)  # frames in, out, inbound dropped, stop-audio, flooded
-        self.errors: dict[str, int] = {}
-        self.upstream: dict[str, int] = {}
-
-    def take(self, totals: Totals) -> None:
-        s = self.stats
-        now = (
-            s.audio_frames_in,
-            s.messages_out - s.stop_audio_sent,  # messages_out counts stop-audio too
-            s.audio_frames_dropped,
-            s.stop_audio_sent,
-            s.frames_flood_dropped,
-        )
-        if now != self.flushed:
-            was = self.flushed
-            totals.frames_in += now[0] - was[0]
-            totals.frames_out += now[1] - was[1]
-            totals.dropped += now[2] - was[2]
-            totals.stops += now[3] - was[3]
-            totals.flooded += now[4] - was[4]
-            self.flushed = now
-        if s.protocol_errors:
-            _take_by_label(s.protocol_errors, self.errors, totals.errors)
-        if s.upstream_errors:
-            _take_by_label(s.upstream_errors, self.upstream, totals.upstream)
-
-
-def _take_by_label(counts: dict[str, int], flushed: dict[str, int], totals: dict[str, int]) -> None:
-    for label, n in counts.items():
-        done = flushed.get(label, 0)
-        if n != done:
-            totals[label] = totals.get(label, 0) + n - done
-            flushed[label] = n
-
-
+@attrs.frozen
 class Totals:
-    """What changed in some calls since their last flush."""
+    """Every count the counters show, each a total since the start, live calls included. The
+    counts' owner makes it (`gateway.server.stats.ServerStats.totals`); fields are named after
+    the counters they feed."""
 
-    __slots__ = ("frames_in", "frames_out", "dropped", "stops", "flooded", "errors", "upstream")
-
-    def __init__(self) -> None:
-        self.frames_in = self.frames_out = self.dropped = self.stops = self.flooded = 0
-        self.errors: dict[str, int] = {}
-        self.upstream: dict[str, int] = {}
-
-    def add_to(self, metrics: Metrics) -> None:
-        for counter, n in (
-            (metrics.frames_in, self.frames_in),
-            (metrics.frames_out, self.frames_out),
-            (metrics.inbound_dropped, self.dropped),
-            (metrics.stop_audio_sent, self.stops),
-            (metrics.flood_dropped, self.flooded),
-        ):
-            if n:
-                counter.inc(n)
-        for reason, n in self.errors.items():
-            metrics.protocol_errors.labels(reason).inc(n)
-        for kind, n in self.upstream.items():
-            metrics.upstream_errors.labels(kind).inc(n)
+    live_calls: int
+    calls_accepted: int
+    calls_failed: int
+    frames_in: int
+    frames_out: int
+    inbound_dropped: int
+    stop_audio_sent: int
+    flood_dropped: int
+    unread_at_end: int
+    calls_ended: Mapping[str, int]  # by ended_by
+    calls_refused: Mapping[str, int]  # by the HTTP status sent
+    handshakes_failed: Mapping[str, int]  # by reason
+    auth_failed: Mapping[str, int]  # by reason
+    protocol_errors: Mapping[str, int]  # by reason
+    upstream_errors: Mapping[str, int]  # by kind
+    outbound_dropped: Mapping[str, float]  # seconds, by reason
 
 
 class Metrics:
@@ -288,58 +234,53 @@ class Metrics:
 
         self.processing = LocalHistogram(LATENCY_BUCKETS)
         self.lateness = LocalHistogram(LATENCY_BUCKETS)
-        self._live: set[CallCounters] = set()
+        self.durations = LocalHistogram(CALL_DURATION_BUCKETS)
+        self._totals: Callable[[], Totals] | None = None
+        self._shown: dict[object, float] = {}  # each derived series' total as last written
 
-    # -- per call --
-
-    def call_started(self, stats: CallStats) -> CallCounters:
-        """A call was admitted: count it live, and flush its counters until `call_ended`."""
-        self.live_calls.inc()
-        counters = CallCounters(stats)
-        self._live.add(counters)
-        return counters
-
-    def call_ended(
-        self,
-        counters: CallCounters,
-        duration: float,
-        ended_by: str,
-        call: Call | None = None,
-    ) -> None:
-        """The call is over: final counts, duration, and the audio its player never sent."""
-        self._live.discard(counters)
-        totals = Totals()
-        counters.take(totals)
-        totals.add_to(self)
-        self.live_calls.dec()
-        self.call_duration.observe(duration)
-        self.calls_ended.labels(ended_by).inc()
-        if ended_by == "processor_error":  # the server counts "gateway_error" itself
-            self.calls_failed.inc()
-        if counters.stats.packets_unread:
-            self.frames_dropped.labels("unread_at_end").inc(counters.stats.packets_unread)
-        player = None if call is None else call.player
-        if player is not None:
-            played = player.playout.stats
-            per_second = player.playout.bytes_per_second
-            for reason, n in (
-                ("stop", played.dropped_by_stop),
-                ("discarded", played.discarded),
-                ("unsent_at_end", played.unsent_at_end),
-            ):
-                if n:
-                    self.outbound_dropped.labels(reason).inc(n / per_second)
-
-    # -- everything else --
+    def follow(self, totals: Callable[[], Totals]) -> None:
+        """Derive the counters from `totals()` (the server's counts) at every flush."""
+        self._totals = totals
 
     def flush(self) -> None:
-        """Bring Prometheus up to date with the live calls and the local histograms."""
-        totals = Totals()
-        for counters in self._live:
-            counters.take(totals)
-        totals.add_to(self)
+        """Bring Prometheus up to date with the counts and the local histograms."""
+        if self._totals is not None:
+            self._derive(self._totals())
         self.processing.flush_into(self.processing_latency)
         self.lateness.flush_into(self.pacing_lateness)
+        self.durations.flush_into(self.call_duration)
+
+    def _derive(self, t: Totals) -> None:
+        self.live_calls.set(t.live_calls)
+        for counter, total in (
+            (self.calls_accepted, t.calls_accepted),
+            (self.calls_failed, t.calls_failed),
+            (self.frames_in, t.frames_in),
+            (self.frames_out, t.frames_out),
+            (self.inbound_dropped, t.inbound_dropped),
+            (self.stop_audio_sent, t.stop_audio_sent),
+            (self.flood_dropped, t.flood_dropped),
+            (self.frames_dropped.labels("unread_at_end"), t.unread_at_end),
+        ):
+            self._advance(counter, total)
+        for family, by_label in (
+            (self.calls_ended, t.calls_ended),
+            (self.calls_refused, t.calls_refused),
+            (self.handshakes_failed, t.handshakes_failed),
+            (self.auth_failed, t.auth_failed),
+            (self.protocol_errors, t.protocol_errors),
+            (self.upstream_errors, t.upstream_errors),
+            (self.outbound_dropped, t.outbound_dropped),
+        ):
+            for label, value in by_label.items():
+                self._advance(family.labels(label), value)
+
+    def _advance(self, counter: Counter, total: float) -> None:
+        """Add to `counter` what `total` gained since the last flush."""
+        shown = self._shown.get(counter, 0.0)
+        if total > shown:
+            counter.inc(total - shown)
+            self._shown[counter] = total
 
     async def flush_periodically(self, interval: float = FLUSH_INTERVAL) -> None:
         """Flush every `interval` seconds (absolute deadlines), so that a scrape in another

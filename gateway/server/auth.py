@@ -1,4 +1,5 @@
-"""ACS's WebSocket token: checking the JWT that ACS puts in the upgrade request (acs-protocol c.3).
+"""ACS's WebSocket token: checking the JWT that ACS puts in the upgrade request
+(docs/protocol.md, "The token").
 
 Owns: ACS's signing keys (a `KeySet`: fetched over HTTPS, cached, fetched again every
 `auth_key_max_age` seconds and when a token names a key id we do not know, at most once per
@@ -35,7 +36,7 @@ KEY_FETCH_TIMEOUT: Final = 5.0  # seconds one key-set fetch may take
 MAX_KEY_SET_BYTES: Final = 1 << 20  # a key set is a few KB; refuse to hold more
 REQUIRED_CLAIMS: Final = ["exp", "iss", "aud"]
 # Token headers, in the order read: the docs' samples read Authorization, their prose says
-# "Authentication" (acs-protocol g.14).
+# "Authentication" (docs/protocol.md, "Handshake").
 TOKEN_HEADERS: Final = ("authorization", "authentication")
 
 

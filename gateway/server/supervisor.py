@@ -41,7 +41,7 @@ import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Final
 
@@ -52,7 +52,7 @@ from ..config import Config
 from ..ops import systemd
 from ..ops.health import serve_health
 from ..ops.metrics import multiprocess_registry, worker_exited
-from .serve import _ssl_context
+from .serve import ssl_context
 
 log = logging.getLogger("gateway.supervisor")
 
@@ -176,7 +176,7 @@ class Supervisor:
         count = self.config.workers
         try:
             if self.config.tls_certfile is not None:
-                _ssl_context(self.config)  # a bad certificate or key fails here, not in workers
+                ssl_context(self.config)  # a bad certificate or key fails here, not in workers
             if self.inherited:
                 groups = [self.inherited] * count
                 log.info("serving %d inherited socket(s) with %d workers", len(groups[0]), count)
@@ -390,7 +390,7 @@ def worker_sockets() -> list[socket.socket]:
     return [systemd.adopt_listening_socket(int(fd)) for fd in fds.split(",") if fd]
 
 
-async def watch_supervisor(on_gone: object) -> None:
+async def watch_supervisor(on_gone: Callable[[], object]) -> None:
     """In a worker: wait for the supervisor process to end (its life-line pipe reads EOF),
     then call `on_gone()` (drain). Returns at once when not a worker."""
     fd = os.environ.pop(SUPERVISOR_FD_ENV, "")
@@ -400,4 +400,4 @@ async def watch_supervisor(on_gone: object) -> None:
         while await lifeline.receive_some():
             pass
     log.warning("the supervisor is gone: draining")
-    on_gone()  # type: ignore[operator]
+    on_gone()

@@ -20,7 +20,7 @@ TOKEN_ENV = "ACS_GATEWAY_SIMULATE_TOKEN"
 
 def add_parser(commands: Any) -> argparse.ArgumentParser:
     """Add `simulate` to the main parser's subcommands."""
-    p = commands.add_parser(
+    p: argparse.ArgumentParser = commands.add_parser(
         "simulate",
         help="run simulated ACS calls against a gateway (load test, barge-in, replay)",
         description="Run N simulated ACS calls against a gateway and report what came back.",
@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         maxima = [report.parse_threshold(t) for t in args.max]
         minima = [report.parse_threshold(t) for t in args.min]
         # Flags are named after the Options fields they set (`dest`); these few need work.
-        worked = {
+        worked: dict[str, Any] = {
             "wavs": tuple(args.wavs),
             "dtmf": tuple(_dtmf(d) for d in args.dtmf),
             "token": args.token or os.environ.get(TOKEN_ENV) or None,
@@ -175,7 +175,9 @@ def _replay(args: argparse.Namespace, options: Any) -> int:
     from .recording import Recording, compare, replay
 
     original = Recording.read(args.replay)
-    headers = [("Authorization", f"Bearer {options.token}")] if options.token else []
+    from ..acs.client import acs_headers
+
+    headers = acs_headers(None, None, options.token or None)
 
     async def go() -> Recording:
         return await replay(original, args.url, ssl_context=options.ssl_context(), headers=headers)

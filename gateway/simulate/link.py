@@ -2,7 +2,7 @@
 BIOs for wss://. `gateway.simulate.runner` drives one `Link` per simulated call.
 
 Owns: connecting (TCP, TLS), non-blocking writes with a backlog, reads, abort (a TCP reset) and
-close. Never: WebSocket framing or what a call sends (`wire`, `runner`).
+close. Never: WebSocket framing or what a call sends (`gateway.acs.client`, `runner`).
 """
 
 from __future__ import annotations

@@ -103,8 +103,8 @@ def plot(calls: Sequence[CallResult], path: str | Path, title: str | None = None
 def _draw_call(ax: Any, call: CallResult) -> None:
     tl = call.timeline
     assert tl is not None
-    barge_spans = []
-    speech = []
+    barge_spans: list[tuple[float, float]] = []
+    speech: list[tuple[float, float]] = []
     for start, stop in tl.speech:
         is_barge = any(abs(start - b) < 0.025 for b in tl.barge_ins)
         (barge_spans if is_barge else speech).append((start, stop - start))

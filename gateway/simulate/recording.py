@@ -27,9 +27,10 @@ import orjson
 import pybase64
 import trio
 
-from ..acs import client as wire
+from ..acs import client
 from ..acs.packets import pcm_ms
 from ..testing.peer import SimulatedCall, simulated_call
+from .tagging import b64_pcm_bytes
 
 FORMAT_VERSION = 1
 
@@ -126,11 +127,11 @@ class Recording:
         first = None
         stops = []
         for e in self.received():
-            kind, data = wire.classify(e.msg if isinstance(e.msg, bytes) else e.msg.encode())
-            if kind == wire.AUDIO:
-                audio_ms += pcm_ms(wire.b64_pcm_bytes(data), self.sample_rate)
+            kind, data = client.classify(e.msg)
+            if kind == client.AUDIO:
+                audio_ms += pcm_ms(b64_pcm_bytes(data), self.sample_rate)
                 first = e.t if first is None else first
-            elif kind == wire.STOP:
+            elif kind == client.STOP:
                 stops.append(e.t)
         closes = [e.code for e in self.entries if e.dir == "closed"]
         return {

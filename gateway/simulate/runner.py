@@ -39,13 +39,14 @@ from urllib.parse import urlsplit
 import attrs
 import trio
 
-from ..acs import client as wire
+from ..acs import client
 from ..acs.packets import BYTES_PER_SAMPLE, FRAME_MS
 from ..wire import framing
 from .link import ConnectFailed, Link
 from .recording import Entry, Recording
 from .report import CallResult, Histogram, SimulatorHealth, Timeline
 from .script import CallScript, Scenario, build_scenario
+from .tagging import AudioFrames, b64_pcm_bytes, read_tag
 
 PHASES: Final = 20  # sub-ticks per 20 ms frame period
 SUB_TICK: Final = FRAME_MS / 1000 / PHASES
@@ -127,7 +128,7 @@ class SimCall:
             self.result.timeline = Timeline()
         self.script = CallScript(scenario, rng, keep_timeline=keep)
         self.mask = os.urandom(4)
-        self.frames = wire.ServerFrames()
+        self.frames = client.ServerFrames()
         self.link: Link | None = None
         self.started = 0.0  # trio time of the call's start (AudioMetadata sent)
         self.k = 0  # next tick of the script
@@ -149,7 +150,7 @@ class SimCall:
 
     # -- the ticker's side --
 
-    def tick(self, now: float, due: float, lateness: Histogram, audio: wire.AudioFrames) -> bool:
+    def tick(self, now: float, due: float, lateness: Histogram, audio: AudioFrames) -> bool:
         """Send this tick's frames; False when the call's script is over (or it hung up)."""
         result = self.result
         k = self.k
@@ -176,10 +177,10 @@ class SimCall:
             lateness.add(now - due)
         result.frames_sent += len(frames)
         for tone in self.script.dtmf_due(k * FRAME_MS / 1000):
-            frames.append(wire.masked_text(wire.dtmf_text(tone), self.mask))
+            frames.append(client.masked_text(client.dtmf_text(tone), self.mask))
             result.dtmf_sent += 1
             if recording is not None:
-                recording.entries.append(Entry(now - self.started, "sent", wire.dtmf_text(tone)))
+                recording.entries.append(Entry(now - self.started, "sent", client.dtmf_text(tone)))
             if result.timeline is not None:
                 result.timeline.dtmf.append((now - self.started, tone))
         if self.first_sent is None:
@@ -203,15 +204,15 @@ class SimCall:
         result = self.result
         if self.recording is not None:
             self.recording.entries.append(Entry(now - self.started, "received", message.decode()))
-        kind, data = wire.classify(message)
+        kind, data = client.classify(message)
         timeline = result.timeline
-        if kind == wire.AUDIO:
+        if kind == client.AUDIO:
             result.frames_received += 1
-            seconds = wire.b64_pcm_bytes(data) / self.bytes_per_second
+            seconds = b64_pcm_bytes(data) / self.bytes_per_second
             result.audio_ms_received += seconds * 1000
             if result.first_audio_ms is None and self.first_sent is not None:
                 result.first_audio_ms = round((now - self.first_sent) * 1000, 2)
-            seq = wire.read_tag(data)
+            seq = read_tag(data)
             if seq is not None:
                 slot = seq % RING
                 if self.sent_seq[slot] == seq:
@@ -223,7 +224,7 @@ class SimCall:
             self.script.bot_audio(now)
             if timeline is not None:
                 timeline.add_bot_audio(now - self.started, seconds)
-        elif kind == wire.STOP:
+        elif kind == client.STOP:
             result.stop_audio += 1
             self.script.stop_audio(now)
             barge_ins = self.script.barge_ins
@@ -269,7 +270,7 @@ class Engine:
         ]
         self.start_at = start_at  # wall-clock time.time() at which call 0 starts (workers)
         self.health = SimulatorHealth()
-        self.audio = wire.AudioFrames()
+        self.audio = AudioFrames()
         self.buckets: list[list[SimCall]] = [[] for _ in range(PHASES)]
         self.up = 0
         url = urlsplit(options.url)
@@ -279,9 +280,7 @@ class Engine:
         self.port = url.port or (443 if url.scheme == "wss" else 80)
         self.resource = (url.path or "/") + (f"?{url.query}" if url.query else "")
         self.ssl_context = options.ssl_context()
-        self.headers: list[tuple[str, str]] = []
-        if options.token:
-            self.headers.append(("Authorization", f"Bearer {options.token}"))
+        self.token = options.token or None
 
     def progress(self) -> dict[str, int]:
         return {
@@ -294,7 +293,7 @@ class Engine:
 
     async def run(self) -> tuple[list[CallResult], SimulatorHealth]:
         # What exists now (clips, calls) lives until the end: keep it out of full collections,
-        # whose pauses would stall the ticker (the gateway does the same, README "Performance").
+        # whose pauses would stall the ticker (the gateway does the same, docs/performance.md).
         gc.freeze()
         cpu0 = _cpu_seconds()
         wall0 = trio.current_time()
@@ -341,7 +340,7 @@ class Engine:
                     result.error("connect_timeout")
                 case ConnectFailed(kind=kind):
                     result.error(kind)
-                case wire.UpgradeRefused(status=status):
+                case client.UpgradeRefused(status=status):
                     result.error(f"upgrade_refused_{status}" if status else "upgrade_refused")
                 case OSError():
                     result.error("connect_failed")
@@ -359,21 +358,17 @@ class Engine:
             link.close()
 
     async def _upgrade(self, link: Link, call: SimCall) -> bytes:
-        headers = [
-            ("x-ms-call-connection-id", call.result.connection_id),
-            ("x-ms-call-correlation-id", str(uuid.uuid4())),
-            *self.headers,
-        ]
+        headers = client.acs_headers(call.result.connection_id, str(uuid.uuid4()), self.token)
         host = self.host if self.port in (80, 443) else f"{self.host}:{self.port}"
-        request, accept = wire.upgrade_request(host, self.resource, headers)
+        request, accept = client.upgrade_request(host, self.resource, headers)
         await link.send_all(request)
         buffer = bytearray()
         while True:
             data = await link.recv()
             if not data:
-                raise wire.UpgradeRefused(0, "connection closed during the upgrade")
+                raise client.UpgradeRefused(0, "connection closed during the upgrade")
             buffer += data
-            used = wire.parse_upgrade_response(buffer, accept)
+            used = client.parse_upgrade_response(buffer, accept)
             if used is not None:
                 return bytes(buffer[used:])
 
@@ -381,10 +376,10 @@ class Engine:
         result = call.result
         now = trio.current_time()
         call.started = now
-        metadata = wire.metadata_text(self.scenario.sample_rate)
+        metadata = client.metadata_text(self.scenario.sample_rate)
         if call.recording is not None:
             call.recording.entries.append(Entry(0.0, "sent", metadata))
-        link.send_nowait(wire.masked_text(metadata, call.mask))
+        link.send_nowait(client.masked_text(metadata, call.mask))
         self.buckets[call.index % PHASES].append(call)
         closed = False
         with call.scope:
@@ -397,7 +392,7 @@ class Engine:
         # Both are bounded: a gateway that stopped reading must not hold the simulator.
         with trio.move_on_after(CLOSE_TIMEOUT) as wait:
             try:
-                await link.send_all(wire.masked_close(1000, call.mask))
+                await link.send_all(client.masked_close(1000, call.mask))
             except OSError:
                 result.error("connection_lost")
                 return
@@ -419,13 +414,13 @@ class Engine:
                 if type(event) is bytes:
                     call.on_message(event, now)
                 elif isinstance(event, framing.Ping):
-                    link.send_nowait(wire.pong(bytes(event), call.mask))
+                    link.send_nowait(client.pong(bytes(event), call.mask))
                 elif isinstance(event, framing.Close):
                     result.close_code = event.code
                     if not call.scope.cancel_called and event.code != 1000:
                         result.error(f"closed_{event.code}")  # the gateway ended the call
                     try:
-                        link.send_nowait(wire.masked_close(1000, call.mask))
+                        link.send_nowait(client.masked_close(1000, call.mask))
                     except OSError:
                         pass
                     return True

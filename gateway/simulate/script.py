@@ -19,7 +19,7 @@ from pathlib import Path
 import attrs
 
 from ..acs.packets import frame_bytes
-from ..testing.audio import frames, read_wav, speech
+from ..audio.samples import frames, read_wav, speech
 
 
 @attrs.frozen

@@ -76,12 +76,12 @@ async def run(
         for i in range(options.processes):
             nursery.start_soon(worker, i)
     health = SimulatorHealth()
-    calls: list[CallResult] = []
+    merged: list[CallResult] = []
     for result in results:
         health.merge(SimulatorHealth.from_json(result["health"]))
-        calls += [CallResult.from_json(c) for c in result["calls"]]
-    calls.sort(key=lambda c: c.index)
-    return Report(calls, health, settings)
+        merged += [CallResult.from_json(c) for c in result["calls"]]
+    merged.sort(key=lambda c: c.index)
+    return Report(merged, health, settings)
 
 
 def _sum(progress: Any) -> dict[str, int]:

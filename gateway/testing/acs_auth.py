@@ -1,7 +1,8 @@
 """A stand-in for ACS's token issuer and key-set endpoint, for tests and benchmarks.
 
-Owns: throwaway RSA signing keys, tokens shaped like ACS's WebSocket token (acs-protocol c.3),
-and a tiny HTTP server on 127.0.0.1 that serves their key set (JWKS) and counts fetches.
+Owns: throwaway RSA signing keys, tokens shaped like ACS's WebSocket token (docs/protocol.md,
+"The token"), and a tiny HTTP server on 127.0.0.1 that serves their key set (JWKS) and counts
+fetches.
 
     issuer = AcsTokenIssuer()
     async with trio.open_nursery() as nursery:

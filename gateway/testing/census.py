@@ -14,7 +14,10 @@ import trio
 def task_count() -> int:
     """Tasks alive in this Trio run (walks the task tree from the root). Iterative: a
     recursive closure would itself be a reference cycle, garbage in every census."""
-    count, pending = 0, [trio.lowlevel.current_root_task()]
+    root = trio.lowlevel.current_root_task()
+    if root is None:  # only before the run's first task exists: nothing to count yet
+        return 0
+    count, pending = 0, [root]
     while pending:
         task = pending.pop()
         count += 1

@@ -192,7 +192,10 @@ class _Session:
     """One client connection: its dialect, VAD state, and the response being streamed."""
 
     def __init__(
-        self, model: FakeModel, number: int, ws: trio_websocket.WebSocketConnection,
+        self,
+        model: FakeModel,
+        number: int,
+        ws: trio_websocket.WebSocketConnection,
         stream: trio.abc.Stream,
     ) -> None:
         self.model = model
@@ -260,17 +263,26 @@ class _Session:
                 elif not isinstance(end, int) or end > sent + 1:
                     await self.error("invalid_value", f"audio_end_ms {end} is past {sent} ms")
                 else:
-                    await self.send({"type": "conversation.item.truncated", "item_id": item_id,
-                                     "content_index": event.get("content_index", 0),
-                                     "audio_end_ms": end})
+                    await self.send(
+                        {
+                            "type": "conversation.item.truncated",
+                            "item_id": item_id,
+                            "content_index": event.get("content_index", 0),
+                            "audio_end_ms": end,
+                        }
+                    )
             case "conversation.item.delete":
-                await self.send({"type": "conversation.item.deleted",
-                                 "item_id": event.get("item_id")})
+                await self.send(
+                    {"type": "conversation.item.deleted", "item_id": event.get("item_id")}
+                )
 
     async def error(self, code: str, message: str) -> None:
-        await self.send({"type": "error",
-                         "error": {"type": "invalid_request_error", "code": code,
-                                   "message": message}})
+        await self.send(
+            {
+                "type": "error",
+                "error": {"type": "invalid_request_error", "code": code, "message": message},
+            }
+        )
 
     async def on_audio(self, pcm: bytes) -> None:
         """Server VAD by energy, in 20 ms windows of the appended audio."""
@@ -296,17 +308,25 @@ class _Session:
 
     async def speech_started(self) -> None:
         item_id = self.model._new_id("item")
-        await self.send({"type": "input_audio_buffer.speech_started",
-                         "audio_start_ms": int(self.heard_ms - self.voiced_ms),
-                         "item_id": item_id})
+        await self.send(
+            {
+                "type": "input_audio_buffer.speech_started",
+                "audio_start_ms": int(self.heard_ms - self.voiced_ms),
+                "item_id": item_id,
+            }
+        )
         if self.model.auto_cancel and self.responding is not None:
             self.responding.cancel()
 
     async def speech_stopped(self) -> None:
         item_id = self.model._new_id("item")
-        await self.send({"type": "input_audio_buffer.speech_stopped",
-                         "audio_end_ms": int(self.heard_ms - self.unvoiced_ms),
-                         "item_id": item_id})
+        await self.send(
+            {
+                "type": "input_audio_buffer.speech_stopped",
+                "audio_end_ms": int(self.heard_ms - self.unvoiced_ms),
+                "item_id": item_id,
+            }
+        )
         await self.send({"type": "input_audio_buffer.committed", "item_id": item_id})
         if self.turn < len(self.model.responses) and self.responding is None:
             reply = self.model.responses[self.turn]
@@ -322,23 +342,39 @@ class _Session:
         audio_delta = "response.output_audio.delta" if self.ga else "response.audio.delta"
         audio_done = "response.output_audio.done" if self.ga else "response.audio.done"
         item = {"id": item_id, "type": "message", "role": "assistant", "status": "in_progress"}
-        where = {"response_id": response_id, "item_id": item_id, "output_index": 0,
-                 "content_index": 0}
+        where = {
+            "response_id": response_id,
+            "item_id": item_id,
+            "output_index": 0,
+            "content_index": 0,
+        }
         status = "completed"
-        await self.send({"type": "response.created",
-                         "response": {"id": response_id, "status": "in_progress"}})
-        await self.send({"type": "response.output_item.added", "response_id": response_id,
-                         "output_index": 0, "item": item})
-        await self.send({"type": "conversation.item.added" if self.ga
-                         else "conversation.item.created", "item": item})
+        await self.send(
+            {"type": "response.created", "response": {"id": response_id, "status": "in_progress"}}
+        )
+        await self.send(
+            {
+                "type": "response.output_item.added",
+                "response_id": response_id,
+                "output_index": 0,
+                "item": item,
+            }
+        )
+        await self.send(
+            {
+                "type": "conversation.item.added" if self.ga else "conversation.item.created",
+                "item": item,
+            }
+        )
         model.audio_sent_ms[item_id] = 0.0
         with scope:
             step = model.delta_ms * BYTES_PER_MS
             deadline = trio.current_time()
             for start in range(0, len(reply), step):
                 chunk = reply[start : start + step]
-                await self.send({"type": audio_delta, **where,
-                                 "delta": pybase64.b64encode_as_string(chunk)})
+                await self.send(
+                    {"type": audio_delta, **where, "delta": pybase64.b64encode_as_string(chunk)}
+                )
                 model.audio_sent_ms[item_id] += len(chunk) / BYTES_PER_MS
                 deadline += model.delta_ms / 1000 / model.speed
                 await trio.sleep_until(deadline)
@@ -346,8 +382,9 @@ class _Session:
         if scope.cancelled_caught:
             status = "cancelled"
         self.responding = None
-        await self.send({"type": "response.done",
-                         "response": {"id": response_id, "status": status}})
+        await self.send(
+            {"type": "response.done", "response": {"id": response_id, "status": status}}
+        )
 
 
 @asynccontextmanager
@@ -368,8 +405,13 @@ async def open_fake_model(
     connection (none left: no reply).
     `api_key`: if set, handshakes without it (`api-key` or `Authorization: Bearer`) get 401."""
     model = FakeModel(
-        responses, api_key=api_key, speed=speed, delta_ms=delta_ms,
-        vad_threshold=vad_threshold, speech_start_ms=speech_start_ms, silence_ms=silence_ms,
+        responses,
+        api_key=api_key,
+        speed=speed,
+        delta_ms=delta_ms,
+        vad_threshold=vad_threshold,
+        speech_start_ms=speech_start_ms,
+        silence_ms=silence_ms,
         auto_cancel=auto_cancel,
     )
     async with trio.open_nursery() as nursery:

@@ -2,7 +2,8 @@
 
 Owns: building what a broken or malicious peer puts on the wire (for the fuzz tests and
 `bench/fuzz_live.py`), and a `Session`: one connection's opening, inputs and way of ending.
-Never: checks the gateway's replies (the callers judge the outcome).
+Never: checks the gateway's replies (the callers judge the outcome); writes well-formed frames
+or packets itself (`gateway.acs.client` does, for every ACS client in the project).
 
 Generators take a `random.Random`, so the same code serves the seeded benchmark and hypothesis
 (`st.randoms()`), and a failing session is reproducible from its seed.
@@ -10,7 +11,6 @@ Generators take a `random.Random`, so the same code serves the seeded benchmark 
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import random
@@ -21,22 +21,23 @@ from typing import Any, Final
 import attrs
 import trio
 
+from ..acs import client
 from ..acs.packets import FRAME_MS
+from ..wire.framing import OP_BINARY, OP_CLOSE, OP_PING, OP_TEXT, frame_header
 from .peer import SimulatedCall
 
-UPGRADE: Final = (
-    b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-)
+# A fixed key and subscription id: a seed gives the same bytes on every run.
+SAMPLE_KEY: Final = b"dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 section 1.3's example
+SUBSCRIPTION_ID: Final = "5ac4b2b7-3b0f-4a4d-9a3e-2d3f6c1e8a11"
+# An upgrade request as ACS sends it, without the empty line that ends it.
+UPGRADE: Final = client.upgrade_request("x", "/", (), SAMPLE_KEY)[0][:-2]
 LINGER_RESET: Final = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
-
-OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING = 0x1, 0x2, 0x8, 0x9
+MASK: Final = b"\x37\xfa\x21\x3d"
 
 
 def upgrade_request(*headers: tuple[str, str]) -> bytes:
     """An upgrade request as ACS sends it, with any extra headers."""
-    extra = b"".join(f"{k}: {v}\r\n".encode() for k, v in headers)
-    return UPGRADE + extra + b"\r\n"
+    return client.upgrade_request("x", "/", headers, SAMPLE_KEY)[0]
 
 
 def client_frame(
@@ -44,51 +45,29 @@ def client_frame(
     opcode: int = OP_TEXT,
     *,
     fin: bool = True,
-    mask: bytes | None = b"\x37\xfa\x21\x3d",
+    mask: bytes | None = MASK,
     rsv: int = 0,
 ) -> bytes:
-    """One client frame (masked unless `mask` is None, which a server must refuse)."""
+    """One client frame (masked unless `mask` is None, which a server must refuse), with the
+    FIN and RSV bits as given, whatever RFC 6455 allows."""
     data = payload.encode() if isinstance(payload, str) else payload
-    n = len(data)
-    head = bytearray([(0x80 if fin else 0) | (rsv & 7) << 4 | opcode & 0xF])
-    bit = 0x80 if mask is not None else 0
-    if n < 126:
-        head.append(bit | n)
-    elif n < 1 << 16:
-        head += bytes((bit | 126,)) + struct.pack("!H", n)
-    else:
-        head += bytes((bit | 127,)) + struct.pack("!Q", n)
     if mask is None:
-        return bytes(head) + data
-    key = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
-    return bytes(head) + mask + (int.from_bytes(data, "big") ^ key).to_bytes(n, "big")
+        frame = bytearray(frame_header(opcode, len(data)) + data)
+    else:
+        frame = bytearray(client.masked_frame(opcode, data, mask))
+    frame[0] = (0x80 if fin else 0) | (rsv & 7) << 4 | opcode & 0xF
+    return bytes(frame)
 
 
 # -- real packets, as ACS sends them --
 
 
 def audio_packet(pcm: bytes, participant: str | None = None) -> dict[str, Any]:
-    payload: dict[str, Any] = {
-        "timestamp": "2024-11-15T19:16:12.925Z",
-        "data": base64.b64encode(pcm).decode(),
-        "silent": False,
-    }
-    if participant is not None:
-        payload["participantRawID"] = participant
-    return {"kind": "AudioData", "audioData": payload}
+    return client.audio_packet(pcm, participant)
 
 
 def metadata_packet(rate: int = 16000) -> dict[str, Any]:
-    return {
-        "kind": "AudioMetadata",
-        "audioMetadata": {
-            "subscriptionId": "5ac4b2b7-3b0f-4a4d-9a3e-2d3f6c1e8a11",
-            "encoding": "PCM",
-            "sampleRate": rate,
-            "channels": 1,
-            "length": rate // 25,
-        },
-    }
+    return client.metadata_packet(rate, SUBSCRIPTION_ID)
 
 
 REAL_PACKETS: Final = (
@@ -96,13 +75,15 @@ REAL_PACKETS: Final = (
     metadata_packet(24000),
     audio_packet(bytes(range(256)) * 2 + bytes(128)),
     audio_packet(bytes(640), "8:acs:alice"),
-    {"kind": "DtmfData", "dtmfData": {"data": "5"}},
+    client.dtmf_packet("5"),
     {"kind": "TranscriptionMetadata", "transcriptionMetadata": {"locale": "en-us"}},
     {"kind": "TranscriptionData", "transcriptionData": {"text": "hi", "resultStatus": "Final"}},
 )
 
 
 def encode(obj: Any) -> bytes:
+    """Any JSON value as compact JSON. `json`, not orjson: hostile values include integers past
+    64 bits and lone surrogates, which orjson refuses to write."""
     return json.dumps(obj, separators=(",", ":")).encode()
 
 

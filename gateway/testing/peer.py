@@ -22,9 +22,9 @@ import pybase64
 import trio
 import trio_websocket
 
-from ..acs.client import TIMESTAMP, dtmf_text, metadata_text
+from ..acs.client import acs_headers, audio_text, dtmf_text, metadata_text
 from ..acs.packets import BYTES_PER_SAMPLE, FRAME_MS, frame_bytes
-from .audio import frames as split_frames
+from ..audio.samples import frames as split_frames
 
 
 @attrs.define
@@ -159,14 +159,7 @@ class SimulatedCall:
     async def send_audio(
         self, pcm: bytes, participant: str | None = None, silent: bool = False
     ) -> None:
-        payload: dict[str, Any] = {
-            "timestamp": TIMESTAMP,
-            "data": pybase64.b64encode_as_string(pcm),
-            "silent": silent,
-        }
-        if participant is not None:
-            payload["participantRawID"] = participant
-        await self.send_json({"kind": "AudioData", "audioData": payload})
+        await self.send_raw(audio_text(pcm, participant, silent))
         self.sent.setdefault(participant, bytearray()).extend(pcm)
 
     async def send_dtmf(self, tone: str) -> None:
@@ -228,15 +221,6 @@ class SimulatedCall:
         self._arrivals.unpark_all()
 
 
-def acs_headers(connection_id: str | None, correlation_id: str | None) -> list[tuple[str, str]]:
-    headers = []
-    if connection_id is not None:
-        headers.append(("x-ms-call-connection-id", connection_id))
-    if correlation_id is not None:
-        headers.append(("x-ms-call-correlation-id", correlation_id))
-    return headers
-
-
 @asynccontextmanager
 async def simulated_call(
     url: str | None = None,
@@ -294,17 +278,22 @@ async def _connect(
     connection_id = connection_id or str(uuid.uuid4())
     correlation_id = correlation_id or str(uuid.uuid4())
     extra = [*acs_headers(connection_id, correlation_id), *headers]
+    wire_headers = [(name.encode(), value.encode()) for name, value in extra]
     async with trio.open_nursery() as nursery:
         if stream is not None:
             ws = await trio_websocket.wrap_client_stream(
-                nursery, stream, "localhost", resource, extra_headers=extra
+                nursery,
+                stream,  # type: ignore[arg-type]  # typed for sockets; any trio Stream works
+                "localhost",
+                resource,
+                extra_headers=wire_headers,
             )
         else:
             assert url is not None
             if resource != "/":
                 url = url.rstrip("/") + resource
             ws = await trio_websocket.connect_websocket_url(
-                nursery, url, extra_headers=extra, ssl_context=ssl_context
+                nursery, url, extra_headers=wire_headers, ssl_context=ssl_context
             )
         call = SimulatedCall(ws, sample_rate, connection_id, extra)
         nursery.start_soon(call._receive)

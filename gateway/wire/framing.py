@@ -46,6 +46,8 @@ __all__ = [
     "encode_pong",
     "encode_text",
     "encode_texts",
+    "frame_header",
+    "unmask",
 ]
 
 OP_CONTINUATION: Final = 0x0
@@ -59,7 +61,9 @@ _U16: Final = struct.Struct("!H")
 _U64: Final = struct.Struct("!Q")
 
 
-def _unmask(data: bytes | bytearray, mask: bytes) -> bytes:
+def unmask(data: bytes | bytearray, mask: bytes) -> bytes:
+    """`data` XORed with the 4-byte `mask` repeated (RFC 6455 section 5.3); masking is the same
+    operation."""
     n = len(data)
     key = int.from_bytes((mask * (n // 4 + 1))[:n], "little")
     return (int.from_bytes(data, "little") ^ key).to_bytes(n, "little")
@@ -119,7 +123,7 @@ class FrameReader:
                     break
                 mask = bytes(view[pos + header - 4 : pos + header])
                 start = pos + header
-                payload = _unmask(view[start : start + length], mask)
+                payload = unmask(view[start : start + length], mask)
                 pos = start + length
                 event = self._frame(opcode, fin, payload)
                 if event is not None:
@@ -189,7 +193,8 @@ def _close(payload: bytes) -> Close:
     return Close(code, reason)
 
 
-def _header(opcode: int, length: int) -> bytes:
+def frame_header(opcode: int, length: int) -> bytes:
+    """The header of one final, unmasked frame of `length` payload bytes."""
     if length < 126:
         return bytes((0x80 | opcode, length))
     if length < 65536:
@@ -200,7 +205,7 @@ def _header(opcode: int, length: int) -> bytes:
 def encode_text(text: str) -> bytes:
     """One final, unmasked text frame (server to client)."""
     data = text.encode()
-    return _header(OP_TEXT, len(data)) + data
+    return frame_header(OP_TEXT, len(data)) + data
 
 
 def encode_texts(texts: list[str]) -> bytes:
@@ -208,15 +213,15 @@ def encode_texts(texts: list[str]) -> bytes:
     parts = []
     for text in texts:
         data = text.encode()
-        parts.append(_header(OP_TEXT, len(data)))
+        parts.append(frame_header(OP_TEXT, len(data)))
         parts.append(data)
     return b"".join(parts)
 
 
 def encode_pong(payload: bytes) -> bytes:
-    return _header(OP_PONG, len(payload)) + payload
+    return frame_header(OP_PONG, len(payload)) + payload
 
 
 def encode_close(code: int, reason: str = "") -> bytes:
     data = _U16.pack(code) + reason.encode()[:123]
-    return _header(OP_CLOSE, len(data)) + data
+    return frame_header(OP_CLOSE, len(data)) + data

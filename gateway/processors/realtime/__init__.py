@@ -1,7 +1,7 @@
 """`realtime`: bridge each call to a realtime speech-to-speech model (OpenAI Realtime protocol).
 
 Providers: OpenAI, Azure OpenAI (GA and preview URL forms), Azure AI Voice Live; options in
-`[processors.realtime]` (see `options`, and the README section "Realtime voice models").
+`[processors.realtime]` (see `options`, and docs/realtime.md).
 `protocol` is the sans-IO wire and barge-in logic, `bridge` the per-call async part.
 Needs the `realtime` extra (soxr, numpy) for 16 kHz calls, and `vad` for `local_vad`.
 """
@@ -24,7 +24,7 @@ def make(options: Mapping[str, Any]) -> Processor:
     parsed = parse_options(options)
     try:
         import numpy  # noqa: F401
-        import soxr  # type: ignore[import-untyped]  # noqa: F401
+        import soxr  # noqa: F401
     except ImportError:
         raise ConfigError(
             "processors.realtime: resampling needs soxr and numpy: "
@@ -32,7 +32,7 @@ def make(options: Mapping[str, Any]) -> Processor:
         ) from None
     if parsed.local_vad:
         try:
-            import webrtcvad  # type: ignore[import-untyped]  # noqa: F401
+            import webrtcvad  # noqa: F401
         except ImportError:
             raise ConfigError(
                 "processors.realtime: local_vad needs webrtcvad: "

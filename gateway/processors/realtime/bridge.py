@@ -89,9 +89,9 @@ class Bridge:
         self.session_update = protocol.session_update(options.session_settings, options.dialect)
         self.closing = False  # the call is ending: a closed upstream is not a failure
         self._first_attempt = trio.Event()  # the first session is up, or failed
-        self._pending_send, self._pending = trio.open_memory_channel[
-            tuple[int, str, str | None]
-        ](PENDING_DELTAS)
+        self._pending_send, self._pending = trio.open_memory_channel[tuple[int, str, str | None]](
+            PENDING_DELTAS
+        )
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -270,7 +270,10 @@ class Bridge:
             delay = min(options.backoff_max_ms, options.backoff_initial_ms * 2 ** (failures - 1))
             self.log.warning(
                 "realtime model session failed (%s); new session in %d ms (attempt %d of %d)",
-                reason, delay, failures, options.max_reconnects,
+                reason,
+                delay,
+                failures,
+                options.max_reconnects,
             )
             self.stats.upstream_reconnects += 1
             await trio.sleep_until(trio.current_time() + delay / 1000)
@@ -308,8 +311,11 @@ class Bridge:
                 while isinstance(leaf, BaseExceptionGroup):
                     leaf = leaf.exceptions[0]
                 status = getattr(leaf, "status_code", None)
-                reason = f"upstream refused the session (HTTP {status})" if status else \
-                    f"upstream handshake failed ({leaf!r})"
+                reason = (
+                    f"upstream refused the session (HTTP {status})"
+                    if status
+                    else f"upstream handshake failed ({leaf!r})"
+                )
             return reason
         finally:
             self.ws = None
@@ -326,7 +332,10 @@ class Bridge:
         try:
             with trio.fail_after(options.connect_timeout):
                 ws = await trio_websocket.wrap_client_stream(
-                    nursery, stream, host, resource,
+                    nursery,
+                    stream,
+                    host,
+                    resource,
                     extra_headers=[(k.encode(), v.encode()) for k, v in options.headers()],
                     max_message_size=MAX_MESSAGE_BYTES,
                 )

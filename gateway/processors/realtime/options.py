@@ -34,16 +34,27 @@ class _Provider:
 
 
 PROVIDERS: Final = {
-    "openai": _Provider("/v1/realtime?model={model}", "OPENAI_API_KEY", "bearer", GA,
-                        endpoint="wss://api.openai.com"),
+    "openai": _Provider(
+        "/v1/realtime?model={model}",
+        "OPENAI_API_KEY",
+        "bearer",
+        GA,
+        endpoint="wss://api.openai.com",
+    ),
     "azure": _Provider("/openai/v1/realtime?model={model}", "AZURE_OPENAI_API_KEY", "api-key", GA),
     "azure-preview": _Provider(
         "/openai/realtime?api-version={version}&deployment={model}",
-        "AZURE_OPENAI_API_KEY", "api-key", BETA, api_version="2025-04-01-preview",
+        "AZURE_OPENAI_API_KEY",
+        "api-key",
+        BETA,
+        api_version="2025-04-01-preview",
     ),
     "voice-live": _Provider(
         "/voice-live/realtime?api-version={version}&model={model}",
-        "AZURE_VOICELIVE_API_KEY", "api-key", BETA, api_version="2025-10-01",
+        "AZURE_VOICELIVE_API_KEY",
+        "api-key",
+        BETA,
+        api_version="2025-10-01",
     ),
 }
 FAILURE_POLICIES: Final = ("reconnect", "hangup")
@@ -124,11 +135,24 @@ class RealtimeOptions:
 
 
 _TYPES: Final[dict[str, Any]] = {
-    "provider": str, "endpoint": str, "model": str, "api_version": str, "api_key_env": str,
-    "protocol": str, "instructions": str, "voice": (str, dict), "session": dict,
-    "on_upstream_failure": str, "max_reconnects": int, "backoff_initial_ms": int,
-    "backoff_max_ms": int, "connect_timeout": (int, float), "keepalive_interval": (int, float),
-    "keepalive_timeout": (int, float), "local_vad": bool, "local_vad_aggressiveness": int,
+    "provider": str,
+    "endpoint": str,
+    "model": str,
+    "api_version": str,
+    "api_key_env": str,
+    "protocol": str,
+    "instructions": str,
+    "voice": (str, dict),
+    "session": dict,
+    "on_upstream_failure": str,
+    "max_reconnects": int,
+    "backoff_initial_ms": int,
+    "backoff_max_ms": int,
+    "connect_timeout": (int, float),
+    "keepalive_interval": (int, float),
+    "keepalive_timeout": (int, float),
+    "local_vad": bool,
+    "local_vad_aggressiveness": int,
     "local_vad_min_speech_ms": int,
 }
 _TABLES: Final = ("turn_detection", "transcription")
@@ -170,8 +194,14 @@ def parse_options(
     for name in ("max_reconnects",):
         if getattr(opts, name) < 0:
             raise ValueError(f"{name} must be 0 or more")
-    for name in ("backoff_initial_ms", "backoff_max_ms", "connect_timeout", "keepalive_interval",
-                 "keepalive_timeout", "local_vad_min_speech_ms"):
+    for name in (
+        "backoff_initial_ms",
+        "backoff_max_ms",
+        "connect_timeout",
+        "keepalive_interval",
+        "keepalive_timeout",
+        "local_vad_min_speech_ms",
+    ):
         if getattr(opts, name) <= 0:
             raise ValueError(f"{name} must be greater than 0")
     if not 0 <= opts.local_vad_aggressiveness <= 3:

@@ -1,0 +1,174 @@
+"""What a call does, one function each: the wait for the first metadata, then the four tasks
+`gateway.call.run` starts in the call's nursery (receive, watch, send, process).
+
+Owns: the channel policies, the close codes, and which end reason each event earns (the
+first one recorded in `CallState` wins). Never: opens a nursery or starts a task; each
+function here runs in the task `run_call` gave it and shares only `CallState`.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from ..acs import codec
+from ..acs.packets import AudioData, AudioMetadata, InboundPacket, TranscriptionMetadata
+from ..errors import CLOSE_ABNORMAL, CLOSE_INTERNAL_ERROR, CLOSE_INVALID_PAYLOAD, CLOSE_NORMAL
+from ..wire.websocket import ConnectionClosed, SendTimeout
+from .intake import Flooded, TooManyErrors
+from .interface import Call, Processor
+from .outcome import EndReason
+from .player import Player
+from .state import CallState, refusal
+
+
+async def wait_for_metadata(state: CallState) -> AudioMetadata | TranscriptionMetadata | None:
+    """Read until the stream's first metadata, which says what the call carries. Packets read
+    with it (or before it) wait in `state.early`, counted like the rest. None: the call ended
+    before it (`state.ended_by` says how)."""
+    stats, intake = state.stats, state.intake
+    with trio.move_on_at(trio.current_time() + state.settings.metadata_timeout):
+        try:
+            while True:
+                first = None
+                for packet in await state.read_packets():
+                    if first is None and isinstance(packet, AudioMetadata | TranscriptionMetadata):
+                        first = packet
+                    else:
+                        stats.packets_in += 1
+                        stats.audio_frames_in += type(packet) is AudioData
+                        state.early.append((packet, intake.now))
+                if first is not None:
+                    return first
+        except ConnectionClosed as closed:
+            state.log.info("ACS closed before any metadata (%s)", closed.code)
+            state.end(EndReason.HANGUP, closed.code)
+            return None
+        except (TooManyErrors, Flooded) as exc:
+            by, code, why = refusal(exc)
+            state.end(by, code)
+            await state.ws.close(code, why)
+            return None
+    state.log.warning("no metadata within %.1f s; closing", state.settings.metadata_timeout)
+    state.end(EndReason.TIMEOUT, CLOSE_INVALID_PAYLOAD)
+    await state.ws.close(CLOSE_INVALID_PAYLOAD, "no AudioMetadata")
+    return None
+
+
+async def receive(state: CallState, inbound: trio.MemorySendChannel[InboundPacket]) -> None:
+    """Read ACS until it hangs up; route packets by the inbound channel policy: audio that
+    does not fit is dropped and counted, every other packet waits for room."""
+    stats, intake, arrivals, log = state.stats, state.intake, state.arrivals, state.log
+    talk_is_life = state.player is None  # a transcription stream is alive while it talks
+    async with inbound:  # closing it ends the processor's `async for`
+        try:
+            for packet, arrived in state.early:
+                if arrivals is not None:
+                    arrivals.append(arrived)
+                await inbound.send(packet)
+            while True:
+                for packet in await state.read_packets():
+                    stats.packets_in += 1
+                    if type(packet) is AudioData:
+                        intake.heard = intake.now
+                        stats.audio_frames_in += 1
+                        try:
+                            inbound.send_nowait(packet)
+                        except trio.WouldBlock:
+                            stats.audio_frames_dropped += 1
+                            if stats.audio_frames_dropped == 1:
+                                log.warning("processor is behind: dropping inbound audio")
+                            continue
+                        if arrivals is not None:
+                            arrivals.append(intake.now)  # when the read returned
+                    else:
+                        if talk_is_life:
+                            intake.heard = intake.now
+                        if arrivals is not None:  # before: the processor may run first
+                            arrivals.append(intake.now)
+                        await inbound.send(packet)
+        except SendTimeout as closed:  # a pong the peer would not take
+            give_up(state, closed)
+        except ConnectionClosed as closed:
+            hung_up(state, closed)
+        except (TooManyErrors, Flooded) as exc:
+            by, code, why = refusal(exc)
+            state.end(by, code)
+            await state.close(code, why)
+            state.scope.cancel()
+
+
+def hung_up(state: CallState, closed: ConnectionClosed) -> None:
+    """ACS hung up: the processor sees the end of `packets` and gets a grace period to finish;
+    nothing more is sent."""
+    state.end(EndReason.HANGUP, closed.code)
+    reason = f": {closed.reason}" if closed.reason else ""
+    state.log.info("ACS hung up (%s%s)", closed.code, reason)
+    state.sending.cancel()
+    if state.player is not None:
+        state.player.close()
+    grace_ends = trio.current_time() + state.settings.hangup_grace
+    state.scope.deadline = min(state.scope.deadline, grace_ends)
+
+
+def give_up(state: CallState, closed: SendTimeout) -> None:
+    """The peer stopped reading: end the call now, without a close frame."""
+    state.end(EndReason.SEND_TIMEOUT, CLOSE_ABNORMAL)
+    state.log.warning("closing the call: %s", closed.reason)
+    if state.player is not None:
+        state.player.close()
+    state.scope.cancel()
+
+
+async def watch(state: CallState) -> None:
+    """Close the call when it has been idle too long or has lasted too long."""
+    settings, intake = state.settings, state.intake
+    while state.ended_by is None:
+        await trio.sleep_until(min(intake.heard + settings.idle_timeout, state.ends_at))
+        now = trio.current_time()
+        if state.ended_by is not None:
+            return
+        if now >= state.ends_at:
+            by, why = EndReason.MAX_DURATION, f"the call reached {settings.max_call_duration:g} s"
+        elif now >= intake.heard + settings.idle_timeout:
+            by, why = EndReason.IDLE, f"no inbound audio for {settings.idle_timeout:g} s"
+        else:
+            continue  # audio came in meanwhile: sleep until the new deadline
+        state.end(by, CLOSE_NORMAL)
+        state.log.info("closing the call: %s", why)
+        await state.close(CLOSE_NORMAL, why)
+        state.scope.cancel()
+
+
+async def send(state: CallState, player: Player) -> None:
+    """Release the player's frames to ACS on the playout clock, until ACS hangs up."""
+    ws, stats, encode_audio = state.ws, state.stats, codec.encode_audio
+    with state.sending:
+        while True:
+            stop, frames = await player.next_release()
+            messages = [codec.STOP_AUDIO_MESSAGE] if stop else []
+            messages += [encode_audio(pcm) for pcm in frames]
+            try:
+                await ws.send_messages(messages)
+            except ConnectionClosed as closed:
+                player.playout.not_sent(frames)
+                if isinstance(closed, SendTimeout):
+                    give_up(state, closed)
+                return  # otherwise the receive task sees the same and ends the call
+            stats.messages_out += len(messages)
+            stats.stop_audio_sent += stop
+
+
+async def process(state: CallState, processor: Processor, call: Call) -> None:
+    """Run the processor; its return ends the call (1000), its exception too (1011)."""
+    try:
+        await processor(call)
+    except Exception as exc:  # the processor's bug ends its own call, nothing else
+        state.log.exception("processor failed: %r", exc)
+        state.error = exc
+        if state.end(EndReason.PROCESSOR_ERROR, CLOSE_INTERNAL_ERROR):
+            await state.close(CLOSE_INTERNAL_ERROR, "processor error")
+    else:
+        if state.end(EndReason.PROCESSOR, CLOSE_NORMAL):
+            await state.close(CLOSE_NORMAL, "")
+    state.processor_returned = True
+    state.scope.cancel()
