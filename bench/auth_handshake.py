@@ -92,9 +92,10 @@ async def main(handshakes: int) -> None:
     token = issuer.token(RESOURCE)
     async with trio.open_nursery() as nursery:
         keys = await nursery.start(serve_key_set, issuer)
-        async with open_gateway(log_level="warning") as plain, open_gateway(
-            acs_resource_id=RESOURCE, auth_key_set_url=keys.url
-        ) as checked:
+        async with (
+            open_gateway(log_level="warning") as plain,
+            open_gateway(acs_resource_id=RESOURCE, auth_key_set_url=keys.url) as checked,
+        ):
             assert checked.auth is not None
             await checked.auth.keys.first_fetch_done.wait()
             times: dict[str, list[float]] = {"without auth": [], "with auth": []}

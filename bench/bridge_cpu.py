@@ -172,8 +172,13 @@ async def phase(
         for k, (_, stops) in enumerate(results):
             mine = sorted(s["time"] for s in starts if s["connection"] == k + 1)
             if args.verbose:
-                print(k, "speech_started", [round(t - results[k][0], 3) for t in mine],
-                      "stop-audio", [round(t - results[k][0], 3) for t in stops])
+                print(
+                    k,
+                    "speech_started",
+                    [round(t - results[k][0], 3) for t in mine],
+                    "stop-audio",
+                    [round(t - results[k][0], 3) for t in stops],
+                )
             if len(stops) == 1 and len(mine) >= 2:
                 latencies.append((stops[0] - mine[1]) * 1000)
         row.update(

@@ -87,13 +87,20 @@ def handmade(
 
 def claims(**extra: Any) -> dict[str, Any]:
     now = int(time.time())
-    return {"iss": "https://acscallautomation.communication.azure.com", "aud": RESOURCE,
-            "iat": now, "exp": now + 3600, **extra}
+    return {
+        "iss": "https://acscallautomation.communication.azure.com",
+        "aud": RESOURCE,
+        "iat": now,
+        "exp": now + 3600,
+        **extra,
+    }
 
 
 def public_pem(issuer: AcsTokenIssuer) -> bytes:
-    return issuer.private_keys[issuer.key_id].public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    return (
+        issuer.private_keys[issuer.key_id]
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
 
 
@@ -106,36 +113,59 @@ HOUR = 3600
 CASES: dict[str, tuple[Callable[[AcsTokenIssuer, AcsTokenIssuer], list[tuple[str, str]]], str]] = {
     "valid": (lambda i, _: [bearer(i.token(RESOURCE))], ""),
     "valid, in the Authentication header (g.14)": (
-        lambda i, _: [bearer(i.token(RESOURCE), "Authentication")], ""),
+        lambda i, _: [bearer(i.token(RESOURCE), "Authentication")],
+        "",
+    ),
     "expired within the leeway": (
         lambda i, _: [bearer(i.token(RESOURCE, issued=time.time() - HOUR - 10, lifetime=HOUR))],
-        ""),
+        "",
+    ),
     "expired": (
         lambda i, _: [bearer(i.token(RESOURCE, issued=time.time() - 2 * HOUR, lifetime=HOUR))],
-        "expired"),
+        "expired",
+    ),
     "not yet valid": (
-        lambda i, _: [bearer(i.token(RESOURCE, not_before=time.time() + 600))], "not_yet_valid"),
+        lambda i, _: [bearer(i.token(RESOURCE, not_before=time.time() + 600))],
+        "not_yet_valid",
+    ),
     "wrong audience": (lambda i, _: [bearer(i.token("another-resource"))], "wrong_audience"),
     "wrong issuer": (
-        lambda i, _: [bearer(i.token(RESOURCE, issuer="https://evil.example"))], "wrong_issuer"),
+        lambda i, _: [bearer(i.token(RESOURCE, issuer="https://evil.example"))],
+        "wrong_issuer",
+    ),
     "no expiry": (lambda i, _: [bearer(i.token(RESOURCE, claims={"exp": None}))], "missing_claim"),
     "signed by another key under ACS's key id": (
-        lambda _, imp: [bearer(imp.token(RESOURCE))], "bad_signature"),
+        lambda _, imp: [bearer(imp.token(RESOURCE))],
+        "bad_signature",
+    ),
     "payload changed after signing": (
-        lambda i, _: [bearer(tampered(i.token("another-resource")))], "bad_signature"),
+        lambda i, _: [bearer(tampered(i.token("another-resource")))],
+        "bad_signature",
+    ),
     "unknown key id": (
-        lambda i, _: [bearer(i.token(RESOURCE, key_id="rotated-key-9"))], "unknown_key"),
+        lambda i, _: [bearer(i.token(RESOURCE, key_id="rotated-key-9"))],
+        "unknown_key",
+    ),
     "alg none": (
         lambda i, _: [bearer(handmade({"alg": "none", "kid": i.key_id}, claims(), lambda m: b""))],
-        "bad_algorithm"),
+        "bad_algorithm",
+    ),
     "HS256 keyed with the public key (key confusion)": (
-        lambda i, _: [bearer(handmade(
-            {"alg": "HS256", "kid": i.key_id, "typ": "JWT"}, claims(),
-            lambda m: hmac.new(public_pem(i), m, hashlib.sha256).digest()))],
-        "bad_algorithm"),
+        lambda i, _: [
+            bearer(
+                handmade(
+                    {"alg": "HS256", "kid": i.key_id, "typ": "JWT"},
+                    claims(),
+                    lambda m: hmac.new(public_pem(i), m, hashlib.sha256).digest(),
+                )
+            )
+        ],
+        "bad_algorithm",
+    ),
     "no key id": (
         lambda i, _: [bearer(handmade({"alg": "RS256"}, claims(), lambda m: b"x" * 256))],
-        "no_key_id"),
+        "no_key_id",
+    ),
     "missing header": (lambda i, _: [], "missing_token"),
     "garbage token": (lambda i, _: [bearer("garbage.not-a.jwt")], "malformed"),
     "not a bearer token": (lambda i, _: [("Authorization", "Basic dXNlcjpwYXNz")], "malformed"),

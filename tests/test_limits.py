@@ -186,9 +186,7 @@ async def test_a_peer_that_stops_reading_loses_its_call_and_no_other(autojump_cl
         finally:
             ended_at.append(trio.current_time())
 
-    async with memory_call(
-        echo_noting_the_end, stream_pair=stalling_pair, send_timeout=2
-    ) as stuck:
+    async with memory_call(echo_noting_the_end, stream_pair=stalling_pair, send_timeout=2) as stuck:
         async with memory_call(
             "echo", stream_pair=trio.testing.lockstep_stream_pair, send_timeout=2
         ) as good:

@@ -50,9 +50,7 @@ def conversation(rate: int) -> bytes:
         interrupt = speech(16000, "interrupt")[: 16000 * 2]
     else:
         interrupt = speech(24000)[24000 * 2 * 5 : 24000 * 2 * 6]
-    return (
-        speech(rate)[: rate * 2 * 2] + silence(rate, 1.5) + interrupt + silence(rate, 1.0)
-    )
+    return speech(rate)[: rate * 2 * 2] + silence(rate, 1.5) + interrupt + silence(rate, 1.0)
 
 
 async def test_barge_in_truncates_to_what_was_released(autojump_clock, monkeypatch):
@@ -237,7 +235,9 @@ async def test_a_silent_upstream_is_noticed_and_the_call_ended(autojump_clock, m
     calls: list[Call] = []
     async with open_fake_model() as model:
         opts = options(
-            model.url, keepalive_interval=1.0, keepalive_timeout=2.0,
+            model.url,
+            keepalive_interval=1.0,
+            keepalive_timeout=2.0,
             on_upstream_failure="hangup",
         )
         async with open_gateway(spied(opts, calls)) as server:

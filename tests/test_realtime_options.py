@@ -14,21 +14,41 @@ ENV = {"OPENAI_API_KEY": "sk-o", "AZURE_OPENAI_API_KEY": "az-k", "AZURE_VOICELIV
 @pytest.mark.parametrize(
     "opts, url, headers",
     [
-        ({}, "wss://api.openai.com/v1/realtime?model=gpt-realtime",
-         [("Authorization", "Bearer sk-o")]),
-        ({"protocol": "beta", "model": "gpt-4o-realtime-preview"},
-         "wss://api.openai.com/v1/realtime?model=gpt-4o-realtime-preview",
-         [("Authorization", "Bearer sk-o"), ("OpenAI-Beta", "realtime=v1")]),
-        ({"provider": "azure", "endpoint": "https://res.openai.azure.com", "model": "my-rt"},
-         "wss://res.openai.azure.com/openai/v1/realtime?model=my-rt", [("api-key", "az-k")]),
-        ({"provider": "azure-preview", "endpoint": "https://res.openai.azure.com/",
-          "model": "gpt-4o-rt"},
-         "wss://res.openai.azure.com/openai/realtime?api-version=2025-04-01-preview"
-         "&deployment=gpt-4o-rt", [("api-key", "az-k")]),
-        ({"provider": "voice-live", "endpoint": "https://res.services.ai.azure.com",
-          "api_version": "2025-05-01-preview"},
-         "wss://res.services.ai.azure.com/voice-live/realtime?api-version=2025-05-01-preview"
-         "&model=gpt-realtime", [("api-key", "vl")]),
+        (
+            {},
+            "wss://api.openai.com/v1/realtime?model=gpt-realtime",
+            [("Authorization", "Bearer sk-o")],
+        ),
+        (
+            {"protocol": "beta", "model": "gpt-4o-realtime-preview"},
+            "wss://api.openai.com/v1/realtime?model=gpt-4o-realtime-preview",
+            [("Authorization", "Bearer sk-o"), ("OpenAI-Beta", "realtime=v1")],
+        ),
+        (
+            {"provider": "azure", "endpoint": "https://res.openai.azure.com", "model": "my-rt"},
+            "wss://res.openai.azure.com/openai/v1/realtime?model=my-rt",
+            [("api-key", "az-k")],
+        ),
+        (
+            {
+                "provider": "azure-preview",
+                "endpoint": "https://res.openai.azure.com/",
+                "model": "gpt-4o-rt",
+            },
+            "wss://res.openai.azure.com/openai/realtime?api-version=2025-04-01-preview"
+            "&deployment=gpt-4o-rt",
+            [("api-key", "az-k")],
+        ),
+        (
+            {
+                "provider": "voice-live",
+                "endpoint": "https://res.services.ai.azure.com",
+                "api_version": "2025-05-01-preview",
+            },
+            "wss://res.services.ai.azure.com/voice-live/realtime?api-version=2025-05-01-preview"
+            "&model=gpt-realtime",
+            [("api-key", "vl")],
+        ),
     ],
 )
 def test_provider_url_forms_and_auth_headers(opts, url, headers):

@@ -34,9 +34,7 @@ def test_audio_delta_in_both_generations(name):
 
 @pytest.mark.parametrize("name", ["response.output_audio.done", "response.audio.done"])
 def test_audio_done_in_both_generations(name):
-    assert protocol.parse(event(type=name, response_id="r1", item_id="i1")) == AudioDone(
-        "r1", "i1"
-    )
+    assert protocol.parse(event(type=name, response_id="r1", item_id="i1")) == AudioDone("r1", "i1")
 
 
 def test_control_events():
@@ -86,7 +84,8 @@ def test_session_update_ga_shape():
 
 def test_session_update_beta_shape():
     settings = SessionSettings(
-        voice="alloy", turn_detection={"type": "azure_semantic_vad"},
+        voice="alloy",
+        turn_detection={"type": "azure_semantic_vad"},
         transcription={"model": "whisper-1"},
     )
     session = orjson.loads(protocol.session_update(settings, protocol.BETA))["session"]
@@ -116,8 +115,12 @@ def test_barge_in_cancels_and_truncates_to_what_was_released():
     events = [orjson.loads(e) for e in conv.interrupt()]
     assert events == [
         {"type": "response.cancel", "response_id": "r1"},
-        {"type": "conversation.item.truncate", "item_id": "i1", "content_index": 0,
-         "audio_end_ms": 1230},
+        {
+            "type": "conversation.item.truncate",
+            "item_id": "i1",
+            "content_index": 0,
+            "audio_end_ms": 1230,
+        },
     ]
     assert not conv.audio(*_delta("r1", "i1", 4800))  # late audio of the cancelled reply
     assert conv.interrupt() == []  # a second speech start: nothing more to say

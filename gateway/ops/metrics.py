@@ -315,10 +315,10 @@ def multiprocess_registry(path: str | None = None) -> CollectorRegistry:
     """A registry that sums every worker's values from the multiprocess directory (for the
     supervisor's `/metrics`). Never register metric objects in it."""
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
+    multiprocess.MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]  # untyped upstream
     return registry
 
 
 def worker_exited(pid: int, path: str | None = None) -> None:
     """A worker process ended: its live gauge values no longer count (its counters still do)."""
-    multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+    multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]  # untyped upstream

@@ -5,9 +5,10 @@ Owns: the two socket calls of every frame (one recv, one send). Never: framing, 
 connection uses trio's `SSLStream` over `SocketStream` as usual).
 
 Why: at 100 calls, profiling showed trio's generic socket path as the gateway's largest cost
-(README, "Performance"). For each read, `SocketStream.receive_some` first tries `recv` (which
-fails with EAGAIN right after we drained the socket), waits, reads, then yields once more; for
-each write `send_all` yields after a successful `send`. This class does the same with less:
+(docs/performance.md, "What moved the knee"). For each read, `SocketStream.receive_some` first
+tries `recv` (which fails with EAGAIN right after we drained the socket), waits, reads, then
+yields once more; for each write `send_all` yields after a successful `send`. This class does
+the same with less:
 
 - receive: after a short read the kernel buffer is (almost surely) empty, so it waits for
   readability first and then reads once: one park, one `recv`. After a full read it reads again
@@ -87,7 +88,7 @@ class SocketTransport(trio.abc.HalfCloseableStream):
                     try:
                         sent += self.socket.send(view[sent:])
                     except BlockingIOError:
-                        await self._wait(trio.lowlevel.wait_writable)
+                        await self._wait_writable()
                     except OSError as exc:
                         raise trio.BrokenResourceError(exc) from exc
         finally:
@@ -104,7 +105,7 @@ class SocketTransport(trio.abc.HalfCloseableStream):
             return data
 
     async def wait_send_all_might_not_block(self) -> None:
-        await self._wait(trio.lowlevel.wait_writable)
+        await self._wait_writable()
 
     async def send_eof(self) -> None:
         self._check_open()
@@ -121,10 +122,10 @@ class SocketTransport(trio.abc.HalfCloseableStream):
             self.socket.close()
         await trio.lowlevel.checkpoint()
 
-    async def _wait(self, wait: object) -> None:
+    async def _wait_writable(self) -> None:
         self._check_open()
         try:
-            await wait(self.socket)  # type: ignore[operator]
+            await trio.lowlevel.wait_writable(self.socket)
         except trio.ClosedResourceError:
             raise
         except OSError as exc:
