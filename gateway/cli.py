@@ -90,7 +90,13 @@ async def _run(
         async with trio.open_nursery() as nursery:
             server: Server = await nursery.start(
                 partial(
-                    serve, config, processor, metrics=metrics, sockets=sockets, notifier=notifier
+                    serve,
+                    config,
+                    processor,
+                    metrics=metrics,
+                    sockets=sockets,
+                    notifier=notifier,
+                    shared=supervisor.worker_calls(),  # workers share max_calls
                 )
             )
             await nursery.start(reload_on_sighup, server, load)

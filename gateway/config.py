@@ -142,6 +142,15 @@ class Config(CallSettings):
         validator=_positive,
         metadata=_hot("On SIGTERM/SIGINT, seconds live calls may go on before they are cancelled."),
     )
+    drain_delay: float = attrs.field(
+        default=0.0,
+        validator=_not_negative,
+        metadata=_hot(
+            "On SIGTERM/SIGINT, seconds between readiness going false and the listener closing "
+            "(new calls are still served meanwhile), so load balancers stop sending first; "
+            "`shutdown_grace` counts from the close."
+        ),
+    )
     tls_certfile: str | None = attrs.field(
         default=None,
         metadata=_hot("PEM certificate chain: serve wss:// directly (with tls_keyfile)."),
@@ -159,6 +168,22 @@ class Config(CallSettings):
         default=None,
         validator=_positive_or_none,
         metadata=_hot("Live calls from one source address at most (HTTP 429); none: no limit."),
+    )
+    max_pending_handshakes: int = attrs.field(
+        default=1000,
+        validator=_positive,
+        metadata=_hot(
+            "Connections accepted but not yet upgraded, gateway-wide (divided among the "
+            "workers); beyond it a new connection is closed at once, before it is read."
+        ),
+    )
+    max_pending_handshakes_per_source: int | None = attrs.field(
+        default=100,
+        validator=_positive_or_none,
+        metadata=_hot(
+            "The same from one source address (per worker); none: no limit. Behind a proxy "
+            "every connection has the proxy's address: raise it or unset it."
+        ),
     )
     allowed_networks: tuple[str, ...] = attrs.field(
         default=(),

@@ -72,6 +72,12 @@ CALL_DURATION_BUCKETS: Final = (
     7200.0,
     float("inf"),
 )
+# Why a connection was closed unread at accept (gateway.server.serve).
+CONNECTION_REFUSALS: Final = (
+    "max_pending_handshakes",
+    "max_pending_handshakes_per_source",
+    "no_fds",
+)
 _ENDED_BY: Final = tuple(EndReason)  # every label value, exported at 0 from the start
 
 
@@ -131,6 +137,8 @@ class Totals:
     protocol_errors: Mapping[str, int]  # by reason
     upstream_errors: Mapping[str, int]  # by kind
     outbound_dropped: Mapping[str, float]  # seconds, by reason
+    connections_refused: Mapping[str, int] = attrs.field(factory=dict)  # by reason
+    accept_errors: Mapping[str, int] = attrs.field(factory=dict)  # by errno name
 
 
 class Metrics:
@@ -193,6 +201,16 @@ class Metrics:
             "Errors talking to a processor's upstream service, by kind.",
             ["kind"],
         )
+        self.connections_refused = counter(
+            "connections_refused",
+            "Connections closed at once, unread, before any handshake, by reason.",
+            ["reason"],
+        )
+        self.accept_errors = counter(
+            "accept_errors",
+            "accept() failures on the media port (out of descriptors or memory), by error.",
+            ["error"],
+        )
         self.config_reloads = counter(
             "config_reloads", "SIGHUP configuration reloads, by result.", ["result"]
         )
@@ -231,6 +249,8 @@ class Metrics:
             self.config_reloads.labels(result)
         for status in ("401", "403", "429", "503"):
             self.calls_refused.labels(status)
+        for reason in CONNECTION_REFUSALS:
+            self.connections_refused.labels(reason)
 
         self.processing = LocalHistogram(LATENCY_BUCKETS)
         self.lateness = LocalHistogram(LATENCY_BUCKETS)
@@ -271,6 +291,8 @@ class Metrics:
             (self.protocol_errors, t.protocol_errors),
             (self.upstream_errors, t.upstream_errors),
             (self.outbound_dropped, t.outbound_dropped),
+            (self.connections_refused, t.connections_refused),
+            (self.accept_errors, t.accept_errors),
         ):
             for label, value in by_label.items():
                 self._advance(family.labels(label), value)

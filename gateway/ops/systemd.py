@@ -12,8 +12,8 @@ service manager going away must not take calls down with it.
 
 `--workers N` reuses the same protocol one level down: the supervisor gives each worker its
 own `$NOTIFY_SOCKET` and reads the workers' messages (`gateway.supervisor`). For it a worker's
-status update also carries `X_ACS_CALLS=` (live calls) and `X_ACS_READY=` (admitting calls);
-systemd ignores variables it does not know.
+status update also carries `X_ACS_CALLS=` (live calls), `X_ACS_READY=` (admitting calls) and
+`X_ACS_MAX_CALLS=` (its limit, after every reload); systemd ignores variables it does not know.
 """
 
 from __future__ import annotations
@@ -86,13 +86,18 @@ class Changes:
         self._event = trio.Event()
 
 
-def status_assignments(live: int, ready: bool, draining: bool) -> tuple[str, ...]:
-    """STATUS= for `systemctl status`, plus the machine-readable pair the supervisor reads."""
+def status_assignments(
+    live: int, ready: bool, draining: bool, max_calls: int | None = None
+) -> tuple[str, ...]:
+    """STATUS= for `systemctl status`, plus the machine-readable fields the supervisor reads
+    (`X_ACS_MAX_CALLS`: the limit now in force, which a reload may move)."""
     if draining:
         text = f"draining: {live} live call(s)"
     else:
         text = f"serving {live} live call(s)" + ("" if ready else ", at the call limit")
-    return (f"STATUS={text}", f"X_ACS_CALLS={live}", f"X_ACS_READY={int(ready and not draining)}")
+    limit = () if max_calls is None else (f"X_ACS_MAX_CALLS={max_calls}",)
+    ready_now = int(ready and not draining)
+    return (f"STATUS={text}", f"X_ACS_CALLS={live}", f"X_ACS_READY={ready_now}", *limit)
 
 
 def parse(datagram: bytes) -> dict[str, str]:

@@ -90,28 +90,37 @@ class _Place:
     outcome: CallOutcome | None = None
 
 
-async def serve_connection(stream: trio.abc.Stream, context: ServerContext) -> CallOutcome | None:
+async def serve_connection(
+    stream: trio.abc.Stream, context: ServerContext, *, pending: bool = False
+) -> CallOutcome | None:
     """Serve one accepted connection to its end: the call's outcome, or None when it never
-    became a call (or the gateway failed). Never raises but for cancellation; closes `stream`."""
+    became a call (or the gateway failed). Never raises but for cancellation; closes `stream`.
+
+    `pending`: the accept loop counted this connection as a pending handshake
+    (`Admission.pending_refusal`); the count ends here, once it is admitted or refused."""
     config = context.config
     peer = peer_address(stream)
-    source = peer.rpartition(":")[0].strip("[]")
+    source = source_of(peer)
     ws = ServerWebSocket(
         stream, max_message_bytes=config.max_message_bytes, send_timeout=config.send_timeout
     )
     place: _Place | None = None
     gateway_failed = False
     try:
-        deadline = trio.current_time() + config.handshake_timeout
-        handshake = await _read_handshake(ws, context, deadline, peer)
-        if handshake is None:
-            return None
-        calllog = call_logger(
-            handshake.headers.get("x-ms-call-connection-id"),
-            handshake.headers.get("x-ms-call-correlation-id"),
-            peer,
-        )
-        place = await _admit(ws, handshake.headers, context, source, deadline, calllog)
+        try:
+            deadline = trio.current_time() + config.handshake_timeout
+            handshake = await _read_handshake(ws, context, deadline, peer)
+            if handshake is None:
+                return None
+            calllog = call_logger(
+                handshake.headers.get("x-ms-call-connection-id"),
+                handshake.headers.get("x-ms-call-correlation-id"),
+                peer,
+            )
+            place = await _admit(ws, handshake.headers, context, source, deadline, calllog)
+        finally:
+            if pending:  # admitted, refused, timed out, broken or cancelled: no longer pending
+                context.admission.handshake_done(source)
         if place is None:
             return None
         await ws.accept()
@@ -148,6 +157,11 @@ async def serve_connection(stream: trio.abc.Stream, context: ServerContext) -> C
         await _close(ws, stream, context, admitted=place is not None)
 
 
+def source_of(peer: str) -> str:
+    """The source address of `host:port` (what the per-source limits count by)."""
+    return peer.rpartition(":")[0].strip("[]")
+
+
 async def _read_handshake(
     ws: ServerWebSocket, context: ServerContext, deadline: float, peer: str
 ) -> Handshake | None:
@@ -176,13 +190,13 @@ async def _admit(
             return None
     if refusal is None:
         config = context.config  # the limits as they are now (a reload may have moved them)
-        refusal = context.admission.refusal(source, config.max_calls, config.max_calls_per_source)
+        # checks and takes the place at once: no await between
+        refusal = context.admission.admit(source, config.max_calls, config.max_calls_per_source)
     if refusal is not None:
         context.stats.refused_by[refusal.reason] += 1
         calllog.warning("refusing the call (%s): %s", refusal.reason, refusal.reject.reason)
         await ws.reject(refusal.reject)
         return None
-    context.admission.reserve(source)  # no await since the check above
     context.changes.note()
     return _Place(source, context.stats.call_started(), trio.current_time())
 

@@ -4,10 +4,19 @@ Owns: listening sockets and the calls nursery. Each accepted stream is handed to
 `gateway.server.connection.serve_connection` (handshake checks, admission, the call, the
 accounting, the close) in its own task in the calls nursery. It knows nothing of audio.
 
-Drain (`Server.drain(grace)`): stop accepting and close the listeners, let live calls go on for
-`grace` seconds, then cancel them (hypercorn's `worker_serve` in one line). `serve()` returns
-when the last call has ended. While draining, nothing more is accepted, and a connection
-accepted before is served.
+Drain (`Server.drain(grace)`): readiness goes false at once; `drain_delay` seconds later (time
+for load balancers polling `/readyz` to stop sending; connections that still come are served)
+stop accepting and close the listeners, let live calls go on for `grace` seconds, then cancel
+them (hypercorn's `worker_serve` in one line). `serve()` returns when the last call has ended.
+Once the listeners close, nothing more is accepted, and a connection accepted before is served.
+
+Accepting under abuse: right after accept(), before a byte is read, a connection beyond
+`max_pending_handshakes` (or its per-source bound) is closed at once with a reset and counted
+(`ServerStats.connections_refused`). At start the soft RLIMIT_NOFILE is raised to the hard
+limit. When accept() fails for want of descriptors (EMFILE/ENFILE) it is counted
+(`ServerStats.accept_errors`), one spare descriptor kept for this is freed to accept the waiting
+connection and close it at once (counted as `no_fds`), and the server goes on: a peer gets a
+prompt close rather than a connection stuck in the queue, and nothing crashes.
 
 Listening sockets: bound here from `host`/`port`, or handed in already bound (`sockets=`: from
 systemd's socket activation, or one of a supervisor's SO_REUSEPORT sockets). A handed-in
@@ -25,10 +34,13 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
+import resource
 import socket
 import ssl
 from collections import Counter
 from collections.abc import Sequence
+from functools import partial
 from typing import Any, Final
 
 import trio
@@ -40,8 +52,11 @@ from ..ops import systemd
 from ..ops.metrics import Metrics
 from ..processors import Processor
 from ..wire.transport import SocketTransport
+from .admission import Admission
 from .auth import KeySet, TokenChecker
-from .connection import ServerContext, serve_connection
+from .connection import ServerContext, serve_connection, source_of
+from .shared_calls import SharedCalls
+from .sockets import peer_address, reset_on_close
 from .stats import ServerStats
 
 log = logging.getLogger("gateway.server")
@@ -61,6 +76,7 @@ class Server:
         processor: Processor,
         metrics: Metrics | None = None,
         notifier: systemd.Notifier | None = None,
+        shared: SharedCalls | None = None,
     ) -> None:
         self.notifier = notifier or systemd.Notifier(None)
         self.metrics = Metrics() if metrics is None else metrics  # a private registry by default
@@ -73,6 +89,7 @@ class Server:
         self.context = ServerContext(  # what every connection is served with
             config,
             processor,
+            admission=Admission(config.allowed_networks, shared),
             stats=self.stats,
             auth=self.auth,
             pacer=self.pacer,
@@ -94,6 +111,7 @@ class Server:
     @config.setter
     def config(self, config: Config) -> None:
         self.context.config = config  # a reload: read by every new connection
+        self.changes.note()  # readiness may have moved (max_calls): report it again
 
     @property
     def reserved(self) -> int:
@@ -120,19 +138,29 @@ class Server:
     def port(self) -> int:
         return int(self.urls[0].rsplit(":", 1)[1])
 
-    def drain(self, grace: float | None = None) -> None:
-        """Stop accepting; cancel the calls still live `grace` seconds from now."""
+    def drain(self, grace: float | None = None, delay: float | None = None) -> None:
+        """Not ready now; stop accepting `delay` seconds from now (`drain_delay`), and cancel
+        the calls still live `grace` seconds after that."""
         grace = self.config.shutdown_grace if grace is None else grace
+        delay = self.config.drain_delay if delay is None else delay
         self.draining = True
-        self._accepting.cancel()
+        close_at = trio.current_time() + delay
+        self._accepting.deadline = min(self._accepting.deadline, close_at)
         assert self._calls_scope is not None
-        self._calls_scope.deadline = min(self._calls_scope.deadline, trio.current_time() + grace)
-        log.info("draining: %d live call(s), grace %.1f s", self.live, grace)
+        self._calls_scope.deadline = min(self._calls_scope.deadline, close_at + grace)
+        log.info(
+            "draining: %d live call(s), listener closes in %.1f s, then grace %.1f s",
+            self.live,
+            delay,
+            grace,
+        )
         self.notifier.notify("STOPPING=1", *self._status())
         self.changes.note()
 
     def _status(self) -> tuple[str, ...]:
-        return systemd.status_assignments(self.live, self.ready, self.draining)
+        return systemd.status_assignments(
+            self.live, self.ready, self.draining, self.config.max_calls
+        )
 
     async def _report_status(self) -> None:
         """STATUS= whenever the live calls change, at most every STATUS_INTERVAL seconds."""
@@ -145,28 +173,126 @@ class Server:
         """Would a new call be admitted now, and if not, why (the health endpoint's /readyz)."""
         if self.draining:
             return False, "draining"
-        if self.reserved >= self.config.max_calls:
+        if not self.context.admission.would_admit(self.config.max_calls):
             return False, f"at the limit of {self.config.max_calls} calls"
         return True, "ready"
 
     def stop_now(self) -> None:
         """Cancel every call at once (a second signal): no 1001 close for them either."""
         self.context.close_on_cancel = False
-        self.drain(0)
+        self.drain(0, 0)
 
     async def _accept_loop(self, listener: trio.abc.Listener[Any], calls: trio.Nursery) -> None:
-        while True:
+        spare = _SpareDescriptor()
+        try:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                        raise
+                    await self._out_of_descriptors(listener, exc, spare)
+                    continue
+                self._admit_connection(stream, calls)
+        finally:
+            spare.close()
+
+    def _admit_connection(self, stream: trio.abc.Stream, calls: trio.Nursery) -> None:
+        """Hand the connection to its task, or close it at once, unread, when the pending
+        handshakes are at their bounds (no await: the count holds however fast they come)."""
+        config = self.config
+        source = source_of(peer_address(stream))
+        reason = self.context.admission.pending_refusal(
+            source, config.max_pending_handshakes, config.max_pending_handshakes_per_source
+        )
+        if reason is not None:
+            _refuse(stream)
+            self.stats.connections_refused[reason] += 1
+            return
+        if isinstance(stream, trio.SocketStream):
+            stream = SocketTransport.from_socket_stream(stream)
+        calls.start_soon(partial(serve_connection, stream, self.context, pending=True))
+
+    async def _out_of_descriptors(
+        self, listener: trio.abc.Listener[Any], exc: OSError, spare: _SpareDescriptor
+    ) -> None:
+        """accept() failed for want of descriptors (or memory): count it, and refuse the
+        connection waiting in the queue with the spare descriptor; then let calls end."""
+        name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        self.stats.accept_errors[name] += 1
+        if self.stats.accept_errors[name] in (1, 10, 100) or not spare.held:
+            log.error("accept failed (%s): refusing new connections while short", exc)
+        if spare.release():
+            # The connection that found no descriptor is waiting at the head of the queue.
+            with trio.move_on_after(ACCEPT_RETRY_SLEEP):
+                try:
+                    stream = await listener.accept()
+                except OSError:
+                    pass
+                else:
+                    _refuse(stream)
+                    self.stats.connections_refused["no_fds"] += 1
+            spare.take()
+            if spare.held:
+                return  # on to the next one at once: the queue empties as fast as it fills
+        await trio.sleep(ACCEPT_RETRY_SLEEP)  # let calls end and free descriptors
+
+
+class _SpareDescriptor:
+    """One descriptor held in reserve, so that when the process runs out, the accept loop can
+    still take a waiting connection off the queue and close it at once."""
+
+    def __init__(self) -> None:
+        self.fd: int | None = None
+        self.take()
+
+    @property
+    def held(self) -> bool:
+        return self.fd is not None
+
+    def take(self) -> None:
+        if self.fd is None:
             try:
-                stream = await listener.accept()
-            except OSError as exc:
-                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
-                    raise
-                log.error("accept failed (%s); retrying in %.1f s", exc, ACCEPT_RETRY_SLEEP)
-                await trio.sleep(ACCEPT_RETRY_SLEEP)
-            else:
-                if isinstance(stream, trio.SocketStream):
-                    stream = SocketTransport.from_socket_stream(stream)
-                calls.start_soon(serve_connection, stream, self.context)
+                self.fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                self.fd = None  # still short: the next failure tries again
+
+    def release(self) -> bool:
+        if self.fd is None:
+            return False
+        os.close(self.fd)
+        self.fd = None
+        return True
+
+    def close(self) -> None:
+        self.release()
+
+
+def _refuse(stream: trio.abc.Stream) -> None:
+    """Close a connection at once, unread, with a reset (no FIN handshake, no TIME_WAIT)."""
+    reset_on_close(stream)
+    inner = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    if isinstance(inner, trio.SocketStream):  # what our listeners accept
+        inner.socket.close()
+
+
+def raise_descriptor_limit() -> None:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (one descriptor per call and per
+    pending handshake); log both."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        log.info("file descriptors: limit %s (soft = hard)", _limit(hard))
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("file descriptors: cannot raise %s to %s: %s", _limit(soft), _limit(hard), exc)
+        return
+    log.info("file descriptors: soft limit raised from %s to the hard limit %s", soft, _limit(hard))
+
+
+def _limit(n: int) -> str:
+    return "unlimited" if n == resource.RLIM_INFINITY else str(n)
 
 
 def _token_checker(config: Config) -> TokenChecker | None:
@@ -198,13 +324,16 @@ async def serve(
     sockets: Sequence[socket.socket] = (),
     notifier: systemd.Notifier | None = None,
     metrics: Metrics | None = None,
+    shared: SharedCalls | None = None,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen and serve calls until drained (or cancelled). The one entry point for the daemon
     and the tests: `server = await nursery.start(serve, config, processor)`.
 
-    `sockets`: already listening sockets to serve on instead of binding `host`/`port`."""
-    server = Server(config, processor, metrics, notifier)
+    `sockets`: already listening sockets to serve on instead of binding `host`/`port`.
+    `shared`: a worker's gateway-wide count of live calls (`gateway.server.shared_calls`)."""
+    raise_descriptor_limit()
+    server = Server(config, processor, metrics, notifier, shared)
     listeners: list[trio.abc.Listener[Any]]
     if sockets:
         listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]

@@ -40,6 +40,9 @@ class ServerStats:
     auth_failed: Counter[str] = attrs.field(factory=Counter)  # by AuthFailure.reason
     frames_flood_dropped: int = 0
     handshake_failures: Counter[str] = attrs.field(factory=Counter)  # timeout, invalid
+    # Closed unread at accept (max_pending_handshakes[_per_source], out of descriptors).
+    connections_refused: Counter[str] = attrs.field(factory=Counter)
+    accept_errors: Counter[str] = attrs.field(factory=Counter)  # accept() failed, by errno name
     upstream_errors: Counter[str] = attrs.field(factory=Counter)  # by kind
     packets_unread: int = 0  # still in a call's inbound queue when it ended
     # Seconds of audio a processor played that never reached ACS, by reason.
@@ -103,6 +106,8 @@ class ServerStats:
             protocol_errors=errors,
             upstream_errors=upstream,
             outbound_dropped=self.outbound_dropped_seconds,
+            connections_refused=self.connections_refused,
+            accept_errors=self.accept_errors,
         )
 
     def call_started(self) -> CallStats:

@@ -15,10 +15,17 @@ fds to serve on (`WORKER_FDS_ENV`) and where to read for the supervisor's death
 drains). Workers run in their own session, so a terminal's Ctrl-C reaches them once, through
 the supervisor.
 
+Calls: `max_calls` is the whole gateway's. The workers share one count of live calls
+(`gateway.server.shared_calls`, a file in the supervisor's private directory), and a worker
+admits a call only while the sum is under the limit; the supervisor zeroes a dead worker's slot.
+
 Health: with `health_port` set, the supervisor (not the workers) serves `/livez`, `/readyz`
-(ready when not draining and every worker is ready) and `/metrics` (every worker's metrics,
-summed by prometheus-client's multiprocess mode from `$PROMETHEUS_MULTIPROC_DIR`, a fresh
-private directory for each run).
+and `/metrics`. `/readyz` is 200 exactly when a new call would be admitted, whichever worker
+the kernel hands it to: not draining, every worker up (a connection for a worker that is
+starting waits in its queue), and the shared count under `max_calls` as the workers last
+reported it (each reports its limit again after every reload). `/metrics` has every worker's
+metrics, summed by prometheus-client's multiprocess mode from `$PROMETHEUS_MULTIPROC_DIR` (a
+fresh private directory for each run), and each process's `process_*` series, labelled by worker.
 
 Workers talk to the supervisor with systemd's own notify protocol (`gateway.ops.systemd`): each
 gets a private abstract `$NOTIFY_SOCKET` and a `$WATCHDOG_USEC`. The supervisor tells systemd
@@ -53,6 +60,7 @@ from ..ops import systemd
 from ..ops.health import serve_health
 from ..ops.metrics import multiprocess_registry, worker_exited
 from .serve import ssl_context
+from .shared_calls import CALLS_FILE_ENV, SharedCalls
 
 log = logging.getLogger("gateway.supervisor")
 
@@ -79,6 +87,7 @@ class Worker:
     ready: bool = False  # its last word: admitting calls
     serving: bool = False  # this process said READY=1 (it has its signal handlers)
     calls: int = 0
+    max_calls: int | None = None  # the limit it last reported (it reloads on SIGHUP)
     started_at: float = 0.0
     last_ping: float | None = None  # None until its loop runs (start-up is not watched)
     restarts: int = 0
@@ -136,6 +145,7 @@ class Supervisor:
         # Prometheus multiprocess mode (gateway.ops.metrics): every worker writes its metric
         # files here, and the supervisor aggregates them. Fresh and private for each run.
         self.metrics_dir = tempfile.mkdtemp(prefix="acs-media-gateway-metrics-")
+        self.shared_calls = SharedCalls.create(self.metrics_dir, config.workers)
         interval = notifier.watchdog_interval
         self.worker_watchdog = 2 * interval if interval is not None else WORKER_WATCHDOG_DEFAULT
 
@@ -143,20 +153,28 @@ class Supervisor:
 
     @property
     def live(self) -> int:
-        return sum(w.calls for w in self.workers)
+        return self.shared_calls.total()
 
     @property
     def ready(self) -> bool:
-        """Admitting calls: not draining, and every worker ready."""
+        """Admitting calls: not draining, every worker up, the gateway under max_calls."""
         return self.readiness()[0]
+
+    @property
+    def max_calls(self) -> int:
+        """The gateway's limit as the workers last reported it (a reload moves it)."""
+        reported = [w.max_calls for w in self.workers if w.max_calls is not None]
+        return min(reported) if reported else self.config.max_calls
 
     def readiness(self) -> tuple[bool, str]:
         """The health endpoint's /readyz for the whole service, and why not."""
         if self.draining:
             return False, "draining"
-        waiting = [str(w.index) for w in self.workers if not w.ready]
+        waiting = [str(w.index) for w in self.workers if not _up(w)]
         if waiting:
-            return False, f"worker(s) {', '.join(waiting)} not ready (starting, or at max_calls)"
+            return False, f"worker(s) {', '.join(waiting)} not serving (starting or stopping)"
+        if self.live >= self.max_calls:
+            return False, f"at the limit of {self.max_calls} calls"
         return True, "ready"
 
     def _status(self) -> tuple[str, ...]:
@@ -211,6 +229,7 @@ class Supervisor:
             self._close_sockets()
             os.close(self._lifeline_write)
             os.close(self._lifeline_read)
+            self.shared_calls.close()
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
         failed = [w for w in self.workers if w.exit_code != 0]
         for worker in failed:
@@ -266,6 +285,7 @@ class Supervisor:
                 "NOTIFY_SOCKET": worker.notify_address,
                 "WATCHDOG_USEC": str(int(self.worker_watchdog * 1e6)),
                 "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir,
+                CALLS_FILE_ENV: self.shared_calls.path,
             }
         )
         return env
@@ -292,6 +312,7 @@ class Supervisor:
                 worker.process.send_signal(signal.SIGTERM)
             worker.exit_code = await worker.process.wait()
             worker_exited(worker.process.pid, self.metrics_dir)  # its live calls count no more
+            self.shared_calls.clear(worker.index)
             if self.draining and not worker.serving and -worker.exit_code in STOP_SIGNALS:
                 # stopped while still starting (before it could handle the signal): no call
                 # was ever on it, so this is a clean stop
@@ -334,8 +355,10 @@ class Supervisor:
                     worker.calls = int(fields["X_ACS_CALLS"])
                 if "X_ACS_READY" in fields:
                     worker.ready = fields["X_ACS_READY"] == "1"
+                if fields.get("X_ACS_MAX_CALLS", "").isdigit():
+                    worker.max_calls = int(fields["X_ACS_MAX_CALLS"])
                 if "STOPPING" in fields:
-                    worker.ready = False
+                    worker.ready = worker.serving = False
                 if fields.get("READY") == "1":
                     worker.serving = True
                     log.info("worker %d ready", worker.index)
@@ -378,10 +401,22 @@ class Supervisor:
             await self.changes.wait()
 
 
+def _up(worker: Worker) -> bool:
+    """Running, said READY=1, and not stopping."""
+    process = worker.process
+    return process is not None and process.returncode is None and worker.serving
+
+
 def _describe_exit(code: int | None) -> str:
     if code is not None and code < 0:
         return f"signal {signal.Signals(-code).name}"
     return f"exit code {code}"
+
+
+def worker_calls() -> SharedCalls | None:
+    """In a worker: the gateway-wide count of live calls (None when not a worker)."""
+    index = os.environ.get(WORKER_INDEX_ENV, "")
+    return SharedCalls.from_environ(int(index)) if index.isdigit() else None
 
 
 def worker_sockets() -> list[socket.socket]:
