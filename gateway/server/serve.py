@@ -145,7 +145,10 @@ class Server:
         delay = self.config.drain_delay if delay is None else delay
         self.draining = True
         close_at = trio.current_time() + delay
-        self._accepting.deadline = min(self._accepting.deadline, close_at)
+        if delay <= 0:
+            self._accepting.cancel()  # now, not at the run loop's next look at deadlines
+        else:
+            self._accepting.deadline = min(self._accepting.deadline, close_at)
         assert self._calls_scope is not None
         self._calls_scope.deadline = min(self._calls_scope.deadline, close_at + grace)
         log.info(
