@@ -18,6 +18,10 @@ Hot path. A frame costs the gateway about 60 us, and a prometheus-client `Counte
 per-frame counts stay in the call's `CallStats`, and per-frame timings go into a
 `LocalHistogram` (a bisect and two adds) that the flush moves into the Prometheus histogram.
 
+Process figures (`process_*`) come from `gateway.ops.process_metrics`, which survives the
+shipped unit's sandboxing: a collector in the one-process daemon, and in a worker gauges written
+at each flush, labelled `worker`, that the supervisor serves with its own figures beside them.
+
 Several processes. With `PROMETHEUS_MULTIPROC_DIR` set (the supervisor sets it for its
 workers), prometheus-client writes every value to files in that directory, and
 `multiprocess_registry()` sums them for the supervisor's `/metrics`. Live calls is a `livesum`
@@ -37,8 +41,10 @@ import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
 from ..call.outcome import EndReason
+from . import process_metrics
 
 NAMESPACE: Final = "acs_gateway"
+WORKER_INDEX_ENV: Final = "ACS_MEDIA_GATEWAY_WORKER"  # set by the supervisor in each worker
 FLUSH_INTERVAL: Final = 1.0  # seconds; how far live calls' counters may lag between scrapes
 
 # Seconds. Processing latency and pacing lateness are tiny when all is well and grow by whole
@@ -144,11 +150,19 @@ class Totals:
 class Metrics:
     """The gateway's metrics in one registry. A new private registry by default (tests, several
     servers in one process); the daemon passes prometheus-client's global `REGISTRY`, which
-    also carries the process collectors (CPU, memory, file descriptors, GC)."""
+    also carries the process figures (CPU, memory, file descriptors: `process_metrics`, in
+    place of prometheus-client's collector; in a worker, as its labelled gauges) and GC."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = CollectorRegistry() if registry is None else registry
         r = self.registry
+        self._process: process_metrics.WorkerProcessGauges | None = None
+        if r is prometheus_client.REGISTRY:
+            worker = os.environ.get(WORKER_INDEX_ENV)
+            if multiprocess_dir() is not None and worker is not None:
+                self._process = process_metrics.WorkerProcessGauges(worker)
+            else:
+                process_metrics.use_in(r)
 
         def counter(name: str, doc: str, labels: Iterable[str] = ()) -> Counter:
             return Counter(name, doc, tuple(labels), namespace=NAMESPACE, registry=r)
@@ -266,6 +280,8 @@ class Metrics:
         """Bring Prometheus up to date with the counts and the local histograms."""
         if self._totals is not None:
             self._derive(self._totals())
+        if self._process is not None:
+            self._process.update()
         self.processing.flush_into(self.processing_latency)
         self.lateness.flush_into(self.pacing_lateness)
         self.durations.flush_into(self.call_duration)
@@ -337,7 +353,8 @@ def multiprocess_registry(path: str | None = None) -> CollectorRegistry:
     """A registry that sums every worker's values from the multiprocess directory (for the
     supervisor's `/metrics`). Never register metric objects in it."""
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]  # untyped upstream
+    workers = multiprocess.MultiProcessCollector(None, path=path)  # type: ignore[no-untyped-call]  # untyped upstream
+    registry.register(process_metrics.WithSupervisor(workers))
     return registry
 
 

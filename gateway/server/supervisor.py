@@ -56,7 +56,7 @@ import attrs
 import trio
 
 from ..config import Config
-from ..ops import systemd
+from ..ops import metrics, systemd
 from ..ops.health import serve_health
 from ..ops.metrics import multiprocess_registry, worker_exited
 from .serve import ssl_context
@@ -65,7 +65,7 @@ from .shared_calls import CALLS_FILE_ENV, SharedCalls
 log = logging.getLogger("gateway.supervisor")
 
 WORKER_FDS_ENV: Final = "ACS_MEDIA_GATEWAY_WORKER_FDS"  # comma-separated listening fds
-WORKER_INDEX_ENV: Final = "ACS_MEDIA_GATEWAY_WORKER"
+WORKER_INDEX_ENV: Final = metrics.WORKER_INDEX_ENV  # the worker's slot (and metrics label)
 SUPERVISOR_FD_ENV: Final = "ACS_MEDIA_GATEWAY_SUPERVISOR_FD"  # read end of the life-line pipe
 RESTART_BACKOFF_FIRST: Final = 0.5  # seconds before the first restart of a dead worker
 RESTART_BACKOFF_MAX: Final = 30.0  # a worker that keeps dying is retried this often at most
