@@ -225,6 +225,7 @@ class Server:
         self.stats.accept_errors[name] += 1
         if self.stats.accept_errors[name] in (1, 10, 100) or not spare.held:
             log.error("accept failed (%s): refusing new connections while short", exc)
+        refused = False
         if spare.release():
             # The connection that found no descriptor is waiting at the head of the queue.
             with trio.move_on_after(ACCEPT_RETRY_SLEEP):
@@ -235,10 +236,11 @@ class Server:
                 else:
                     _refuse(stream)
                     self.stats.connections_refused["no_fds"] += 1
+                    refused = True
             spare.take()
-            if spare.held:
-                return  # on to the next one at once: the queue empties as fast as it fills
-        await trio.sleep(ACCEPT_RETRY_SLEEP)  # let calls end and free descriptors
+        if not refused:
+            await trio.sleep(ACCEPT_RETRY_SLEEP)  # let calls end and free descriptors
+        # else on to the next one at once: the queue empties as fast as it fills
 
 
 class _SpareDescriptor:
