@@ -26,17 +26,21 @@ def test_the_configuration_and_command_line_are_valid(tmp_path):
     assert loaded.shutdown_grace > 0
 
 
-def test_termination_grace_covers_prestop_and_the_drain(tmp_path):
+def test_termination_grace_covers_the_drain_delay_and_the_drain(tmp_path):
     toml = tmp_path / "gateway.toml"
     toml.write_text(DOCUMENTS["ConfigMap"]["data"]["gateway.toml"])
-    shutdown_grace = config.load(toml, environ={}).shutdown_grace
+    loaded = config.load(toml, environ={})
     pod = DOCUMENTS["Deployment"]["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    command = container["lifecycle"]["preStop"]["exec"]["command"]
-    assert command[0] == "sleep"
-    pre_stop = float(command[1])
+    assert loaded.drain_delay > 0  # the sign comes down before the door closes
+    pre_stop = 0.0  # a preStop sleep would only add to the wait
+    if "lifecycle" in container:
+        command = container["lifecycle"]["preStop"]["exec"]["command"]
+        assert command[0] == "sleep"
+        pre_stop = float(command[1])
     # the grace period counts from the start of preStop; SIGTERM comes after it
-    assert pod["terminationGracePeriodSeconds"] > pre_stop + shutdown_grace
+    budget = pre_stop + loaded.drain_delay + loaded.shutdown_grace
+    assert pod["terminationGracePeriodSeconds"] > budget
 
 
 def test_probes_and_service_point_at_the_right_ports():

@@ -381,3 +381,35 @@ async def test_a_connection_accepted_before_the_drain_is_served():
                 await call.wait_for_audio(len(ECHO_PCM))
             assert call.received_pcm == ECHO_PCM
         assert server.stats.calls_refused == 0 and server.stats.calls_accepted == 1
+
+
+def test_process_metrics_survive_a_hidden_proc_stat(monkeypatch):
+    """The unit's ProcSubset=pid hides /proc/stat: prometheus-client's process collector then
+    yields nothing, the gateway's still has every process_* series."""
+    import builtins
+
+    from prometheus_client import CollectorRegistry
+    from prometheus_client import ProcessCollector as ClientProcessCollector
+
+    from gateway.ops.process_metrics import ProcessCollector
+
+    real_open = builtins.open
+
+    def hidden(path, *args, **kwargs):  # what ProcSubset=pid does
+        if str(path) == "/proc/stat":
+            raise PermissionError(13, "hidden", path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", hidden)
+    theirs = CollectorRegistry()
+    ClientProcessCollector(registry=theirs)
+    assert not [s for family in theirs.collect() for s in family.samples]
+    ours = CollectorRegistry()
+    ours.register(ProcessCollector())
+    values = {s.name: s.value for family in ours.collect() for s in family.samples}
+    assert values["process_resident_memory_bytes"] > 0
+    assert values["process_open_fds"] > 0
+    assert values["process_cpu_seconds_total"] > 0
+    assert {"process_virtual_memory_bytes", "process_max_fds", "process_start_time_seconds"} <= set(
+        values
+    )

@@ -235,3 +235,74 @@ async def test_sighup_reloads_every_worker_and_drops_nothing(tmp_path):
                 await call.wait_for_audio(len(PCM))
             assert call.received_pcm == PCM and not call.closed.is_set()
         assert gateway.workers() == pids  # reloaded in place, not restarted
+
+
+async def try_call(url: str) -> SimulatedCall | int:
+    """Open a call that echoes once, or the HTTP status it was refused with."""
+    stack = AsyncExitStack()
+    try:
+        call = await stack.enter_async_context(simulated_call(url))
+    except trio_websocket.HandshakeError as refused:
+        await stack.aclose()
+        return refused.status_code  # type: ignore[attr-defined,no-any-return]
+    await call.stream(PCM, realtime=False)
+    with trio.fail_after(10):
+        await call.wait_for_audio(len(PCM))
+    call.exit_stack = stack  # type: ignore[attr-defined]  # closed by the test
+    return call
+
+
+async def readyz_becomes(health: int, status: int) -> str:
+    with trio.fail_after(10):
+        while True:  # the supervisor hears each worker's report within a second
+            got, body = await http(health, "/readyz")
+            if got == status:
+                return body
+            await trio.sleep(0.05)
+
+
+async def test_max_calls_is_the_whole_gateways_and_readyz_follows_admission_and_reloads(tmp_path):
+    """Two workers share max_calls; /readyz is 200 exactly when a new call would be admitted,
+    whichever worker the kernel hands it to, after calls start and end and after a reload."""
+    settings = tmp_path / "gateway.toml"
+    settings.write_text("max_calls = 2\n")
+    env = {"ACS_GATEWAY_HEALTH_HOST": "127.0.0.1"}
+    command = [*WORKERS, "--config", str(settings), "--health-port", "0"]
+    async with gateway_process(command, env=env) as gateway:
+        found = await gateway.wait_log(r"health and metrics on http://127\.0\.0\.1:\d+/")
+        health = int(found[0].rsplit(":", 1)[1].rstrip("/"))
+        await gateway.wait_log("all 2 workers ready")
+        assert (await http(health, "/readyz"))[0] == 200
+        outcomes = [await try_call(gateway.url) for _ in range(8)]  # spread by the kernel
+        calls = [c for c in outcomes if not isinstance(c, int)]
+        assert len(calls) == 2 and sorted(c for c in outcomes if isinstance(c, int)) == [503] * 6
+        assert "at the limit of 2 calls" in await readyz_becomes(health, 503)
+        await calls.pop().exit_stack.aclose()  # type: ignore[attr-defined]
+        await readyz_becomes(health, 200)  # one place free in the gateway
+
+        settings.write_text("max_calls = 1\n")  # the one live call fills the gateway now
+        gateway.process.send_signal(signal.SIGHUP)
+        await gateway.wait_log("configuration reloaded: max_calls=1", count=2)
+        assert "at the limit of 1 calls" in await readyz_becomes(health, 503)
+        assert [await try_call(gateway.url) for _ in range(4)] == [503] * 4
+
+        settings.write_text("max_calls = 3\n")
+        gateway.process.send_signal(signal.SIGHUP)
+        await gateway.wait_log("configuration reloaded: max_calls=3", count=2)
+        await readyz_becomes(health, 200)
+        extra = await try_call(gateway.url)
+        assert not isinstance(extra, int)  # admitted, as /readyz said
+        await extra.exit_stack.aclose()  # type: ignore[attr-defined]
+
+        # Each process's own figures, labelled by worker, through the supervisor.
+        text = (await http(health, "/metrics"))[1]
+        rss = {
+            dict(labels)["worker"]
+            for (name, labels), value in samples(text).items()
+            if name == "process_resident_memory_bytes" and value > 0
+        }
+        assert rss == {"0", "1", "supervisor"}
+        for call in calls:
+            await call.exit_stack.aclose()  # type: ignore[attr-defined]
+        gateway.process.send_signal(signal.SIGTERM)
+        assert await gateway.wait_exit() == 0
