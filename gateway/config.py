@@ -125,7 +125,10 @@ class Config(CallSettings):
     max_calls: int = attrs.field(
         default=1000,
         validator=_positive,
-        metadata=_hot("Live calls at most; the next handshake is refused with HTTP 503."),
+        metadata=_hot(
+            "Live calls at most in the whole gateway (shared by every worker); the next "
+            "handshake is refused with HTTP 503."
+        ),
     )
     max_message_bytes: int = attrs.field(
         default=65536,

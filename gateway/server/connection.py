@@ -9,6 +9,10 @@ Prometheus (`gateway.ops.metrics` derives its counters from `ServerStats`).
 `serve_connection(stream, context)` is the one entry point for a connection: the server's
 accept loop runs it for every accepted stream, and tests run it over memory streams.
 
+Pending handshakes: the accept loop counts the connection as pending before this runs
+(`serve_connection(..., pending=True)`, bounded by `max_pending_handshakes`); the count ends
+here as soon as the handshake does (admitted, refused, timed out, broken or cancelled).
+
 Handshake checks, in order: the upgrade must complete within `handshake_timeout` (TLS included);
 a source address outside `allowed_networks` is refused with HTTP 403; with `acs_resource_id`
 set, ACS's token must pass `gateway.server.auth` within the same deadline (else HTTP 401, or 503
