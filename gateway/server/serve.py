@@ -185,20 +185,18 @@ class Server:
         self.context.close_on_cancel = False
         self.drain(0, 0)
 
-    async def _accept_loop(self, listener: trio.abc.Listener[Any], calls: trio.Nursery) -> None:
-        spare = _SpareDescriptor()
-        try:
-            while True:
-                try:
-                    stream = await listener.accept()
-                except OSError as exc:
-                    if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
-                        raise
-                    await self._out_of_descriptors(listener, exc, spare)
-                    continue
-                self._admit_connection(stream, calls)
-        finally:
-            spare.close()
+    async def _accept_loop(
+        self, listener: trio.abc.Listener[Any], calls: trio.Nursery, spare: _SpareDescriptor
+    ) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                await self._out_of_descriptors(listener, exc, spare)
+                continue
+            self._admit_connection(stream, calls)
 
     def _admit_connection(self, stream: trio.abc.Stream, calls: trio.Nursery) -> None:
         """Hand the connection to its task, or close it at once, unread, when the pending
@@ -386,14 +384,18 @@ async def _serve_calls(
     """Accept until drained; return when the last call has ended."""
     async with trio.open_nursery() as calls:
         server._calls_scope = calls.cancel_scope
-        with server._accepting:
-            async with trio.open_nursery() as accepting:
-                for listener in listeners:
-                    accepting.start_soon(server._accept_loop, listener, calls)
-                for url in server.urls:
-                    log.info("listening on %s", url)
-                server.notifier.notify("READY=1", *server._status())
-                task_status.started(server)
+        spare = _SpareDescriptor()  # taken before we say we listen: a steady descriptor count
+        try:
+            with server._accepting:
+                async with trio.open_nursery() as accepting:
+                    for listener in listeners:
+                        accepting.start_soon(server._accept_loop, listener, calls, spare)
+                    for url in server.urls:
+                        log.info("listening on %s", url)
+                    server.notifier.notify("READY=1", *server._status())
+                    task_status.started(server)
+        finally:
+            spare.close()
         # Draining: refuse new connections at once (closed port) while live calls go on.
         for listener in listeners:
             await trio.aclose_forcefully(listener)
