@@ -237,19 +237,24 @@ async def test_sighup_reloads_every_worker_and_drops_nothing(tmp_path):
         assert gateway.workers() == pids  # reloaded in place, not restarted
 
 
-async def try_call(url: str) -> SimulatedCall | int:
-    """Open a call that echoes once, or the HTTP status it was refused with."""
+async def try_call(url: str, opened: list[AsyncExitStack]) -> SimulatedCall | int:
+    """Open a call that echoes once (its exit stack appended to `opened`), or the HTTP status
+    it was refused with."""
     stack = AsyncExitStack()
     try:
         call = await stack.enter_async_context(simulated_call(url))
     except trio_websocket.HandshakeError as refused:
-        await stack.aclose()
         return refused.status_code  # type: ignore[attr-defined,no-any-return]
+    opened.append(stack)
     await call.stream(PCM, realtime=False)
     with trio.fail_after(10):
         await call.wait_for_audio(len(PCM))
-    call.exit_stack = stack  # type: ignore[attr-defined]  # closed by the test
     return call
+
+
+async def close_all(opened: list[AsyncExitStack]) -> None:
+    while opened:  # the last opened first: each call's nursery nests in the one before
+        await opened.pop().aclose()
 
 
 async def readyz_becomes(health: int, status: int) -> str:
@@ -273,26 +278,28 @@ async def test_max_calls_is_the_whole_gateways_and_readyz_follows_admission_and_
         health = int(found[0].rsplit(":", 1)[1].rstrip("/"))
         await gateway.wait_log("all 2 workers ready")
         assert (await http(health, "/readyz"))[0] == 200
-        outcomes = [await try_call(gateway.url) for _ in range(8)]  # spread by the kernel
-        calls = [c for c in outcomes if not isinstance(c, int)]
-        assert len(calls) == 2 and sorted(c for c in outcomes if isinstance(c, int)) == [503] * 6
-        assert "at the limit of 2 calls" in await readyz_becomes(health, 503)
-        await calls.pop().exit_stack.aclose()  # type: ignore[attr-defined]
-        await readyz_becomes(health, 200)  # one place free in the gateway
+        opened: list[AsyncExitStack] = []
+        try:
+            outcomes = [await try_call(gateway.url, opened) for _ in range(8)]  # kernel-spread
+            refusals = sorted(c for c in outcomes if isinstance(c, int))
+            assert len(opened) == 2 and refusals == [503] * 6
+            assert "at the limit of 2 calls" in await readyz_becomes(health, 503)
+            await opened.pop().aclose()
+            await readyz_becomes(health, 200)  # one place free in the gateway
 
-        settings.write_text("max_calls = 1\n")  # the one live call fills the gateway now
-        gateway.process.send_signal(signal.SIGHUP)
-        await gateway.wait_log("configuration reloaded: max_calls=1", count=2)
-        assert "at the limit of 1 calls" in await readyz_becomes(health, 503)
-        assert [await try_call(gateway.url) for _ in range(4)] == [503] * 4
+            settings.write_text("max_calls = 1\n")  # the one live call fills the gateway now
+            gateway.process.send_signal(signal.SIGHUP)
+            await gateway.wait_log("configuration reloaded: max_calls=1", count=2)
+            assert "at the limit of 1 calls" in await readyz_becomes(health, 503)
+            assert [await try_call(gateway.url, opened) for _ in range(4)] == [503] * 4
 
-        settings.write_text("max_calls = 3\n")
-        gateway.process.send_signal(signal.SIGHUP)
-        await gateway.wait_log("configuration reloaded: max_calls=3", count=2)
-        await readyz_becomes(health, 200)
-        extra = await try_call(gateway.url)
-        assert not isinstance(extra, int)  # admitted, as /readyz said
-        await extra.exit_stack.aclose()  # type: ignore[attr-defined]
+            settings.write_text("max_calls = 3\n")
+            gateway.process.send_signal(signal.SIGHUP)
+            await gateway.wait_log("configuration reloaded: max_calls=3", count=2)
+            await readyz_becomes(health, 200)
+            assert not isinstance(await try_call(gateway.url, opened), int)  # as /readyz said
+        finally:
+            await close_all(opened)
 
         # Each process's own figures, labelled by worker, through the supervisor.
         text = (await http(health, "/metrics"))[1]
@@ -302,7 +309,5 @@ async def test_max_calls_is_the_whole_gateways_and_readyz_follows_admission_and_
             if name == "process_resident_memory_bytes" and value > 0
         }
         assert rss == {"0", "1", "supervisor"}
-        for call in calls:
-            await call.exit_stack.aclose()  # type: ignore[attr-defined]
         gateway.process.send_signal(signal.SIGTERM)
         assert await gateway.wait_exit() == 0
