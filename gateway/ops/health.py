@@ -57,6 +57,7 @@ class HealthEndpoint:
         self.readiness = readiness
         self.metrics = metrics
         self.limits = limits
+        self.connections = Connections(limits.max_connections)  # of every listener
 
     def answer(self, method: str, target: str, accept: str | None) -> tuple[int, str, bytes]:
         """(status, content type, body) for one request."""
@@ -85,16 +86,41 @@ class HealthEndpoint:
         heads = RequestHeadLimit(self.limits.max_request_bytes)
         try:
             with slot.scope:
-                for _ in range(self.limits.max_requests_per_connection):
-                    if not await self._serve_request(stream, http, heads, slot):
+                for left in reversed(range(self.limits.max_requests_per_connection)):
+                    if not await self._serve_request(stream, http, heads, slot, last=not left):
                         return
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client went away
         finally:
             await trio.aclose_forcefully(stream)
 
+    async def serve_listener(self, listener: trio.abc.Listener[trio.abc.Stream]) -> None:
+        """Accept connections and serve each, until cancelled; every new connection is taken,
+        and evicts another when `max_connections` are open (`Connections.open`)."""
+        async with trio.open_nursery() as nursery:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:  # out of file descriptors: the calls matter more
+                    log.warning("health endpoint: accept failed (%s)", exc)
+                    await trio.sleep(0.1)
+                    continue
+                nursery.start_soon(self._serve_one, stream, self.connections.open())
+
+    async def _serve_one(self, stream: trio.abc.Stream, slot: Slot) -> None:
+        try:
+            await self.serve(stream, slot)
+        finally:
+            self.connections.close(slot)
+
     async def _serve_request(
-        self, stream: trio.abc.Stream, http: h11.Connection, heads: RequestHeadLimit, slot: Slot
+        self,
+        stream: trio.abc.Stream,
+        http: h11.Connection,
+        heads: RequestHeadLimit,
+        slot: Slot,
+        *,
+        last: bool,
     ) -> bool:
         """Read one request and answer it; False when the connection should close."""
         limits = self.limits
@@ -135,7 +161,8 @@ class HealthEndpoint:
         accept = next((v.decode("latin-1") for k, v in request.headers if k == b"accept"), None)
         method = request.method.decode("ascii", "replace")
         status, content_type, body = self.answer(method, request.target.decode("latin-1"), accept)
-        answer = _response(http, status, content_type, body, head_only=method == "HEAD")
+        close = ((b"connection", b"close"),) if last else ()
+        answer = _response(http, status, content_type, body, method == "HEAD", close)
         if not await self._send(stream, answer):
             return False
         if http.our_state is h11.MUST_CLOSE or http.their_state is not h11.DONE:
@@ -179,11 +206,10 @@ async def serve_health(
     endpoint = HealthEndpoint(readiness, metrics, limits)
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
-    connections = Connections(limits.max_connections)
     try:
         async with trio.open_nursery() as nursery:
             for listener in listeners:
-                nursery.start_soon(_accept_loop, listener, endpoint, connections, nursery)
+                nursery.start_soon(endpoint.serve_listener, listener)
             for listener in listeners:
                 address = listener.socket.getsockname()
                 log.info("health and metrics on http://%s:%d/", *_printable(address))
@@ -196,31 +222,6 @@ async def serve_health(
 def _printable(address: Any) -> tuple[str, int]:
     host, port = address[:2]
     return (f"[{host}]" if ":" in host else host), port
-
-
-async def _accept_loop(
-    listener: trio.abc.Listener[trio.abc.Stream],
-    endpoint: HealthEndpoint,
-    connections: Connections,
-    nursery: trio.Nursery,
-) -> None:
-    while True:
-        try:
-            stream = await listener.accept()
-        except OSError as exc:  # out of file descriptors: the calls matter more; try later
-            log.warning("health endpoint: accept failed (%s)", exc)
-            await trio.sleep(0.1)
-            continue
-        nursery.start_soon(_serve_one, stream, endpoint, connections, connections.open())
-
-
-async def _serve_one(
-    stream: trio.abc.Stream, endpoint: HealthEndpoint, connections: Connections, slot: Slot
-) -> None:
-    try:
-        await endpoint.serve(stream, slot)
-    finally:
-        connections.close(slot)
 
 
 def _response(

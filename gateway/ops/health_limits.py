@@ -15,6 +15,7 @@ accepted; every hold is also bounded in time (`idle_timeout`, `header_timeout`,
 
 from __future__ import annotations
 
+import itertools
 from enum import IntEnum
 
 import attrs
@@ -42,6 +43,9 @@ class Phase(IntEnum):
     ANSWERING = 2
 
 
+_ticks = itertools.count()  # orders phase changes that happen at the same clock time
+
+
 @attrs.define(eq=False)
 class Slot:
     """One open connection: its phase, since when, and the scope that ends it."""
@@ -49,11 +53,13 @@ class Slot:
     scope: trio.CancelScope
     phase: Phase = Phase.IDLE
     since: float = attrs.field(factory=trio.current_time)
+    tick: int = attrs.field(factory=lambda: next(_ticks))
     evicted: bool = False
 
     def enter(self, phase: Phase) -> None:
         self.phase = phase
         self.since = trio.current_time()
+        self.tick = next(_ticks)
 
 
 class Connections:
@@ -68,7 +74,7 @@ class Connections:
         """A slot for a new connection; drops another to make room if the endpoint is full.
         The caller runs the connection inside `slot.scope` and calls `close` at its end."""
         while len(self.slots) >= self.limit:
-            victim = min(self.slots, key=lambda slot: (slot.phase, slot.since))
+            victim = min(self.slots, key=lambda slot: (slot.phase, slot.since, slot.tick))
             self.slots.discard(victim)
             victim.evicted = True
             victim.scope.cancel()
