@@ -77,7 +77,8 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)-7s %(name)s %(message)s")
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
-        record.message = message_text(record.message)
+        # The call's fields open with " [call=" at the end of the line: no message may.
+        record.message = message_text(record.message).replace("[call=", "\\x5bcall=")
         return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:
