@@ -23,12 +23,19 @@ import time
 
 import trio
 
+from gateway.ops.health_limits import HealthLimits
+
 SERVER = """
 import sys, trio
+from functools import partial
 from gateway.ops.health import serve_health
+from gateway.ops.health_limits import HealthLimits
+limits = HealthLimits(max_connections=int(sys.argv[1]))
 async def main():
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(serve_health, "127.0.0.1", 0, lambda: (True, "ready"))
+        ready = lambda: (True, "ready")
+        serve = partial(serve_health, limits=limits)
+        port = await nursery.start(serve, "127.0.0.1", 0, ready)
         print(port, flush=True)
 trio.run(main)
 """
@@ -112,12 +119,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--hostile", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--max-connections", type=int, default=HealthLimits().max_connections)
     parser.add_argument("--hostile-only", type=int, help=argparse.SUPPRESS)  # the child's port
     args = parser.parse_args()
     if args.hostile_only:
-        trio.run(hostile, args.hostile_only, args.hostile, args.seconds + 10)
+        trio.run(hostile, args.hostile_only, args.hostile, args.seconds + 6)
         return
-    server = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVER, str(args.max_connections)], stdout=subprocess.PIPE, text=True
+    )
     assert server.stdout is not None
     port = int(server.stdout.readline())
     attack = None
@@ -133,14 +143,14 @@ def main() -> None:
         latencies, failures = trio.run(measure, port, args.seconds)
     finally:
         if attack is not None:
-            attack.terminate()
-            made = attack.communicate()[0].strip() or "?"
+            made = attack.communicate(timeout=60)[0].strip() or "?"
         server.terminate()
         server.wait()
     ms = sorted(x * 1000 for x in latencies)
     p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))] if ms else float("nan")
     print(
-        f"hostile={args.hostile} probes={len(ms) + failures} failed={failures} "
+        f"hostile={args.hostile} max_connections={args.max_connections} "
+        f"probes={len(ms) + failures} failed={failures} "
         f"p50={statistics.median(ms) if ms else float('nan'):.1f}ms p99={p99:.1f}ms "
         f"max={max(ms, default=float('nan')):.1f}ms "
         f"hostile_connections_made={made if args.hostile else 0} cpus={os.cpu_count()}"
