@@ -2,10 +2,11 @@
 
 Owns: reading the upgrade request into a `Handshake`, the RFC 6455 section 4.2.1 checks, and
 the bytes of the 101 or of a refusal (`Reject`). Never: I/O, clocks, admission or auth
-decisions (the server makes those and hands us a `Reject`).
+decisions (the server makes those and hands us a `Reject`), or a request head over
+`MAX_REQUEST_BYTES`, however its bytes arrive (`RequestHeadLimit` sees them before h11).
 
 A request that is not a valid WebSocket upgrade raises `BadUpgrade` (the peer's fault) with
-the status and reason to refuse it with; the connection then ends.
+the status and reason to refuse it with (431 for a head over the cap); the connection then ends.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import attrs
 import h11
 
 from ..errors import CLOSE_ABNORMAL, BadUpgrade, ConnectionClosed
+from .request_head import HeadTooLarge, RequestHeadLimit
 
 MAX_REQUEST_BYTES: Final = 16384  # the upgrade request's head; ACS sends well under 4 KB
 _ACCEPT_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
@@ -43,20 +45,31 @@ class ServerHandshake:
     """Feed it the peer's bytes until `next_request()` returns the `Handshake`; then send the
     bytes of `accept()` or `reject(...)`."""
 
-    __slots__ = ("_http", "_key", "_request")
+    __slots__ = ("_http", "_key", "_limit", "_request", "_too_large")
 
     def __init__(self) -> None:
         self._http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
+        self._limit = RequestHeadLimit(MAX_REQUEST_BYTES, count=1)  # then frames may follow
+        self._too_large: HeadTooLarge | None = None  # raised as BadUpgrade by next_request
         self._key = b""
         self._request: h11.Request | None = None  # its head came; its end may not have
 
     def receive_data(self, data: bytes | bytearray) -> None:
         """The next bytes from the peer; b"" when it closed its side."""
+        if self._too_large is not None:
+            return
+        try:
+            self._limit.feed(data)
+        except HeadTooLarge as exc:
+            self._too_large = exc  # h11 never sees that head
+            return
         self._http.receive_data(bytes(data))
 
     def next_request(self) -> Handshake | None:
         """The upgrade request once it is complete; None until then. Raises `BadUpgrade`, or
         `ConnectionClosed` if the peer closed before the request was complete."""
+        if self._too_large is not None:
+            raise BadUpgrade(431, "request head too large", str(self._too_large))
         while True:
             try:
                 event = self._http.next_event()
