@@ -61,6 +61,8 @@ class AuthFailure(Exception):
             "wrong_issuer",
             "missing_claim",
             "keys_unavailable",  # our problem, not the peer's: 503
+            "call_token",  # the control plane's per-call token (gateway.control.tokens)
+            "route",  # a media path naming no configured route
         }
     )
 
