@@ -4,6 +4,7 @@ and its HMAC check against the SDK's own signing policy."""
 from __future__ import annotations
 
 import base64
+import socket
 import ssl
 from email.utils import formatdate
 from typing import Any
@@ -87,7 +88,13 @@ def _client(acs: Any, key: str | None = None) -> Any:
     return callautomation.CallAutomationClient.from_connection_string(conn, **acs.sdk_options)
 
 
-def _media_options(url: str = "wss://gw.example.com/ws", start: bool = False) -> Any:
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _media_options(url: str, start: bool = False) -> Any:
     return callautomation.MediaStreamingOptions(
         transport_url=url,
         transport_type=callautomation.StreamingTransportType.WEBSOCKET,
@@ -103,12 +110,14 @@ async def test_the_sdk_answers_reads_transfers_and_hangs_up():
     async with open_fake_acs() as acs:
         first, second = await acs.ring(), await acs.ring(caller="8:acs:someone")
         client = _client(acs)
+        # Nothing listens there: callbacks and the media socket fail, on loopback.
+        nowhere = f"127.0.0.1:{_closed_port()}"
 
         def answer(call: Any) -> Any:
             return client.answer_call(
                 call.incoming_call_context,
-                "https://app.example.com/callbacks/1",
-                media_streaming=_media_options(),
+                f"https://{nowhere}/callbacks/1",
+                media_streaming=_media_options(f"wss://{nowhere}/ws"),
                 operation_context="op1",
             )
 
@@ -118,12 +127,12 @@ async def test_the_sdk_answers_reads_transfers_and_hangs_up():
         assert first.state == "connected" and first.answered.is_set()
         # The body as ACS received it, field by field (wire names from the SDK's model).
         assert first.answer["incomingCallContext"] == first.incoming_call_context
-        assert first.answer["callbackUri"] == "https://app.example.com/callbacks/1"
+        assert first.answer["callbackUri"] == f"https://{nowhere}/callbacks/1"
         assert first.answer["operationContext"] == "op1"
         assert first.media_options == {
             "transportType": "websocket",
             "audioChannelType": "mixed",
-            "transportUrl": "wss://gw.example.com/ws",
+            "transportUrl": f"wss://{nowhere}/ws",
             "contentType": "audio",
             "startMediaStreaming": False,
             "enableBidirectional": True,
@@ -133,13 +142,13 @@ async def test_the_sdk_answers_reads_transfers_and_hangs_up():
         connection = client.get_call_connection(first.call_connection_id)
         got = await trio.to_thread.run_sync(connection.get_call_properties)
         assert got.call_connection_state == "connected"
-        assert got.callback_url == "https://app.example.com/callbacks/1"
+        assert got.callback_url == f"https://{nowhere}/callbacks/1"
 
         # Starting streaming when the transport URL is unreachable: accepted, then failed.
         await trio.to_thread.run_sync(connection.start_media_streaming)
         with trio.fail_after(10):
             failed = await first.wait_for_callback("MediaStreamingFailed")
-        assert failed.status is None  # nothing listens at app.example.com: the post failed
+        assert failed.status is None and "ConnectError" in (failed.error or "")
         data = failed.body[0]["data"]
         assert data["resultInformation"]["subCode"] == 8581
         assert data["mediaStreamingUpdate"]["mediaStreamingStatusDetails"] == (
@@ -179,7 +188,7 @@ async def test_a_wrong_key_is_refused_with_401_and_changes_nothing():
         client = _client(acs, key=base64.b64encode(b"x" * 32).decode())
         with pytest.raises(HttpResponseError) as refused:
             await trio.to_thread.run_sync(
-                lambda: client.answer_call(call.incoming_call_context, "https://app/cb")
+                lambda: client.answer_call(call.incoming_call_context, "https://127.0.0.1:9/cb")
             )
         assert refused.value.status_code == 401
         assert call.state == "ringing" and call.answer is None
@@ -209,7 +218,7 @@ async def test_refused_answers_leave_the_call_ringing():
         client = _client(acs)
         with pytest.raises(HttpResponseError) as refused:
             await trio.to_thread.run_sync(
-                lambda: client.answer_call(call.incoming_call_context, "https://app/cb")
+                lambda: client.answer_call(call.incoming_call_context, "https://127.0.0.1:9/cb")
             )
         assert refused.value.status_code == 403
         assert call.state == "ringing" and not call.callbacks
