@@ -1,0 +1,1 @@
+"""The Call Automation control plane: answering calls, their callbacks, and call control."""
