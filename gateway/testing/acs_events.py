@@ -1,8 +1,8 @@
 """The JSON ACS and Event Grid post to an application: IncomingCall and the subscription
 validation (Event Grid schema), and Call Automation callbacks (an array of CloudEvents 1.0).
 
-Owns: building those payloads with ACS's field names (docs/protocol.md, "Call Automation
-events"). Never sends anything.
+Owns: building those payloads with ACS's field names (docs/testing.md, "A fake ACS control
+plane"). Never sends anything.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """ACS's HMAC-SHA256 request signing (the access-key scheme of its REST APIs), both sides.
 
 Owns: the string to sign, signing a request as the SDKs do, and checking a signed request as
-ACS does (docs/protocol.md, "Call Automation REST"). Never does I/O, never logs a key.
+ACS does (docs/testing.md, "A fake ACS control plane"). Never does I/O, never logs a key.
 
     METHOD \\n path?query \\n <x-ms-date>;<host>;<x-ms-content-sha256>
 
