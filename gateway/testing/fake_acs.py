@@ -31,19 +31,21 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import httpx
 import orjson
 import trio
-import trustme
 from trio_websocket import HandshakeError
 
 from . import acs_events
 from .acs_auth import AcsTokenIssuer, bearer
 from .http_server import serve_http
 from .peer import SimulatedCall, simulated_call
+
+if TYPE_CHECKING:
+    import trustme  # a test dependency: imported only when a fake ACS runs
 
 RESOURCE_ID = "5a0b2a3c-0000-4000-8000-00000000acab"  # the immutable id: tokens' audience
 CALLBACK_TOKEN_LIFETIME = 300  # ACS's callback tokens live five minutes
@@ -337,6 +339,8 @@ async def open_fake_acs(
     """Run a fake ACS on 127.0.0.1 (port 0) over HTTPS with a throwaway CA. `issuer` signs
     the callback and media tokens (audience `resource_id`); `client_ssl` is what the fake
     trusts when it calls the application over TLS (webhooks, callbacks, wss://)."""
+    import trustme  # the `test` extra: `import gateway.testing` must work without it
+
     from .fake_acs_rest import handler  # the REST handlers need FakeAcs defined
 
     ca = trustme.CA()
