@@ -29,9 +29,9 @@ def _sdk_headers(method: str, url: str, body: str) -> dict[str, str]:
     from azure.core.rest import HttpRequest
 
     request = HttpRequest(method, url, content=body.encode() if body else None)
-    request.body = body or None  # type: ignore[attr-defined]
+    request.body = body or None  # type: ignore[attr-defined]  # the policy reads the legacy .body
     policy = HMACCredentialsPolicy("https://127.0.0.1:4433", KEY)
-    policy.on_request(PipelineRequest(request, PipelineContext(None)))  # type: ignore[arg-type]
+    policy.on_request(PipelineRequest(request, PipelineContext(None)))  # type: ignore[arg-type]  # a bare request, no pipeline
     return {k.lower(): v for k, v in request.headers.items()}
 
 
