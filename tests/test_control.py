@@ -76,6 +76,14 @@ class FakeAnswerer:
             raise self.fail
         return f"conn-{len(self.requests)}"
 
+    def control(self, call_connection_id: str, incoming: Any) -> Any:
+        return FakeControl(call_connection_id, incoming)
+
+
+class FakeControl:
+    def __init__(self, call_connection_id: str, incoming: Any) -> None:
+        self.call_connection_id, self.incoming = call_connection_id, incoming
+
 
 def plane(answerer: Any = None, **settings: Any) -> ControlPlane:
     config = Config(

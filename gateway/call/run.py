@@ -46,7 +46,7 @@ from ..acs import codec
 from ..acs.packets import FRAME_MS, AudioMetadata, InboundPacket, TranscriptionMetadata
 from ..wire.websocket import Handshake, ServerWebSocket
 from .intake import TimedPackets
-from .interface import Call, CallStats, Processor
+from .interface import Call, CallControlHandle, CallStats, Processor
 from .outcome import CallOutcome, CallTimings, EndReason
 from .pacer import Pacer
 from .player import Player
@@ -67,10 +67,12 @@ async def run_call(
     pacer: Pacer | None = None,
     stats: CallStats | None = None,
     timings: CallTimings | None = None,
+    control: CallControlHandle | None = None,
 ) -> CallOutcome:
     """Run one accepted media stream to its end. Never raises for anything the peer or the
     processor did; a bug in the gateway itself propagates to the server's error boundary.
-    `stats`: where to count (the server reads it while the call is live)."""
+    `stats`: where to count (the server reads it while the call is live); `control`: the
+    call's control handle (`Call.control`) when this gateway answered it."""
     state = CallState(ws, settings, log, CallStats() if stats is None else stats)
     first = await wait_for_metadata(state)
     if first is None:
@@ -106,6 +108,7 @@ async def run_call(
         player=state.player,
         log=log,
         stats=state.stats,
+        control=control,
     )
     carries = f"{audio.sample_rate} Hz audio" if audio is not None else "transcription only"
     log.info("call started: %s", carries)

@@ -1,7 +1,8 @@
 """Answering a call through the official SDK, `azure-communication-callautomation`.
 
 Owns: the answer request (`AnswerRequest`: the `MediaStreamingOptions` of a route), the SDK
-client and its credentials. Never: routing or tokens (`gateway.control.plane` makes the URLs).
+client and its credentials, which the control handles of the calls it answered share
+(`SdkAnswerer.control`). Never: routing or tokens (`gateway.control.plane` makes the URLs).
 
 The SDK's sync client runs in `trio.to_thread.run_sync`: its async client needs an asyncio
 transport (aiohttp), and azure-core's Trio transport is itself requests in a worker thread, so
@@ -19,13 +20,17 @@ Credentials: the connection string in `$ACS_CONNECTION_STRING` (never logged), o
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import attrs
 import trio
 
+from ..call.interface import CallControlHandle
 from ..config import Config, Route
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from .calls import IncomingCall
 
 CONNECTION_STRING_ENV: Final = "ACS_CONNECTION_STRING"
 
@@ -50,6 +55,10 @@ class AnswerFailed(Exception):
 class Answerer(Protocol):
     async def answer(self, request: AnswerRequest) -> str:
         """Answer; the call connection id. Raises `AnswerFailed`."""
+        ...
+
+    def control(self, call_connection_id: str, incoming: IncomingCall | None) -> CallControlHandle:
+        """The control handle of an answered call, with the same credentials."""
         ...
 
 
@@ -110,6 +119,12 @@ class SdkAnswerer:
 
     async def answer(self, request: AnswerRequest) -> str:
         return await trio.to_thread.run_sync(self._answer, request, abandon_on_cancel=True)
+
+    def control(self, call_connection_id: str, incoming: IncomingCall | None) -> CallControlHandle:
+        from .calls import CallControl  # the SDK is here: answering needs it
+
+        connection = self._client.get_call_connection(call_connection_id)
+        return CallControl(connection, call_connection_id, incoming, timeout=self._timeout)
 
     def _answer(self, request: AnswerRequest) -> str:
         from azure.core.exceptions import AzureError, HttpResponseError

@@ -2,39 +2,44 @@
 
 Owns: what a plain HTTP request to the gateway gets (`respond`): the Event Grid endpoint
 (`/eventgrid`: both validation handshakes, IncomingCall answered on its route) and the callback
-endpoint (`/callbacks`: Call Automation events, logged and counted); and which processor a media
-WebSocket runs (`media`). Never: reads sockets (`gateway.server.connection` hands over each
-parsed request and sends the answer), or keeps per-call state a replica needs: everything rides
-in the call's tokens (`gateway.control.tokens`).
+endpoint (`/callbacks`, `gateway.control.callbacks`); and what a media WebSocket runs (`media`):
+its route's processor and, for a call this gateway answered, the call's control handle. Never:
+reads sockets (`gateway.server.connection` hands over each parsed request and sends the
+answer), or keeps per-call state a replica needs: everything rides in the call's tokens
+(`gateway.control.tokens`). What it remembers of the calls it answered lately (the
+IncomingCall's caller, callee and custom context, the call connection id) only adds to that.
 
 Security: the Event Grid endpoint wants the shared secret in its query string (`?secret=`,
 compared in constant time); a callback wants a valid callback token for the call of every event
 it carries and, with `acs_resource_id` set, ACS's JWT; with answering on, a media WebSocket
 wants a media token for its route and call. Anything refused gets a 4xx, is counted in
 `ControlStats.refused`, and changes nothing. Nothing a webhook sends makes us call ACS except
-an IncomingCall with the right secret.
+an IncomingCall with the right secret; a call's control handle acts only on the call connection
+its media token names.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs, quote, urlsplit
 
 import attrs
-import orjson
 import trio
 
+from ..call.interface import CallControlHandle
 from ..config import Config, Route
 from ..errors import ConfigError
+from ..ops.metrics import Metrics
 from ..processors import Processor
-from ..server.auth import AuthFailure, TokenChecker
+from ..server.auth import TokenChecker
 from ..wire.handshake import Handshake, Reject
 from . import routes as routing
 from .answer import Answerer, AnswerFailed, AnswerRequest
+from .callbacks import CallbackEndpoint
 from .diagnostics import explain
 from .events import (
     INCOMING_CALL,
@@ -44,7 +49,13 @@ from .events import (
     IncomingCall,
     parse_events,
 )
+from .replies import ControlStats, HttpAnswer, json_answer, refused, text_answer
 from .tokens import CallTokens, TokenRefused
+
+if TYPE_CHECKING:
+    from .calls import IncomingCall as IncomingCallData
+
+__all__ = ["ControlPlane", "ControlStats", "HttpAnswer", "MediaRoute", "from_config"]
 
 log = logging.getLogger("gateway.control")
 
@@ -52,35 +63,31 @@ EVENTGRID_PATH: Final = "/eventgrid"
 CALLBACK_PATH: Final = "/callbacks"
 EVENTGRID_SECRET_ENV: Final = "ACS_GATEWAY_EVENTGRID_SECRET"
 CALL_TOKEN_KEY_ENV: Final = "ACS_GATEWAY_CALL_TOKEN_KEY"
-RECENT_CALLS: Final = 4096  # correlation ids answered lately: Event Grid delivers at least once
+RECENT_CALLS: Final = 4096  # calls answered lately: Event Grid delivers at least once
 _JSON_TYPES: Final = ("application/json", "application/cloudevents")
 
 
 @attrs.frozen
-class HttpAnswer:
-    status: int
-    body: bytes = b""
-    content_type: str = "text/plain; charset=utf-8"
-    headers: tuple[tuple[str, str], ...] = ()
+class MediaRoute:
+    """What a media WebSocket runs: its route's processor and, for a call this gateway
+    answered, the call's control handle (`Call.control`)."""
 
-
-def _json(status: int, value: object) -> HttpAnswer:
-    return HttpAnswer(status, orjson.dumps(value), "application/json")
-
-
-def _text(status: int, text: str) -> HttpAnswer:
-    return HttpAnswer(status, text.encode())
+    name: str
+    processor: Processor
+    control: CallControlHandle | None = None
 
 
 @attrs.define
-class ControlStats:
-    """The control plane's counts (HTTP requests, answers, callbacks)."""
+class _Answered:
+    """A call this replica answered (or is answering), as long as it is remembered."""
 
-    incoming_calls: int = 0
-    answers: Counter[str] = attrs.field(factory=Counter)  # answered, failed, timeout, duplicate
-    callbacks: Counter[str] = attrs.field(factory=Counter)  # by event type (short name)
-    refused: Counter[str] = attrs.field(factory=Counter)  # webhook and media refusals, by reason
-    answer_seconds: list[float] = attrs.field(factory=list)  # event received -> answered
+    incoming: IncomingCallData | None
+    connection_id: str | None = None
+    answered_at: float | None = None  # until its media WebSocket is accepted
+
+
+def _ignore(seconds: float) -> None:
+    pass
 
 
 class ControlPlane:
@@ -102,17 +109,31 @@ class ControlPlane:
         missing = set(self.routes) - set(self.processors)
         if missing:
             raise ConfigError(f"routes without a processor: {', '.join(sorted(missing))}")
-        self.answerer, self.tokens, self.auth = answerer, tokens, auth
+        self.answerer, self.tokens = answerer, tokens
         self.answering = answerer is not None and tokens is not None
         if self.answering and (config.public_url is None or not eventgrid_secret):
             raise ConfigError(f"answering needs public_url and ${EVENTGRID_SECRET_ENV}")
         self._secret = (eventgrid_secret or "").encode()
-        self._recent: OrderedDict[str, None] = OrderedDict()
+        self._answered: OrderedDict[str, _Answered] = OrderedDict()  # by correlation id
         self.stats = ControlStats()
-        self.answer_latency: Callable[[float], None] = self.stats.answer_seconds.append
+        self.callbacks = CallbackEndpoint(tokens, self.stats, self._media_url, auth)
+        # event received -> answer request handed to the SDK; answered -> media accepted
+        self.answer_latency: Callable[[float], None] = _ignore
+        self.media_latency: Callable[[float], None] = _ignore
+
+    @property
+    def auth(self) -> TokenChecker | None:
+        return self.callbacks.auth
 
     def use_auth(self, auth: TokenChecker | None) -> None:
-        self.auth = auth
+        self.callbacks.auth = auth
+
+    def use_metrics(self, metrics: Metrics) -> None:
+        """Export the counts and latencies through `metrics` (its control block)."""
+        control = metrics.add_control()
+        control.follow(self.stats.totals)
+        self.answer_latency = control.answering.observe
+        self.media_latency = control.media_connecting.observe
 
     @property
     def max_body_bytes(self) -> int | None:
@@ -121,15 +142,16 @@ class ControlPlane:
 
     # -- media --
 
-    def media(self, handshake: Handshake) -> tuple[str, Processor] | Reject:
-        """The route and processor a media WebSocket runs, or why it is refused."""
+    def media(self, handshake: Handshake) -> MediaRoute | Reject:
+        """The route, processor and call control a media WebSocket runs, or why it is
+        refused."""
         name, token = routing.media_target(handshake.target)
         if self.tokens is None:  # media only: the path picks the route, any other path the default
             if name is None:
-                return routing.DEFAULT_ROUTE, self.processors[routing.DEFAULT_ROUTE]
-            if name not in self.routes:
+                name = routing.DEFAULT_ROUTE
+            elif name not in self.routes:
                 return self._refuse("unknown_route", Reject(404, f"no route {name!r}"))
-            return name, self.processors[name]
+            return MediaRoute(name, self.processors[name])
         if name is None or name not in self.routes:
             return self._refuse("unknown_route", Reject(404, "no such media route"))
         try:
@@ -140,7 +162,22 @@ class ControlPlane:
         correlation = handshake.headers.get("x-ms-call-correlation-id")
         if grant.route != name or (correlation is not None and correlation != grant.correlation_id):
             return self._refuse("media_other_call", Reject(403, "call token is for another call"))
-        return name, self.processors[name]
+        answered = self._answered.get(grant.correlation_id)
+        connection_id = handshake.headers.get("x-ms-call-connection-id")
+        if answered is not None and answered.connection_id is not None:
+            if connection_id not in (None, answered.connection_id):
+                return self._refuse(
+                    "media_other_call", Reject(403, "call token is for another call")
+                )
+            connection_id = answered.connection_id
+            if answered.answered_at is not None:  # the first media connection of the call
+                self.media_latency(trio.current_time() - answered.answered_at)
+                answered.answered_at = None
+        control = None
+        if self.answerer is not None and connection_id:
+            incoming = None if answered is None else answered.incoming
+            control = self.answerer.control(connection_id, incoming)
+        return MediaRoute(name, self.processors[name], control)
 
     def _refuse(self, reason: str, reject: Reject) -> Reject:
         self.stats.refused[reason] += 1
@@ -153,39 +190,35 @@ class ControlPlane:
         url = urlsplit(request.target)
         query = parse_qs(url.query)
         if url.path not in (EVENTGRID_PATH, CALLBACK_PATH):
-            return self._refused("not_found", _text(404, "no such endpoint"))
+            return refused(self.stats, "not_found", text_answer(404, "no such endpoint"))
         allowed = ("OPTIONS", "POST") if url.path == EVENTGRID_PATH else ("POST",)
         if request.method not in allowed:
-            answer = _text(405, "method not allowed")
-            return self._refused(
-                "method", attrs.evolve(answer, headers=(("allow", ", ".join(allowed)),))
-            )
+            answer = text_answer(405, "method not allowed")
+            answer = attrs.evolve(answer, headers=(("allow", ", ".join(allowed)),))
+            return refused(self.stats, "method", answer)
         if url.path == EVENTGRID_PATH:
             supplied = query.get("secret", [""])[-1].encode()
             if not hmac.compare_digest(supplied, self._secret):
-                return self._refused("eventgrid_secret", _text(401, "wrong or missing secret"))
+                answer = text_answer(401, "wrong or missing secret")
+                return refused(self.stats, "eventgrid_secret", answer)
             if request.method == "OPTIONS":
                 return self._cloudevents_handshake(request.headers)
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if not content_type.startswith(_JSON_TYPES):
-            return self._refused("content_type", _text(415, "JSON bodies only"))
+            return refused(self.stats, "content_type", text_answer(415, "JSON bodies only"))
         try:
             events = parse_events(request.body)
             if url.path == EVENTGRID_PATH:
                 return await self._eventgrid(request.headers, events)
-            return await self._callbacks(request.headers, query.get("token", [None])[-1], events)
+            token = query.get("token", [None])[-1]
+            return await self.callbacks.respond(request.headers, token, events)
         except BadBody as exc:
-            return self._refused("bad_body", _text(400, f"bad body: {exc}"))
-
-    def _refused(self, reason: str, answer: HttpAnswer) -> HttpAnswer:
-        self.stats.refused[reason] += 1
-        log.info("webhook refused with %d (%s)", answer.status, reason)
-        return answer
+            return refused(self.stats, "bad_body", text_answer(400, f"bad body: {exc}"))
 
     def _cloudevents_handshake(self, headers: Mapping[str, str]) -> HttpAnswer:
         origin = headers.get("webhook-request-origin")
         if not origin:
-            return self._refused("bad_body", _text(400, "no WebHook-Request-Origin"))
+            return refused(self.stats, "bad_body", text_answer(400, "no WebHook-Request-Origin"))
         return HttpAnswer(200, headers=(("webhook-allowed-origin", origin), ("allow", "POST")))
 
     async def _eventgrid(self, headers: Mapping[str, str], events: Sequence[Event]) -> HttpAnswer:
@@ -199,30 +232,33 @@ class ControlPlane:
                     "Event Grid subscription %s validated",
                     headers.get("aeg-subscription-name", "?"),
                 )
-                return _json(200, {"validationResponse": code})
-        calls = [IncomingCall.parse(e.data) for e in events if e.type == INCOMING_CALL]
+                return json_answer(200, {"validationResponse": code})
+        calls = [(IncomingCall.parse(e.data), e.data) for e in events if e.type == INCOMING_CALL]
         if calls and not self.answering:
-            return self._refused("not_answering", _text(503, "answering is not configured"))
+            answer = text_answer(503, "answering is not configured")
+            return refused(self.stats, "not_answering", answer)
         async with trio.open_nursery() as nursery:
-            for call in calls:
-                nursery.start_soon(self._answer, call, received)
+            for call, data in calls:
+                nursery.start_soon(self._answer, call, data, received)
         return HttpAnswer(200)
 
-    async def _answer(self, call: IncomingCall, received: float) -> None:
+    async def _answer(self, call: IncomingCall, data: Mapping[str, Any], received: float) -> None:
         assert self.answerer is not None and self.tokens is not None
         self.stats.incoming_calls += 1
         route = routing.choose(self.config.routes, call)
         calllog = logging.LoggerAdapter(log, {"correlation_id": call.correlation_id})
-        if call.correlation_id in self._recent:
+        if call.correlation_id in self._answered:
             self.stats.answers["duplicate"] += 1
             calllog.info("IncomingCall %s delivered again: already answered", call.correlation_id)
             return
+        answered = self._remember(call.correlation_id, _incoming_data(data))
         request = self._answer_request(call, route)
         calllog.info("answering call %s on route %s", call.correlation_id, route.name)
         result = "answered"
         with trio.move_on_after(self.config.answer_timeout) as scope:
             try:
-                connection_id = await self.answerer.answer(request)
+                self.answer_latency(trio.current_time() - received)
+                answered.connection_id = await self.answerer.answer(request)
             except AnswerFailed as exc:
                 result = "failed"
                 calllog.warning(
@@ -240,76 +276,43 @@ class ControlPlane:
                 self.config.answer_timeout,
             )
         self.stats.answers[result] += 1
-        if result == "answered":
-            self._remember(call.correlation_id)
-            self.answer_latency(trio.current_time() - received)
-            calllog.info("answered call %s: connection %s", call.correlation_id, connection_id)
+        if result != "answered":  # a later delivery of the same call may try again
+            self._answered.pop(call.correlation_id, None)
+            return
+        answered.answered_at = trio.current_time()
+        self.stats.answer_seconds.append(answered.answered_at - received)
+        calllog.info("answered call %s: connection %s", call.correlation_id, answered.connection_id)
 
     def _answer_request(self, call: IncomingCall, route: Route) -> AnswerRequest:
         assert self.tokens is not None and self.config.public_url is not None
-        base = self.config.public_url.rstrip("/")
         media = quote(self.tokens.issue(route.name, call.correlation_id, "media"))
         callback = quote(self.tokens.issue(route.name, call.correlation_id, "callback"))
         return AnswerRequest(
             call.incoming_call_context,
-            f"{base}{CALLBACK_PATH}?token={callback}",
-            f"wss{base[len('https') :]}{routing.MEDIA_PREFIX}{route.name}?token={media}",
+            f"{self.config.public_url.rstrip('/')}{CALLBACK_PATH}?token={callback}",
+            self._media_url(route.name, media),
             route,
         )
 
-    def _remember(self, correlation_id: str) -> None:
-        self._recent[correlation_id] = None
-        while len(self._recent) > RECENT_CALLS:
-            self._recent.popitem(last=False)
-
-    async def _callbacks(
-        self, headers: Mapping[str, str], token: str | None, events: Sequence[Event]
-    ) -> HttpAnswer:
-        if self.tokens is None:
-            return self._refused("not_answering", _text(404, "no such endpoint"))
-        try:
-            grant = self.tokens.check(token, "callback")
-        except TokenRefused as exc:
-            status = 401 if exc.reason == "missing" else 403
-            return self._refused(f"callback_{exc.reason}", _text(status, "call token refused"))
-        if any(e.data.get("correlationId") != grant.correlation_id for e in events):
-            return self._refused("callback_other_call", _text(403, "event for another call"))
-        if self.auth is not None:
-            try:
-                await self.auth.check(headers)
-            except AuthFailure as exc:
-                return self._refused(
-                    f"callback_jwt_{exc.reason}", _text(exc.status, "ACS token refused")
-                )
-        for event in events:
-            self._callback(event, grant.route)
-        return HttpAnswer(200)
-
-    def _callback(self, event: Event, route: str) -> None:
-        kind = event.type.rpartition(".")[2]
-        self.stats.callbacks[kind] += 1
-        data = event.data
-        ids = f"call {data.get('correlationId')} (connection {data.get('callConnectionId')})"
-        result = data.get("resultInformation") or {}
-        code, sub_code = result.get("code"), result.get("subCode")
-        if kind in ("MediaStreamingFailed", "AnswerFailed", "CallTransferFailed"):
-            update = data.get("mediaStreamingUpdate") or {}
-            details = str(update.get("mediaStreamingStatusDetails", ""))
-            log.warning(
-                "%s: %s %s/%s %r. %s",
-                ids,
-                kind,
-                code,
-                sub_code,
-                result.get("message", ""),
-                explain(code, sub_code, details, self._media_url(route)),
-            )
-        else:
-            log.info("%s: %s on route %s", ids, kind, route)
-
-    def _media_url(self, route: str) -> str:
+    def _media_url(self, route: str, token: str = "...") -> str:
         base = (self.config.public_url or "").rstrip("/")
-        return f"wss{base[len('https') :]}{routing.MEDIA_PREFIX}{route}?token=..."
+        return f"wss{base[len('https') :]}{routing.MEDIA_PREFIX}{route}?token={token}"
+
+    def _remember(self, correlation_id: str, incoming: IncomingCallData | None) -> _Answered:
+        answered = self._answered[correlation_id] = _Answered(incoming)
+        while len(self._answered) > RECENT_CALLS:
+            self._answered.popitem(last=False)
+        return answered
+
+
+def _incoming_data(data: Mapping[str, Any]) -> IncomingCallData | None:
+    """The caller, callee and custom context a processor sees (`CallControl.incoming`)."""
+    from .calls import IncomingCall as IncomingCallData  # the SDK: answering has it
+
+    try:
+        return IncomingCallData.from_event_data(data)
+    except ValueError:  # pragma: no cover  (parse() has checked the context already)
+        return None
 
 
 def from_config(

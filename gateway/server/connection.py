@@ -40,6 +40,7 @@ from typing import Final, Protocol
 import attrs
 import trio
 
+from ..call.interface import CallControlHandle
 from ..call.outcome import CallOutcome, CallTimings, EndReason
 from ..call.pacer import Pacer
 from ..call.run import run_call
@@ -47,6 +48,7 @@ from ..config import Config
 from ..errors import CLOSE_GOING_AWAY
 from ..logs import call_logger
 from ..ops import systemd
+from ..ops.metrics import Metrics
 from ..processors import CallStats, Processor
 from ..wire.websocket import ConnectionClosed, Handshake, Reject, SendTimeout, ServerWebSocket
 from .admission import Admission
@@ -78,14 +80,24 @@ class HttpReply(Protocol):
     def headers(self) -> Sequence[tuple[str, str]]: ...
 
 
+class MediaChoice(Protocol):
+    """What a media connection runs (`gateway.control.plane.MediaRoute`)."""
+
+    @property
+    def processor(self) -> Processor: ...
+    @property
+    def control(self) -> CallControlHandle | None: ...  # None: not a call we answered
+
+
 class CallRouting(Protocol):
     """The control plane as the server sees it (`gateway.control.ControlPlane`): it picks a
     media connection's route and processor, and answers plain HTTP requests (webhooks)."""
 
     @property
     def max_body_bytes(self) -> int | None: ...  # None: no plain HTTP (426)
-    def media(self, handshake: Handshake) -> tuple[str, Processor] | Reject: ...
+    def media(self, handshake: Handshake) -> MediaChoice | Reject: ...
     def use_auth(self, auth: TokenChecker | None) -> None: ...  # ACS's JWT on callbacks
+    def use_metrics(self, metrics: Metrics) -> None: ...  # its counts, in /metrics
     async def respond(self, request: Handshake) -> HttpReply: ...
 
 
@@ -138,7 +150,7 @@ async def serve_connection(stream: trio.abc.Stream, context: ServerContext) -> C
         handshake = await _read_handshake(ws, context, deadline, peer)
         if handshake is None:
             return None
-        processor = context.processor
+        processor, call_control = context.processor, None
         if control is not None:
             if not handshake.upgrade:  # a webhook: answered, never a call
                 reply = await control.respond(handshake)
@@ -150,7 +162,7 @@ async def serve_connection(stream: trio.abc.Stream, context: ServerContext) -> C
                 log.warning("refusing media connection from %s: %s", peer, route.reason)
                 await ws.reject(route)
                 return None
-            processor = route[1]
+            processor, call_control = route.processor, route.control
         calllog = call_logger(
             handshake.headers.get("x-ms-call-connection-id"),
             handshake.headers.get("x-ms-call-correlation-id"),
@@ -172,6 +184,7 @@ async def serve_connection(stream: trio.abc.Stream, context: ServerContext) -> C
             pacer=context.pacer,
             stats=place.stats,
             timings=context.timings,
+            control=call_control,
         )
         _log_end(calllog, place.outcome)
         return place.outcome

@@ -71,6 +71,7 @@ class Server:
         self.auth = _token_checker(config)
         if control is not None:
             control.use_auth(self.auth)  # callbacks carry the same JWT as the media WebSocket
+            control.use_metrics(self.metrics)  # its counts and latencies, in its own block
         self.stats = ServerStats()
         self.changes = systemd.Changes()  # live calls, readiness or draining: for STATUS=
         self.context = ServerContext(  # what every connection is served with
