@@ -435,9 +435,12 @@ async def test_callbacks_without_the_right_token_are_refused_and_change_nothing(
     ]
     async with served(control) as server:
         got = [(await http(server, post(path, body)))[0] for path, _ in cases]
+        metrics = server.metrics.exposition()[0].decode()
     assert got == [status for _, status in cases]
     assert control.stats.callbacks == {}
     assert sum(control.stats.refused.values()) == 4
+    assert 'acs_gateway_control_refused_total{reason="callback_missing"} 1.0' in metrics
+    assert 'acs_gateway_control_refused_total{reason="callback_foreign"} 1.0' in metrics
 
 
 # -- the real SDK against an HTTPS stub --

@@ -174,7 +174,7 @@ async def serve_connection(stream: trio.abc.Stream, context: ServerContext) -> C
         await ws.accept()
         place.accepted = True
         context.stats.calls_accepted += 1
-        calllog.info("accepted %s", handshake.target)
+        calllog.info("accepted %s", handshake.target.partition("?")[0])  # tokens stay out
         place.outcome = await run_call(
             ws,
             handshake,
