@@ -213,7 +213,7 @@ async def test_acs_failing_or_slow_to_answer_leaves_nothing_behind(failure, capl
                 await trio.sleep(0.01)
         assert gateway_tasks() <= tasks  # raises above first if a task stayed behind
         assert not gw.server.stats.live and gw.server.stats.calls_accepted == 0
-        assert not gw.control._answered  # noqa: SLF001  (nothing remembered for a failed call)
+        assert not gw.control.answering.answered  # nothing remembered of a failed call
     result = "failed" if failure == "refused" else "timeout"
     assert gw.control.stats.answers == {result: 4}
     assert gw.control.stats.incoming_calls == 4

@@ -22,25 +22,24 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import parse_qs, quote, urlsplit
+from typing import Final
+from urllib.parse import parse_qs, urlsplit
 
 import attrs
 import trio
 
 from ..call.interface import CallControlHandle
-from ..config import Config, Route
+from ..config import Config
 from ..errors import ConfigError
 from ..ops.metrics import Metrics
 from ..processors import Processor
 from ..server.auth import TokenChecker
 from ..wire.handshake import Handshake, Reject
 from . import routes as routing
-from .answer import Answerer, AnswerFailed, AnswerRequest
+from .answer import Answerer
+from .answering import CALLBACK_PATH, Answering
 from .callbacks import CallbackEndpoint
-from .diagnostics import explain
 from .events import (
     INCOMING_CALL,
     SUBSCRIPTION_VALIDATION,
@@ -52,18 +51,20 @@ from .events import (
 from .replies import ControlStats, HttpAnswer, json_answer, refused, text_answer
 from .tokens import CallTokens, TokenRefused
 
-if TYPE_CHECKING:
-    from .calls import IncomingCall as IncomingCallData
-
-__all__ = ["ControlPlane", "ControlStats", "HttpAnswer", "MediaRoute", "from_config"]
+__all__ = [
+    "CALLBACK_PATH",
+    "ControlPlane",
+    "ControlStats",
+    "HttpAnswer",
+    "MediaRoute",
+    "from_config",
+]
 
 log = logging.getLogger("gateway.control")
 
 EVENTGRID_PATH: Final = "/eventgrid"
-CALLBACK_PATH: Final = "/callbacks"
 EVENTGRID_SECRET_ENV: Final = "ACS_GATEWAY_EVENTGRID_SECRET"
 CALL_TOKEN_KEY_ENV: Final = "ACS_GATEWAY_CALL_TOKEN_KEY"
-RECENT_CALLS: Final = 4096  # calls answered lately: Event Grid delivers at least once
 _JSON_TYPES: Final = ("application/json", "application/cloudevents")
 
 
@@ -75,19 +76,6 @@ class MediaRoute:
     name: str
     processor: Processor
     control: CallControlHandle | None = None
-
-
-@attrs.define
-class _Answered:
-    """A call this replica answered (or is answering), as long as it is remembered."""
-
-    incoming: IncomingCallData | None
-    connection_id: str | None = None
-    answered_at: float | None = None  # until its media WebSocket is accepted
-
-
-def _ignore(seconds: float) -> None:
-    pass
 
 
 class ControlPlane:
@@ -109,17 +97,16 @@ class ControlPlane:
         missing = set(self.routes) - set(self.processors)
         if missing:
             raise ConfigError(f"routes without a processor: {', '.join(sorted(missing))}")
-        self.answerer, self.tokens = answerer, tokens
-        self.answering = answerer is not None and tokens is not None
-        if self.answering and (config.public_url is None or not eventgrid_secret):
-            raise ConfigError(f"answering needs public_url and ${EVENTGRID_SECRET_ENV}")
-        self._secret = (eventgrid_secret or "").encode()
-        self._answered: OrderedDict[str, _Answered] = OrderedDict()  # by correlation id
+        self.tokens = tokens
         self.stats = ControlStats()
-        self.callbacks = CallbackEndpoint(tokens, self.stats, self._media_url, auth)
-        # event received -> answer request handed to the SDK; answered -> media accepted
-        self.answer_latency: Callable[[float], None] = _ignore
-        self.media_latency: Callable[[float], None] = _ignore
+        self.answering: Answering | None = None
+        if answerer is not None and tokens is not None:
+            if config.public_url is None or not eventgrid_secret:
+                raise ConfigError(f"answering needs public_url and ${EVENTGRID_SECRET_ENV}")
+            self.answering = Answering(config, answerer, tokens, self.stats)
+        self._secret = (eventgrid_secret or "").encode()
+        media_url = self.answering.media_url if self.answering else str
+        self.callbacks = CallbackEndpoint(tokens, self.stats, media_url, auth)
 
     @property
     def auth(self) -> TokenChecker | None:
@@ -132,13 +119,14 @@ class ControlPlane:
         """Export the counts and latencies through `metrics` (its control block)."""
         control = metrics.add_control()
         control.follow(self.stats.totals)
-        self.answer_latency = control.answering.observe
-        self.media_latency = control.media_connecting.observe
+        if self.answering is not None:
+            self.answering.answer_latency = control.answering.observe
+            self.answering.media_latency = control.media_connecting.observe
 
     @property
     def max_body_bytes(self) -> int | None:
         """The webhook body cap; None when plain HTTP is not served (426 as before)."""
-        return self.config.max_webhook_bytes if self.answering else None
+        return self.config.max_webhook_bytes if self.answering is not None else None
 
     # -- media --
 
@@ -162,21 +150,13 @@ class ControlPlane:
         correlation = handshake.headers.get("x-ms-call-correlation-id")
         if grant.route != name or (correlation is not None and correlation != grant.correlation_id):
             return self._refuse("media_other_call", Reject(403, "call token is for another call"))
-        answered = self._answered.get(grant.correlation_id)
-        connection_id = handshake.headers.get("x-ms-call-connection-id")
-        if answered is not None and answered.connection_id is not None:
-            if connection_id not in (None, answered.connection_id):
-                return self._refuse(
-                    "media_other_call", Reject(403, "call token is for another call")
-                )
-            connection_id = answered.connection_id
-            if answered.answered_at is not None:  # the first media connection of the call
-                self.media_latency(trio.current_time() - answered.answered_at)
-                answered.answered_at = None
         control = None
-        if self.answerer is not None and connection_id:
-            incoming = None if answered is None else answered.incoming
-            control = self.answerer.control(connection_id, incoming)
+        if self.answering is not None:
+            connection_id = handshake.headers.get("x-ms-call-connection-id")
+            try:
+                control = self.answering.control(grant.correlation_id, connection_id)
+            except TokenRefused as exc:
+                return self._refuse(f"media_{exc.reason}", Reject(403, str(exc)))
         return MediaRoute(name, self.processors[name], control)
 
     def _refuse(self, reason: str, reject: Reject) -> Reject:
@@ -234,85 +214,12 @@ class ControlPlane:
                 )
                 return json_answer(200, {"validationResponse": code})
         calls = [(IncomingCall.parse(e.data), e.data) for e in events if e.type == INCOMING_CALL]
-        if calls and not self.answering:
+        if calls and self.answering is None:
             answer = text_answer(503, "answering is not configured")
             return refused(self.stats, "not_answering", answer)
-        async with trio.open_nursery() as nursery:
-            for call, data in calls:
-                nursery.start_soon(self._answer, call, data, received)
+        if self.answering is not None:
+            await self.answering.answer_all(calls, received)
         return HttpAnswer(200)
-
-    async def _answer(self, call: IncomingCall, data: Mapping[str, Any], received: float) -> None:
-        assert self.answerer is not None and self.tokens is not None
-        self.stats.incoming_calls += 1
-        route = routing.choose(self.config.routes, call)
-        calllog = logging.LoggerAdapter(log, {"correlation_id": call.correlation_id})
-        if call.correlation_id in self._answered:
-            self.stats.answers["duplicate"] += 1
-            calllog.info("IncomingCall %s delivered again: already answered", call.correlation_id)
-            return
-        answered = self._remember(call.correlation_id, _incoming_data(data))
-        request = self._answer_request(call, route)
-        calllog.info("answering call %s on route %s", call.correlation_id, route.name)
-        result = "answered"
-        with trio.move_on_after(self.config.answer_timeout) as scope:
-            try:
-                self.answer_latency(trio.current_time() - received)
-                answered.connection_id = await self.answerer.answer(request)
-            except AnswerFailed as exc:
-                result = "failed"
-                calllog.warning(
-                    "answering call %s failed (%s): %s. %s",
-                    call.correlation_id,
-                    exc.code,
-                    exc,
-                    explain(exc.code, exc.sub_code),
-                )
-        if scope.cancelled_caught:
-            result = "timeout"
-            calllog.warning(
-                "answering call %s timed out: ACS did not reply in %.1f s",
-                call.correlation_id,
-                self.config.answer_timeout,
-            )
-        self.stats.answers[result] += 1
-        if result != "answered":  # a later delivery of the same call may try again
-            self._answered.pop(call.correlation_id, None)
-            return
-        answered.answered_at = trio.current_time()
-        self.stats.answer_seconds.append(answered.answered_at - received)
-        calllog.info("answered call %s: connection %s", call.correlation_id, answered.connection_id)
-
-    def _answer_request(self, call: IncomingCall, route: Route) -> AnswerRequest:
-        assert self.tokens is not None and self.config.public_url is not None
-        media = quote(self.tokens.issue(route.name, call.correlation_id, "media"))
-        callback = quote(self.tokens.issue(route.name, call.correlation_id, "callback"))
-        return AnswerRequest(
-            call.incoming_call_context,
-            f"{self.config.public_url.rstrip('/')}{CALLBACK_PATH}?token={callback}",
-            self._media_url(route.name, media),
-            route,
-        )
-
-    def _media_url(self, route: str, token: str = "...") -> str:
-        base = (self.config.public_url or "").rstrip("/")
-        return f"wss{base[len('https') :]}{routing.MEDIA_PREFIX}{route}?token={token}"
-
-    def _remember(self, correlation_id: str, incoming: IncomingCallData | None) -> _Answered:
-        answered = self._answered[correlation_id] = _Answered(incoming)
-        while len(self._answered) > RECENT_CALLS:
-            self._answered.popitem(last=False)
-        return answered
-
-
-def _incoming_data(data: Mapping[str, Any]) -> IncomingCallData | None:
-    """The caller, callee and custom context a processor sees (`CallControl.incoming`)."""
-    from .calls import IncomingCall as IncomingCallData  # the SDK: answering has it
-
-    try:
-        return IncomingCallData.from_event_data(data)
-    except ValueError:  # pragma: no cover  (parse() has checked the context already)
-        return None
 
 
 def from_config(
