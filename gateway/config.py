@@ -284,7 +284,10 @@ class Config(CallSettings):
     answer_timeout: float = attrs.field(
         default=10.0,
         validator=_positive,
-        metadata=_doc("Seconds one answer request to ACS may take; then it counts as failed."),
+        metadata=_doc(
+            "Seconds one request to ACS may take (an answer; a processor's hang-up, transfer, "
+            "start or stop of streaming); then it counts as failed."
+        ),
     )
     call_token_lifetime: float = attrs.field(
         default=14400.0,
