@@ -19,7 +19,7 @@ from gateway.testing import census, speech
 pytest.importorskip("azure.communication.callautomation")
 
 from gateway.control.answer import AnswerRequest, media_streaming_options  # noqa: E402
-from tests.answering import open_answering  # noqa: E402
+from gateway.testing.answering import open_answering_gateway  # noqa: E402
 
 HALF_SECOND = speech(16000)[:16000]
 ECHO = load("echo", {})
@@ -53,7 +53,7 @@ async def test_a_call_is_answered_with_the_routes_options_and_echoes_byte_exact(
     seen: list[tuple[str, Call]] = []
     processors = {"sales": recording("sales", seen)}
     routes = [Route(name="sales", callee=("+18005550100",), dtmf=True, processor="sales")]
-    async with open_answering(routes, processors) as gw:
+    async with open_answering_gateway(routes, processors) as gw:
         call = await gw.acs.ring(to="+18005550100", sip_headers={"X-Team": "a"})
         assert call.delivery is not None and call.delivery.status == 200
         with trio.fail_after(10):
@@ -107,7 +107,7 @@ async def test_a_call_is_answered_with_the_routes_options_and_echoes_byte_exact(
 async def test_a_processor_hangs_up_or_transfers_its_call_on_a_key_press(action):
     seen: list[tuple[str, Call]] = []
     routes = [Route(name="agent", callee=("+18005550111",), dtmf=True, processor="agent")]
-    async with open_answering(routes, {"agent": on_dtmf(action, seen)}) as gw:
+    async with open_answering_gateway(routes, {"agent": on_dtmf(action, seen)}) as gw:
         call = await gw.acs.ring(to="+18005550111")
         with trio.fail_after(10):
             await call.media_connected.wait()
@@ -141,7 +141,7 @@ async def test_routes_by_callee_caller_and_custom_context_each_run_their_process
         Route(name="queue", headers={"X-Queue": "agents"}, processor="queue"),
     ]
     processors = {name: recording(name, seen) for name in ("sales", "vip", "queue", "default")}
-    async with open_answering(routes, processors, processor="default") as gw:
+    async with open_answering_gateway(routes, processors, processor="default") as gw:
         calls = {
             "sales": await gw.acs.ring(to="+18005550100"),
             "vip": await gw.acs.ring(to=OTHER, caller="+14255550999"),
@@ -166,7 +166,7 @@ async def test_routes_by_callee_caller_and_custom_context_each_run_their_process
 
 async def test_streaming_failure_8581_logs_the_cause_and_the_url_sent(caplog):
     caplog.set_level(logging.INFO, "gateway.control")
-    async with open_answering() as gw:
+    async with open_answering_gateway() as gw:
         gw.acs.fail_streaming = True
         call = await gw.acs.ring()
         with trio.fail_after(10):
@@ -190,7 +190,7 @@ def _tasks_in(nursery: trio.Nursery) -> int:
 
 @pytest.mark.parametrize("failure", ["refused", "timeout"])
 async def test_acs_failing_or_slow_to_answer_leaves_nothing_behind(failure, caplog):
-    async with open_answering(answer_timeout=0.3) as gw:
+    async with open_answering_gateway(answer_timeout=0.3) as gw:
         if failure == "refused":
             gw.acs.answer_status = 500
         else:

@@ -1,7 +1,14 @@
-"""A gateway that answers calls, wired to a fake ACS, for the end-to-end tests and the bench:
-TLS on 127.0.0.1 (its own throwaway CA, trusted by the fake), `public_url` naming that port,
-ACS's JWT checked on media and callbacks (the fake's issuer and a key-set server), the real
-SDK answering with the fake's connection string, and Event Grid subscribed."""
+"""A gateway that answers calls, wired to a fake ACS: the whole control plane offline.
+
+Owns: `open_answering_gateway`: TLS on 127.0.0.1 (a throwaway CA the fake trusts),
+`public_url` naming that port, ACS's JWT checked on media and callbacks (the fake's issuer, its
+key set served on loopback), the real SDK answering with the fake's connection string (the
+`control` extra), and the Event Grid subscription validated. Never reaches beyond loopback.
+
+    async with open_answering_gateway(routes, {"agent": agent}) as gw:
+        call = await gw.acs.ring(to="+18005550100")
+        await call.media_connected.wait()      # answered through the SDK, media to the gateway
+"""
 
 from __future__ import annotations
 
@@ -16,22 +23,23 @@ from typing import Any
 
 import attrs
 import trio
-import trustme
 
-from gateway.config import Config, Route
-from gateway.control import ControlPlane
-from gateway.control import plane as control_plane
-from gateway.processors import Processor, load
-from gateway.server.serve import Server, serve
-from gateway.testing import AcsTokenIssuer, FakeAcs, open_fake_acs, serve_key_set
-from gateway.testing.fake_acs import RESOURCE_ID
+from ..config import Config, Route
+from ..control import ControlPlane
+from ..control import plane as control_plane
+from ..processors import Processor, load
+from ..server.serve import Server, serve
+from .acs_auth import AcsTokenIssuer, serve_key_set
+from .fake_acs import RESOURCE_ID, FakeAcs, open_fake_acs
 
 SECRET = "eventgrid-secret-for-tests"
 CALL_TOKEN_KEY = "k" * 32
 
 
 @attrs.define
-class Answering:
+class AnsweringGateway:
+    """The running pair: the fake ACS, the gateway's `Server` and its control plane."""
+
     acs: FakeAcs
     server: Server
     control: ControlPlane
@@ -39,13 +47,16 @@ class Answering:
 
 
 @asynccontextmanager
-async def open_answering(
+async def open_answering_gateway(
     routes: Sequence[Route] = (),
     processors: Mapping[str, Processor] | None = None,
     **settings: Any,
-) -> AsyncIterator[Answering]:
-    """A fake ACS and an answering gateway subscribed to it. `processors`: names a route's
-    `processor` may give besides the registered ones."""
+) -> AsyncIterator[AnsweringGateway]:
+    """A fake ACS and a gateway answering its calls, subscribed to it. `processors`: names a
+    route's `processor` (or the top-level one) may give besides the registered ones;
+    `settings`: any other `Config` settings."""
+    import trustme  # the `test` extra: `import gateway.testing` must work without it
+
     extra = dict(processors or {})
 
     def loader(name: str, options: Mapping[str, object]) -> Processor:
@@ -92,7 +103,7 @@ async def open_answering(
                 server: Server = await nursery.start(start)
                 try:
                     await acs.subscribe(f"{public_url}/eventgrid?secret={SECRET}")
-                    yield Answering(acs, server, control, public_url)
+                    yield AnsweringGateway(acs, server, control, public_url)
                 finally:
                     server.stop_now()
             nursery.cancel_scope.cancel()
