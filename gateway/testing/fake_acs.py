@@ -99,6 +99,10 @@ class FakeCall:
     media: SimulatedCall | None = None
     media_sessions: int = 0  # media WebSockets opened so far
     answered: trio.Event = attrs.Factory(trio.Event)
+    # Trio times: IncomingCall posted, answer request received, media WebSocket open
+    rung_at: float | None = None
+    answered_at: float | None = None
+    media_connected_at: float | None = None
     media_connected: trio.Event = attrs.Factory(trio.Event)
     disconnected: trio.Event = attrs.Factory(trio.Event)
     stop_media: trio.Event = attrs.Factory(trio.Event)
@@ -208,6 +212,7 @@ class FakeAcs:
             voip_headers=voip_headers,
         )
         self.calls[call.call_connection_id] = call
+        call.rung_at = trio.current_time()
         headers = {"aeg-event-type": "Notification", "aeg-subscription-name": "gateway"}
         for url in self.subscriptions:
             call.delivery = await self._post(url, "IncomingCall", [call.event], headers)
@@ -272,6 +277,8 @@ class FakeAcs:
                 connected = True
                 call.media = media
                 call.media_sessions += 1
+                if call.media_connected_at is None:
+                    call.media_connected_at = trio.current_time()
                 call.media_connected.set()
                 await self.callback(
                     call,

@@ -129,6 +129,7 @@ def _answer(acs: FakeAcs, body: dict[str, Any]) -> HttpResponse:
         return _error(acs.answer_status, "AnswerRefused", "The fake ACS refuses answers.")
     call.answer = body
     call.state = "connected"
+    call.answered_at = trio.current_time()
     call.answered.set()
     acs.nursery.start_soon(_connected, acs, call)
     return _json(200, properties(call))
