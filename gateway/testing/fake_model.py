@@ -141,6 +141,23 @@ class FakeModel:
                 {"type": "error", "error": {"type": type, "code": code, "message": message}}
             )
 
+    async def call_tool(self, name: str, arguments: dict[str, Any] | None = None) -> str:
+        """Call the client's function tool `name`, as the model does; the call id."""
+        call_id = self._new_id("call")
+        for session in list(self._sessions):
+            await session.send(
+                {
+                    "type": "response.function_call_arguments.done",
+                    "response_id": self._new_id("resp"),
+                    "item_id": self._new_id("item"),
+                    "output_index": 0,
+                    "call_id": call_id,
+                    "name": name,
+                    "arguments": orjson.dumps(arguments or {}).decode(),
+                }
+            )
+        return call_id
+
     def go_silent(self, silent: bool = True) -> None:
         """Stop (or resume) reading and answering: pings go unanswered."""
         self.silent = silent

@@ -33,6 +33,7 @@ import ssl
 from typing import Final
 from urllib.parse import urlsplit
 
+import attrs
 import pybase64
 import trio
 import trio_websocket
@@ -41,13 +42,14 @@ from ...acs.packets import AudioData
 from ...audio.resample import StreamResampler
 from ...audio.vad import WebRtcVad
 from ...call.interface import Call
-from . import protocol
+from . import protocol, tools
 from .options import RealtimeOptions
 from .protocol import (
     MODEL_RATE,
     AudioDelta,
     AudioDone,
     Conversation,
+    FunctionCall,
     MalformedEvent,
     ResponseCreated,
     ResponseDone,
@@ -86,7 +88,12 @@ class Bridge:
         )
         self.conversation = Conversation(self.player.released_ms)
         self.ws: trio_websocket.WebSocketConnection | None = None  # None: no session now
-        self.session_update = protocol.session_update(options.session_settings, options.dialect)
+        settings = options.session_settings
+        offered = tools.session_extra(call, options.call_tools, options.transfer_targets)
+        if offered:  # the call has a control handle and the route enables the tools
+            settings = attrs.evolve(settings, extra={**offered, **settings.extra})
+        self.session_update = protocol.session_update(settings, options.dialect)
+        self._tasks: trio.Nursery | None = None  # the bridge's nursery, for tool calls
         self.closing = False  # the call is ending: a closed upstream is not a failure
         self._first_attempt = trio.Event()  # the first session is up, or failed
         self._pending_send, self._pending = trio.open_memory_channel[tuple[int, str, str | None]](
@@ -95,6 +102,7 @@ class Bridge:
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
+            self._tasks = nursery
             nursery.start_soon(self._upstream, nursery.cancel_scope)
             nursery.start_soon(self._feed_player)
             await self._forward_caller()
@@ -234,6 +242,8 @@ class Bridge:
                     self.conversation.response_done(response_id)
                 case SessionReady(updated=True):
                     conversation_ready = True
+                case FunctionCall() if self._tasks is not None:
+                    self._tasks.start_soon(self._tool_call, ws, event)
                 case UpstreamError():
                     if event.fatal or not conversation_ready:
                         return f"upstream error {event.type}/{event.code}: {event.message}"
@@ -241,6 +251,17 @@ class Bridge:
                     self.log.warning(
                         "upstream error event %s/%s: %s", event.type, event.code, event.message
                     )
+
+    async def _tool_call(self, ws: trio_websocket.WebSocketConnection, call: FunctionCall) -> None:
+        """Run a tool the model called; tell it the result (unless the session is gone)."""
+        self.log.info("the model calls %s", call.name)
+        targets = self.options.transfer_targets
+        output = await tools.run(self.call, call.name, call.arguments, targets)
+        try:
+            for event in protocol.function_output(call.call_id, output):
+                await ws.send_message(event)
+        except trio_websocket.ConnectionClosed:
+            pass  # the call ended (as end_call intends) or the session dropped
 
     # -- the upstream connection --
 

@@ -82,6 +82,15 @@ class UpstreamError:
 
 
 @attrs.frozen(slots=True)
+class FunctionCall:
+    """response.function_call_arguments.done: the model calls a tool."""
+
+    call_id: str
+    name: str
+    arguments: str  # JSON, as the model wrote it
+
+
+@attrs.frozen(slots=True)
 class OtherEvent:
     """Anything else (transcripts, item bookkeeping, rate limits): the bridge ignores it."""
 
@@ -96,6 +105,7 @@ ServerEvent = (
     | AudioDone
     | SpeechStarted
     | UpstreamError
+    | FunctionCall
     | OtherEvent
 )
 
@@ -144,6 +154,11 @@ def parse(message: str | bytes) -> ServerEvent:
         return ResponseDone(_str(response, "id"), _str(response, "status"))
     if kind == "session.created" or kind == "session.updated":
         return SessionReady(kind == "session.updated")
+    if kind == "response.function_call_arguments.done":
+        call_id, name = event.get("call_id"), event.get("name")
+        if not isinstance(call_id, str) or not isinstance(name, str):
+            raise MalformedEvent(f"{kind} without call_id or name")
+        return FunctionCall(call_id, name, _str(event, "arguments") or "")
     if kind == "error":
         error = event.get("error")
         error = error if isinstance(error, dict) else {}
@@ -178,6 +193,15 @@ def truncate_item(item_id: str, content_index: int, audio_end_ms: int) -> str:
             "audio_end_ms": audio_end_ms,
         }
     ).decode()
+
+
+def function_output(call_id: str, output: str) -> list[str]:
+    """A tool's result, and the request for the model's next response."""
+    item = {"type": "function_call_output", "call_id": call_id, "output": output}
+    return [
+        orjson.dumps({"type": "conversation.item.create", "item": item}).decode(),
+        '{"type":"response.create"}',
+    ]
 
 
 def delete_item(item_id: str) -> str:
