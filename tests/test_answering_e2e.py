@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import trio
@@ -49,7 +49,8 @@ def on_dtmf(action: str, seen: list[tuple[str, Call]]) -> Any:
     return processor
 
 
-async def test_a_call_is_answered_with_the_routes_options_and_echoes_byte_exact():
+async def test_a_call_is_answered_with_the_routes_options_and_echoes_byte_exact(caplog):
+    caplog.set_level(logging.DEBUG)
     seen: list[tuple[str, Call]] = []
     processors = {"sales": recording("sales", seen)}
     routes = [Route(name="sales", callee=("+18005550100",), dtmf=True, processor="sales")]
@@ -91,6 +92,10 @@ async def test_a_call_is_answered_with_the_routes_options_and_echoes_byte_exact(
         ("CallConnected", "MediaStreamingStarted", "CallDisconnected"), 1
     )
     assert gw.server.stats.calls_accepted == 1
+    media_token = parse_qs(url.query)["token"][0]
+    ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("gateway"))
+    assert "accepted /ws/sales?token=..." in ours
+    assert media_token not in ours and "token=v1." not in ours  # the fake's own logs aside
     metrics = gw.server.metrics.exposition()[0].decode()
     for series in (
         "acs_gateway_incoming_calls_total 1.0",

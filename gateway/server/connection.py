@@ -34,6 +34,7 @@ refusal, or an accepted call (and a gateway bug, if any, in `calls_failed`).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Final, Protocol
 
@@ -58,6 +59,7 @@ from .stats import ServerStats
 
 log = logging.getLogger("gateway.server")
 
+_TOKEN: Final = re.compile(r"([?&]token=)[^&]*")  # a call token in a media URL: a credential
 CLOSE_ON_CANCEL_TIMEOUT: Final = 1.0  # seconds for the 1001 close when calls are cancelled
 
 CallLog = logging.LoggerAdapter[logging.Logger]
@@ -174,7 +176,7 @@ async def serve_connection(stream: trio.abc.Stream, context: ServerContext) -> C
         await ws.accept()
         place.accepted = True
         context.stats.calls_accepted += 1
-        calllog.info("accepted %s", handshake.target.partition("?")[0])  # tokens stay out
+        calllog.info("accepted %s", _TOKEN.sub(r"\1...", handshake.target))  # not the call token
         place.outcome = await run_call(
             ws,
             handshake,
