@@ -164,18 +164,20 @@ async def test_a_bad_certificate_stops_the_supervisor_before_any_worker(tmp_path
     )
     command = [*WORKERS, "--config", str(tmp_path / "gateway.toml")]
     async with gateway_process(command, listening=False) as gateway:
-        assert await gateway.wait_exit() == 1
-    assert "cannot serve" in gateway.text
+        assert await gateway.wait_exit() == 2
+    assert f"tls_certfile (config file '{tmp_path}/gateway.toml', key tls_certfile)" in gateway.text
     assert "worker 0 started" not in gateway.text
 
 
-async def test_a_taken_port_stops_the_supervisor_with_exit_code_1():
+async def test_a_taken_port_stops_the_supervisor_with_exit_code_2():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        command = [*SERVE, "--host", "127.0.0.1", "--port", str(taken.getsockname()[1])]
+        port = taken.getsockname()[1]
+        command = [*SERVE, "--host", "127.0.0.1", "--port", str(port)]
         async with gateway_process([*command, "--workers", "2"], listening=False) as gateway:
-            assert await gateway.wait_exit() == 1
+            assert await gateway.wait_exit() == 2
+    assert f"cannot listen on 127.0.0.1:{port}, the media port (flag --port)" in gateway.text
     assert "Address already in use" in gateway.text
     assert "worker 0 started" not in gateway.text
 

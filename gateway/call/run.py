@@ -75,6 +75,7 @@ async def run_call(
     first = await wait_for_metadata(state)
     if first is None:
         return state.outcome()
+    log.debug("metadata: %s", first)
     audio = first if isinstance(first, AudioMetadata) else None
     if audio is not None:
         playout = Playout(

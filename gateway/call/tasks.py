@@ -100,9 +100,13 @@ async def receive(state: CallState, inbound: trio.MemorySendChannel[InboundPacke
 def hung_up(state: CallState, closed: ConnectionClosed) -> None:
     """ACS hung up: the processor sees the end of `packets` and gets a grace period to finish;
     nothing more is sent."""
-    state.end(EndReason.HANGUP, closed.code)
     reason = f": {closed.reason}" if closed.reason else ""
-    state.log.info("ACS hung up (%s%s)", closed.code, reason)
+    if state.end(EndReason.HANGUP, closed.code):
+        state.log.info("ACS hung up (%s%s)", closed.code, reason)
+    else:  # ACS answering the close of a call that had already ended (by the processor, ...)
+        state.log.debug(
+            "ACS closed its end (%s%s); ended by %s", closed.code, reason, state.ended_by
+        )
     state.sending.cancel()
     if state.player is not None:
         state.player.close()
@@ -160,6 +164,7 @@ async def send(state: CallState, player: Player) -> None:
 
 async def process(state: CallState, processor: Processor, call: Call) -> None:
     """Run the processor; its return ends the call (1000), its exception too (1011)."""
+    state.log.debug("processor started")
     try:
         await processor(call)
     except Exception as exc:  # the processor's bug ends its own call, nothing else
@@ -168,6 +173,7 @@ async def process(state: CallState, processor: Processor, call: Call) -> None:
         if state.end(EndReason.PROCESSOR_ERROR, CLOSE_INTERNAL_ERROR):
             await state.close(CLOSE_INTERNAL_ERROR, "processor error")
     else:
+        state.log.debug("processor returned")
         if state.end(EndReason.PROCESSOR, CLOSE_NORMAL):
             await state.close(CLOSE_NORMAL, "")
     state.processor_returned = True

@@ -111,9 +111,11 @@ async def serve_connection(stream: trio.abc.Stream, context: ServerContext) -> C
             handshake.headers.get("x-ms-call-correlation-id"),
             peer,
         )
+        calllog.debug("handshake: %s", handshake.target)
         place = await _admit(ws, handshake.headers, context, source, deadline, calllog)
         if place is None:
             return None
+        calllog.debug("admitted: %d live call(s)", context.admission.reserved)
         await ws.accept()
         place.accepted = True
         context.stats.calls_accepted += 1
