@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 from collections.abc import AsyncIterator
@@ -122,6 +123,8 @@ async def test_sigterm_drains_every_worker_and_exits_zero(tmp_path):
                     assert call.received_pcm == PCM + second
             assert await gateway.wait_exit() == 0
         assert gateway.text.count("exited (0)") == 2
+        for index in (0, 1):  # every worker's lines say which worker wrote them
+            assert re.search(rf"gateway.server draining: .* \[worker={index}\]", gateway.text)
 
 
 async def test_a_worker_whose_loop_is_stuck_is_killed_and_restarted(tmp_path):
