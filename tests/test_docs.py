@@ -56,3 +56,20 @@ def test_nothing_links_outside_the_repository():
             if not target.startswith(("https://", "#")):
                 path = (page.parent / target.split("#")[0]).resolve()
                 assert path.is_relative_to(ROOT) and path.exists(), f"{page.name}: {target}"
+
+
+def test_the_quick_start_says_it_serves_without_authentication():
+    lines = README.splitlines()
+    at = next(i for i, line in enumerate(lines) if "acs-media-gateway serve" in line)
+    near = "\n".join(lines[at : at + 8])
+    assert "0.0.0.0 with authentication off" in near
+    assert "(docs/security.md)" in near
+
+
+def test_install_hints_have_one_form():
+    # users install by the package's name; only contributors use the checkout's `.[test]`
+    texts = {p.name: p.read_text() for p in [ROOT / "README.md", *DOCS.glob("*.md")]}
+    texts |= {str(p): p.read_text() for p in (ROOT / "gateway").rglob("*.py")}
+    for name, text in texts.items():
+        for extra in re.findall(r"pip install [^\n`]*?\.?\[[\w,]+\]", text):
+            assert "'acs-media-gateway[" in extra or extra.endswith("'.[test]"), (name, extra)
