@@ -14,6 +14,7 @@ READY=1/STATUS=/STOPPING=1/WATCHDOG=1 go to `$NOTIFY_SOCKET` (`gateway.ops.syste
 from __future__ import annotations
 
 import argparse
+import errno
 import gc
 import ipaddress
 import logging
@@ -172,6 +173,12 @@ async def _supervise(
     except OSError as exc:  # alone (not in a group): binding the workers' media sockets
         source = _SOURCES.get("port", "default")
         raise CannotListen("media port", config.host, config.port, source, exc) from exc
+    except BaseExceptionGroup as group:  # the supervisor's own health endpoint, once running
+        taken = group.subgroup(lambda e: getattr(e, "errno", None) == errno.EADDRINUSE)
+        if taken is None or config.health_port is None:
+            raise
+        host, port, source = config.health_host, config.health_port, _SOURCES["health_port"]
+        raise CannotListen("health port", host, port, source, _first_leaf(taken)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
