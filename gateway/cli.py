@@ -32,6 +32,7 @@ import trio
 
 from . import __version__, logs, processors
 from . import config as configuration
+from .control import plane
 from .errors import ConfigError
 from .ops import systemd
 from .ops.health import serve_health
@@ -110,6 +111,7 @@ async def _run(
     sockets: Sequence[socket.socket],
     notifier: systemd.Notifier,
     worker: bool,
+    control: plane.ControlPlane | None = None,
 ) -> None:
     # The process's global registry: it also carries prometheus-client's process collectors.
     # In a worker, $PROMETHEUS_MULTIPROC_DIR makes it write to files the supervisor sums.
@@ -151,6 +153,7 @@ async def _run(
                         metrics=metrics,
                         sockets=sockets,
                         notifier=notifier,
+                        control=control,
                     ),
                 ),
             )
@@ -215,6 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         _check_tls(config)
         processor = processors.load(config.processor, config.processor_options)
+        control = plane.from_config(config, os.environ, processors.load)
     except ConfigError as exc:
         print(f"acs-media-gateway: {exc}", file=sys.stderr)
         return 2
@@ -233,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _warn_if_open(config, inherited)
         if config.workers > 1 and not worker_sockets:
             return trio.run(_supervise, config, argv, inherited, notifier)
-        trio.run(_run, config, processor, load, inherited, notifier, bool(worker_sockets))
+        trio.run(_run, config, processor, load, inherited, notifier, bool(worker_sockets), control)
     except KeyboardInterrupt:  # a signal before the handlers were installed
         return 0
     except BaseExceptionGroup as group:

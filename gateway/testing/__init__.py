@@ -1,5 +1,6 @@
 """Public test helpers: a simulated ACS peer, bundled speech, an in-process gateway, and a fake
-realtime model server (`open_fake_model`, for the `realtime` processor).
+realtime model server (`open_fake_model`, for the `realtime` processor), and a fake ACS control
+plane (`open_fake_acs`: Call Automation REST, Event Grid, callbacks, the media socket).
 
     async with open_gateway(processor=my_processor) as server:
         async with simulated_call(server.urls[0]) as call:
@@ -23,6 +24,7 @@ from ..server.serve import Server, serve
 from .acs_auth import AcsTokenIssuer, KeySetServer, bearer, serve_key_set
 from .audio import frames, read_wav, speech, speech_path
 from .failures import ProcessorFailed, ProcessorFailures, register, unregister
+from .fake_acs import FakeAcs, FakeAcsError, FakeCall, open_fake_acs
 from .fake_model import FakeModel, open_fake_model
 from .peer import AcsPlayback, Received, SimulatedCall, WaitFailed, simulated_call
 
@@ -30,6 +32,9 @@ __all__ = [
     "AcsPlayback",
     "AcsTokenIssuer",
     "KeySetServer",
+    "FakeAcs",
+    "FakeAcsError",
+    "FakeCall",
     "FakeModel",
     "ProcessorFailed",
     "Received",
@@ -37,6 +42,7 @@ __all__ = [
     "WaitFailed",
     "bearer",
     "frames",
+    "open_fake_acs",
     "open_fake_model",
     "open_gateway",
     "read_wav",
