@@ -58,6 +58,8 @@ def _capped(clean: str, limit: int, length: int) -> str:
     if len(clean) <= limit and length <= limit:
         return clean
     return f"{clean[:limit]}...({length} chars)"
+
+
 _worker: int | None = None  # this process's worker index under a supervisor: on every line
 
 

@@ -26,6 +26,9 @@ from gateway.testing import open_gateway
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
+# An example that says it is not complete (it needs the reader's own application) is not run.
+SKETCH = "# A sketch, not a complete test"
+
 PYPROJECT = """\
 [project]
 name = "my-bot"
@@ -71,6 +74,8 @@ def examples() -> dict[str, str]:
     found: dict[str, str] = {}
     for page in PAGES:
         for block in re.findall(r"```python\n(.*?)```", page.read_text(), re.S):
+            if block.startswith(SKETCH):
+                continue  # says so to its reader; counted in test_only_the_known_sketches_...
             named = re.match(r"# (\w+\.py)\n", block)
             if named:
                 name = named.group(1)
@@ -127,6 +132,15 @@ def test_every_example_has_a_file_name_and_a_test():
     assert {"mypackage/bot.py", "test_greeter.py", "test_bug_1234.py"} <= names
     assert {"test_my_bot.py", "test_realtime_bot.py"} <= names
     assert len(expected_tests()) >= 5
+
+
+def test_only_the_known_sketches_are_not_run():
+    sketches = {
+        page.name: text.count("```python\n" + SKETCH)
+        for page in PAGES
+        if (text := page.read_text())
+    }
+    assert {name: n for name, n in sketches.items() if n} == {"testing.md": 1}  # the fake ACS
 
 
 async def test_the_examples_pass_in_a_fresh_project(tmp_path):
