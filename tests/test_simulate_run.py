@@ -116,8 +116,9 @@ async def test_hangups_errors_and_refusals_are_counted_per_call():
 
     async with open_gateway(fails) as server:
         report = await simulate(server.urls[0], calls=1, duration=0.5)
-    assert report.calls[0].errors == {"closed_1011": 1}
-    assert report.calls[0].close_code == 1011
+    assert report.calls[0].errors == {"closed_early": 1}
+    assert report.calls[0].end == "closed_early"
+    assert report.calls[0].close_code == 1011 and report.calls[0].close_reason
 
     async with open_gateway(sink({}), max_calls=1) as server:
         report = await simulate(server.urls[0], calls=3, duration=0.5, ramp=0.1)

@@ -99,11 +99,21 @@ class AudioFrames:
         self._prefixes: dict[tuple[str | None, bool], bytes] = {}
         self._tails: dict[tuple[bytes, int], bytes] = {}  # base64 after the head, masked
         self._masked: dict[tuple[bytes, int], bytes] = {}  # header, key, masked JSON prefix
+        self._plain_tails: dict[bytes, str] = {}  # base64 after the head, as sent
 
     def text(self, pcm: bytes, seq: int, participant: str | None, silent: bool) -> str:
         """The message (unmasked), e.g. for a recording."""
         prefix = self._prefix(participant, silent).decode()
         return prefix + pybase64.b64encode_as_string(tag(pcm, seq)) + AUDIO_SUFFIX
+
+    def b64(self, pcm: bytes, seq: int) -> str:
+        """The base64 `data` of frame `seq` made of `pcm`: what an exact echo sends back."""
+        tail = self._plain_tails.get(pcm)
+        if tail is None:
+            tail = self._plain_tails[pcm] = pybase64.b64encode_as_string(pcm[HEAD_BYTES:])
+        if len(pcm) <= HEAD_BYTES:
+            return pybase64.b64encode_as_string(pcm)
+        return pybase64.b64encode_as_string(_tag_head(pcm[:HEAD_BYTES], seq)) + tail
 
     def frame(self, pcm: bytes, seq: int, participant: str | None, silent: bool) -> bytes:
         prefix = self._prefix(participant, silent)
