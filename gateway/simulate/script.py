@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-
 from typing import Final
 
 import attrs
