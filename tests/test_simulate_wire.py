@@ -226,7 +226,10 @@ def test_an_exact_echo_is_told_from_an_altered_one():
     pcm = bytes(range(256)) * 2 + bytes(128)
     sent = frames.text(pcm, 7, None, False)
     data = orjson.loads(sent)["audioData"]["data"]
-    assert frames.b64(pcm, 7) == data and tagging.read_tag(data) == 7
-    altered = bytearray(tagging.tag(pcm, 7))
-    altered[300] ^= 1
-    assert frames.b64(pcm, 7) != pybase64.b64encode_as_string(bytes(altered))
+    assert tagging.read_tag(data) == 7 and frames.is_echo(data, pcm, 7)
+    for at in (1, 40, 300):  # inside the head (beside the tag), and after it
+        altered = bytearray(tagging.tag(pcm, 7))
+        altered[at] ^= 1
+        assert not frames.is_echo(pybase64.b64encode_as_string(bytes(altered)), pcm, 7)
+    assert not frames.is_echo(data, pcm, 8) and not frames.is_echo(data, pcm[::-1], 7)
+    assert not frames.is_echo(data[:-4], pcm, 7) and not frames.is_echo(data + "AAAA", pcm, 7)

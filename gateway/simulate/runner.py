@@ -270,7 +270,7 @@ class SimCall:
             return False
         self.sent_seq[slot] = -1  # an echo is matched once
         result = self.result
-        if data != self.audio.b64(self.sent_pcm[slot], full):
+        if not self.audio.is_echo(data, self.sent_pcm[slot], full):
             result.mismatched += 1
             return True
         result.echoed += 1
