@@ -38,6 +38,8 @@ async def test_echo_round_trips_every_frame_of_every_call():
         assert call.audio_ms_received == 1000
         assert call.first_audio_ms is not None and call.first_audio_ms < 1000
         assert call.close_code == 1000  # the simulator hung up like ACS, the gateway agreed
+        assert call.end == "completed" and call.forms == {"sdk": 50}
+    assert (t["expect"], t["lost"], t["reordered"], t["corrupted"]) == ("echo", 0, 0, 0)
     assert [c.started for c in report.calls] == sorted(c.started for c in report.calls)
     assert t["simulator_cpu_pct"] > 0 and t["send_late_p50_ms"] is not None
 
@@ -52,6 +54,8 @@ async def test_unmixed_speakers_at_24khz():
     assert call.frames_received == 25  # echo plays back one participant
     assert call.audio_ms_received == 500  # 960-byte frames counted as 20 ms at 24 kHz
     assert call.rtt.count == 25
+    t = report.totals()  # one speaker's track is echoed: the other two are not "lost"
+    assert (t["expect"], t["echo_expected"], t["lost"], t["corrupted"]) == ("echo", 25, 0, 0)
 
 
 async def test_dtmf_and_the_bearer_token_reach_the_processor():
