@@ -5,15 +5,13 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from gateway.simulate.checks import checks, missed, parse_threshold
 from gateway.simulate.report import (
     CallResult,
     Histogram,
     Report,
     SimulatorHealth,
     Timeline,
-    checks,
-    missed,
-    parse_threshold,
 )
 
 

@@ -152,15 +152,15 @@ def _dtmf(text: str) -> tuple[float, str]:
 def run(args: argparse.Namespace) -> int:
     import trio
 
-    from . import report, runner, workers
+    from . import checks, runner, workers
 
     def fail(message: str) -> int:
         print(f"acs-media-gateway simulate: {message}", file=sys.stderr)
         return 2
 
     try:
-        maxima = [report.parse_threshold(t) for t in args.max]
-        minima = [report.parse_threshold(t) for t in args.min]
+        maxima = [checks.parse_threshold(t) for t in args.max]
+        minima = [checks.parse_threshold(t) for t in args.min]
         # Flags are named after the Options fields they set (`dest`); these few need work.
         worked: dict[str, Any] = {
             "wavs": tuple(args.wavs),
@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
     result = trio.run(workers.run, options, progress)
     if progress is not None:
         progress.done()
-    problems = report.checks(result, maxima, minima, args.require_form)
+    problems = checks.checks(result, maxima, minima, args.require_form)
     if args.json:
         _print_json({**result.to_json(), "failed": problems})
     else:
