@@ -186,3 +186,25 @@ def test_ssl_context_from_options(tmp_path):
     context = Options(url="wss://h/", insecure=True).ssl_context()
     assert context is not None and context.verify_mode == ssl.CERT_NONE
     assert Options(url="wss://h/").ssl_context().verify_mode == ssl.CERT_REQUIRED
+
+
+async def test_a_voice_bot_answers_the_default_turns_and_is_barged_in_on(monkeypatch):
+    """The realtime processor against the fake model (whose VAD needs the caller to pause): the
+    default scenario's turns get answers; a barge-in caller prompts it, then speaks over it."""
+    from gateway.processors import load
+    from gateway.testing import open_fake_model, speech
+
+    monkeypatch.setenv("TEST_SIM_KEY", "k")
+    async with open_fake_model([speech(24000)[: 24000 * 2 * 2]] * 4, api_key="k") as model:
+        realtime = load("realtime", {"endpoint": model.url, "api_key_env": "TEST_SIM_KEY"})
+        async with open_gateway(realtime) as server:
+            turns = await simulate(server.urls[0], duration=2.5, turn=1.0, pause=0.6)
+            barge = await simulate(
+                server.urls[0], duration=3.5, barge_in_after=0.3, turn=1.0, reply_timeout=2.0
+            )
+    (call,) = turns.calls
+    assert call.end == "completed" and call.errors == {}
+    assert call.audio_ms_received > 500  # the bot answered the first turn
+    assert turns.totals()["expect"] == "bot" and turns.totals()["lost"] == 0
+    (call,) = barge.calls
+    assert call.errors == {} and call.barge_ins == 1 and call.stop_audio >= 1
