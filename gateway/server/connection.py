@@ -45,6 +45,7 @@ from ..errors import CLOSE_GOING_AWAY
 from ..logs import call_logger
 from ..ops import systemd
 from ..processors import CallStats, Processor
+from ..records import Records, RecordSettings
 from ..wire.websocket import ConnectionClosed, Handshake, Reject, SendTimeout, ServerWebSocket
 from .admission import Admission
 from .auth import AuthFailure, TokenChecker
@@ -77,6 +78,7 @@ class ServerContext:
     call_durations: Callable[[float], None] | None = None  # seconds from accept to the end
     changes: systemd.Changes = attrs.field(factory=systemd.Changes)  # live calls changed
     close_on_cancel: bool = True  # false once the server stops at once: no 1001 close
+    records: Records = attrs.field(factory=Records)  # each call's recording, events, latencies
 
 
 @attrs.define
@@ -127,6 +129,9 @@ async def serve_connection(stream: trio.abc.Stream, context: ServerContext) -> C
             pacer=context.pacer,
             stats=place.stats,
             timings=context.timings,
+            observer=context.records.open(
+                RecordSettings.from_config(config), handshake.headers, config.processor
+            ),
         )
         _log_end(calllog, place.outcome)
         return place.outcome

@@ -39,6 +39,7 @@ from ..config import Config
 from ..ops import systemd
 from ..ops.metrics import Metrics
 from ..processors import Processor
+from ..records import Records
 from ..wire.transport import SocketTransport
 from .auth import KeySet, TokenChecker
 from .connection import ServerContext, serve_connection
@@ -79,6 +80,7 @@ class Server:
             timings=CallTimings(self.metrics.processing.observe, self.metrics.lateness.observe),
             call_durations=self.metrics.durations.observe,
             changes=self.changes,
+            records=Records(self.metrics),
         )
         self.metrics.follow(self.stats.totals)
         self.urls: list[str] = []

@@ -1,0 +1,194 @@
+"""`AudioRecording`: one call's audio on the call's own clock, flushed to a WAV file as it goes.
+
+Owns: where each sample goes in time, and how much of the call may wait in memory for the disk.
+Channels: the caller (one per participant heard, in the order first heard, when `participants`
+is more than 1: ACS's unmixed audio), then the bot last. A caller frame follows the previous
+one of its channel, unless it arrives more than `CALLER_GAP` later than that (the caller's side
+sent nothing for a while: silence fills the gap), so the caller's audio is kept byte for byte.
+A bot frame goes where ACS plays it (`bot_audio`'s playout time), and a cut (stop-audio)
+erases what ACS had been sent but had not played: the bot channel holds what the caller heard.
+
+Memory: samples wait in per-channel buffers until they are `SETTLE` seconds old (no caller
+frame or cut can still change them), then every `FLUSH_INTERVAL` they are interleaved and
+handed to the disk thread. At most `max_pending` bytes may wait for the disk; a chunk beyond
+that is dropped and counted (the file keeps silence there). A failing disk (`failed`) ends the
+recording; the call goes on. Never: touches the disk itself or waits for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from array import array
+from typing import Final
+
+from .disk import DISK, DiskThread
+from .wavfile import WavFile
+
+log = logging.getLogger("gateway.records")
+
+FLUSH_INTERVAL: Final = 1.0  # seconds between chunks handed to the disk
+SETTLE: Final = 0.25  # seconds; older than the lead window plus a caller gap: final
+CALLER_GAP: Final = 0.04  # seconds; a caller frame later than this starts after silence
+BOT: Final = -1  # the bot's channel is the last
+
+
+class AudioRecording:
+    """The event-loop side of one call's recording (the file itself is the disk thread's)."""
+
+    def __init__(
+        self,
+        path: str,
+        sample_rate: int,
+        start: float,
+        *,
+        participants: int = 1,
+        max_pending: int,
+        disk: DiskThread = DISK,
+    ) -> None:
+        self.path = path
+        self.rate = sample_rate
+        self.start = start
+        self.channels = participants + 1
+        self.max_pending = max_pending
+        self.disk = disk
+        self.speakers: dict[str | None, int] = {}  # participant -> channel (unmixed)
+        self.participants = participants
+        self.base = 0  # sample index of the buffers' first sample
+        self.buffers = [bytearray() for _ in range(self.channels)]
+        self.caller_next = [0] * participants  # where each caller channel's next frame goes
+        self.next_flush = start + FLUSH_INTERVAL
+        self.submitted = 0  # bytes handed to the disk thread (event loop)
+        self.written = 0  # bytes the disk thread is done with (disk thread)
+        self.dropped_bytes = 0  # interleaved bytes dropped: the disk fell behind
+        self.late_bytes = 0  # samples that came after their place was flushed
+        self.failed: str | None = None  # why the disk thread gave up (disk thread)
+        self.closed = False
+        self._file: WavFile | None = None
+        disk.submit(self._open)
+
+    # -- event loop --
+
+    def caller(self, pcm: bytes, participant: str | None, now: float) -> None:
+        channel = 0
+        if self.participants > 1:
+            found = self.speakers.get(participant)
+            if found is None:
+                if len(self.speakers) >= self.participants:
+                    return  # more speakers than channels: not recorded
+                found = self.speakers[participant] = len(self.speakers)
+            channel = found
+        at = int((now - self.start) * self.rate + 0.5)
+        expected = self.caller_next[channel]
+        if at - expected > CALLER_GAP * self.rate or expected < self.base:
+            expected = max(at, self.base)
+        self._place(channel, expected, pcm)
+        self.caller_next[channel] = expected + len(pcm) // 2
+        if now >= self.next_flush:
+            self.flush(now)
+
+    def bot(self, frames: list[bytes], start: float) -> None:
+        at = int((start - self.start) * self.rate + 0.5)
+        for pcm in frames:
+            self._place(BOT, at, pcm)
+            at += len(pcm) // 2
+
+    def cut(self, now: float) -> None:
+        """Stop-audio at `now`: the bot channel ends there."""
+        off = (int((now - self.start) * self.rate + 0.5) - self.base) * 2
+        buffer = self.buffers[BOT]
+        if 0 <= off < len(buffer):
+            del buffer[off:]
+
+    def _place(self, channel: int, at: int, pcm: bytes) -> None:
+        buffer = self.buffers[channel]
+        off = (at - self.base) * 2
+        if off < 0:  # its place was flushed already
+            self.late_bytes += min(len(pcm), -off)
+            pcm = pcm[-off:]
+            off = 0
+        if off > len(buffer):
+            buffer.extend(bytes(off - len(buffer)))
+        buffer[off : off + len(pcm)] = pcm
+
+    def flush(self, now: float, final: bool = False) -> None:
+        """Hand the settled samples (all of them when `final`) to the disk thread."""
+        self.next_flush = now + FLUSH_INTERVAL
+        if self.closed:
+            return
+        if self.failed is not None:
+            self._give_up()
+            return
+        if final:
+            upto = self.base + max(len(b) for b in self.buffers) // 2
+        else:
+            upto = int((now - SETTLE - self.start) * self.rate)
+        n = upto - self.base
+        if n <= 0:
+            return
+        chunk = self._interleave(n)
+        first, self.base = self.base, upto
+        if self.submitted - self.written + len(chunk) > self.max_pending:
+            if not self.dropped_bytes:
+                log.warning("recording %s: the disk is behind; dropping audio", self.path)
+            self.dropped_bytes += len(chunk)
+            return
+        self.submitted += len(chunk)
+        self.disk.submit(lambda: self._write(first, chunk))
+
+    def _interleave(self, n: int) -> bytes:
+        """The next `n` samples of every channel, interleaved; the buffers lose them."""
+        nbytes = 2 * n
+        channels = self.channels
+        out = array("h", bytes(nbytes * channels))
+        for c, buffer in enumerate(self.buffers):
+            piece = bytes(buffer[:nbytes])
+            del buffer[:nbytes]
+            if len(piece) < nbytes:
+                piece += bytes(nbytes - len(piece))
+            out[c::channels] = array("h", piece)
+        if sys.byteorder == "big":
+            out.byteswap()
+        return out.tobytes()
+
+    def close(self, now: float) -> None:
+        """The call is over: flush everything and close the file."""
+        if self.closed:
+            return
+        self.flush(now, final=True)
+        self.closed = True
+        self.disk.submit(self._close)
+
+    def _give_up(self) -> None:
+        log.warning("recording %s stopped: %s (the call goes on)", self.path, self.failed)
+        self.closed = True
+        self.buffers = [bytearray() for _ in range(self.channels)]
+        self.disk.submit(self._close)
+
+    # -- disk thread --
+
+    def _open(self) -> None:
+        try:
+            self._file = WavFile(self.path, self.channels, self.rate)
+        except OSError as exc:
+            self.failed = f"cannot create the file: {exc}"
+            return
+        self.disk.open_paths.add(self.path)
+
+    def _write(self, frame_index: int, chunk: bytes) -> None:
+        try:
+            if self._file is not None and self.failed is None:
+                self._file.write(frame_index, chunk)
+        except OSError as exc:
+            self.failed = f"write failed: {exc}"
+        finally:
+            self.written += len(chunk)
+
+    def _close(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError as exc:
+                self.failed = self.failed or f"close failed: {exc}"
+            self.disk.open_paths.discard(self.path)
+            self._file = None
