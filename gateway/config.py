@@ -245,7 +245,7 @@ class Config(CallSettings):
     )
     recording_unmixed: bool = attrs.field(
         default=False,
-        metadata=_hot("One channel per participant heard (up to four; unmixed audio), then the bot."),
+        metadata=_hot("One channel per participant heard (up to 4: unmixed audio), then the bot."),
     )
     recording_max_age_days: float = attrs.field(
         default=0.0,
@@ -255,7 +255,7 @@ class Config(CallSettings):
     recording_max_bytes: int = attrs.field(
         default=0,
         validator=_not_negative,
-        metadata=_hot("Remove the oldest record files beyond this many bytes in all (0: no limit)."),
+        metadata=_hot("Remove the oldest record files beyond this many bytes (0: no limit)."),
     )
     recording_buffer_seconds: float = attrs.field(
         default=10.0,

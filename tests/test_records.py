@@ -147,7 +147,9 @@ def test_retention_removes_the_oldest_first(tmp_path):
     assert enforce_retention(tmp_path, 30, 0, now=now) == [str(tmp_path / "c.wav")]
 
 
-async def test_a_failing_disk_ends_the_recording_not_the_call(autojump_clock, tmp_path, monkeypatch):
+async def test_a_failing_disk_ends_the_recording_not_the_call(
+    autojump_clock, tmp_path, monkeypatch
+):
     writes = 0
 
     def full_disk(fd: int, data: bytes, offset: int) -> int:
@@ -212,7 +214,9 @@ def _disk_idle():
     disk_module.DISK.wait_idle(10.0)
 
 
-async def test_barge_in_cuts_the_bot_channel_at_the_stop_audio(autojump_clock, tmp_path, monkeypatch):
+async def test_barge_in_cuts_the_bot_channel_at_the_stop_audio(
+    autojump_clock, tmp_path, monkeypatch
+):
     from gateway.config import Config
     from gateway.processors import load
     from gateway.server.serve import serve

@@ -78,7 +78,7 @@ class RecordSettings:
 
 
 def safe(value: str | None) -> str:
-    """A value from the peer, fit for a file name: [A-Za-z0-9._-] only, at most 64, no dots first."""
+    """A value from the peer, fit for a file name: [A-Za-z0-9._-], at most 64, no leading dot."""
     cleaned = _UNSAFE.sub("_", value or "none")[:64].lstrip(".")
     return cleaned or "none"
 
@@ -123,7 +123,8 @@ class Records:
     def _prepare(self, settings: RecordSettings) -> None:
         directory, disk = settings.directory, self.disk
         now = time.monotonic()
-        sweep = (settings.max_age or settings.max_bytes) and now - self._swept_at >= RETENTION_INTERVAL
+        limited = bool(settings.max_age or settings.max_bytes)
+        sweep = limited and now - self._swept_at >= RETENTION_INTERVAL
         if sweep:
             self._swept_at = now
 
