@@ -8,10 +8,11 @@ sent nothing for a while: silence fills the gap), so the caller's audio is kept 
 A bot frame goes where ACS plays it (`bot_audio`'s playout time), and a cut (stop-audio)
 erases what ACS had been sent but had not played: the bot channel holds what the caller heard.
 
-Memory: samples wait in per-channel buffers until they are `SETTLE` seconds old (no caller
-frame or cut can still change them), then every `FLUSH_INTERVAL` they are interleaved and
-handed to the disk thread. At most `max_pending` bytes may wait for the disk; a chunk beyond
-that is dropped and counted (the file keeps silence there). A failing disk (`failed`) ends the
+Memory: frames wait as they came (a list per channel: one append per frame on the hot path)
+until they are `SETTLE` seconds old (no caller frame or cut can still change them); every
+`FLUSH_INTERVAL` they are laid out on the clock, interleaved and handed to the disk thread.
+At most `max_pending` bytes may wait for the disk; a chunk beyond that is dropped and counted
+(the file keeps silence there). A failing disk (`failed`) ends the
 recording; the call goes on. Never: touches the disk itself or waits for it.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import logging
 import sys
 from array import array
+from collections.abc import Sequence
 from typing import Final
 
 from .disk import DISK, DiskThread
@@ -54,8 +56,10 @@ class AudioRecording:
         self.disk = disk
         self.speakers: dict[str | None, int] = {}  # participant -> channel (unmixed)
         self.participants = participants
-        self.base = 0  # sample index of the buffers' first sample
-        self.buffers = [bytearray() for _ in range(self.channels)]
+        self.base = 0  # sample index of the first sample not yet flushed
+        # Per channel, (sample index, PCM) not yet flushed, in the order they came.
+        self.pieces: list[list[tuple[int, bytes]]] = [[] for _ in range(self.channels)]
+        self.gap = int(CALLER_GAP * sample_rate)
         self.caller_next = [0] * participants  # where each caller channel's next frame goes
         self.next_flush = start + FLUSH_INTERVAL
         self.submitted = 0  # bytes handed to the disk thread (event loop)
@@ -80,36 +84,31 @@ class AudioRecording:
             channel = found
         at = int((now - self.start) * self.rate + 0.5)
         expected = self.caller_next[channel]
-        if at - expected > CALLER_GAP * self.rate or expected < self.base:
-            expected = max(at, self.base)
-        self._place(channel, expected, pcm)
-        self.caller_next[channel] = expected + len(pcm) // 2
+        if at - expected > self.gap or expected < self.base:
+            expected = at if at > self.base else self.base
+        self.pieces[channel].append((expected, pcm))
+        self.caller_next[channel] = expected + (len(pcm) >> 1)
         if now >= self.next_flush:
             self.flush(now)
 
     def bot(self, frames: list[bytes], start: float) -> None:
         at = int((start - self.start) * self.rate + 0.5)
+        pieces = self.pieces[-1]
         for pcm in frames:
-            self._place(BOT, at, pcm)
-            at += len(pcm) // 2
+            pieces.append((at, pcm))
+            at += len(pcm) >> 1
 
     def cut(self, now: float) -> None:
         """Stop-audio at `now`: the bot channel ends there."""
-        off = (int((now - self.start) * self.rate + 0.5) - self.base) * 2
-        buffer = self.buffers[BOT]
-        if 0 <= off < len(buffer):
-            del buffer[off:]
-
-    def _place(self, channel: int, at: int, pcm: bytes) -> None:
-        buffer = self.buffers[channel]
-        off = (at - self.base) * 2
-        if off < 0:  # its place was flushed already
-            self.late_bytes += min(len(pcm), -off)
-            pcm = pcm[-off:]
-            off = 0
-        if off > len(buffer):
-            buffer.extend(bytes(off - len(buffer)))
-        buffer[off : off + len(pcm)] = pcm
+        at = int((now - self.start) * self.rate + 0.5)
+        pieces = self.pieces[-1]
+        while pieces and pieces[-1][0] >= at:
+            pieces.pop()
+        if pieces:
+            first, pcm = pieces[-1]
+            keep = 2 * (at - first)
+            if keep < len(pcm):
+                pieces[-1] = (first, pcm[:keep])
 
     def flush(self, now: float, final: bool = False) -> None:
         """Hand the settled samples (all of them when `final`) to the disk thread."""
@@ -120,13 +119,15 @@ class AudioRecording:
             self._give_up()
             return
         if final:
-            upto = self.base + max(len(b) for b in self.buffers) // 2
+            upto = max(
+                [self.base] + [at + len(pcm) // 2 for ps in self.pieces for at, pcm in ps[-1:]]
+            )
         else:
             upto = int((now - SETTLE - self.start) * self.rate)
         n = upto - self.base
         if n <= 0:
             return
-        chunk = self._interleave(n)
+        chunk = interleave([self._take(c, upto) for c in range(self.channels)])
         first, self.base = self.base, upto
         if self.submitted - self.written + len(chunk) > self.max_pending:
             if not self.dropped_bytes:
@@ -136,20 +137,37 @@ class AudioRecording:
         self.submitted += len(chunk)
         self.disk.submit(lambda: self._write(first, chunk))
 
-    def _interleave(self, n: int) -> bytes:
-        """The next `n` samples of every channel, interleaved; the buffers lose them."""
-        nbytes = 2 * n
-        channels = self.channels
-        out = array("h", bytes(nbytes * channels))
-        for c, buffer in enumerate(self.buffers):
-            piece = bytes(buffer[:nbytes])
-            del buffer[:nbytes]
-            if len(piece) < nbytes:
-                piece += bytes(nbytes - len(piece))
-            out[c::channels] = array("h", piece)
-        if sys.byteorder == "big":
-            out.byteswap()
-        return out.tobytes()
+    def _take(self, channel: int, upto: int) -> bytearray:
+        """The channel's samples from `base` to `upto`, silence where nothing was placed; the
+        pieces that reach beyond `upto` keep their rest. Back-to-back pieces are joined and
+        placed at once (a caller's frames, a bot's reply)."""
+        base = self.base
+        out = bytearray(2 * (upto - base))
+        view = memoryview(out)
+        rest = []
+        parts: list[bytes] = []
+        run_at = run_end = -1
+        for at, pcm in self.pieces[channel]:
+            if at >= upto:
+                rest.append((at, pcm))
+                continue
+            if at < base:  # its place was flushed already
+                self.late_bytes += min(len(pcm), 2 * (base - at))
+                pcm = pcm[2 * (base - at) :]
+                at = base
+            split = 2 * (upto - at)
+            if split < len(pcm):
+                rest.append((upto, pcm[split:]))
+                pcm = pcm[:split]
+            if at != run_end:
+                _place(view, 2 * (run_at - base), parts)
+                parts, run_at = [], at
+                run_end = at
+            parts.append(pcm)
+            run_end += len(pcm) >> 1
+        _place(view, 2 * (run_at - base), parts)
+        self.pieces[channel] = rest
+        return out
 
     def close(self, now: float) -> None:
         """The call is over: flush everything and close the file."""
@@ -162,7 +180,7 @@ class AudioRecording:
     def _give_up(self) -> None:
         log.warning("recording %s stopped: %s (the call goes on)", self.path, self.failed)
         self.closed = True
-        self.buffers = [bytearray() for _ in range(self.channels)]
+        self.pieces = [[] for _ in range(self.channels)]
         self.disk.submit(self._close)
 
     # -- disk thread --
@@ -192,3 +210,34 @@ class AudioRecording:
                 self.failed = self.failed or f"close failed: {exc}"
             self.disk.open_paths.discard(self.path)
             self._file = None
+
+
+def _place(view: memoryview, offset: int, parts: list[bytes]) -> None:
+    if parts:
+        data = b"".join(parts)
+        view[offset : offset + len(data)] = data
+
+
+def _interleave_array(channels: Sequence[bytes | bytearray]) -> bytes:
+    n = len(channels)
+    out = array("h", bytes(len(channels[0]) * n))
+    for c, pcm in enumerate(channels):
+        out[c::n] = array("h", pcm)
+    if sys.byteorder == "big":
+        out.byteswap()
+    return out.tobytes()
+
+
+def _interleave_numpy(channels: Sequence[bytes | bytearray]) -> bytes:
+    frames = numpy.empty((len(channels[0]) // 2, len(channels)), dtype="<i2")
+    for c, pcm in enumerate(channels):
+        frames[:, c] = numpy.frombuffer(pcm, dtype="<i2")
+    return frames.tobytes()
+
+
+try:  # five times faster than the array module at this (the `realtime` extra brings it)
+    import numpy
+except ImportError:  # pragma: no cover - exercised where numpy is absent
+    interleave = _interleave_array
+else:
+    interleave = _interleave_numpy
