@@ -1,4 +1,4 @@
-"""Command line: `acs-media-gateway serve` (also `python -m gateway serve`).
+"""Command line: `acs-media-gateway serve` (also `python -m gateway serve`), `simulate`, `show`.
 
 Owns: flags, signals, and exit codes. Everything it configures goes through `gateway.config`.
 Signals: the first SIGINT/SIGTERM drains (stop accepting, live calls get `shutdown_grace`
@@ -25,7 +25,7 @@ from functools import partial
 import prometheus_client
 import trio
 
-from . import __version__, logs, processors
+from . import __version__, logs, processors, show
 from . import config as configuration
 from .errors import ConfigError
 from .ops import systemd
@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, help="worker processes sharing the port (default 1)")
     run.add_argument("--health-port", type=int, help="health and metrics port (default: none)")
     simulate_cli.add_parser(commands)
+    show.add_parser(commands)
     return parser
 
 
@@ -120,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "simulate":
         return simulate_cli.run(args)
+    if args.command == "show":
+        return show.run(args)
     overrides = {
         "host": args.host,
         "port": args.port,

@@ -264,3 +264,27 @@ async def test_barge_in_cuts_the_bot_channel_at_the_stop_audio(
     assert sample("acs_gateway_response_latency_seconds_count", {"route": "realtime"}) == 1
     assert sample("acs_gateway_barge_in_stop_latency_seconds_count", {"route": "realtime"}) == 1
     assert stop_at > 0 and model.sent_of("response.done")
+
+
+async def test_show_draws_a_record(autojump_clock, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from gateway import cli
+    from gateway.records.timeline import load_record
+
+    caller = speech(16000)[: 16000 * 2 * 2]
+    async with open_gateway(
+        "echo", recording=True, call_events=True, recording_dir=str(tmp_path)
+    ) as server:
+        async with simulated_call(server.urls[0]) as acs:
+            await acs.stream(caller)
+            await acs.send_dtmf("7")
+            await acs.stream(bytes(16000))
+    await settle()
+    record = only(tmp_path, ".jsonl")
+    timeline = load_record(record.with_suffix(""))
+    assert timeline.dtmf == [(pytest.approx(2.0, abs=0.05), "7")]
+    assert timeline.speech and timeline.bot and len(timeline.envelopes) == 2
+    out = tmp_path / "call.png"
+    assert await trio.to_thread.run_sync(cli.main, ["show", str(record), "-o", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert cli.main(["show", str(tmp_path / "missing.jsonl")]) == 2
