@@ -21,7 +21,7 @@ TRANSCRIPT_LINES: Final = 14  # at most this many transcript lines under the tim
 
 
 def add_parser(commands: Any) -> argparse.ArgumentParser:
-    show = commands.add_parser(
+    show: argparse.ArgumentParser = commands.add_parser(
         "show", help="draw one call's record (its .jsonl event log and .wav) as a PNG timeline"
     )
     show.add_argument("record", metavar="CALL_RECORD", help="the record's .jsonl, .wav or stem")
