@@ -264,6 +264,13 @@ class Config(CallSettings):
             "Seconds of a call's audio that may wait for the disk; beyond it audio is dropped."
         ),
     )
+    tracing: bool = attrs.field(
+        default=False,
+        metadata=_doc(
+            "OpenTelemetry spans per call, exported over OTLP as the `OTEL_*` variables say "
+            "(the `otel` extra)."
+        ),
+    )
     processors: dict[str, dict[str, Any]] = attrs.field(
         factory=dict,
         metadata=_doc("File only: `[processors.NAME]` tables of options for each processor."),

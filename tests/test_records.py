@@ -288,3 +288,67 @@ async def test_show_draws_a_record(autojump_clock, tmp_path, capsys):
     assert await trio.to_thread.run_sync(cli.main, ["show", str(record), "-o", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert cli.main(["show", str(tmp_path / "missing.jsonl")]) == 2
+
+
+async def test_a_call_is_traced_with_model_sessions_turns_and_barge_ins(
+    autojump_clock, monkeypatch
+):
+    pytest.importorskip("opentelemetry.sdk")
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from gateway.config import Config
+    from gateway.processors import load
+    from gateway.records import Records
+    from gateway.server.serve import serve
+    from gateway.testing import open_fake_model
+    from tests.test_realtime_e2e import KEY_ENV, conversation, options
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    correlation = "0f9a1b2c-3d4e-5f60-7182-93a4b5c6d7e8"
+    monkeypatch.setenv(KEY_ENV, "k")
+    async with open_fake_model([speech(24000)], api_key="k") as model:
+        config = Config(host="127.0.0.1", port=0, processor="realtime")
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(serve, config, load("realtime", options(model.url)))
+            server.context.records = Records(server.metrics, tracer=provider.get_tracer("t"))
+            async with simulated_call(
+                server.urls[0], connection_id="conn-1", correlation_id=correlation
+            ) as acs:
+                await acs.stream(conversation(16000))
+            for _ in range(100):
+                if not server.live:
+                    break
+                await trio.sleep(0.01)
+            server.stop_now()
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    call = spans["call"]
+    assert call.context.trace_id == int(correlation.replace("-", ""), 16)
+    assert call.attributes["acs.call_connection_id"] == "conn-1"
+    assert call.attributes["gateway.route"] == "realtime"
+    assert call.attributes["gateway.ended_by"] == "hangup"
+    assert call.attributes["gateway.barge_ins"] == 1
+    assert 5.4 < (call.end_time - call.start_time) / 1e9 < 5.7  # 5.5 s of the call clock
+    [barge] = [e for e in call.events if e.name == "barge_in"]
+    assert barge.attributes["heard_ms"] > 0
+    turns = [s for s in exporter.get_finished_spans() if s.name == "turn"]
+    assert turns and any(t.attributes["gateway.turn.answered"] for t in turns)
+    assert spans["model session"].parent.span_id == call.context.span_id
+    assert all(t.parent.span_id == call.context.span_id for t in turns)
+    assert acs.stop_times
+
+
+def test_tracing_off_never_imports_opentelemetry():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, gateway.server.serve, gateway.records;"
+        "from gateway.records import Records, RecordSettings;"
+        "Records().open(RecordSettings(), {}, 'echo');"
+        "assert not [m for m in sys.modules if m.startswith('opentelemetry')]"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -31,6 +31,7 @@ from ..call.outcome import CallOutcome
 from .disk import DISK, DiskThread, enforce_retention
 from .events import EventLog
 from .recording import AudioRecording
+from .tracing import CallTrace
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -90,9 +91,12 @@ def file_stem(pattern: str, fields: Mapping[str, str | None]) -> str:
 class Records:
     """One per server: opens each call's record, and sweeps retention now and then."""
 
-    def __init__(self, latency: LatencySink | None = None, disk: DiskThread = DISK) -> None:
+    def __init__(
+        self, latency: LatencySink | None = None, disk: DiskThread = DISK, tracer: Any = None
+    ) -> None:
         self.latency = latency
         self.disk = disk
+        self.tracer = tracer  # an OpenTelemetry tracer (`gateway.records.tracing`), or None
         self._swept_at = -RETENTION_INTERVAL
         self.opened = 0
 
@@ -100,7 +104,7 @@ class Records:
         self, settings: RecordSettings, headers: Mapping[str, str], route: str
     ) -> CallObserver:
         """The observer of a new call: `NO_OBSERVER` when it keeps nothing."""
-        if not (settings.recording or settings.events) and self.latency is None:
+        if not (settings.recording or settings.events) and self.latency is self.tracer is None:
             return NO_OBSERVER
         stem = None
         if settings.recording or settings.events:
@@ -118,7 +122,7 @@ class Records:
                 ),
             )
         self.opened += 1
-        return CallRecord(settings, route, stem, self.latency, self.disk)
+        return CallRecord(settings, route, stem, self.latency, self.disk, self.tracer)
 
     def _prepare(self, settings: RecordSettings) -> None:
         directory, disk = settings.directory, self.disk
@@ -148,8 +152,11 @@ class CallRecord:
         stem: str | None,
         latency: LatencySink | None,
         disk: DiskThread = DISK,
+        tracer: Any = None,
     ) -> None:
         self.settings = settings
+        self.tracer = tracer
+        self.trace: CallTrace | None = None
         self.route = route
         self.stem = stem
         self.sink = latency
@@ -187,6 +194,18 @@ class CallRecord:
             self.recording = self.audio
         if self.stem is not None and s.events:
             self.events = EventLog(self.stem + ".jsonl", now, self.disk)
+        if self.tracer is not None:
+            self.trace = CallTrace(self.tracer, now, call.correlation_id)
+            self.trace.started(
+                now,
+                {
+                    "acs.call_connection_id": call.connection_id,
+                    "acs.correlation_id": call.correlation_id,
+                    "gateway.route": self.route,
+                    "url.path": call.path,
+                    "gateway.sample_rate": call.sample_rate,
+                },
+            )
         self._event(
             now,
             "call_started",
@@ -231,6 +250,8 @@ class CallRecord:
             self._measure("first_audio", start - self.start, start)
         if self._turn_ended is not None:
             self._measure("response", start - self._turn_ended, start)
+            if self.trace is not None:
+                self.trace.turn_ended(start, answered=True, latency=start - self._turn_ended)
             self._turn_ended = None
         if self.audio is not None:
             self.audio.bot(frames, start)
@@ -247,7 +268,10 @@ class CallRecord:
             stop = now - self._speech_at
             self._speech_at = None
             self._measure("barge_in_stop", stop, None)
-            self._event(now, "barge_in", heard_ms=_ms(heard), stop_latency_ms=_ms(stop))
+            fields = {"heard_ms": _ms(heard), "stop_latency_ms": _ms(stop)}
+            self._event(now, "barge_in", **fields)
+            if self.trace is not None:
+                self.trace.event(now, "barge_in", fields)
         else:
             self._event(now, "stop_audio", heard_ms=_ms(heard))
 
@@ -258,6 +282,17 @@ class CallRecord:
         elif kind == "turn_ended":
             self._turn_ended, self._speech_at = now, None
         self._event(now, kind, **fields)
+        trace = self.trace
+        if trace is not None:
+            if kind == "speech_started":
+                trace.turn_started(now)
+            elif kind == "session":
+                trace.session_opened(now)
+            elif kind == "reconnect":
+                trace.session_ended(now, str(fields.get("reason")))
+                trace.event(now, kind, fields)
+            elif kind == "tool_call":  # the name only: arguments may carry personal data
+                trace.event(now, kind, {"name": fields.get("name")})
 
     def ended(self, outcome: CallOutcome, now: float) -> None:
         if self.audio is not None:
@@ -279,6 +314,19 @@ class CallRecord:
         )
         if self.events is not None:
             self.events.close(now)
+        if self.trace is not None:
+            first = self.latencies["first_audio"]
+            self.trace.ended(
+                now,
+                {
+                    "gateway.ended_by": str(outcome.ended_by),
+                    "gateway.close_code": outcome.close_code,
+                    "gateway.duration_s": round(now - self.start, 3),
+                    "gateway.barge_ins": stats.barge_ins,
+                    "gateway.upstream_reconnects": stats.upstream_reconnects,
+                    "gateway.first_audio_ms": _ms(first[0]) if first else None,
+                },
+            )
 
     # -- helpers --
 

@@ -40,6 +40,7 @@ from ..ops import systemd
 from ..ops.metrics import Metrics
 from ..processors import Processor
 from ..records import Records
+from ..records.tracing import tracer_from_environment
 from ..wire.transport import SocketTransport
 from .auth import KeySet, TokenChecker
 from .connection import ServerContext, serve_connection
@@ -80,7 +81,9 @@ class Server:
             timings=CallTimings(self.metrics.processing.observe, self.metrics.lateness.observe),
             call_durations=self.metrics.durations.observe,
             changes=self.changes,
-            records=Records(self.metrics),
+            records=Records(
+                self.metrics, tracer=tracer_from_environment() if config.tracing else None
+            ),
         )
         self.metrics.follow(self.stats.totals)
         self.urls: list[str] = []
