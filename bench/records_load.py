@@ -114,6 +114,9 @@ def pieces() -> None:
         def latency(self, kind: str, route: str, seconds: float) -> None:
             pass
 
+        def recording_stopped(self, route: str) -> None:
+            pass
+
     class Jobs(DiskThread):  # keeps the jobs, runs them later, timed
         def __init__(self) -> None:
             super().__init__()

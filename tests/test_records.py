@@ -173,6 +173,8 @@ async def test_a_failing_disk_ends_the_recording_not_the_call(
     assert [e["event"] for e in log if e["event"] == "recording_stopped"] == ["recording_stopped"]
     assert log[-1]["event"] == "call_ended" and log[-1]["ended_by"] == "hangup"
     assert "No space left" in log[-1]["recording_failed"]
+    stopped = server.metrics.registry.get_sample_value
+    assert stopped("acs_gateway_recordings_stopped_total", {"route": "echo"}) == 1
     with wave.open(str(only(tmp_path, ".wav")), "rb") as r:  # what was written stays playable
         assert 0 < r.getnframes() < len(caller) // 2
 

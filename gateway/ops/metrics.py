@@ -251,6 +251,11 @@ class Metrics:
                 ("first_audio", "From the start of a call to its first bot audio released."),
             )
         }
+        self.recordings_stopped = counter(
+            "recordings_stopped",
+            "Call recordings ended early by a failing disk (the calls went on), by route.",
+            ["route"],
+        )
         # Show every series from the start (0, not absent), so rates and alerts work at once.
         for ended_by in _ENDED_BY:
             self.calls_ended.labels(ended_by)
@@ -285,6 +290,10 @@ class Metrics:
     def latency(self, kind: str, route: str, seconds: float) -> None:
         """A latency a caller felt (`gateway.records`): once per turn, so observed at once."""
         self.felt_latency[kind].labels(route).observe(seconds)
+
+    def recording_stopped(self, route: str) -> None:
+        """A call's recording stopped: its disk failed (`gateway.records`); rare, so at once."""
+        self.recordings_stopped.labels(route).inc()
 
     def _derive(self, t: Totals) -> None:
         self.live_calls.set(t.live_calls)

@@ -46,9 +46,11 @@ NAME_FIELDS: Final = ("started", "connection_id", "correlation_id", "route")
 
 
 class LatencySink(Protocol):
-    """Where latencies go (`gateway.ops.metrics.Metrics` is one)."""
+    """Where latencies and lost recordings are counted (`gateway.ops.metrics.Metrics`)."""
 
     def latency(self, kind: str, route: str, seconds: float) -> None: ...
+
+    def recording_stopped(self, route: str) -> None: ...
 
 
 @attrs.frozen
@@ -348,6 +350,8 @@ class CallRecord:
         assert self.audio is not None
         self._event(now, "recording_stopped", reason=self.audio.failed)
         self.audio = None
+        if self.sink is not None:
+            self.sink.recording_stopped(self.route)
 
 
 def _ms(seconds: float) -> float:
