@@ -354,3 +354,18 @@ def test_tracing_off_never_imports_opentelemetry():
         "assert not [m for m in sys.modules if m.startswith('opentelemetry')]"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_unmixed_audio_gets_a_channel_per_participant(tmp_path):
+    path = tmp_path / "unmixed.wav"
+    rec = AudioRecording(str(path), 16000, 0.0, participants=4, max_pending=10**8)
+    for k in range(50):
+        for n, who in enumerate(["8:acs:a", "8:acs:b", "8:acs:c", "8:acs:d", "8:acs:e"]):
+            rec.caller(numbered_frames(n + 1, 1), who, k * 0.02)
+    rec.bot([numbered_frames(9, 1)], 0.5)
+    rec.close(1.0)
+    DISK.wait_idle(10.0)
+    channels, _ = read_channels(path)
+    assert len(channels) == 5  # four participants, then the bot
+    assert [set(c) for c in channels[:4]] == [{1}, {2}, {3}, {4}]  # the fifth is not recorded
+    assert set(channels[4]) == {0, 9}
