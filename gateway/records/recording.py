@@ -8,8 +8,8 @@ sent nothing for a while: silence fills the gap), so the caller's audio is kept 
 A bot frame goes where ACS plays it (`bot_audio`'s playout time), and a cut (stop-audio)
 erases what ACS had been sent but had not played: the bot channel holds what the caller heard.
 
-Memory: frames wait as they came (a list per channel: one append per frame on the hot path)
-until they are `SETTLE` seconds old (no caller frame or cut can still change them); every
+Memory: frames wait as they came (runs of back-to-back frames: one append per frame on the hot
+path) until they are `SETTLE` seconds old (no caller frame or cut can still change them); every
 `FLUSH_INTERVAL` they are laid out on the clock, interleaved and handed to the disk thread.
 At most `max_pending` bytes may wait for the disk; a chunk beyond that is dropped and counted
 (the file keeps silence there). A failing disk (`failed`) ends the
@@ -22,7 +22,7 @@ import logging
 import sys
 from array import array
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
 
 from .disk import DISK, DiskThread
 from .wavfile import WavFile
@@ -33,6 +33,10 @@ FLUSH_INTERVAL: Final = 1.0  # seconds between chunks handed to the disk
 SETTLE: Final = 0.25  # seconds; older than the lead window plus a caller gap: final
 CALLER_GAP: Final = 0.04  # seconds; a caller frame later than this starts after silence
 BOT: Final = -1  # the bot's channel is the last
+
+# [first sample, end sample, frames]: audio placed back to back from `first` (mutable: a frame
+# that follows is appended in place, the hot path's only work).
+Run = list[Any]
 
 
 class AudioRecording:
@@ -57,10 +61,9 @@ class AudioRecording:
         self.speakers: dict[str | None, int] = {}  # participant -> channel (unmixed)
         self.participants = participants
         self.base = 0  # sample index of the first sample not yet flushed
-        # Per channel, (sample index, PCM) not yet flushed, in the order they came.
-        self.pieces: list[list[tuple[int, bytes]]] = [[] for _ in range(self.channels)]
+        # Per channel, the runs of back-to-back frames not yet flushed, in the order they came.
+        self.runs: list[list[Run]] = [[] for _ in range(self.channels)]
         self.gap = int(CALLER_GAP * sample_rate)
-        self.caller_next = [0] * participants  # where each caller channel's next frame goes
         self.next_flush = start + FLUSH_INTERVAL
         self.submitted = 0  # bytes handed to the disk thread (event loop)
         self.written = 0  # bytes the disk thread is done with (disk thread)
@@ -83,32 +86,41 @@ class AudioRecording:
                 found = self.speakers[participant] = len(self.speakers)
             channel = found
         at = int((now - self.start) * self.rate + 0.5)
-        expected = self.caller_next[channel]
-        if at - expected > self.gap or expected < self.base:
-            expected = at if at > self.base else self.base
-        self.pieces[channel].append((expected, pcm))
-        self.caller_next[channel] = expected + (len(pcm) >> 1)
+        runs = self.runs[channel]
+        run = runs[-1] if runs else None
+        if run is not None and at - run[1] <= self.gap and run[1] >= self.base:
+            run[2].append(pcm)  # the common case: right after the previous frame
+            run[1] += len(pcm) >> 1
+        else:
+            if at < self.base:
+                at = self.base
+            runs.append([at, at + (len(pcm) >> 1), [pcm]])
         if now >= self.next_flush:
             self.flush(now)
 
     def bot(self, frames: list[bytes], start: float) -> None:
         at = int((start - self.start) * self.rate + 0.5)
-        pieces = self.pieces[-1]
+        runs = self.runs[-1]
+        run = runs[-1] if runs else None
         for pcm in frames:
-            pieces.append((at, pcm))
-            at += len(pcm) >> 1
+            n = len(pcm) >> 1
+            if run is not None and run[1] == at:
+                run[2].append(pcm)
+                run[1] = at + n
+            else:
+                run = [at, at + n, [pcm]]
+                runs.append(run)
+            at += n
 
     def cut(self, now: float) -> None:
         """Stop-audio at `now`: the bot channel ends there."""
         at = int((now - self.start) * self.rate + 0.5)
-        pieces = self.pieces[-1]
-        while pieces and pieces[-1][0] >= at:
-            pieces.pop()
-        if pieces:
-            first, pcm = pieces[-1]
-            keep = 2 * (at - first)
-            if keep < len(pcm):
-                pieces[-1] = (first, pcm[:keep])
+        runs = self.runs[-1]
+        while runs and runs[-1][0] >= at:
+            runs.pop()
+        if runs and runs[-1][1] > at:
+            first, _, parts = runs[-1]
+            runs[-1] = [first, at, [b"".join(parts)[: 2 * (at - first)]]]
 
     def flush(self, now: float, final: bool = False) -> None:
         """Hand the settled samples (all of them when `final`) to the disk thread."""
@@ -119,9 +131,7 @@ class AudioRecording:
             self._give_up()
             return
         if final:
-            upto = max(
-                [self.base] + [at + len(pcm) // 2 for ps in self.pieces for at, pcm in ps[-1:]]
-            )
+            upto = max([self.base] + [runs[-1][1] for runs in self.runs if runs])
         else:
             upto = int((now - SETTLE - self.start) * self.rate)
         n = upto - self.base
@@ -138,35 +148,29 @@ class AudioRecording:
         self.disk.submit(lambda: self._write(first, chunk))
 
     def _take(self, channel: int, upto: int) -> bytearray:
-        """The channel's samples from `base` to `upto`, silence where nothing was placed; the
-        pieces that reach beyond `upto` keep their rest. Back-to-back pieces are joined and
-        placed at once (a caller's frames, a bot's reply)."""
+        """The channel's samples from `base` to `upto`, silence where nothing was placed; a
+        run that reaches beyond `upto` keeps its rest."""
         base = self.base
         out = bytearray(2 * (upto - base))
         view = memoryview(out)
-        rest = []
-        parts: list[bytes] = []
-        run_at = run_end = -1
-        for at, pcm in self.pieces[channel]:
-            if at >= upto:
-                rest.append((at, pcm))
+        rest: list[Run] = []
+        for run in self.runs[channel]:
+            first, last, parts = run
+            if first >= upto:
+                rest.append(run)
                 continue
-            if at < base:  # its place was flushed already
-                self.late_bytes += min(len(pcm), 2 * (base - at))
-                pcm = pcm[2 * (base - at) :]
-                at = base
-            split = 2 * (upto - at)
-            if split < len(pcm):
-                rest.append((upto, pcm[split:]))
-                pcm = pcm[:split]
-            if at != run_end:
-                _place(view, 2 * (run_at - base), parts)
-                parts, run_at = [], at
-                run_end = at
-            parts.append(pcm)
-            run_end += len(pcm) >> 1
-        _place(view, 2 * (run_at - base), parts)
-        self.pieces[channel] = rest
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
+            if first < base:  # its place was flushed already
+                self.late_bytes += min(len(data), 2 * (base - first))
+                data = data[2 * (base - first) :]
+                first = base
+            if last > upto:
+                split = 2 * (upto - first)
+                rest.append([upto, last, [data[split:]]])
+                data = data[:split]
+            off = 2 * (first - base)
+            view[off : off + len(data)] = data
+        self.runs[channel] = rest
         return out
 
     def close(self, now: float) -> None:
@@ -180,7 +184,7 @@ class AudioRecording:
     def _give_up(self) -> None:
         log.warning("recording %s stopped: %s (the call goes on)", self.path, self.failed)
         self.closed = True
-        self.pieces = [[] for _ in range(self.channels)]
+        self.runs = [[] for _ in range(self.channels)]
         self.disk.submit(self._close)
 
     # -- disk thread --
@@ -210,12 +214,6 @@ class AudioRecording:
                 self.failed = self.failed or f"close failed: {exc}"
             self.disk.open_paths.discard(self.path)
             self._file = None
-
-
-def _place(view: memoryview, offset: int, parts: list[bytes]) -> None:
-    if parts:
-        data = b"".join(parts)
-        view[offset : offset + len(data)] = data
 
 
 def _interleave_array(channels: Sequence[bytes | bytearray]) -> bytes:
