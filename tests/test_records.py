@@ -369,3 +369,24 @@ def test_unmixed_audio_gets_a_channel_per_participant(tmp_path):
     assert len(channels) == 5  # four participants, then the bot
     assert [set(c) for c in channels[:4]] == [{1}, {2}, {3}, {4}]  # the fifth is not recorded
     assert set(channels[4]) == {0, 9}
+
+
+async def test_echo_channels_stay_aligned_through_pauses(autojump_clock, tmp_path):
+    """End to end: 30 s of numbered frames in bursts with pauses; the echo of frame k sits
+    within one frame of frame k on the caller's channel."""
+    async with open_gateway(
+        "echo", recording=True, call_events=True, recording_dir=str(tmp_path)
+    ) as server:
+        async with simulated_call(server.urls[0]) as acs:
+            first = 1
+            for burst, pause in [(150, 1.0), (400, 0.33), (250, 2.5), (500, 0.07), (200, 0.5)]:
+                await acs.stream(numbered_frames(first, burst))
+                first += burst
+                await trio.sleep(pause)
+    await settle()
+    (said, bot), _ = read_channels(only(tmp_path, ".wav"))
+    assert said.tobytes().replace(b"\0\0", b"") == bytes(acs.sent[None]).replace(b"\0\0", b"")
+    where_said = {said[i]: i for i in range(len(said) - 1, -1, -FRAME // 4) if said[i]}
+    where_bot = {bot[i]: i for i in range(len(bot) - 1, -1, -FRAME // 4) if bot[i]}
+    assert len(where_bot) == first - 1
+    assert max(abs(where_bot[k] - where_said[k]) for k in where_bot) <= FRAME
