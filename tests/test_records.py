@@ -390,3 +390,14 @@ async def test_echo_channels_stay_aligned_through_pauses(autojump_clock, tmp_pat
     where_bot = {bot[i]: i for i in range(len(bot) - 1, -1, -FRAME // 4) if bot[i]}
     assert len(where_bot) == first - 1
     assert max(abs(where_bot[k] - where_said[k]) for k in where_bot) <= FRAME
+
+
+def test_bot_audio_alone_is_flushed_as_it_goes(tmp_path):
+    rec = AudioRecording(str(tmp_path / "bot.wav"), 16000, 0.0, max_pending=10**8)
+    for k in range(500):  # 10 s of bot audio, and not a frame from the caller
+        rec.bot([numbered_frames(k + 1, 1)], k * 0.02)
+    assert sum(len(run[2]) for run in rec.runs[-1]) < 150  # at most about 3 s wait in memory
+    rec.close(10.0)
+    DISK.wait_idle(10.0)
+    (said, bot), _ = read_channels(tmp_path / "bot.wav")
+    assert not any(said) and bot[0] == 1 and bot[-1] == 500 and len(bot) == 500 * FRAME

@@ -2,8 +2,9 @@
 
 Owns: which records a call keeps (decided from the configuration when the call is accepted),
 the file names, the latencies users feel (`LATENCIES`), and what each observed moment becomes
-in the event log. Never: touches the disk (`gateway.records.disk` does), raises into the call
-(a failing record stops itself), or counts per frame more than the recording needs.
+in the event log. Never: touches the disk (`gateway.records.disk` does), lets a failing disk
+reach the call (the recording stops, the call goes on), or works per frame beyond what the
+recording and the latencies need.
 
 Latencies, in seconds, per route (the processor's name):
 - `response`: the caller's turn ended (`turn_ended`: the model's speech_stopped, or local VAD)

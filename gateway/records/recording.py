@@ -111,6 +111,8 @@ class AudioRecording:
                 run = [at, at + n, [pcm]]
                 runs.append(run)
             at += n
+        if start >= self.next_flush + FLUSH_INTERVAL:  # a caller who sends nothing (rare)
+            self.flush(start - FLUSH_INTERVAL)  # well behind the lead window: no cut reaches it
 
     def cut(self, now: float) -> None:
         """Stop-audio at `now`: the bot channel ends there."""
