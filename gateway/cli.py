@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import signal
 import socket
 import sys
@@ -27,6 +28,7 @@ import trio
 
 from . import __version__, logs, processors, show
 from . import config as configuration
+from .control import plane
 from .errors import ConfigError
 from .ops import systemd
 from .ops.health import serve_health
@@ -79,6 +81,7 @@ async def _run(
     sockets: Sequence[socket.socket],
     notifier: systemd.Notifier,
     worker: bool,
+    control: plane.ControlPlane | None = None,
 ) -> None:
     # The process's global registry: it also carries prometheus-client's process collectors.
     # In a worker, $PROMETHEUS_MULTIPROC_DIR makes it write to files the supervisor sums.
@@ -91,7 +94,13 @@ async def _run(
         async with trio.open_nursery() as nursery:
             server: Server = await nursery.start(
                 partial(
-                    serve, config, processor, metrics=metrics, sockets=sockets, notifier=notifier
+                    serve,
+                    config,
+                    processor,
+                    metrics=metrics,
+                    sockets=sockets,
+                    notifier=notifier,
+                    control=control,
                 )
             )
             await nursery.start(reload_on_sighup, server, load)
@@ -142,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load()
         logs.configure(config.log_level, config.log_format)
         processor = processors.load(config.processor, config.processor_options)
+        control = plane.from_config(config, os.environ, processors.load)
     except ConfigError as exc:
         print(f"acs-media-gateway: {exc}", file=sys.stderr)
         return 2
@@ -158,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.info("serving %d socket(s) from systemd; host and port unused", len(inherited))
         if config.workers > 1 and not worker_sockets:
             return trio.run(_supervise, config, argv, inherited, notifier)
-        trio.run(_run, config, processor, load, inherited, notifier, bool(worker_sockets))
+        trio.run(_run, config, processor, load, inherited, notifier, bool(worker_sockets), control)
     except KeyboardInterrupt:  # a signal before the handlers were installed
         return 0
     except BaseExceptionGroup as group:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from typing import Any, Final
@@ -85,6 +86,49 @@ def _name_pattern(instance: Any, attribute: attrs.Attribute[Any], value: str) ->
         raise ValueError(f"{attribute.name}: {value!r} is not a name pattern ({exc!r})") from None
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"{attribute.name} must name a file in recording_dir, got {value!r}")
+
+
+def _public_url(instance: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    from urllib.parse import urlsplit
+
+    if value is None:
+        return
+    url = urlsplit(value)
+    if url.scheme != "https" or not url.hostname or url.query or url.fragment:
+        raise ValueError(f"{attribute.name} must be an https:// base URL (no query), got {value!r}")
+
+
+ROUTE_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")  # it travels in the media URL's path
+AUDIO_FORMATS: Final = ("pcm16KMono", "pcm24KMono")  # ACS's names (docs/protocol.md)
+CHANNEL_TYPES: Final = ("mixed", "unmixed")
+
+
+def _route_name(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not ROUTE_NAME.fullmatch(value):
+        raise ValueError(f"route name {value!r}: letters, digits, _ and - only (1-64)")
+
+
+@attrs.frozen(kw_only=True)
+class Route:
+    """One `[[routes]]` table: which calls it takes, and how they are answered and served."""
+
+    name: str = attrs.field(validator=_route_name)
+    processor: str | None = None  # None: the top-level `processor`
+    options: dict[str, Any] | None = None  # None: the processor's `[processors.NAME]` table
+    audio_format: str = attrs.field(default="pcm16KMono", validator=_one_of(*AUDIO_FORMATS))
+    channel_type: str = attrs.field(default="mixed", validator=_one_of(*CHANNEL_TYPES))
+    bidirectional: bool = True
+    dtmf: bool = False
+    # Matches (all given must hold; none given: a default route). Identifiers are compared
+    # with the rawId, the phone number and the ACS user id of the IncomingCall's `to`
+    # (callee) and `from` (caller).
+    callee: tuple[str, ...] = ()
+    caller: tuple[str, ...] = ()
+    headers: dict[str, str] = attrs.field(factory=dict)  # customContext SIP/VoIP headers
+
+    @property
+    def is_default(self) -> bool:
+        return not (self.callee or self.caller or self.headers)
 
 
 # ACS's WebSocket token (docs/protocol.md, "The token").
@@ -275,12 +319,53 @@ class Config(CallSettings):
         factory=dict,
         metadata=_doc("File only: `[processors.NAME]` tables of options for each processor."),
     )
+    # The Call Automation control plane (gateway/control/, docs/answering.md).
+    routes: tuple[Route, ...] = attrs.field(
+        default=(),
+        metadata=_doc(
+            "File only: `[[routes]]` tables choosing each call's processor and streaming "
+            "options (docs/answering.md); a call matching none runs `processor`."
+        ),
+    )
+    public_url: str | None = attrs.field(
+        default=None,
+        validator=_public_url,
+        metadata=_doc(
+            "This gateway's public https:// base URL: turns answering on (Event Grid at "
+            "`/eventgrid`, callbacks at `/callbacks`, media at `/ws/ROUTE`)."
+        ),
+    )
+    acs_endpoint: str | None = attrs.field(
+        default=None,
+        metadata=_doc(
+            "ACS endpoint for Microsoft Entra ID (`DefaultAzureCredential`); unset: the "
+            "connection string in `$ACS_CONNECTION_STRING`."
+        ),
+    )
+    answer_timeout: float = attrs.field(
+        default=10.0,
+        validator=_positive,
+        metadata=_doc("Seconds one answer request to ACS may take; then it counts as failed."),
+    )
+    call_token_lifetime: float = attrs.field(
+        default=14400.0,
+        validator=_positive,
+        metadata=_doc("Seconds a call's media and callback URLs stay valid after the answer."),
+    )
+    max_webhook_bytes: int = attrs.field(
+        default=262144,
+        validator=_positive,
+        metadata=_doc("Largest webhook (Event Grid, callback) body; a larger one gets HTTP 413."),
+    )
 
     def __attrs_post_init__(self) -> None:
         if (self.tls_certfile is None) != (self.tls_keyfile is None):
             raise ValueError("tls_certfile and tls_keyfile go together")
         if self.health_port and self.health_port == self.port:
             raise ValueError(f"health_port must differ from port (both {self.port})")
+        names = [route.name for route in self.routes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"routes: each name once (got {', '.join(names)})")
 
     @property
     def call_settings(self) -> CallSettings:
@@ -295,7 +380,7 @@ SETTINGS: Final = tuple(a.name for a in attrs.fields(Config))
 RELOADABLE: Final = frozenset(
     a.name for a in attrs.fields(Config) if a.metadata.get("reloadable", False)
 )
-FILE_ONLY: Final = ("processors",)
+FILE_ONLY: Final = ("processors", "routes")
 
 
 def env_name(setting: str) -> str:

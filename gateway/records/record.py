@@ -6,7 +6,7 @@ in the event log. Never: touches the disk (`gateway.records.disk` does), lets a 
 reach the call (the recording stops, the call goes on), or works per frame beyond what the
 recording and the latencies need.
 
-Latencies, in seconds, per route (the processor's name):
+Latencies, in seconds, per route (the call's route name, or the processor's when not routed):
 - `response`: the caller's turn ended (`turn_ended`: the model's speech_stopped, or local VAD)
   -> the first bot audio released to ACS after it.
 - `barge_in_stop`: the caller started speaking over the bot (`speech_started`) -> stop-audio.

@@ -14,10 +14,13 @@ a source address outside `allowed_networks` is refused with HTTP 403; with `acs_
 set, ACS's token must pass `gateway.server.auth` within the same deadline (else HTTP 401, or 503
 when the signing keys cannot be had); at `max_calls` live calls the upgrade is refused with
 HTTP 503, and at `max_calls_per_source` calls from one address with 429, before it is accepted.
+With a control plane (`context.control`), a plain HTTP request is a webhook, answered by it and
+never a call, and the control plane picks the media connection's route and processor (or refuses
+it: unknown route, or a missing or wrong call token).
 Admission and the reservation of a call's place happen with no await between them (after the
-token check, which may wait), so the limits hold however many handshakes race. Any path is
-accepted. The `x-ms-call-connection-id` and `x-ms-call-correlation-id` headers tag every log
-line of the call.
+token check, which may wait), so the limits hold however many handshakes race. Without a
+control plane any path is accepted. The `x-ms-call-connection-id` and `x-ms-call-correlation-id`
+headers tag every log line of the call.
 
 Resource handling: the stream is closed (`aclose_forcefully`) before `serve_connection`
 returns, whatever happened; a call still open when it is cancelled (the server drains) is
@@ -31,8 +34,8 @@ refusal, or an accepted call (and a gateway bug, if any, in `calls_failed`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
-from typing import Final
+from collections.abc import Callable, Mapping, Sequence
+from typing import Final, Protocol
 
 import attrs
 import trio
@@ -63,6 +66,30 @@ def _admission_for(context: ServerContext) -> Admission:
     return Admission(context.config.allowed_networks)
 
 
+class HttpReply(Protocol):
+    """A plain HTTP answer (`gateway.control.HttpAnswer`)."""
+
+    @property
+    def status(self) -> int: ...
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def content_type(self) -> str: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, str]]: ...
+
+
+class CallRouting(Protocol):
+    """The control plane as the server sees it (`gateway.control.ControlPlane`): it picks a
+    media connection's route and processor, and answers plain HTTP requests (webhooks)."""
+
+    @property
+    def max_body_bytes(self) -> int | None: ...  # None: no plain HTTP (426)
+    def media(self, handshake: Handshake) -> tuple[str, Processor] | Reject: ...
+    def use_auth(self, auth: TokenChecker | None) -> None: ...  # ACS's JWT on callbacks
+    async def respond(self, request: Handshake) -> HttpReply: ...
+
+
 @attrs.define(eq=False)
 class ServerContext:
     """What every connection of one server is served with. `config` is read by each new
@@ -79,6 +106,7 @@ class ServerContext:
     changes: systemd.Changes = attrs.field(factory=systemd.Changes)  # live calls changed
     close_on_cancel: bool = True  # false once the server stops at once: no 1001 close
     records: Records = attrs.field(factory=Records)  # each call's recording, events, latencies
+    control: CallRouting | None = None  # routes and webhooks; None: every call runs `processor`
 
 
 @attrs.define
@@ -98,8 +126,12 @@ async def serve_connection(stream: trio.abc.Stream, context: ServerContext) -> C
     config = context.config
     peer = peer_address(stream)
     source = peer.rpartition(":")[0].strip("[]")
+    control = context.control
     ws = ServerWebSocket(
-        stream, max_message_bytes=config.max_message_bytes, send_timeout=config.send_timeout
+        stream,
+        max_message_bytes=config.max_message_bytes,
+        send_timeout=config.send_timeout,
+        max_body_bytes=None if control is None else control.max_body_bytes,
     )
     place: _Place | None = None
     gateway_failed = False
@@ -108,6 +140,19 @@ async def serve_connection(stream: trio.abc.Stream, context: ServerContext) -> C
         handshake = await _read_handshake(ws, context, deadline, peer)
         if handshake is None:
             return None
+        processor, route_name = context.processor, config.processor
+        if control is not None:
+            if not handshake.upgrade:  # a webhook: answered, never a call
+                reply = await control.respond(handshake)
+                await ws.respond(reply.status, reply.body, reply.content_type, reply.headers)
+                return None
+            route = control.media(handshake)
+            if isinstance(route, Reject):
+                context.stats.auth_failed["route" if route.status == 404 else "call_token"] += 1
+                log.warning("refusing media connection from %s: %s", peer, route.reason)
+                await ws.reject(route)
+                return None
+            route_name, processor = route
         calllog = call_logger(
             handshake.headers.get("x-ms-call-connection-id"),
             handshake.headers.get("x-ms-call-correlation-id"),
@@ -123,14 +168,14 @@ async def serve_connection(stream: trio.abc.Stream, context: ServerContext) -> C
         place.outcome = await run_call(
             ws,
             handshake,
-            context.processor,
+            processor,
             config.call_settings,
             calllog,
             pacer=context.pacer,
             stats=place.stats,
             timings=context.timings,
             observer=context.records.open(
-                RecordSettings.from_config(config), handshake.headers, config.processor
+                RecordSettings.from_config(config), handshake.headers, route_name
             ),
         )
         _log_end(calllog, place.outcome)

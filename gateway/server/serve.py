@@ -43,7 +43,7 @@ from ..records import Records
 from ..records.tracing import tracer_from_environment
 from ..wire.transport import SocketTransport
 from .auth import KeySet, TokenChecker
-from .connection import ServerContext, serve_connection
+from .connection import CallRouting, ServerContext, serve_connection
 from .stats import ServerStats
 
 log = logging.getLogger("gateway.server")
@@ -63,6 +63,7 @@ class Server:
         processor: Processor,
         metrics: Metrics | None = None,
         notifier: systemd.Notifier | None = None,
+        control: CallRouting | None = None,
     ) -> None:
         self.notifier = notifier or systemd.Notifier(None)
         self.metrics = Metrics() if metrics is None else metrics  # a private registry by default
@@ -70,6 +71,8 @@ class Server:
         self.processor = processor
         self.pacer = Pacer()  # one timer for every call's send task
         self.auth = _token_checker(config)
+        if control is not None:
+            control.use_auth(self.auth)  # callbacks carry the same JWT as the media WebSocket
         self.stats = ServerStats()
         self.changes = systemd.Changes()  # live calls, readiness or draining: for STATUS=
         self.context = ServerContext(  # what every connection is served with
@@ -84,6 +87,7 @@ class Server:
             records=Records(
                 self.metrics, tracer=tracer_from_environment() if config.tracing else None
             ),
+            control=control,
         )
         self.metrics.follow(self.stats.totals)
         self.urls: list[str] = []
@@ -203,13 +207,15 @@ async def serve(
     sockets: Sequence[socket.socket] = (),
     notifier: systemd.Notifier | None = None,
     metrics: Metrics | None = None,
+    control: CallRouting | None = None,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen and serve calls until drained (or cancelled). The one entry point for the daemon
     and the tests: `server = await nursery.start(serve, config, processor)`.
 
-    `sockets`: already listening sockets to serve on instead of binding `host`/`port`."""
-    server = Server(config, processor, metrics, notifier)
+    `sockets`: already listening sockets to serve on instead of binding `host`/`port`.
+    `control`: the control plane (routes, webhooks; `gateway.control.ControlPlane`)."""
+    server = Server(config, processor, metrics, notifier, control)
     listeners: list[trio.abc.Listener[Any]]
     if sockets:
         listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]

@@ -1,5 +1,6 @@
 """Public test helpers: a simulated ACS peer, bundled speech, an in-process gateway, and a fake
-realtime model server (`open_fake_model`, for the `realtime` processor).
+realtime model server (`open_fake_model`, for the `realtime` processor), and a fake ACS control
+plane (`open_fake_acs`: Call Automation REST, Event Grid, callbacks, the media socket).
 
     async with open_gateway(processor=my_processor) as server:
         async with simulated_call(server.urls[0]) as call:
@@ -22,6 +23,7 @@ from ..processors import Processor, load
 from ..server.serve import Server, serve
 from .acs_auth import AcsTokenIssuer, KeySetServer, bearer, serve_key_set
 from .audio import frames, read_wav, speech, speech_path
+from .fake_acs import FakeAcs, FakeAcsError, FakeCall, open_fake_acs
 from .fake_model import FakeModel, open_fake_model
 from .peer import AcsPlayback, Received, SimulatedCall, simulated_call
 
@@ -29,11 +31,15 @@ __all__ = [
     "AcsPlayback",
     "AcsTokenIssuer",
     "KeySetServer",
+    "FakeAcs",
+    "FakeAcsError",
+    "FakeCall",
     "FakeModel",
     "Received",
     "SimulatedCall",
     "bearer",
     "frames",
+    "open_fake_acs",
     "open_fake_model",
     "open_gateway",
     "read_wav",
