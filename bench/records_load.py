@@ -148,7 +148,7 @@ def pieces() -> None:
         clock = iter(range(10**9))  # the call's time goes on across the repeats
         for _ in range(3):
 
-            def frame(o=observer, c=clock) -> None:  # type: ignore[no-untyped-def]
+            def frame(o=observer, c=clock) -> None:  # type: ignore[no-untyped-def]  # bound now
                 t = next(c) * 0.02
                 o.caller_audio(packet, t)
                 o.bot_audio([pcm], t)
