@@ -1,4 +1,4 @@
-"""Command line: `acs-media-gateway serve` (also `python -m gateway serve`).
+"""Command line: `acs-media-gateway serve` (also `python -m gateway serve`), `simulate`, `show`.
 
 Owns: flags, signals, and exit codes. Everything it configures goes through `gateway.config`.
 Signals: the first SIGINT/SIGTERM drains (stop accepting, live calls get `shutdown_grace`
@@ -30,7 +30,7 @@ from typing import Any
 import prometheus_client
 import trio
 
-from . import __version__, logs, processors
+from . import __version__, logs, processors, show
 from . import config as configuration
 from .control import plane
 from .errors import ConfigError
@@ -91,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
         help="directory put first on the module path before the processor is imported (default .)",
     )
     simulate_cli.add_parser(commands)
+    show.add_parser(commands)
     return parser
 
 
@@ -189,6 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "simulate":
         return simulate_cli.run(args)
+    if args.command == "show":
+        return show.run(args)
     overrides = {
         "host": args.host,
         "port": args.port,

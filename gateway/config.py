@@ -79,6 +79,16 @@ def _key_set_url(instance: Any, attribute: attrs.Attribute[Any], value: str) -> 
     raise ValueError(f"{attribute.name} must be an https:// URL (http:// only on loopback)")
 
 
+def _name_pattern(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    fields = dict.fromkeys(("started", "connection_id", "correlation_id", "route"), "x")
+    try:
+        name = value.format(**fields)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"{attribute.name}: {value!r} is not a name pattern ({exc!r})") from None
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"{attribute.name} must name a file in recording_dir, got {value!r}")
+
+
 def _public_url(instance: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
     from urllib.parse import urlsplit
 
@@ -253,6 +263,57 @@ class Config(CallSettings):
         validator=_positive,
         metadata=_doc(
             "Worker processes sharing the port, supervised (one core each); 1: no supervisor."
+        ),
+    )
+    # Call records (gateway/records/, docs/records.md): decided for each call as it starts.
+    recording: bool = attrs.field(
+        default=False,
+        metadata=_hot(
+            "Record each call: a WAV file with the caller and the bot audio as released to ACS."
+        ),
+    )
+    call_events: bool = attrs.field(
+        default=False,
+        metadata=_hot("Keep each call's event log (JSON lines: turns, barge-ins, transcripts)."),
+    )
+    recording_dir: str = attrs.field(
+        default="recordings",
+        metadata=_hot("Directory of recordings and event logs (created if missing)."),
+    )
+    recording_name: str = attrs.field(
+        default="{started}_{connection_id}",
+        validator=_name_pattern,
+        metadata=_hot(
+            "File name (no suffix) of a call's records; fields: `{started}` (UTC), "
+            "`{connection_id}`, `{correlation_id}`, `{route}`."
+        ),
+    )
+    recording_unmixed: bool = attrs.field(
+        default=False,
+        metadata=_hot("One channel per participant heard (up to 4: unmixed audio), then the bot."),
+    )
+    recording_max_age_days: float = attrs.field(
+        default=0.0,
+        validator=_not_negative,
+        metadata=_hot("Remove record files older than this many days (0: no limit)."),
+    )
+    recording_max_bytes: int = attrs.field(
+        default=0,
+        validator=_not_negative,
+        metadata=_hot("Remove the oldest record files beyond this many bytes (0: no limit)."),
+    )
+    recording_buffer_seconds: float = attrs.field(
+        default=10.0,
+        validator=_positive,
+        metadata=_hot(
+            "Seconds of a call's audio that may wait for the disk; beyond it audio is dropped."
+        ),
+    )
+    tracing: bool = attrs.field(
+        default=False,
+        metadata=_doc(
+            "OpenTelemetry spans per call, exported over OTLP as the `OTEL_*` variables say "
+            "(the `otel` extra)."
         ),
     )
     processors: dict[str, dict[str, Any]] = attrs.field(

@@ -58,10 +58,15 @@ async def receive(state: CallState, inbound: trio.MemorySendChannel[InboundPacke
     """Read ACS until it hangs up; route packets by the inbound channel policy: audio that
     does not fit is dropped and counted, every other packet waits for room."""
     stats, intake, arrivals, log = state.stats, state.intake, state.arrivals, state.log
+    observer = state.observer
     talk_is_life = state.player is None  # a transcription stream is alive while it talks
     async with inbound:  # closing it ends the processor's `async for`
         try:
             for packet, arrived in state.early:
+                if type(packet) is AudioData:
+                    observer.caller_audio(packet, arrived)
+                else:
+                    observer.caller_packet(packet, arrived)
                 if arrivals is not None:
                     arrivals.append(arrived)
                 await inbound.send(packet)
@@ -71,6 +76,7 @@ async def receive(state: CallState, inbound: trio.MemorySendChannel[InboundPacke
                     if type(packet) is AudioData:
                         intake.heard = intake.now
                         stats.audio_frames_in += 1
+                        observer.caller_audio(packet, intake.now)  # what was said, even if dropped
                         try:
                             inbound.send_nowait(packet)
                         except trio.WouldBlock:
@@ -81,6 +87,7 @@ async def receive(state: CallState, inbound: trio.MemorySendChannel[InboundPacke
                         if arrivals is not None:
                             arrivals.append(intake.now)  # when the read returned
                     else:
+                        observer.caller_packet(packet, intake.now)
                         if talk_is_life:
                             intake.heard = intake.now
                         if arrivals is not None:  # before: the processor may run first

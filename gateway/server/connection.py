@@ -48,6 +48,7 @@ from ..errors import CLOSE_GOING_AWAY
 from ..logs import call_logger
 from ..ops import systemd
 from ..processors import CallStats, Processor
+from ..records import Records, RecordSettings
 from ..wire.websocket import ConnectionClosed, Handshake, Reject, SendTimeout, ServerWebSocket
 from .admission import Admission
 from .auth import AuthFailure, TokenChecker
@@ -104,6 +105,7 @@ class ServerContext:
     call_durations: Callable[[float], None] | None = None  # seconds from accept to the end
     changes: systemd.Changes = attrs.field(factory=systemd.Changes)  # live calls changed
     close_on_cancel: bool = True  # false once the server stops at once: no 1001 close
+    records: Records = attrs.field(factory=Records)  # each call's recording, events, latencies
     control: CallRouting | None = None  # routes and webhooks; None: every call runs `processor`
 
 
@@ -138,7 +140,7 @@ async def serve_connection(stream: trio.abc.Stream, context: ServerContext) -> C
         handshake = await _read_handshake(ws, context, deadline, peer)
         if handshake is None:
             return None
-        processor = context.processor
+        processor, route_name = context.processor, config.processor
         if control is not None:
             if not handshake.upgrade:  # a webhook: answered, never a call
                 reply = await control.respond(handshake)
@@ -150,7 +152,7 @@ async def serve_connection(stream: trio.abc.Stream, context: ServerContext) -> C
                 log.warning("refusing media connection from %s: %s", peer, route.reason)
                 await ws.reject(route)
                 return None
-            processor = route[1]
+            route_name, processor = route
         calllog = call_logger(
             handshake.headers.get("x-ms-call-connection-id"),
             handshake.headers.get("x-ms-call-correlation-id"),
@@ -174,6 +176,9 @@ async def serve_connection(stream: trio.abc.Stream, context: ServerContext) -> C
             pacer=context.pacer,
             stats=place.stats,
             timings=context.timings,
+            observer=context.records.open(
+                RecordSettings.from_config(config), handshake.headers, route_name
+            ),
         )
         _log_end(calllog, place.outcome)
         return place.outcome
