@@ -60,6 +60,9 @@ def _capped(clean: str, limit: int, length: int) -> str:
     return f"{clean[:limit]}...({length} chars)"
 
 
+_worker: int | None = None  # this process's worker index under a supervisor: on every line
+
+
 def call_logger(
     connection_id: str | None, correlation_id: str | None, peer: str
 ) -> logging.LoggerAdapter[logging.Logger]:
@@ -88,7 +91,7 @@ class TextFormatter(logging.Formatter):
             correlation = peer_text(getattr(record, "call_correlation_id", "-"))
             peer = peer_text(getattr(record, "peer", "-"))
             line += f" [call={peer_text(connection)} correlation={correlation} peer={peer}]"
-        return line
+        return line if _worker is None else f"{line} [worker={_worker}]"
 
 
 class JsonFormatter(logging.Formatter):
@@ -104,13 +107,18 @@ class JsonFormatter(logging.Formatter):
             value = getattr(record, name, None)
             if value is not None:
                 entry[name] = peer_text(value)
+        if _worker is not None:
+            entry["worker"] = _worker
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(entry).decode()
 
 
-def configure(level: str, fmt: str) -> None:
-    """Send the gateway's logs to stderr at `level` in `fmt` ("text" or "json")."""
+def configure(level: str, fmt: str, *, worker: int | None = None) -> None:
+    """Send the gateway's logs to stderr at `level` in `fmt` ("text" or "json"). `worker`: this
+    process's worker index, tagged on every line from now on (a later call keeps it)."""
+    global _worker
+    _worker = _worker if worker is None else worker
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()

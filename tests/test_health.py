@@ -203,8 +203,9 @@ async def test_a_full_endpoint_evicts_its_oldest_idle_connection_and_answers_the
     async with trio.open_nursery() as nursery:
         nursery.start_soon(endpoint.serve_listener, listener)
         slow = [await listener.connect() for _ in range(4)]  # each began a request
-        for stream in slow:
+        for stream in slow:  # one after another: which began first must not be a tie
             await stream.send_all(b"GET /livez HTTP/1.1\r\n")
+            await trio.sleep(0.01)
         await trio.sleep(0.5)
         idle = [await listener.connect() for _ in range(4)]  # idle, the youngest
         for stream in idle + slow:
@@ -219,6 +220,7 @@ async def test_a_full_endpoint_evicts_its_oldest_idle_connection_and_answers_the
             idle.append(probe)  # it waits for its next request: idle again, the youngest
         for stream in idle[4:]:
             await stream.send_all(b"GET /livez HTTP/1.1\r\n")  # none idle now
+        await trio.testing.wait_all_tasks_blocked()  # the endpoint has read those bytes
         probe = await listener.connect()  # so the one reading the longest goes
         assert await closed(slow[0])
         await probe.send_all(PROBE)

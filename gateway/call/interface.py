@@ -11,6 +11,7 @@ import attrs
 import trio
 
 from ..acs.packets import AudioMetadata, InboundPacket, TranscriptionMetadata
+from .observer import NO_OBSERVER, CallObserver
 from .player import Player
 
 
@@ -65,6 +66,8 @@ class Call:
       more than `inbound_queue_ms` behind; other packets are never dropped.
     - `player`: the call's `Player` (None on a transcription-only stream).
     - `log`: a logger that tags every line with the call's ids.
+    - `observer`: where the call's record is kept; a processor tells it of turns, barge-ins,
+      transcripts and tool calls (`CallObserver.note`). A no-op unless records are on.
     - `control`: hang up, transfer, start/stop streaming, and the IncomingCall's caller, callee
       and custom context (None unless this gateway answered the call).
     """
@@ -79,6 +82,7 @@ class Call:
     player: Player | None
     log: logging.LoggerAdapter[logging.Logger]
     stats: CallStats
+    observer: CallObserver = NO_OBSERVER
     control: CallControlHandle | None = None
 
     @property

@@ -72,6 +72,23 @@ CALL_DURATION_BUCKETS: Final = (
     7200.0,
     float("inf"),
 )
+# Seconds. The latencies a caller feels: a reply within a second is good, several is broken.
+FELT_LATENCY_BUCKETS: Final = (
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.3,
+    0.5,
+    0.75,
+    1.0,
+    1.5,
+    2.0,
+    3.0,
+    5.0,
+    10.0,
+    float("inf"),
+)
 _ENDED_BY: Final = tuple(EndReason)  # every label value, exported at 0 from the start
 
 
@@ -219,6 +236,26 @@ class Metrics:
             registry=r,
             buckets=CALL_DURATION_BUCKETS,
         )
+        self.felt_latency = {  # per route: the processor's name (few values, not per call)
+            kind: Histogram(
+                f"{kind}_latency_seconds",
+                doc,
+                ["route"],
+                namespace=NAMESPACE,
+                registry=r,
+                buckets=FELT_LATENCY_BUCKETS,
+            )
+            for kind, doc in (
+                ("response", "From the end of the caller's turn to the first bot audio released."),
+                ("barge_in_stop", "From the caller starting to speak over the bot to stop-audio."),
+                ("first_audio", "From the start of a call to its first bot audio released."),
+            )
+        }
+        self.recordings_stopped = counter(
+            "recordings_stopped",
+            "Call recordings ended early by a failing disk (the calls went on), by route.",
+            ["route"],
+        )
         # Show every series from the start (0, not absent), so rates and alerts work at once.
         for ended_by in _ENDED_BY:
             self.calls_ended.labels(ended_by)
@@ -258,6 +295,14 @@ class Metrics:
         self.durations.flush_into(self.call_duration)
         if self.control is not None:
             self.control.flush()
+
+    def latency(self, kind: str, route: str, seconds: float) -> None:
+        """A latency a caller felt (`gateway.records`): once per turn, so observed at once."""
+        self.felt_latency[kind].labels(route).observe(seconds)
+
+    def recording_stopped(self, route: str) -> None:
+        """A call's recording stopped: its disk failed (`gateway.records`); rare, so at once."""
+        self.recordings_stopped.labels(route).inc()
 
     def _derive(self, t: Totals) -> None:
         self.live_calls.set(t.live_calls)

@@ -51,6 +51,7 @@ from ..logs import call_logger
 from ..ops import systemd
 from ..ops.metrics import Metrics
 from ..processors import CallStats, Processor
+from ..records import Records, RecordSettings
 from ..wire.websocket import ConnectionClosed, Handshake, Reject, SendTimeout, ServerWebSocket
 from .admission import Admission
 from .auth import AuthFailure, TokenChecker
@@ -86,6 +87,8 @@ class MediaChoice(Protocol):
     """What a media connection runs (`gateway.control.plane.MediaRoute`)."""
 
     @property
+    def name(self) -> str: ...  # the route's
+    @property
     def processor(self) -> Processor: ...
     @property
     def control(self) -> CallControlHandle | None: ...  # None: not a call we answered
@@ -118,6 +121,7 @@ class ServerContext:
     call_durations: Callable[[float], None] | None = None  # seconds from accept to the end
     changes: systemd.Changes = attrs.field(factory=systemd.Changes)  # live calls changed
     close_on_cancel: bool = True  # false once the server stops at once: no 1001 close
+    records: Records = attrs.field(factory=Records)  # each call's recording, events, latencies
     control: CallRouting | None = None  # routes and webhooks; None: every call runs `processor`
 
 
@@ -152,7 +156,7 @@ async def serve_connection(stream: trio.abc.Stream, context: ServerContext) -> C
         handshake = await _read_handshake(ws, context, deadline, peer)
         if handshake is None:
             return None
-        processor, call_control = context.processor, None
+        processor, route_name, call_control = context.processor, config.processor, None
         if control is not None:
             if not handshake.upgrade:  # a webhook: answered, never a call
                 reply = await control.respond(handshake)
@@ -164,15 +168,17 @@ async def serve_connection(stream: trio.abc.Stream, context: ServerContext) -> C
                 log.warning("refusing media connection from %s: %s", peer, route.reason)
                 await ws.reject(route)
                 return None
-            processor, call_control = route.processor, route.control
+            route_name, processor, call_control = route.name, route.processor, route.control
         calllog = call_logger(
             handshake.headers.get("x-ms-call-connection-id"),
             handshake.headers.get("x-ms-call-correlation-id"),
             peer,
         )
+        calllog.debug("handshake: %s", handshake.target)
         place = await _admit(ws, handshake.headers, context, source, deadline, calllog)
         if place is None:
             return None
+        calllog.debug("admitted: %d live call(s)", context.admission.reserved)
         await ws.accept()
         place.accepted = True
         context.stats.calls_accepted += 1
@@ -186,6 +192,9 @@ async def serve_connection(stream: trio.abc.Stream, context: ServerContext) -> C
             pacer=context.pacer,
             stats=place.stats,
             timings=context.timings,
+            observer=context.records.open(
+                RecordSettings.from_config(config), handshake.headers, route_name
+            ),
             control=call_control,
         )
         _log_end(calllog, place.outcome)

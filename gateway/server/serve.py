@@ -39,6 +39,8 @@ from ..config import Config
 from ..ops import systemd
 from ..ops.metrics import Metrics
 from ..processors import Processor
+from ..records import Records
+from ..records.tracing import tracer_from_environment
 from ..wire.transport import SocketTransport
 from .auth import KeySet, TokenChecker
 from .connection import CallRouting, ServerContext, serve_connection
@@ -83,6 +85,9 @@ class Server:
             timings=CallTimings(self.metrics.processing.observe, self.metrics.lateness.observe),
             call_durations=self.metrics.durations.observe,
             changes=self.changes,
+            records=Records(
+                self.metrics, tracer=tracer_from_environment() if config.tracing else None
+            ),
             control=control,
         )
         self.metrics.follow(self.stats.totals)

@@ -55,6 +55,9 @@ from .protocol import (
     ResponseDone,
     SessionReady,
     SpeechStarted,
+    SpeechStopped,
+    ToolCall,
+    Transcript,
     UpstreamError,
 )
 
@@ -134,6 +137,7 @@ class Bridge:
                 continue
             if self.vad is not None and self.vad.feed(packet.pcm) and self._bot_audible():
                 self.log.info("local VAD: caller speaking; barge-in before the model reacts")
+                self.call.observer.note("speech_started", by="vad")
                 await self._barge_in()
             ws = self.ws
             if ws is None:
@@ -235,7 +239,16 @@ class Bridge:
                         except trio.WouldBlock:  # back-pressure past PENDING_DELTAS only
                             await self._pending_send.send(entry)
                 case SpeechStarted():
+                    self.call.observer.note("speech_started", by="model")
                     await self._barge_in()
+                case SpeechStopped():
+                    self.call.observer.note("turn_ended", by="model")
+                case Transcript(who=who, text=text, item_id=item_id):
+                    self.call.observer.note("transcript", who=who, text=text, item_id=item_id)
+                case ToolCall(name=name, call_id=call_id, arguments=arguments):
+                    self.call.observer.note(
+                        "tool_call", name=name, call_id=call_id, arguments=arguments
+                    )
                 case ResponseCreated(response_id=response_id):
                     self.conversation.response_created(response_id)
                 case ResponseDone(response_id=response_id):
@@ -297,6 +310,7 @@ class Bridge:
                 options.max_reconnects,
             )
             self.stats.upstream_reconnects += 1
+            self.call.observer.note("reconnect", reason=reason, attempt=failures, delay_ms=delay)
             await trio.sleep_until(trio.current_time() + delay / 1000)
 
     async def _session(self) -> str:
@@ -368,6 +382,7 @@ class Bridge:
             self.ws = ws
             self._first_attempt.set()
             self.log.info("realtime model session open: %s", options.url)
+            self.call.observer.note("session", state="open")
             failure: list[str] = []
             async with trio.open_nursery() as inner:
                 inner.start_soon(self._keepalive, ws, inner.cancel_scope, failure)
