@@ -5,8 +5,8 @@ settings, conftest or test modules on the path), with the package as installed, 
 
 The suite uses the installed package of the environment it runs in (fast and offline). With
 `FRESH_VENV_TESTS=1` the same project also runs in a new virtual environment made with
-`pip install '<this repository>[testing,realtime]'`, as a newcomer's would be (about 20 s, and it
-needs the package index).
+`pip install '<this repository>[testing,realtime,control]'`, as a newcomer's would be (about
+20 s, and it needs the package index).
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ async def test_the_examples_pass_in_a_fresh_virtual_environment(tmp_path):
     with trio.fail_after(300):
         await trio.run_process([sys.executable, "-m", "venv", str(venv)])
         await trio.run_process(
-            [str(venv / "bin" / "pip"), "install", "-q", f"{ROOT}[testing,realtime]"],
+            [str(venv / "bin" / "pip"), "install", "-q", f"{ROOT}[testing,realtime,control]"],
             capture_stdout=True,
             capture_stderr=True,
         )

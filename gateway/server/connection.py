@@ -174,7 +174,7 @@ async def serve_connection(stream: trio.abc.Stream, context: ServerContext) -> C
             handshake.headers.get("x-ms-call-correlation-id"),
             peer,
         )
-        calllog.debug("handshake: %s", handshake.target)
+        calllog.debug("handshake: %s", _TOKEN.sub(r"\1...", handshake.target))
         place = await _admit(ws, handshake.headers, context, source, deadline, calllog)
         if place is None:
             return None

@@ -49,7 +49,6 @@ from .protocol import (
     AudioDelta,
     AudioDone,
     Conversation,
-    FunctionCall,
     MalformedEvent,
     ResponseCreated,
     ResponseDone,
@@ -96,6 +95,7 @@ class Bridge:
         if offered:  # the call has a control handle and the route enables the tools
             settings = attrs.evolve(settings, extra={**offered, **settings.extra})
         self.session_update = protocol.session_update(settings, options.dialect)
+        self._tools_offered = bool(offered)
         self._tasks: trio.Nursery | None = None  # the bridge's nursery, for tool calls
         self.closing = False  # the call is ending: a closed upstream is not a failure
         self._first_attempt = trio.Event()  # the first session is up, or failed
@@ -249,14 +249,15 @@ class Bridge:
                     self.call.observer.note(
                         "tool_call", name=name, call_id=call_id, arguments=arguments
                     )
+                    tasks = self._tasks if self._tools_offered else None  # others: unanswered
+                    if tasks is not None and name in tools.TOOLS and name and call_id:
+                        tasks.start_soon(self._tool_call, ws, name, call_id, arguments)
                 case ResponseCreated(response_id=response_id):
                     self.conversation.response_created(response_id)
                 case ResponseDone(response_id=response_id):
                     self.conversation.response_done(response_id)
                 case SessionReady(updated=True):
                     conversation_ready = True
-                case FunctionCall() if self._tasks is not None:
-                    self._tasks.start_soon(self._tool_call, ws, event)
                 case UpstreamError():
                     if event.fatal or not conversation_ready:
                         return f"upstream error {event.type}/{event.code}: {event.message}"
@@ -265,13 +266,15 @@ class Bridge:
                         "upstream error event %s/%s: %s", event.type, event.code, event.message
                     )
 
-    async def _tool_call(self, ws: trio_websocket.WebSocketConnection, call: FunctionCall) -> None:
+    async def _tool_call(
+        self, ws: trio_websocket.WebSocketConnection, name: str, call_id: str, arguments: str | None
+    ) -> None:
         """Run a tool the model called; tell it the result (unless the session is gone)."""
-        self.log.info("the model calls %s", call.name)
+        self.log.info("the model calls %s", name)
         targets = self.options.transfer_targets
-        output = await tools.run(self.call, call.name, call.arguments, targets)
+        output = await tools.run(self.call, name, arguments or "", targets)
         try:
-            for event in protocol.function_output(call.call_id, output):
+            for event in protocol.function_output(call_id, output):
                 await ws.send_message(event)
         except trio_websocket.ConnectionClosed:
             pass  # the call ended (as end_call intends) or the session dropped

@@ -107,15 +107,6 @@ class UpstreamError:
 
 
 @attrs.frozen(slots=True)
-class FunctionCall:
-    """response.function_call_arguments.done: the model calls a tool."""
-
-    call_id: str
-    name: str
-    arguments: str  # JSON, as the model wrote it
-
-
-@attrs.frozen(slots=True)
 class OtherEvent:
     """Anything else (transcripts, item bookkeeping, rate limits): the bridge ignores it."""
 
@@ -133,7 +124,6 @@ ServerEvent = (
     | Transcript
     | ToolCall
     | UpstreamError
-    | FunctionCall
     | OtherEvent
 )
 
@@ -194,11 +184,6 @@ def parse(message: str | bytes) -> ServerEvent:
         return ResponseDone(_str(response, "id"), _str(response, "status"))
     if kind == "session.created" or kind == "session.updated":
         return SessionReady(kind == "session.updated")
-    if kind == "response.function_call_arguments.done":
-        call_id, name = event.get("call_id"), event.get("name")
-        if not isinstance(call_id, str) or not isinstance(name, str):
-            raise MalformedEvent(f"{kind} without call_id or name")
-        return FunctionCall(call_id, name, _str(event, "arguments") or "")
     if kind == "error":
         error = event.get("error")
         error = error if isinstance(error, dict) else {}
