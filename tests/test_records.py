@@ -333,7 +333,9 @@ async def test_a_call_is_traced_with_model_sessions_turns_and_barge_ins(
     assert call.attributes["gateway.route"] == "realtime"
     assert call.attributes["gateway.ended_by"] == "hangup"
     assert call.attributes["gateway.barge_ins"] == 1
-    assert 5.4 < (call.end_time - call.start_time) / 1e9 < 5.7  # 5.5 s of the call clock
+    # 5.5 s of the call clock, plus however long the bridge takes to close its model session
+    # after the hang-up (scheduling decides; `hangup_grace` bounds it)
+    assert 5.4 < (call.end_time - call.start_time) / 1e9 < 5.5 + config.hangup_grace + 0.1
     [barge] = [e for e in call.events if e.name == "barge_in"]
     assert barge.attributes["heard_ms"] > 0
     turns = [s for s in exporter.get_finished_spans() if s.name == "turn"]
