@@ -77,7 +77,7 @@ def test_the_testing_extra_brings_pytest_and_pytest_trio():
     from importlib.metadata import requires
 
     testing = [r for r in requires("acs-media-gateway") or [] if 'extra == "testing"' in r]
-    assert {re.split(r"[<>=; ]", r)[0] for r in testing} == {"pytest", "pytest-trio"}
+    assert {re.split(r"[<>=; ]", r)[0] for r in testing} >= {"pytest", "pytest-trio"}
 
 
 async def test_a_processor_crash_fails_the_fixture_call_with_its_traceback(acs_call):
