@@ -167,6 +167,7 @@ def one_run(args: argparse.Namespace, calls: int, processes: int) -> dict[str, o
         "late_max_ms": t["send_late_max_ms"],
         "server_cpu_pct": round(100 * server_cpu / wall, 1),
         "behind": report["simulator"]["fell_behind"],
+        "failed": report.get("failed", []),  # the run's failed checks (none against a sink)
         "command": " ".join(command[1:]),
     }
 

@@ -5,15 +5,13 @@ Run: python bench/wire_frames.py (medians of 7 runs of 20,000)."""
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 import timeit
 from collections.abc import Awaitable, Callable
 
-import pybase64
 import trio
-from wsproto.frame_protocol import FrameProtocol
+from pieces import FRAME, PCM  # the same frame bench/pieces.py measures
 
 from gateway.acs import codec
 from gateway.call.interface import CallStats
@@ -21,12 +19,6 @@ from gateway.wire.connection import Connection
 from gateway.wire.websocket import ServerWebSocket
 
 N = 20000
-PCM = os.urandom(640)
-MESSAGE = (
-    '{"kind":"AudioData","audioData":{"timestamp":"2024-11-15T19:16:12.925Z",'
-    f'"data":"{pybase64.b64encode_as_string(PCM)}","silent":false}}}}'
-)
-FRAME = FrameProtocol(client=True, extensions=[]).send_data(MESSAGE)
 METADATA = '{"kind":"AudioMetadata","audioMetadata":{"sampleRate":16000}}'
 
 

@@ -1,4 +1,4 @@
-"""Command line: `acs-media-gateway serve` (also `python -m gateway serve`).
+"""Command line: `acs-media-gateway serve` (also `python -m gateway serve`), `simulate`, `show`.
 
 Owns: flags, signals, and exit codes. Everything it configures goes through `gateway.config`.
 Signals: the first SIGINT/SIGTERM drains (stop accepting, live calls get `shutdown_grace`
@@ -14,29 +14,57 @@ READY=1/STATUS=/STOPPING=1/WATCHDOG=1 go to `$NOTIFY_SOCKET` (`gateway.ops.syste
 from __future__ import annotations
 
 import argparse
+import errno
 import gc
+import ipaddress
 import logging
+import os
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from functools import partial
+from typing import Any
 
 import prometheus_client
 import trio
 
-from . import __version__, logs, processors
+from . import __version__, logs, processors, show
 from . import config as configuration
+from .control import plane
 from .errors import ConfigError
 from .ops import systemd
 from .ops.health import serve_health
 from .ops.metrics import Metrics
 from .ops.reload import reload_on_sighup
 from .server import supervisor
-from .server.serve import Server, serve
+from .server.serve import Server, serve, ssl_context
 from .simulate import cli as simulate_cli
 
 log = logging.getLogger("gateway")
+
+
+class CannotListen(OSError):
+    """A listening port could not be bound: which one, where, and why."""
+
+    def __init__(self, what: str, host: str, port: int, source: str, cause: OSError) -> None:
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        super().__init__(
+            f"cannot listen on {where}, the {what} ({source}): {cause.strerror or cause}; "
+            "choose another port, or stop what holds this one"
+        )
+
+
+async def _listening(what: str, setting: str, port: int, host: str, start: Any) -> Any:
+    """`await start()`, with a bind failure turned into a `CannotListen` that names it."""
+    try:
+        return await start()
+    except OSError as exc:
+        raise CannotListen(what, host, port, _SOURCES.get(setting, "default"), exc) from exc
+
+
+_SOURCES: dict[str, str] = {}  # where the listening settings came from (set by main)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,7 +85,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--shutdown-grace", type=float, help="seconds calls may go on after SIGTERM")
     run.add_argument("--workers", type=int, help="worker processes sharing the port (default 1)")
     run.add_argument("--health-port", type=int, help="health and metrics port (default: none)")
+    run.add_argument(
+        "--app-dir",
+        default=".",
+        help="directory put first on the module path before the processor is imported (default .)",
+    )
     simulate_cli.add_parser(commands)
+    show.add_parser(commands)
     return parser
 
 
@@ -78,6 +112,7 @@ async def _run(
     sockets: Sequence[socket.socket],
     notifier: systemd.Notifier,
     worker: bool,
+    control: plane.ControlPlane | None = None,
 ) -> None:
     # The process's global registry: it also carries prometheus-client's process collectors.
     # In a worker, $PROMETHEUS_MULTIPROC_DIR makes it write to files the supervisor sums.
@@ -88,24 +123,44 @@ async def _run(
     # must drain, not kill the process.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            server: Server = await nursery.start(
-                partial(
-                    serve,
-                    config,
-                    processor,
-                    metrics=metrics,
-                    sockets=sockets,
-                    notifier=notifier,
-                    shared=supervisor.worker_calls(),  # workers share max_calls
-                )
-            )
-            await nursery.start(reload_on_sighup, server, load)
+            started: list[Server] = []
+
+            def readiness() -> tuple[bool, str]:
+                return started[0].readiness() if started else (False, "starting")
+
+            # The health port first: when it is taken, the media port was never announced.
             # A worker's health is the supervisor's to serve (gateway.supervisor).
             if config.health_port is not None and not worker:
                 health = partial(serve_health, metrics=metrics.exposition)
-                await nursery.start(
-                    health, config.health_host, config.health_port, server.readiness
+                host, port = config.health_host, config.health_port
+                await _listening(
+                    "health port",
+                    "health_port",
+                    port,
+                    host,
+                    partial(nursery.start, health, host, port, readiness),
                 )
+            server: Server = await _listening(
+                "media port",
+                "port",
+                config.port,
+                config.host,
+                partial(
+                    nursery.start,
+                    partial(
+                        serve,
+                        config,
+                        processor,
+                        metrics=metrics,
+                        sockets=sockets,
+                        notifier=notifier,
+                        control=control,
+                        shared=supervisor.worker_calls(),  # workers share max_calls
+                    ),
+                ),
+            )
+            started.append(server)
+            await nursery.start(reload_on_sighup, server, load)
             nursery.start_soon(_watch_signals, server, signals)
             nursery.start_soon(supervisor.watch_supervisor, server.drain)
             await server.stopped.wait()
@@ -118,7 +173,17 @@ async def _supervise(
     sockets: Sequence[socket.socket],
     notifier: systemd.Notifier,
 ) -> int:
-    return await supervisor.Supervisor(config, argv, notifier, sockets).run()
+    try:
+        return await supervisor.Supervisor(config, argv, notifier, sockets).run()
+    except OSError as exc:  # alone (not in a group): binding the workers' media sockets
+        source = _SOURCES.get("port", "default")
+        raise CannotListen("media port", config.host, config.port, source, exc) from exc
+    except BaseExceptionGroup as group:  # the supervisor's own health endpoint, once running
+        taken = group.subgroup(lambda e: getattr(e, "errno", None) == errno.EADDRINUSE)
+        if taken is None or config.health_port is None:
+            raise
+        host, port, source = config.health_host, config.health_port, _SOURCES["health_port"]
+        raise CannotListen("health port", host, port, source, _first_leaf(taken)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -126,6 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "simulate":
         return simulate_cli.run(args)
+    if args.command == "show":
+        return show.run(args)
     overrides = {
         "host": args.host,
         "port": args.port,
@@ -141,10 +208,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     def load() -> configuration.Config:  # at start, and again on SIGHUP
         return configuration.load(args.config, overrides=overrides)
 
+    # As uvicorn's --app-dir: a processor module beside the configuration imports as is.
+    sys.path.insert(0, os.path.abspath(args.app_dir))
+    worker_index = os.environ.get(supervisor.WORKER_INDEX_ENV)
     try:
         config = load()
-        logs.configure(config.log_level, config.log_format)
+        for setting in ("port", "health_port"):
+            _SOURCES[setting] = configuration.source_of(setting, args.config, None, overrides)
+        logs.configure(
+            config.log_level,
+            config.log_format,
+            worker=int(worker_index) if worker_index is not None else None,
+        )
+        _check_tls(config)
         processor = processors.load(config.processor, config.processor_options)
+        control = plane.from_config(config, os.environ, processors.load)
     except ConfigError as exc:
         print(f"acs-media-gateway: {exc}", file=sys.stderr)
         return 2
@@ -159,18 +237,68 @@ def main(argv: Sequence[str] | None = None) -> int:
         inherited = worker_sockets or systemd.listen_fds()
         if inherited and not worker_sockets:
             log.info("serving %d socket(s) from systemd; host and port unused", len(inherited))
+        if not worker_sockets:  # the supervisor warns once for all its workers
+            _warn_if_open(config, inherited)
         if config.workers > 1 and not worker_sockets:
             return trio.run(_supervise, config, argv, inherited, notifier)
-        trio.run(_run, config, processor, load, inherited, notifier, bool(worker_sockets))
+        trio.run(_run, config, processor, load, inherited, notifier, bool(worker_sockets), control)
     except KeyboardInterrupt:  # a signal before the handlers were installed
         return 0
     except BaseExceptionGroup as group:
         failure, rest = group.split(OSError)
         if failure is None or rest is not None:
             raise
-        log.error("cannot serve: %s", failure.exceptions[0])  # e.g. the port is taken
-        return 1
+        return _cannot_serve(_first_leaf(failure))
     except OSError as exc:
-        log.error("cannot serve: %s", exc)
-        return 1
+        return _cannot_serve(exc)
     return 0
+
+
+def _first_leaf(group: BaseExceptionGroup[OSError]) -> OSError:
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    assert isinstance(leaf, OSError)
+    return leaf
+
+
+def _cannot_serve(exc: OSError) -> int:
+    """A port that cannot be bound is a setting to change (2); anything else, a failure (1)."""
+    log.error("cannot serve: %s", exc)
+    return 2 if isinstance(exc, CannotListen) else 1
+
+
+def _check_tls(config: configuration.Config) -> None:
+    """A certificate and key that do not load fail the start, not the first connection."""
+    if config.tls_certfile is None:
+        return
+    try:
+        ssl_context(config)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(
+            f"tls_certfile = {config.tls_certfile!r}, tls_keyfile = {config.tls_keyfile!r}: "
+            f"cannot load them ({exc}); give a PEM certificate chain and its private key"
+        ) from None
+
+
+def _warn_if_open(config: configuration.Config, sockets: Sequence[socket.socket]) -> None:
+    """Authentication off on an address others can reach: say so at every start."""
+    if config.acs_resource_id is not None:
+        return
+    hosts = [s.getsockname()[0] for s in sockets] if sockets else [config.host]
+    exposed = [h for h in hosts if not _is_loopback(h)]
+    if exposed:
+        log.warning(
+            "authentication is OFF (acs_resource_id is not set) and the gateway listens on %s: "
+            "anyone who can reach it can open calls; see docs/security.md",
+            ", ".join(exposed),
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything

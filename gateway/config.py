@@ -13,8 +13,10 @@ them in step).
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from typing import Any, Final
@@ -75,6 +77,59 @@ def _key_set_url(instance: Any, attribute: attrs.Attribute[Any], value: str) -> 
     if url.scheme == "http" and url.hostname in ("127.0.0.1", "::1", "localhost"):
         return  # a local key-set server (tests, a sidecar): never plain http over a network
     raise ValueError(f"{attribute.name} must be an https:// URL (http:// only on loopback)")
+
+
+def _name_pattern(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    fields = dict.fromkeys(("started", "connection_id", "correlation_id", "route"), "x")
+    try:
+        name = value.format(**fields)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"{attribute.name}: {value!r} is not a name pattern ({exc!r})") from None
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"{attribute.name} must name a file in recording_dir, got {value!r}")
+
+
+def _public_url(instance: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    from urllib.parse import urlsplit
+
+    if value is None:
+        return
+    url = urlsplit(value)
+    if url.scheme != "https" or not url.hostname or url.query or url.fragment:
+        raise ValueError(f"{attribute.name} must be an https:// base URL (no query), got {value!r}")
+
+
+ROUTE_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")  # it travels in the media URL's path
+AUDIO_FORMATS: Final = ("pcm16KMono", "pcm24KMono")  # ACS's names (docs/protocol.md)
+CHANNEL_TYPES: Final = ("mixed", "unmixed")
+
+
+def _route_name(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not ROUTE_NAME.fullmatch(value):
+        raise ValueError(f"route name {value!r}: letters, digits, _ and - only (1-64)")
+
+
+@attrs.frozen(kw_only=True)
+class Route:
+    """One `[[routes]]` table: which calls it takes, and how they are answered and served."""
+
+    name: str = attrs.field(validator=_route_name)
+    processor: str | None = None  # None: the top-level `processor`
+    options: dict[str, Any] | None = None  # None: the processor's `[processors.NAME]` table
+    audio_format: str = attrs.field(default="pcm16KMono", validator=_one_of(*AUDIO_FORMATS))
+    channel_type: str = attrs.field(default="mixed", validator=_one_of(*CHANNEL_TYPES))
+    bidirectional: bool = True
+    dtmf: bool = False
+    # Matches (all given must hold; none given: a default route). Identifiers are compared
+    # with the rawId, the phone number and the ACS user id of the IncomingCall's `to`
+    # (callee) and `from` (caller).
+    callee: tuple[str, ...] = ()
+    caller: tuple[str, ...] = ()
+    headers: dict[str, str] = attrs.field(factory=dict)  # customContext SIP/VoIP headers
+
+    @property
+    def is_default(self) -> bool:
+        return not (self.callee or self.caller or self.headers)
 
 
 # ACS's WebSocket token (docs/protocol.md, "The token").
@@ -238,9 +293,101 @@ class Config(CallSettings):
             "Worker processes sharing the port, supervised (one core each); 1: no supervisor."
         ),
     )
+    # Call records (gateway/records/, docs/records.md): decided for each call as it starts.
+    recording: bool = attrs.field(
+        default=False,
+        metadata=_hot(
+            "Record each call: a WAV file with the caller and the bot audio as released to ACS."
+        ),
+    )
+    call_events: bool = attrs.field(
+        default=False,
+        metadata=_hot("Keep each call's event log (JSON lines: turns, barge-ins, transcripts)."),
+    )
+    recording_dir: str = attrs.field(
+        default="recordings",
+        metadata=_hot("Directory of recordings and event logs (created if missing)."),
+    )
+    recording_name: str = attrs.field(
+        default="{started}_{connection_id}",
+        validator=_name_pattern,
+        metadata=_hot(
+            "File name (no suffix) of a call's records; fields: `{started}` (UTC), "
+            "`{connection_id}`, `{correlation_id}`, `{route}`."
+        ),
+    )
+    recording_unmixed: bool = attrs.field(
+        default=False,
+        metadata=_hot("One channel per participant heard (up to 4: unmixed audio), then the bot."),
+    )
+    recording_max_age_days: float = attrs.field(
+        default=0.0,
+        validator=_not_negative,
+        metadata=_hot("Remove record files older than this many days (0: no limit)."),
+    )
+    recording_max_bytes: int = attrs.field(
+        default=0,
+        validator=_not_negative,
+        metadata=_hot("Remove the oldest record files beyond this many bytes (0: no limit)."),
+    )
+    recording_buffer_seconds: float = attrs.field(
+        default=10.0,
+        validator=_positive,
+        metadata=_hot(
+            "Seconds of a call's audio that may wait for the disk; beyond it audio is dropped."
+        ),
+    )
+    tracing: bool = attrs.field(
+        default=False,
+        metadata=_doc(
+            "OpenTelemetry spans per call, exported over OTLP as the `OTEL_*` variables say "
+            "(the `otel` extra)."
+        ),
+    )
     processors: dict[str, dict[str, Any]] = attrs.field(
         factory=dict,
         metadata=_doc("File only: `[processors.NAME]` tables of options for each processor."),
+    )
+    # The Call Automation control plane (gateway/control/, docs/answering.md).
+    routes: tuple[Route, ...] = attrs.field(
+        default=(),
+        metadata=_doc(
+            "File only: `[[routes]]` tables choosing each call's processor and streaming "
+            "options (docs/answering.md); a call matching none runs `processor`."
+        ),
+    )
+    public_url: str | None = attrs.field(
+        default=None,
+        validator=_public_url,
+        metadata=_doc(
+            "This gateway's public https:// base URL: turns answering on (Event Grid at "
+            "`/eventgrid`, callbacks at `/callbacks`, media at `/ws/ROUTE`)."
+        ),
+    )
+    acs_endpoint: str | None = attrs.field(
+        default=None,
+        metadata=_doc(
+            "ACS endpoint for Microsoft Entra ID (`DefaultAzureCredential`); unset: the "
+            "connection string in `$ACS_CONNECTION_STRING`."
+        ),
+    )
+    answer_timeout: float = attrs.field(
+        default=10.0,
+        validator=_positive,
+        metadata=_doc(
+            "Seconds one request to ACS may take (an answer; a processor's hang-up, transfer, "
+            "start or stop of streaming); then it counts as failed."
+        ),
+    )
+    call_token_lifetime: float = attrs.field(
+        default=14400.0,
+        validator=_positive,
+        metadata=_doc("Seconds a call's media and callback URLs stay valid after the answer."),
+    )
+    max_webhook_bytes: int = attrs.field(
+        default=262144,
+        validator=_positive,
+        metadata=_doc("Largest webhook (Event Grid, callback) body; a larger one gets HTTP 413."),
     )
 
     def __attrs_post_init__(self) -> None:
@@ -248,6 +395,9 @@ class Config(CallSettings):
             raise ValueError("tls_certfile and tls_keyfile go together")
         if self.health_port and self.health_port == self.port:
             raise ValueError(f"health_port must differ from port (both {self.port})")
+        names = [route.name for route in self.routes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"routes: each name once (got {', '.join(names)})")
 
     @property
     def call_settings(self) -> CallSettings:
@@ -262,7 +412,7 @@ SETTINGS: Final = tuple(a.name for a in attrs.fields(Config))
 RELOADABLE: Final = frozenset(
     a.name for a in attrs.fields(Config) if a.metadata.get("reloadable", False)
 )
-FILE_ONLY: Final = ("processors",)
+FILE_ONLY: Final = ("processors", "routes")
 
 
 def env_name(setting: str) -> str:
@@ -284,12 +434,18 @@ def _converter() -> cattrs.Converter:
     def to_int(value: Any, _: type) -> int:
         if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
             raise ValueError(f"not a whole number: {value!r}")
-        return int(value)
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"not a whole number: {value!r}") from None
 
     def to_float(value: Any, _: type) -> float:
         if isinstance(value, bool):
             raise ValueError(f"not a number: {value!r}")
-        return float(value)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"not a number: {value!r}") from None
 
     def to_str(value: Any, _: type) -> str:
         if not isinstance(value, str):
@@ -315,47 +471,124 @@ def _converter() -> cattrs.Converter:
 _CONVERTER: Final = _converter()
 
 
+Sources = dict[str, str]  # setting -> where its value came from, as a reader would look for it
+
+
 def load(
     path: str | os.PathLike[str] | None = None,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Config:
-    """Build the configuration; raises ConfigError naming the setting that is wrong."""
+    """Build the configuration; raises ConfigError naming the setting that is wrong, where its
+    value came from (file key, environment variable or flag), the value and the fix.
+    `overrides`: the command line's values, by setting (None: not given)."""
+    values, sources = _gather(path, environ, overrides)
+    config = _structure(values, sources)
+    _check_files(config, sources)
+    return config
+
+
+def source_of(
+    setting: str,
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> str:
+    """Where `load` (with the same arguments) took `setting` from, for an error message."""
+    return _gather(path, environ, overrides)[1].get(setting, "default")
+
+
+def _gather(
+    path: str | os.PathLike[str] | None,
+    environ: Mapping[str, str] | None,
+    overrides: Mapping[str, Any] | None,
+) -> tuple[dict[str, Any], Sources]:
     values: dict[str, Any] = {}
+    sources: Sources = {}
     if path is not None:
+        where = f"config file {os.fspath(path)!r}"
         try:
             with open(path, "rb") as f:
-                values.update(tomllib.load(f))
+                text = f.read().decode("utf-8", "replace")
+            values.update(tomllib.loads(text))
         except OSError as exc:
-            raise ConfigError(f"config file {os.fspath(path)!r}: {exc.strerror}") from None
+            raise ConfigError(f"{where}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {os.fspath(path)!r}: not valid TOML ({exc})") from None
-        unknown = sorted(set(values) - set(SETTINGS))
-        if unknown:
-            raise ConfigError(
-                f"config file {os.fspath(path)!r}: unknown setting(s) {', '.join(unknown)}"
-            )
+            hint = "; did you mean `[processors.NAME]`?" if "[processor." in text else ""
+            raise ConfigError(f"{where}: not valid TOML ({exc}){hint}") from None
+        for key in sorted(set(values) - set(SETTINGS)):
+            raise ConfigError(f"{where}: unknown setting {key!r}{_suggestion(key)}")
+        sources.update((name, f"{where}, key {name}") for name in values)
     env = os.environ if environ is None else environ
     for name in SETTINGS:
         if name not in FILE_ONLY and env_name(name) in env:
             values[name] = env[env_name(name)]
+            sources[name] = f"environment variable {env_name(name)}"
     for name, value in (overrides or {}).items():
         if value is not None:
             values[name] = value
-    return _structure(values)
+            sources[name] = "flag --" + name.replace("_", "-")
+    return values, sources
 
 
-def _describe(exc: BaseException, type_: type | None) -> str:
-    if type_ is None and isinstance(exc, ValueError):  # a validator: its message names the setting
+def _suggestion(key: str) -> str:
+    """A close known key, for a misspelt one."""
+    close = difflib.get_close_matches(key, SETTINGS, n=1, cutoff=0.7)
+    return f"; did you mean {close[0]!r}?" if close else " (docs/configuration.md lists them)"
+
+
+def _check_files(config: Config, sources: Sources) -> None:
+    """The TLS files must be readable now: not at the first connection, nor only in a worker."""
+    for name in ("tls_certfile", "tls_keyfile"):
+        path = getattr(config, name)
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ConfigError(
+                f"{name} ({sources.get(name, 'default')}) = {path!r}: {exc.strerror}; "
+                "give the path of a readable PEM file"
+            ) from None
+
+
+def _describe(exc: BaseException, sources: Sources, values: Mapping[str, Any]) -> str:
+    """One failed setting as "name (source) = value: what is wrong"."""
+    notes = [
+        n for n in getattr(exc, "__notes__", ()) if isinstance(n, cattrs.AttributeValidationNote)
+    ]
+    reason = str(exc)
+    if notes:
+        name = notes[-1].name
+        reason = reason.split(": ")[0]  # the converter's "not a whole number: 'abc'"
+    else:  # a validator: its message starts with the setting's name
+        name = max((n for n in SETTINGS if reason.startswith(n)), key=len, default="")
+        if reason.startswith((f"{name}: ", f"{name} must ")):
+            reason = reason[len(name) :].removeprefix(":").strip()
+    if name not in values:
+        return reason
+    if isinstance(exc, cattrs.ClassValidationError | cattrs.IterableValidationError):
+        nested = cattrs.transform_error(exc, path=name, format_exception=_nested_reason)
+        reason = "; ".join(nested)  # a table in a list of tables: which one, and what is wrong
+    if name == "processor" and isinstance(values[name], dict):
+        reason += f"; did you mean `[processors.{next(iter(values[name]), 'NAME')}]`?"
+    return f"{name} ({sources.get(name, 'default')}) = {values[name]!r}: {reason}"
+
+
+def _nested_reason(exc: BaseException, type_: type | None) -> str:
+    if type_ is None and isinstance(exc, ValueError):  # a validator: its message names it
         return str(exc)
     return cattrs.v.format_exception(exc, type_)
 
 
-def _structure(values: dict[str, Any]) -> Config:
+def _structure(values: dict[str, Any], sources: Sources | None = None) -> Config:
     try:
         return _CONVERTER.structure(values, Config)
     except cattrs.ClassValidationError as exc:
-        messages = cattrs.transform_error(exc, path="config", format_exception=_describe)
+        messages = [_describe(e, sources or {}, values) for e in exc.exceptions]
         raise ConfigError("invalid configuration: " + "; ".join(messages)) from None
     except (ValueError, TypeError) as exc:  # validators and __attrs_post_init__
-        raise ConfigError(f"invalid configuration: {exc}") from None
+        raise ConfigError(
+            f"invalid configuration: {_describe(exc, sources or {}, values)}"
+        ) from None

@@ -134,6 +134,24 @@ CASES: dict[str, tuple[Callable[[AcsTokenIssuer, AcsTokenIssuer], list[tuple[str
         "wrong_issuer",
     ),
     "no expiry": (lambda i, _: [bearer(i.token(RESOURCE, claims={"exp": None}))], "missing_claim"),
+    "a fractional expiry (a NumericDate may be one)": (
+        lambda i, _: [bearer(i.token(RESOURCE, claims={"exp": time.time() + 600.5}))],
+        "",
+    ),
+    # RFC 7519 section 2: NumericDate is a JSON number; PyJWT alone takes numeric strings.
+    "exp a numeric string, in the future": (
+        lambda i, _: [bearer(i.token(RESOURCE, claims={"exp": str(int(time.time()) + HOUR)}))],
+        "malformed",
+    ),
+    "nbf a numeric string, in the past": (
+        lambda i, _: [bearer(i.token(RESOURCE, claims={"nbf": str(int(time.time()) - 60)}))],
+        "malformed",
+    ),
+    "iat a numeric string": (
+        lambda i, _: [bearer(i.token(RESOURCE, claims={"iat": str(int(time.time()))}))],
+        "malformed",
+    ),
+    "iat a boolean": (lambda i, _: [bearer(i.token(RESOURCE, claims={"iat": True}))], "malformed"),
     "signed by another key under ACS's key id": (
         lambda _, imp: [bearer(imp.token(RESOURCE))],
         "bad_signature",

@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import re
-import sys
-import types
 from pathlib import Path
-
-import trio
 
 from gateway.config import FILE_ONLY, RELOADABLE, SETTINGS, env_name
 from gateway.config_reference import END, START, reference_markdown, table_on_page
-from gateway.testing import open_gateway, simulated_call
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -63,28 +58,18 @@ def test_nothing_links_outside_the_repository():
                 assert path.is_relative_to(ROOT) and path.exists(), f"{page.name}: {target}"
 
 
-def _readme_processor_module() -> types.ModuleType:
-    block = next(b for b in re.findall(r"```python\n(.*?)```", README, re.S) if "def make(" in b)
-    module = types.ModuleType("readme_bot")
-    exec(compile(block, "README.md", "exec"), module.__dict__)
-    sys.modules["readme_bot"] = module
-    return module
+def test_the_quick_start_says_it_serves_without_authentication():
+    lines = README.splitlines()
+    at = next(i for i, line in enumerate(lines) if "acs-media-gateway serve" in line)
+    near = "\n".join(lines[at : at + 8])
+    assert "0.0.0.0 with authentication off" in near
+    assert "(docs/security.md)" in near
 
 
-async def test_the_readme_processor_example_works():
-    _readme_processor_module()
-    async with open_gateway(
-        "readme_bot:make", processors={"readme_bot:make": {"greeting_ms": 100}}
-    ) as server:
-        async with simulated_call(server.urls[0]) as call:
-            await call.stream(b"\x01\x00" * 320 * 3, realtime=False)
-            with trio.fail_after(5):
-                await call.wait_for_audio(640 * 5 + 640 * 3)
-            assert call.received_pcm == bytes(640 * 5) + b"\x01\x00" * 320 * 3
-            await call.send_dtmf("0")
-            with trio.fail_after(5):
-                await call.wait_for(lambda c: c.stop_times)
-            await call.send_dtmf("#")
-            with trio.fail_after(5):
-                await call.closed.wait()
-            assert call.close_code == 1000
+def test_install_hints_have_one_form():
+    # users install by the package's name; only contributors use the checkout's `.[test]`
+    texts = {p.name: p.read_text() for p in [ROOT / "README.md", *DOCS.glob("*.md")]}
+    texts |= {str(p): p.read_text() for p in (ROOT / "gateway").rglob("*.py")}
+    for name, text in texts.items():
+        for extra in re.findall(r"pip install [^\n`]*?\.?\[[\w,]+\]", text):
+            assert "'acs-media-gateway[" in extra or extra.endswith("'.[test]"), (name, extra)

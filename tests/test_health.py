@@ -3,6 +3,7 @@ and clients that misbehave."""
 
 from __future__ import annotations
 
+import contextlib
 from functools import partial
 
 import trio
@@ -11,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.ops import health
 from gateway.ops.health import HealthEndpoint, serve_health
+from gateway.ops.health_limits import HealthLimits
 from gateway.ops.metrics import Metrics
 from gateway.server.serve import Server
 from gateway.testing import open_gateway, simulated_call
@@ -104,38 +106,144 @@ async def test_keep_alive_serves_several_requests_on_one_connection(nursery):
         assert data.count(b"HTTP/1.1 200 OK") == 2
 
 
-async def test_a_silent_client_is_dropped_after_the_timeout(autojump_clock):
+async def answers(stream: trio.abc.Stream, count: int) -> bytes:
+    """Read until `count` answers came (or the server closed)."""
+    data = b""
+    while data.count(b"HTTP/1.1 ") < count or not data.endswith(b"\n"):
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+class FakeListener(trio.abc.Listener[trio.abc.Stream]):
+    """Hands the endpoint the server ends of memory stream pairs, one per `connect()`."""
+
+    def __init__(self) -> None:
+        self.send, self.receive = trio.open_memory_channel[trio.abc.Stream](0)
+
+    async def connect(self) -> trio.abc.Stream:
+        client, server = trio.testing.memory_stream_pair()
+        await self.send.send(server)
+        await trio.testing.wait_all_tasks_blocked()  # the endpoint has taken it
+        return client
+
+    async def accept(self) -> trio.abc.Stream:
+        return await self.receive.receive()
+
+    async def aclose(self) -> None:
+        await self.receive.aclose()
+
+
+async def closed(stream: trio.abc.Stream) -> bool:
+    """Whether the server closed `stream` (not just waiting: the test's clock jumps)."""
+    with trio.move_on_after(0.001):
+        return await stream.receive_some(100) == b""
+    return False
+
+
+PROBE = b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+async def test_a_silent_client_is_dropped_after_the_idle_timeout(autojump_clock):
     endpoint = HealthEndpoint(lambda: (True, "ready"), None)
     client, server = trio.testing.memory_stream_pair()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(endpoint.serve, server)
         start = trio.current_time()
-        await client.send_all(b"GET /livez HTTP/1.1\r\n")  # and nothing more
-        assert await client.receive_some(100) == b""  # closed by the server
-        assert trio.current_time() - start == health.REQUEST_TIMEOUT
+        assert await client.receive_some(100) == b""  # nothing sent: closed by the server
+        assert trio.current_time() - start == health.LIMITS.idle_timeout
+        client, server = trio.testing.memory_stream_pair()
+        nursery.start_soon(endpoint.serve, server)
+        await client.send_all(PROBE)  # keep-alive: the next request has as long to begin
+        assert b"200 OK" in await answers(client, 1)
+        start = trio.current_time()
+        assert await client.receive_some(100) == b""
+        assert trio.current_time() - start == health.LIMITS.idle_timeout
 
 
-async def test_connections_beyond_the_cap_are_closed_and_the_rest_served(nursery):
+async def test_a_slow_request_is_dropped_after_the_header_timeout(autojump_clock):
+    endpoint = HealthEndpoint(lambda: (True, "ready"), None)
+    client, server = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(endpoint.serve, server)
+        nursery.start_soon(slowloris, client)
+        start = trio.current_time()
+        assert await client.receive_some(100) == b""
+        assert trio.current_time() - start == health.LIMITS.header_timeout
+
+
+async def slowloris(stream: trio.abc.Stream) -> None:
+    """A request, a byte every 0.5 s: each well within the idle timeout, the whole not."""
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        for byte in PROBE:
+            await stream.send_all(bytes([byte]))
+            await trio.sleep(0.5)
+
+
+async def test_a_connection_serves_a_bounded_number_of_requests(autojump_clock):
+    limits = HealthLimits(max_requests_per_connection=3)
+    endpoint = HealthEndpoint(lambda: (True, "ready"), None, limits)
+    client, server = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(endpoint.serve, server)
+        await client.send_all(PROBE * 5)
+        data = await answers(client, 5)
+        assert data.count(b"HTTP/1.1 200 OK") == 3
+        assert data.endswith(b"ok\n") and b"connection: close" in data.rsplit(b"HTTP/1.1", 1)[1]
+        assert await client.receive_some(100) == b""
+
+
+async def test_a_full_endpoint_evicts_its_oldest_idle_connection_and_answers_the_new(
+    autojump_clock,
+):
+    endpoint = HealthEndpoint(lambda: (True, "ready"), None, HealthLimits(max_connections=8))
+    listener = FakeListener()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(endpoint.serve_listener, listener)
+        slow = [await listener.connect() for _ in range(4)]  # each began a request
+        for stream in slow:  # one after another: which began first must not be a tie
+            await stream.send_all(b"GET /livez HTTP/1.1\r\n")
+            await trio.sleep(0.01)
+        await trio.sleep(0.5)
+        idle = [await listener.connect() for _ in range(4)]  # idle, the youngest
+        for stream in idle + slow:
+            assert not await closed(stream)
+        for n in range(4):  # each newcomer takes the place of the oldest idle one
+            probe = await listener.connect()
+            assert await closed(idle[n])
+            for stream in idle[n + 1 :] + slow:
+                assert not await closed(stream)
+            await probe.send_all(PROBE)
+            assert b"200 OK" in await answers(probe, 1)
+            idle.append(probe)  # it waits for its next request: idle again, the youngest
+        for stream in idle[4:]:
+            await stream.send_all(b"GET /livez HTTP/1.1\r\n")  # none idle now
+        await trio.testing.wait_all_tasks_blocked()  # the endpoint has read those bytes
+        probe = await listener.connect()  # so the one reading the longest goes
+        assert await closed(slow[0])
+        await probe.send_all(PROBE)
+        assert b"200 OK" in await answers(probe, 1)
+        assert endpoint.connections.evicted == 5
+        assert len(endpoint.connections.slots) == 8
+        nursery.cancel_scope.cancel()
+
+
+async def test_probes_are_answered_with_many_idle_connections_open(nursery):
     port = await nursery.start(serve_health, "127.0.0.1", 0, lambda: (True, "ready"))
     idle = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(health.MAX_CONNECTIONS)]
     try:
-        extra = await trio.open_tcp_stream("127.0.0.1", port)
-        async with extra:
-            with trio.fail_after(5):
-                assert await extra.receive_some(100) == b""  # closed at once
-        await idle[0].send_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        for path, answer in (("/livez", (200, "ok\n")), ("/readyz", (200, "ready\n"))):
+            for _ in range(3):
+                assert await http(port, path) == answer
+        idle.append(await trio.open_tcp_stream("127.0.0.1", port))
+        await idle[-1].send_all(PROBE)  # keep-alive on an old connection is served too
         with trio.fail_after(5):
-            assert b"200 OK" in await idle[0].receive_some(1000)
+            assert b"200 OK" in await idle[-1].receive_some(1000)
     finally:
         for stream in idle:
             await stream.aclose()
-    with trio.fail_after(5):  # the closed ones free their slots
-        while True:
-            try:
-                assert await http(port, "/livez") == (200, "ok\n")
-                break
-            except trio.BrokenResourceError:
-                await trio.sleep(0.01)
 
 
 async def test_readiness_of_a_gateway_at_its_limit_and_draining(nursery):

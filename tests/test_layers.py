@@ -28,6 +28,7 @@ LAYERS = {
     "testing": 9,
     "simulate": 9,
     "cli": 10,
+    "show": 10,
     "__main__": 10,
     "__init__": 10,
 }

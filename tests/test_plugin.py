@@ -1,6 +1,6 @@
-"""The pytest plugin (`gateway.testing.pytest_plugin`, entry point `pytest11`): its fixtures, and
-the example tests of docs/testing.md, run as a user runs them (a fresh pytest in a directory of
-its own)."""
+"""The pytest plugin (`gateway.testing.pytest_plugin`, entry point `pytest11`): its fixtures, the
+extra that installs what it needs, and what it says when that is missing. (The examples of
+docs/testing.md run in a fresh project of their own: tests/test_examples.py.)"""
 
 from __future__ import annotations
 
@@ -8,18 +8,12 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import trio
 import trio_websocket
 
 from gateway.acs.packets import DtmfData
-from gateway.simulate import workers
-from gateway.simulate.runner import Options
-from gateway.testing import open_gateway
-
-PAGE = (Path(__file__).resolve().parent.parent / "docs" / "testing.md").read_text()
+from gateway.testing import ProcessorFailed
 
 pressed: list[str] = []
 
@@ -27,6 +21,7 @@ pressed: list[str] = []
 async def dtmf_listener(call) -> None:
     async for packet in call.packets:
         if isinstance(packet, DtmfData):
+            assert packet.tone in "0123456789*#ABCD", packet.tone
             pressed.append(packet.tone)
 
 
@@ -60,35 +55,6 @@ def test_the_plugin_is_registered_through_its_entry_point():
     assert plugin.value == "gateway.testing.pytest_plugin"
 
 
-def _readme_block(first_line: str) -> str:
-    return next(
-        b for b in re.findall(r"```python\n(.*?)```", PAGE, re.S) if b.startswith(first_line)
-    )
-
-
-async def test_the_readme_example_tests_pass(tmp_path):
-    (tmp_path / "test_greeter.py").write_text(_readme_block("# test_greeter.py"))
-    (tmp_path / "test_bug_1234.py").write_text(_readme_block("# test_bug_1234.py"))
-    # the bug report: a call recorded against an echo gateway (the fixtures' default)
-    async with open_gateway("echo") as server:
-        report = await workers.run(
-            Options(url=server.urls[0], duration=0.6, record=str(tmp_path / "bug-1234.jsonl"))
-        )
-    assert report.totals()["errors"] == 0
-    with trio.fail_after(60):
-        done = await trio.run_process(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rA"],
-            cwd=tmp_path,
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-        )
-    output = done.stdout.decode() + done.stderr.decode()
-    assert done.returncode == 0, output
-    assert "PASSED test_greeter.py::test_greets_then_stops_when_the_caller_speaks" in output
-    assert "PASSED test_bug_1234.py::test_bug_1234_answers_as_recorded" in output
-
-
 def test_without_pytest_trio_the_fixtures_say_what_is_missing(tmp_path):
     # a user who has the gateway but not pytest-trio: pytest must still run, and the fixtures
     # must say what to install
@@ -104,4 +70,20 @@ def test_without_pytest_trio_the_fixtures_say_what_is_missing(tmp_path):
         check=False,
     )
     assert done.returncode == 1, done.stdout + done.stderr
-    assert b"needs pytest-trio: pip install pytest-trio" in done.stdout
+    assert b"needs pytest-trio: pip install 'acs-media-gateway[testing]'" in done.stdout
+
+
+def test_the_testing_extra_brings_pytest_and_pytest_trio():
+    from importlib.metadata import requires
+
+    testing = [r for r in requires("acs-media-gateway") or [] if 'extra == "testing"' in r]
+    assert {re.split(r"[<>=; ]", r)[0] for r in testing} >= {"pytest", "pytest-trio"}
+
+
+async def test_a_processor_crash_fails_the_fixture_call_with_its_traceback(acs_call):
+    pressed.clear()
+    async with acs_call() as call:
+        await call.send_dtmf("!")  # not a tone: the listener's own assertion fails
+        with pytest.raises(ProcessorFailed) as failed:
+            await call.wait_for(lambda c: c.stop_times)
+    assert isinstance(failed.value.__cause__, AssertionError)

@@ -42,6 +42,7 @@ async def test_json_report_and_thresholds(capsys):
         out = capsys.readouterr()
         assert code == 0, out.err
         report = orjson.loads(out.out)
+        assert report["failed"] == []
         assert report["totals"]["frames_received"] == 40
         assert report["totals"]["rtt_frames"] == 40
         assert report["settings"]["calls"] == 2 and "token" not in report["settings"]
@@ -136,7 +137,13 @@ async def test_record_then_replay_from_the_command_line(tmp_path, capsys):
         capsys.readouterr()
         assert await cli(url, "--replay", str(rec), "--record", str(again)) == 0
         assert "the gateway answered as recorded" in capsys.readouterr().out
+        assert await cli(url, "--replay", str(rec), "--json") == 0
+        replayed = orjson.loads(capsys.readouterr().out)
+        assert replayed["same"] and replayed["differences"] == []
+        assert replayed["summary"]["audio_ms"] > 0 and replayed["messages_sent"] > 20
     async with open_gateway(barge_in_bot({})) as server:  # a different processor answers
         assert await cli(server.urls[0], "--replay", str(rec)) == 1
         assert "DIFFERENT: audio received" in capsys.readouterr().out
+        assert await cli(server.urls[0], "--replay", str(rec), "--json") == 1
+        assert not orjson.loads(capsys.readouterr().out)["same"]
     assert len(Recording.read(again).received()) == len(Recording.read(rec).received())

@@ -5,14 +5,13 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from gateway.simulate.checks import checks, missed, parse_threshold
 from gateway.simulate.report import (
     CallResult,
     Histogram,
     Report,
     SimulatorHealth,
     Timeline,
-    missed,
-    parse_threshold,
 )
 
 
@@ -91,7 +90,7 @@ def test_the_report_says_when_the_simulator_fell_behind():
     assert any("95.0% of its core" in w for w in why)
     table = Report([_call(0)], late).table()
     assert "WARNING: the simulator fell behind" in table
-    assert "WARNING" not in Report([_call(0)], calm).table()
+    assert "fell behind" not in Report([_call(0)], calm).table()
     assert Report([_call(0)], late).to_json()["totals"]["simulator_fell_behind"] is True
 
 
@@ -113,3 +112,54 @@ def test_thresholds():
         "stop_latency_p95_ms was not measured (maximum 500)",  # no barge-in happened
         "calls_connected = 9, below the minimum 10",
     ]
+
+
+def _calm() -> SimulatorHealth:
+    health = SimulatorHealth([0.5], [10.0])
+    for _ in range(100):
+        health.send_lateness.add(0.0005)
+    return health
+
+
+def test_echo_faults_and_the_overloaded_side():
+    lossy = _call(0, frames_sent=100, echoed=60, echo_expected=100, reordered=2, mismatched=1)
+    lossy.rtt.add(0.150)
+    report = Report([lossy, _call(1, frames_sent=100, echoed=100, echo_expected=100)], _calm())
+    t = report.totals()
+    assert t["expect"] == "echo"  # auto: frames came back
+    assert (t["lost"], t["lost_pct"], t["reordered"], t["corrupted"]) == (40, 20.0, 2, 1)
+    side, why = report.overload()
+    assert side == "gateway"
+    assert "40 of 200 frames never echoed (20.0%)" in why[0] and "p99 150.0 ms" in why[1]
+    assert "simulator kept time" in why[2]
+    assert "WARNING: the gateway fell behind" in report.table()
+    per_call = report.to_json()["calls"]
+    assert [c["lost"] for c in per_call] == [40, 0] and per_call[0]["corrupted"] == 1
+    # the same calls against a bot: nothing came back as an echo, no echo accounting
+    bot = Report([_call(0, frames_sent=100, echo_expected=100, unmatched=50)], _calm())
+    assert bot.totals()["lost"] == bot.totals()["corrupted"] == 0
+    assert bot.overload() == (None, [])
+    forced = Report(bot.calls, _calm(), {"expect": "echo"})
+    assert forced.totals()["lost"] == 100 and forced.totals()["corrupted"] == 50
+    # a late simulator is named as the side that fell behind, not the gateway
+    late = SimulatorHealth([9.5], [10.0])
+    late.send_lateness.add(0.030)
+    assert Report(report.calls, late).overload()[0] == "simulator"
+
+
+def test_default_checks_fail_a_broken_run_unless_a_max_allows_it():
+    call = _call(0, echoed=9, echo_expected=10, forms={"pascal": 9, "unrecognised": 1})
+    call.ended("closed_early")
+    call.ended("connection_lost")  # a call ends once
+    report = Report([call], _calm())
+    assert call.errors == {"closed_early": 1}
+    failed = checks(report)
+    assert "errors = 1 (closed_early: 1), above the maximum 0" in failed
+    assert "lost = 1, above the maximum 0" in failed
+    assert "unrecognised = 1, above the maximum 0" in failed
+    allowed = [("errors", 1), ("lost", 1), ("unrecognised", 1)]
+    assert checks(report, allowed) == []
+    assert checks(report, allowed, require_form="sdk") == [
+        "9 message(s) in the pascal form, not sdk (--require-form)"
+    ]
+    assert "no call connected" in checks(Report([CallResult(0, "x")], _calm()))

@@ -38,6 +38,8 @@ async def test_echo_round_trips_every_frame_of_every_call():
         assert call.audio_ms_received == 1000
         assert call.first_audio_ms is not None and call.first_audio_ms < 1000
         assert call.close_code == 1000  # the simulator hung up like ACS, the gateway agreed
+        assert call.end == "completed" and call.forms == {"sdk": 50}
+    assert (t["expect"], t["lost"], t["reordered"], t["corrupted"]) == ("echo", 0, 0, 0)
     assert [c.started for c in report.calls] == sorted(c.started for c in report.calls)
     assert t["simulator_cpu_pct"] > 0 and t["send_late_p50_ms"] is not None
 
@@ -52,6 +54,8 @@ async def test_unmixed_speakers_at_24khz():
     assert call.frames_received == 25  # echo plays back one participant
     assert call.audio_ms_received == 500  # 960-byte frames counted as 20 ms at 24 kHz
     assert call.rtt.count == 25
+    t = report.totals()  # one speaker's track is echoed: the other two are not "lost"
+    assert (t["expect"], t["echo_expected"], t["lost"], t["corrupted"]) == ("echo", 25, 0, 0)
 
 
 async def test_dtmf_and_the_bearer_token_reach_the_processor():
@@ -116,8 +120,9 @@ async def test_hangups_errors_and_refusals_are_counted_per_call():
 
     async with open_gateway(fails) as server:
         report = await simulate(server.urls[0], calls=1, duration=0.5)
-    assert report.calls[0].errors == {"closed_1011": 1}
-    assert report.calls[0].close_code == 1011
+    assert report.calls[0].errors == {"closed_early": 1}
+    assert report.calls[0].end == "closed_early"
+    assert report.calls[0].close_code == 1011 and report.calls[0].close_reason
 
     async with open_gateway(sink({}), max_calls=1) as server:
         report = await simulate(server.urls[0], calls=3, duration=0.5, ramp=0.1)
@@ -181,3 +186,25 @@ def test_ssl_context_from_options(tmp_path):
     context = Options(url="wss://h/", insecure=True).ssl_context()
     assert context is not None and context.verify_mode == ssl.CERT_NONE
     assert Options(url="wss://h/").ssl_context().verify_mode == ssl.CERT_REQUIRED
+
+
+async def test_a_voice_bot_answers_the_default_turns_and_is_barged_in_on(monkeypatch):
+    """The realtime processor against the fake model (whose VAD needs the caller to pause): the
+    default scenario's turns get answers; a barge-in caller prompts it, then speaks over it."""
+    from gateway.processors import load
+    from gateway.testing import open_fake_model, speech
+
+    monkeypatch.setenv("TEST_SIM_KEY", "k")
+    async with open_fake_model([speech(24000)[: 24000 * 2 * 2]] * 4, api_key="k") as model:
+        realtime = load("realtime", {"endpoint": model.url, "api_key_env": "TEST_SIM_KEY"})
+        async with open_gateway(realtime) as server:
+            turns = await simulate(server.urls[0], duration=2.5, turn=1.0, pause=0.6)
+            barge = await simulate(
+                server.urls[0], duration=3.5, barge_in_after=0.3, turn=1.0, reply_timeout=2.0
+            )
+    (call,) = turns.calls
+    assert call.end == "completed" and call.errors == {}
+    assert call.audio_ms_received > 500  # the bot answered the first turn
+    assert turns.totals()["expect"] == "bot" and turns.totals()["lost"] == 0
+    (call,) = barge.calls
+    assert call.errors == {} and call.barge_ins == 1 and call.stop_audio >= 1

@@ -7,7 +7,7 @@ import wave
 
 import pytest
 
-from gateway.simulate.script import CallScript, build_scenario
+from gateway.simulate.script import QUIET_GAP, CallScript, build_scenario
 from gateway.testing import frames, speech
 
 
@@ -21,7 +21,7 @@ def _wav(path, rate, pcm=b"\x10\x00" * 800):
 
 
 def test_talk_mode_loops_the_clip_in_real_frames():
-    sc = build_scenario(duration=1.0)
+    sc = build_scenario(duration=1.0, pause=0)
     clip = frames(speech(16000), 16000)
     script = CallScript(sc, random.Random(1), keep_timeline=True)
     assert script.ticks == 50
@@ -44,6 +44,33 @@ def test_unmixed_speakers_are_tagged_and_do_not_speak_in_unison():
     assert len({pcm for _, pcm, _ in tick}) == 3
 
 
+def test_turns_speak_pause_then_wait_for_the_bots_reply():
+    sc = build_scenario(duration=30, turn=1.0, pause=0.5, reply_timeout=2.0)
+    clip = frames(speech(16000), 16000)
+    script = CallScript(sc, random.Random(1), keep_timeline=False)
+    spoken = [not script.tick(k, k * 0.02)[0][2] for k in range(75)]
+    assert spoken == [True] * 50 + [False] * 25  # a 1 s turn, then 0.5 s of silence
+    # the bot answers for 1 s from 1.5 s: the caller waits for it to end (plus QUIET_GAP)
+    k = 75
+    for _ in range(50):
+        script.bot_audio(k * 0.02)
+        assert script.tick(k, k * 0.02)[0][2]
+        k += 1
+    while script.tick(k, k * 0.02)[0][2]:
+        k += 1
+    assert k * 0.02 == pytest.approx(2.5 + QUIET_GAP, abs=0.03)
+    assert script.tick(k + 1, (k + 1) * 0.02)[0][1] == clip[51]  # the clip goes on
+    # a quiet bot: the next turn follows the pause; a bot that never stops: reply_timeout
+    quiet = CallScript(sc, random.Random(1), keep_timeline=False)
+    assert [quiet.tick(k, k * 0.02)[0][2] for k in range(76)][74:] == [True, False]
+    endless = CallScript(sc, random.Random(1), keep_timeline=False)
+    silent = []
+    for k in range(75 + 100 + 1):
+        endless.bot_audio(k * 0.02)
+        silent.append(endless.tick(k, k * 0.02)[0][2])
+    assert silent[75:] == [True] * 100 + [False]
+
+
 def test_barge_in_waits_for_the_bot_then_speaks_over_it_once():
     sc = build_scenario(duration=30, barge_in_after=0.5)
     script = CallScript(sc, random.Random(1), keep_timeline=True)
@@ -51,9 +78,9 @@ def test_barge_in_waits_for_the_bot_then_speaks_over_it_once():
     # quiet (silent frames) while the bot has not started
     for k in range(10):
         assert script.tick(k, k * 0.02) == [(None, silence, True)]
-    script.bot_audio(0.2)  # the bot starts talking at 0.2 s
-    k = 10
+    k = 10  # the bot starts talking at 0.2 s
     while not script.barge_ins:
+        script.bot_audio(k * 0.02)
         out = script.tick(k, k * 0.02)
         k += 1
     assert script.barge_ins == [pytest.approx(0.7)]  # 0.5 s of bot audio, on the tick grid
@@ -68,7 +95,26 @@ def test_barge_in_waits_for_the_bot_then_speaks_over_it_once():
     script.bot_audio(k * 0.02)
     script.stop_audio(k * 0.02 + 0.1)  # the bot stopped: the wait starts over
     assert script.tick(k + 10, (k + 10) * 0.02)[0][2]
-    assert len(script.barge_ins) == 1
+    assert len(script.barge_ins) == 1 and not script.no_reply
+
+
+def test_barge_in_prompts_a_bot_that_waits_and_never_waits_forever():
+    sc = build_scenario(duration=60, barge_in_after=0.5, turn=1.0, reply_timeout=2.0)
+    script = CallScript(sc, random.Random(1), keep_timeline=False)
+    spoken = [not script.tick(k, k * 0.02)[0][2] for k in range(50 + 50 + 100 + 1)]
+    # quiet for OPENING_WAIT, a 1 s turn to prompt the bot, 2 s for a reply, then again
+    assert spoken == [False] * 50 + [True] * 50 + [False] * 100 + [True]
+    assert script.no_reply and not script.barge_ins  # "no reply to barge in on"
+    # a bot that answers the prompt is barged in on
+    answered = CallScript(sc, random.Random(1), keep_timeline=False)
+    for k in range(100):
+        answered.tick(k, k * 0.02)
+    k = 100
+    while not answered.barge_ins:
+        answered.bot_audio(k * 0.02)
+        answered.tick(k, k * 0.02)
+        k += 1
+    assert answered.barge_ins == [pytest.approx(2.5)] and not answered.no_reply
 
 
 def test_dtmf_is_due_by_script_time():

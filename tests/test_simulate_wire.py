@@ -175,3 +175,61 @@ def test_acs_headers_and_a_reproducible_upgrade():
     request, accept = wire.upgrade_request("x", "/", (), key)
     assert request == wire.upgrade_request("x", "/", (), key)[0]
     assert accept == b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="  # RFC 6455 section 1.3's example
+
+
+_FORMS = [
+    # (message, form, what it is), every spelling Microsoft's SDKs and samples send
+    ('{"kind":"stopAudio","stopAudio":{}}', "sdk", "stopAudio"),
+    ('{"Kind":"AudioData","AudioData":{"Data":"AAAA"},"StopAudio":null}', "pascal", "audioData"),
+    ('{"Kind":"AudioData","AudioData":{"Data":"AAAA"}}', "pascal", "audioData"),
+    (
+        '{"Kind":"AudioData","AudioData":{"Data":"AAAA","Timestamp":null,"Participant":null,'
+        '"IsSilent":false},"StopAudio":null}',
+        "pascal",
+        "audioData",
+    ),
+    ('{"Kind":"StopAudio","AudioData":null,"StopAudio":{}}', "pascal", "stopAudio"),
+    ('{"Kind":"StopAudio","StopAudio":{}}', "pascal", "stopAudio"),
+    (
+        '{"kind":"AudioData","audioData":{"data":"AAAA","timestamp":null,"participant":null,'
+        '"isSilent":false},"stopAudio":null}',
+        "java",
+        "audioData",
+    ),
+    ('{"kind":"AudioData","audioData":{"data":"AAAA"}}', "java", "audioData"),
+    ('{"kind":"StopAudio","stopAudio":{}}', "java", "stopAudio"),
+    ('{"kind":"audioData","audioData":{"data":"AAAA"},"mark":{}}', "unrecognised", "other"),
+    ('{"kind":"playAudio","playAudio":{"data":"AAAA"}}', "unrecognised", "other"),
+    ('{"Kind":"AudioData","audioData":{"data":"AAAA"}}', "unrecognised", "other"),
+    ('{"kind":"audioData","audioData":{"data":5}}', "unrecognised", "other"),
+    ('{"kind":"stopAudio","stopAudio":[]}', "unrecognised", "other"),
+    ('"audioData"', "unrecognised", "other"),
+]
+
+
+@pytest.mark.parametrize(("message", "form", "what"), _FORMS)
+def test_every_outbound_form_is_recognised_and_named(message, form, what):
+    kind, data, named = wire.classify_form(message)
+    assert (named, kind) == (form, what)
+    assert data == ("AAAA" if kind == wire.AUDIO else "")
+
+
+def test_the_gateways_own_messages_are_the_sdk_form():
+    from gateway.acs import codec
+
+    assert wire.classify_form(codec.encode_audio(b"\x01\x00" * 320))[2] == wire.SDK
+    assert wire.classify_form(codec.STOP_AUDIO_MESSAGE) == (wire.STOP, "", wire.SDK)
+
+
+def test_an_exact_echo_is_told_from_an_altered_one():
+    frames = tagging.AudioFrames()
+    pcm = bytes(range(256)) * 2 + bytes(128)
+    sent = frames.text(pcm, 7, None, False)
+    data = orjson.loads(sent)["audioData"]["data"]
+    assert tagging.read_tag(data) == 7 and frames.is_echo(data, pcm, 7)
+    for at in (1, 40, 300):  # inside the head (beside the tag), and after it
+        altered = bytearray(tagging.tag(pcm, 7))
+        altered[at] ^= 1
+        assert not frames.is_echo(pybase64.b64encode_as_string(bytes(altered)), pcm, 7)
+    assert not frames.is_echo(data, pcm, 8) and not frames.is_echo(data, pcm[::-1], 7)
+    assert not frames.is_echo(data[:-4], pcm, 7) and not frames.is_echo(data + "AAAA", pcm, 7)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 from collections.abc import AsyncIterator
@@ -122,6 +123,8 @@ async def test_sigterm_drains_every_worker_and_exits_zero(tmp_path):
                     assert call.received_pcm == PCM + second
             assert await gateway.wait_exit() == 0
         assert gateway.text.count("exited (0)") == 2
+        for index in (0, 1):  # every worker's lines say which worker wrote them
+            assert re.search(rf"gateway.server draining: .* \[worker={index}\]", gateway.text)
 
 
 async def test_a_worker_whose_loop_is_stuck_is_killed_and_restarted(tmp_path):
@@ -164,18 +167,20 @@ async def test_a_bad_certificate_stops_the_supervisor_before_any_worker(tmp_path
     )
     command = [*WORKERS, "--config", str(tmp_path / "gateway.toml")]
     async with gateway_process(command, listening=False) as gateway:
-        assert await gateway.wait_exit() == 1
-    assert "cannot serve" in gateway.text
+        assert await gateway.wait_exit() == 2
+    assert f"tls_certfile (config file '{tmp_path}/gateway.toml', key tls_certfile)" in gateway.text
     assert "worker 0 started" not in gateway.text
 
 
-async def test_a_taken_port_stops_the_supervisor_with_exit_code_1():
+async def test_a_taken_port_stops_the_supervisor_with_exit_code_2():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        command = [*SERVE, "--host", "127.0.0.1", "--port", str(taken.getsockname()[1])]
+        port = taken.getsockname()[1]
+        command = [*SERVE, "--host", "127.0.0.1", "--port", str(port)]
         async with gateway_process([*command, "--workers", "2"], listening=False) as gateway:
-            assert await gateway.wait_exit() == 1
+            assert await gateway.wait_exit() == 2
+    assert f"cannot listen on 127.0.0.1:{port}, the media port (flag --port)" in gateway.text
     assert "Address already in use" in gateway.text
     assert "worker 0 started" not in gateway.text
 

@@ -5,8 +5,9 @@ wire and how it reads the gateway's answer. One module for the simulator, the te
 Owns: the upgrade request (ACS's `x-ms-call-*` headers, an optional bearer token) and the check
 of its 101 answer, masked client frames, reading the server's (unmasked) frames, the inbound ACS
 packets as dicts and as text, and sorting what the gateway sends into audio / stop-audio /
-other. Never: I/O, clocks, tasks; the gateway's side of the wire (`gateway.wire`); anything
-only the simulator needs (the echo tag: `gateway.simulate.tagging`).
+other, by form (the spellings Microsoft's SDKs and samples use). Never: I/O, clocks, tasks;
+the gateway's side of the wire (`gateway.wire`); anything only the simulator needs (the echo
+tag: `gateway.simulate.tagging`).
 
 Why not trio-websocket (which `gateway.testing.peer` uses): the simulator must run hundreds of
 calls from one core without being the bottleneck; trio-websocket puts a task and a channel in
@@ -246,14 +247,57 @@ AUDIO: Final = "audioData"
 STOP: Final = "stopAudio"
 OTHER: Final = "other"
 
+# The outbound forms (docs/simulate.md, "Message forms"): the spellings Microsoft's own SDKs and
+# samples send, all accepted by ACS. `SDK` is the JS SDK's, which `gateway.acs.codec` emits.
+SDK: Final = "sdk"  # {"kind":"audioData","audioData":{"data":..,"isSilent":false},"stopAudio":{}}
+PASCAL: Final = "pascal"  # .NET SDK, Python quickstart: {"Kind":"AudioData","AudioData":{"Data"..
+JAVA: Final = "java"  # Java SDK, semantic-kernel sample: {"kind":"AudioData","audioData":{..
+UNRECOGNISED: Final = "unrecognised"
+FORMS: Final = (SDK, PASCAL, JAVA)
 
-def classify(message: str | bytes) -> tuple[str, str]:
-    """("audioData", base64 data) | ("stopAudio", "") | ("other", "")."""
+# (kind member, kind value) -> (form, what it is, its payload member, the data member)
+_SHAPES: Final = {
+    ("kind", "audioData"): (SDK, AUDIO, "audioData", "data"),
+    ("kind", "stopAudio"): (SDK, STOP, "stopAudio", ""),
+    ("kind", "AudioData"): (JAVA, AUDIO, "audioData", "data"),
+    ("kind", "StopAudio"): (JAVA, STOP, "stopAudio", ""),
+    ("Kind", "AudioData"): (PASCAL, AUDIO, "AudioData", "Data"),
+    ("Kind", "StopAudio"): (PASCAL, STOP, "StopAudio", ""),
+}
+_MEMBERS: Final = {
+    "kind": frozenset({"kind", "audioData", "stopAudio"}),
+    "Kind": frozenset({"Kind", "AudioData", "StopAudio"}),
+}
+_UNKNOWN: Final = (OTHER, "", UNRECOGNISED)
+
+
+def classify_form(message: str | bytes) -> tuple[str, str, str]:
+    """(what it is, base64 data, form): ("audioData", data, form) | ("stopAudio", "", form) |
+    ("other", "", "unrecognised"). A message is of a form when its member names, its kind's
+    spelling and its payload all match that form; anything else (other members, another kind,
+    no data, not JSON) is unrecognised."""
     try:
         obj = orjson.loads(message)
-        kind = obj.get("kind")
-        if kind == AUDIO:
-            return AUDIO, obj["audioData"]["data"]
-    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError):
-        return OTHER, ""
-    return (STOP, "") if kind == STOP else (OTHER, "")
+    except orjson.JSONDecodeError:
+        return _UNKNOWN
+    if type(obj) is not dict:
+        return _UNKNOWN
+    key = "kind" if "kind" in obj else "Kind"
+    kind = obj.get(key)
+    shape = _SHAPES.get((key, kind)) if type(kind) is str else None
+    if shape is None or not _MEMBERS[key].issuperset(obj):
+        return _UNKNOWN
+    form, what, member, data_member = shape
+    payload = obj.get(member)
+    if what == STOP:
+        return (STOP, "", form) if payload is None or type(payload) is dict else _UNKNOWN
+    data = payload.get(data_member) if type(payload) is dict else None
+    if type(data) is not str:
+        return _UNKNOWN
+    return AUDIO, data, form
+
+
+def classify(message: str | bytes) -> tuple[str, str]:
+    """("audioData", base64 data) | ("stopAudio", "") | ("other", ""), in any known form."""
+    what, data, _ = classify_form(message)
+    return what, data

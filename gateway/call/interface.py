@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TypeAlias
+from typing import Protocol, TypeAlias
 
 import attrs
 import trio
 
 from ..acs.packets import AudioMetadata, InboundPacket, TranscriptionMetadata
+from .observer import NO_OBSERVER, CallObserver
 from .player import Player
 
 
@@ -35,6 +36,23 @@ class CallStats:
     barge_ins: int = 0
 
 
+class CallControlHandle(Protocol):
+    """What a processor may do to the call itself, when this gateway answered it
+    (`gateway.control.calls.CallControl`). `caller`/`callee` are raw ids (`4:+1...`,
+    `8:acs:...`); `custom_context` has the IncomingCall's `sipHeaders` and `voipHeaders`."""
+
+    @property
+    def caller(self) -> str | None: ...
+    @property
+    def callee(self) -> str | None: ...
+    @property
+    def custom_context(self) -> Mapping[str, Mapping[str, str]]: ...
+    async def hang_up(self) -> None: ...
+    async def transfer(self, target: str) -> None: ...
+    async def start_media_streaming(self) -> None: ...
+    async def stop_media_streaming(self) -> None: ...
+
+
 @attrs.define(slots=True, eq=False)
 class Call:
     """One ACS media stream, as a processor sees it.
@@ -48,6 +66,10 @@ class Call:
       more than `inbound_queue_ms` behind; other packets are never dropped.
     - `player`: the call's `Player` (None on a transcription-only stream).
     - `log`: a logger that tags every line with the call's ids.
+    - `observer`: where the call's record is kept; a processor tells it of turns, barge-ins,
+      transcripts and tool calls (`CallObserver.note`). A no-op unless records are on.
+    - `control`: hang up, transfer, start/stop streaming, and the IncomingCall's caller, callee
+      and custom context (None unless this gateway answered the call).
     """
 
     connection_id: str | None
@@ -60,6 +82,8 @@ class Call:
     player: Player | None
     log: logging.LoggerAdapter[logging.Logger]
     stats: CallStats
+    observer: CallObserver = NO_OBSERVER
+    control: CallControlHandle | None = None
 
     @property
     def sample_rate(self) -> int | None:

@@ -15,6 +15,7 @@ from typing import Protocol
 import trio
 
 from ..acs.packets import BYTES_PER_SAMPLE
+from .observer import NO_OBSERVER, CallObserver
 from .pacer import Pacer
 from .playout import DEFAULT_CAPACITY_MS, DEFAULT_LEAD_MS, Playout, PlayoutStats
 
@@ -56,8 +57,10 @@ class Player:
         pacer: Pacer | None = None,
         direct: DirectSink | None = None,
         on_late: Callable[[float], None] | None = None,
+        observer: CallObserver = NO_OBSERVER,
     ) -> None:
         self.playout = playout
+        self.observer = observer  # told of every release and cut, as ACS will play them
         self._on_late = on_late  # told how late the send task ran after a playout deadline
         self._direct = direct  # lets play() write due frames itself when the sender is idle
         self._flush_pending = False  # the direct path left bytes for the send task
@@ -107,10 +110,14 @@ class Player:
             ):
                 # Release what is due from this task: one wake-up per frame fewer. The send
                 # task still paces whatever is left, and owns stop-audio and blocking writes.
-                frames = playout.release_due(self._clock())
-                if frames and not direct.send(frames):
-                    self._flush_pending = True
-                    self._sender.unpark_all()
+                now = self._clock()
+                start = playout.position
+                frames = playout.release_due(now)
+                if frames:
+                    self.observer.bot_audio(frames, now if start is None or start < now else start)
+                    if not direct.send(frames):
+                        self._flush_pending = True
+                        self._sender.unpark_all()
             self._wake_sender_if_due()
             return
         generation = self._generation
@@ -174,8 +181,12 @@ class Player:
         while True:
             now = self._clock()
             stop = playout.take_stop()
+            if stop:
+                self.observer.bot_cut(now)
+            start = playout.position
             frames = playout.release_due(now)
             if frames:
+                self.observer.bot_audio(frames, now if start is None or start < now else start)
                 self._space.unpark_all()
                 if slept_until is not None and self._on_late is not None and now >= slept_until:
                     self._on_late(now - slept_until)

@@ -46,7 +46,8 @@ from ..acs import codec
 from ..acs.packets import FRAME_MS, AudioMetadata, InboundPacket, TranscriptionMetadata
 from ..wire.websocket import Handshake, ServerWebSocket
 from .intake import TimedPackets
-from .interface import Call, CallStats, Processor
+from .interface import Call, CallControlHandle, CallStats, Processor
+from .observer import NO_OBSERVER, CallObserver
 from .outcome import CallOutcome, CallTimings, EndReason
 from .pacer import Pacer
 from .player import Player
@@ -67,14 +68,19 @@ async def run_call(
     pacer: Pacer | None = None,
     stats: CallStats | None = None,
     timings: CallTimings | None = None,
+    observer: CallObserver = NO_OBSERVER,
+    control: CallControlHandle | None = None,
 ) -> CallOutcome:
     """Run one accepted media stream to its end. Never raises for anything the peer or the
     processor did; a bug in the gateway itself propagates to the server's error boundary.
-    `stats`: where to count (the server reads it while the call is live)."""
-    state = CallState(ws, settings, log, CallStats() if stats is None else stats)
+    `stats`: where to count (the server reads it while the call is live). `observer`: told of
+    the call's audio and events from the first metadata to the end (its record). `control`:
+    the call's control handle (`Call.control`) when this gateway answered it."""
+    state = CallState(ws, settings, log, CallStats() if stats is None else stats, observer)
     first = await wait_for_metadata(state)
     if first is None:
         return state.outcome()
+    log.debug("metadata: %s", first)
     audio = first if isinstance(first, AudioMetadata) else None
     if audio is not None:
         playout = Playout(
@@ -88,6 +94,7 @@ async def run_call(
             pacer=pacer,
             direct=ws.direct_sink(codec.encode_audio, state.stats),
             on_late=on_late,
+            observer=observer,
         )
     audio_slots = max(1, math.ceil(settings.inbound_queue_ms / FRAME_MS))
     inbound_send, inbound_receive = trio.open_memory_channel[InboundPacket](audio_slots)
@@ -106,9 +113,12 @@ async def run_call(
         player=state.player,
         log=log,
         stats=state.stats,
+        observer=observer,
+        control=control,
     )
     carries = f"{audio.sample_rate} Hz audio" if audio is not None else "transcription only"
     log.info("call started: %s", carries)
+    observer.started(call, trio.current_time())
     try:
         with state.scope:
             async with trio.open_nursery() as nursery:
@@ -122,6 +132,7 @@ async def run_call(
         inbound_receive.close()
         if state.player is not None:
             state.player.close()
+        observer.ended(state.outcome(call), trio.current_time())
     _log_leftovers(state)
     return state.outcome(call)
 

@@ -21,6 +21,7 @@ from ..errors import CLOSE_INVALID_PAYLOAD, CLOSE_POLICY_VIOLATION
 from ..wire.websocket import ServerWebSocket
 from .intake import ErrorPolicy, Flooded, Intake, TooManyErrors
 from .interface import Call, CallStats
+from .observer import NO_OBSERVER, CallObserver
 from .outcome import CallOutcome, EndReason
 from .player import Player
 from .settings import CallSettings
@@ -52,6 +53,7 @@ class CallState:
     close_code: int | None = attrs.field(init=False, default=None)
     error: BaseException | None = attrs.field(init=False, default=None)  # the processor's
     processor_returned: bool = attrs.field(init=False, default=False)
+    observer: CallObserver = NO_OBSERVER  # keeps the call's record
 
     def __attrs_post_init__(self) -> None:
         self.intake = Intake(self.settings, self.stats, self.log, self.ws)

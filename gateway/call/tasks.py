@@ -58,10 +58,15 @@ async def receive(state: CallState, inbound: trio.MemorySendChannel[InboundPacke
     """Read ACS until it hangs up; route packets by the inbound channel policy: audio that
     does not fit is dropped and counted, every other packet waits for room."""
     stats, intake, arrivals, log = state.stats, state.intake, state.arrivals, state.log
+    observer = state.observer
     talk_is_life = state.player is None  # a transcription stream is alive while it talks
     async with inbound:  # closing it ends the processor's `async for`
         try:
             for packet, arrived in state.early:
+                if type(packet) is AudioData:
+                    observer.caller_audio(packet, arrived)
+                else:
+                    observer.caller_packet(packet, arrived)
                 if arrivals is not None:
                     arrivals.append(arrived)
                 await inbound.send(packet)
@@ -71,6 +76,7 @@ async def receive(state: CallState, inbound: trio.MemorySendChannel[InboundPacke
                     if type(packet) is AudioData:
                         intake.heard = intake.now
                         stats.audio_frames_in += 1
+                        observer.caller_audio(packet, intake.now)  # what was said, even if dropped
                         try:
                             inbound.send_nowait(packet)
                         except trio.WouldBlock:
@@ -81,6 +87,7 @@ async def receive(state: CallState, inbound: trio.MemorySendChannel[InboundPacke
                         if arrivals is not None:
                             arrivals.append(intake.now)  # when the read returned
                     else:
+                        observer.caller_packet(packet, intake.now)
                         if talk_is_life:
                             intake.heard = intake.now
                         if arrivals is not None:  # before: the processor may run first
@@ -100,9 +107,13 @@ async def receive(state: CallState, inbound: trio.MemorySendChannel[InboundPacke
 def hung_up(state: CallState, closed: ConnectionClosed) -> None:
     """ACS hung up: the processor sees the end of `packets` and gets a grace period to finish;
     nothing more is sent."""
-    state.end(EndReason.HANGUP, closed.code)
     reason = f": {closed.reason}" if closed.reason else ""
-    state.log.info("ACS hung up (%s%s)", closed.code, reason)
+    if state.end(EndReason.HANGUP, closed.code):
+        state.log.info("ACS hung up (%s%s)", closed.code, reason)
+    else:  # ACS answering the close of a call that had already ended (by the processor, ...)
+        state.log.debug(
+            "ACS closed its end (%s%s); ended by %s", closed.code, reason, state.ended_by
+        )
     state.sending.cancel()
     if state.player is not None:
         state.player.close()
@@ -160,6 +171,7 @@ async def send(state: CallState, player: Player) -> None:
 
 async def process(state: CallState, processor: Processor, call: Call) -> None:
     """Run the processor; its return ends the call (1000), its exception too (1011)."""
+    state.log.debug("processor started")
     try:
         await processor(call)
     except Exception as exc:  # the processor's bug ends its own call, nothing else
@@ -168,6 +180,7 @@ async def process(state: CallState, processor: Processor, call: Call) -> None:
         if state.end(EndReason.PROCESSOR_ERROR, CLOSE_INTERNAL_ERROR):
             await state.close(CLOSE_INTERNAL_ERROR, "processor error")
     else:
+        state.log.debug("processor returned")
         if state.end(EndReason.PROCESSOR, CLOSE_NORMAL):
             await state.close(CLOSE_NORMAL, "")
     state.processor_returned = True

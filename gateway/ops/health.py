@@ -5,15 +5,19 @@
     GET /metrics  Prometheus text exposition (OpenMetrics when the scraper asks for it)
 
 Owns: that port and its connections. Never: blocks the event loop (every request is served by
-a task of its own, parsing is sans-IO h11), trusts a client (the request head is capped at
-`MAX_REQUEST_BYTES`, a connection gets `REQUEST_TIMEOUT` seconds per request and at most
-`MAX_CONNECTIONS` are served at once), or lets a bad request reach anything but its own
-connection. It runs in the process (and the Trio run) whose health it reports, so `/livez`
-answering means that event loop is not stuck.
+a task of its own, parsing is sans-IO h11), trusts a client, or lets a bad request reach
+anything but its own connection. It runs in the process (and the Trio run) whose health it
+reports, so `/livez` answering means that event loop is not stuck.
+
+A client can hold only what `HealthLimits` allows (`gateway.ops.health_limits`): a request head
+of `max_request_bytes` exactly, however it arrives (431 beyond; no request bodies: 413), a
+short time to send each request, a bounded keep-alive, and a place among `max_connections`
+that the next client takes from it if it idles. So probes are answered however many
+connections a hostile client opens (bench/health_abuse.py).
 
 Resource handling: every connection is closed before its task ends; the listener is closed when
 `serve_health` is cancelled. Keep-alive is honoured (Prometheus and kubelet reuse
-connections), up to `MAX_REQUESTS_PER_CONNECTION`.
+connections), up to `max_requests_per_connection` requests and `idle_timeout` between them.
 """
 
 from __future__ import annotations
@@ -28,14 +32,15 @@ import h11
 import trio
 from prometheus_client import CollectorRegistry
 
+from ..wire.request_head import HeadTooLarge, RequestHeadLimit
+from .health_limits import Connections, HealthLimits, Phase, Slot
 from .metrics import render
 
 log = logging.getLogger("gateway.health")
 
-MAX_REQUEST_BYTES: Final = 8192  # a probe or a scrape sends a few hundred bytes
-REQUEST_TIMEOUT: Final = 10.0  # seconds to receive a request and send the answer
-MAX_CONNECTIONS: Final = 64  # probes and scrapers at once; more are closed at once
-MAX_REQUESTS_PER_CONNECTION: Final = 1000
+LIMITS: Final = HealthLimits()
+MAX_REQUEST_BYTES: Final = LIMITS.max_request_bytes
+MAX_CONNECTIONS: Final = LIMITS.max_connections
 RECEIVE_BYTES: Final = 8192
 
 Readiness = Callable[[], tuple[bool, str]]  # (ready?, why not / "ready")
@@ -43,12 +48,16 @@ Exposition = Callable[[str | None], tuple[bytes, str]]  # Accept header -> (body
 
 
 class HealthEndpoint:
-    """What the endpoint answers; `serve_health` serves it. Kept apart from sockets so tests
-    (and a supervisor) can ask it directly."""
+    """What the endpoint answers, and how it serves one connection; `serve_health` serves it
+    on a port. Kept apart from sockets so tests (and a supervisor) can use it directly."""
 
-    def __init__(self, readiness: Readiness, metrics: Exposition | None) -> None:
+    def __init__(
+        self, readiness: Readiness, metrics: Exposition | None, limits: HealthLimits = LIMITS
+    ) -> None:
         self.readiness = readiness
         self.metrics = metrics
+        self.limits = limits
+        self.connections = Connections(limits.max_connections)  # of every listener
 
     def answer(self, method: str, target: str, accept: str | None) -> tuple[int, str, bytes]:
         """(status, content type, body) for one request."""
@@ -69,48 +78,111 @@ class HealthEndpoint:
         body, content_type = self.metrics(accept)
         return 200, content_type, body
 
-    async def serve(self, stream: trio.abc.Stream) -> None:
-        """Answer requests on one connection until it closes, breaks, idles or misbehaves;
-        closes the stream."""
-        http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
+    async def serve(self, stream: trio.abc.Stream, slot: Slot | None = None) -> None:
+        """Answer requests on one connection until it closes, breaks, idles, misbehaves or
+        is evicted (`slot.scope` cancelled); closes the stream."""
+        slot = Slot(trio.CancelScope()) if slot is None else slot
+        http = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_request_bytes)
+        heads = RequestHeadLimit(self.limits.max_request_bytes)
         try:
-            for _ in range(MAX_REQUESTS_PER_CONNECTION):
-                with trio.move_on_after(REQUEST_TIMEOUT):
-                    if not await self._serve_request(stream, http):
+            with slot.scope:
+                for left in reversed(range(self.limits.max_requests_per_connection)):
+                    if not await self._serve_request(stream, http, heads, slot, last=not left):
                         return
-                    continue
-                return  # too slow: the client goes, nothing else waited for it
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client went away
         finally:
             await trio.aclose_forcefully(stream)
 
-    async def _serve_request(self, stream: trio.abc.Stream, http: h11.Connection) -> bool:
+    async def serve_listener(self, listener: trio.abc.Listener[trio.abc.Stream]) -> None:
+        """Accept connections and serve each, until cancelled; every new connection is taken,
+        and evicts another when `max_connections` are open (`Connections.open`)."""
+        async with trio.open_nursery() as nursery:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:  # out of file descriptors: the calls matter more
+                    log.warning("health endpoint: accept failed (%s)", exc)
+                    await trio.sleep(0.1)
+                    continue
+                nursery.start_soon(self._serve_one, stream, self.connections.open())
+
+    async def _serve_one(self, stream: trio.abc.Stream, slot: Slot) -> None:
+        try:
+            await self.serve(stream, slot)
+        finally:
+            self.connections.close(slot)
+
+    async def _serve_request(
+        self,
+        stream: trio.abc.Stream,
+        http: h11.Connection,
+        heads: RequestHeadLimit,
+        slot: Slot,
+        *,
+        last: bool,
+    ) -> bool:
         """Read one request and answer it; False when the connection should close."""
+        limits = self.limits
+        slot.enter(Phase.IDLE)
+        deadline = slot.since + limits.idle_timeout
         request: h11.Request | None = None
         while True:
             try:
                 event = http.next_event()
             except h11.RemoteProtocolError as exc:
-                await _send_error(stream, http, exc.error_status_hint)
+                await self._send(stream, _error(http, exc.error_status_hint))
                 return False
             if event is h11.NEED_DATA:
-                http.receive_data(bytes(await stream.receive_some(RECEIVE_BYTES)))  # b"": EOF
+                with trio.move_on_at(deadline) as waiting:
+                    data = await stream.receive_some(RECEIVE_BYTES)
+                if waiting.cancelled_caught:
+                    return False  # too slow: the client goes, nothing else waited for it
+                if slot.phase is Phase.IDLE:
+                    slot.enter(Phase.READING)
+                    deadline = slot.since + limits.header_timeout
+                try:
+                    heads.feed(data)
+                except HeadTooLarge:
+                    await self._send(stream, _error(http, 431))
+                    return False
+                http.receive_data(bytes(data))  # b"": EOF
             elif isinstance(event, h11.Request):
                 request = event
+                if _has_body(request):  # probes and scrapes send none; nothing else is served
+                    await self._send(stream, _error(http, 413))
+                    return False
             elif isinstance(event, h11.EndOfMessage):
                 break
             elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
                 return False
         assert request is not None
+        slot.enter(Phase.ANSWERING)
         accept = next((v.decode("latin-1") for k, v in request.headers if k == b"accept"), None)
         method = request.method.decode("ascii", "replace")
         status, content_type, body = self.answer(method, request.target.decode("latin-1"), accept)
-        await stream.send_all(_response(http, status, content_type, body, method == "HEAD"))
+        close = ((b"connection", b"close"),) if last else ()
+        answer = _response(http, status, content_type, body, method == "HEAD", close)
+        if not await self._send(stream, answer):
+            return False
         if http.our_state is h11.MUST_CLOSE or http.their_state is not h11.DONE:
             return False
         http.start_next_cycle()
         return True
+
+    async def _send(self, stream: trio.abc.Stream, data: bytes) -> bool:
+        """Send `data` within `send_timeout`; False if the client did not take it in time."""
+        with trio.move_on_after(self.limits.send_timeout):
+            await stream.send_all(data)
+            return True
+        return False
+
+
+def _has_body(request: h11.Request) -> bool:
+    for name, value in request.headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
+            return True
+    return False
 
 
 async def serve_health(
@@ -120,6 +192,7 @@ async def serve_health(
     *,
     registry: CollectorRegistry | None = None,
     metrics: Exposition | None = None,
+    limits: HealthLimits = LIMITS,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the health endpoint on `host`:`port` (0: any free port) until cancelled.
@@ -130,14 +203,13 @@ async def serve_health(
     renders (`Metrics.exposition`, which flushes live calls first); neither: no `/metrics`."""
     if metrics is None and registry is not None:
         metrics = partial(render, registry)
-    endpoint = HealthEndpoint(readiness, metrics)
+    endpoint = HealthEndpoint(readiness, metrics, limits)
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
-    limit = trio.CapacityLimiter(MAX_CONNECTIONS)
     try:
         async with trio.open_nursery() as nursery:
             for listener in listeners:
-                nursery.start_soon(_accept_loop, listener, endpoint, limit, nursery)
+                nursery.start_soon(endpoint.serve_listener, listener)
             for listener in listeners:
                 address = listener.socket.getsockname()
                 log.info("health and metrics on http://%s:%d/", *_printable(address))
@@ -150,36 +222,6 @@ async def serve_health(
 def _printable(address: Any) -> tuple[str, int]:
     host, port = address[:2]
     return (f"[{host}]" if ":" in host else host), port
-
-
-async def _accept_loop(
-    listener: trio.SocketListener,
-    endpoint: HealthEndpoint,
-    limit: trio.CapacityLimiter,
-    nursery: trio.Nursery,
-) -> None:
-    while True:
-        try:
-            stream = await listener.accept()
-        except OSError as exc:  # out of file descriptors: the calls matter more; try later
-            log.warning("health endpoint: accept failed (%s)", exc)
-            await trio.sleep(0.1)
-            continue
-        try:
-            limit.acquire_on_behalf_of_nowait(stream)
-        except trio.WouldBlock:  # too many at once: this one goes, the served ones stay
-            await trio.aclose_forcefully(stream)
-            continue
-        nursery.start_soon(_serve_one, stream, endpoint, limit)
-
-
-async def _serve_one(
-    stream: trio.SocketStream, endpoint: HealthEndpoint, limit: trio.CapacityLimiter
-) -> None:
-    try:
-        await endpoint.serve(stream)
-    finally:
-        limit.release_on_behalf_of(stream)
 
 
 def _response(
@@ -203,15 +245,14 @@ def _response(
     return data + (http.send(h11.EndOfMessage()) or b"")
 
 
-async def _send_error(stream: trio.abc.Stream, http: h11.Connection, status: int) -> None:
-    """Answer a request h11 could not parse (400, 431 too large, ...), if we still may."""
+def _error(http: h11.Connection, status: int) -> bytes:
+    """The answer to a request we will not serve (400, 413, 431, ...); b"" if we may not."""
     if http.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-        return
+        return b""
     body = f"{HTTPStatus(status).phrase}\n".encode()
     try:
-        data = _response(
+        return _response(
             http, status, "text/plain; charset=utf-8", body, extra=((b"connection", b"close"),)
         )
     except h11.LocalProtocolError:
-        return
-    await stream.send_all(data)
+        return b""

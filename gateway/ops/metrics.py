@@ -84,6 +84,23 @@ CONNECTION_REFUSALS: Final = (
     "max_pending_handshakes_per_source",
     "no_fds",
 )
+# Seconds. The latencies a caller feels: a reply within a second is good, several is broken.
+FELT_LATENCY_BUCKETS: Final = (
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.3,
+    0.5,
+    0.75,
+    1.0,
+    1.5,
+    2.0,
+    3.0,
+    5.0,
+    10.0,
+    float("inf"),
+)
 _ENDED_BY: Final = tuple(EndReason)  # every label value, exported at 0 from the start
 
 
@@ -251,6 +268,26 @@ class Metrics:
             registry=r,
             buckets=CALL_DURATION_BUCKETS,
         )
+        self.felt_latency = {  # per route: the processor's name (few values, not per call)
+            kind: Histogram(
+                f"{kind}_latency_seconds",
+                doc,
+                ["route"],
+                namespace=NAMESPACE,
+                registry=r,
+                buckets=FELT_LATENCY_BUCKETS,
+            )
+            for kind, doc in (
+                ("response", "From the end of the caller's turn to the first bot audio released."),
+                ("barge_in_stop", "From the caller starting to speak over the bot to stop-audio."),
+                ("first_audio", "From the start of a call to its first bot audio released."),
+            )
+        }
+        self.recordings_stopped = counter(
+            "recordings_stopped",
+            "Call recordings ended early by a failing disk (the calls went on), by route.",
+            ["route"],
+        )
         # Show every series from the start (0, not absent), so rates and alerts work at once.
         for ended_by in _ENDED_BY:
             self.calls_ended.labels(ended_by)
@@ -271,6 +308,13 @@ class Metrics:
         self.durations = LocalHistogram(CALL_DURATION_BUCKETS)
         self._totals: Callable[[], Totals] | None = None
         self._shown: dict[object, float] = {}  # each derived series' total as last written
+        self.control: ControlMetrics | None = None  # only a gateway that answers calls has one
+
+    def add_control(self) -> ControlMetrics:
+        """The control plane's series (registered once, on first use)."""
+        if self.control is None:
+            self.control = ControlMetrics(self.registry)
+        return self.control
 
     def follow(self, totals: Callable[[], Totals]) -> None:
         """Derive the counters from `totals()` (the server's counts) at every flush."""
@@ -285,6 +329,16 @@ class Metrics:
         self.processing.flush_into(self.processing_latency)
         self.lateness.flush_into(self.pacing_lateness)
         self.durations.flush_into(self.call_duration)
+        if self.control is not None:
+            self.control.flush()
+
+    def latency(self, kind: str, route: str, seconds: float) -> None:
+        """A latency a caller felt (`gateway.records`): once per turn, so observed at once."""
+        self.felt_latency[kind].labels(route).observe(seconds)
+
+    def recording_stopped(self, route: str) -> None:
+        """A call's recording stopped: its disk failed (`gateway.records`); rare, so at once."""
+        self.recordings_stopped.labels(route).inc()
 
     def _derive(self, t: Totals) -> None:
         self.live_calls.set(t.live_calls)
@@ -336,6 +390,84 @@ class Metrics:
         flush: what it shows is exact at the moment of the scrape."""
         self.flush()
         return render(self.registry, accept)
+
+
+INF: Final = float("inf")
+
+# -- the control plane (answering calls): its own counts' owner is `ControlPlane.stats` --
+
+# Seconds: the gateway's part of answering is milliseconds; a media connection after the answer
+# waits for ACS, usually well under a second.
+ANSWER_LATENCY_BUCKETS: Final = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, INF)
+
+
+@attrs.frozen
+class ControlTotals:
+    """The control plane's counts, each a total since the start
+    (`gateway.control.stats.ControlStats.totals`)."""
+
+    incoming_calls: int
+    answers: Mapping[str, int]  # by result: answered, failed, timeout, duplicate
+    callbacks: Mapping[str, int]  # by event type (short name)
+    refused: Mapping[str, int]  # webhook and media refusals, by reason
+
+
+class ControlMetrics:
+    """The control plane's series: counters derived from `ControlTotals` at each flush, and
+    its two latencies kept in `LocalHistogram`s until then."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        def counter(name: str, doc: str, labels: Iterable[str] = ()) -> Counter:
+            return Counter(name, doc, tuple(labels), namespace=NAMESPACE, registry=registry)
+
+        def histogram(name: str, doc: str) -> Histogram:
+            return Histogram(
+                name, doc, namespace=NAMESPACE, registry=registry, buckets=ANSWER_LATENCY_BUCKETS
+            )
+
+        self.incoming_calls = counter("incoming_calls", "IncomingCall events with the secret.")
+        self.answers = counter("answers", "Answers to incoming calls, by result.", ["result"])
+        self.callbacks = counter("callbacks", "Call Automation callbacks, by event type.", ["type"])
+        self.refused = counter(
+            "control_refused", "Webhooks and media connections refused, by reason.", ["reason"]
+        )
+        self.answer_latency = histogram(
+            "answer_latency_seconds",
+            "IncomingCall: from the Event Grid post read to the answer request handed to the SDK.",
+        )
+        self.media_connect_latency = histogram(
+            "media_connect_latency_seconds",
+            "Answered calls: from ACS's answer reply to the call's media WebSocket accepted.",
+        )
+        for result in ("answered", "failed", "timeout", "duplicate"):
+            self.answers.labels(result)
+        self.answering = LocalHistogram(ANSWER_LATENCY_BUCKETS)
+        self.media_connecting = LocalHistogram(ANSWER_LATENCY_BUCKETS)
+        self._totals: Callable[[], ControlTotals] | None = None
+        self._shown: dict[object, float] = {}
+
+    def follow(self, totals: Callable[[], ControlTotals]) -> None:
+        self._totals = totals
+
+    def flush(self) -> None:
+        if self._totals is not None:
+            t = self._totals()
+            self._advance(self.incoming_calls, t.incoming_calls)
+            for family, by_label in (
+                (self.answers, t.answers),
+                (self.callbacks, t.callbacks),
+                (self.refused, t.refused),
+            ):
+                for label, value in by_label.items():
+                    self._advance(family.labels(label), value)
+        self.answering.flush_into(self.answer_latency)
+        self.media_connecting.flush_into(self.media_connect_latency)
+
+    def _advance(self, counter: Counter, total: float) -> None:
+        shown = self._shown.get(counter, 0.0)
+        if total > shown:
+            counter.inc(total - shown)
+            self._shown[counter] = total
 
 
 def render(registry: CollectorRegistry, accept: str | None = None) -> tuple[bytes, str]:

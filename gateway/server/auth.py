@@ -4,7 +4,9 @@
 Owns: ACS's signing keys (a `KeySet`: fetched over HTTPS, cached, fetched again every
 `auth_key_max_age` seconds and when a token names a key id we do not know, at most once per
 `auth_key_refetch_interval`) and the checks on a token (`TokenChecker`): RS256 only, signature,
-issuer, audience (the ACS resource's immutable id), expiry and not-before with a small leeway.
+issuer, audience (the ACS resource's immutable id), expiry and not-before with a small leeway,
+and that `exp`, `nbf` and `iat` are NumericDates (RFC 7519 section 2: JSON numbers; PyJWT
+also takes numeric strings, which are refused here as `malformed`).
 Never: logs, stores or echoes a token; waits for the network on the handshake's behalf beyond
 the deadline the caller sets (fetches run in the key set's own task, under the server's service
 nursery, with httpx on Trio); decides what the server answers (it raises `AuthFailure` with a
@@ -35,6 +37,7 @@ ALGORITHM: Final = "RS256"  # the only algorithm ACS signs with; anything else i
 KEY_FETCH_TIMEOUT: Final = 5.0  # seconds one key-set fetch may take
 MAX_KEY_SET_BYTES: Final = 1 << 20  # a key set is a few KB; refuse to hold more
 REQUIRED_CLAIMS: Final = ["exp", "iss", "aud"]
+DATE_CLAIMS: Final = ("exp", "nbf", "iat")  # NumericDates when present
 # Token headers, in the order read: the docs' samples read Authorization, their prose says
 # "Authentication" (docs/protocol.md, "Handshake").
 TOKEN_HEADERS: Final = ("authorization", "authentication")
@@ -58,6 +61,8 @@ class AuthFailure(Exception):
             "wrong_issuer",
             "missing_claim",
             "keys_unavailable",  # our problem, not the peer's: 503
+            "call_token",  # the control plane's per-call token (gateway.control.tokens)
+            "route",  # a media path naming no configured route
         }
     )
 
@@ -185,7 +190,7 @@ class TokenChecker:
                 raise AuthFailure("keys_unavailable", "the signing keys could not be fetched")
             raise AuthFailure("unknown_key", f"no signing key {kid[:64]!r}")
         try:
-            return jwt.decode(
+            claims: dict[str, Any] = jwt.decode(
                 token,
                 key,
                 algorithms=[ALGORITHM],
@@ -196,6 +201,17 @@ class TokenChecker:
             )
         except jwt.PyJWTError as exc:
             raise AuthFailure(_reason(exc), str(exc)[:200]) from None
+        for name in DATE_CLAIMS:
+            if name in claims and not _numeric_date(claims[name]):
+                kind = type(claims[name]).__name__
+                raise AuthFailure("malformed", f"{name} is a {kind}, not a NumericDate (a number)")
+        return claims
+
+
+def _numeric_date(value: object) -> bool:
+    """RFC 7519's NumericDate: a JSON number (true and false are not, though Python's bool is
+    an int), finite."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _peek_header(token: str) -> dict[str, Any]:

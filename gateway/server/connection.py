@@ -18,10 +18,13 @@ a source address outside `allowed_networks` is refused with HTTP 403; with `acs_
 set, ACS's token must pass `gateway.server.auth` within the same deadline (else HTTP 401, or 503
 when the signing keys cannot be had); at `max_calls` live calls the upgrade is refused with
 HTTP 503, and at `max_calls_per_source` calls from one address with 429, before it is accepted.
+With a control plane (`context.control`), a plain HTTP request is a webhook, answered by it and
+never a call, and the control plane picks the media connection's route and processor (or refuses
+it: unknown route, or a missing or wrong call token).
 Admission and the reservation of a call's place happen with no await between them (after the
-token check, which may wait), so the limits hold however many handshakes race. Any path is
-accepted. The `x-ms-call-connection-id` and `x-ms-call-correlation-id` headers tag every log
-line of the call.
+token check, which may wait), so the limits hold however many handshakes race. Without a
+control plane any path is accepted. The `x-ms-call-connection-id` and `x-ms-call-correlation-id`
+headers tag every log line of the call.
 
 Resource handling: the stream is closed (`aclose_forcefully`) before `serve_connection`
 returns, whatever happened; a call still open when it is cancelled (the server drains) is
@@ -35,12 +38,14 @@ refusal, or an accepted call (and a gateway bug, if any, in `calls_failed`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
-from typing import Final
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Final, Protocol
 
 import attrs
 import trio
 
+from ..call.interface import CallControlHandle
 from ..call.outcome import CallOutcome, CallTimings, EndReason
 from ..call.pacer import Pacer
 from ..call.run import run_call
@@ -48,7 +53,9 @@ from ..config import Config
 from ..errors import CLOSE_GOING_AWAY
 from ..logs import call_logger
 from ..ops import systemd
+from ..ops.metrics import Metrics
 from ..processors import CallStats, Processor
+from ..records import Records, RecordSettings
 from ..wire.websocket import ConnectionClosed, Handshake, Reject, SendTimeout, ServerWebSocket
 from .admission import Admission
 from .auth import AuthFailure, TokenChecker
@@ -57,6 +64,7 @@ from .stats import ServerStats
 
 log = logging.getLogger("gateway.server")
 
+_TOKEN: Final = re.compile(r"([?&]token=)[^&]*")  # a call token in a media URL: a credential
 CLOSE_ON_CANCEL_TIMEOUT: Final = 1.0  # seconds for the 1001 close when calls are cancelled
 
 CallLog = logging.LoggerAdapter[logging.Logger]
@@ -64,6 +72,42 @@ CallLog = logging.LoggerAdapter[logging.Logger]
 
 def _admission_for(context: ServerContext) -> Admission:
     return Admission(context.config.allowed_networks)
+
+
+class HttpReply(Protocol):
+    """A plain HTTP answer (`gateway.control.HttpAnswer`)."""
+
+    @property
+    def status(self) -> int: ...
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def content_type(self) -> str: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, str]]: ...
+
+
+class MediaChoice(Protocol):
+    """What a media connection runs (`gateway.control.plane.MediaRoute`)."""
+
+    @property
+    def name(self) -> str: ...  # the route's
+    @property
+    def processor(self) -> Processor: ...
+    @property
+    def control(self) -> CallControlHandle | None: ...  # None: not a call we answered
+
+
+class CallRouting(Protocol):
+    """The control plane as the server sees it (`gateway.control.ControlPlane`): it picks a
+    media connection's route and processor, and answers plain HTTP requests (webhooks)."""
+
+    @property
+    def max_body_bytes(self) -> int | None: ...  # None: no plain HTTP (426)
+    def media(self, handshake: Handshake) -> MediaChoice | Reject: ...
+    def use_auth(self, auth: TokenChecker | None) -> None: ...  # ACS's JWT on callbacks
+    def use_metrics(self, metrics: Metrics) -> None: ...  # its counts, in /metrics
+    async def respond(self, request: Handshake) -> HttpReply: ...
 
 
 @attrs.define(eq=False)
@@ -81,6 +125,8 @@ class ServerContext:
     call_durations: Callable[[float], None] | None = None  # seconds from accept to the end
     changes: systemd.Changes = attrs.field(factory=systemd.Changes)  # live calls changed
     close_on_cancel: bool = True  # false once the server stops at once: no 1001 close
+    records: Records = attrs.field(factory=Records)  # each call's recording, events, latencies
+    control: CallRouting | None = None  # routes and webhooks; None: every call runs `processor`
 
 
 @attrs.define
@@ -105,8 +151,12 @@ async def serve_connection(
     config = context.config
     peer = peer_address(stream)
     source = source_of(peer)
+    control = context.control
     ws = ServerWebSocket(
-        stream, max_message_bytes=config.max_message_bytes, send_timeout=config.send_timeout
+        stream,
+        max_message_bytes=config.max_message_bytes,
+        send_timeout=config.send_timeout,
+        max_body_bytes=None if control is None else control.max_body_bytes,
     )
     place: _Place | None = None
     gateway_failed = False
@@ -116,30 +166,49 @@ async def serve_connection(
             handshake = await _read_handshake(ws, context, deadline, peer)
             if handshake is None:
                 return None
+            processor, route_name, call_control = context.processor, config.processor, None
+            if control is not None:
+                if not handshake.upgrade:  # a webhook: answered, never a call
+                    reply = await control.respond(handshake)
+                    await ws.respond(reply.status, reply.body, reply.content_type, reply.headers)
+                    return None
+                route = control.media(handshake)
+                if isinstance(route, Reject):
+                    context.stats.auth_failed["route" if route.status == 404 else "call_token"] += 1
+                    log.warning("refusing media connection from %s: %s", peer, route.reason)
+                    await ws.reject(route)
+                    return None
+                route_name, processor, call_control = route.name, route.processor, route.control
             calllog = call_logger(
                 handshake.headers.get("x-ms-call-connection-id"),
                 handshake.headers.get("x-ms-call-correlation-id"),
                 peer,
             )
+            calllog.debug("handshake: %s", _TOKEN.sub(r"\1...", handshake.target))
             place = await _admit(ws, handshake.headers, context, source, deadline, calllog)
         finally:
             if pending:  # admitted, refused, timed out, broken or cancelled: no longer pending
                 context.admission.handshake_done(source)
         if place is None:
             return None
+        calllog.debug("admitted: %d live call(s)", context.admission.reserved)
         await ws.accept()
         place.accepted = True
         context.stats.calls_accepted += 1
-        calllog.info("accepted %s", handshake.target)
+        calllog.info("accepted %s", _TOKEN.sub(r"\1...", handshake.target))  # not the call token
         place.outcome = await run_call(
             ws,
             handshake,
-            context.processor,
+            processor,
             config.call_settings,
             calllog,
             pacer=context.pacer,
             stats=place.stats,
             timings=context.timings,
+            observer=context.records.open(
+                RecordSettings.from_config(config), handshake.headers, route_name
+            ),
+            control=call_control,
         )
         _log_end(calllog, place.outcome)
         return place.outcome

@@ -51,10 +51,12 @@ from ..config import Config
 from ..ops import systemd
 from ..ops.metrics import Metrics
 from ..processors import Processor
+from ..records import Records
+from ..records.tracing import tracer_from_environment
 from ..wire.transport import SocketTransport
 from .admission import Admission
 from .auth import KeySet, TokenChecker
-from .connection import ServerContext, serve_connection, source_of
+from .connection import CallRouting, ServerContext, serve_connection, source_of
 from .shared_calls import SharedCalls
 from .sockets import peer_address, reset_on_close
 from .stats import ServerStats
@@ -76,6 +78,7 @@ class Server:
         processor: Processor,
         metrics: Metrics | None = None,
         notifier: systemd.Notifier | None = None,
+        control: CallRouting | None = None,
         shared: SharedCalls | None = None,
     ) -> None:
         self.notifier = notifier or systemd.Notifier(None)
@@ -84,6 +87,9 @@ class Server:
         self.processor = processor
         self.pacer = Pacer()  # one timer for every call's send task
         self.auth = _token_checker(config)
+        if control is not None:
+            control.use_auth(self.auth)  # callbacks carry the same JWT as the media WebSocket
+            control.use_metrics(self.metrics)  # its counts and latencies, in its own block
         self.stats = ServerStats()
         self.changes = systemd.Changes()  # live calls, readiness or draining: for STATUS=
         self.context = ServerContext(  # what every connection is served with
@@ -96,6 +102,10 @@ class Server:
             timings=CallTimings(self.metrics.processing.observe, self.metrics.lateness.observe),
             call_durations=self.metrics.durations.observe,
             changes=self.changes,
+            records=Records(
+                self.metrics, tracer=tracer_from_environment() if config.tracing else None
+            ),
+            control=control,
         )
         self.metrics.follow(self.stats.totals)
         self.urls: list[str] = []
@@ -327,6 +337,7 @@ async def serve(
     sockets: Sequence[socket.socket] = (),
     notifier: systemd.Notifier | None = None,
     metrics: Metrics | None = None,
+    control: CallRouting | None = None,
     shared: SharedCalls | None = None,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -334,9 +345,10 @@ async def serve(
     and the tests: `server = await nursery.start(serve, config, processor)`.
 
     `sockets`: already listening sockets to serve on instead of binding `host`/`port`.
+    `control`: the control plane (routes, webhooks; `gateway.control.ControlPlane`).
     `shared`: a worker's gateway-wide count of live calls (`gateway.server.shared_calls`)."""
     raise_descriptor_limit()
-    server = Server(config, processor, metrics, notifier, shared)
+    server = Server(config, processor, metrics, notifier, control, shared)
     listeners: list[trio.abc.Listener[Any]]
     if sockets:
         listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]

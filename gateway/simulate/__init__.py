@@ -4,8 +4,8 @@
 
 Modules: `tagging` (the echo tag, fast tagged audio frames), `script` (what each caller says),
 `runner` (the engine: one process, one ticker), `workers` (several processes, progress),
-`report` (numbers, table, JSON, thresholds), `plot` (a timeline PNG), `recording` (save and
-replay a call), `cli` (the subcommand). Nothing is imported here, so `acs-media-gateway serve`
-does not pay for it. The client side of the wire is `gateway.acs.client`; the library for
-tests is `gateway.testing`.
+`report` (numbers, table, JSON), `checks` (thresholds, the default checks), `plot` (a
+timeline PNG), `recording` (save and replay a call), `cli` (the subcommand). Nothing is imported
+here, so `acs-media-gateway serve` does not pay for it. The client side of the wire is
+`gateway.acs.client`; the library for tests is `gateway.testing`.
 """

@@ -2,7 +2,8 @@
 
 Owns: flags, output (table, JSON, plot, recordings) and exit codes. Never: sending audio.
 
-Exit codes: 0 the run met every threshold; 1 a threshold was missed, no call connected, or a
+Exit codes: 0 the run met every check; 1 a check failed (a threshold, a default check such as
+lost frames or an early close, a form other than `--require-form`), no call connected, or a
 replay came back different; 2 bad flags or files.
 """
 
@@ -47,6 +48,23 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         help="16-bit mono WAV to speak, looped (repeat: one per speaker); default bundled speech",
     )
     audio.add_argument(
+        "--turn", type=float, default=3.0, metavar="S", help="seconds of speech per turn (3)"
+    )
+    audio.add_argument(
+        "--pause",
+        type=float,
+        default=1.5,
+        metavar="S",
+        help="silence that ends a turn (1.5; 0: speak without pauses)",
+    )
+    audio.add_argument(
+        "--reply-timeout",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="longest wait for the bot to answer a turn (5)",
+    )
+    audio.add_argument(
         "--barge-in-after",
         type=float,
         metavar="S",
@@ -66,6 +84,25 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         default=0.0,
         metavar="F",
         help="share of calls that drop the connection abruptly at a random moment",
+    )
+    server = p.add_argument_group("what the server should do")
+    server.add_argument(
+        "--expect",
+        choices=("auto", "echo", "bot"),
+        default="auto",
+        help="echo: every frame must come back once, in order, unchanged (lost, reordered, "
+        "corrupted fail the run); bot: no echo accounting; auto (default): echo when any "
+        "frame sent came back",
+    )
+    server.add_argument(
+        "--expect-hangup",
+        action="store_true",
+        help="the bot ends each call (close 1000) before the scenario does",
+    )
+    server.add_argument(
+        "--require-form",
+        choices=("sdk", "pascal", "java"),
+        help="fail if the gateway sends any message in another form (sdk: the JS SDK's)",
     )
     net = p.add_argument_group("connection")
     net.add_argument(
@@ -92,7 +129,8 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="METRIC=VALUE",
-        help="fail (exit 1) if METRIC is above VALUE, e.g. rtt_p99_ms=50 (repeatable)",
+        help="fail (exit 1) if METRIC is above VALUE, e.g. rtt_p99_ms=50 (repeatable); "
+        "errors, lost, reordered, corrupted and unrecognised are 0 unless given",
     )
     out.add_argument(
         "--min",
@@ -114,15 +152,15 @@ def _dtmf(text: str) -> tuple[float, str]:
 def run(args: argparse.Namespace) -> int:
     import trio
 
-    from . import report, runner, workers
+    from . import checks, runner, workers
 
     def fail(message: str) -> int:
         print(f"acs-media-gateway simulate: {message}", file=sys.stderr)
         return 2
 
     try:
-        maxima = [report.parse_threshold(t) for t in args.max]
-        minima = [report.parse_threshold(t) for t in args.min]
+        maxima = [checks.parse_threshold(t) for t in args.max]
+        minima = [checks.parse_threshold(t) for t in args.min]
         # Flags are named after the Options fields they set (`dest`); these few need work.
         worked: dict[str, Any] = {
             "wavs": tuple(args.wavs),
@@ -148,12 +186,9 @@ def run(args: argparse.Namespace) -> int:
     result = trio.run(workers.run, options, progress)
     if progress is not None:
         progress.done()
-    totals = result.totals()
+    problems = checks.checks(result, maxima, minima, args.require_form)
     if args.json:
-        import orjson
-
-        sys.stdout.write(orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2).decode())
-        sys.stdout.write("\n")
+        _print_json({**result.to_json(), "failed": problems})
     else:
         print(result.table())
     if args.plot:
@@ -161,9 +196,6 @@ def run(args: argparse.Namespace) -> int:
 
         plot.plot(result.calls, args.plot, title=f"{args.url}: {options.calls} call(s)")
         print(f"timeline: {args.plot}", file=sys.stderr)
-    problems = report.missed(totals, maxima, minima)
-    if totals["calls_connected"] == 0:
-        problems.append("no call connected")
     for line in problems:
         print(f"FAILED: {line}", file=sys.stderr)
     return 1 if problems else 0
@@ -187,6 +219,17 @@ def _replay(args: argparse.Namespace, options: Any) -> int:
         again.write(args.record)
     differences = compare(original, again, args.tolerance)
     summary = again.summary()
+    if args.json:
+        _print_json(
+            {
+                "replayed": args.replay,
+                "messages_sent": len(original.sent()),
+                "summary": summary,
+                "differences": differences,
+                "same": not differences,
+            }
+        )
+        return 1 if differences else 0
     print(
         f"replayed {len(original.sent())} messages from {args.replay}: "
         f"{summary['audio_ms']} ms of audio back, {len(summary['stop_audio_s'])} stop-audio, "
@@ -197,3 +240,10 @@ def _replay(args: argparse.Namespace, options: Any) -> int:
     if not differences:
         print("the gateway answered as recorded")
     return 1 if differences else 0
+
+
+def _print_json(obj: Any) -> None:
+    import orjson
+
+    sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode())
+    sys.stdout.write("\n")

@@ -1,10 +1,17 @@
 """The simulator's results: per-call numbers, totals, the simulator's own health, thresholds.
 
 Owns: `Histogram` (mergeable across worker processes), `CallResult`, `Report` (a readable
-table and JSON), and checking `--max` / `--min` thresholds. Never: I/O beyond formatting text.
+table and JSON), the echo faults (lost, reordered, corrupted), and which side was overloaded.
+Never: I/O beyond formatting text; deciding whether a run failed (`checks`).
 
 All times in a `CallResult` are seconds from the call's start (its `AudioMetadata`), so calls
 and recordings compare without a shared clock.
+
+Echo mode (`expect` "echo", or "auto" when any call got back a frame it sent): every frame sent
+on the echoed track should come back once, in order, byte for byte. `lost` counts frames never
+echoed (up to the last frame the server echoed when the server ended the call itself, so what
+was in flight at its hang-up is not loss), `reordered` echoes older than one already seen,
+`corrupted` echoed audio that is not byte for byte a frame sent and not yet echoed.
 """
 
 from __future__ import annotations
@@ -18,6 +25,9 @@ import attrs
 LATE_P99_LIMIT_MS: Final = 2.0  # the simulator's frames are trustworthy up to this lateness
 LATE_MAX_LIMIT_MS: Final = 20.0  # a frame a whole period late means the simulator stalled
 CPU_LIMIT_PCT: Final = 90.0  # a worker process above this share of its core is saturated
+GATEWAY_RTT_LIMIT_MS: Final = 100.0  # echoes later than five frame periods: the gateway lags
+# How a call ended, when it ended well; any other end is also an error kind.
+GOOD_ENDS: Final = frozenset({"completed", "bot_hung_up", "hung_up"})
 
 
 class Histogram:
@@ -105,11 +115,34 @@ class CallResult:
     stop_latencies_ms: list[float] = attrs.field(factory=list)  # barge-in to stop-audio
     errors: dict[str, int] = attrs.field(factory=dict)
     close_code: int | None = None
+    close_reason: str = ""
+    closed_at: float | None = None  # when the server's close came, if before the scenario's end
     hung_up: bool = False  # a scripted abrupt hang-up
+    end: str | None = None  # how the call ended, set once (GOOD_ENDS, or an error kind)
+    forms: dict[str, int] = attrs.field(factory=dict)  # gateway messages by form
+    echoed: int = 0  # frames echoed back (each frame once)
+    echo_expected: int = 0  # frames that should have come back, were the server an echo
+    reordered: int = 0
+    mismatched: int = 0  # echoes of a frame sent whose bytes differ
+    unmatched: int = 0  # audio that is no frame sent and not yet echoed
     timeline: Timeline | None = None
 
     def error(self, kind: str) -> None:
-        self.errors[kind] = self.errors.get(kind, 0) + 1
+        """Count a fault of this call; each kind once per call."""
+        self.errors[kind] = 1
+
+    def ended(self, kind: str) -> None:
+        """How the call ended: the first end wins, so a call is counted once."""
+        if self.end is None:
+            self.end = kind
+            if kind not in GOOD_ENDS:
+                self.error(kind)
+
+    def lost(self, echo: bool) -> int:
+        return max(0, self.echo_expected - self.echoed) if echo else 0
+
+    def corrupted(self, echo: bool) -> int:
+        return self.mismatched + self.unmatched if echo else 0
 
     def to_json(self) -> dict[str, Any]:
         out = attrs.asdict(self, recurse=False, filter=lambda a, _: a.name not in ("rtt",))
@@ -203,7 +236,25 @@ class Report:
                 errors[kind] = errors.get(kind, 0) + n
         late = self.health.send_lateness
         cpu = self.health.cpu_pct
+        echo = self.echo_mode()
+        forms: dict[str, int] = {}
+        for call in self.calls:
+            for form, n in call.forms.items():
+                forms[form] = forms.get(form, 0) + n
+        expected = sum(c.echo_expected for c in self.calls) if echo else 0
+        lost = sum(c.lost(echo) for c in self.calls)
         return {
+            "expect": "echo" if echo else "bot",
+            "echoed": sum(c.echoed for c in self.calls),
+            "echo_expected": expected,
+            "lost": lost,
+            "lost_pct": round(100 * lost / expected, 2) if expected else 0.0,
+            "reordered": sum(c.reordered for c in self.calls) if echo else 0,
+            "corrupted": sum(c.corrupted(echo) for c in self.calls),
+            "unrecognised": forms.get("unrecognised", 0),
+            "messages_by_form": forms,
+            "calls_closed_early": sum(c.end == "closed_early" for c in self.calls),
+            "calls_bot_hung_up": sum(c.end == "bot_hung_up" for c in self.calls),
             "calls": len(self.calls),
             "calls_connected": sum(c.connected for c in self.calls),
             "calls_failed": sum(bool(c.errors) for c in self.calls),
@@ -235,30 +286,59 @@ class Report:
             "simulator_fell_behind": bool(self.health.behind()),
         }
 
+    def echo_mode(self) -> bool:
+        expect = self.settings.get("expect", "auto")
+        return expect == "echo" or (expect == "auto" and any(c.echoed for c in self.calls))
+
+    def overload(self, t: Mapping[str, Any] | None = None) -> tuple[str | None, list[str]]:
+        """Which side fell behind ("simulator", "gateway" or None), and its figures."""
+        behind = self.health.behind()
+        if behind:
+            return "simulator", behind
+        t = t if t is not None else self.totals()
+        p99 = t["rtt_p99_ms"]
+        if t["expect"] != "echo" or not (
+            t["lost"] or (p99 is not None and p99 > GATEWAY_RTT_LIMIT_MS)
+        ):
+            return None, []
+        return "gateway", [
+            f"{t['lost']} of {t['echo_expected']} frames never echoed ({t['lost_pct']}%)",
+            f"round trip p99 {_fmt(p99)} ms",
+            f"while the simulator kept time (send lateness p99 {_fmt(t['send_late_p99_ms'], 2)}"
+            f" ms, CPU {t['simulator_cpu_pct']}% of a core)",
+        ]
+
     def to_json(self) -> dict[str, Any]:
+        totals = self.totals()
+        side, why = self.overload(totals)
+        echo = totals["expect"] == "echo"
         return {
             "settings": self.settings,
-            "totals": self.totals(),
+            "totals": totals,
+            "overload": {"side": side, "figures": why},
             "simulator": {**self.health.to_json(), "fell_behind": self.health.behind()},
-            "calls": [c.to_json() for c in self.calls],
+            "calls": [
+                {**c.to_json(), "lost": c.lost(echo), "corrupted": c.corrupted(echo)}
+                for c in self.calls
+            ],
         }
 
     def table(self, max_calls: int = 20) -> str:
         t = self.totals()
+        echo = t["expect"] == "echo"
         lines = [
             f"{'call':>5} {'connection id':<38} {'sent':>7} {'recv':>7} {'first ms':>9} "
-            f"{'rtt p50':>8} {'rtt p99':>8} {'stops':>5} {'stop ms':>8}  end",
+            f"{'rtt p50':>8} {'rtt p99':>8} {'stops':>5} {'stop ms':>8} {'lost':>5} "
+            f"{'reord':>5} {'corr':>5}  end",
         ]
         for c in self.calls[:max_calls]:
             stop = f"{max(c.stop_latencies_ms):.0f}" if c.stop_latencies_ms else "-"
-            end = ", ".join(f"{k} x{n}" for k, n in c.errors.items()) or (
-                "hung up" if c.hung_up else f"closed {c.close_code}"
-            )
             lines.append(
                 f"{c.index:>5} {c.connection_id[:38]:<38} {c.frames_sent:>7} "
                 f"{c.frames_received:>7} {_fmt(c.first_audio_ms):>9} "
                 f"{_fmt(c.rtt.percentile(50)):>8} {_fmt(c.rtt.percentile(99)):>8} "
-                f"{c.stop_audio:>5} {stop:>8}  {end}"
+                f"{c.stop_audio:>5} {stop:>8} {c.lost(echo):>5} "
+                f"{c.reordered if echo else 0:>5} {c.corrupted(echo):>5}  {_end(c)}"
             )
         if len(self.calls) > max_calls:
             lines.append(f"  ... {len(self.calls) - max_calls} more calls (all in --json)")
@@ -276,6 +356,17 @@ class Report:
             f"barge-in    {t['barge_ins']} scripted; stop-audio after p50 "
             f"{_fmt(t['stop_latency_p50_ms'])} ms, p95 {_fmt(t['stop_latency_p95_ms'])} ms, max "
             f"{_fmt(t['stop_latency_max_ms'])} ms",
+            (
+                f"echo        {t['echoed']} of {t['echo_expected']} frames echoed; lost "
+                f"{t['lost']} ({t['lost_pct']}%), reordered {t['reordered']}, corrupted "
+                f"{t['corrupted']}"
+                if echo
+                else "echo        not an echo (no frame came back): no loss accounting"
+            ),
+            "forms       "
+            + (", ".join(f"{k}: {n}" for k, n in sorted(t["messages_by_form"].items())) or "none"),
+            f"ends        {t['calls_closed_early']} closed early by the server, "
+            f"{t['calls_bot_hung_up']} hung up by the bot",
             "errors      "
             + (", ".join(f"{k}: {n}" for k, n in sorted(t["errors_by_kind"].items())) or "none"),
             f"simulator   CPU {t['simulator_cpu_pct']}% of a core "
@@ -284,13 +375,36 @@ class Report:
             f"{_fmt(t['send_late_p50_ms'], 2)} ms, p99 {_fmt(t['send_late_p99_ms'], 2)} ms, "
             f"max {_fmt(t['send_late_max_ms'], 2)} ms",
         ]
-        behind = self.health.behind()
-        if behind:
+        side, why = self.overload(t)
+        if side == "simulator":
             lines.append(
-                "WARNING: the simulator fell behind (" + "; ".join(behind) + "): its timings "
+                "WARNING: the simulator fell behind (" + "; ".join(why) + "): its timings "
                 "and the gateway's are mixed up; use fewer calls or more --processes"
             )
+        elif side == "gateway":
+            lines.append("WARNING: the gateway fell behind (" + "; ".join(why) + ")")
+        if t["calls_connected"] and not t["frames_received"] and not t["stop_audio"]:
+            lines.append("WARNING: no audio came back from the gateway")
         return "\n".join(lines)
+
+
+def _end(c: CallResult) -> str:
+    if c.end == "closed_early":
+        return f"closed early {c.close_code} {c.close_reason!r} at {_fmt(c.closed_at)} s"
+    if c.end == "bot_hung_up":
+        return f"bot hung up {c.close_code} at {_fmt(c.closed_at)} s"
+    if c.hung_up:
+        return "hung up"
+    others = [NAMES.get(k, k) for k in c.errors if k != c.end]
+    main = f"closed {c.close_code}" if c.end in (None, "completed") else NAMES.get(c.end, c.end)
+    return ", ".join([main, *others])
+
+
+NAMES: Final = {
+    "no_reply_to_barge_in": "no reply to barge in on",
+    "no_hangup": "the bot did not hang up",
+    "connection_lost": "connection lost",
+}
 
 
 def _round(value: float | None) -> float | None:
@@ -299,72 +413,3 @@ def _round(value: float | None) -> float | None:
 
 def _fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
-
-
-# -- thresholds --
-
-
-def parse_threshold(text: str) -> tuple[str, float]:
-    """ "rtt_p99_ms=50" -> ("rtt_p99_ms", 50.0); raises ValueError naming the valid metrics."""
-    name, sep, value = text.partition("=")
-    name = name.strip()
-    if not sep or name not in THRESHOLD_METRICS:
-        raise ValueError(
-            f"bad threshold {text!r}: use METRIC=NUMBER with METRIC one of "
-            + ", ".join(sorted(THRESHOLD_METRICS))
-        )
-    try:
-        return name, float(value)
-    except ValueError:
-        raise ValueError(f"bad threshold {text!r}: {value!r} is not a number") from None
-
-
-def missed(
-    totals: Mapping[str, Any],
-    maxima: Iterable[tuple[str, float]],
-    minima: Iterable[tuple[str, float]],
-) -> list[str]:
-    """Every threshold the run missed, as readable lines. A metric with no value (no echoed
-    frames, no barge-in) misses its threshold: the run did not show what was asked."""
-    out = []
-    for name, limit in maxima:
-        value = totals[name]
-        if value is None:
-            out.append(f"{name} was not measured (maximum {limit:g})")
-        elif value > limit:
-            out.append(f"{name} = {value}, above the maximum {limit:g}")
-    for name, limit in minima:
-        value = totals[name]
-        if value is None:
-            out.append(f"{name} was not measured (minimum {limit:g})")
-        elif value < limit:
-            out.append(f"{name} = {value}, below the minimum {limit:g}")
-    return out
-
-
-THRESHOLD_METRICS: Final = frozenset(
-    {
-        "calls_connected",
-        "calls_failed",
-        "frames_sent",
-        "frames_received",
-        "audio_s_received",
-        "stop_audio",
-        "first_audio_p50_ms",
-        "first_audio_p95_ms",
-        "first_audio_max_ms",
-        "rtt_frames",
-        "rtt_p50_ms",
-        "rtt_p90_ms",
-        "rtt_p99_ms",
-        "rtt_max_ms",
-        "stop_latency_p50_ms",
-        "stop_latency_p95_ms",
-        "stop_latency_max_ms",
-        "errors",
-        "send_late_p50_ms",
-        "send_late_p99_ms",
-        "send_late_max_ms",
-        "simulator_cpu_pct",
-    }
-)

@@ -16,9 +16,16 @@ Why it is built this way (so that it is never the bottleneck of a load test):
 - One reader task per call: one park and one `recv` per wake-up, every frame it completed
   handled at once.
 
+How a call ends is decided once (`CallResult.ended`), by the reader, which sees the server's
+close frame even when the ticker's write already failed because the server had hung up: a
+close frame before the scenario's end is `closed_early` (or `bot_hung_up` with
+`expect_hangup`), an end without one `connection_lost`. When the script is over, a call whose
+server echoes waits up to `ECHO_DRAIN` for the frames still in flight before it hangs up.
+
 Resource handling: every call's socket is closed before its task returns (a close frame and up
 to `CLOSE_TIMEOUT` for the reply; a scripted hang-up resets the connection instead).
-Error handling: a failing call is counted in its `errors` by kind and never affects another.
+Error handling: a failing call is counted in its `errors` by kind (each kind once) and never
+affects another.
 """
 
 from __future__ import annotations
@@ -53,6 +60,8 @@ SUB_TICK: Final = FRAME_MS / 1000 / PHASES
 RING: Final = 4096  # frames whose send time is kept for round trips (82 s)
 BACKLOG_LIMIT: Final = 1 << 20  # bytes the gateway may leave unread before the call fails
 CLOSE_TIMEOUT: Final = 2.0  # seconds to wait for the gateway's close reply
+ECHO_DRAIN: Final = 1.0  # seconds an echoed call waits for its last frames before hanging up
+EXPECT: Final = ("auto", "echo", "bot")
 
 
 @attrs.frozen
@@ -71,6 +80,11 @@ class Options:
     barge_in_wav: str | None = None
     dtmf: tuple[tuple[float, str], ...] = ()
     hangup_fraction: float = 0.0
+    turn: float = 3.0
+    pause: float = 1.5
+    reply_timeout: float = 5.0
+    expect: str = "auto"  # "echo": count loss, reorder, corruption; "bot": do not; "auto": see
+    expect_hangup: bool = False  # the bot ends calls (close 1000) before the scenario does
     token: str | None = None  # sent as "Authorization: Bearer ..."; never printed or saved
     ca_file: str | None = None
     insecure: bool = False
@@ -93,6 +107,8 @@ class Options:
 
     def scenario(self) -> Scenario:
         """The Scenario these options describe (raises ValueError for a bad one)."""
+        if self.expect not in EXPECT:
+            raise ValueError(f"--expect must be one of {', '.join(EXPECT)}, not {self.expect!r}")
         names = inspect.signature(build_scenario).parameters
         return build_scenario(**{name: getattr(self, name) for name in names})
 
@@ -118,7 +134,12 @@ class SimCall:
     """One simulated call in the load engine."""
 
     def __init__(
-        self, index: int, scenario: Scenario, options: Options, rng: random.Random
+        self,
+        index: int,
+        scenario: Scenario,
+        options: Options,
+        rng: random.Random,
+        audio: AudioFrames,
     ) -> None:
         self.index = index
         self.options = options
@@ -139,6 +160,11 @@ class SimCall:
         # walk a million objects while the ticker waits.
         self.sent_seq = array("l", [-1]) * RING
         self.sent_at = array("d", [0.0]) * RING
+        self.sent_pcm: list[bytes] = [b""] * RING  # references to the clips' frames
+        self.audio = audio
+        self.tracks = len(scenario.speakers)
+        self.max_echoed = -1  # the highest frame number echoed so far
+        self.script_over = False  # the script ran to its end (no hang-up)
         self.answered_barge_ins = 0
         self.scope = trio.CancelScope()
         self.hang_up = False
@@ -161,6 +187,7 @@ class SimCall:
             self.scope.cancel()
             return False
         if k >= self.script.ticks:
+            self.script_over = True
             self.scope.cancel()
             return False
         frames = []
@@ -168,8 +195,9 @@ class SimCall:
         for participant, pcm, silent in self.script.tick(k, now):
             seq = self.seq
             self.seq += 1
-            self.sent_seq[seq % RING] = seq & 0xFFFF
+            self.sent_seq[seq % RING] = seq
             self.sent_at[seq % RING] = now
+            self.sent_pcm[seq % RING] = pcm
             frames.append(audio.frame(pcm, seq, participant, silent))
             if recording is not None:
                 text = audio.text(pcm, seq, participant, silent)
@@ -189,11 +217,10 @@ class SimCall:
         try:
             self.link.send_nowait(b"".join(frames))
         except OSError:
-            result.error("connection_lost")
-            self.scope.cancel()
+            # The server is gone; the reader decides how (a close frame may be waiting).
             return False
         if len(self.link.backlog) > BACKLOG_LIMIT:
-            result.error("send_backlog")
+            result.ended("send_backlog")
             self.scope.cancel()
             return False
         return True
@@ -204,7 +231,9 @@ class SimCall:
         result = self.result
         if self.recording is not None:
             self.recording.entries.append(Entry(now - self.started, "received", message.decode()))
-        kind, data = client.classify(message)
+        kind, data, form = client.classify_form(message)
+        forms = result.forms
+        forms[form] = forms.get(form, 0) + 1
         timeline = result.timeline
         if kind == client.AUDIO:
             result.frames_received += 1
@@ -212,16 +241,9 @@ class SimCall:
             result.audio_ms_received += seconds * 1000
             if result.first_audio_ms is None and self.first_sent is not None:
                 result.first_audio_ms = round((now - self.first_sent) * 1000, 2)
-            seq = read_tag(data)
-            if seq is not None:
-                slot = seq % RING
-                if self.sent_seq[slot] == seq:
-                    self.sent_seq[slot] = -1  # an echo is matched once
-                    rtt = now - self.sent_at[slot]
-                    result.rtt.add(rtt)
-                    if timeline is not None:
-                        timeline.rtt.append((now - self.started, rtt * 1000))
-            self.script.bot_audio(now)
+            if not self._echo(data, now):
+                result.unmatched += 1
+                self.script.bot_audio(now, seconds)
             if timeline is not None:
                 timeline.add_bot_audio(now - self.started, seconds)
         elif kind == client.STOP:
@@ -237,8 +259,45 @@ class SimCall:
         else:
             result.other_received += 1
 
+    def _echo(self, data: str, now: float) -> bool:
+        """Match audio to the frame it echoes (False: it echoes no frame awaiting its echo)."""
+        seq = read_tag(data)
+        if seq is None:
+            return False
+        slot = seq % RING
+        full = self.sent_seq[slot]
+        if full < 0 or full & 0xFFFF != seq:
+            return False
+        self.sent_seq[slot] = -1  # an echo is matched once
+        result = self.result
+        if not self.audio.is_echo(data, self.sent_pcm[slot], full):
+            result.mismatched += 1
+            return True
+        result.echoed += 1
+        if full < self.max_echoed:
+            result.reordered += 1
+        else:
+            self.max_echoed = full
+        rtt = now - self.sent_at[slot]
+        result.rtt.add(rtt)
+        if result.timeline is not None:
+            result.timeline.rtt.append((now - self.started, rtt * 1000))
+        return True
+
+    def drained(self) -> bool:
+        """Every frame of the echoed track has come back (or none ever does)."""
+        return self.max_echoed < 0 or self.max_echoed + self.tracks >= self.seq
+
     def finish(self, now: float) -> None:
         result = self.result
+        # The frames that should have come back from an echo: all of the echoed track's when
+        # the call ran to its end, up to the last one echoed when the server ended it.
+        last = self.seq - 1 if result.end == "completed" or self.max_echoed < 0 else self.max_echoed
+        result.echo_expected = (last // self.tracks + 1) if last >= 0 else 0
+        if self.script.no_reply and not self.script.barge_ins:
+            result.error("no_reply_to_barge_in")
+        if self.options.expect_hangup and result.end == "completed":
+            result.error("no_hangup")
         result.barge_ins = len(self.script.barge_ins)
         if result.timeline is not None:
             tl = result.timeline
@@ -262,15 +321,15 @@ class Engine:
     ) -> None:
         self.options = options
         self.scenario = options.scenario()
+        self.audio = AudioFrames()
         # One generator per call, seeded from (seed, index): a call does the same whichever
         # worker process runs it.
         self.calls = [
-            SimCall(i, self.scenario, options, random.Random(_seed(options.seed, i)))
+            SimCall(i, self.scenario, options, random.Random(_seed(options.seed, i)), self.audio)
             for i in indices
         ]
         self.start_at = start_at  # wall-clock time.time() at which call 0 starts (workers)
         self.health = SimulatorHealth()
-        self.audio = AudioFrames()
         self.buckets: list[list[SimCall]] = [[] for _ in range(PHASES)]
         self.up = 0
         url = urlsplit(options.url)
@@ -337,13 +396,13 @@ class Engine:
                 link.close()
             match exc:
                 case trio.TooSlowError():
-                    result.error("connect_timeout")
+                    result.ended("connect_timeout")
                 case ConnectFailed(kind=kind):
-                    result.error(kind)
+                    result.ended(kind)
                 case client.UpgradeRefused(status=status):
-                    result.error(f"upgrade_refused_{status}" if status else "upgrade_refused")
+                    result.ended(f"upgrade_refused_{status}" if status else "upgrade_refused")
                 case OSError():
-                    result.error("connect_failed")
+                    result.ended("connect_failed")
                 case _:
                     raise
             return
@@ -381,56 +440,79 @@ class Engine:
             call.recording.entries.append(Entry(0.0, "sent", metadata))
         link.send_nowait(client.masked_text(metadata, call.mask))
         self.buckets[call.index % PHASES].append(call)
-        closed = False
         with call.scope:
-            closed = await self._read(call, link, leftover)
-        if closed or call.hang_up:
-            if call.hang_up:
-                link.abort()
+            await self._read(call, link, leftover)
+        if call.hang_up:
+            result.ended("hung_up")
+            link.abort()
             return
-        # The script is over: hang up like ACS, with a close frame, and read until the reply.
-        # Both are bounded: a gateway that stopped reading must not hold the simulator.
+        if result.end is not None:
+            return
+        # The script is over. An echo still has frames in flight: wait for them (bounded).
+        if not call.drained():
+            with trio.move_on_after(ECHO_DRAIN):
+                await self._read(call, link, b"", until=call.drained)
+            if result.end is not None:
+                return
+        # Hang up like ACS, with a close frame, and read until the reply. Both are bounded: a
+        # gateway that stopped reading must not hold the simulator.
         with trio.move_on_after(CLOSE_TIMEOUT) as wait:
             try:
                 await link.send_all(client.masked_close(1000, call.mask))
             except OSError:
-                result.error("connection_lost")
+                result.ended("connection_lost")
                 return
             await self._read(call, link, b"")
         if wait.cancelled_caught:
-            result.error("close_timeout")
+            result.ended("close_timeout")
 
-    async def _read(self, call: SimCall, link: Link, data: bytes) -> bool:
-        """Handle what the gateway sends until it closes (True) or the caller is cancelled."""
+    async def _read(
+        self, call: SimCall, link: Link, data: bytes, until: Callable[[], bool] | None = None
+    ) -> None:
+        """Handle what the gateway sends until the call ends (`result.end` is set), `until()`
+        holds, or the caller is cancelled."""
         result = call.result
         while True:
             now = trio.current_time()
             try:
                 events = call.frames.receive(data) if data else []
             except framing.FramingError:
-                result.error("protocol_error")
-                return True
+                result.ended("protocol_error")
+                return
             for event in events:
                 if type(event) is bytes:
                     call.on_message(event, now)
                 elif isinstance(event, framing.Ping):
                     link.send_nowait(client.pong(bytes(event), call.mask))
                 elif isinstance(event, framing.Close):
-                    result.close_code = event.code
-                    if not call.scope.cancel_called and event.code != 1000:
-                        result.error(f"closed_{event.code}")  # the gateway ended the call
+                    self._closed(call, event, now)
                     try:
                         link.send_nowait(client.masked_close(1000, call.mask))
                     except OSError:
                         pass
-                    return True
+                    return
+            if until is not None and until():
+                return
             try:
                 data = await link.recv()
             except OSError:
                 data = b""
             if not data:
-                result.error("connection_lost")
-                return True
+                result.ended("connection_lost")
+                return
+
+    def _closed(self, call: SimCall, close: framing.Close, now: float) -> None:
+        """The server's close frame: the reply to ours, the bot's hang-up, or an early end."""
+        result = call.result
+        result.close_code, result.close_reason = close.code, close.reason
+        if call.script_over or call.hang_up:
+            result.ended("completed")
+            return
+        result.closed_at = round(now - call.started, 3)
+        if close.code == 1000 and self.options.expect_hangup:
+            result.ended("bot_hung_up")
+        else:
+            result.ended("closed_early")
 
 
 def _seed(seed: int | None, index: int) -> str | None:

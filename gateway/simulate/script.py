@@ -5,21 +5,33 @@ Owns: deciding what each call sends at each 20 ms tick, given the time and what 
 has sent so far. Never: I/O or clocks (the runner passes the time in), so it is tested without
 sockets.
 
-Barge-in, as a caller does it: the caller is quiet (ACS keeps sending frames, flagged silent)
-until the bot's audio has been arriving for `barge_in_after` seconds, then speaks the barge-in
-clip once while the bot is still talking; the gateway's processor should answer with stop-audio.
-After the clip, the caller is quiet again until the bot starts its next reply.
+Turns, as a caller takes them: speak `turn` seconds of the clip, then be quiet (ACS keeps
+sending frames, flagged silent) for `pause` seconds, long enough for a voice-activity detector
+to end the turn, then wait while the bot answers (at most `reply_timeout`), and speak again,
+where the clip left off. `pause` 0 is one unbroken stream of speech. Echoed audio is not the bot
+talking (the runner reports only audio that is not an echo of the caller's own frames).
+
+Barge-in, as a caller does it: the caller is quiet until the bot's audio has been arriving for
+`barge_in_after` seconds, then speaks the barge-in clip once while the bot is still talking; the
+gateway's processor should answer with stop-audio. A bot that waits for the caller to speak
+first is prompted: after `OPENING_WAIT` of silence the caller speaks a turn, and waits for the
+reply at most `reply_timeout`; a call whose bot never replied is marked `no_reply` (reported as
+"no reply to barge in on"), and the caller speaks again rather than waiting forever.
 """
 
 from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Final
 
 import attrs
 
 from ..acs.packets import frame_bytes
 from ..audio.samples import frames, read_wav, speech
+
+OPENING_WAIT: Final = 1.0  # seconds a barge-in caller waits for a bot that talks first
+QUIET_GAP: Final = 0.3  # seconds without bot audio after which the bot has stopped talking
 
 
 @attrs.frozen
@@ -34,6 +46,9 @@ class Scenario:
     barge_in_clip: tuple[bytes, ...] = ()
     dtmf: tuple[tuple[float, str], ...] = ()  # (seconds into the call, tone)
     hangup_fraction: float = 0.0  # calls that drop the TCP connection at a random moment
+    turn: float = 3.0  # seconds the caller speaks in one turn
+    pause: float = 1.5  # seconds of silence that end a turn (0: speak without pauses)
+    reply_timeout: float = 5.0  # seconds the caller waits for the bot to answer
 
     @property
     def silence(self) -> bytes:
@@ -51,6 +66,9 @@ def build_scenario(
     barge_in_wav: str | None = None,
     dtmf: tuple[tuple[float, str], ...] = (),
     hangup_fraction: float = 0.0,
+    turn: float = 3.0,
+    pause: float = 1.5,
+    reply_timeout: float = 5.0,
 ) -> Scenario:
     """A Scenario from command-line terms. Raises ValueError with a readable message."""
     if sample_rate not in (16000, 24000):
@@ -59,6 +77,8 @@ def build_scenario(
         raise ValueError("several speakers need --unmixed (a mixed stream has one track)")
     if not 0.0 <= hangup_fraction <= 1.0:
         raise ValueError("--hangup-fraction must be between 0 and 1")
+    if turn <= 0 or pause < 0 or reply_timeout <= 0:
+        raise ValueError("--turn and --reply-timeout must be positive, --pause at least 0")
     clips = [_load(path, sample_rate) for path in wavs] or [speech(sample_rate)]
     names: tuple[str | None, ...] = (
         tuple(f"8:acs:simulated-speaker-{i + 1}" for i in range(speakers)) if unmixed else (None,)
@@ -85,6 +105,9 @@ def build_scenario(
         barge_in_clip=tuple(barge),
         dtmf=tuple(sorted(dtmf, key=lambda d: d[0])),  # same time: in the order given
         hangup_fraction=hangup_fraction,
+        turn=turn,
+        pause=pause,
+        reply_timeout=reply_timeout,
     )
 
 
@@ -106,9 +129,17 @@ class CallScript:
         if scenario.hangup_fraction and rng.random() < scenario.hangup_fraction:
             self.hangup_tick = rng.randrange(1, max(2, self.ticks))
         self._dtmf = list(scenario.dtmf)
+        self._turn_ticks = max(1, round(scenario.turn * 50))
+        self._pause_ticks = round(scenario.pause * 50)
+        self._pos = 0  # next frame of the clips
+        self._phase = "speak"  # speak | pause | wait (turns); listen | prompt | barge (barge-in)
+        self._phase_tick = 0  # tick at which the phase began
+        self._phase_at: float | None = None  # time at which the phase began
+        self._prompted = False  # a barge-in caller has spoken to a bot that did not talk first
         self._bot_since: float | None = None  # the bot has been talking since (None: quiet)
-        self._barge_tick: int | None = None  # tick at which the current barge-in clip began
+        self._bot_until = 0.0  # the bot's audio received so far ends here
         self.barge_ins: list[float] = []  # when each barge-in began
+        self.no_reply = False  # the bot never answered the caller's turn (barge-in scenario)
         self.speech: list[list[float]] | None = [] if keep_timeline else None
         self._speaking = False
 
@@ -119,28 +150,74 @@ class CallScript:
     def tick(self, k: int, now: float) -> list[tuple[str | None, bytes, bool]]:
         """(participant, 20 ms of PCM, silent) for every track at tick `k`."""
         sc = self.scenario
-        if not self.barging:
+        if self._phase_at is None:
+            self._phase_at = now
+        if self._bot_since is not None and now > self._bot_until + QUIET_GAP:
+            self._bot_since = None  # the bot's reply is over
+        if self.barging:
+            return self._barge_tick(k, now)
+        speaking = self._turn(k, now)
+        if speaking:
             out = [
-                (who, clip[k % len(clip)], False)
+                (who, clip[self._pos % len(clip)], False)
                 for who, clip in zip(sc.speakers, sc.clips, strict=True)
             ]
-            self._note_speech(now, True)
-            return out
-        if self._barge_tick is None and self._bot_since is not None:
-            assert sc.barge_in_after is not None
-            if now - self._bot_since >= sc.barge_in_after:
-                self._barge_tick = k
+            self._pos += 1
+        else:
+            out = [(who, sc.silence, True) for who in sc.speakers]
+        self._note_speech(now, speaking)
+        return out
+
+    def _turn(self, k: int, now: float) -> bool:
+        if not self._pause_ticks:
+            return True
+        if self._phase == "speak" and k - self._phase_tick >= self._turn_ticks:
+            self._enter("pause", k, now)
+        if self._phase == "pause" and k - self._phase_tick >= self._pause_ticks:
+            self._enter("wait", k, now)
+        if self._phase == "wait":
+            assert self._phase_at is not None
+            bot_talking = now < self._bot_until + QUIET_GAP
+            if not bot_talking or now - self._phase_at >= self.scenario.reply_timeout:
+                self._enter("speak", k, now)
+        return self._phase == "speak"
+
+    def _barge_tick(self, k: int, now: float) -> list[tuple[str | None, bytes, bool]]:
+        sc = self.scenario
+        assert sc.barge_in_after is not None and self._phase_at is not None
+        if self._phase == "speak":  # a barge-in call starts listening
+            self._enter("listen", k, now)
+        if self._phase == "listen":
+            if self._bot_since is not None and now - self._bot_since >= sc.barge_in_after:
+                self._enter("barge", k, now)
                 self.barge_ins.append(now)
+            elif self._bot_since is None:
+                waited = now - self._phase_at
+                if waited >= (sc.reply_timeout if self._prompted else OPENING_WAIT):
+                    if self._prompted and not self.barge_ins:
+                        self.no_reply = True
+                    self._prompted = True
+                    self._enter("prompt", k, now)
         out = [(who, sc.silence, True) for who in sc.speakers]
-        if self._barge_tick is not None:
-            i = k - self._barge_tick
+        i = k - self._phase_tick
+        if self._phase == "prompt":
+            if i < self._turn_ticks:
+                clip = sc.clips[0]
+                out[0] = (sc.speakers[0], clip[self._pos % len(clip)], False)
+                self._pos += 1
+            else:
+                self._enter("listen", k, now)
+        elif self._phase == "barge":
             if i < len(sc.barge_in_clip):
                 out[0] = (sc.speakers[0], sc.barge_in_clip[i], False)
             else:  # the clip is over: wait for the bot's next reply
-                self._barge_tick = None
+                self._enter("listen", k, now)
                 self._bot_since = None
         self._note_speech(now, not out[0][2])
         return out
+
+    def _enter(self, phase: str, k: int, now: float) -> None:
+        self._phase, self._phase_tick, self._phase_at = phase, k, now
 
     def dtmf_due(self, elapsed: float) -> list[str]:
         tones = []
@@ -148,12 +225,15 @@ class CallScript:
             tones.append(self._dtmf.pop(0)[1])
         return tones
 
-    def bot_audio(self, now: float) -> None:
-        if self._bot_since is None and self._barge_tick is None:
+    def bot_audio(self, now: float, seconds: float = 0.02) -> None:
+        """The bot sent `seconds` of audio (not an echo of the caller's)."""
+        self._bot_until = max(self._bot_until, now) + seconds
+        if self._bot_since is None and self._phase != "barge":
             self._bot_since = now
 
     def stop_audio(self, now: float) -> None:
-        if self._barge_tick is None:
+        self._bot_until = now
+        if self._phase != "barge":
             self._bot_since = None
 
     def _note_speech(self, now: float, speaking: bool) -> None:

@@ -122,9 +122,22 @@ class FakeModel:
     def sent_of(self, kind: str) -> list[Recorded]:
         return [r for r in self.sent if r.type == kind]
 
-    async def wait_for(self, predicate: Callable[[FakeModel], bool]) -> None:
-        while not predicate(self):
-            await self._changed.park()
+    async def wait_for(
+        self,
+        predicate: Callable[[FakeModel], Any],
+        *,
+        timeout: float = 5.0,  # noqa: ASYNC109  # waits fail loudly by default
+        what: str = "a condition",
+    ) -> None:
+        """Wait until `predicate(self)` is true; `AssertionError` after `timeout` seconds."""
+        with trio.move_on_after(timeout):
+            while not predicate(self):
+                await self._changed.park()
+            return
+        got = [r.type for r in self.events][-10:]
+        raise AssertionError(
+            f"the fake model waited {timeout:g} s for {what}; the last events it received: {got}"
+        )
 
     def refuse(self, status: int | None = 503) -> None:
         """Refuse every later handshake with HTTP `status` (None: accept again)."""
@@ -140,6 +153,23 @@ class FakeModel:
             await session.send(
                 {"type": "error", "error": {"type": type, "code": code, "message": message}}
             )
+
+    async def call_tool(self, name: str, arguments: dict[str, Any] | None = None) -> str:
+        """Call the client's function tool `name`, as the model does; the call id."""
+        call_id = self._new_id("call")
+        for session in list(self._sessions):
+            await session.send(
+                {
+                    "type": "response.function_call_arguments.done",
+                    "response_id": self._new_id("resp"),
+                    "item_id": self._new_id("item"),
+                    "output_index": 0,
+                    "call_id": call_id,
+                    "name": name,
+                    "arguments": orjson.dumps(arguments or {}).decode(),
+                }
+            )
+        return call_id
 
     def go_silent(self, silent: bool = True) -> None:
         """Stop (or resume) reading and answering: pings go unanswered."""

@@ -6,15 +6,22 @@ handshake headers ACS sends, `AudioMetadata`, then audio at real-time cadence in
 one mixed stream or several unmixed participants. It records everything the gateway sends back
 and models ACS's playback queue: audio plays at real-time rate from a queue, and stop-audio drops
 whatever has not been played yet (`AcsPlayback`).
+
+Waits fail loudly: each has a timeout (the call's `timeout`, 5 s unless told, or its own) and
+raises `WaitFailed` saying what it waited for and what it saw; a wait whose call closes with its
+condition unmet raises at once. When the gateway is an in-process one (`open_gateway`, the
+pytest fixtures) and its processor raised, waits and sends raise `ProcessorFailed` chained to
+the processor's exception instead.
 """
 
 from __future__ import annotations
 
+import inspect
 import ssl
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Final
 
 import attrs
 import orjson
@@ -25,6 +32,14 @@ import trio_websocket
 from ..acs.client import acs_headers, audio_text, dtmf_text, metadata_text
 from ..acs.packets import BYTES_PER_SAMPLE, FRAME_MS, frame_bytes
 from ..audio.samples import frames as split_frames
+from .failures import ProcessorFailed, ProcessorFailures, for_url
+
+DEFAULT_TIMEOUT: Final = 5.0  # seconds a wait waits unless the call or the wait says otherwise
+
+
+class WaitFailed(AssertionError):
+    """A wait of the simulated peer ended with its condition unmet: it timed out, or the call
+    closed first. The message says what was awaited and what was seen."""
 
 
 @attrs.define
@@ -94,8 +109,12 @@ class SimulatedCall:
         sample_rate: int,
         connection_id: str | None = None,
         headers: Sequence[tuple[str, str]] = (),
+        timeout: float = DEFAULT_TIMEOUT,
+        failures: ProcessorFailures | None = None,
     ) -> None:
         self.ws = ws
+        self.timeout = timeout  # the default of every wait, in seconds
+        self._failures = failures
         self.sample_rate = sample_rate
         self.connection_id = connection_id
         self.headers = [h for h in headers if h[0].lower() != "authorization"]  # no secrets kept
@@ -134,21 +153,100 @@ class SimulatedCall:
         times = self.audio_times
         return times[0] - self.started if times else None
 
-    async def wait_for_audio(self, n_bytes: int) -> None:
-        """Wait until the gateway has sent at least `n_bytes` of audio (or the socket closes)."""
-        while len(self.received_pcm) < n_bytes and not self.closed.is_set():
-            await self._arrivals.park()
+    @property
+    def processor_error(self) -> Exception | None:
+        """What the processor raised in this call (in-process gateways only; else None)."""
+        return None if self._failures is None else self._failures.errors.get(self.connection_id)
 
-    async def wait_for(self, predicate: Any) -> None:
-        """Wait until `predicate(self)` is true or the socket closes."""
-        while not predicate(self) and not self.closed.is_set():
-            await self._arrivals.park()
+    async def wait_for_audio(
+        self,
+        n_bytes: int,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109  # waits fail loudly by default
+    ) -> None:
+        """Wait until the gateway has sent at least `n_bytes` of audio. Raises `WaitFailed`
+        after `timeout` seconds (default: the call's) or at once if the call closes first."""
+        await self._wait(
+            lambda c: len(c.received_pcm) >= n_bytes,
+            f"{n_bytes} bytes of audio",
+            lambda: f"got {len(self.received_pcm)}",
+            timeout,
+        )
+
+    async def wait_for(
+        self,
+        predicate: Callable[[SimulatedCall], Any],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109  # waits fail loudly by default
+        what: str | None = None,
+    ) -> None:
+        """Wait until `predicate(self)` is true. Raises `WaitFailed` (naming `what`, or the
+        predicate's source) after `timeout` seconds (default: the call's) or at once if the call
+        closes with the predicate still false."""
+        await self._wait(predicate, what or _describe(predicate), self._seen, timeout)
+
+    async def wait_closed(
+        self,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109  # waits fail loudly by default
+    ) -> None:
+        """Wait until the gateway closes the call (`close_code` says how)."""
+        await self._wait(
+            lambda c: c.closed.is_set(), "the gateway to close the call", self._seen, timeout
+        )
+
+    async def _wait(
+        self,
+        predicate: Callable[[SimulatedCall], Any],
+        what: str,
+        seen: Callable[[], str],
+        limit_s: float | None,
+    ) -> None:
+        limit = self.timeout if limit_s is None else limit_s
+        with trio.move_on_after(limit):
+            while not predicate(self) and not self.closed.is_set():
+                await self._arrivals.park()
+            if predicate(self):
+                return
+            self._raise_processor_error()
+            raise WaitFailed(f"waited for {what}; {seen()}; {self._state()}")
+        self._raise_processor_error()
+        raise WaitFailed(f"waited {limit:g} s for {what}; {seen()}; {self._state()}")
+
+    def _seen(self) -> str:
+        kinds = [r.kind for r in self.received]
+        return (
+            f"got {len(self.received_pcm)} bytes of audio in {kinds.count('audioData')} "
+            f"message(s), {kinds.count('stopAudio')} stop-audio, {kinds.count('other')} other"
+        )
+
+    def _state(self) -> str:
+        if not self.closed.is_set():
+            return "the call is still open"
+        if self.close_code is None:
+            return "the connection was lost (no close frame)"
+        return f"the gateway closed the call with {self.close_code} {self.close_reason or ''!r}"
+
+    def _raise_processor_error(self) -> None:
+        """Raise `ProcessorFailed` if the in-process gateway's processor raised in this call
+        (recorded before the gateway sends its close, so a closed call sees it)."""
+        error = self.processor_error
+        if error is not None:
+            raise ProcessorFailed(
+                f"the processor raised {error!r} in call {self.connection_id} "
+                f"({self._state()}); its traceback is above",
+                self.connection_id,
+            ) from error
 
     # -- what ACS sends --
 
     async def send_raw(self, message: str | bytes) -> None:
         self.transcript.append((trio.current_time(), "sent", message))
-        await self.ws.send_message(message)
+        try:
+            await self.ws.send_message(message)
+        except trio_websocket.ConnectionClosed:
+            self._raise_processor_error()
+            raise
 
     async def send_json(self, obj: Any) -> None:
         await self.send_raw(orjson.dumps(obj).decode())
@@ -221,6 +319,25 @@ class SimulatedCall:
         self._arrivals.unpark_all()
 
 
+def _describe(predicate: Callable[..., Any]) -> str:
+    """A predicate as its reader wrote it: a lambda's source, or a function's name."""
+    name = getattr(predicate, "__name__", repr(predicate))
+    if name != "<lambda>":
+        return name
+    try:
+        source = inspect.getsource(predicate)
+    except (OSError, TypeError):
+        return "a condition"
+    text = source[source.index("lambda") :].strip()
+    depth = 0
+    for i, char in enumerate(text):  # cut at the bracket that closes the lambda's call
+        depth += char in "([{"
+        depth -= char in ")]}"
+        if depth < 0 or (depth == 0 and char == ","):
+            return text[:i].strip()
+    return text
+
+
 @asynccontextmanager
 async def simulated_call(
     url: str | None = None,
@@ -233,12 +350,16 @@ async def simulated_call(
     send_metadata: bool = True,
     ssl_context: ssl.SSLContext | None = None,
     resource: str = "/",
+    timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109  # waits fail loudly by default
 ) -> AsyncIterator[SimulatedCall]:
     """Connect like ACS (to `url` + `resource`, or over an existing `stream`) and yield the call.
 
-    On exit the call hangs up (close 1000) if the gateway has not closed it already. A refused
-    upgrade raises `trio_websocket.ConnectionRejected` (with `.status_code`); a refused TCP
-    connection raises OSError."""
+    `timeout`: the default of the call's waits, in seconds. On exit the call hangs up (close
+    1000) if the gateway has not closed it already. A refused upgrade raises
+    `trio_websocket.ConnectionRejected` (with `.status_code`); a refused TCP connection raises
+    OSError. An exception from the `async with` body comes out as itself, not in a group."""
+    failures = for_url(url) if stream is None else None
+    alone: BaseException | None = None
     try:
         async with _connect(
             url,
@@ -250,17 +371,29 @@ async def simulated_call(
             send_metadata,
             ssl_context,
             resource,
+            timeout,
+            failures,
         ) as call:
             yield call
     except BaseExceptionGroup as group:
-        # Surface a refused or failed connection as itself, not wrapped in the peer's group.
-        refused, rest = group.split((trio_websocket.HandshakeError, OSError))
-        if refused is None or rest is not None:
+        # The peer's nursery wraps whatever crosses it: one failure is surfaced as itself.
+        alone = _only_failure(group)
+        if alone is None:
             raise
-        leaf: BaseException = refused
-        while isinstance(leaf, BaseExceptionGroup):
-            leaf = leaf.exceptions[0]
-        raise leaf from None
+    if alone is not None:
+        raise alone  # outside the handler, so that it keeps its own cause and context
+
+
+def _only_failure(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        elif not isinstance(exc, trio.Cancelled):
+            leaves.append(exc)
+    return leaves[0] if len(leaves) == 1 else None
 
 
 @asynccontextmanager
@@ -274,6 +407,8 @@ async def _connect(
     send_metadata: bool,
     ssl_context: ssl.SSLContext | None,
     resource: str,
+    waits_s: float,
+    failures: ProcessorFailures | None,
 ) -> AsyncIterator[SimulatedCall]:
     connection_id = connection_id or str(uuid.uuid4())
     correlation_id = correlation_id or str(uuid.uuid4())
@@ -295,7 +430,7 @@ async def _connect(
             ws = await trio_websocket.connect_websocket_url(
                 nursery, url, extra_headers=wire_headers, ssl_context=ssl_context
             )
-        call = SimulatedCall(ws, sample_rate, connection_id, extra)
+        call = SimulatedCall(ws, sample_rate, connection_id, extra, waits_s, failures)
         nursery.start_soon(call._receive)
         try:
             if send_metadata:

@@ -1,7 +1,7 @@
 """pytest plugin: fixtures to test a processor against a real in-process gateway, no ACS needed.
 
-Installed with the package (entry point `pytest11`), so any project that has
-`acs-media-gateway` and `pytest-trio` installed gets these fixtures in Trio tests:
+Installed with the package (entry point `pytest11`); the fixtures need `pytest-trio`, which the
+`testing` extra installs (`pip install 'acs-media-gateway[testing]'`). In Trio tests:
 
 - `acs_processor`: the processor under test. Override it in your test module or conftest
   (a processor function, a built-in name, or "package.module:factory"); default "echo".
@@ -9,7 +9,8 @@ Installed with the package (entry point `pytest11`), so any project that has
 - `acs_gateway`: a running gateway (`gateway.server.Server`) on 127.0.0.1, port 0;
   `acs_gateway.urls[0]` is its ws:// URL. Live calls are cancelled when the test ends.
 - `acs_call`: `async with acs_call(**options) as call:` a simulated ACS call to that gateway
-  (`gateway.testing.simulated_call` options: `sample_rate`, `headers`, ...).
+  (`gateway.testing.simulated_call` options: `sample_rate`, `headers`, `timeout`, ...).
+  Its waits raise `ProcessorFailed` when the processor under test raised.
 
 Owns: fixture wiring only. Never: anything a test could not also do by hand with
 `gateway.testing.open_gateway` and `simulated_call`.
@@ -68,8 +69,12 @@ else:
 
     @pytest.fixture
     def acs_gateway() -> None:
-        pytest.fail("the acs_gateway fixture needs pytest-trio: pip install pytest-trio")
+        pytest.fail(
+            "the acs_gateway fixture needs pytest-trio: pip install 'acs-media-gateway[testing]'"
+        )
 
     @pytest.fixture
     def acs_call() -> None:
-        pytest.fail("the acs_call fixture needs pytest-trio: pip install pytest-trio")
+        pytest.fail(
+            "the acs_call fixture needs pytest-trio: pip install 'acs-media-gateway[testing]'"
+        )

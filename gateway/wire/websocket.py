@@ -35,7 +35,7 @@ how the connection ended; what is raised is always a fresh copy of it (see
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
 import trio
@@ -85,11 +85,13 @@ class ServerWebSocket:
         *,
         max_message_bytes: int,
         send_timeout: float = DEFAULT_SEND_TIMEOUT,
+        max_body_bytes: int | None = None,
     ) -> None:
         self.stream = stream
         self.send_timeout = send_timeout
         self.connection = Connection(max_message_bytes)
-        self._handshake = ServerHandshake()
+        # With max_body_bytes, plain HTTP requests come back from read_handshake (webhooks).
+        self._handshake = ServerHandshake(max_body_bytes)
         self._unread: bytes | bytearray = b""  # came with the upgrade request, not yet parsed
         self._reading = False  # a task is reading the socket: only it may (see above)
         self._writing = trio.StrictFIFOLock()
@@ -125,6 +127,21 @@ class ServerWebSocket:
         # handshake.
         self._unread = trailing
         await self._send_raw(data)
+
+    async def respond(
+        self, status: int, body: bytes, content_type: str, extra: Sequence[tuple[str, str]] = ()
+    ) -> None:
+        """Answer a plain HTTP request (`Handshake.upgrade` false); the connection then ends."""
+        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra]
+        data = self._handshake.respond(status, body, headers, content_type.encode("latin-1"))
+        try:
+            if data:
+                await self._send_raw(data)
+        except ConnectionClosed:
+            pass  # the peer left without its answer: nothing else to do
+        self.connection.end()
+        self._ended.set()
+        self.closed = ConnectionClosed(CLOSE_NORMAL, f"answered HTTP {status}")
 
     async def reject(self, refusal: Reject) -> None:
         await self._refuse(refusal)

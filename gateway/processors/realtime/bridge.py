@@ -33,6 +33,7 @@ import ssl
 from typing import Final
 from urllib.parse import urlsplit
 
+import attrs
 import pybase64
 import trio
 import trio_websocket
@@ -41,7 +42,7 @@ from ...acs.packets import AudioData
 from ...audio.resample import StreamResampler
 from ...audio.vad import WebRtcVad
 from ...call.interface import Call
-from . import protocol
+from . import protocol, tools
 from .options import RealtimeOptions
 from .protocol import (
     MODEL_RATE,
@@ -53,6 +54,9 @@ from .protocol import (
     ResponseDone,
     SessionReady,
     SpeechStarted,
+    SpeechStopped,
+    ToolCall,
+    Transcript,
     UpstreamError,
 )
 
@@ -86,7 +90,13 @@ class Bridge:
         )
         self.conversation = Conversation(self.player.released_ms)
         self.ws: trio_websocket.WebSocketConnection | None = None  # None: no session now
-        self.session_update = protocol.session_update(options.session_settings, options.dialect)
+        settings = options.session_settings
+        offered = tools.session_extra(call, options.call_tools, options.transfer_targets)
+        if offered:  # the call has a control handle and the route enables the tools
+            settings = attrs.evolve(settings, extra={**offered, **settings.extra})
+        self.session_update = protocol.session_update(settings, options.dialect)
+        self._tools_offered = bool(offered)
+        self._tasks: trio.Nursery | None = None  # the bridge's nursery, for tool calls
         self.closing = False  # the call is ending: a closed upstream is not a failure
         self._first_attempt = trio.Event()  # the first session is up, or failed
         self._pending_send, self._pending = trio.open_memory_channel[tuple[int, str, str | None]](
@@ -95,6 +105,7 @@ class Bridge:
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
+            self._tasks = nursery
             nursery.start_soon(self._upstream, nursery.cancel_scope)
             nursery.start_soon(self._feed_player)
             await self._forward_caller()
@@ -126,6 +137,7 @@ class Bridge:
                 continue
             if self.vad is not None and self.vad.feed(packet.pcm) and self._bot_audible():
                 self.log.info("local VAD: caller speaking; barge-in before the model reacts")
+                self.call.observer.note("speech_started", by="vad")
                 await self._barge_in()
             ws = self.ws
             if ws is None:
@@ -227,7 +239,19 @@ class Bridge:
                         except trio.WouldBlock:  # back-pressure past PENDING_DELTAS only
                             await self._pending_send.send(entry)
                 case SpeechStarted():
+                    self.call.observer.note("speech_started", by="model")
                     await self._barge_in()
+                case SpeechStopped():
+                    self.call.observer.note("turn_ended", by="model")
+                case Transcript(who=who, text=text, item_id=item_id):
+                    self.call.observer.note("transcript", who=who, text=text, item_id=item_id)
+                case ToolCall(name=name, call_id=call_id, arguments=arguments):
+                    self.call.observer.note(
+                        "tool_call", name=name, call_id=call_id, arguments=arguments
+                    )
+                    tasks = self._tasks if self._tools_offered else None  # others: unanswered
+                    if tasks is not None and name in tools.TOOLS and name and call_id:
+                        tasks.start_soon(self._tool_call, ws, name, call_id, arguments)
                 case ResponseCreated(response_id=response_id):
                     self.conversation.response_created(response_id)
                 case ResponseDone(response_id=response_id):
@@ -241,6 +265,19 @@ class Bridge:
                     self.log.warning(
                         "upstream error event %s/%s: %s", event.type, event.code, event.message
                     )
+
+    async def _tool_call(
+        self, ws: trio_websocket.WebSocketConnection, name: str, call_id: str, arguments: str | None
+    ) -> None:
+        """Run a tool the model called; tell it the result (unless the session is gone)."""
+        self.log.info("the model calls %s", name)
+        targets = self.options.transfer_targets
+        output = await tools.run(self.call, name, arguments or "", targets)
+        try:
+            for event in protocol.function_output(call_id, output):
+                await ws.send_message(event)
+        except trio_websocket.ConnectionClosed:
+            pass  # the call ended (as end_call intends) or the session dropped
 
     # -- the upstream connection --
 
@@ -276,6 +313,7 @@ class Bridge:
                 options.max_reconnects,
             )
             self.stats.upstream_reconnects += 1
+            self.call.observer.note("reconnect", reason=reason, attempt=failures, delay_ms=delay)
             await trio.sleep_until(trio.current_time() + delay / 1000)
 
     async def _session(self) -> str:
@@ -347,6 +385,7 @@ class Bridge:
             self.ws = ws
             self._first_attempt.set()
             self.log.info("realtime model session open: %s", options.url)
+            self.call.observer.note("session", state="open")
             failure: list[str] = []
             async with trio.open_nursery() as inner:
                 inner.start_soon(self._keepalive, ws, inner.cancel_scope, failure)

@@ -20,6 +20,7 @@ from urllib.parse import quote, urlsplit
 
 import attrs
 
+from . import tools
 from .protocol import BETA, DIALECTS, GA, SessionSettings
 
 
@@ -91,6 +92,8 @@ class RealtimeOptions:
     local_vad: bool = False
     local_vad_aggressiveness: int = 3
     local_vad_min_speech_ms: int = 60
+    call_tools: list[str] = attrs.field(factory=list)  # end_call, transfer_call: see tools
+    transfer_targets: dict[str, str] = attrs.field(factory=dict)  # name -> number or ACS user
 
     @property
     def dialect(self) -> str:
@@ -154,6 +157,8 @@ _TYPES: Final[dict[str, Any]] = {
     "local_vad": bool,
     "local_vad_aggressiveness": int,
     "local_vad_min_speech_ms": int,
+    "call_tools": list,
+    "transfer_targets": dict,
 }
 _TABLES: Final = ("turn_detection", "transcription")
 KNOWN: Final = tuple(a.name for a in attrs.fields(RealtimeOptions))
@@ -176,6 +181,7 @@ def parse_options(
             raise ValueError(f"{name}: wrong type {type(value).__name__} ({value!r})")
         values[name] = dict(value) if isinstance(value, Mapping) else value
     opts = RealtimeOptions(**values)
+    tools.check(opts.call_tools, opts.transfer_targets)
     if opts.provider not in PROVIDERS:
         raise ValueError(f"provider must be one of {', '.join(PROVIDERS)}; got {opts.provider!r}")
     if opts.protocol is not None and opts.protocol not in DIALECTS:

@@ -69,6 +69,31 @@ class SpeechStarted:
 
 
 @attrs.frozen(slots=True)
+class SpeechStopped:
+    """The model's VAD heard the caller stop speaking: the end of the caller's turn."""
+
+    audio_end_ms: int | None
+
+
+@attrs.frozen(slots=True)
+class Transcript:
+    """A finished transcript: of the caller's audio (`who` "caller") or of the bot's reply."""
+
+    who: str
+    text: str
+    item_id: str | None
+
+
+@attrs.frozen(slots=True)
+class ToolCall:
+    """The model called a tool (function): its name and JSON arguments, as sent."""
+
+    name: str | None
+    call_id: str | None
+    arguments: str | None
+
+
+@attrs.frozen(slots=True)
 class UpstreamError:
     """An `error` event. Most are recoverable; `fatal` says this one ends the session."""
 
@@ -95,6 +120,9 @@ ServerEvent = (
     | AudioDelta
     | AudioDone
     | SpeechStarted
+    | SpeechStopped
+    | Transcript
+    | ToolCall
     | UpstreamError
     | OtherEvent
 )
@@ -103,6 +131,10 @@ _FATAL_ERROR_TYPES: Final = frozenset({"server_error", "authentication_error"})
 _FATAL_ERROR_CODES: Final = frozenset({"session_expired", "invalid_api_key", "session_closed"})
 _AUDIO_DELTA: Final = frozenset({"response.output_audio.delta", "response.audio.delta"})
 _AUDIO_DONE: Final = frozenset({"response.output_audio.done", "response.audio.done"})
+_BOT_TRANSCRIPT: Final = frozenset(
+    {"response.output_audio_transcript.done", "response.audio_transcript.done"}
+)
+_CALLER_TRANSCRIPT: Final = "conversation.item.input_audio_transcription.completed"
 
 
 class MalformedEvent(ValueError):
@@ -134,6 +166,14 @@ def parse(message: str | bytes) -> ServerEvent:
     if kind == "input_audio_buffer.speech_started":
         start = event.get("audio_start_ms")
         return SpeechStarted(start if isinstance(start, int) else None, _str(event, "item_id"))
+    if kind == "input_audio_buffer.speech_stopped":
+        end = event.get("audio_end_ms")
+        return SpeechStopped(end if isinstance(end, int) else None)
+    if kind in _BOT_TRANSCRIPT or kind == _CALLER_TRANSCRIPT:
+        who = "caller" if kind == _CALLER_TRANSCRIPT else "bot"
+        return Transcript(who, _str(event, "transcript") or "", _str(event, "item_id"))
+    if kind == "response.function_call_arguments.done":
+        return ToolCall(_str(event, "name"), _str(event, "call_id"), _str(event, "arguments"))
     if kind in _AUDIO_DONE:
         return AudioDone(_str(event, "response_id"), _str(event, "item_id") or "")
     if kind == "response.created" or kind == "response.done":
@@ -178,6 +218,15 @@ def truncate_item(item_id: str, content_index: int, audio_end_ms: int) -> str:
             "audio_end_ms": audio_end_ms,
         }
     ).decode()
+
+
+def function_output(call_id: str, output: str) -> list[str]:
+    """A tool's result, and the request for the model's next response."""
+    item = {"type": "function_call_output", "call_id": call_id, "output": output}
+    return [
+        orjson.dumps({"type": "conversation.item.create", "item": item}).decode(),
+        '{"type":"response.create"}',
+    ]
 
 
 def delete_item(item_id: str) -> str:

@@ -1,0 +1,162 @@
+"""Answering: each IncomingCall answered on its route, and what this replica remembers of the
+calls it answered.
+
+Owns: the answer of one call (the route chosen, the media and callback URLs with their signed
+tokens, the SDK request bounded by `answer_timeout`, the result counted and logged with a
+sentence a person can act on), the latencies (event received -> answer request handed to the
+SDK; answered -> media WebSocket accepted), and the bounded memory of calls answered lately:
+an Event Grid redelivery is not answered twice, and a call's media connection gets the
+IncomingCall's caller, callee and custom context with its control handle. Never: parses
+webhooks or checks secrets (`gateway.control.plane`), or needs that memory to accept a call
+(the tokens carry what a replica needs; another replica's handle only lacks the IncomingCall
+data).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import quote
+
+import attrs
+import trio
+
+from ..call.interface import CallControlHandle
+from ..config import Config, Route
+from . import routes as routing
+from .answer import Answerer, AnswerFailed, AnswerRequest
+from .diagnostics import explain
+from .events import IncomingCall
+from .replies import ControlStats
+from .tokens import CallTokens, TokenRefused
+
+if TYPE_CHECKING:
+    from .calls import IncomingCall as IncomingCallData
+
+log = logging.getLogger("gateway.control")
+
+CALLBACK_PATH: Final = "/callbacks"
+RECENT_CALLS: Final = 4096  # calls answered lately: Event Grid delivers at least once
+
+
+@attrs.define
+class _Answered:
+    """A call this replica answered (or is answering), as long as it is remembered."""
+
+    incoming: IncomingCallData | None
+    connection_id: str | None = None
+    answered_at: float | None = None  # until its media WebSocket is accepted
+
+
+def _ignore(seconds: float) -> None:
+    pass
+
+
+class Answering:
+    """Answers calls with `answerer`, signing their URLs with `tokens`."""
+
+    def __init__(
+        self, config: Config, answerer: Answerer, tokens: CallTokens, stats: ControlStats
+    ) -> None:
+        self.config, self.answerer, self.tokens, self.stats = config, answerer, tokens, stats
+        self.answered: OrderedDict[str, _Answered] = OrderedDict()  # by correlation id
+        self.answer_latency: Callable[[float], None] = _ignore
+        self.media_latency: Callable[[float], None] = _ignore
+
+    async def answer_all(
+        self, calls: Sequence[tuple[IncomingCall, Mapping[str, Any]]], received: float
+    ) -> None:
+        """Answer each call (with its event's `data`), at once; returns when all are done."""
+        async with trio.open_nursery() as nursery:
+            for call, data in calls:
+                nursery.start_soon(self.answer, call, data, received)
+
+    async def answer(self, call: IncomingCall, data: Mapping[str, Any], received: float) -> None:
+        self.stats.incoming_calls += 1
+        route = routing.choose(self.config.routes, call)
+        calllog = logging.LoggerAdapter(log, {"correlation_id": call.correlation_id})
+        if call.correlation_id in self.answered:
+            self.stats.answers["duplicate"] += 1
+            calllog.info("IncomingCall %s delivered again: already answered", call.correlation_id)
+            return
+        answered = self._remember(call.correlation_id, _incoming_data(data))
+        request = self._request(call, route)
+        calllog.info("answering call %s on route %s", call.correlation_id, route.name)
+        result = "answered"
+        with trio.move_on_after(self.config.answer_timeout) as scope:
+            try:
+                self.answer_latency(trio.current_time() - received)
+                answered.connection_id = await self.answerer.answer(request)
+            except AnswerFailed as exc:
+                result = "failed"
+                calllog.warning(
+                    "answering call %s failed (%s): %s. %s",
+                    call.correlation_id,
+                    exc.code,
+                    exc,
+                    explain(exc.code, exc.sub_code),
+                )
+        if scope.cancelled_caught:
+            result = "timeout"
+            calllog.warning(
+                "answering call %s timed out: ACS did not reply in %.1f s",
+                call.correlation_id,
+                self.config.answer_timeout,
+            )
+        self.stats.answers[result] += 1
+        if result != "answered":  # a later delivery of the same call may try again
+            self.answered.pop(call.correlation_id, None)
+            return
+        answered.answered_at = trio.current_time()
+        self.stats.answer_seconds.append(answered.answered_at - received)
+        calllog.info("answered call %s: connection %s", call.correlation_id, answered.connection_id)
+
+    def control(self, correlation_id: str, connection_id: str | None) -> CallControlHandle | None:
+        """The control handle for the media connection of a call (its token checked): None
+        without a call connection id; TokenRefused("other_call") when the connection id is
+        not the one ACS gave this replica for that call."""
+        answered = self.answered.get(correlation_id)
+        if answered is not None and answered.connection_id is not None:
+            if connection_id not in (None, answered.connection_id):
+                raise TokenRefused("other_call", "call token is for another call connection")
+            connection_id = answered.connection_id
+            if answered.answered_at is not None:  # the call's first media connection
+                self.media_latency(trio.current_time() - answered.answered_at)
+                answered.answered_at = None
+        if not connection_id:
+            return None
+        return self.answerer.control(connection_id, None if answered is None else answered.incoming)
+
+    def media_url(self, route: str, token: str = "...") -> str:
+        """The transport URL of a route (`token` elided by default: the URL as logged)."""
+        base = (self.config.public_url or "").rstrip("/")
+        return f"wss{base[len('https') :]}{routing.MEDIA_PREFIX}{route}?token={token}"
+
+    def _request(self, call: IncomingCall, route: Route) -> AnswerRequest:
+        assert self.config.public_url is not None
+        media = quote(self.tokens.issue(route.name, call.correlation_id, "media"))
+        callback = quote(self.tokens.issue(route.name, call.correlation_id, "callback"))
+        return AnswerRequest(
+            call.incoming_call_context,
+            f"{self.config.public_url.rstrip('/')}{CALLBACK_PATH}?token={callback}",
+            self.media_url(route.name, media),
+            route,
+        )
+
+    def _remember(self, correlation_id: str, incoming: IncomingCallData | None) -> _Answered:
+        answered = self.answered[correlation_id] = _Answered(incoming)
+        while len(self.answered) > RECENT_CALLS:
+            self.answered.popitem(last=False)
+        return answered
+
+
+def _incoming_data(data: Mapping[str, Any]) -> IncomingCallData | None:
+    """The caller, callee and custom context a processor sees (`CallControl.incoming`)."""
+    from .calls import IncomingCall as IncomingCallData  # the SDK: answering has it
+
+    try:
+        return IncomingCallData.from_event_data(data)
+    except ValueError:  # pragma: no cover  (parse() has checked the context already)
+        return None
