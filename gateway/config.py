@@ -126,6 +126,9 @@ class Route:
     callee: tuple[str, ...] = ()
     caller: tuple[str, ...] = ()
     headers: dict[str, str] = attrs.field(factory=dict)  # customContext SIP/VoIP headers
+    # Call records for this route's calls; None: the top-level `recording` / `call_events`.
+    recording: bool | None = None
+    call_events: bool | None = None
 
     @property
     def is_default(self) -> bool:

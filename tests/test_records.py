@@ -9,6 +9,7 @@ import json
 import os
 import wave
 from array import array
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -403,3 +404,27 @@ def test_bot_audio_alone_is_flushed_as_it_goes(tmp_path):
     DISK.wait_idle(10.0)
     (said, bot), _ = read_channels(tmp_path / "bot.wav")
     assert not any(said) and bot[0] == 1 and bot[-1] == 500 and len(bot) == 500 * FRAME
+
+
+async def test_a_route_records_its_calls_when_the_gateway_does_not(autojump_clock, tmp_path):
+    from gateway.config import Config, Route
+    from gateway.control import ControlPlane
+    from gateway.processors import load
+    from gateway.server.serve import serve
+
+    routes = (Route(name="kept", recording=True, call_events=True), Route(name="plain"))
+    config = Config(host="127.0.0.1", port=0, routes=routes, recording_dir=str(tmp_path))
+    echo = load("echo")
+    control = ControlPlane(config, {"kept": echo, "plain": echo, "default": echo})
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(partial(serve, config, echo, control=control))
+        for resource, connection_id in (("/ws/plain", "call-plain"), ("/ws/kept", "call-kept")):
+            async with simulated_call(
+                server.urls[0], resource=resource, connection_id=connection_id
+            ) as acs:
+                await acs.stream(speech(16000)[: 16000 * 2])
+                await acs.wait_for_audio(16000 * 2)
+        server.stop_now()
+    await settle()
+    assert [p.name.endswith("call-kept.wav") for p in tmp_path.glob("*.wav")] == [True]
+    assert [p.name.endswith("call-kept.jsonl") for p in tmp_path.glob("*.jsonl")] == [True]

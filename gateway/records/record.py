@@ -68,10 +68,15 @@ class RecordSettings:
     buffer_seconds: float = 10.0
 
     @classmethod
-    def from_config(cls, config: Config) -> RecordSettings:
+    def from_config(cls, config: Config, route: str | None = None) -> RecordSettings:
+        """The settings for a call on `route` (a `[[routes]]` name): its own `recording` and
+        `call_events` where it sets them, the top-level ones otherwise."""
+        chosen = next((r for r in config.routes if r.name == route), None)
+        recording = None if chosen is None else chosen.recording
+        events = None if chosen is None else chosen.call_events
         return cls(
-            recording=config.recording,
-            events=config.call_events,
+            recording=config.recording if recording is None else recording,
+            events=config.call_events if events is None else events,
             directory=config.recording_dir,
             name=config.recording_name,
             participants=4 if config.recording_unmixed else 1,

@@ -206,7 +206,7 @@ async def serve_connection(
             stats=place.stats,
             timings=context.timings,
             observer=context.records.open(
-                RecordSettings.from_config(config), handshake.headers, route_name
+                RecordSettings.from_config(config, route_name), handshake.headers, route_name
             ),
             control=call_control,
         )
