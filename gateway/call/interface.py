@@ -34,6 +34,7 @@ class CallStats:
     upstream_audio_dropped: int = 0  # caller frames not sent upstream (no connection then)
     upstream_audio_discarded: int = 0  # bytes of model audio dropped after a barge-in
     barge_ins: int = 0
+    tool_calls: Counter[str] = attrs.field(factory=Counter)  # the model's, by outcome (ok, ...)
 
 
 class CallControlHandle(Protocol):

@@ -26,6 +26,7 @@ from .audio import frames, read_wav, speech, speech_path
 from .failures import ProcessorFailed, ProcessorFailures, register, unregister
 from .fake_acs import FakeAcs, FakeAcsError, FakeCall, open_fake_acs
 from .fake_model import FakeModel, open_fake_model
+from .fake_model_calls import FunctionCall
 from .peer import AcsPlayback, Received, SimulatedCall, WaitFailed, simulated_call
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "FakeAcsError",
     "FakeCall",
     "FakeModel",
+    "FunctionCall",
     "ProcessorFailed",
     "Received",
     "SimulatedCall",

@@ -5,7 +5,10 @@ real service: `session.created` on connect, `session.updated` for `session.updat
 energy over the appended audio (`input_audio_buffer.speech_started` / `speech_stopped` /
 `committed`); a scripted reply per user turn, streamed in `delta_ms` deltas `speed` times faster
 than real time (`response.created`, `response.output_item.added`, audio deltas,
-`response.output_audio.done`, `response.done`); `response.cancel`, `conversation.item.truncate`
+`response.output_audio.done`, `response.done`), or a scripted function call (`FunctionCall`:
+the tool's output comes back as a `function_call_output` item); `response.create` answered with
+the next scripted reply (a greeting, the turn after a tool's output; rejected while a response
+is in flight, as the service does); `response.cancel`, `conversation.item.truncate`
 (rejected past the audio sent, as the service does) and `conversation.item.delete`. It speaks
 the GA names, or the beta ones (`response.audio.delta`, ...) when the client's `session.update`
 is in the beta shape. On demand it refuses handshakes, drops connections, sends error events,
@@ -31,6 +34,8 @@ import orjson
 import pybase64
 import trio
 import trio_websocket
+
+from .fake_model_calls import FunctionCall, function_call_events
 
 RATE = 24000
 BYTES_PER_MS = RATE * 2 // 1000
@@ -78,11 +83,13 @@ class FakeModel:
     - `sent`: every server event sent except audio deltas (`Recorded` too)
     - `requests`: (resource, headers) of each handshake; `connections` opened, `live` now open
     - `audio_sent_ms`: per item id, ms of audio streamed
+    - `tool_outputs()`: the function call outputs received; `tools_offered()`: the tools the
+      last `session.update` declared
     """
 
     def __init__(
         self,
-        responses: Sequence[bytes],
+        responses: Sequence[bytes | FunctionCall],
         *,
         api_key: str | None,
         speed: float,
@@ -122,6 +129,16 @@ class FakeModel:
     def sent_of(self, kind: str) -> list[Recorded]:
         return [r for r in self.sent if r.type == kind]
 
+    def tool_outputs(self) -> list[dict[str, Any]]:
+        """Each `function_call_output` item received: its `call_id` and `output` (a string)."""
+        items = [e.get("item", {}) for e in self.received("conversation.item.create")]
+        return [i for i in items if i.get("type") == "function_call_output"]
+
+    def tools_offered(self) -> list[dict[str, Any]]:
+        """The `tools` of the last `session.update` (none: [])."""
+        updates = self.received("session.update")
+        return list(updates[-1].get("session", {}).get("tools", [])) if updates else []
+
     async def wait_for(
         self,
         predicate: Callable[[FakeModel], Any],
@@ -155,20 +172,11 @@ class FakeModel:
             )
 
     async def call_tool(self, name: str, arguments: dict[str, Any] | None = None) -> str:
-        """Call the client's function tool `name`, as the model does; the call id."""
+        """Call the client's function tool `name` now, as the model does (a response of its
+        own); the call id."""
         call_id = self._new_id("call")
         for session in list(self._sessions):
-            await session.send(
-                {
-                    "type": "response.function_call_arguments.done",
-                    "response_id": self._new_id("resp"),
-                    "item_id": self._new_id("item"),
-                    "output_index": 0,
-                    "call_id": call_id,
-                    "name": name,
-                    "arguments": orjson.dumps(arguments or {}).decode(),
-                }
-            )
+            await session.call_function(FunctionCall(name, arguments or {}), call_id)
         return call_id
 
     def go_silent(self, silent: bool = True) -> None:
@@ -279,6 +287,11 @@ class _Session:
                 await self.send({"type": "session.updated", "session": session})
             case "input_audio_buffer.append":
                 await self.on_audio(pybase64.b64decode(event["audio"], validate=True))
+            case "response.create":
+                if self.responding is not None:
+                    await self.error("conversation_already_has_active_response", "responding")
+                else:
+                    self.start_reply(b"")
             case "response.cancel":
                 if self.responding is None:
                     await self.error("response_cancel_not_active", "no active response")
@@ -359,14 +372,35 @@ class _Session:
         )
         await self.send({"type": "input_audio_buffer.committed", "item_id": item_id})
         if self.turn < len(self.model.responses) and self.responding is None:
-            reply = self.model.responses[self.turn]
-            self.turn += 1
-            assert self.nursery is not None
-            self.responding = trio.CancelScope()
-            self.nursery.start_soon(self.respond, reply, self.responding)
+            self.start_reply(None)
 
-    async def respond(self, reply: bytes, scope: trio.CancelScope) -> None:
+    def start_reply(self, otherwise: bytes | None) -> None:
+        """Stream the next scripted reply (none left: `otherwise`, or no reply if None)."""
+        replies = self.model.responses
+        if self.turn < len(replies):
+            reply: bytes | FunctionCall = replies[self.turn]
+            self.turn += 1
+        elif otherwise is None:
+            return
+        else:
+            reply = otherwise
+        assert self.nursery is not None
+        self.responding = trio.CancelScope()
+        self.nursery.start_soon(self.respond, reply, self.responding)
+
+    async def call_function(self, call: FunctionCall, call_id: str | None = None) -> None:
         model = self.model
+        call_id = call_id or model._new_id("call")
+        response_id, item_id = model._new_id("resp"), model._new_id("item")
+        for event in function_call_events(call, response_id, item_id, call_id, self.ga):
+            await self.send(event)
+
+    async def respond(self, reply: bytes | FunctionCall, scope: trio.CancelScope) -> None:
+        model = self.model
+        if isinstance(reply, FunctionCall):
+            await self.call_function(reply)
+            self.responding = None
+            return
         response_id = model._new_id("resp")
         item_id = model._new_id("item")
         audio_delta = "response.output_audio.delta" if self.ga else "response.audio.delta"
@@ -419,7 +453,7 @@ class _Session:
 
 @asynccontextmanager
 async def open_fake_model(
-    responses: Sequence[bytes] = (),
+    responses: Sequence[bytes | FunctionCall] = (),
     *,
     api_key: str | None = None,
     speed: float = 4.0,
@@ -431,8 +465,9 @@ async def open_fake_model(
 ) -> AsyncIterator[FakeModel]:
     """Run a fake realtime model on 127.0.0.1, port 0, until the block ends.
 
-    `responses`: 24 kHz PCM16 replies, one per user turn, in order, the same script for every
-    connection (none left: no reply).
+    `responses`: the replies, one per user turn or `response.create`, in order, the same script
+    for every connection: 24 kHz PCM16 audio, or a `FunctionCall` (none left: no reply to a
+    turn, an empty response to `response.create`).
     `api_key`: if set, handshakes without it (`api-key` or `Authorization: Bearer`) get 401."""
     model = FakeModel(
         responses,

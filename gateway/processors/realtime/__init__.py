@@ -2,7 +2,9 @@
 
 Providers: OpenAI, Azure OpenAI (GA and preview URL forms), Azure AI Voice Live; options in
 `[processors.realtime]` (see `options`, and docs/realtime.md).
-`protocol` is the sans-IO wire and barge-in logic, `bridge` the per-call async part.
+`protocol` is the sans-IO wire and barge-in logic, `bridge` the per-call async part; `tools`
+(with `tool_schema` and `tool_calls`) the function tools, `dtmf` key presses told to the model.
+`tool` marks a user's function as a tool (optional: type hints are enough).
 Needs the `realtime` extra (soxr, numpy) for 16 kHz calls, and `vad` for `local_vad`.
 """
 
@@ -15,13 +17,18 @@ from ...errors import ConfigError
 from .. import Call, Processor
 from .bridge import Bridge
 from .options import RealtimeOptions, parse_options
+from .tool_schema import tool
+from .tools import Toolbox
 
-__all__ = ["Bridge", "RealtimeOptions", "make", "parse_options"]
+__all__ = ["Bridge", "RealtimeOptions", "make", "parse_options", "tool"]
 
 
 def make(options: Mapping[str, Any]) -> Processor:
     """The realtime processor, built from `[processors.realtime]` (bad options raise here)."""
     parsed = parse_options(options)
+    toolbox = Toolbox.from_options(  # the user's tools are imported now, not at the first call
+        parsed.tools, parsed.call_tools, parsed.transfer_targets, parsed.tool_timeout_ms
+    )
     try:
         import numpy  # noqa: F401
         import soxr  # noqa: F401
@@ -45,6 +52,6 @@ def make(options: Mapping[str, Any]) -> Processor:
             async for _ in call.packets:
                 pass
             return
-        await Bridge(call, parsed).run()
+        await Bridge(call, parsed, toolbox).run()
 
     return realtime

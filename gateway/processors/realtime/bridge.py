@@ -29,6 +29,7 @@ session after a capped exponential back-off (`on_upstream_failure = "reconnect"`
 
 from __future__ import annotations
 
+import functools
 import ssl
 from typing import Final
 from urllib.parse import urlsplit
@@ -38,11 +39,12 @@ import pybase64
 import trio
 import trio_websocket
 
-from ...acs.packets import AudioData
+from ...acs.packets import AudioData, DtmfData
 from ...audio.resample import StreamResampler
 from ...audio.vad import WebRtcVad
 from ...call.interface import Call
-from . import protocol, tools
+from . import protocol
+from .dtmf import DtmfRelay
 from .options import RealtimeOptions
 from .protocol import (
     MODEL_RATE,
@@ -59,6 +61,8 @@ from .protocol import (
     Transcript,
     UpstreamError,
 )
+from .tool_calls import ToolCalls
+from .tools import Toolbox
 
 PENDING_DELTAS: Final = 4096  # model audio deltas queued for the player (each ~20-200 ms)
 CLOSE_TIMEOUT: Final = 1.0  # seconds for the upstream closing handshake when the call ends
@@ -68,7 +72,9 @@ MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024  # a session.updated with long instr
 class Bridge:
     """One call's bridge to the model. `await Bridge(call, options).run()`."""
 
-    def __init__(self, call: Call, options: RealtimeOptions) -> None:
+    def __init__(
+        self, call: Call, options: RealtimeOptions, toolbox: Toolbox | None = None
+    ) -> None:
         assert call.player is not None and call.audio is not None
         self.call = call
         self.player = call.player
@@ -91,12 +97,19 @@ class Bridge:
         self.conversation = Conversation(self.player.released_ms)
         self.ws: trio_websocket.WebSocketConnection | None = None  # None: no session now
         settings = options.session_settings
-        offered = tools.session_extra(call, options.call_tools, options.transfer_targets)
-        if offered:  # the call has a control handle and the route enables the tools
-            settings = attrs.evolve(settings, extra={**offered, **settings.extra})
+        if toolbox is None:
+            toolbox = Toolbox.from_options(
+                options.tools, options.call_tools, options.transfer_targets, options.tool_timeout_ms
+            )
+        self.tool_calls = ToolCalls(call, toolbox)
+        if self.tool_calls.offered:  # the user's tools, or call control on an answered call
+            settings = attrs.evolve(settings, extra={**self.tool_calls.offered, **settings.extra})
         self.session_update = protocol.session_update(settings, options.dialect)
-        self._tools_offered = bool(offered)
         self._tasks: trio.Nursery | None = None  # the bridge's nursery, for tool calls
+        self.greeting = options.greeting_instructions  # None: the caller speaks first
+        self.dtmf = (
+            DtmfRelay(options.dtmf_wait_ms / 1000, self.log) if options.dtmf_to_model else None
+        )
         self.closing = False  # the call is ending: a closed upstream is not a failure
         self._first_attempt = trio.Event()  # the first session is up, or failed
         self._pending_send, self._pending = trio.open_memory_channel[tuple[int, str, str | None]](
@@ -108,6 +121,8 @@ class Bridge:
             self._tasks = nursery
             nursery.start_soon(self._upstream, nursery.cancel_scope)
             nursery.start_soon(self._feed_player)
+            if self.dtmf is not None:
+                nursery.start_soon(self.dtmf.run, self._tell)
             await self._forward_caller()
             # ACS hung up: close the upstream now (one round trip for the closing handshake,
             # while its reader still runs), then end every task.
@@ -130,6 +145,8 @@ class Bridge:
         first = True
         async for packet in self.call.packets:
             if type(packet) is not AudioData:
+                if type(packet) is DtmfData and self.dtmf is not None:
+                    await self._key_pressed(packet)
                 continue
             if first:
                 speaker, first = packet.participant_raw_id, False
@@ -179,6 +196,39 @@ class Bridge:
                     await ws.send_message(event)
                 except trio_websocket.ConnectionClosed:
                     return
+
+    # -- the bot speaks first; keys pressed --
+
+    async def _greet(self, ws: trio_websocket.WebSocketConnection) -> None:
+        """The first session is ready: the bot's first response, before the caller speaks."""
+        instructions, self.greeting = self.greeting, None  # once a call, not per session
+        if instructions is not None:
+            self.call.observer.note("greeting")
+            await self._send(ws, [protocol.create_response(instructions)])
+
+    async def _key_pressed(self, packet: DtmfData) -> None:
+        """A key interrupts the bot like speech does; the model is told after the last key."""
+        if self._bot_audible():
+            self.call.observer.note("speech_started", by="dtmf")
+            await self._barge_in()
+        assert self.dtmf is not None
+        self.dtmf.press(packet.tone)
+
+    async def _tell(self, text: str) -> None:
+        ws = self.ws
+        if ws is None:
+            self.log.warning("no model session: not told %r", text)
+            return
+        await self._send(ws, [protocol.user_text(text), protocol.create_response()])
+
+    async def _send(self, ws: trio_websocket.WebSocketConnection, events: list[str]) -> bool:
+        """Send events on one session; False if it is gone."""
+        try:
+            for event in events:
+                await ws.send_message(event)
+        except trio_websocket.ConnectionClosed:
+            return False
+        return True
 
     # -- model -> caller --
 
@@ -245,19 +295,19 @@ class Bridge:
                     self.call.observer.note("turn_ended", by="model")
                 case Transcript(who=who, text=text, item_id=item_id):
                     self.call.observer.note("transcript", who=who, text=text, item_id=item_id)
-                case ToolCall(name=name, call_id=call_id, arguments=arguments):
-                    self.call.observer.note(
-                        "tool_call", name=name, call_id=call_id, arguments=arguments
-                    )
-                    tasks = self._tasks if self._tools_offered else None  # others: unanswered
-                    if tasks is not None and name in tools.TOOLS and name and call_id:
-                        tasks.start_soon(self._tool_call, ws, name, call_id, arguments)
+                case ToolCall():
+                    assert self._tasks is not None
+                    self.tool_calls.start(self._tasks, functools.partial(self._send, ws), event)
                 case ResponseCreated(response_id=response_id):
                     self.conversation.response_created(response_id)
-                case ResponseDone(response_id=response_id):
+                case ResponseDone(response_id=response_id, status=status):
                     self.conversation.response_done(response_id)
+                    await self.tool_calls.response_done(
+                        functools.partial(self._send, ws), response_id, status
+                    )
                 case SessionReady(updated=True):
                     conversation_ready = True
+                    await self._greet(ws)
                 case UpstreamError():
                     if event.fatal or not conversation_ready:
                         return f"upstream error {event.type}/{event.code}: {event.message}"
@@ -265,19 +315,6 @@ class Bridge:
                     self.log.warning(
                         "upstream error event %s/%s: %s", event.type, event.code, event.message
                     )
-
-    async def _tool_call(
-        self, ws: trio_websocket.WebSocketConnection, name: str, call_id: str, arguments: str | None
-    ) -> None:
-        """Run a tool the model called; tell it the result (unless the session is gone)."""
-        self.log.info("the model calls %s", name)
-        targets = self.options.transfer_targets
-        output = await tools.run(self.call, name, arguments or "", targets)
-        try:
-            for event in protocol.function_output(call_id, output):
-                await ws.send_message(event)
-        except trio_websocket.ConnectionClosed:
-            pass  # the call ended (as end_call intends) or the session dropped
 
     # -- the upstream connection --
 

@@ -94,6 +94,11 @@ class RealtimeOptions:
     local_vad_min_speech_ms: int = 60
     call_tools: list[str] = attrs.field(factory=list)  # end_call, transfer_call: see tools
     transfer_targets: dict[str, str] = attrs.field(factory=dict)  # name -> number or ACS user
+    tools: list[str] = attrs.field(factory=list)  # the user's tools, "module:function"
+    tool_timeout_ms: int = 10000
+    greeting: str | dict[str, str] | None = None  # instructions, or {text = ...} / {instructions}
+    dtmf_to_model: bool = False
+    dtmf_wait_ms: int = 1000  # key presses this close together go to the model as one
 
     @property
     def dialect(self) -> str:
@@ -125,6 +130,16 @@ class RealtimeOptions:
         if self.dialect == BETA and self.provider == "openai":
             headers.append(("OpenAI-Beta", "realtime=v1"))
         return headers
+
+    @property
+    def greeting_instructions(self) -> str | None:
+        """The instructions of the bot's first response, or None: the caller speaks first."""
+        greeting = self.greeting
+        if greeting is None or isinstance(greeting, str):
+            return greeting
+        if "text" in greeting:
+            return f'Say exactly this to the caller, and nothing else: "{greeting["text"]}"'
+        return greeting["instructions"]
 
     @property
     def session_settings(self) -> SessionSettings:
@@ -159,6 +174,11 @@ _TYPES: Final[dict[str, Any]] = {
     "local_vad_min_speech_ms": int,
     "call_tools": list,
     "transfer_targets": dict,
+    "tools": list,
+    "tool_timeout_ms": int,
+    "greeting": (str, dict),
+    "dtmf_to_model": bool,
+    "dtmf_wait_ms": int,
 }
 _TABLES: Final = ("turn_detection", "transcription")
 KNOWN: Final = tuple(a.name for a in attrs.fields(RealtimeOptions))
@@ -197,7 +217,8 @@ def parse_options(
         raise ValueError(
             f"endpoint must be an https://, wss://, http:// or ws:// URL, got {opts.endpoint!r}"
         )
-    for name in ("max_reconnects",):
+    _check_greeting(opts.greeting)
+    for name in ("max_reconnects", "dtmf_wait_ms"):
         if getattr(opts, name) < 0:
             raise ValueError(f"{name} must be 0 or more")
     for name in (
@@ -207,6 +228,7 @@ def parse_options(
         "keepalive_interval",
         "keepalive_timeout",
         "local_vad_min_speech_ms",
+        "tool_timeout_ms",
     ):
         if getattr(opts, name) <= 0:
             raise ValueError(f"{name} must be greater than 0")
@@ -219,3 +241,17 @@ def parse_options(
             "(set it, or name another one with api_key_env)"
         )
     return opts
+
+
+def _check_greeting(greeting: str | Mapping[str, Any] | None) -> None:
+    if isinstance(greeting, str) and not greeting.strip():
+        raise ValueError("greeting must not be empty (leave it out: the caller speaks first)")
+    if isinstance(greeting, Mapping):
+        if len(greeting) != 1 or next(iter(greeting)) not in ("text", "instructions"):
+            raise ValueError(
+                "greeting: a string (instructions), or a table with one key, "
+                f"text or instructions; got {dict(greeting)!r}"
+            )
+        value = next(iter(greeting.values()))
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"greeting: {next(iter(greeting))} must be a non-empty string")

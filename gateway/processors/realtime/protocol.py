@@ -91,6 +91,7 @@ class ToolCall:
     name: str | None
     call_id: str | None
     arguments: str | None
+    response_id: str | None = None  # the response that made the call
 
 
 @attrs.frozen(slots=True)
@@ -172,8 +173,25 @@ def parse(message: str | bytes) -> ServerEvent:
     if kind in _BOT_TRANSCRIPT or kind == _CALLER_TRANSCRIPT:
         who = "caller" if kind == _CALLER_TRANSCRIPT else "bot"
         return Transcript(who, _str(event, "transcript") or "", _str(event, "item_id"))
+    if kind == "response.output_item.done":
+        item = event.get("item")
+        if isinstance(item, dict) and item.get("type") == "function_call":
+            # the same call as its arguments' .done (the bridge answers it once); some
+            # providers name the function only here
+            return ToolCall(
+                _str(item, "name"),
+                _str(item, "call_id"),
+                _str(item, "arguments"),
+                _str(event, "response_id"),
+            )
+        return OtherEvent(kind)
     if kind == "response.function_call_arguments.done":
-        return ToolCall(_str(event, "name"), _str(event, "call_id"), _str(event, "arguments"))
+        return ToolCall(
+            _str(event, "name"),
+            _str(event, "call_id"),
+            _str(event, "arguments"),
+            _str(event, "response_id"),
+        )
     if kind in _AUDIO_DONE:
         return AudioDone(_str(event, "response_id"), _str(event, "item_id") or "")
     if kind == "response.created" or kind == "response.done":
@@ -220,13 +238,26 @@ def truncate_item(item_id: str, content_index: int, audio_end_ms: int) -> str:
     ).decode()
 
 
-def function_output(call_id: str, output: str) -> list[str]:
-    """A tool's result, and the request for the model's next response."""
+def function_call_output(call_id: str, output: str) -> str:
+    """A tool's result, as a conversation item (the model reads it at its next response)."""
     item = {"type": "function_call_output", "call_id": call_id, "output": output}
-    return [
-        orjson.dumps({"type": "conversation.item.create", "item": item}).decode(),
-        '{"type":"response.create"}',
-    ]
+    return orjson.dumps({"type": "conversation.item.create", "item": item}).decode()
+
+
+def user_text(text: str) -> str:
+    """A user message in text (what the caller did, told to the model in words)."""
+    item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+    return orjson.dumps({"type": "conversation.item.create", "item": item}).decode()
+
+
+def create_response(instructions: str | None = None) -> str:
+    """Ask for a response now; `instructions` apply to this response only (same in both
+    generations)."""
+    if instructions is None:
+        return '{"type":"response.create"}'
+    return orjson.dumps(
+        {"type": "response.create", "response": {"instructions": instructions}}
+    ).decode()
 
 
 def delete_item(item_id: str) -> str:
