@@ -10,11 +10,13 @@ outbound frames; everything else is per turn or rarer. `NO_OBSERVER` answers eve
 nothing, for calls that keep no record.
 
 Event kinds given to `note` (the fields each carries):
-- `speech_started` (`by`: "model" or "vad"): the caller started speaking (a barge-in if the bot
-  was audible).
+- `speech_started` (`by`: "model", "vad", or "dtmf" for a key pressed): the caller started
+  speaking (a barge-in if the bot was audible).
 - `turn_ended` (`by`): the caller's turn ended (the model's `speech_stopped`).
 - `transcript` (`who`: "caller" or "bot", `text`).
-- `tool_call` (`name`, `arguments`), `reconnect` (`reason`), `session` (`state`: "open").
+- `tool_call` (`name`, `call_id`, `arguments`), `tool_result` (`name`, `call_id`, `outcome`:
+  "ok", "error" or "timeout", `ms`), `reconnect` (`reason`), `session` (`state`: "open"),
+  `greeting` (the bot was asked to speak first).
 """
 
 from __future__ import annotations

@@ -16,6 +16,10 @@ Tasks (all in one nursery inside the processor, so all end with the call):
   player is stopped (queued audio dropped, stop-audio sent to ACS) before anything is sent
   upstream, then `response.cancel` and `conversation.item.truncate` (to the player's count of
   what was released of that item) or `conversation.item.delete` go to the model.
+- tool calls: each function call the model makes runs in a task of its own (`tool_calls`),
+  answered on the session it came from; the reader never waits for a tool.
+- greeting and keys: when the call's first session is ready, the `greeting` response is asked
+  for; with `dtmf_to_model`, a key press stops the bot like speech and `dtmf` tells the model.
 - feeder: audio deltas reach the player through a bounded channel (`PENDING_DELTAS`; the
   upstream reader waits only when that many deltas are queued, minutes of audio), because
   `play()` blocks while the player's queue is full and the reader must stay free for barge-in.

@@ -5,7 +5,8 @@ float, bool, Literal, Enum, Optional, unions, list/tuple/set, dict[str, X], Anno
 it is"], attrs classes and dataclasses) and its docstring (the summary is the tool's
 description; a Google-style `Args:` section describes the parameters); turning the model's JSON
 arguments into Python values (cattrs), and the return value into the output the model reads.
-A parameter annotated as `Call` gets the call itself and is not shown to the model.
+A parameter annotated as `Call` (or `Call | None`) gets the call itself and is not shown to the
+model.
 Never: runs the tool (`tools`), imports user modules, or knows the model's wire spelling.
 """
 
@@ -133,7 +134,7 @@ def describe(function: Callable[..., Any], where: str, default_name: str = "") -
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
         hint = hints.get(param.name)
-        if hint is Call:
+        if hint is Call or hint == Call | None:
             call_parameter = param.name
             continue
         if param.kind is param.POSITIONAL_ONLY:
