@@ -15,6 +15,11 @@ per 20 ms inbound frame), and for the realtime phase the barge-in latency: from 
 sending `input_audio_buffer.speech_started` to the simulated ACS receiving stop-audio (so it
 includes two loopback hops and this process's own scheduling: an upper bound on the gateway's
 share). Calls start `--stagger` seconds apart so connection k upstream is call k.
+
+The `tools` row is the bridge again with one tool round trip per call: the fake model answers
+the caller's turn with a function call (`lookup`, below, a plain function run in a worker
+thread), the gateway runs it, returns its output and asks for the next response, which is the
+same 7.6 s reply; the difference from the `realtime` row is what a tool call costs.
 """
 
 from __future__ import annotations
@@ -35,10 +40,21 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from echo_load import proc_cpu_seconds, start_server  # noqa: E402
 
-from gateway.testing import open_fake_model, simulated_call, speech  # noqa: E402
+from gateway.testing import (  # noqa: E402
+    FunctionCall,
+    open_fake_model,
+    simulated_call,
+    speech,
+)
 
 RATE = 16000
+BENCH_DIR = str(Path(__file__).resolve().parent)  # where the gateway finds `lookup`
 KEY_ENV = "BENCH_REALTIME_KEY"
+
+
+def lookup(order_id: str) -> dict[str, str]:
+    """The benchmark's tool (the gateway imports it from this file: `--app-dir bench`)."""
+    return {"order_id": order_id, "status": "shipped"}
 
 
 def conversation() -> bytes:
@@ -87,10 +103,12 @@ def _spawn(cmd: list[str]) -> subprocess.Popen[bytes]:
 
 
 @asynccontextmanager
-async def fake_model_process(cpu: int) -> AsyncIterator[tuple[str, list[dict[str, float]]]]:
+async def fake_model_process(
+    cpu: int, tools: bool = False
+) -> AsyncIterator[tuple[str, list[dict[str, float]]]]:
     """The fake model in a process of its own (so it is not starved by the simulated calls);
     yields its URL and, after the block, its speech_started events on the perf_counter clock."""
-    cmd = [sys.executable, __file__, "--serve-model"]
+    cmd = [sys.executable, __file__, "--serve-model", *(["--tools"] if tools else [])]
     if cpu >= 0:
         cmd = ["taskset", "-c", str(cpu), *cmd]
     proc = _spawn(cmd)
@@ -107,8 +125,11 @@ async def fake_model_process(cpu: int) -> AsyncIterator[tuple[str, list[dict[str
         starts += json.loads(report or b"[]")
 
 
-async def serve_model() -> None:
-    async with open_fake_model([speech(24000)], speed=4.0) as model:
+async def serve_model(tools: bool) -> None:
+    script: list[bytes | FunctionCall] = [speech(24000)]
+    if tools:  # the turn is a tool call; the reply comes after its output
+        script.insert(0, FunctionCall("lookup", {"order_id": "A17"}))
+    async with open_fake_model(script, speed=4.0) as model:
         print(model.url, flush=True)
         await trio.to_thread.run_sync(sys.stdin.read)  # until the benchmark closes stdin
         offset = trio.current_time() - time.perf_counter()
@@ -123,14 +144,18 @@ async def phase(
     args: argparse.Namespace, kind: str, one_at_a_time: bool = False
 ) -> dict[str, float]:
     audio = conversation()
-    async with fake_model_process(args.model_cpu) as (model_url, starts):
-        extra = ["--processor", kind]
-        if kind == "realtime":
+    tools = kind == "tools"
+    async with fake_model_process(args.model_cpu, tools) as (model_url, starts):
+        extra = ["--processor", "echo" if kind == "echo" else "realtime"]
+        if kind != "echo":
             config = Path(tempfile.mkdtemp()) / "bench.toml"
             config.write_text(
                 f'[processors.realtime]\nendpoint = "{model_url}"\napi_key_env = "{KEY_ENV}"\n'
+                + ('tools = ["bridge_cpu:lookup"]\n' if tools else "")
             )
             extra += ["--config", str(config)]
+            if tools:
+                extra += ["--app-dir", BENCH_DIR]
         proc, url = start_server(None if args.server_cpu < 0 else args.server_cpu, extra)
         try:
             await trio.sleep(0.5)
@@ -167,7 +192,7 @@ async def phase(
     }
     if lag:  # last frame sent -> its echo received: how far the whole loop lags real time
         row["echo_lag_max_ms"] = max(lag) * 1000
-    if kind == "realtime":
+    if kind != "echo":
         latencies = []
         for k, (_, stops) in enumerate(results):
             mine = sorted(s["time"] for s in starts if s["connection"] == k + 1)
@@ -194,7 +219,7 @@ async def main(args: argparse.Namespace) -> None:
     os.environ[KEY_ENV] = "bench-key"
     if args.client_cpu >= 0:
         os.sched_setaffinity(0, {args.client_cpu})
-    rows = {kind: await phase(args, kind) for kind in ("echo", "realtime")}
+    rows = {kind: await phase(args, kind) for kind in ("echo", "realtime", "tools")}
     if args.latency_runs:
         rows["realtime, 1 call at a time"] = await phase(args, "realtime", one_at_a_time=True)
     print(
@@ -202,7 +227,7 @@ async def main(args: argparse.Namespace) -> None:
         f"{'gen cpu%':>8} {'model%':>6}  barge-in"
     )
     for kind, row in rows.items():
-        if kind not in ("echo", "realtime"):
+        if kind not in ("echo", "realtime", "tools"):
             print(f"{kind}:")
         latency = ""
         if "echo_lag_max_ms" in row:
@@ -220,6 +245,8 @@ async def main(args: argparse.Namespace) -> None:
         )
     ratio = rows["realtime"]["cpu_s"] / rows["echo"]["cpu_s"]
     print(f"a bridged call costs {ratio:.1f}x an echo call")
+    extra_ms = (rows["tools"]["cpu_s"] - rows["realtime"]["cpu_s"]) / rows["tools"]["calls"] * 1000
+    print(f"a tool round trip adds {extra_ms:.1f} ms of gateway CPU per call (noisy: compare rows)")
 
 
 if __name__ == "__main__":
@@ -234,5 +261,9 @@ if __name__ == "__main__":
     parser.add_argument("--client-cpu", type=int, default=1, help="-1: do not pin")
     parser.add_argument("--model-cpu", type=int, default=1, help="-1: do not pin")
     parser.add_argument("--serve-model", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--tools", action="store_true", help=argparse.SUPPRESS)
     parsed = parser.parse_args()
-    trio.run(serve_model if parsed.serve_model else main, *([] if parsed.serve_model else [parsed]))
+    if parsed.serve_model:
+        trio.run(serve_model, parsed.tools)
+    else:
+        trio.run(main, parsed)
