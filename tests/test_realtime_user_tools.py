@@ -254,3 +254,26 @@ async def test_a_tool_that_fails_or_times_out_is_an_error_for_the_model(
     assert model.received("session.update")[0]["session"].get("type") == (
         "realtime" if provider == "openai" else None
     )
+
+
+async def test_two_calls_in_one_response_get_one_request_to_go_on(autojump_clock, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "k")
+    LOOKUPS.clear()
+    both = (
+        FunctionCall("order_status", {"order_id": "A17"}),
+        FunctionCall("ship", {"to": {"street": "1 Main St"}, "items": ["tea"], "speed": "express"}),
+    )
+    async with open_fake_model([both, speech(24000)[:24000]]) as model:
+        opts = options(model.url, tools=[f"{HERE}:order_status", f"{HERE}:ship"])
+        async with open_gateway(load("realtime", opts)) as server:
+            async with simulated_call(server.urls[0]) as acs:
+                await acs.stream(speech(16000)[: 16000 * 2 * 2] + silence(16000, 1.0))
+                await acs.wait_for_audio(8000)  # the reply after both
+    outputs = [o["output"] for o in model.tool_outputs()]
+    assert outputs == [
+        "1 x ['tea'] to 1 Main St (express)",
+        '{"order_id":"A17","status":"shipped"}',
+    ]
+    [create] = [r for r in model.events if r.type == "response.create"]
+    assert create.time >= max(r.time for r in model.events if r.type == "conversation.item.create")
+    assert model.sent_of("error") == []

@@ -35,7 +35,7 @@ import pybase64
 import trio
 import trio_websocket
 
-from .fake_model_calls import FunctionCall, function_call_events
+from .fake_model_calls import FunctionCall, Reply, function_call_events
 
 RATE = 24000
 BYTES_PER_MS = RATE * 2 // 1000
@@ -89,7 +89,7 @@ class FakeModel:
 
     def __init__(
         self,
-        responses: Sequence[bytes | FunctionCall],
+        responses: Sequence[Reply],
         *,
         api_key: str | None,
         speed: float,
@@ -176,7 +176,7 @@ class FakeModel:
         own); the call id."""
         call_id = self._new_id("call")
         for session in list(self._sessions):
-            await session.call_function(FunctionCall(name, arguments or {}), call_id)
+            await session.call_functions((FunctionCall(name, arguments or {}),), call_id)
         return call_id
 
     def go_silent(self, silent: bool = True) -> None:
@@ -378,7 +378,7 @@ class _Session:
         """Stream the next scripted reply (none left: `otherwise`, or no reply if None)."""
         replies = self.model.responses
         if self.turn < len(replies):
-            reply: bytes | FunctionCall = replies[self.turn]
+            reply: Reply = replies[self.turn]
             self.turn += 1
         elif otherwise is None:
             return
@@ -388,17 +388,19 @@ class _Session:
         self.responding = trio.CancelScope()
         self.nursery.start_soon(self.respond, reply, self.responding)
 
-    async def call_function(self, call: FunctionCall, call_id: str | None = None) -> None:
+    async def call_functions(
+        self, calls: tuple[FunctionCall, ...], call_id: str | None = None
+    ) -> None:
         model = self.model
-        call_id = call_id or model._new_id("call")
-        response_id, item_id = model._new_id("resp"), model._new_id("item")
-        for event in function_call_events(call, response_id, item_id, call_id, self.ga):
+        response_id = model._new_id("resp")
+        ids = [(c, model._new_id("item"), call_id or model._new_id("call")) for c in calls]
+        for event in function_call_events(ids, response_id, self.ga):
             await self.send(event)
 
-    async def respond(self, reply: bytes | FunctionCall, scope: trio.CancelScope) -> None:
+    async def respond(self, reply: Reply, scope: trio.CancelScope) -> None:
         model = self.model
-        if isinstance(reply, FunctionCall):
-            await self.call_function(reply)
+        if not isinstance(reply, bytes):  # the model calls functions instead of speaking
+            await self.call_functions(reply if isinstance(reply, tuple) else (reply,))
             self.responding = None
             return
         response_id = model._new_id("resp")
@@ -453,7 +455,7 @@ class _Session:
 
 @asynccontextmanager
 async def open_fake_model(
-    responses: Sequence[bytes | FunctionCall] = (),
+    responses: Sequence[Reply] = (),
     *,
     api_key: str | None = None,
     speed: float = 4.0,
@@ -466,8 +468,8 @@ async def open_fake_model(
     """Run a fake realtime model on 127.0.0.1, port 0, until the block ends.
 
     `responses`: the replies, one per user turn or `response.create`, in order, the same script
-    for every connection: 24 kHz PCM16 audio, or a `FunctionCall` (none left: no reply to a
-    turn, an empty response to `response.create`).
+    for every connection: 24 kHz PCM16 audio, or a `FunctionCall` (a tuple of them: one response
+    calling all) (none left: no reply to a turn, an empty response to `response.create`).
     `api_key`: if set, handshakes without it (`api-key` or `Authorization: Bearer`) get 401."""
     model = FakeModel(
         responses,

@@ -56,7 +56,7 @@ class ToolCalls:
             return  # answered already, or to come with its name (response.output_item.done)
         self.call.observer.note("tool_call", name=name, call_id=call_id, arguments=event.arguments)
         if not call_id or not name:
-            self.call.log.warning("the model called %r without a call_id; not answered", name)
+            self.call.log.warning("a tool call without a name or call_id (%r); not answered", name)
             self.call.stats.tool_calls["error"] += 1
             return
         self._seen[call_id] = None

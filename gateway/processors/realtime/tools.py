@@ -33,6 +33,10 @@ END_CALL: Final = "end_call"
 TRANSFER_CALL: Final = "transfer_call"
 TOOLS: Final = (END_CALL, TRANSFER_CALL)  # the call-control tools
 GOODBYE_TIMEOUT: Final = 10.0  # seconds the model's last words may take to play before hang-up
+# Worker threads for synchronous tools, apart from Trio's default pool: a tool stuck past its
+# deadline keeps its thread, and must not starve the gateway's own thread work.
+TOOL_THREADS: Final = 32
+_THREADS: Final = trio.lowlevel.RunVar[trio.CapacityLimiter]("realtime_tool_threads")
 
 
 @attrs.frozen
@@ -136,7 +140,9 @@ class Toolbox:
                     result = await function.function(**kwargs)
                 else:
                     result = await trio.to_thread.run_sync(
-                        functools.partial(function.function, **kwargs), abandon_on_cancel=True
+                        functools.partial(function.function, **kwargs),
+                        abandon_on_cancel=True,
+                        limiter=_thread_limiter(),
                     )
                 return Result(output(result), "ok")
             except Exception as exc:  # noqa: BLE001  (the model is told; the call goes on)
@@ -144,6 +150,15 @@ class Toolbox:
                 return Result(_error(f"{type(exc).__name__}: {exc}"), "error")
         call.log.warning("tool %s gave no result within %g s", name, self.timeout)
         return Result(_error(f"no result within {self.timeout:g} s"), "timeout")
+
+
+def _thread_limiter() -> trio.CapacityLimiter:
+    try:
+        return _THREADS.get()
+    except LookupError:
+        limiter = trio.CapacityLimiter(TOOL_THREADS)
+        _THREADS.set(limiter)
+        return limiter
 
 
 def _control_definitions(
