@@ -244,6 +244,12 @@ async def test_a_tool_that_fails_or_times_out_is_an_error_for_the_model(
                 await model.wait_for(lambda m: len(m.received("response.create")) == 4)
                 await acs.send_audio(bytes(640))  # the call goes on
             RELEASE.set()
+            server.metrics.flush()
+            sample = server.metrics.registry.get_sample_value
+            tools_total = {
+                o: sample("acs_gateway_tool_calls_total", {"outcome": o})
+                for o in ("error", "timeout")
+            }
     outputs = {o["call_id"]: orjson.loads(o["output"]) for o in model.tool_outputs()}
     assert outputs[broken_id] == {"error": "LookupError: no order B2"}
     assert outputs[stuck_id] == {"error": "no result within 0.5 s"}
@@ -251,6 +257,7 @@ async def test_a_tool_that_fails_or_times_out_is_an_error_for_the_model(
     assert outputs[nobody_id] == {"error": "there is no tool 'launch_rocket' on this call"}
     [call] = calls
     assert call.stats.tool_calls == {"error": 3, "timeout": 1}
+    assert tools_total == {"error": 3, "timeout": 1}  # the metric, from the call's counts
     assert model.received("session.update")[0]["session"].get("type") == (
         "realtime" if provider == "openai" else None
     )

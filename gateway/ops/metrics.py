@@ -162,6 +162,7 @@ class Totals:
     outbound_dropped: Mapping[str, float]  # seconds, by reason
     connections_refused: Mapping[str, int] = attrs.field(factory=dict)  # by reason
     accept_errors: Mapping[str, int] = attrs.field(factory=dict)  # by errno name
+    tool_calls: Mapping[str, int] = attrs.field(factory=dict)  # by outcome
 
 
 class Metrics:
@@ -231,6 +232,9 @@ class Metrics:
             "upstream_errors",
             "Errors talking to a processor's upstream service, by kind.",
             ["kind"],
+        )
+        self.tool_calls = counter(
+            "tool_calls", "Tools a realtime model called, by outcome.", ["outcome"]
         )
         self.connections_refused = counter(
             "connections_refused",
@@ -363,6 +367,7 @@ class Metrics:
             (self.outbound_dropped, t.outbound_dropped),
             (self.connections_refused, t.connections_refused),
             (self.accept_errors, t.accept_errors),
+            (self.tool_calls, t.tool_calls),
         ):
             for label, value in by_label.items():
                 self._advance(family.labels(label), value)

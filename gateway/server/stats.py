@@ -44,6 +44,7 @@ class ServerStats:
     connections_refused: Counter[str] = attrs.field(factory=Counter)
     accept_errors: Counter[str] = attrs.field(factory=Counter)  # accept() failed, by errno name
     upstream_errors: Counter[str] = attrs.field(factory=Counter)  # by kind
+    tool_calls: Counter[str] = attrs.field(factory=Counter)  # a model's tool calls, by outcome
     packets_unread: int = 0  # still in a call's inbound queue when it ended
     # Seconds of audio a processor played that never reached ACS, by reason.
     outbound_dropped_seconds: dict[str, float] = attrs.field(factory=dict)
@@ -74,6 +75,7 @@ class ServerStats:
             self.frames_flood_dropped,
         )
         errors, upstream = Counter(self.protocol_errors), Counter(self.upstream_errors)
+        tools = Counter(self.tool_calls)
         for s in self._live.values():
             frames_in += s.audio_frames_in
             frames_out += s.messages_out - s.stop_audio_sent  # messages_out counts stops too
@@ -84,6 +86,8 @@ class ServerStats:
                 errors.update(s.protocol_errors)
             if s.upstream_errors:
                 upstream.update(s.upstream_errors)
+            if s.tool_calls:
+                tools.update(s.tool_calls)
         refused: Counter[str] = Counter()
         for reason, n in self.refused_by.items():
             refused[str(REFUSAL_STATUS[reason])] += n
@@ -105,6 +109,7 @@ class ServerStats:
             auth_failed=self.auth_failed,
             protocol_errors=errors,
             upstream_errors=upstream,
+            tool_calls=tools,
             outbound_dropped=self.outbound_dropped_seconds,
             connections_refused=self.connections_refused,
             accept_errors=self.accept_errors,
@@ -134,6 +139,7 @@ class ServerStats:
         self.packets_unread += stats.packets_unread
         self.protocol_errors.update(stats.protocol_errors)
         self.upstream_errors.update(stats.upstream_errors)
+        self.tool_calls.update(stats.tool_calls)
         self.ended_by[ended_by] += 1
         if failed:
             self.calls_failed += 1
