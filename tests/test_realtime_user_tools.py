@@ -90,6 +90,19 @@ def untyped(city):  # type: ignore[no-untyped-def]
     return city
 
 
+@attrs.define
+class Loose:
+    where = attrs.field()
+
+
+def loose(place: Loose) -> None:
+    pass
+
+
+def odd(at: complex) -> None:
+    pass
+
+
 def test_the_schema_comes_from_type_hints_and_the_docstring():
     lookup = describe(order_status, "t").definition()
     assert lookup == {
@@ -157,6 +170,8 @@ def test_arguments_are_converted_and_bad_ones_refused():
         (f"{HERE}:Address", "is not a function"),
         (f"{HERE}", "is not 'module:function'"),
         (f"{HERE}:untyped", "parameter 'city' needs a type hint"),
+        (f"{HERE}:loose", "parameter 'place': Loose.where needs a type hint"),
+        (f"{HERE}:odd", "parameter 'at': cannot describe <class 'complex'> to the model"),
     ],
 )
 def test_a_bad_tool_stops_the_gateway_at_start(monkeypatch, path, message):

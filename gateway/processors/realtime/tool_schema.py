@@ -145,7 +145,7 @@ def describe(function: Callable[..., Any], where: str, default_name: str = "") -
             raise ValueError(f"{where}: parameter {param.name!r} needs a type hint")
         try:
             schema = schema_of(hint)
-        except TypeError as exc:
+        except (TypeError, NameError) as exc:
             raise ValueError(f"{where}: parameter {param.name!r}: {exc}") from None
         if param.name in documented and "description" not in schema:
             schema["description"] = documented[param.name]
@@ -247,6 +247,8 @@ def _record(cls: type, seen: frozenset[type]) -> dict[str, Any]:
             for f in dataclasses.fields(cls)
         ]
     for name, needed in fields:
+        if name not in hints:
+            raise TypeError(f"{cls.__name__}.{name} needs a type hint")
         properties[name] = schema_of(hints[name], seen)
         if needed:
             required.append(name)
