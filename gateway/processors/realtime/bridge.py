@@ -105,7 +105,7 @@ class Bridge:
             toolbox = Toolbox.from_options(
                 options.tools, options.call_tools, options.transfer_targets, options.tool_timeout_ms
             )
-        self.tool_calls = ToolCalls(call, toolbox)
+        self.tool_calls = ToolCalls(call, toolbox, lambda: self.conversation.responding)
         if self.tool_calls.offered:  # the user's tools, or call control on an answered call
             settings = attrs.evolve(settings, extra={**self.tool_calls.offered, **settings.extra})
         self.session_update = protocol.session_update(settings, options.dialect)
@@ -272,6 +272,7 @@ class Bridge:
     async def _read_events(self, ws: trio_websocket.WebSocketConnection) -> str:
         """Read the model until the session fails; returns why."""
         conversation_ready = False
+        send = functools.partial(self._send, ws)  # this session's, for tool calls
         while True:
             try:
                 message = await ws.get_message()
@@ -301,14 +302,12 @@ class Bridge:
                     self.call.observer.note("transcript", who=who, text=text, item_id=item_id)
                 case ToolCall():
                     assert self._tasks is not None
-                    self.tool_calls.start(self._tasks, functools.partial(self._send, ws), event)
+                    self.tool_calls.start(self._tasks, send, event)
                 case ResponseCreated(response_id=response_id):
                     self.conversation.response_created(response_id)
                 case ResponseDone(response_id=response_id, status=status):
                     self.conversation.response_done(response_id)
-                    await self.tool_calls.response_done(
-                        functools.partial(self._send, ws), response_id, status
-                    )
+                    await self.tool_calls.response_done(send, response_id, status)
                 case SessionReady(updated=True):
                     conversation_ready = True
                     await self._greet(ws)

@@ -4,11 +4,12 @@ asked to go on.
 Owns: starting a task per function call the model makes (at most `MAX_RUNNING` at once; more
 are answered with an error at once), sending each result as a `function_call_output` on the
 session the call came from, and asking for the next response (`response.create`) once the
-response that made the calls is done and all of its calls are answered (one request for a
-response that called several tools; none if that response was cancelled, since the caller is
-speaking and the model answers them). Counts each outcome in `CallStats.tool_calls` and notes
-`tool_call` and `tool_result` in the call's record. Never: runs a tool itself (`tools`), or
-raises into the bridge.
+response that made the calls is done and all of its calls are answered: one request for a
+response that called several tools; none if that response was cancelled (the caller is
+speaking, and the model answers them); and if another response is in flight then, the request
+waits for its end (the service refuses a second one). Counts each outcome in
+`CallStats.tool_calls` and notes `tool_call` and `tool_result` in the call's record.
+Never: runs a tool itself (`tools`), or raises into the bridge.
 """
 
 from __future__ import annotations
@@ -41,9 +42,13 @@ class _Turn:
 
 
 class ToolCalls:
-    def __init__(self, call: Call, toolbox: Toolbox) -> None:
+    def __init__(
+        self, call: Call, toolbox: Toolbox, responding: Callable[[], bool] = lambda: False
+    ) -> None:
         self.call = call
         self.toolbox = toolbox
+        self.responding = responding  # a response is in flight on the session now
+        self._owed: Send | None = None  # a request to go on, waiting for that response's end
         self.offered = toolbox.session_extra(call)
         self.running = 0
         self._turns: dict[str | None, _Turn] = {}
@@ -73,6 +78,9 @@ class ToolCalls:
 
     async def response_done(self, send: Send, response_id: str | None, status: str | None) -> None:
         """A response ended: if it called tools and all are answered, ask for the next one."""
+        owed, self._owed = self._owed, None
+        if owed is send:  # the same session: its answers are there
+            await self._continue(send)
         turn = self._turns.get(response_id) if response_id is not None else None
         if turn is None:
             return
@@ -112,6 +120,12 @@ class ToolCalls:
         for key in [k for k, t in self._turns.items() if t is turn]:
             del self._turns[key]
         if not turn.cancelled:
+            await self._continue(send)
+
+    async def _continue(self, send: Send) -> None:
+        if self.responding():
+            self._owed = send
+        else:
             await send([protocol.create_response()])
 
     def _turn(self, response_id: str | None) -> _Turn:
