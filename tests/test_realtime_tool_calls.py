@@ -11,7 +11,7 @@ import trio
 from gateway.processors import Call, CallStats
 from gateway.processors.realtime import protocol
 from gateway.processors.realtime.protocol import ToolCall
-from gateway.processors.realtime.tool_calls import MAX_RUNNING, ToolCalls
+from gateway.processors.realtime.tool_calls import MAX_RUNNING, ToolCalls, ToolSession
 from gateway.processors.realtime.tools import Toolbox
 
 CREATE = protocol.create_response()
@@ -24,10 +24,12 @@ async def wait(seconds: float) -> str:
 
 
 class Session:
-    """What one model session was sent."""
+    """What one model session was sent; `responding` says a response is in flight on it."""
 
-    def __init__(self) -> None:
+    def __init__(self, responding: bool = False) -> None:
         self.sent: list[str] = []
+        self.responding = responding
+        self.tools = ToolSession(self.send, lambda: self.responding)
 
     async def send(self, events: list[str]) -> bool:
         self.sent += events
@@ -53,9 +55,9 @@ def call_for_test() -> Call:
     )
 
 
-def tool_calls(responding: list[bool]) -> ToolCalls:
+def tool_calls() -> ToolCalls:
     toolbox = Toolbox.from_options([f"{__name__}:wait"], [], {}, 10_000)
-    return ToolCalls(call_for_test(), toolbox, lambda: responding[0])
+    return ToolCalls(call_for_test(), toolbox)
 
 
 def waiting(seconds: float, call_id: str, response_id: str | None = "r1") -> ToolCall:
@@ -63,12 +65,12 @@ def waiting(seconds: float, call_id: str, response_id: str | None = "r1") -> Too
 
 
 async def test_the_model_goes_on_after_its_response_and_every_answer(autojump_clock):
-    calls, session = tool_calls([False]), Session()
+    calls, session = tool_calls(), Session()
     async with trio.open_nursery() as nursery:
-        calls.start(nursery, session.send, waiting(0.2, "a"))
-        calls.start(nursery, session.send, waiting(0.5, "b"))
-        calls.start(nursery, session.send, waiting(0.5, "b"))  # announced twice: run once
-        await calls.response_done(session.send, "r1", "completed")
+        calls.start(nursery, session.tools, waiting(0.2, "a"))
+        calls.start(nursery, session.tools, waiting(0.5, "b"))
+        calls.start(nursery, session.tools, waiting(0.5, "b"))  # announced twice: run once
+        await calls.response_done(session.tools, "r1", "completed")
         await trio.sleep(0.3)
         assert session.kinds() == ["conversation.item.create"]  # a's; b still runs
     assert session.kinds() == ["conversation.item.create"] * 2 + ["response.create"]
@@ -76,53 +78,49 @@ async def test_the_model_goes_on_after_its_response_and_every_answer(autojump_cl
 
 
 async def test_answers_before_the_response_ends_wait_for_it(autojump_clock):
-    calls, session = tool_calls([False]), Session()
+    calls, session = tool_calls(), Session()
     async with trio.open_nursery() as nursery:
-        calls.start(nursery, session.send, waiting(0.1, "a"))
+        calls.start(nursery, session.tools, waiting(0.1, "a"))
         await trio.sleep(1)
         assert session.kinds() == ["conversation.item.create"]
-        await calls.response_done(session.send, "r1", "completed")
+        await calls.response_done(session.tools, "r1", "completed")
     assert session.sent[-1] == CREATE
 
 
 async def test_a_response_in_flight_delays_the_request(autojump_clock):
-    responding = [False]
-    calls, session = tool_calls(responding), Session()
-    send = session.send  # one session, one sender (the bridge keeps one per session)
+    calls, session = tool_calls(), Session()
     async with trio.open_nursery() as nursery:
-        calls.start(nursery, send, waiting(1, "a"))
-        await calls.response_done(send, "r1", "completed")
-        responding[0] = True  # the caller spoke; the model answers them meanwhile
+        calls.start(nursery, session.tools, waiting(1, "a"))
+        await calls.response_done(session.tools, "r1", "completed")
+        session.responding = True  # the caller spoke; the model answers them meanwhile
         await trio.sleep(2)
     assert CREATE not in session.sent  # it would be refused now
-    responding[0] = False
-    await calls.response_done(send, "r2", "completed")  # that answer is over: go on
+    session.responding = False
+    await calls.response_done(session.tools, "r2", "completed")  # that answer is over: go on
     assert session.sent[-1] == CREATE
 
 
 async def test_a_request_owed_to_a_lost_session_is_dropped(autojump_clock):
-    responding = [True]
-    calls, old, new = tool_calls(responding), Session(), Session()
+    calls, old, new = tool_calls(), Session(responding=True), Session()
     async with trio.open_nursery() as nursery:
-        calls.start(nursery, old.send, waiting(0.1, "a", None))
-    responding[0] = False
-    await calls.response_done(new.send, "r9", "completed")  # the new session never had "a"
+        calls.start(nursery, old.tools, waiting(0.1, "a", None))
+    await calls.response_done(new.tools, "r9", "completed")  # the new session never had "a"
     assert new.sent == [] and CREATE not in old.sent
 
 
 async def test_a_cancelled_response_gets_its_answers_but_no_request(autojump_clock):
-    calls, session = tool_calls([False]), Session()
+    calls, session = tool_calls(), Session()
     async with trio.open_nursery() as nursery:
-        calls.start(nursery, session.send, waiting(0.1, "a"))
-        await calls.response_done(session.send, "r1", "cancelled")
+        calls.start(nursery, session.tools, waiting(0.1, "a"))
+        await calls.response_done(session.tools, "r1", "cancelled")
     assert session.kinds() == ["conversation.item.create"]
 
 
 async def test_too_many_at_once_are_refused(autojump_clock):
-    calls, session = tool_calls([False]), Session()
+    calls, session = tool_calls(), Session()
     async with trio.open_nursery() as nursery:
         for k in range(MAX_RUNNING + 2):
-            calls.start(nursery, session.send, waiting(1, f"c{k}", None))
+            calls.start(nursery, session.tools, waiting(1, f"c{k}", None))
     outputs = [orjson.loads(e)["item"]["output"] for e in session.sent if "item" in e]
     assert outputs.count('{"error":"too many tool calls at once"}') == 2
     assert outputs.count("waited 1.0") == MAX_RUNNING

@@ -6,8 +6,10 @@ arguments; in both protocol generations. The tools themselves are the functions 
 from __future__ import annotations
 
 import enum
+import gc
 import threading
 import time
+import weakref
 from typing import Annotated, Any, Literal
 
 import attrs
@@ -301,3 +303,39 @@ async def test_two_calls_in_one_response_get_one_request_to_go_on(autojump_clock
     [create] = [r for r in model.events if r.type == "response.create"]
     assert create.time >= max(r.time for r in model.events if r.type == "conversation.item.create")
     assert model.sent_of("error") == []
+
+
+async def test_a_bridge_with_tools_is_freed_when_its_call_ends(autojump_clock, monkeypatch):
+    """No reference cycle keeps an ended call's bridge (and its resamplers) alive until the
+    cyclic GC runs: the tool bookkeeping refers to the model session, never to the bridge."""
+    from gateway.processors.realtime import bridge
+
+    monkeypatch.setenv(KEY_ENV, "k")
+    bridges: list[weakref.ref[bridge.Bridge]] = []
+    init = bridge.Bridge.__init__
+
+    def remembered(self: bridge.Bridge, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        bridges.append(weakref.ref(self))
+
+    monkeypatch.setattr(bridge.Bridge, "__init__", remembered)
+    script = [speech(24000)[:4800], FunctionCall("order_status", {"order_id": "A1"}), b""]
+    async with open_fake_model(script) as model:
+        opts = options(model.url, tools=[f"{HERE}:order_status"], greeting="Hello.")
+        async with open_gateway(load("realtime", opts)) as server:
+            gc.collect()
+            gc.disable()
+            try:
+                async with simulated_call(server.urls[0]) as acs:
+                    await acs.wait_for_audio(3200)  # the greeting
+                    await acs.stream(speech(16000)[: 16000 * 2 * 2] + silence(16000, 0.8))
+                    await model.wait_for(lambda m: len(m.received("response.create")) == 2)
+                for _ in range(200):
+                    if not server.live:
+                        break
+                    await trio.sleep(0.01)
+                await trio.sleep(0.1)
+                alive = [ref() for ref in bridges if ref() is not None]
+            finally:
+                gc.enable()
+    assert len(bridges) == 1 and alive == []

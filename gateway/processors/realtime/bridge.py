@@ -65,7 +65,7 @@ from .protocol import (
     Transcript,
     UpstreamError,
 )
-from .tool_calls import ToolCalls
+from .tool_calls import ToolCalls, ToolSession
 from .tools import Toolbox
 
 PENDING_DELTAS: Final = 4096  # model audio deltas queued for the player (each ~20-200 ms)
@@ -105,7 +105,7 @@ class Bridge:
             toolbox = Toolbox.from_options(
                 options.tools, options.call_tools, options.transfer_targets, options.tool_timeout_ms
             )
-        self.tool_calls = ToolCalls(call, toolbox, lambda: self.conversation.responding)
+        self.tool_calls = ToolCalls(call, toolbox)
         if self.tool_calls.offered:  # the user's tools, or call control on an answered call
             settings = attrs.evolve(settings, extra={**self.tool_calls.offered, **settings.extra})
         self.session_update = protocol.session_update(settings, options.dialect)
@@ -208,7 +208,7 @@ class Bridge:
         instructions, self.greeting = self.greeting, None  # once a call, not per session
         if instructions is not None:
             self.call.observer.note("greeting")
-            await self._send(ws, [protocol.create_response(instructions)])
+            await send_events(ws, [protocol.create_response(instructions)])
 
     async def _key_pressed(self, packet: DtmfData) -> None:
         """A key interrupts the bot like speech does; the model is told after the last key."""
@@ -223,16 +223,7 @@ class Bridge:
         if ws is None:
             self.log.warning("no model session: not told %r", text)
             return
-        await self._send(ws, [protocol.user_text(text), protocol.create_response()])
-
-    async def _send(self, ws: trio_websocket.WebSocketConnection, events: list[str]) -> bool:
-        """Send events on one session; False if it is gone."""
-        try:
-            for event in events:
-                await ws.send_message(event)
-        except trio_websocket.ConnectionClosed:
-            return False
-        return True
+        await send_events(ws, [protocol.user_text(text), protocol.create_response()])
 
     # -- model -> caller --
 
@@ -272,7 +263,10 @@ class Bridge:
     async def _read_events(self, ws: trio_websocket.WebSocketConnection) -> str:
         """Read the model until the session fails; returns why."""
         conversation_ready = False
-        send = functools.partial(self._send, ws)  # this session's, for tool calls
+        conversation = self.conversation
+        tool_session = ToolSession(  # refers to this session, not to the bridge: no cycle
+            functools.partial(send_events, ws), lambda: conversation.responding
+        )
         while True:
             try:
                 message = await ws.get_message()
@@ -302,12 +296,12 @@ class Bridge:
                     self.call.observer.note("transcript", who=who, text=text, item_id=item_id)
                 case ToolCall():
                     assert self._tasks is not None
-                    self.tool_calls.start(self._tasks, send, event)
+                    self.tool_calls.start(self._tasks, tool_session, event)
                 case ResponseCreated(response_id=response_id):
                     self.conversation.response_created(response_id)
                 case ResponseDone(response_id=response_id, status=status):
                     self.conversation.response_done(response_id)
-                    await self.tool_calls.response_done(send, response_id, status)
+                    await self.tool_calls.response_done(tool_session, response_id, status)
                 case SessionReady(updated=True):
                     conversation_ready = True
                     await self._greet(ws)
@@ -455,3 +449,13 @@ class Bridge:
                 failure.append(f"upstream went silent (no pong in {options.keepalive_timeout} s)")
                 scope.cancel()
                 return
+
+
+async def send_events(ws: trio_websocket.WebSocketConnection, events: list[str]) -> bool:
+    """Send events on one session; False if it is gone."""
+    try:
+        for event in events:
+            await ws.send_message(event)
+    except trio_websocket.ConnectionClosed:
+        return False
+    return True

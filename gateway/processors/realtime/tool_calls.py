@@ -32,6 +32,15 @@ _CALLS_KEPT: Final = 64  # call ids remembered: each call is announced twice
 Send = Callable[[list[str]], Awaitable[bool]]  # events to one session; False: it is gone
 
 
+@attrs.frozen(eq=False)
+class ToolSession:
+    """The model session a tool call came from: how to answer on it, and whether a response is
+    in flight on it now. Holds no reference to the bridge (no cycle keeps a call alive)."""
+
+    send: Send
+    responding: Callable[[], bool]
+
+
 @attrs.define
 class _Turn:
     """One response's tool calls."""
@@ -42,20 +51,17 @@ class _Turn:
 
 
 class ToolCalls:
-    def __init__(
-        self, call: Call, toolbox: Toolbox, responding: Callable[[], bool] = lambda: False
-    ) -> None:
+    def __init__(self, call: Call, toolbox: Toolbox) -> None:
         self.call = call
         self.toolbox = toolbox
-        self.responding = responding  # a response is in flight on the session now
-        self._owed: Send | None = None  # a request to go on, waiting for that response's end
+        self._owed: ToolSession | None = None  # a request to go on, waiting for a response's end
         self.offered = toolbox.session_extra(call)
         self.running = 0
         self._turns: dict[str | None, _Turn] = {}
         self._seen: dict[str, None] = {}  # call ids answered (ordered: the oldest goes first)
 
-    def start(self, nursery: trio.Nursery, send: Send, event: ToolCall) -> None:
-        """The model called a tool: run it in `nursery` (the bridge's), answering on `send`."""
+    def start(self, nursery: trio.Nursery, session: ToolSession, event: ToolCall) -> None:
+        """The model called a tool: run it in `nursery` (the bridge's), answering on `session`."""
         name, call_id = event.name, event.call_id
         if call_id in self._seen or (name is None and call_id):
             return  # answered already, or to come with its name (response.output_item.done)
@@ -71,34 +77,38 @@ class ToolCalls:
         turn.pending += 1
         if self.running >= MAX_RUNNING:
             result = Result('{"error":"too many tool calls at once"}', "error")
-            nursery.start_soon(self._answer, send, name, call_id, turn, result, None)
+            nursery.start_soon(self._answer, session, name, call_id, turn, result, None)
             return
         self.running += 1
-        nursery.start_soon(self._run, send, name, call_id, event.arguments or "", turn)
+        nursery.start_soon(self._run, session, name, call_id, event.arguments or "", turn)
 
-    async def response_done(self, send: Send, response_id: str | None, status: str | None) -> None:
+    async def response_done(
+        self, session: ToolSession, response_id: str | None, status: str | None
+    ) -> None:
         """A response ended: if it called tools and all are answered, ask for the next one."""
         owed, self._owed = self._owed, None
-        if owed is send:  # the same session: its answers are there
-            await self._continue(send)
+        if owed is session:  # the same session: its answers are there
+            await self._continue(session)
         turn = self._turns.get(response_id) if response_id is not None else None
         if turn is None:
             return
         turn.done, turn.cancelled = True, status == "cancelled"
-        await self._maybe_continue(send, turn)
+        await self._maybe_continue(session, turn)
 
-    async def _run(self, send: Send, name: str, call_id: str, arguments: str, turn: _Turn) -> None:
+    async def _run(
+        self, session: ToolSession, name: str, call_id: str, arguments: str, turn: _Turn
+    ) -> None:
         started = trio.current_time()
         try:
             self.call.log.info("the model calls %s", name)
             result = await self.toolbox.run(self.call, name, arguments)
         finally:
             self.running -= 1
-        await self._answer(send, name, call_id, turn, result, started)
+        await self._answer(session, name, call_id, turn, result, started)
 
     async def _answer(
         self,
-        send: Send,
+        session: ToolSession,
         name: str,
         call_id: str,
         turn: _Turn,
@@ -111,22 +121,22 @@ class ToolCalls:
             "tool_result", name=name, call_id=call_id, outcome=result.outcome, ms=took
         )
         turn.pending -= 1
-        if await send([protocol.function_call_output(call_id, result.output)]):
-            await self._maybe_continue(send, turn)
+        if await session.send([protocol.function_call_output(call_id, result.output)]):
+            await self._maybe_continue(session, turn)
 
-    async def _maybe_continue(self, send: Send, turn: _Turn) -> None:
+    async def _maybe_continue(self, session: ToolSession, turn: _Turn) -> None:
         if turn.pending or not turn.done:
             return
         for key in [k for k, t in self._turns.items() if t is turn]:
             del self._turns[key]
         if not turn.cancelled:
-            await self._continue(send)
+            await self._continue(session)
 
-    async def _continue(self, send: Send) -> None:
-        if self.responding():
-            self._owed = send
+    async def _continue(self, session: ToolSession) -> None:
+        if session.responding():
+            self._owed = session
         else:
-            await send([protocol.create_response()])
+            await session.send([protocol.create_response()])
 
     def _turn(self, response_id: str | None) -> _Turn:
         if response_id is None:  # no response to wait for: go on once answered
