@@ -39,10 +39,14 @@ class CallStats:
 class CallControlHandle(Protocol):
     """What a processor may do to the call itself, when this gateway answered it
     (`gateway.control.calls.CallControl`). `caller`/`callee` are raw ids (`4:+1...`,
-    `8:acs:...`); `custom_context` has the IncomingCall's `sipHeaders` and `voipHeaders`."""
+    `8:acs:...`); `custom_context` has the IncomingCall's `sipHeaders` and `voipHeaders`;
+    `media_streaming` is what ACS last said of the call's media stream (`started`, `stopped`,
+    `failed`; None before it said anything)."""
 
     @property
     def caller(self) -> str | None: ...
+    @property
+    def media_streaming(self) -> str | None: ...
     @property
     def callee(self) -> str | None: ...
     @property

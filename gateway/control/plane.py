@@ -23,10 +23,12 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Final
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
 import attrs
+import orjson
 import trio
 
 from ..call.interface import CallControlHandle
@@ -48,8 +50,18 @@ from .events import (
     IncomingCall,
     parse_events,
 )
+from .live import ACTS, ENDING, LiveCall, LiveCalls, kind_of
+from .replicas import (
+    MAX_HOPS,
+    REPLICA_PATH,
+    SIGNATURE_HEADER,
+    ReplicaKey,
+    Replicas,
+    incoming_fields,
+    incoming_from,
+)
 from .replies import ControlStats, HttpAnswer, json_answer, refused, text_answer
-from .tokens import CallTokens, TokenRefused
+from .tokens import CallGrant, CallTokens, TokenRefused
 
 __all__ = [
     "CALLBACK_PATH",
@@ -66,16 +78,25 @@ EVENTGRID_PATH: Final = "/eventgrid"
 EVENTGRID_SECRET_ENV: Final = "ACS_GATEWAY_EVENTGRID_SECRET"
 CALL_TOKEN_KEY_ENV: Final = "ACS_GATEWAY_CALL_TOKEN_KEY"
 _JSON_TYPES: Final = ("application/json", "application/cloudevents")
+ENDS: Final = frozenset(ENDING)  # events after which a call's tokens take no media
 
 
 @attrs.frozen
 class MediaRoute:
     """What a media WebSocket runs: its route's processor and, for a call this gateway
-    answered, the call's control handle (`Call.control`)."""
+    answered, the call's control handle (`Call.control`) and its place among the live calls
+    (`hold`: held while the call runs, so that callbacks reach it)."""
 
     name: str
     processor: Processor
     control: CallControlHandle | None = None
+    live: LiveCall | None = None
+    registry: LiveCalls | None = None
+
+    def hold(self) -> AbstractContextManager[LiveCall | None]:
+        if self.live is None or self.registry is None:
+            return nullcontext(None)
+        return self.registry.hold(self.live)
 
 
 class ControlPlane:
@@ -106,7 +127,11 @@ class ControlPlane:
             self.answering = Answering(config, answerer, tokens, self.stats)
         self._secret = (eventgrid_secret or "").encode()
         media_url = self.answering.media_url if self.answering else str
-        self.callbacks = CallbackEndpoint(tokens, self.stats, media_url, auth)
+        self.callbacks = CallbackEndpoint(tokens, self.stats, media_url, auth, self._deliver)
+        self.live = LiveCalls()  # the calls whose media WebSocket this replica holds
+        self.replicas: Replicas | None = None
+        if tokens is not None and config.replica_url is not None:
+            self.replicas = Replicas(config.replica_url, ReplicaKey(tokens.key))
 
     @property
     def auth(self) -> TokenChecker | None:
@@ -130,9 +155,10 @@ class ControlPlane:
 
     # -- media --
 
-    def media(self, handshake: Handshake) -> MediaRoute | Reject:
+    async def media(self, handshake: Handshake) -> MediaRoute | Reject:
         """The route, processor and call control a media WebSocket runs, or why it is
-        refused."""
+        refused. For a call answered by another replica (its home, named in the token), asks
+        the home, which learns that this replica holds the call."""
         name, token = routing.media_target(handshake.target)
         if self.tokens is None:  # media only: the path picks the route, any other path the default
             if name is None:
@@ -154,10 +180,45 @@ class ControlPlane:
         if self.answering is not None:
             connection_id = handshake.headers.get("x-ms-call-connection-id")
             try:
-                control = self.answering.control(grant.correlation_id, connection_id)
+                if grant.home is not None and self.replicas is not None:
+                    if not self.replicas.is_own(grant.home):
+                        control = await self._claim(grant.home, grant.correlation_id, connection_id)
+                    else:
+                        control = self.answering.control(grant.correlation_id, connection_id)
+                else:
+                    control = self.answering.control(grant.correlation_id, connection_id)
             except TokenRefused as exc:
-                return self._refuse(f"media_{exc.reason}", Reject(403, str(exc)))
-        return MediaRoute(name, self.processors[name], control)
+                status = 410 if exc.reason == "call_over" else 403
+                return self._refuse(f"media_{exc.reason}", Reject(status, str(exc)))
+        live = LiveCall(grant.correlation_id, control)
+        return MediaRoute(name, self.processors[name], control, live, self.live)
+
+    async def _claim(
+        self, home: str, correlation_id: str, connection_id: str | None
+    ) -> CallControlHandle | None:
+        """Tell the call's home that this replica holds its media; the call's control handle
+        (with the IncomingCall data the home remembers). TokenRefused("call_over") when the
+        home says the call's answer failed or the call has ended. An unreachable home, or one
+        that no longer remembers the call, costs the handle its IncomingCall data only."""
+        assert self.replicas is not None and self.answering is not None
+        reply = await self.replicas.post(
+            home,
+            "media",
+            {"c": correlation_id, "holder": self.replicas.own_url, "connection": connection_id},
+        )
+        if reply.status == 410:
+            raise TokenRefused("call_over", str(reply.body.get("detail", "the call is over")))
+        incoming = None
+        if reply.status == 200:
+            incoming = incoming_from(reply.body.get("incoming"))
+            answered_id = reply.body.get("connection")
+            if isinstance(answered_id, str) and answered_id:
+                if connection_id not in (None, answered_id):
+                    raise TokenRefused("other_call", "call token is for another call connection")
+                connection_id = answered_id
+        if not connection_id:
+            return None
+        return self.answering.answerer.control(connection_id, incoming)
 
     def _refuse(self, reason: str, reject: Reject) -> Reject:
         self.stats.refused[reason] += 1
@@ -169,6 +230,8 @@ class ControlPlane:
         """The answer to one plain HTTP request (never raises but for cancellation)."""
         url = urlsplit(request.target)
         query = parse_qs(url.query)
+        if url.path == REPLICA_PATH and self.replicas is not None and request.method == "POST":
+            return await self._from_replica(request)
         if url.path not in (EVENTGRID_PATH, CALLBACK_PATH):
             return refused(self.stats, "not_found", text_answer(404, "no such endpoint"))
         allowed = ("OPTIONS", "POST") if url.path == EVENTGRID_PATH else ("POST",)
@@ -194,6 +257,89 @@ class ControlPlane:
             return await self.callbacks.respond(request.headers, token, events)
         except BadBody as exc:
             return refused(self.stats, "bad_body", text_answer(400, f"bad body: {exc}"))
+
+    # -- live calls, across replicas --
+
+    async def _deliver(self, grant: CallGrant, events: Sequence[Event]) -> None:
+        """Callback events that act on a live call reach it, here or on the replica that
+        holds it (through the call's home)."""
+        acting = [{"type": e.type, "data": dict(e.data)} for e in events if kind_of(e.type) in ACTS]
+        if acting:
+            await self.deliver(grant.correlation_id, grant.home, acting, hops=0)
+
+    async def deliver(
+        self, correlation_id: str, home: str | None, events: list[dict[str, Any]], *, hops: int
+    ) -> bool:
+        """Apply `events` to the call if it is held here; else, as its home, remember how it
+        ended and pass them to the replica that holds it; else pass them to its home. Whether
+        some replica held the call."""
+        held = False
+        for event in events:
+            held = self.live.act(correlation_id, kind_of(event["type"]), event["data"]) or held
+        answering = self.answering
+        if answering is not None and correlation_id in answering.answered:  # the call's home
+            if any(kind_of(e["type"]) in ENDS for e in events):
+                answering.ended(correlation_id)
+            holder = answering.holder(correlation_id)
+            if held or holder is None or self.replicas is None or hops > MAX_HOPS:
+                return held
+            if self.replicas.is_own(holder):
+                return held
+            reply = await self.replicas.post(
+                holder, "events", {"c": correlation_id, "events": events, "hops": hops + 1}
+            )
+            return bool(reply.body.get("held"))
+        if held or home is None or self.replicas is None or self.replicas.is_own(home):
+            return held
+        if hops > 0:
+            return False  # a forwarded event goes no further than the home and its holder
+        reply = await self.replicas.post(
+            home, "events", {"c": correlation_id, "events": events, "hops": hops + 1}
+        )
+        return bool(reply.body.get("held"))
+
+    async def _from_replica(self, request: Handshake) -> HttpAnswer:
+        """`POST /replicas`: a signed operation from another replica."""
+        assert self.replicas is not None
+        signature = request.headers.get(SIGNATURE_HEADER, "")
+        if not self.replicas.key.check(signature, REPLICA_PATH, request.body):
+            return refused(self.stats, "replica_signature", text_answer(403, "not a replica"))
+        try:
+            fields = orjson.loads(request.body)
+            operation, correlation_id = fields["op"], fields["c"]
+            if not isinstance(correlation_id, str):
+                raise TypeError("c")
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return refused(self.stats, "bad_body", text_answer(400, "bad replica request"))
+        if operation == "events" and isinstance(fields.get("events"), list):
+            events = [
+                e
+                for e in fields["events"]
+                if isinstance(e, dict)
+                and isinstance(e.get("type"), str)
+                and isinstance(e.get("data"), dict)
+            ]
+            hops = fields.get("hops") if isinstance(fields.get("hops"), int) else MAX_HOPS + 1
+            held = await self.deliver(correlation_id, None, events, hops=hops)
+            return json_answer(200, {"held": held})
+        if operation == "media" and self.answering is not None:
+            holder = fields.get("holder")
+            try:
+                answered = self.answering.claim(
+                    correlation_id, holder if isinstance(holder, str) else None
+                )
+            except TokenRefused as exc:
+                return json_answer(410, {"detail": str(exc)})
+            if answered is None:
+                return json_answer(404, {"detail": "no such call here"})
+            return json_answer(
+                200,
+                {
+                    "connection": answered.connection_id,
+                    "incoming": incoming_fields(answered.incoming),
+                },
+            )
+        return refused(self.stats, "bad_body", text_answer(400, "bad replica request"))
 
     def _cloudevents_handshake(self, headers: Mapping[str, str]) -> HttpAnswer:
         origin = headers.get("webhook-request-origin")

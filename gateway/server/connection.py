@@ -39,7 +39,9 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from functools import partial
 from typing import Final, Protocol
 
 import attrs
@@ -50,7 +52,7 @@ from ..call.outcome import CallOutcome, CallTimings, EndReason
 from ..call.pacer import Pacer
 from ..call.run import run_call
 from ..config import Config
-from ..errors import CLOSE_GOING_AWAY
+from ..errors import CLOSE_GOING_AWAY, CLOSE_NORMAL
 from ..logs import call_logger
 from ..ops import systemd
 from ..ops.metrics import Metrics
@@ -66,6 +68,7 @@ log = logging.getLogger("gateway.server")
 
 _TOKEN: Final = re.compile(r"([?&]token=)[^&]*")  # a call token in a media URL: a credential
 CLOSE_ON_CANCEL_TIMEOUT: Final = 1.0  # seconds for the 1001 close when calls are cancelled
+ENDED_CALL_GRACE: Final = 10.0  # seconds a call ended by a callback may take to wind down
 
 CallLog = logging.LoggerAdapter[logging.Logger]
 
@@ -87,6 +90,16 @@ class HttpReply(Protocol):
     def headers(self) -> Sequence[tuple[str, str]]: ...
 
 
+class HeldCall(Protocol):
+    """A live call the control plane may end (`gateway.control.live.LiveCall`): `ending` is
+    set when it must (CallDisconnected, MediaStreamingFailed), `reason` says why."""
+
+    @property
+    def ending(self) -> trio.Event: ...
+    @property
+    def reason(self) -> str: ...
+
+
 class MediaChoice(Protocol):
     """What a media connection runs (`gateway.control.plane.MediaRoute`)."""
 
@@ -96,6 +109,7 @@ class MediaChoice(Protocol):
     def processor(self) -> Processor: ...
     @property
     def control(self) -> CallControlHandle | None: ...  # None: not a call we answered
+    def hold(self) -> AbstractContextManager[HeldCall | None]: ...  # while the call runs
 
 
 class CallRouting(Protocol):
@@ -104,7 +118,7 @@ class CallRouting(Protocol):
 
     @property
     def max_body_bytes(self) -> int | None: ...  # None: no plain HTTP (426)
-    def media(self, handshake: Handshake) -> MediaChoice | Reject: ...
+    async def media(self, handshake: Handshake) -> MediaChoice | Reject: ...
     def use_auth(self, auth: TokenChecker | None) -> None: ...  # ACS's JWT on callbacks
     def use_metrics(self, metrics: Metrics) -> None: ...  # its counts, in /metrics
     async def respond(self, request: Handshake) -> HttpReply: ...
@@ -167,18 +181,20 @@ async def serve_connection(
             if handshake is None:
                 return None
             processor, route_name, call_control = context.processor, config.processor, None
+            chosen: MediaChoice | None = None
             if control is not None:
                 if not handshake.upgrade:  # a webhook: answered, never a call
                     reply = await control.respond(handshake)
                     await ws.respond(reply.status, reply.body, reply.content_type, reply.headers)
                     return None
-                route = control.media(handshake)
+                route = await control.media(handshake)
                 if isinstance(route, Reject):
                     context.stats.auth_failed["route" if route.status == 404 else "call_token"] += 1
                     log.warning("refusing media connection from %s: %s", peer, route.reason)
                     await ws.reject(route)
                     return None
                 route_name, processor, call_control = route.name, route.processor, route.control
+                chosen = route
             calllog = call_logger(
                 handshake.headers.get("x-ms-call-connection-id"),
                 handshake.headers.get("x-ms-call-correlation-id"),
@@ -196,7 +212,8 @@ async def serve_connection(
         place.accepted = True
         context.stats.calls_accepted += 1
         calllog.info("accepted %s", _TOKEN.sub(r"\1...", handshake.target))  # not the call token
-        place.outcome = await run_call(
+        run = partial(
+            run_call,
             ws,
             handshake,
             processor,
@@ -210,6 +227,13 @@ async def serve_connection(
             ),
             control=call_control,
         )
+        if chosen is None:
+            place.outcome = await run()
+        else:
+            with chosen.hold() as held:
+                place.outcome = await (run() if held is None else _run_held(ws, run, held, calllog))
+        if place.outcome is None:
+            return None
         _log_end(calllog, place.outcome)
         return place.outcome
     except ConnectionClosed as closed:
@@ -228,6 +252,32 @@ async def serve_connection(
         elif gateway_failed:
             context.stats.calls_failed += 1
         await _close(ws, stream, context, admitted=place is not None)
+
+
+async def _run_held(
+    ws: ServerWebSocket,
+    run: Callable[[], Awaitable[CallOutcome]],
+    held: HeldCall,
+    calllog: CallLog,
+) -> CallOutcome | None:
+    """Run the call; when the control plane says it is over (`held.ending`), close the
+    WebSocket as ACS would: the call then ends as a hang-up (its processor sees the end of
+    `packets` and gets `hangup_grace`). A peer that never answers the close is given up
+    after `ENDED_CALL_GRACE`: the call is cancelled (None)."""
+    outcome: CallOutcome | None = None
+    async with trio.open_nursery() as nursery:
+
+        async def end_when_told() -> None:
+            await held.ending.wait()
+            calllog.info("ending the call: %s", held.reason)
+            await ws.close(CLOSE_NORMAL, held.reason[:120])
+            await trio.sleep(ENDED_CALL_GRACE)
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(end_when_told)
+        outcome = await run()
+        nursery.cancel_scope.cancel()
+    return outcome
 
 
 def source_of(peer: str) -> str:
