@@ -52,7 +52,6 @@ from .events import (
 )
 from .live import ACTS, ENDING, LiveCall, LiveCalls, kind_of
 from .replicas import (
-    MAX_HOPS,
     REPLICA_PATH,
     SIGNATURE_HEADER,
     ReplicaKey,
@@ -265,38 +264,42 @@ class ControlPlane:
         holds it (through the call's home)."""
         acting = [{"type": e.type, "data": dict(e.data)} for e in events if kind_of(e.type) in ACTS]
         if acting:
-            await self.deliver(grant.correlation_id, grant.home, acting, hops=0)
+            await self.deliver(grant.correlation_id, grant.home, acting)
 
     async def deliver(
-        self, correlation_id: str, home: str | None, events: list[dict[str, Any]], *, hops: int
+        self,
+        correlation_id: str,
+        home: str | None,
+        events: list[dict[str, Any]],
+        *,
+        origin: str | None = None,
     ) -> bool:
-        """Apply `events` to the call if it is held here; else, as its home, remember how it
-        ended and pass them to the replica that holds it; else pass them to its home. Whether
-        some replica held the call."""
+        """Apply `events` to the call if it is held here. The call's home (the replica that
+        answered it) remembers how it ended and passes them to the replica holding it, unless
+        they came from there (`origin`); any other replica passes them to the home. Whether
+        a replica held the call."""
         held = False
         for event in events:
             held = self.live.act(correlation_id, kind_of(event["type"]), event["data"]) or held
-        answering = self.answering
+        replicas, answering = self.replicas, self.answering
         if answering is not None and correlation_id in answering.answered:  # the call's home
             if any(kind_of(e["type"]) in ENDS for e in events):
                 answering.ended(correlation_id)
             holder = answering.holder(correlation_id)
-            if held or holder is None or self.replicas is None or hops > MAX_HOPS:
+            if held or holder is None or replicas is None or replicas.is_own(holder):
                 return held
-            if self.replicas.is_own(holder):
-                return held
-            reply = await self.replicas.post(
-                holder, "events", {"c": correlation_id, "events": events, "hops": hops + 1}
-            )
-            return bool(reply.body.get("held"))
-        if held or home is None or self.replicas is None or self.replicas.is_own(home):
-            return held
-        if hops > 0:
-            return False  # a forwarded event goes no further than the home and its holder
-        reply = await self.replicas.post(
-            home, "events", {"c": correlation_id, "events": events, "hops": hops + 1}
-        )
-        return bool(reply.body.get("held"))
+            if origin is not None and holder.rstrip("/") == origin.rstrip("/"):
+                return False  # the holder sent them: it has seen them
+            return await self._forward(holder, correlation_id, events)
+        if origin is not None or home is None or replicas is None or replicas.is_own(home):
+            return held  # forwarded events go no further than the home and its holder
+        return await self._forward(home, correlation_id, events) or held
+
+    async def _forward(self, url: str, correlation_id: str, events: list[dict[str, Any]]) -> bool:
+        assert self.replicas is not None
+        fields = {"c": correlation_id, "events": events, "origin": self.replicas.own_url}
+        reply = await self.replicas.post(url, "events", fields)
+        return reply.body.get("held") is True
 
     async def _from_replica(self, request: Handshake) -> HttpAnswer:
         """`POST /replicas`: a signed operation from another replica."""
@@ -319,8 +322,9 @@ class ControlPlane:
                 and isinstance(e.get("type"), str)
                 and isinstance(e.get("data"), dict)
             ]
-            hops = fields.get("hops") if isinstance(fields.get("hops"), int) else MAX_HOPS + 1
-            held = await self.deliver(correlation_id, None, events, hops=hops)
+            origin = fields.get("origin")
+            origin = origin if isinstance(origin, str) else ""
+            held = await self.deliver(correlation_id, None, events, origin=origin)
             return json_answer(200, {"held": held})
         if operation == "media" and self.answering is not None:
             holder = fields.get("holder")

@@ -45,7 +45,6 @@ REPLICA_PATH: Final = "/replicas"
 SIGNATURE_HEADER: Final = "x-acs-gateway-replica"
 MAX_SKEW: Final = 60.0  # seconds between replicas' clocks (and a request's transit)
 FORWARD_TIMEOUT: Final = 2.0  # seconds for one forward; a callback's reply waits for it
-MAX_HOPS: Final = 1  # a callback's replica -> home -> holder: the home forwards once more
 
 
 def _derive(call_token_key: bytes) -> bytes:
