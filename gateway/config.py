@@ -370,7 +370,7 @@ class Config(CallSettings):
     # The Call Automation control plane (gateway/control/, docs/answering.md).
     routes: tuple[Route, ...] = attrs.field(
         default=(),
-        metadata=_doc(
+        metadata=_hot(
             "File only: `[[routes]]` tables choosing each call's processor and streaming "
             "options (docs/answering.md); a call matching none runs `processor`."
         ),

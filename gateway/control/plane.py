@@ -110,7 +110,9 @@ class ControlPlane:
         tokens: CallTokens | None = None,
         eventgrid_secret: str | None = None,
         auth: TokenChecker | None = None,
+        load_processor: Callable[[str, Mapping[str, object]], Processor] | None = None,
     ) -> None:
+        self.load_processor = load_processor  # for reloaded routes (None: they need a restart)
         self.config = config
         self.routes = routing.all_routes(config.routes)
         self.processors = dict(processors)
@@ -131,6 +133,24 @@ class ControlPlane:
         self.replicas: Replicas | None = None
         if tokens is not None and config.replica_url is not None:
             self.replicas = Replicas(config.replica_url, ReplicaKey(tokens.key))
+
+    def prepare_routes(self, config: Config) -> Callable[[], None]:
+        """Load the processors of `config`'s routes (a reload); the function that switches
+        new calls to them. Raises ConfigError, changing nothing, if one does not load. Calls
+        already answered keep their route: a route the new table drops still takes the
+        media its tokens name."""
+        if self.load_processor is None:
+            raise ConfigError("routes: this gateway cannot load processors again (restart it)")
+        processors = route_processors(config, self.load_processor)
+
+        def switch() -> None:
+            self.config = config
+            self.routes = routing.all_routes(config.routes)
+            self.processors = {**self.processors, **processors}
+            if self.answering is not None:
+                self.answering.config = config
+
+        return switch
 
     @property
     def auth(self) -> TokenChecker | None:
@@ -165,7 +185,7 @@ class ControlPlane:
             elif name not in self.routes:
                 return self._refuse("unknown_route", Reject(404, f"no route {name!r}"))
             return MediaRoute(name, self.processors[name])
-        if name is None or name not in self.routes:
+        if name is None or name not in self.processors:  # a dropped route's calls go on
             return self._refuse("unknown_route", Reject(404, "no such media route"))
         try:
             grant = self.tokens.check(token, "media")
@@ -382,15 +402,9 @@ def from_config(
     Loads each route's processor now, so bad options fail at start-up."""
     if not config.routes and config.public_url is None:
         return None
-    processors = {}
-    for name, route in routing.all_routes(config.routes).items():
-        processor = route.processor or config.processor
-        options = (
-            route.options if route.options is not None else config.processors.get(processor, {})
-        )
-        processors[name] = load_processor(processor, options)
+    processors = route_processors(config, load_processor)
     if config.public_url is None:
-        return ControlPlane(config, processors)
+        return ControlPlane(config, processors, load_processor=load_processor)
     from .answer import SdkAnswerer
 
     key = environ.get(CALL_TOKEN_KEY_ENV, "")
@@ -402,4 +416,25 @@ def from_config(
         answerer=SdkAnswerer.from_config(config, environ, **client_options),
         tokens=CallTokens(key.encode(), config.call_token_lifetime),
         eventgrid_secret=environ.get(EVENTGRID_SECRET_ENV),
+        load_processor=load_processor,
     )
+
+
+def route_processors(
+    config: Config, load_processor: Callable[[str, Mapping[str, object]], Processor]
+) -> dict[str, Processor]:
+    """Each route's processor, loaded now, so bad options fail at start-up (or a reload):
+    ConfigError names the route."""
+    processors = {}
+    for name, route in routing.all_routes(config.routes).items():
+        processor = route.processor or config.processor
+        options = (
+            route.options if route.options is not None else config.processors.get(processor, {})
+        )
+        try:
+            processors[name] = load_processor(processor, options)
+        except ConfigError as exc:
+            raise ConfigError(f"routes.{name}: {exc}") from None
+        except Exception as exc:  # a user's processor factory: any failure refuses the table
+            raise ConfigError(f"routes.{name}: processor {processor!r}: {exc!r}") from None
+    return processors

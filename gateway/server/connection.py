@@ -121,6 +121,7 @@ class CallRouting(Protocol):
     async def media(self, handshake: Handshake) -> MediaChoice | Reject: ...
     def use_auth(self, auth: TokenChecker | None) -> None: ...  # ACS's JWT on callbacks
     def use_metrics(self, metrics: Metrics) -> None: ...  # its counts, in /metrics
+    def prepare_routes(self, config: Config) -> Callable[[], None]: ...  # a reload's routes
     async def respond(self, request: Handshake) -> HttpReply: ...
 
 

@@ -85,6 +85,7 @@ class Server:
         self.metrics = Metrics() if metrics is None else metrics  # a private registry by default
         self.tls_context: ssl.SSLContext | None = None  # serving wss://; SIGHUP reloads its cert
         self.processor = processor
+        self.control = control  # routes and webhooks (a reload may change the routes)
         self.pacer = Pacer()  # one timer for every call's send task
         self.auth = _token_checker(config)
         if control is not None:
