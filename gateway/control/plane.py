@@ -313,6 +313,8 @@ class ControlPlane:
             return await self._forward(holder, correlation_id, events)
         if origin is not None or home is None or replicas is None or replicas.is_own(home):
             return held  # forwarded events go no further than the home and its holder
+        if held and not any(kind_of(e["type"]) in ENDS for e in events):
+            return held  # the home needs to hear only how the call ended
         return await self._forward(home, correlation_id, events) or held
 
     async def _forward(self, url: str, correlation_id: str, events: list[dict[str, Any]]) -> bool:
