@@ -5,9 +5,9 @@ Owns: what a plain HTTP request to the gateway gets (`respond`): the Event Grid 
 endpoint (`/callbacks`, `gateway.control.callbacks`); and what a media WebSocket runs (`media`):
 its route's processor and, for a call this gateway answered, the call's control handle. Never:
 reads sockets (`gateway.server.connection` hands over each parsed request and sends the
-answer), or keeps per-call state a replica needs: everything rides in the call's tokens
-(`gateway.control.tokens`). What it remembers of the calls it answered lately (the
-IncomingCall's caller, callee and custom context, the call connection id) only adds to that.
+answer), or keeps per-call state a replica needs to accept a call: that rides in the call's
+tokens (`gateway.control.tokens`). What needs a call's live state reaches it here or on the
+replica holding it (`gateway.control.reach`, `POST /replicas`).
 
 Security: the Event Grid endpoint wants the shared secret in its query string (`?secret=`,
 compared in constant time); a callback wants a valid callback token for the call of every event
@@ -24,11 +24,10 @@ import hmac
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, Final
+from typing import Final
 from urllib.parse import parse_qs, urlsplit
 
 import attrs
-import orjson
 import trio
 
 from ..call.interface import CallControlHandle
@@ -50,17 +49,15 @@ from .events import (
     IncomingCall,
     parse_events,
 )
-from .live import ACTS, ENDING, LiveCall, LiveCalls, kind_of
+from .live import LiveCall, LiveCalls
+from .reach import CallReach
 from .replicas import (
     REPLICA_PATH,
-    SIGNATURE_HEADER,
     ReplicaKey,
     Replicas,
-    incoming_fields,
-    incoming_from,
 )
 from .replies import ControlStats, HttpAnswer, json_answer, refused, text_answer
-from .tokens import CallGrant, CallTokens, TokenRefused
+from .tokens import CallTokens, TokenRefused
 
 __all__ = [
     "CALLBACK_PATH",
@@ -77,7 +74,6 @@ EVENTGRID_PATH: Final = "/eventgrid"
 EVENTGRID_SECRET_ENV: Final = "ACS_GATEWAY_EVENTGRID_SECRET"
 CALL_TOKEN_KEY_ENV: Final = "ACS_GATEWAY_CALL_TOKEN_KEY"
 _JSON_TYPES: Final = ("application/json", "application/cloudevents")
-ENDS: Final = frozenset(ENDING)  # events after which a call's tokens take no media
 
 
 @attrs.frozen
@@ -128,11 +124,22 @@ class ControlPlane:
             self.answering = Answering(config, answerer, tokens, self.stats)
         self._secret = (eventgrid_secret or "").encode()
         media_url = self.answering.media_url if self.answering else str
-        self.callbacks = CallbackEndpoint(tokens, self.stats, media_url, auth, self._deliver)
-        self.live = LiveCalls()  # the calls whose media WebSocket this replica holds
-        self.replicas: Replicas | None = None
+        replicas = None
         if tokens is not None and config.replica_url is not None:
-            self.replicas = Replicas(config.replica_url, ReplicaKey(tokens.key))
+            replicas = Replicas(config.replica_url, ReplicaKey(tokens.key))
+        self.reach = CallReach(self.answering, replicas, self.stats)
+        deliver = self.reach.deliver_callback
+        self.callbacks = CallbackEndpoint(tokens, self.stats, media_url, auth, deliver)
+
+    @property
+    def live(self) -> LiveCalls:
+        """The calls whose media WebSocket this replica holds."""
+        return self.reach.live
+
+    @property
+    def replicas(self) -> Replicas | None:
+        """This replica among the others (None: `replica_url` unset)."""
+        return self.reach.replicas
 
     def prepare_routes(self, config: Config) -> Callable[[], None]:
         """Load the processors of `config`'s routes (a reload); the function that switches
@@ -195,49 +202,13 @@ class ControlPlane:
         correlation = handshake.headers.get("x-ms-call-correlation-id")
         if grant.route != name or (correlation is not None and correlation != grant.correlation_id):
             return self._refuse("media_other_call", Reject(403, "call token is for another call"))
-        control = None
-        if self.answering is not None:
-            connection_id = handshake.headers.get("x-ms-call-connection-id")
-            try:
-                if grant.home is not None and self.replicas is not None:
-                    if not self.replicas.is_own(grant.home):
-                        control = await self._claim(grant.home, grant.correlation_id, connection_id)
-                    else:
-                        control = self.answering.control(grant.correlation_id, connection_id)
-                else:
-                    control = self.answering.control(grant.correlation_id, connection_id)
-            except TokenRefused as exc:
-                status = 410 if exc.reason == "call_over" else 403
-                return self._refuse(f"media_{exc.reason}", Reject(status, str(exc)))
+        try:
+            control = await self.reach.control(grant, handshake.headers)
+        except TokenRefused as exc:
+            status = 410 if exc.reason == "call_over" else 403
+            return self._refuse(f"media_{exc.reason}", Reject(status, str(exc)))
         live = LiveCall(grant.correlation_id, control)
-        return MediaRoute(name, self.processors[name], control, live, self.live)
-
-    async def _claim(
-        self, home: str, correlation_id: str, connection_id: str | None
-    ) -> CallControlHandle | None:
-        """Tell the call's home that this replica holds its media; the call's control handle
-        (with the IncomingCall data the home remembers). TokenRefused("call_over") when the
-        home says the call's answer failed or the call has ended. An unreachable home, or one
-        that no longer remembers the call, costs the handle its IncomingCall data only."""
-        assert self.replicas is not None and self.answering is not None
-        reply = await self.replicas.post(
-            home,
-            "media",
-            {"c": correlation_id, "holder": self.replicas.own_url, "connection": connection_id},
-        )
-        if reply.status == 410:
-            raise TokenRefused("call_over", str(reply.body.get("detail", "the call is over")))
-        incoming = None
-        if reply.status == 200:
-            incoming = incoming_from(reply.body.get("incoming"))
-            answered_id = reply.body.get("connection")
-            if isinstance(answered_id, str) and answered_id:
-                if connection_id not in (None, answered_id):
-                    raise TokenRefused("other_call", "call token is for another call connection")
-                connection_id = answered_id
-        if not connection_id:
-            return None
-        return self.answering.answerer.control(connection_id, incoming)
+        return MediaRoute(name, self.processors[name], control, live, self.reach.live)
 
     def _refuse(self, reason: str, reject: Reject) -> Reject:
         self.stats.refused[reason] += 1
@@ -250,7 +221,7 @@ class ControlPlane:
         url = urlsplit(request.target)
         query = parse_qs(url.query)
         if url.path == REPLICA_PATH and self.replicas is not None and request.method == "POST":
-            return await self._from_replica(request)
+            return await self.reach.respond(request)
         if url.path not in (EVENTGRID_PATH, CALLBACK_PATH):
             return refused(self.stats, "not_found", text_answer(404, "no such endpoint"))
         allowed = ("OPTIONS", "POST") if url.path == EVENTGRID_PATH else ("POST",)
@@ -276,96 +247,6 @@ class ControlPlane:
             return await self.callbacks.respond(request.headers, token, events)
         except BadBody as exc:
             return refused(self.stats, "bad_body", text_answer(400, f"bad body: {exc}"))
-
-    # -- live calls, across replicas --
-
-    async def _deliver(self, grant: CallGrant, events: Sequence[Event]) -> None:
-        """Callback events that act on a live call reach it, here or on the replica that
-        holds it (through the call's home)."""
-        acting = [{"type": e.type, "data": dict(e.data)} for e in events if kind_of(e.type) in ACTS]
-        if acting:
-            await self.deliver(grant.correlation_id, grant.home, acting)
-
-    async def deliver(
-        self,
-        correlation_id: str,
-        home: str | None,
-        events: list[dict[str, Any]],
-        *,
-        origin: str | None = None,
-    ) -> bool:
-        """Apply `events` to the call if it is held here. The call's home (the replica that
-        answered it) remembers how it ended and passes them to the replica holding it, unless
-        they came from there (`origin`); any other replica passes them to the home. Whether
-        a replica held the call."""
-        held = False
-        for event in events:
-            held = self.live.act(correlation_id, kind_of(event["type"]), event["data"]) or held
-        replicas, answering = self.replicas, self.answering
-        if answering is not None and correlation_id in answering.answered:  # the call's home
-            if any(kind_of(e["type"]) in ENDS for e in events):
-                answering.ended(correlation_id)
-            holder = answering.holder(correlation_id)
-            if held or holder is None or replicas is None or replicas.is_own(holder):
-                return held
-            if origin is not None and holder.rstrip("/") == origin.rstrip("/"):
-                return False  # the holder sent them: it has seen them
-            return await self._forward(holder, correlation_id, events)
-        if origin is not None or home is None or replicas is None or replicas.is_own(home):
-            return held  # forwarded events go no further than the home and its holder
-        if held and not any(kind_of(e["type"]) in ENDS for e in events):
-            return held  # the home needs to hear only how the call ended
-        return await self._forward(home, correlation_id, events) or held
-
-    async def _forward(self, url: str, correlation_id: str, events: list[dict[str, Any]]) -> bool:
-        assert self.replicas is not None
-        fields = {"c": correlation_id, "events": events, "origin": self.replicas.own_url}
-        reply = await self.replicas.post(url, "events", fields)
-        return reply.body.get("held") is True
-
-    async def _from_replica(self, request: Handshake) -> HttpAnswer:
-        """`POST /replicas`: a signed operation from another replica."""
-        assert self.replicas is not None
-        signature = request.headers.get(SIGNATURE_HEADER, "")
-        if not self.replicas.key.check(signature, REPLICA_PATH, request.body):
-            return refused(self.stats, "replica_signature", text_answer(403, "not a replica"))
-        try:
-            fields = orjson.loads(request.body)
-            operation, correlation_id = fields["op"], fields["c"]
-            if not isinstance(correlation_id, str):
-                raise TypeError("c")
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            return refused(self.stats, "bad_body", text_answer(400, "bad replica request"))
-        if operation == "events" and isinstance(fields.get("events"), list):
-            events = [
-                e
-                for e in fields["events"]
-                if isinstance(e, dict)
-                and isinstance(e.get("type"), str)
-                and isinstance(e.get("data"), dict)
-            ]
-            origin = fields.get("origin")
-            origin = origin if isinstance(origin, str) else ""
-            held = await self.deliver(correlation_id, None, events, origin=origin)
-            return json_answer(200, {"held": held})
-        if operation == "media" and self.answering is not None:
-            holder = fields.get("holder")
-            try:
-                answered = self.answering.claim(
-                    correlation_id, holder if isinstance(holder, str) else None
-                )
-            except TokenRefused as exc:
-                return json_answer(410, {"detail": str(exc)})
-            if answered is None:
-                return json_answer(404, {"detail": "no such call here"})
-            return json_answer(
-                200,
-                {
-                    "connection": answered.connection_id,
-                    "incoming": incoming_fields(answered.incoming),
-                },
-            )
-        return refused(self.stats, "bad_body", text_answer(400, "bad replica request"))
 
     def _cloudevents_handshake(self, headers: Mapping[str, str]) -> HttpAnswer:
         origin = headers.get("webhook-request-origin")

@@ -39,15 +39,13 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
-from typing import Final, Protocol
+from typing import Final
 
 import attrs
 import trio
 
-from ..call.interface import CallControlHandle
 from ..call.outcome import CallOutcome, CallTimings, EndReason
 from ..call.pacer import Pacer
 from ..call.run import run_call
@@ -55,12 +53,12 @@ from ..config import Config
 from ..errors import CLOSE_GOING_AWAY, CLOSE_NORMAL
 from ..logs import call_logger
 from ..ops import systemd
-from ..ops.metrics import Metrics
 from ..processors import CallStats, Processor
 from ..records import Records, RecordSettings
 from ..wire.websocket import ConnectionClosed, Handshake, Reject, SendTimeout, ServerWebSocket
 from .admission import Admission
 from .auth import AuthFailure, TokenChecker
+from .routing import CallRouting, HeldCall, MediaChoice
 from .sockets import peer_address, reset_on_close
 from .stats import ServerStats
 
@@ -75,54 +73,6 @@ CallLog = logging.LoggerAdapter[logging.Logger]
 
 def _admission_for(context: ServerContext) -> Admission:
     return Admission(context.config.allowed_networks)
-
-
-class HttpReply(Protocol):
-    """A plain HTTP answer (`gateway.control.HttpAnswer`)."""
-
-    @property
-    def status(self) -> int: ...
-    @property
-    def body(self) -> bytes: ...
-    @property
-    def content_type(self) -> str: ...
-    @property
-    def headers(self) -> Sequence[tuple[str, str]]: ...
-
-
-class HeldCall(Protocol):
-    """A live call the control plane may end (`gateway.control.live.LiveCall`): `ending` is
-    set when it must (CallDisconnected, MediaStreamingFailed), `reason` says why."""
-
-    @property
-    def ending(self) -> trio.Event: ...
-    @property
-    def reason(self) -> str: ...
-
-
-class MediaChoice(Protocol):
-    """What a media connection runs (`gateway.control.plane.MediaRoute`)."""
-
-    @property
-    def name(self) -> str: ...  # the route's
-    @property
-    def processor(self) -> Processor: ...
-    @property
-    def control(self) -> CallControlHandle | None: ...  # None: not a call we answered
-    def hold(self) -> AbstractContextManager[HeldCall | None]: ...  # while the call runs
-
-
-class CallRouting(Protocol):
-    """The control plane as the server sees it (`gateway.control.ControlPlane`): it picks a
-    media connection's route and processor, and answers plain HTTP requests (webhooks)."""
-
-    @property
-    def max_body_bytes(self) -> int | None: ...  # None: no plain HTTP (426)
-    async def media(self, handshake: Handshake) -> MediaChoice | Reject: ...
-    def use_auth(self, auth: TokenChecker | None) -> None: ...  # ACS's JWT on callbacks
-    def use_metrics(self, metrics: Metrics) -> None: ...  # its counts, in /metrics
-    def prepare_routes(self, config: Config) -> Callable[[], None]: ...  # a reload's routes
-    async def respond(self, request: Handshake) -> HttpReply: ...
 
 
 @attrs.define(eq=False)

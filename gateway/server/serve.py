@@ -56,7 +56,8 @@ from ..records.tracing import tracer_from_environment
 from ..wire.transport import SocketTransport
 from .admission import Admission
 from .auth import KeySet, TokenChecker
-from .connection import CallRouting, ServerContext, serve_connection, source_of
+from .connection import ServerContext, serve_connection, source_of
+from .routing import CallRouting
 from .shared_calls import SharedCalls
 from .sockets import peer_address, reset_on_close
 from .stats import ServerStats
