@@ -177,6 +177,8 @@ async def test_streaming_failure_8581_logs_the_cause_and_the_url_sent(caplog):
         with trio.fail_after(10):
             failed = await call.wait_for_callback("MediaStreamingFailed")
         assert failed.status == 200
+        assert gw.control.answering is not None  # the call's state is cleaned: it takes no media
+        assert gw.control.answering.answered[call.correlation_id].state == "ended"
     assert gw.control.stats.callbacks["MediaStreamingFailed"] == 1
     (line,) = [r.getMessage() for r in caplog.records if "MediaStreamingFailed" in r.getMessage()]
     assert "not reachable over wss:// from the internet" in line
