@@ -171,3 +171,37 @@ async def test_a_replica_without_replica_url_serves_no_replica_requests():
             server, post(REPLICA_PATH, body, f"{SIGNATURE_HEADER}: {signature}")
         )
     assert status == 404
+
+
+async def test_media_on_another_replica_claims_the_call_at_its_home():
+    home_answerer = FakeAnswerer()
+    home = plane(home_answerer, replica_url="http://127.0.0.1:1")  # its URL as the others know it
+    other = plane(replica_url="http://127.0.0.1:2")
+    async with served(home) as a, served(other) as b:
+        body = orjson.dumps([incoming("c-away", to="4:+18005550100", X_Team="a")])
+        assert (await http(a, post(EG, body)))[0] == 200
+        (request,) = home_answerer.requests
+        assert urlsplit(request.transport_url).path == "/ws/sales"
+        # the token as the home would sign it, naming the home's real address
+        token = CallTokens(KEY).issue("sales", "c-away", "media", f"http://127.0.0.1:{a.port}")
+        resource = f"/ws/sales?token={token}"
+        with pytest.raises(trio_websocket.ConnectionRejected) as refused:
+            async with simulated_call(
+                b.urls[0], resource=resource, correlation_id="c-away", connection_id="conn-x"
+            ):
+                pass
+        assert refused.value.status_code == 403  # the home knows the call's connection id
+        async with simulated_call(
+            b.urls[0], resource=resource, correlation_id="c-away", connection_id="conn-1"
+        ) as call:
+            await call.stream(b"\x01\x00" * 320, realtime=False)
+            with trio.fail_after(5):
+                await call.wait_for_audio(640)
+            ((held),) = other.live.calls.values()
+            assert held.control.incoming.callee == "4:+18005550100"  # told by the home
+            assert held.control.incoming.sip_headers == {"X_Team": "a"}
+        assert home.answering is not None
+        assert home.answering.holder("c-away") == "http://127.0.0.1:2"
+    assert other.stats.refused["media_other_call"] == 1
+    assert other.replicas is not None
+    assert other.replicas.forwards == {"media:403": 1, "media:ok": 1}

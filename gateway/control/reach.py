@@ -67,6 +67,8 @@ class CallReach:
         )
         if reply.status == 410:
             raise TokenRefused("call_over", str(reply.body.get("detail", "the call is over")))
+        if reply.status == 403 and "detail" in reply.body:  # not a signature refusal
+            raise TokenRefused("other_call", "call token is for another call connection")
         incoming = None
         if reply.status == 200:
             incoming = incoming_from(reply.body.get("incoming"))
@@ -149,7 +151,11 @@ class CallReach:
             held = await self.deliver(correlation_id, None, events, origin=origin)
             return json_answer(200, {"held": held})
         if operation == "media" and self.answering is not None:
-            holder = fields.get("holder")
+            holder, connection = fields.get("holder"), fields.get("connection")
+            known = self.answering.answered.get(correlation_id)
+            if known is not None and isinstance(connection, str):
+                if known.connection_id not in (None, connection):  # before it is claimed
+                    return json_answer(403, {"detail": "for another call connection"})
             try:
                 answered = self.answering.claim(
                     correlation_id, holder if isinstance(holder, str) else None

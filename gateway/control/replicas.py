@@ -134,6 +134,13 @@ class Replicas:
         self.forwards[key] = self.forwards.get(key, 0) + 1
         if reply.status is None or reply.status >= 500:
             log.warning("replica %s: %s failed: %s", url, operation, reply.error or reply.status)
+        elif reply.status == 403 and not reply.body:
+            log.error(
+                "replica %s refused our signature: is ACS_GATEWAY_CALL_TOKEN_KEY the same on "
+                "every replica, and are their clocks within %g s?",
+                url,
+                MAX_SKEW,
+            )
         return reply
 
 
