@@ -250,6 +250,10 @@ async def test_a_callback_on_either_replica_ends_the_call_on_the_other_and_trans
                 await trio.sleep(0.01)
         assert b.server.stats.ended_by == {"hangup": 1}
         assert a.control.replicas is not None and a.control.replicas.forwards == {"events:ok": 1}
+        exposition = a.server.metrics.exposition()[0].decode()
+        assert (
+            'acs_gateway_replica_requests_total{operation="events",outcome="ok"} 1.0' in exposition
+        )
         # 2: b answers, a streams; the processor on a transfers; the fake posts the outcome
         call, holder = await ring_across(cluster, b)
         assert holder is a

@@ -126,7 +126,8 @@ class ControlPlane:
         media_url = self.answering.media_url if self.answering else str
         replicas = None
         if tokens is not None and config.replica_url is not None:
-            replicas = Replicas(config.replica_url, ReplicaKey(tokens.key))
+            key = ReplicaKey(tokens.key)
+            replicas = Replicas(config.replica_url, key, counts=self.stats.replica_requests)
         self.reach = CallReach(self.answering, replicas, self.stats)
         deliver = self.reach.deliver_callback
         self.callbacks = CallbackEndpoint(tokens, self.stats, media_url, auth, deliver)

@@ -29,6 +29,7 @@ import hmac
 import logging
 import ssl
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
@@ -94,13 +95,14 @@ class Replicas:
         *,
         timeout: float = FORWARD_TIMEOUT,
         verify: ssl.SSLContext | bool = True,
+        counts: Counter[str] | None = None,
     ) -> None:
         self.own_url = own_url.rstrip("/")
         self.key = key
         self.timeout = timeout
         self._verify = verify
         self._tls: ssl.SSLContext | None = None  # made once: a CA bundle costs ~100 ms to load
-        self.forwards: dict[str, int] = {}  # by operation and outcome: "events:ok", ...
+        self.forwards: Counter[str] = Counter() if counts is None else counts  # "events:ok", ...
 
     def is_own(self, url: str) -> bool:
         return url.rstrip("/") == self.own_url
@@ -130,8 +132,7 @@ class Replicas:
         except httpx.HTTPError as exc:
             reply = Reply(None, error=f"{type(exc).__name__}: {exc}")
         outcome = "ok" if reply.status == 200 else str(reply.status or "unreachable")
-        key = f"{operation}:{outcome}"
-        self.forwards[key] = self.forwards.get(key, 0) + 1
+        self.forwards[f"{operation}:{outcome}"] += 1
         if reply.status is None or reply.status >= 500:
             log.warning("replica %s: %s failed: %s", url, operation, reply.error or reply.status)
         elif reply.status == 403 and not reply.body:
