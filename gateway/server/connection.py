@@ -55,11 +55,11 @@ from ..logs import call_logger
 from ..ops import systemd
 from ..processors import CallStats, Processor
 from ..records import Records, RecordSettings
+from ..wire.sockets import peer_address, reset_on_close
 from ..wire.websocket import ConnectionClosed, Handshake, Reject, SendTimeout, ServerWebSocket
 from .admission import Admission
 from .auth import AuthFailure, TokenChecker
 from .routing import CallRouting, HeldCall, MediaChoice
-from .sockets import peer_address, reset_on_close
 from .stats import ServerStats
 
 log = logging.getLogger("gateway.server")
