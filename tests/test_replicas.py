@@ -1,12 +1,14 @@
 """Two answering gateways behind nginx (round robin, TLS at nginx), one fake ACS: a call
 answered by one replica streams to the other, its callbacks land on either, and its
 processor hangs up or transfers from either. The replicas share only the call-token key; each
-knows its own `replica_url`. Skipped where nginx is not installed (.ci/run installs it)."""
+knows its own `replica_url`. Two servers in this process (their state inspected), then two
+gateway processes. Skipped where nginx is not installed (.ci/run installs it)."""
 
 from __future__ import annotations
 
 import socket
 import ssl
+import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
@@ -15,15 +17,17 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
+import httpx
 import pytest
 import trio
 import trustme
 
-from gateway.acs.packets import AudioData, DtmfData
 from gateway.config import Config, Route
 from gateway.processors import Call, Processor, load
 from gateway.server.serve import Server, serve
-from tests.daemons import free_port
+from tests import replica_processor
+from tests.daemons import free_port, gateway_process
+from tests.replica_processor import TRANSFER_TO
 from tests.test_nginx import NGINX, running_nginx, site_for_test
 
 pytest.importorskip("azure.communication.callautomation")
@@ -39,7 +43,6 @@ from gateway.testing.fake_acs import RESOURCE_ID, FakeAcs, FakeCall, open_fake_a
 
 ECHO = load("echo", {})
 HALF_SECOND = bytes(range(256)) * 62 + bytes(128)  # 16,000 bytes of a recognisable pattern
-TRANSFER_TO = "+14255550199"
 
 
 @attrs.define(eq=False)
@@ -88,18 +91,12 @@ class Cluster:
 
 
 def on_keys(seen: list[Call]) -> Processor:
-    """Echo; key 1 hangs the call up, key 2 transfers it."""
+    """The processors' processor (`tests.replica_processor`), noting each call it runs."""
+    keys = replica_processor.make({})
 
     async def processor(call: Call) -> None:
         seen.append(call)
-        assert call.control is not None and call.player is not None
-        async for packet in call.packets:
-            if isinstance(packet, AudioData):
-                await call.player.play(packet.pcm)
-            elif isinstance(packet, DtmfData) and packet.tone == "1":
-                await call.control.hang_up()
-            elif isinstance(packet, DtmfData) and packet.tone == "2":
-                await call.control.transfer(TRANSFER_TO)
+        await keys(call)
 
     return processor
 
@@ -244,6 +241,7 @@ async def test_a_callback_on_either_replica_ends_the_call_on_the_other_and_trans
         assert call.media is not None
         with trio.fail_after(5):
             await call.media.closed.wait()
+            await call.wait_for_callback("MediaStreamingStopped")  # the fake's, to b, passed to a
         assert call.media.close_code == 1000
         with trio.fail_after(5):
             while b.server.live:  # noqa: ASYNC110
@@ -276,3 +274,118 @@ async def test_a_callback_on_either_replica_ends_the_call_on_the_other_and_trans
         await cluster.acs.run_media(call)  # ACS tries the same transport URL again
         assert call.callbacks[-1].kind == "MediaStreamingFailed"
         assert a.control.stats.refused["media_call_over"] == refused_before + 1
+
+
+# -- two gateway processes --
+
+
+def metric(text: str, series: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+@attrs.define(eq=False)
+class Process:
+    port: int
+    health: int
+
+    async def metric(self, series: str) -> float:
+        async with httpx.AsyncClient() as http:
+            reply = await http.get(f"http://127.0.0.1:{self.health}/metrics")
+        return metric(reply.text, f"acs_gateway_{series}")
+
+
+async def test_two_gateway_processes_behind_nginx(tmp_path):
+    ca = trustme.CA()
+    trusting = ssl.create_default_context()
+    ca.configure_trust(trusting)
+    cert = ca.issue_cert("127.0.0.1")
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(certfile))
+    cert.private_key_pem.write_to_path(str(keyfile))
+    issuer = AcsTokenIssuer()
+    port = free_port()
+    public_url = f"https://127.0.0.1:{port}"
+    a, b = Process(free_port(), free_port()), Process(free_port(), free_port())
+    async with trio.open_nursery() as nursery:
+        keys = await nursery.start(serve_key_set, issuer)
+        async with open_fake_acs(issuer=issuer, client_ssl=trusting) as acs:
+            env = {
+                "ACS_CONNECTION_STRING": acs.connection_string,
+                "ACS_GATEWAY_CALL_TOKEN_KEY": CALL_TOKEN_KEY,
+                "ACS_GATEWAY_EVENTGRID_SECRET": SECRET,
+                "REQUESTS_CA_BUNDLE": acs.ca_path,  # the SDK's requests trusts the fake
+            }
+            for process in (a, b):
+                (tmp_path / f"{process.port}.toml").write_text(
+                    f'host = "127.0.0.1"\nport = {process.port}\nhealth_host = "127.0.0.1"\n'
+                    f'health_port = {process.health}\npublic_url = "{public_url}"\n'
+                    f'replica_url = "http://127.0.0.1:{process.port}"\n'
+                    f'acs_resource_id = "{RESOURCE_ID}"\nauth_key_set_url = "{keys.url}"\n'
+                    'processor = "tests.replica_processor:make"\n'
+                    '[[routes]]\nname = "agent"\ndtmf = true\n'
+                )
+            site = site_for_test(port, a.port, certfile, keyfile).replace("least_conn;", "")
+            site = site.replace(
+                f"server 127.0.0.1:{a.port} max_fails=0;",
+                f"server 127.0.0.1:{a.port} max_fails=0;\n"
+                f"    server 127.0.0.1:{b.port} max_fails=0;",
+            )
+            serve_a = [sys.executable, "-m", "gateway", "serve", "--config"]
+            async with (
+                gateway_process([*serve_a, str(tmp_path / f"{a.port}.toml")], env=env),
+                gateway_process([*serve_a, str(tmp_path / f"{b.port}.toml")], env=env),
+                running_nginx(tmp_path, site, port),
+            ):
+                await acs.subscribe(f"{public_url}/eventgrid?secret={SECRET}")
+
+                async def next_goes_to(target: Process) -> None:
+                    for _ in range(3):
+                        before = await target.metric('control_refused_total{reason="not_found"}')
+                        await acs.http.post(f"{public_url}/probe", content=b"{}")
+                        after = await target.metric('control_refused_total{reason="not_found"}')
+                        if after == before:  # the other one got it: the next is the target's
+                            return
+                    raise AssertionError("nginx does not alternate between the replicas")
+
+                for home, holder in ((a, b), (b, a)):
+                    await next_goes_to(home)
+                    acs.drop_callbacks = True  # IncomingCall to the home, the media next
+                    call = await acs.ring()
+                    with trio.fail_after(10):
+                        await call.media_connected.wait()
+                    acs.drop_callbacks = False
+                    await echo_once(call)
+                    assert await home.metric('answers_total{result="answered"}') == 1
+                    assert (
+                        await holder.metric(
+                            'replica_requests_total{operation="media",outcome="ok"}'
+                        )
+                        == 1
+                    )
+                    assert call.media is not None
+                    if home is a:  # CallDisconnected at the home ends the call on the holder
+                        await next_goes_to(home)
+                        await acs.callback(call, "CallDisconnected")
+                        with trio.fail_after(5):
+                            await call.media.closed.wait()
+                            await call.wait_for_callback("MediaStreamingStopped")  # the fake's
+                        assert call.media.close_code == 1000
+                        assert (
+                            await home.metric(
+                                'replica_requests_total{operation="events",outcome="ok"}'
+                            )
+                            == 1
+                        )
+                    else:  # the processor on the holder hangs up through ACS
+                        await call.media.send_dtmf("1")
+                        with trio.fail_after(10):
+                            await call.disconnected.wait()
+                            await call.media.closed.wait()
+                        last = urlsplit(acs.requests[-1].target).path.rpartition("/")[2]
+                        assert last == f"{call.call_connection_id}:terminate"
+                assert await a.metric("calls_accepted_total") == 1
+                assert await b.metric("calls_accepted_total") == 1
+        nursery.cancel_scope.cancel()
