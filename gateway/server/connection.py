@@ -20,7 +20,9 @@ when the signing keys cannot be had); at `max_calls` live calls the upgrade is r
 HTTP 503, and at `max_calls_per_source` calls from one address with 429, before it is accepted.
 With a control plane (`context.control`), a plain HTTP request is a webhook, answered by it and
 never a call, and the control plane picks the media connection's route and processor (or refuses
-it: unknown route, or a missing or wrong call token).
+it: unknown route, or a missing or wrong call token, or a call that is over); a call it holds
+(`MediaChoice.hold`) is ended when the control plane says so (a callback such as
+`CallDisconnected`): the server closes the WebSocket, and the call ends as a hang-up.
 Admission and the reservation of a call's place happen with no await between them (after the
 token check, which may wait), so the limits hold however many handshakes race. Without a
 control plane any path is accepted. The `x-ms-call-connection-id` and `x-ms-call-correlation-id`
