@@ -19,13 +19,18 @@ share). Calls start `--stagger` seconds apart so connection k upstream is call k
 The `tools` row is the bridge again with one tool round trip per call: the fake model answers
 the caller's turn with a function call (`lookup`, below, a plain function run in a worker
 thread), the gateway runs it, returns its output and asks for the next response, which is the
-same 7.6 s reply; the difference from the `realtime` row is what a tool call costs.
+same 7.6 s reply; the difference from the `realtime` row is what a tool call costs. That
+difference is within this benchmark's noise, so the gateway's own work per tool call (the
+event parsed, the arguments checked and converted, the tool run, its output and the request to
+go on written) is also timed in this process, for `lookup` as it is (a worker thread) and as an
+async function: `--tool-calls` of each.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -50,11 +55,62 @@ from gateway.testing import (  # noqa: E402
 RATE = 16000
 BENCH_DIR = str(Path(__file__).resolve().parent)  # where the gateway finds `lookup`
 KEY_ENV = "BENCH_REALTIME_KEY"
+LOG = logging.getLogger("bench.tools")
 
 
 def lookup(order_id: str) -> dict[str, str]:
     """The benchmark's tool (the gateway imports it from this file: `--app-dir bench`)."""
     return {"order_id": order_id, "status": "shipped"}
+
+
+async def lookup_async(order_id: str) -> dict[str, str]:
+    return lookup(order_id)
+
+
+async def tool_call_us(path: str, n: int) -> float:
+    """CPU microseconds of the gateway's work per tool call, in this process (no sockets)."""
+    import orjson
+
+    from gateway.processors import Call, CallStats
+    from gateway.processors.realtime import protocol
+    from gateway.processors.realtime.tool_calls import ToolCalls, ToolSession
+    from gateway.processors.realtime.tools import Toolbox
+
+    _, packets = trio.open_memory_channel[object](0)
+    log = logging.LoggerAdapter(LOG)
+    stats = CallStats()
+    call = Call(None, None, "/", {}, None, None, packets, None, log, stats)  # type: ignore[arg-type]  # never read
+    calls = ToolCalls(call, Toolbox.from_options([path], [], {}, 10_000))
+    answered = trio.Event()
+
+    async def send(events: list[str]) -> bool:
+        if events[-1] == protocol.create_response():
+            answered.set()
+        return True
+
+    session = ToolSession(send, lambda: False)
+    name = path.partition(":")[2]
+    started = time.process_time()
+    async with trio.open_nursery() as nursery:
+        for k in range(n):
+            answered = trio.Event()
+            message = orjson.dumps(
+                {
+                    "type": "response.function_call_arguments.done",
+                    "response_id": f"r{k}",
+                    "item_id": f"i{k}",
+                    "call_id": f"c{k}",
+                    "name": name,
+                    "arguments": '{"order_id":"A17"}',
+                }
+            )
+            event = protocol.parse(message)
+            assert isinstance(event, protocol.ToolCall)
+            calls.start(nursery, session, event)
+            await calls.response_done(session, f"r{k}", "completed")
+            await answered.wait()
+    assert call.stats.tool_calls == {"ok": n}, call.stats.tool_calls
+    return (time.process_time() - started) / n * 1e6
 
 
 def conversation() -> bytes:
@@ -243,6 +299,13 @@ async def main(args: argparse.Namespace) -> None:
             f"{row['cpu_pct_per_call']:>7.2f} {row['us_per_frame']:>8.0f} "
             f"{row['gen_cpu_pct']:>8.0f} {row['model_cpu_pct']:>6.0f}  {latency}"
         )
+    if args.tool_calls:
+        threaded = await tool_call_us("bridge_cpu:lookup", args.tool_calls)
+        direct = await tool_call_us("bridge_cpu:lookup_async", args.tool_calls)
+        print(
+            f"the gateway's work per tool call ({args.tool_calls} calls, in this process): "
+            f"{threaded:.0f} us for a plain function (a worker thread), {direct:.0f} us async"
+        )
     ratio = rows["realtime"]["cpu_s"] / rows["echo"]["cpu_s"]
     print(f"a bridged call costs {ratio:.1f}x an echo call")
     extra_ms = (rows["tools"]["cpu_s"] - rows["realtime"]["cpu_s"]) / rows["tools"]["calls"] * 1000
@@ -260,6 +323,9 @@ if __name__ == "__main__":
     parser.add_argument("--server-cpu", type=int, default=0, help="-1: do not pin")
     parser.add_argument("--client-cpu", type=int, default=1, help="-1: do not pin")
     parser.add_argument("--model-cpu", type=int, default=1, help="-1: do not pin")
+    parser.add_argument(
+        "--tool-calls", type=int, default=2000, help="tool calls timed in-process (0: none)"
+    )
     parser.add_argument("--serve-model", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--tools", action="store_true", help=argparse.SUPPRESS)
     parsed = parser.parse_args()
