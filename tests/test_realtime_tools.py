@@ -27,7 +27,11 @@ def options(model_url: str, **extra: Any) -> dict[str, Any]:
 
 
 def bot(model_url: str) -> Route:
-    tools = {"call_tools": ["end_call", "transfer_call"], "transfer_targets": {"desk": DESK}}
+    tools = {
+        "call_tools": ["end_call", "transfer_call"],
+        "transfer_targets": {"desk": DESK},
+        "tools": ["tests.test_realtime_user_tools:order_status"],  # the user's, beside them
+    }
     return Route(name="bot", processor="realtime", options=options(model_url, **tools))
 
 
@@ -44,8 +48,12 @@ async def test_the_model_transfers_to_a_listed_target_and_hangs_up(monkeypatch):
             await call.media_connected.wait()
             await model.wait_for(lambda m: m.received("session.update"))
         session = model.received("session.update")[0]["session"]
-        assert [t["name"] for t in session["tools"]] == ["end_call", "transfer_call"]
-        target = session["tools"][1]["parameters"]["properties"]["target"]
+        assert [t["name"] for t in session["tools"]] == [
+            "order_status",
+            "end_call",
+            "transfer_call",
+        ]
+        target = session["tools"][2]["parameters"]["properties"]["target"]
         assert target["enum"] == ["desk"]  # the model sees names, never the numbers
 
         await model.call_tool("transfer_call", {"target": "somewhere else"})
