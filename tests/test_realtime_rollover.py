@@ -37,35 +37,41 @@ def appends(model: Any, connection: int) -> list[float]:
     ]
 
 
-def five_minutes() -> tuple[bytes, list[bytes], list[str]]:
-    """The caller speaks every 20 s; the bot answers in 2 s, except the fifth answer (10 s),
-    which the caller interrupts after about 3 s."""
-    caller = bytearray()
-    for slot in range(15):
-        if slot == 4:
-            caller += talk(1.5) + quiet(2.0) + talk(1.0) + quiet(15.5)
+def script(slots: int, slot_s: float, interrupted: int) -> tuple[bytes, list[bytes], list[str]]:
+    """After 2 s, the caller speaks every `slot_s`; the bot answers in 2 s, except answer
+    number `interrupted` (10 s), which the caller interrupts after about 2 s."""
+    caller = bytearray(quiet(2.0))
+    for slot in range(slots):
+        if slot == interrupted:
+            caller += talk(1.5) + quiet(2.0) + talk(1.0) + quiet(slot_s - 4.5)
         else:
-            caller += talk(1.5) + quiet(18.5)
-    replies = [talk(10.0) if n == 4 else talk(2.0) for n in range(17)]
-    texts = [WORDS if n == 4 else f"reply {n + 1}" for n in range(17)]
+            caller += talk(1.5) + quiet(slot_s - 1.5)
+    replies = [talk(10.0) if n == interrupted else talk(2.0) for n in range(slots + 2)]
+    texts = [WORDS if n == interrupted else f"reply {n + 1}" for n in range(slots + 2)]
     return bytes(caller), replies, texts
 
 
-def expected_conversation(texts: list[str], heard_fraction: float) -> list[tuple[str, str]]:
+def expected_conversation(
+    texts: list[str], interrupted: int, heard_fraction: float
+) -> list[tuple[str, str]]:
     words = WORDS[: int(len(WORDS) * heard_fraction)]
     cut = words[: words.rfind(" ")] if not WORDS[len(words)].isspace() else words
     out: list[tuple[str, str]] = []
-    for n in range(16):
+    for n in range(len(texts)):
         out.append(("user", f"caller turn {n + 1}"))
-        out.append(("assistant", cut + CUT_MARK if n == 4 else texts[n]))
+        out.append(("assistant", cut + CUT_MARK if n == interrupted else texts[n]))
     return out
 
 
-async def run_five_minutes(monkeypatch: Any, **gateway_options: Any) -> tuple[Any, Call, Any]:
+async def run_call(
+    monkeypatch: Any, slots: int, slot_s: float, expire_s: float, **gateway_options: Any
+) -> tuple[Any, Call, list[str]]:
     monkeypatch.setenv(KEY_ENV, "k")
-    caller, replies, texts = five_minutes()
+    caller, replies, texts = script(slots, slot_s, INTERRUPTED)
     calls: list[Call] = []
-    async with open_fake_model(replies, texts=texts, shared_script=True, session_max_s=60) as model:
+    async with open_fake_model(
+        replies, texts=texts, shared_script=True, session_max_s=expire_s
+    ) as model:
         opts = options(model.url, transcription={"model": "whisper-1"}, **gateway_options)
         async with open_gateway(spied(opts, calls)) as server:
             async with simulated_call(server.urls[0], sample_rate=RATE) as acs:
@@ -75,57 +81,54 @@ async def run_five_minutes(monkeypatch: Any, **gateway_options: Any) -> tuple[An
     return model, call, texts
 
 
-def check_memory(model: Any, call: Call, texts: list[str]) -> None:
+INTERRUPTED = 1  # the second answer is cut short
+
+
+def check_memory(model: Any, call: Call, texts: list[str], turns: int) -> None:
     """Each new session received the conversation so far: the caller's words, and of the
     bot's only what the caller heard."""
-    interrupted = [r.event for r in model.sent_of("response.done")][4]["response"]["id"]
-    [item] = [r.event["item"]["id"] for r in model.sent_of("response.output_item.added")][4:5]
+    added = [r.event["item"]["id"] for r in model.sent_of("response.output_item.added")]
     assert call.player is not None
-    heard_fraction = call.player.released_ms(item) / 10000
-    assert 0.1 < heard_fraction < 0.5, interrupted
-    expected = expected_conversation(texts, heard_fraction)
+    heard_fraction = call.player.released_ms(added[INTERRUPTED]) / 10000
+    assert 0.1 < heard_fraction < 0.5
+    expected = expected_conversation(texts, INTERRUPTED, heard_fraction)
     earlier = 0
     for connection in range(2, model.connections + 1):
         items = conversation_items(model, connection)
         assert items == expected[: len(items)], connection
         assert len(items) > earlier  # the call went on: each session knows more
         earlier = len(items)
-    assert earlier >= 2 * 12  # the last session knew at least twelve turns
+    assert earlier >= 2 * turns  # the last session knew at least this many turns
 
 
 async def test_planned_rollovers_keep_the_conversation(autojump_clock, monkeypatch):
-    """Sessions last at most 60 s; the bridge opens the next one 20 s before that and switches
-    between turns, so no session expires and the caller's audio never stops flowing."""
-    model, call, texts = await run_five_minutes(
-        monkeypatch, session_max_s=60, rollover_before_s=20
+    """A 5-minute call; sessions expire after 60 s. The bridge opens the next one 20 s before
+    that and switches between turns, so no session expires and no caller audio is lost."""
+    model, call, texts = await run_call(
+        monkeypatch, 15, 20.0, 60.0, session_max_s=60, rollover_before_s=20
     )
     assert model.connections >= 7
     assert call.stats.session_rollovers == model.connections - 1
     assert sum(call.stats.upstream_errors.values()) == 0  # none expired, none failed
     assert call.stats.upstream_audio_dropped == 0 and call.stats.upstream_reconnects == 0
-    errors = [r.event for r in model.sent_of("error")]
-    assert errors == []  # every item was accepted, nothing expired
-    check_memory(model, call, texts)
+    assert [r.event for r in model.sent_of("error")] == []  # every item was accepted
+    check_memory(model, call, texts, turns=12)
+    done = [r.time for r in model.sent_of("response.done")]
+    created = [r.time for r in model.sent_of("response.created")]
     for connection in range(2, model.connections + 1):  # each switch came between turns
         switched_at = appends(model, connection)[0]
-        assert not [
-            r
-            for r in model.sent_of("response.created")
-            if r.connection == connection - 1
-            and r.time < switched_at
-            and not model.sent_of("response.done")
-        ]
+        assert not any(a < switched_at < b + 2.0 for a, b in zip(created, done))
 
 
 async def test_expiring_sessions_are_replaced_with_the_conversation(autojump_clock, monkeypatch):
     """No planned rollover: each session expires (error event, then the close) and the
     reconnect re-creates the conversation in the fresh one."""
-    model, call, texts = await run_five_minutes(monkeypatch, session_max_s=0)
-    assert model.connections == 5  # expired at 60, 120, 180 and 240 s
+    model, call, texts = await run_call(monkeypatch, 11, 10.0, 30.0, session_max_s=0)
+    assert model.connections == 4  # expired at about 30, 60 and 90 s
     expired = [r.event["error"]["code"] for r in model.sent_of("error")]
-    assert expired == ["session_expired"] * 4
-    assert call.stats.upstream_reconnects == 4 and call.stats.session_rollovers == 0
-    check_memory(model, call, texts)
+    assert expired == ["session_expired"] * 3
+    assert call.stats.upstream_reconnects == 3 and call.stats.session_rollovers == 0
+    check_memory(model, call, texts, turns=9)
 
 
 async def test_rollover_waits_for_the_reply_and_leaves_no_gap(autojump_clock, monkeypatch):
@@ -156,9 +159,7 @@ async def test_rollover_waits_for_the_reply_and_leaves_no_gap(autojump_clock, mo
     assert call.stats.upstream_audio_dropped == 0
     # the next turn, in the new session, is answered as fast as the first one was
     stops = model.sent_of("input_audio_buffer.speech_stopped")
-    latency = [
-        min(r.time for r in audio if r.time > stop.time) - stop.time for stop in stops[:2]
-    ]
+    latency = [min(r.time for r in audio if r.time > stop.time) - stop.time for stop in stops[:2]]
     assert abs(latency[1] - latency[0]) <= gap_ms / 1000
 
 
