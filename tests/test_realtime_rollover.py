@@ -3,9 +3,8 @@ and the fake model, whose sessions expire, on Trio's autojump clock (virtual min
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
-
-import trio
 
 from gateway.processors import Call
 from gateway.processors.realtime.history import CUT_MARK
@@ -117,7 +116,7 @@ async def test_planned_rollovers_keep_the_conversation(autojump_clock, monkeypat
     created = [r.time for r in model.sent_of("response.created")]
     for connection in range(2, model.connections + 1):  # each switch came between turns
         switched_at = appends(model, connection)[0]
-        assert not any(a < switched_at < b + 2.0 for a, b in zip(created, done))
+        assert not any(a < switched_at < b + 2.0 for a, b in zip(created, done, strict=True))
 
 
 async def test_expiring_sessions_are_replaced_with_the_conversation(autojump_clock, monkeypatch):
@@ -152,7 +151,7 @@ async def test_rollover_waits_for_the_reply_and_leaves_no_gap(autojump_clock, mo
     audio = [r for r in acs.received if r.kind == "audioData"]
     reply_1 = [r.time for r in audio if r.time < 33.0]
     assert len(b"".join(r.pcm for r in audio if r.time < 33.0)) == len(talk(12.0))
-    assert max(b - a for a, b in zip(reply_1, reply_1[1:])) <= gap_ms / 1000
+    assert max(b - a for a, b in itertools.pairwise(reply_1)) <= gap_ms / 1000
     switched_at = appends(model, 2)[0]
     assert reply_1[-1] < switched_at
     assert appends(model, 1)[-1] < switched_at  # one step: no frame went to both, none lost
