@@ -4,6 +4,7 @@ as conversation items for a new session."""
 from __future__ import annotations
 
 import orjson
+import trio
 
 from gateway.processors.realtime.history import CUT_MARK, History
 from gateway.processors.realtime.protocol import (
@@ -11,9 +12,10 @@ from gateway.processors.realtime.protocol import (
     ResponseCreated,
     SpeechStarted,
     SpeechStopped,
+    ToolCall,
     Transcript,
 )
-from gateway.processors.realtime.sessions import Turns
+from gateway.processors.realtime.sessions import REPLY_WAIT_S, Turns
 
 MS_100 = "A" * 6400  # base64 of 4800 bytes: 100 ms of 24 kHz PCM16
 
@@ -80,14 +82,19 @@ def test_bounded_by_count_and_bytes_oldest_first():
     assert history.dropped == 3 and history.bytes == 20
 
 
-def test_turns_between_and_during():
+async def test_turns_between_and_during(autojump_clock):
     turns = Turns()
-    assert turns.quiet(0.0)
-    turns.see(SpeechStarted(0, "u1"), 1.0)
-    assert not turns.quiet(1.5)
-    turns.see(SpeechStopped(0), 2.0)
-    assert not turns.quiet(2.5)  # a reply is about to start
-    turns.see(ResponseCreated("r"), 2.6)
-    assert turns.quiet(2.6)  # the bridge checks the bot's own audio separately
-    turns.see(SpeechStopped(0), 10.0)
-    assert turns.quiet(12.0)  # no reply came: the turn is over anyway
+    assert turns.quiet(trio.current_time())
+    turns.see(SpeechStarted(0, "u1"))
+    assert not turns.quiet(trio.current_time())
+    turns.see(SpeechStopped(0))
+    await trio.sleep(1.0)
+    assert not turns.quiet(trio.current_time())  # a reply is about to start
+    turns.see(ResponseCreated("r"))
+    assert turns.quiet(trio.current_time())  # the bridge checks the bot's own audio separately
+    turns.see(ToolCall("lookup", "call_1", "{}"))
+    assert not turns.quiet(trio.current_time())  # its result goes to this session
+    turns.see(ResponseCreated("r2"))  # the tool's output is in; the model answers
+    turns.see(SpeechStopped(0))
+    await trio.sleep(REPLY_WAIT_S)
+    assert turns.quiet(trio.current_time())  # no reply came: the turn is over anyway

@@ -494,7 +494,7 @@ class Bridge:
 
     def _remember(self, event: protocol.ServerEvent) -> None:
         self.history.see(event)
-        self.turns.see(event, trio.current_time())
+        self.turns.see(event)
 
     async def _keepalive(self, ws: Upstream, scope: trio.CancelScope, failure: list[str]) -> None:
         """A session that answers no ping within `keepalive_timeout` has gone silent."""

@@ -25,9 +25,18 @@ import attrs
 import trio
 
 from . import protocol
-from .protocol import MalformedEvent, ResponseCreated, SessionReady, SpeechStarted, UpstreamError
+from .protocol import (
+    MalformedEvent,
+    ResponseCreated,
+    SessionReady,
+    SpeechStarted,
+    SpeechStopped,
+    ToolCall,
+    UpstreamError,
+)
 
 ROLLED_OVER: Final = "rolled over to the next session"
+NOT_NEEDED: Final = "the session it was to follow ended first"
 REPLY_WAIT_S: Final = 2.0  # after the caller's turn ends, how long a reply may take to start
 POLL_S: Final = 0.020  # how often a due switch checks for a turn boundary (one frame)
 
@@ -55,24 +64,31 @@ class Host(Protocol):
 
 
 class Turns:
-    """Whether the conversation is between turns, as far as the caller's side goes."""
+    """Whether the conversation is between turns, as far as the model's events tell: the
+    caller is not speaking, no reply is about to start, and no tool's result is awaited (its
+    output goes to the session that asked, and a new response follows it). Whether the bot is
+    still audible is the bridge's to add."""
 
     def __init__(self) -> None:
         self.caller_speaking = False
         self.reply_due_until = -math.inf  # the caller's turn ended; a reply may still start
+        self.tool_running = False
 
-    def see(self, event: protocol.ServerEvent, now: float) -> None:
+    def see(self, event: protocol.ServerEvent) -> None:
         kind = type(event)
         if kind is SpeechStarted:
             self.caller_speaking = True
-        elif kind is protocol.SpeechStopped:
+        elif kind is SpeechStopped:
             self.caller_speaking = False
-            self.reply_due_until = now + REPLY_WAIT_S
+            self.reply_due_until = trio.current_time() + REPLY_WAIT_S
         elif kind is ResponseCreated:
             self.reply_due_until = -math.inf
+            self.tool_running = False
+        elif kind is ToolCall:
+            self.tool_running = True
 
     def quiet(self, now: float) -> bool:
-        return not self.caller_speaking and now >= self.reply_due_until
+        return not (self.caller_speaking or self.tool_running) and now >= self.reply_due_until
 
 
 @attrs.define(eq=False)
@@ -164,13 +180,17 @@ class Rollover:
                 return
             self.host.switch(standby)
             return
+        standby = self.claim()
+        if standby is not None:  # the session it was for failed first, and another replaced it
+            standby.failure = NOT_NEEDED
+            standby.released.set()
 
     async def _run_standby(self, ready: trio.Event) -> None:
         try:
             reason = await self.host.open_session(lambda ws: self._stand_by(ws, ready))
         finally:
             ready.set()
-        if reason != ROLLED_OVER:
+        if reason not in (ROLLED_OVER, NOT_NEEDED):
             self.log_failure(reason)
 
     async def _stand_by(self, ws: Upstream, ready: trio.Event) -> str:
