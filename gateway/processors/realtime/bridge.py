@@ -21,10 +21,16 @@ Tasks (all in one nursery inside the processor, so all end with the call):
   `play()` blocks while the player's queue is full and the reader must stay free for barge-in.
   Deltas queued before a barge-in are discarded (counted in `upstream_audio_discarded`).
 
+- rollover planner (`sessions.Rollover`): before a session reaches `session_max_s` it opens the
+  next one in its own task and, between turns, switches the caller's audio to it; `_upstream`
+  then runs it as the active session. Every new session is told the conversation so far
+  (`history`).
+
 Failures: refused, dropped, silent (no pong within `keepalive_timeout`), or a fatal `error`
-event. Each is logged with the call's ids and counted (`upstream_errors`); then either a new
-session after a capped exponential back-off (`on_upstream_failure = "reconnect"`, at most
-`max_reconnects` failures in a row), or the call is ended normally (`"hangup"`).
+event. Each is logged with the call's ids and counted (`upstream_errors`); then the next
+session takes over at once if one is ready, or a new session after a capped exponential
+back-off (`on_upstream_failure = "reconnect"`, at most `max_reconnects` failures in a row), or
+the call is ended normally (`"hangup"`).
 """
 
 from __future__ import annotations
