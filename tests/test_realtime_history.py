@@ -70,15 +70,23 @@ def test_heard_part_is_fixed_when_the_next_response_starts():
 
 
 def test_bounded_by_count_and_bytes_oldest_first():
-    history = History(lambda i: 0.0, max_items=3, max_bytes=1000)
+    forgotten: list[None] = []
+    history = History(
+        lambda i: 0.0, max_items=3, max_bytes=1000, on_drop=lambda: forgotten.append(None)
+    )
     for n in range(5):
         history.see(Transcript("caller", f"turn {n}", f"u{n}"))
-    assert [t for _, _, t in items(history)] == ["turn 2", "turn 3", "turn 4"]
-    assert history.dropped == 2
+    assert items(history) == [
+        ("system", "input_text", "(The first 2 turns of this call are left out.)"),
+        ("user", "input_text", "turn 2"),
+        ("user", "input_text", "turn 3"),
+        ("user", "input_text", "turn 4"),
+    ]
+    assert history.dropped == len(forgotten) == 2
     history = History(lambda i: 0.0, max_items=100, max_bytes=25)
     for n in range(5):
         history.see(Transcript("caller", f"ten bytes{n}", f"u{n}"))
-    assert [t for _, _, t in items(history)] == ["ten bytes3", "ten bytes4"]
+    assert [t for _, _, t in items(history)][1:] == ["ten bytes3", "ten bytes4"]
     assert history.dropped == 3 and history.bytes == 20
 
 

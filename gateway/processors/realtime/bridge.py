@@ -103,6 +103,7 @@ class Bridge:
             self.player.released_ms,
             max_items=options.history_max_items,
             max_bytes=options.history_max_bytes,
+            on_drop=self._turn_forgotten,
         )
         self.turns = Turns()
         self.rollover = Rollover(
@@ -482,9 +483,7 @@ class Bridge:
         return self.turns.quiet(trio.current_time()) and not self._bot_audible()
 
     def history_events(self) -> list[str]:
-        events = self.history.events(self.options.dialect)
-        self.stats.history_turns_dropped = self.history.dropped
-        return events
+        return self.history.events(self.options.dialect)
 
     def switch(self, standby: Standby) -> None:
         self._switched_to = standby
@@ -497,6 +496,9 @@ class Bridge:
         self.stats.upstream_errors["standby_failed"] += 1
         self.log.warning("the next realtime model session failed (%s); keeping this one", reason)
         self.call.observer.note("standby_failed", reason=reason)
+
+    def _turn_forgotten(self) -> None:
+        self.stats.history_turns_dropped += 1
 
     def _remember(self, event: protocol.ServerEvent) -> None:
         self.history.see(event)

@@ -2,7 +2,8 @@
 
 Owns: one call's record of turns (what the caller said, from the model's transcripts of their
 audio; what the caller HEARD of the bot), its bounds (`max_items`, `max_bytes` of text: the
-oldest turns are dropped and counted), and writing it out as `conversation.item.create` events.
+oldest turns are dropped and counted, and a system note says so), and writing it out as
+`conversation.item.create` events.
 Never: sockets, tasks, clocks, or asking the model for anything.
 
 What the caller heard of a reply: the bot's output transcript, cut at the fraction of the
@@ -55,8 +56,16 @@ class History:
     `see(event)` is fed every parsed model event; `events(dialect)` writes the remembered turns
     for a new session. `dropped` counts turns forgotten to stay within the bounds."""
 
-    def __init__(self, heard_ms: Callable[[str], float], *, max_items: int, max_bytes: int) -> None:
+    def __init__(
+        self,
+        heard_ms: Callable[[str], float],
+        *,
+        max_items: int,
+        max_bytes: int,
+        on_drop: Callable[[], None] = lambda: None,
+    ) -> None:
         self._heard_ms = heard_ms
+        self._on_drop = on_drop
         self.max_items = max_items
         self.max_bytes = max_bytes
         self.turns: dict[str, Turn] = {}
@@ -96,6 +105,11 @@ class History:
         """`conversation.item.create` for each remembered turn, oldest first."""
         self.settle()
         out = []
+        if self.dropped:  # so the model knows it is not the start of the call
+            note = f"(The first {self.dropped} turns of this call are left out.)"
+            content = {"type": "input_text", "text": note}
+            item = {"type": "message", "role": "system", "content": [content]}
+            out.append(orjson.dumps({"type": "conversation.item.create", "item": item}).decode())
         for turn in self.turns.values():
             text = heard_text(turn)
             if not text:
@@ -132,6 +146,7 @@ class History:
             self._unsettled.pop(item_id, None)
             self.bytes -= turn.size
             self.dropped += 1
+            self._on_drop()
 
 
 def heard_text(turn: Turn) -> str:
