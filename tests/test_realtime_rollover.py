@@ -190,3 +190,39 @@ async def test_a_failing_next_session_falls_back_to_the_reconnect_policy(
     assert call.stats.upstream_reconnects >= 1 and call.stats.session_rollovers == 0
     last = model.connections
     assert conversation_items(model, last) == [("user", "caller turn 1"), ("assistant", "reply 1")]
+
+
+async def test_the_ready_next_session_takes_over_at_once_when_the_current_one_fails(
+    autojump_clock, monkeypatch
+):
+    """The next session is ready at 20 s, but the bot is still speaking; the current session
+    expires at 25 s (earlier than configured): the ready one takes over with no back-off, and
+    the reply already received plays on to its end."""
+    monkeypatch.setenv(KEY_ENV, "k")
+    calls: list[Call] = []
+    caller = quiet(15.0) + talk(1.5) + quiet(18.5)
+    async with open_fake_model([talk(12.0)], texts=[WORDS], session_max_s=25) as model:
+        opts = options(
+            model.url,
+            transcription={"model": "whisper-1"},
+            session_max_s=30,
+            rollover_before_s=10,
+            backoff_initial_ms=2000,
+        )
+        async with open_gateway(spied(opts, calls)) as server:
+            async with simulated_call(server.urls[0], sample_rate=RATE) as acs:
+                await acs.stream(caller)
+            await idle(server)
+    [call] = calls
+    assert model.connections == 2
+    assert call.stats.session_rollovers == 1 and call.stats.upstream_reconnects == 0
+    assert call.stats.upstream_errors["session_failed"] == 1
+    [expired] = model.sent_of("error")
+    switched_at = appends(model, 2)[0]
+    assert switched_at - expired.time < 0.1  # no back-off: the caller's audio moved at once
+    assert call.stats.upstream_audio_dropped <= 5  # frames, while the failure was noticed
+    audio = b"".join(r.pcm for r in acs.received if r.kind == "audioData")
+    assert len(audio) == len(talk(12.0))  # the reply was heard to its end
+    [user, bot] = conversation_items(model, 2)
+    assert user == ("user", "caller turn 1")
+    assert bot == ("assistant", "one two three four five six seven eight" + CUT_MARK)  # by 25 s
