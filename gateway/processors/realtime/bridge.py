@@ -322,6 +322,8 @@ class Bridge:
         history_sent = False  # to `standby`, by a planned switch
         while True:
             started = trio.current_time()
+            if standby is None and self._switched_to is not None:  # switched during a back-off
+                standby, self._switched_to, history_sent = self._switched_to, None, True
             if standby is None:
                 reason = await self._session()
             else:
