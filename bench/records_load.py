@@ -38,21 +38,28 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def lateness_p99_ms(port: int) -> float:
-    """The upper bound of the bucket holding the 99th percentile of pacing lateness."""
+def lateness_p99_ms(port: int) -> tuple[float, int]:
+    """The upper bound of the bucket holding the 99th percentile of pacing lateness, and how
+    many paced releases it was measured on."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     buckets = []
     for line in text.splitlines():
         if line.startswith("acs_gateway_pacing_lateness_seconds_bucket"):
             le = line.split('le="')[1].split('"')[0]
             buckets.append((float(le), float(line.rsplit(" ", 1)[1])))
-    total = buckets[-1][1] if buckets else 0
+    total = int(buckets[-1][1]) if buckets else 0
     if not total:
-        return 0.0
+        return 0.0, 0
     for bound, count in buckets:
         if count >= 0.99 * total:
-            return bound * 1000
-    return float("inf")
+            return bound * 1000, total
+    return float("inf"), total
+
+
+def main_thread_cpu_seconds(pid: int) -> float:
+    """CPU of the gateway's event-loop thread alone (the rest is the disk thread's)."""
+    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def one_run(args: argparse.Namespace, recording: bool) -> dict[str, float]:
@@ -67,8 +74,10 @@ def one_run(args: argparse.Namespace, recording: bool) -> dict[str, float]:
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    late: list[float] = []
+    late: list[tuple[float, int]] = []
     original = echo_load.Generator.close
+    process_cpu = echo_load.proc_cpu_seconds
+    loop_cpu: list[float] = []  # the event loop's CPU, read with the process's (start, end)
 
     def close_hook(self: echo_load.Generator) -> None:  # after the run, before the server stops
         try:
@@ -77,11 +86,17 @@ def one_run(args: argparse.Namespace, recording: bool) -> dict[str, float]:
             print(f"cannot scrape /metrics: {exc}", file=sys.stderr)
         original(self)
 
+    def cpu_hook(pid: int) -> float:
+        loop_cpu.append(main_thread_cpu_seconds(pid))
+        return process_cpu(pid)
+
     try:
         echo_load.Generator.close = close_hook  # type: ignore[method-assign]  # scrape first
+        echo_load.proc_cpu_seconds = cpu_hook
         result = echo_load.one_load(args, args.calls)
     finally:
         echo_load.Generator.close = original  # type: ignore[method-assign]  # restore
+        echo_load.proc_cpu_seconds = process_cpu
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -91,7 +106,11 @@ def one_run(args: argparse.Namespace, recording: bool) -> dict[str, float]:
     recorded = sum(p.stat().st_size for p in Path(directory).iterdir())
     shutil.rmtree(directory, ignore_errors=True)
     result["recording"] = recording
-    result["lateness_p99_ms"] = late[0] if late else float("nan")
+    result["lateness_p99_ms"], result["paced"] = late[0] if late else (float("nan"), 0)
+    if len(loop_cpu) == 2 and result.get("frames_echoed"):
+        loop = (loop_cpu[1] - loop_cpu[0]) / result["frames_echoed"] * 1e6
+        result["loop_us_per_frame"] = round(loop, 1)
+        result["disk_us_per_frame"] = round(result["server_us_per_frame"] - loop, 1)
     result["recorded_mb"] = round(recorded / 1e6, 1)
     return result
 
@@ -176,13 +195,15 @@ def main() -> None:
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--client-cpu", type=int, default=1)
     parser.add_argument("--pieces", action="store_true", help="only the in-process hook cost")
+    parser.add_argument(
+        "--gateway-root", help="serve the gateway from this source tree (default: this one)"
+    )
     args = parser.parse_args()
     if args.pieces:
         pieces()
         return
     args.url = None
     args.server_arg = []
-    args.gateway_root = None
     os.sched_setaffinity(0, {args.client_cpu})
     cols = [
         ("recording", "recording"),
@@ -190,7 +211,10 @@ def main() -> None:
         ("rtt_p99_ms", "rtt p99 ms"),
         ("frames_lost", "lost"),
         ("server_us_per_frame", "us/frame"),
+        ("loop_us_per_frame", "loop us"),
+        ("disk_us_per_frame", "other us"),
         ("lateness_p99_ms", "late p99 ms"),
+        ("paced", "paced"),
         ("server_rss_per_call_kb", "KB/call"),
         ("recorded_mb", "recorded MB"),
         ("ticker_late_p99_ms", "tick p99 ms"),

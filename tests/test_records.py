@@ -166,7 +166,9 @@ async def test_a_failing_disk_ends_the_recording_not_the_call(
         "echo", recording=True, call_events=True, recording_dir=str(tmp_path)
     ) as server:
         async with simulated_call(server.urls[0]) as acs:
-            await acs.stream(caller)
+            await acs.stream(caller[: 16000 * 2 * 3])  # two chunks flushed, the second fails
+            DISK.wait_idle(10.0)  # blocking: the call's clock stands while the disk fails
+            await acs.stream(caller[16000 * 2 * 3 :])
             await trio.sleep(0.2)
     await settle()
     assert acs.received_pcm.replace(b"\0", b"") == caller.replace(b"\0", b"")  # all echoed
@@ -399,7 +401,8 @@ def test_bot_audio_alone_is_flushed_as_it_goes(tmp_path):
     rec = AudioRecording(str(tmp_path / "bot.wav"), 16000, 0.0, max_pending=10**8)
     for k in range(500):  # 10 s of bot audio, and not a frame from the caller
         rec.bot([numbered_frames(k + 1, 1)], k * 0.02)
-    assert sum(len(run[2]) for run in rec.runs[-1]) < 150  # at most about 3 s wait in memory
+    waiting = 500 * FRAME * 2 * 2 - rec.submitted  # stereo bytes not yet handed to the disk
+    assert waiting < 3 * 16000 * 2 * 2  # at most about 3 s wait in memory
     rec.close(10.0)
     DISK.wait_idle(10.0)
     (said, bot), _ = read_channels(tmp_path / "bot.wav")
