@@ -271,6 +271,84 @@ async def test_barge_in_cuts_the_bot_channel_at_the_stop_audio(
     assert stop_at > 0 and model.sent_of("response.done")
 
 
+async def test_local_vad_turn_ends_are_recorded_and_time_the_answer(
+    autojump_clock, tmp_path, monkeypatch
+):
+    """The model's VAD waits 900 ms of silence, the local one 300: both turn ends are in the
+    log, the local one first, and the answer is timed from the last end before it."""
+    pytest.importorskip("webrtcvad")
+    from gateway.config import Config
+    from gateway.processors import load
+    from gateway.server.serve import serve
+    from gateway.testing import open_fake_model
+    from tests.test_realtime_e2e import KEY_ENV, options
+
+    monkeypatch.setenv(KEY_ENV, "k")
+    said = speech(16000)[: 16000 * 2 * 2]
+    async with open_fake_model([speech(24000)[: 24000 * 2]], silence_ms=900) as model:
+        config = Config(
+            host="127.0.0.1",
+            port=0,
+            processor="realtime",
+            call_events=True,
+            recording_dir=str(tmp_path),
+        )
+        processor = load("realtime", options(model.url, local_vad=True))
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(serve, config, processor)
+            async with simulated_call(server.urls[0]) as acs:
+                await acs.stream(said + bytes(16000 * 2 * 3))
+            metrics = server.metrics
+            server.stop_now()
+    await settle()
+    log = events(only(tmp_path, ".jsonl"))
+    ends = [(e["t"], e["by"]) for e in log if e["event"] == "turn_ended"]
+    [(vad_end, _)] = [end for end in ends if end[1] == "vad"]
+    [(model_end, _)] = [end for end in ends if end[1] == "model"]
+    assert vad_end < model_end - 0.4  # the local VAD heard the end 600 ms sooner
+    [answer] = [e for e in log if e["event"] == "latency" and e["kind"] == "response"]
+    assert answer["t"] >= model_end and answer["ms"] == pytest.approx(
+        1000 * (answer["t"] - model_end), abs=1
+    )
+    sample = metrics.registry.get_sample_value
+    assert sample("acs_gateway_response_latency_seconds_count", {"route": "realtime"}) == 1
+
+
+async def test_a_turn_end_times_the_answer_unless_the_bot_is_already_talking(autojump_clock):
+    from gateway.records.record import CallRecord, RecordSettings
+
+    measured: list[tuple[str, float]] = []
+
+    class Sink:
+        def latency(self, kind: str, route: str, seconds: float) -> None:
+            measured.append((kind, round(seconds, 3)))
+
+        def recording_stopped(self, route: str) -> None:
+            pass
+
+    class Audio:
+        sample_rate = 16000
+
+    class Stub:  # what `started` reads of a Call
+        connection_id = correlation_id = None
+        path = "/"
+        sample_rate = 16000
+        audio = Audio
+
+    record = CallRecord(RecordSettings(), "r", None, Sink())
+    record.started(Stub, trio.current_time())  # type: ignore[arg-type]  # a stand-in Call
+    record.bot_audio([bytes(640)], trio.current_time())  # the greeting: first audio at once
+    await trio.sleep(1.0)
+    record.note("turn_ended", by="vad")  # the bot is silent: the answer is awaited from here
+    await trio.sleep(0.4)
+    record.bot_audio([bytes(640) * 10], trio.current_time())  # 200 ms of answer
+    await trio.sleep(0.1)
+    record.note("turn_ended", by="vad")  # the answer is playing: this starts nothing
+    await trio.sleep(0.05)
+    record.bot_audio([bytes(640)], trio.current_time() + 0.05)
+    assert measured == [("first_audio", 0.0), ("response", 0.4)]
+
+
 async def test_show_draws_a_record(autojump_clock, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     from gateway import cli
