@@ -133,6 +133,33 @@ def test_a_writer_stopped_mid_call_leaves_a_playable_file(tmp_path):
         assert r.readframes(24000)[-4:] == b"\1\0\2\0"
 
 
+async def test_a_gateway_killed_mid_call_leaves_a_playable_recording(tmp_path):
+    """A real gateway process, SIGKILLed during a call (no exit handler, no final header):
+    its WAV opens and holds what the caller said up to about its last flushed second."""
+    import signal
+
+    from tests.daemons import SERVE, gateway_process
+
+    sent = speech(16000)[: 16000 * 2 * 5 // 2]  # 2.5 s, streamed in real time
+    env = {"ACS_GATEWAY_RECORDING": "true", "ACS_GATEWAY_RECORDING_DIR": str(tmp_path)}
+    command = [*SERVE, "--host", "127.0.0.1", "--port", "0"]
+    async with gateway_process(command, env=env) as gateway:
+        async with simulated_call(gateway.url) as acs:
+            await acs.stream(sent)
+            gateway.process.send_signal(signal.SIGKILL)  # the call is still open
+            assert await gateway.wait_exit() == -signal.SIGKILL
+            await acs.closed.wait()
+    wav = only(tmp_path, ".wav")
+    with wave.open(str(wav), "rb") as r:
+        assert (r.getnchannels(), r.getframerate()) == (2, 16000)
+        kept = r.getnframes()
+    (said, _), _ = read_channels(wav)
+    assert 0.5 <= kept / 16000 <= 2.5  # the last second or two may be lost, never more
+    # and what was kept is what was said (the silences where the network held frames aside)
+    heard = said.tobytes().replace(b"\0\0", b"")
+    assert len(heard) > 16000 and sent.replace(b"\0\0", b"").startswith(heard)
+
+
 def test_retention_removes_the_oldest_first(tmp_path):
     now = 1_000_000.0
     for age, name in [(50, "c"), (400, "a"), (200, "b"), (10, "d")]:
