@@ -42,6 +42,28 @@ Run = list[Any]
 class AudioRecording:
     """The event-loop side of one call's recording (the file itself is the disk thread's)."""
 
+    __slots__ = (  # compact: touched by every frame of every call
+        "path",
+        "rate",
+        "start",
+        "channels",
+        "max_pending",
+        "disk",
+        "speakers",
+        "participants",
+        "base",
+        "runs",
+        "gap",
+        "next_flush",
+        "submitted",
+        "written",
+        "dropped_bytes",
+        "late_bytes",
+        "failed",
+        "closed",
+        "_file",
+    )
+
     def __init__(
         self,
         path: str,
