@@ -31,6 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import echo_load  # noqa: E402
 
+from gateway.call.interface import CallStats  # noqa: E402
+from gateway.call.outcome import CallOutcome, EndReason  # noqa: E402
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -56,10 +59,22 @@ def lateness_p99_ms(port: int) -> tuple[float, int]:
     return float("inf"), total
 
 
-def main_thread_cpu_seconds(pid: int) -> float:
-    """CPU of the gateway's event-loop thread alone (the rest is the disk thread's)."""
+def threads(pid: int) -> tuple[float, int, int]:
+    """The event-loop thread's CPU seconds (the rest is the disk thread's), the times other
+    threads (the disk thread) woke, and the times the event loop was preempted."""
     fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    woke = preempted = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            status = dict(line.split(":", 1) for line in (task / "status").read_text().splitlines())
+        except OSError:
+            continue
+        if task.name == str(pid):
+            preempted = int(status["nonvoluntary_ctxt_switches"])
+        else:
+            woke += int(status["voluntary_ctxt_switches"])
+    return cpu, woke, preempted
 
 
 def one_run(args: argparse.Namespace, recording: bool) -> dict[str, float]:
@@ -77,7 +92,7 @@ def one_run(args: argparse.Namespace, recording: bool) -> dict[str, float]:
     late: list[tuple[float, int]] = []
     original = echo_load.Generator.close
     process_cpu = echo_load.proc_cpu_seconds
-    loop_cpu: list[float] = []  # the event loop's CPU, read with the process's (start, end)
+    marks: list[tuple[float, int, int]] = []  # `threads`, read with the process's CPU
 
     def close_hook(self: echo_load.Generator) -> None:  # after the run, before the server stops
         try:
@@ -87,7 +102,7 @@ def one_run(args: argparse.Namespace, recording: bool) -> dict[str, float]:
         original(self)
 
     def cpu_hook(pid: int) -> float:
-        loop_cpu.append(main_thread_cpu_seconds(pid))
+        marks.append(threads(pid))
         return process_cpu(pid)
 
     try:
@@ -107,27 +122,32 @@ def one_run(args: argparse.Namespace, recording: bool) -> dict[str, float]:
     shutil.rmtree(directory, ignore_errors=True)
     result["recording"] = recording
     result["lateness_p99_ms"], result["paced"] = late[0] if late else (float("nan"), 0)
-    if len(loop_cpu) == 2 and result.get("frames_echoed"):
-        loop = (loop_cpu[1] - loop_cpu[0]) / result["frames_echoed"] * 1e6
+    if len(marks) == 2 and result.get("frames_echoed"):
+        (cpu0, woke0, pre0), (cpu1, woke1, pre1) = marks
+        loop = (cpu1 - cpu0) / result["frames_echoed"] * 1e6
         result["loop_us_per_frame"] = round(loop, 1)
         result["disk_us_per_frame"] = round(result["server_us_per_frame"] - loop, 1)
+        result["disk_wakeups_per_s"] = round((woke1 - woke0) / result["window_s"])
+        result["loop_preempted_per_s"] = round((pre1 - pre0) / result["window_s"])
     result["recorded_mb"] = round(recorded / 1e6, 1)
     return result
 
 
-def pieces() -> None:
-    """Per-frame cost of the observer hooks, in process: none, latency only, and recording on
-    the event loop's side (the disk's jobs counted apart: the loop runs here far faster than
-    real time, which would bury the disk thread); then the disk thread's cost per frame."""
-    import timeit
+def pieces(calls: int) -> None:
+    """Per-frame cost of the observer hooks, in process, with `calls` calls taking turns (so
+    each call's state is as cold as in a server): none, latency only, and recording on the
+    event loop's side; then the disk thread's jobs of the recorded seconds, run apart and
+    timed. CPU time of this thread (`thread_time`): other processes on a busy machine count
+    far less than in wall-clock time. A frame is one caller frame in and one bot frame out,
+    with a fresh decode and encode of its audio, as a server does."""
+    import pybase64
 
     from gateway.acs.packets import AudioData
-    from gateway.call.observer import NO_OBSERVER
+    from gateway.call.observer import NO_OBSERVER, CallObserver
     from gateway.records import Records, RecordSettings
     from gateway.records.disk import DiskThread
 
-    pcm = bytes(range(256)) * 2 + bytes(128)
-    packet = AudioData(pcm=pcm, data="", timestamp=None, participant_raw_id=None, silent=False)
+    wire = pybase64.b64encode_as_string(bytes(range(256)) * 2 + bytes(128))
 
     class Sink:
         def latency(self, kind: str, route: str, seconds: float) -> None:
@@ -155,31 +175,53 @@ def pieces() -> None:
     directory = tempfile.mkdtemp(prefix="records-pieces-")
     jobs = Jobs()
     on = RecordSettings(recording=True, events=True, directory=directory, buffer_seconds=1e9)
-    observers = {
-        "none": NO_OBSERVER,
-        "latency only": Records(Sink()).open(RecordSettings(), {}, "echo"),
-        "recording": Records(Sink(), disk=jobs).open(on, {}, "echo"),
+    makers: dict[str, Callable[[str], CallObserver]] = {  # by call id (the file's name)
+        "none": lambda _: NO_OBSERVER,
+        "latency only": lambda _: Records(Sink()).open(RecordSettings(), {}, "echo"),
+        "recording": lambda i: Records(Sink(), disk=jobs).open(
+            on, {"x-ms-call-connection-id": i}, "echo"
+        ),
     }
-    n = 50 * 600  # ten minutes of frames
-    for name, observer in observers.items():
-        observer.started(FakeCall, 0.0)  # type: ignore[arg-type]  # a stand-in Call
-        best = float("inf")
-        clock = iter(range(10**9))  # the call's time goes on across the repeats
-        for _ in range(3):
-
-            def frame(o=observer, c=clock) -> None:  # type: ignore[no-untyped-def]  # bound now
-                t = next(c) * 0.02
-                o.caller_audio(packet, t)
-                o.bot_audio([pcm], t)
-
-            best = min(best, timeit.timeit(frame, number=n))
-        print(f"{name:>14}: {best / n * 1e9:7.0f} ns per frame on the event loop")
-    started = time.perf_counter()
-    for job in jobs.jobs:
-        job()
-    disk = time.perf_counter() - started
-    print(f"{'disk thread':>14}: {disk / (3 * n) * 1e9:7.0f} ns per frame (writes)")
+    seconds = 3
+    best = {name: float("inf") for name in makers}
+    disk = float("inf")
+    for _ in range(5):
+        for name, make in makers.items():
+            jobs.jobs.clear()
+            observers = [make(str(i)) for i in range(calls)]
+            for observer in observers:
+                observer.started(FakeCall, 0.0)  # type: ignore[arg-type]  # a stand-in Call
+            began = time.thread_time()
+            for k in range(50 * seconds):
+                for i, observer in enumerate(observers):
+                    t = k * 0.02 + i * 1e-4
+                    pcm = pybase64.b64decode(wire)
+                    packet = AudioData(pcm, wire, None, None, False)
+                    observer.caller_audio(packet, t)
+                    observer.bot_audio([pcm], t)
+                    pybase64.b64encode_as_string(pcm)
+            best[name] = min(best[name], time.thread_time() - began)
+            for observer in observers:
+                observer.ended(_outcome(), 50 * seconds * 0.02)
+            if jobs.jobs:
+                began = time.thread_time()
+                for job in jobs.jobs:
+                    job()
+                disk = min(disk, time.thread_time() - began)
+        shutil.rmtree(directory, ignore_errors=True)
+        os.makedirs(directory)
+    frames = 50 * seconds * calls
+    base = best["none"] / frames * 1e9
+    print(f"{calls} calls, {seconds} s each; ns per frame (one in, one out) on the event loop:")
+    print(f"{'none':>14}: {base:7.0f} (decode, encode, the loop)")
+    for name in ("latency only", "recording"):
+        print(f"{name:>14}: {best[name] / frames * 1e9 - base:+7.0f}")
+    print(f"{'disk thread':>14}: {disk / frames * 1e9:+7.0f} (its jobs: layout is the loop's)")
     shutil.rmtree(directory, ignore_errors=True)
+
+
+def _outcome() -> CallOutcome:
+    return CallOutcome(EndReason.HANGUP, 1000, CallStats())
 
 
 def main() -> None:
@@ -200,7 +242,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.pieces:
-        pieces()
+        pieces(args.calls)
         return
     args.url = None
     args.server_arg = []
@@ -213,6 +255,8 @@ def main() -> None:
         ("server_us_per_frame", "us/frame"),
         ("loop_us_per_frame", "loop us"),
         ("disk_us_per_frame", "other us"),
+        ("disk_wakeups_per_s", "wakes/s"),
+        ("loop_preempted_per_s", "preempt/s"),
         ("lateness_p99_ms", "late p99 ms"),
         ("paced", "paced"),
         ("server_rss_per_call_kb", "KB/call"),
