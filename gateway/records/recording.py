@@ -9,7 +9,9 @@ A bot frame goes where ACS plays it (`bot_audio`'s playout time), and a cut (sto
 erases what ACS had been sent but had not played: the bot channel holds what the caller heard.
 
 Memory: frames wait as they came (runs of back-to-back frames: one append per frame on the hot
-path) until they are `SETTLE` seconds old (no caller frame or cut can still change them); every
+path; a bot frame that starts a little after the previous one ended, as echo's frames do, joins
+its run after that much silence, so a second is laid out in a piece or two, not fifty) until
+they are `SETTLE` seconds old (no caller frame or cut can still change them); every
 `FLUSH_INTERVAL` they are laid out on the clock, interleaved and handed to the disk thread.
 At most `max_pending` bytes may wait for the disk; a chunk beyond that is dropped and counted
 (the file keeps silence there). A failing disk (`failed`) ends the
@@ -126,7 +128,9 @@ class AudioRecording:
         run = runs[-1] if runs else None
         for pcm in frames:
             n = len(pcm) >> 1
-            if run is not None and run[1] == at:
+            if run is not None and 0 <= at - run[1] <= self.gap:
+                if at > run[1]:  # a short underrun: its silence goes into the run
+                    run[2].append(bytes(2 * (at - run[1])))
                 run[2].append(pcm)
                 run[1] = at + n
             else:
