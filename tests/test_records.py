@@ -122,6 +122,21 @@ def test_a_long_call_stays_aligned_within_a_frame(tmp_path):
     assert max(abs(where_bot[n] - where_said[n]) for n in common) <= FRAME
 
 
+def test_both_interleavers_lay_out_the_same_samples():
+    """numpy's (with the `realtime` extra) and the `array` module's (without it)."""
+    pytest.importorskip("numpy")
+    from gateway.records.recording import _interleave_array, _interleave_numpy
+
+    caller = [(0, numbered_frames(1, 2)), (3 * FRAME, numbered_frames(3, 1))]
+    bot = [(FRAME // 2, numbered_frames(7, 1))]  # silence around it
+    n = 4 * FRAME
+    laid = _interleave_array(n, [caller, bot])
+    assert bytes(_interleave_numpy(n, [caller, bot])) == laid
+    samples = array("h", laid)
+    assert samples[0::2] == array("h", [1] * FRAME + [2] * FRAME + [0] * FRAME + [3] * FRAME)
+    assert samples[1::2] == array("h", [0] * (FRAME // 2) + [7] * FRAME + [0] * (5 * FRAME // 2))
+
+
 def test_a_writer_stopped_mid_call_leaves_a_playable_file(tmp_path):
     path = tmp_path / "cut.wav"
     w = wavfile.WavFile(str(path), 2, 16000)
