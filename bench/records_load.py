@@ -78,7 +78,7 @@ def threads(pid: int) -> tuple[float, int, int]:
 
 
 def one_run(args: argparse.Namespace, recording: bool) -> dict[str, float]:
-    directory = tempfile.mkdtemp(prefix="records-bench-")
+    directory = tempfile.mkdtemp(prefix="records-bench-", dir=args.dir)
     port = free_port()
     env = {
         "ACS_GATEWAY_HEALTH_PORT": str(port),
@@ -250,6 +250,11 @@ def main() -> None:
     parser.add_argument("--pieces", action="store_true", help="only the in-process hook cost")
     parser.add_argument(
         "--gateway-root", help="serve the gateway from this source tree (default: this one)"
+    )
+    parser.add_argument(
+        "--dir",
+        help="record under this directory (default: the system's temporary one); /dev/shm "
+        "takes the kernel's writeback to the disk out of the picture",
     )
     args = parser.parse_args()
     if args.pieces:
