@@ -9,8 +9,8 @@ bytes they have in flight), or lets a job's exception end the thread.
 Why one thread and not `trio.to_thread.run_sync` per write: a write is submitted from the
 call's hot path, which must not await, and one thread keeps each file's writes in order.
 Woken by a job, the thread waits `GATHER` for the others of that moment and runs them all: at
-200 recorded calls it wakes about ten times a second rather than two hundred, and takes the
-GIL from the event loop in a few bursts rather than at every call's write.
+200 recorded calls it sleeps and wakes (for a job or for the GIL) about 40 times a second
+rather than 500, and takes the GIL from the event loop in a few bursts, not at every write.
 At exit the queue is drained for at most `EXIT_DRAIN` seconds, so a clean shutdown loses
 nothing; a killed process loses at most what was still queued (about a second per call).
 """
