@@ -163,10 +163,13 @@ class Bridge:
                 speaker, first = packet.participant_raw_id, False
             if packet.participant_raw_id != speaker:
                 continue
-            if self.vad is not None and self.vad.feed(packet.pcm) and self._bot_audible():
+            vad = self.vad
+            if vad is not None and vad.feed(packet.pcm) and self._bot_audible():
                 self.log.info("local VAD: caller speaking; barge-in before the model reacts")
                 self.call.observer.note("speech_started", by="vad")
                 await self._barge_in()
+            if vad is not None and vad.ended:
+                self.call.observer.note("turn_ended", by="vad")
             ws = self.ws
             if ws is None:
                 self.stats.upstream_audio_dropped += 1
