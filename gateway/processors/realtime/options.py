@@ -32,6 +32,7 @@ class _Provider:
     dialect: str
     api_version: str | None = None
     endpoint: str | None = None
+    session_max_s: float = 1800.0  # the service ends a session this long after it opened
 
 
 PROVIDERS: Final = {
@@ -41,6 +42,7 @@ PROVIDERS: Final = {
         "bearer",
         GA,
         endpoint="wss://api.openai.com",
+        session_max_s=3600.0,
     ),
     "azure": _Provider("/openai/v1/realtime?model={model}", "AZURE_OPENAI_API_KEY", "api-key", GA),
     "azure-preview": _Provider(
@@ -99,10 +101,21 @@ class RealtimeOptions:
     greeting: str | dict[str, str] | None = None  # instructions, or {text = ...} / {instructions}
     dtmf_to_model: bool = False
     dtmf_wait_ms: int = 1000  # key presses this close together go to the model as one
+    session_max_s: float | None = None  # the provider's session limit; 0: no planned rollover
+    rollover_before_s: float = 120.0  # open the next session this long before the limit
+    rollover_gap_ms: int = 200  # the switch must take no longer (else the next session is dropped)
+    history_max_items: int = 200  # turns remembered for the next session (oldest forgotten)
+    history_max_bytes: int = 32768  # and their text, UTF-8
 
     @property
     def dialect(self) -> str:
         return self.protocol or PROVIDERS[self.provider].dialect
+
+    @property
+    def session_limit_s(self) -> float:
+        if self.session_max_s is not None:
+            return self.session_max_s
+        return PROVIDERS[self.provider].session_max_s
 
     @property
     def key_env(self) -> str:
@@ -179,6 +192,11 @@ _TYPES: Final[dict[str, Any]] = {
     "greeting": (str, dict),
     "dtmf_to_model": bool,
     "dtmf_wait_ms": int,
+    "session_max_s": (int, float),
+    "rollover_before_s": (int, float),
+    "rollover_gap_ms": int,
+    "history_max_items": int,
+    "history_max_bytes": int,
 }
 _TABLES: Final = ("turn_detection", "transcription")
 KNOWN: Final = tuple(a.name for a in attrs.fields(RealtimeOptions))
@@ -218,8 +236,14 @@ def parse_options(
             f"endpoint must be an https://, wss://, http:// or ws:// URL, got {opts.endpoint!r}"
         )
     _check_greeting(opts.greeting)
-    for name in ("max_reconnects", "dtmf_wait_ms"):
-        if getattr(opts, name) < 0:
+    for name in (
+        "max_reconnects",
+        "session_max_s",
+        "history_max_items",
+        "history_max_bytes",
+        "dtmf_wait_ms",
+    ):
+        if (getattr(opts, name) or 0) < 0:
             raise ValueError(f"{name} must be 0 or more")
     for name in (
         "backoff_initial_ms",
@@ -229,6 +253,8 @@ def parse_options(
         "keepalive_timeout",
         "local_vad_min_speech_ms",
         "tool_timeout_ms",
+        "rollover_before_s",
+        "rollover_gap_ms",
     ):
         if getattr(opts, name) <= 0:
             raise ValueError(f"{name} must be greater than 0")
