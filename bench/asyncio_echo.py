@@ -7,7 +7,7 @@ JSON; an `AudioData` packet's audio goes straight back in the SDK's outbound sha
 (`{"kind":"audioData","audioData":{"data":...},"stopAudio":null}`); everything else is ignored.
 It is deliberately lean so the comparison is demanding: orjson rather than `json`, the base64
 passed through undecoded (the gateway's echo does the same), no pacing, no metrics, no limits.
-Needs the `bench` extra (`pip install -e '.[bench]'`). Never: anything a real deployment needs.
+Never: anything a real deployment needs.
 """
 
 from __future__ import annotations
