@@ -156,8 +156,10 @@ def pyspy_profile(args: argparse.Namespace) -> None:
     samples = 0
     for line in out.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
-        frames = [f.split(" (")[0] + " " + f.rsplit("/", 1)[-1].split(":")[0].rstrip(")")
-                  for f in stack.split(";")]
+        frames = [
+            f.split(" (")[0] + " " + f.rsplit("/", 1)[-1].split(":")[0].rstrip(")")
+            for f in stack.split(";")
+        ]
         samples += int(n)
         own[frames[-1]] += int(n)
         for f in set(frames):
