@@ -14,15 +14,18 @@ the fake model on core 1 (`--client-cpu`). Targets:
   24 kHz (passed through), against `gateway.testing`'s fake model in its own process
   (`bench/echo_model.py`: it answers every appended chunk at once, so audio flows both ways).
 
-Every frame's PCM is one constant level that says its sequence number, read back from the middle
-of each returned frame, so a round trip is timed the same way through a resampler. For each
-target it prints: CPU per frame (server CPU over the window per returned frame, one in and one
-out) at `--cpu-at` calls and at the knee; the knee: the most calls with a round-trip p99 at most
-`--p99-ms` above the path's fixed delay (its fastest round trip: the resamplers' ~50 ms at 16 kHz
-bridged, ~0 elsewhere) and nothing lost, found by bisection between `--low` and `--high` to
+Every frame's PCM is one constant level that says its sequence number, read back from every
+returned packet (a resampled path returns packets of any length), so a round trip is timed the
+same way through a resampler: from sending a frame to the first packet carrying it. For each
+target it prints: CPU per frame (the server's CPU over the window per inbound frame sent: one in
+and one out when nothing is lost) at `--cpu-at` calls and at the knee; the knee: the most calls
+with a round-trip p99 at most `--p99-ms` above each call's fastest round trip (a call's playout
+clock settles at a fixed delay of its own when it starts; the resamplers add ~50 ms at 16 kHz
+bridged) with nothing lost and no errors, found by bisection between `--low` and `--high` to
 `--resolution` calls, a fresh server (and model) per step; and the server's RSS growth per call.
 Loss through the resampled path is counted within 3 frames per call (its resamplers hold back a
-tail). A `RESULT {json}` line per target goes to stderr.
+tail). A `RESULT {json}` line per target goes to stderr. On a machine shared with other work run
+it with priority (`nice -n -10 python bench/yardstick.py ...`) and say so.
 """
 
 from __future__ import annotations
@@ -196,7 +199,8 @@ def measure(target: Target, calls: int, args: argparse.Namespace) -> dict[str, f
     result["rtt_min_ms"] = round(floor, 2)
     result["excess_p99_ms"] = round(jitter, 2)
     result["server_cpu_pct"] = round(100 * cpu / window, 1)
-    result["us_per_frame"] = round(cpu / max(1, result["frames_echoed"]) * 1e6, 1)
+    # per inbound frame, as the gateway's own goals count it (echo: one in and one out)
+    result["us_per_frame"] = round(cpu / max(1, result["frames_sent"]) * 1e6, 1)
     result["rss_per_call_kb"] = round((marks["rss"] - rss_idle) / calls, 1)
     if model is not None:
         result["model_cpu_pct"] = round(100 * (marks["model1"] - marks["model0"]) / window, 1)
