@@ -226,6 +226,11 @@ def show(target: Target, r: dict[str, float]) -> None:
     )
     if r["client_cpu_pct"] > 80 or r["ticker_late_p99_ms"] > 5 or r.get("model_cpu_pct", 0) > 80:
         print("    WARNING: the generator or the fake model may be the bottleneck here")
+    if not r["ok"] and r["server_cpu_pct"] < 70:
+        print(
+            f"    WARNING: the server failed at {r['server_cpu_pct']}% of its core: other work on"
+            " the machine, not the server, limited this step"
+        )
 
 
 def knee(target: Target, args: argparse.Namespace) -> tuple[str, dict[str, float] | None]:
