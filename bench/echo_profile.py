@@ -46,18 +46,20 @@ def serve_instrumented(argv: list[str]) -> int:
 
     class Counts(trio.abc.Instrument):
         def __init__(self) -> None:
-            self.steps = self.io_waits = self.woken = 0
+            self.steps = self.io_waits = 0
             self.written = 0.0
+            self.by_task: collections.Counter[str] = collections.Counter()
 
         def before_task_step(self, task: trio.lowlevel.Task) -> None:
             self.steps += 1
+            self.by_task[task.name.rsplit(".", 1)[-1]] += 1
 
         def after_io_wait(self, timeout: float) -> None:
             self.io_waits += 1
             now = time.monotonic()
             if now - self.written > 0.2:
                 self.written = now
-                Path(path).write_text(json.dumps([self.steps, self.io_waits, now]))
+                Path(path).write_text(json.dumps([self.steps, self.io_waits, now, self.by_task]))
 
     run = trio.run
     trio.run = lambda *a, **k: run(*a, instruments=[Counts()], **k)  # type: ignore[assignment]
@@ -101,13 +103,20 @@ def trio_counts(args: argparse.Namespace) -> None:
         return list(json.loads(path.read_text()))
 
     r = load(args, (read, read), {COUNTS_ENV: str(path)})
-    (s0, w0, t0), (s1, w1, t1) = r["_marks"]["start"], r["_marks"]["end"]
+    (s0, w0, t0, by0), (s1, w1, t1, by1) = r["_marks"]["start"], r["_marks"]["end"]
     # the counts cover [t0, t1]; the frames echoed cover the generator's window: scale by time
     frames = r["frames_echoed"] * (t1 - t0) / r["window_s"]
     print(
         f"{args.calls} calls: {r['us_per_frame']} us/frame, p99 {r['rtt_p99_ms']} ms, lost "
         f"{r['frames_lost']}; per frame: {(s1 - s0) / frames:.2f} task steps, "
         f"{(w1 - w0) / frames:.3f} epoll waits ({(s1 - s0) / max(1, w1 - w0):.1f} steps per wait)",
+        flush=True,
+    )
+    steps = collections.Counter(by1)
+    steps.subtract(by0)
+    print(
+        "  task steps per frame by task: "
+        + ", ".join(f"{name} {n / frames:.2f}" for name, n in steps.most_common(6) if n > 0),
         flush=True,
     )
 
