@@ -62,7 +62,7 @@ def serve_instrumented(argv: list[str]) -> int:
                 Path(path).write_text(json.dumps([self.steps, self.io_waits, now, self.by_task]))
 
     run = trio.run
-    trio.run = lambda *a, **k: run(*a, instruments=[Counts()], **k)  # type: ignore[assignment]
+    trio.run = lambda *a, **k: run(*a, instruments=[Counts()], **k)  # type: ignore[assignment]  # add ours
     return cli.main(argv)
 
 
@@ -83,7 +83,7 @@ def load(args: argparse.Namespace, hooks: tuple[Any, Any], env: dict[str, str]) 
             marks["cpu1"] = echo_load.proc_cpu_seconds(proc.pid)
             marks["end"] = hooks[1](proc.pid, marks["start"])
 
-        gen.server_start, gen.server_stop = begin, end  # type: ignore[method-assign]
+        gen.server_start, gen.server_stop = begin, end  # type: ignore[method-assign]  # the hooks
         result = gen.run(2.0, args.duration)
         gen.close()
     finally:

@@ -180,7 +180,7 @@ def measure(target: Target, calls: int, args: argparse.Namespace) -> dict[str, f
                 if model is not None:
                     marks.update(model1=proc_cpu_seconds(model.pid))
 
-            gen.server_start, gen.server_stop = begin, end  # type: ignore[method-assign]
+            gen.server_start, gen.server_stop = begin, end  # type: ignore[method-assign]  # the hooks
             result = gen.run(args.warmup, args.duration)
             excess = gen.excess()
             rtts = sorted(gen.rtts)
