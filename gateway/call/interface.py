@@ -34,12 +34,16 @@ class CallStats:
     upstream_audio_dropped: int = 0  # caller frames not sent upstream (no connection then)
     upstream_audio_discarded: int = 0  # bytes of model audio dropped after a barge-in
     barge_ins: int = 0
+    session_rollovers: int = 0  # the next model session took over (planned, or at a failure)
+    history_turns_dropped: int = 0  # turns forgotten to keep the remembered conversation bounded
 
 
 class CallControlHandle(Protocol):
     """What a processor may do to the call itself, when this gateway answered it
     (`gateway.control.calls.CallControl`). `caller`/`callee` are raw ids (`4:+1...`,
-    `8:acs:...`); `custom_context` has the IncomingCall's `sipHeaders` and `voipHeaders`."""
+    `8:acs:...`); `custom_context` has the IncomingCall's `sipHeaders` and `voipHeaders`;
+    `media_streaming` is what ACS last said of the call's media stream (`started`, `stopped`,
+    `failed`; None before it said anything)."""
 
     @property
     def caller(self) -> str | None: ...
@@ -47,6 +51,8 @@ class CallControlHandle(Protocol):
     def callee(self) -> str | None: ...
     @property
     def custom_context(self) -> Mapping[str, Mapping[str, str]]: ...
+    @property
+    def media_streaming(self) -> str | None: ...
     async def hang_up(self) -> None: ...
     async def transfer(self, target: str) -> None: ...
     async def start_media_streaming(self) -> None: ...
