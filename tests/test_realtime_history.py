@@ -106,3 +106,17 @@ async def test_turns_between_and_during(autojump_clock):
     turns.see(SpeechStopped(0))
     await trio.sleep(REPLY_WAIT_S)
     assert turns.quiet(trio.current_time())  # no reply came: the turn is over anyway
+
+
+def test_what_the_model_was_told_in_words_is_remembered():
+    history = History(lambda i: 0.0, max_items=10, max_bytes=200)
+    history.see(SpeechStarted(0, "u1"))
+    history.see(Transcript("caller", "Where is my order?", "u1"))
+    history.told("system", "The tool order_status was called and returned: shipped")
+    history.told("user", "The caller pressed 1 and #.")
+    assert items(history)[1:] == [
+        ("system", "input_text", "The tool order_status was called and returned: shipped"),
+        ("user", "input_text", "The caller pressed 1 and #."),
+    ]
+    history.told("system", "x" * 150)  # within the bytes bound only without the oldest turns
+    assert history.dropped == 2 and items(history, "beta")[0][0] == "system"

@@ -55,9 +55,11 @@ def call_for_test() -> Call:
     )
 
 
-def tool_calls() -> ToolCalls:
+def tool_calls(remembered: list[str] | None = None) -> ToolCalls:
     toolbox = Toolbox.from_options([f"{__name__}:wait"], [], {}, 10_000)
-    return ToolCalls(call_for_test(), toolbox)
+    return ToolCalls(
+        call_for_test(), toolbox, (remembered if remembered is not None else []).append
+    )
 
 
 def waiting(seconds: float, call_id: str, response_id: str | None = "r1") -> ToolCall:
@@ -65,7 +67,8 @@ def waiting(seconds: float, call_id: str, response_id: str | None = "r1") -> Too
 
 
 async def test_the_model_goes_on_after_its_response_and_every_answer(autojump_clock):
-    calls, session = tool_calls(), Session()
+    remembered: list[str] = []
+    calls, session = tool_calls(remembered), Session()
     async with trio.open_nursery() as nursery:
         calls.start(nursery, session.tools, waiting(0.2, "a"))
         calls.start(nursery, session.tools, waiting(0.5, "b"))
@@ -75,6 +78,10 @@ async def test_the_model_goes_on_after_its_response_and_every_answer(autojump_cl
         assert session.kinds() == ["conversation.item.create"]  # a's; b still runs
     assert session.kinds() == ["conversation.item.create"] * 2 + ["response.create"]
     assert calls.call.stats.tool_calls == {"ok": 2}
+    assert remembered == [  # for the conversation a next session is given
+        "The tool wait was called and returned: waited 0.2",
+        "The tool wait was called and returned: waited 0.5",
+    ]
 
 
 async def test_answers_before_the_response_ends_wait_for_it(autojump_clock):

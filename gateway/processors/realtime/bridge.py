@@ -130,7 +130,11 @@ class Bridge:
             toolbox = Toolbox.from_options(
                 options.tools, options.call_tools, options.transfer_targets, options.tool_timeout_ms
             )
-        self.tool_calls = ToolCalls(call, toolbox)
+        self.tool_calls = ToolCalls(
+            call,
+            toolbox,
+            functools.partial(self.history.told, "system"),  # history: no cycle
+        )
         if self.tool_calls.offered:  # the user's tools, or call control on an answered call
             settings = attrs.evolve(settings, extra={**self.tool_calls.offered, **settings.extra})
         self.session_update = protocol.session_update(settings, options.dialect)
@@ -252,6 +256,7 @@ class Bridge:
         if ws is None:
             self.log.warning("no model session: not told %r", text)
             return
+        self.history.told("user", text)  # for a next session's record of the call
         await send_events(ws, [protocol.user_text(text), protocol.create_response()])
 
     # -- model -> caller --

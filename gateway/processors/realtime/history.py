@@ -1,7 +1,8 @@
 """The call's conversation as the caller lived it, kept to re-create it in a new model session.
 
 Owns: one call's record of turns (what the caller said, from the model's transcripts of their
-audio; what the caller HEARD of the bot), its bounds (`max_items`, `max_bytes` of text: the
+audio; what the caller HEARD of the bot; what the model was told in words: the caller's key
+presses, and each tool's result as a system note), its bounds (`max_items`, `max_bytes` of text: the
 oldest turns are dropped and counted, and a system note says so), and writing it out as
 `conversation.item.create` events.
 Never: sockets, tasks, clocks, or asking the model for anything.
@@ -72,6 +73,7 @@ class History:
         self.bytes = 0
         self.dropped = 0
         self._unsettled: dict[str, Turn] = {}  # assistant turns whose heard part may still grow
+        self._told = 0
 
     def see(self, event: ServerEvent) -> None:
         kind = type(event)
@@ -91,6 +93,14 @@ class History:
             self._transcript(event)
         elif kind is ResponseCreated:
             self.settle()  # earlier replies are over: played out, or stopped by a barge-in
+
+    def told(self, role: str, text: str) -> None:
+        """A turn the gateway gave the model in words (`role` "user" or "system"), kept as is."""
+        self._told += 1
+        turn = self._add(f"_told_{self._told}", role)
+        turn.text = text
+        self.bytes += turn.size
+        self._trim()
 
     def settle(self) -> None:
         """Fix how much of each earlier reply was heard (the player's count now)."""
@@ -114,7 +124,7 @@ class History:
             text = heard_text(turn)
             if not text:
                 continue
-            if turn.role == "user":
+            if turn.role != "assistant":
                 content = {"type": "input_text", "text": text}
             else:
                 content = {"type": "output_text" if dialect == GA else "text", "text": text}

@@ -28,6 +28,7 @@ from .tools import Result, Toolbox
 MAX_RUNNING: Final = 8  # tool calls of one call at once; a model asking more gets errors
 _TURNS_KEPT: Final = 16  # responses remembered (a dropped session's never finish)
 _CALLS_KEPT: Final = 64  # call ids remembered: each call is announced twice
+REMEMBERED_CHARS: Final = 2000  # of a tool's output, in the note kept for a next session
 
 Send = Callable[[list[str]], Awaitable[bool]]  # events to one session; False: it is gone
 
@@ -51,9 +52,12 @@ class _Turn:
 
 
 class ToolCalls:
-    def __init__(self, call: Call, toolbox: Toolbox) -> None:
+    def __init__(
+        self, call: Call, toolbox: Toolbox, remember: Callable[[str], None] = lambda _: None
+    ) -> None:
         self.call = call
         self.toolbox = toolbox
+        self.remember = remember  # a note of each result, for the conversation a next session gets
         self._owed: ToolSession | None = None  # a request to go on, waiting for a response's end
         self.offered = toolbox.session_extra(call)
         self.running = 0
@@ -121,6 +125,10 @@ class ToolCalls:
             "tool_result", name=name, call_id=call_id, outcome=result.outcome, ms=took
         )
         turn.pending -= 1
+        output = result.output
+        if len(output) > REMEMBERED_CHARS:
+            output = output[:REMEMBERED_CHARS] + "…"
+        self.remember(f"The tool {name} was called and returned: {output}")
         if await session.send([protocol.function_call_output(call_id, result.output)]):
             await self._maybe_continue(session, turn)
 
