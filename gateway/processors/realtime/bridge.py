@@ -1,4 +1,4 @@
-"""The realtime bridge: one call <-> one realtime model session, over trio-websocket.
+"""The realtime bridge: one call <-> one realtime model session, over `gateway.wire.client`.
 
 Owns: the upstream connection's life (connect, session.update, keepalive, reconnect or give
 up), moving audio both ways, and acting on barge-in. Never: wire spellings (`protocol`),
@@ -29,20 +29,19 @@ session after a capped exponential back-off (`on_upstream_failure = "reconnect"`
 
 from __future__ import annotations
 
-import ssl
 from typing import Final
-from urllib.parse import urlsplit
 
 import attrs
 import pybase64
 import trio
-import trio_websocket
 
 from ...acs.packets import AudioData
 from ...audio.resample import StreamResampler
 from ...audio.vad import WebRtcVad
 from ...call.interface import Call
-from . import protocol, tools
+from ...errors import ConnectionClosed
+from ...wire.client import ClientWebSocket
+from . import protocol, tools, upstream
 from .options import RealtimeOptions
 from .protocol import (
     MODEL_RATE,
@@ -62,7 +61,6 @@ from .protocol import (
 
 PENDING_DELTAS: Final = 4096  # model audio deltas queued for the player (each ~20-200 ms)
 CLOSE_TIMEOUT: Final = 1.0  # seconds for the upstream closing handshake when the call ends
-MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024  # a session.updated with long instructions is large
 
 
 class Bridge:
@@ -89,7 +87,7 @@ class Bridge:
             else None
         )
         self.conversation = Conversation(self.player.released_ms)
-        self.ws: trio_websocket.WebSocketConnection | None = None  # None: no session now
+        self.ws: ClientWebSocket | None = None  # None: no session now
         settings = options.session_settings
         offered = tools.session_extra(call, options.call_tools, options.transfer_targets)
         if offered:  # the call has a control handle and the route enables the tools
@@ -152,7 +150,7 @@ class Bridge:
                 message = append(b64encode(pcm))
             try:
                 await ws.send_message(message)
-            except trio_websocket.ConnectionClosed:
+            except ConnectionClosed:
                 self.stats.upstream_audio_dropped += 1  # the upstream task sees it too
 
     # -- barge-in --
@@ -177,7 +175,7 @@ class Bridge:
             for event in events:
                 try:
                     await ws.send_message(event)
-                except trio_websocket.ConnectionClosed:
+                except ConnectionClosed:
                     return
 
     # -- model -> caller --
@@ -215,15 +213,14 @@ class Bridge:
         self.stats.upstream_audio_discarded += protocol.audio_bytes(event.audio)
         return None
 
-    async def _read_events(self, ws: trio_websocket.WebSocketConnection) -> str:
+    async def _read_events(self, ws: ClientWebSocket) -> str:
         """Read the model until the session fails; returns why."""
         conversation_ready = False
         while True:
             try:
                 message = await ws.get_message()
-            except trio_websocket.ConnectionClosed as closed:
-                code = closed.reason.code if closed.reason else None
-                return f"upstream closed the session ({code})"
+            except ConnectionClosed as closed:
+                return f"upstream closed the session ({closed.code})"
             try:
                 event = protocol.parse(message)
             except MalformedEvent as exc:
@@ -267,7 +264,7 @@ class Bridge:
                     )
 
     async def _tool_call(
-        self, ws: trio_websocket.WebSocketConnection, name: str, call_id: str, arguments: str | None
+        self, ws: ClientWebSocket, name: str, call_id: str, arguments: str | None
     ) -> None:
         """Run a tool the model called; tell it the result (unless the session is gone)."""
         self.log.info("the model calls %s", name)
@@ -276,7 +273,7 @@ class Bridge:
         try:
             for event in protocol.function_output(call_id, output):
                 await ws.send_message(event)
-        except trio_websocket.ConnectionClosed:
+        except ConnectionClosed:
             pass  # the call ended (as end_call intends) or the session dropped
 
     # -- the upstream connection --
@@ -319,66 +316,18 @@ class Bridge:
     async def _session(self) -> str:
         """Run one upstream session until it fails; returns why. The socket is closed when
         this returns or is cancelled."""
-        options = self.options
-        url = urlsplit(options.url)
-        secure = url.scheme == "wss"
-        port = url.port or (443 if secure else 80)
-        resource = url.path + (f"?{url.query}" if url.query else "")
-        stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
         try:
-            with trio.fail_after(options.connect_timeout):
-                if secure:
-                    stream = await trio.open_ssl_over_tcp_stream(
-                        url.hostname or "", port, ssl_context=ssl.create_default_context()
-                    )
-                else:
-                    stream = await trio.open_tcp_stream(url.hostname or "", port)
-        except (OSError, trio.TooSlowError) as exc:
-            return f"cannot connect to {url.hostname}:{port}: {exc or 'timed out'}"
+            ws = await upstream.open_upstream(self.options)
+        except upstream.Unavailable as exc:
+            return exc.reason
         try:
-            reason = "cancelled"
-            try:
-                async with trio.open_nursery() as nursery:  # trio-websocket's reader task
-                    reason = await self._speak(nursery, stream, url.hostname or "", resource)
-                    nursery.cancel_scope.cancel()
-            except BaseExceptionGroup as group:  # the reader task raises a refused handshake
-                refused, rest = group.split(trio_websocket.HandshakeError)
-                if refused is None or rest is not None:
-                    raise
-                leaf: BaseException = refused
-                while isinstance(leaf, BaseExceptionGroup):
-                    leaf = leaf.exceptions[0]
-                status = getattr(leaf, "status_code", None)
-                reason = (
-                    f"upstream refused the session (HTTP {status})"
-                    if status
-                    else f"upstream handshake failed ({leaf!r})"
-                )
-            return reason
+            return await self._speak(ws)
         finally:
             self.ws = None
-            await trio.aclose_forcefully(stream)
+            await ws.abort()
 
-    async def _speak(
-        self,
-        nursery: trio.Nursery,
-        stream: trio.SocketStream | trio.SSLStream[trio.SocketStream],
-        host: str,
-        resource: str,
-    ) -> str:
+    async def _speak(self, ws: ClientWebSocket) -> str:
         options = self.options
-        try:
-            with trio.fail_after(options.connect_timeout):
-                ws = await trio_websocket.wrap_client_stream(
-                    nursery,
-                    stream,
-                    host,
-                    resource,
-                    extra_headers=[(k.encode(), v.encode()) for k, v in options.headers()],
-                    max_message_size=MAX_MESSAGE_BYTES,
-                )
-        except trio.TooSlowError:
-            return "upstream handshake timed out"
         try:
             await ws.send_message(self.session_update)
             self._new_conversation()
@@ -392,13 +341,13 @@ class Bridge:
                 failure.append(await self._read_events(ws))
                 inner.cancel_scope.cancel()
             return failure[0]
-        except trio_websocket.ConnectionClosed:
+        except ConnectionClosed:
             return "upstream closed the session during set-up"
         finally:
             self.ws = None  # _session closes the socket
 
     async def _keepalive(
-        self, ws: trio_websocket.WebSocketConnection, scope: trio.CancelScope, failure: list[str]
+        self, ws: ClientWebSocket, scope: trio.CancelScope, failure: list[str]
     ) -> None:
         """A session that answers no ping within `keepalive_timeout` has gone silent."""
         options = self.options
@@ -409,7 +358,7 @@ class Bridge:
             with trio.move_on_after(options.keepalive_timeout) as waiting:
                 try:
                     await ws.ping()
-                except trio_websocket.ConnectionClosed:
+                except ConnectionClosed:
                     return  # the reader reports it
             if waiting.cancelled_caught:
                 failure.append(f"upstream went silent (no pong in {options.keepalive_timeout} s)")
