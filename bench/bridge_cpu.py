@@ -11,10 +11,13 @@ conversation in real time at 16 kHz: 2 s of speech, 1.5 s of silence while the m
 streamed 4x faster than real time, so the caller interrupts it mid-answer.
 
 Prints, per processor: the gateway's CPU over the run (% of a core, per call, and microseconds
-per 20 ms inbound frame), and for the realtime phase the barge-in latency: from the fake model
+per 20 ms inbound frame), its RSS per call (the server's RSS while every call is live, less its
+RSS after one warm-up call, which loads what a first call loads: numpy and soxr for the
+resampler), and for the realtime phase the barge-in latency: from the fake model
 sending `input_audio_buffer.speech_started` to the simulated ACS receiving stop-audio (so it
 includes two loopback hops and this process's own scheduling: an upper bound on the gateway's
-share). Calls start `--stagger` seconds apart so connection k upstream is call k.
+share). Calls start `--stagger` seconds apart so connection k + 1 upstream is call k (the
+first connection is the warm-up call's).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from pathlib import Path
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from echo_load import proc_cpu_seconds, start_server  # noqa: E402
+from echo_load import proc_cpu_seconds, proc_rss_kb, start_server  # noqa: E402
 
 from gateway.testing import open_fake_model, simulated_call, speech  # noqa: E402
 
@@ -134,6 +137,15 @@ async def phase(
         proc, url = start_server(None if args.server_cpu < 0 else args.server_cpu, extra)
         try:
             await trio.sleep(0.5)
+            await run_calls(url, 1, 0, audio[: RATE * 2])  # warm-up: first-call imports
+            await trio.sleep(0.3)
+            rss0 = proc_rss_kb(proc.pid)
+            rss_live: list[int] = []
+
+            async def sample_rss() -> None:  # when every call is up and talking
+                await trio.sleep(args.calls * args.stagger + 1.0)
+                rss_live.append(proc_rss_kb(proc.pid))
+
             cpu0, wall0 = proc_cpu_seconds(proc.pid), time.monotonic()
             own0 = time.process_time()
             model_pid = fake_model_process.pid  # type: ignore[attr-defined]
@@ -144,9 +156,11 @@ async def phase(
                 for _ in range(args.latency_runs):
                     results += await run_calls(url, 1, 0, audio)
             else:
-                results = await run_calls(
-                    url, args.calls, args.stagger, audio, lag if kind == "echo" else None
-                )
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(sample_rss)
+                    results = await run_calls(
+                        url, args.calls, args.stagger, audio, lag if kind == "echo" else None
+                    )
             cpu1, wall1 = proc_cpu_seconds(proc.pid), time.monotonic()
             own1 = time.process_time()
             model1 = proc_cpu_seconds(model_pid)
@@ -164,13 +178,15 @@ async def phase(
         "us_per_frame": cpu / frames * 1e6,
         "gen_cpu_pct": 100 * (own1 - own0) / (wall1 - wall0),
         "model_cpu_pct": 100 * (model1 - model0) / (wall1 - wall0),
+        "rss_kb_per_call": (rss_live[0] - rss0) / calls if rss_live else float("nan"),
     }
     if lag:  # last frame sent -> its echo received: how far the whole loop lags real time
         row["echo_lag_max_ms"] = max(lag) * 1000
     if kind == "realtime":
         latencies = []
         for k, (_, stops) in enumerate(results):
-            mine = sorted(s["time"] for s in starts if s["connection"] == k + 1)
+            # model connection 1 was the warm-up call's
+            mine = sorted(s["time"] for s in starts if s["connection"] == k + 2)
             if args.verbose:
                 print(
                     k,
@@ -199,7 +215,7 @@ async def main(args: argparse.Namespace) -> None:
         rows["realtime, 1 call at a time"] = await phase(args, "realtime", one_at_a_time=True)
     print(
         f"{'processor':>10} {'calls':>5} {'srv cpu%':>8} {'%/call':>7} {'us/frame':>8} "
-        f"{'gen cpu%':>8} {'model%':>6}  barge-in"
+        f"{'gen cpu%':>8} {'model%':>6} {'KB/call':>7}  barge-in"
     )
     for kind, row in rows.items():
         if kind not in ("echo", "realtime"):
@@ -216,7 +232,8 @@ async def main(args: argparse.Namespace) -> None:
         print(
             f"{kind[:10]:>10} {row['calls']:>5.0f} {row['cpu_pct']:>8.1f} "
             f"{row['cpu_pct_per_call']:>7.2f} {row['us_per_frame']:>8.0f} "
-            f"{row['gen_cpu_pct']:>8.0f} {row['model_cpu_pct']:>6.0f}  {latency}"
+            f"{row['gen_cpu_pct']:>8.0f} {row['model_cpu_pct']:>6.0f} "
+            f"{row['rss_kb_per_call']:>7.0f}  {latency}"
         )
     ratio = rows["realtime"]["cpu_s"] / rows["echo"]["cpu_s"]
     print(f"a bridged call costs {ratio:.1f}x an echo call")

@@ -6,11 +6,12 @@ option parsing (`options`), or anything that outlives the call.
 
 Tasks (all in one nursery inside the processor, so all end with the call):
 - caller -> model (the processor's own task): reads `call.packets` (in unmixed mode, only the
-  first participant heard, as `echo` does); resamples to 24 kHz with
-  state (or, for a 24 kHz call, passes ACS's base64 straight through); appends to the model's
-  input buffer. Silent frames are sent too, so the model's VAD sees continuous time. While no
-  session is up, frames are dropped and counted (`upstream_audio_dropped`). When ACS hangs up
-  the `async for` ends, the nursery is cancelled and the upstream socket is closed at once.
+  first participant heard, as `echo` does); `uplink` resamples to 24 kHz with state (or, for a
+  24 kHz call, passes ACS's base64 straight through) and batches frames into the model's
+  input buffer appends. Silent frames are sent too, so the model's VAD sees continuous time.
+  While no session is up, frames are dropped and counted (`upstream_audio_dropped`). When ACS
+  hangs up the `async for` ends, the nursery is cancelled and the upstream socket is closed at
+  once.
 - upstream: connects, then reads model events. Control events are handled at once, in this
   task, so a barge-in is never queued behind audio: on `input_audio_buffer.speech_started` the
   player is stopped (queued audio dropped, stop-audio sent to ACS) before anything is sent
@@ -32,7 +33,6 @@ from __future__ import annotations
 from typing import Final
 
 import attrs
-import pybase64
 import trio
 
 from ...acs.packets import AudioData
@@ -58,6 +58,7 @@ from .protocol import (
     Transcript,
     UpstreamError,
 )
+from .uplink import Uplink
 
 PENDING_DELTAS: Final = 4096  # model audio deltas queued for the player (each ~20-200 ms)
 CLOSE_TIMEOUT: Final = 1.0  # seconds for the upstream closing handshake when the call ends
@@ -74,8 +75,7 @@ class Bridge:
         self.stats = call.stats
         self.log = call.log
         rate = call.audio.sample_rate
-        self.pass_through = rate == MODEL_RATE  # ACS's base64 goes upstream untouched
-        self.to_model = StreamResampler(rate, MODEL_RATE)
+        self.uplink = Uplink(rate)  # caller -> model: resampled (or passed through), batched
         self.to_caller = StreamResampler(MODEL_RATE, rate)
         self.vad = (
             WebRtcVad(
@@ -119,8 +119,7 @@ class Bridge:
     # -- caller -> model --
 
     async def _forward_caller(self) -> None:
-        append = protocol.append_audio
-        b64encode = pybase64.b64encode_as_string
+        uplink = self.uplink
         # The caller's first words wait in the inbound queue (bounded, see gateway.call) while
         # the first session opens, rather than being dropped.
         await self._first_attempt.wait()
@@ -141,17 +140,19 @@ class Bridge:
             if ws is None:
                 self.stats.upstream_audio_dropped += 1
                 continue
-            if self.pass_through:
-                message = append(packet.data)
-            else:
-                pcm = self.to_model.process(packet.pcm)
-                if not pcm:
-                    continue  # the resampler holds it back until the next frame
-                message = append(b64encode(pcm))
+            message = uplink.add(packet)
+            if message is None:
+                continue  # held for the next event
             try:
                 await ws.send_message(message)
             except ConnectionClosed:
-                self.stats.upstream_audio_dropped += 1  # the upstream task sees it too
+                self.stats.upstream_audio_dropped += uplink.frames  # the upstream task sees it
+        message, ws = uplink.flush(), self.ws  # the caller's last words, before the close
+        if message is not None and ws is not None:
+            try:
+                await ws.send_message(message)
+            except ConnectionClosed:
+                self.stats.upstream_audio_dropped += uplink.frames
 
     # -- barge-in --
 
@@ -197,7 +198,7 @@ class Bridge:
                     await player.play(tail, utterance=item_id)
                 player.flush()
                 continue
-            pcm = self.to_caller.process(pybase64.b64decode(audio))
+            pcm = self.to_caller.process(protocol.decode_audio(audio))
             if pcm:
                 await player.play(pcm, utterance=item_id)
 
