@@ -2,11 +2,13 @@
 
     python bench/bridge_cpu.py --calls 20
     python bench/bridge_cpu.py --calls 50 --stagger 0.04
+    python bench/bridge_cpu.py --root /tmp/main-checkout   # the gateway of another tree
 
 One run measures both processors, each against a fresh `python -m gateway serve` pinned to core
 0 (`--server-cpu`); this process (the simulated ACS calls) and the fake model server from
 `gateway.testing` (a process of its own) run on core 1. Every call plays the same 5.5 s
-conversation in real time at 16 kHz: 2 s of speech, 1.5 s of silence while the model answers,
+conversation in real time at 16 kHz (`--rate 24000`: 24 kHz, the model's own rate, whose audio
+goes upstream undecoded): 2 s of speech, 1.5 s of silence while the model answers,
 1 s of interruption, 1 s of silence. The fake model answers the first turn with 7.6 s of speech
 streamed 4x faster than real time, so the caller interrupts it mid-answer.
 
@@ -40,18 +42,17 @@ from echo_load import proc_cpu_seconds, proc_rss_kb, start_server  # noqa: E402
 
 from gateway.testing import open_fake_model, simulated_call, speech  # noqa: E402
 
-RATE = 16000
+RATE = 16000  # the calls' sample rate (--rate)
 KEY_ENV = "BENCH_REALTIME_KEY"
 
 
 def conversation() -> bytes:
     silence = lambda s: bytes(int(RATE * s) * 2)  # noqa: E731
-    return (
-        speech(RATE)[: RATE * 2 * 2]
-        + silence(1.5)
-        + speech(RATE, "interrupt")[: RATE * 2]
-        + silence(1.0)
-    )
+    if RATE == 16000:
+        interrupt = speech(RATE, "interrupt")[: RATE * 2]
+    else:  # the bundled interruption is 16 kHz only: another second of the speech clip
+        interrupt = speech(RATE)[RATE * 2 * 5 : RATE * 2 * 6]
+    return speech(RATE)[: RATE * 2 * 2] + silence(1.5) + interrupt + silence(1.0)
 
 
 async def run_calls(
@@ -134,7 +135,8 @@ async def phase(
                 f'[processors.realtime]\nendpoint = "{model_url}"\napi_key_env = "{KEY_ENV}"\n'
             )
             extra += ["--config", str(config)]
-        proc, url = start_server(None if args.server_cpu < 0 else args.server_cpu, extra)
+        cpu = None if args.server_cpu < 0 else args.server_cpu
+        proc, url = start_server(cpu, extra, *([args.root] if args.root else []))
         try:
             await trio.sleep(0.5)
             await run_calls(url, 1, 0, audio[: RATE * 2])  # warm-up: first-call imports
@@ -242,6 +244,7 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=20)
+    parser.add_argument("--rate", type=int, default=16000, choices=(16000, 24000))
     parser.add_argument("--stagger", type=float, default=0.05, help="seconds between call starts")
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument(
@@ -250,6 +253,10 @@ if __name__ == "__main__":
     parser.add_argument("--server-cpu", type=int, default=0, help="-1: do not pin")
     parser.add_argument("--client-cpu", type=int, default=1, help="-1: do not pin")
     parser.add_argument("--model-cpu", type=int, default=1, help="-1: do not pin")
+    parser.add_argument(
+        "--root", type=Path, help="run the gateway from this source tree (A/B against a checkout)"
+    )
     parser.add_argument("--serve-model", action="store_true", help=argparse.SUPPRESS)
     parsed = parser.parse_args()
+    RATE = parsed.rate
     trio.run(serve_model if parsed.serve_model else main, *([] if parsed.serve_model else [parsed]))
