@@ -15,7 +15,9 @@ streamed 4x faster than real time, so the caller interrupts it mid-answer.
 Prints, per processor: the gateway's CPU over the run (% of a core, per call, and microseconds
 per 20 ms inbound frame), its RSS per call (the server's RSS while every call is live, less its
 RSS after one warm-up call, which loads what a first call loads: numpy and soxr for the
-resampler), and for the realtime phase the barge-in latency: from the fake model
+resampler), the seconds of audio each call heard on average (echo: its own; realtime: the
+bot's until the barge-in, about 1.5 s: far less means the conversation went wrong and the
+run does not compare), and for the realtime phase the barge-in latency: from the fake model
 sending `input_audio_buffer.speech_started` to the simulated ACS receiving stop-audio (so it
 includes two loopback hops and this process's own scheduling: an upper bound on the gateway's
 share). Calls start `--stagger` seconds apart so connection k + 1 upstream is call k (the
@@ -56,9 +58,15 @@ def conversation() -> bytes:
 
 
 async def run_calls(
-    url: str, n: int, stagger: float, audio: bytes, echo_lag: list[float] | None = None
+    url: str,
+    n: int,
+    stagger: float,
+    audio: bytes,
+    echo_lag: list[float] | None = None,
+    heard: list[int] | None = None,
 ) -> list[tuple[float, list]]:
-    """Run n calls; returns (start time, stop-audio times) per call, in start order."""
+    """Run n calls; returns (start time, stop-audio times) per call, in start order. `heard`
+    gets the bytes of audio each call received."""
     results: list[tuple[float, list]] = [(0.0, [])] * n
 
     async def one(i: int) -> None:
@@ -71,6 +79,8 @@ async def run_calls(
             await trio.sleep(0.2)
             if echo_lag is not None and call.received:
                 echo_lag.append(call.received[-1].time - streamed)
+            if heard is not None:
+                heard.append(len(call.received_pcm))
             results[i] = (started, [t + to_perf for t in call.stop_times])
 
     async with trio.open_nursery() as nursery:
@@ -153,6 +163,7 @@ async def phase(
             model_pid = fake_model_process.pid  # type: ignore[attr-defined]
             model0 = proc_cpu_seconds(model_pid)
             lag: list[float] = []
+            heard: list[int] = []
             if one_at_a_time:  # a fresh model connection per call: connection k is call k
                 results = []
                 for _ in range(args.latency_runs):
@@ -161,7 +172,12 @@ async def phase(
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(sample_rss)
                     results = await run_calls(
-                        url, args.calls, args.stagger, audio, lag if kind == "echo" else None
+                        url,
+                        args.calls,
+                        args.stagger,
+                        audio,
+                        lag if kind == "echo" else None,
+                        heard,
                     )
             cpu1, wall1 = proc_cpu_seconds(proc.pid), time.monotonic()
             own1 = time.process_time()
@@ -181,6 +197,8 @@ async def phase(
         "gen_cpu_pct": 100 * (own1 - own0) / (wall1 - wall0),
         "model_cpu_pct": 100 * (model1 - model0) / (wall1 - wall0),
         "rss_kb_per_call": (rss_live[0] - rss0) / calls if rss_live else float("nan"),
+        # audio the calls heard (echo: their own; realtime: the bot's, until the barge-in)
+        "heard_s": sum(heard) / len(heard) / (RATE * 2) if heard else float("nan"),
     }
     if lag:  # last frame sent -> its echo received: how far the whole loop lags real time
         row["echo_lag_max_ms"] = max(lag) * 1000
@@ -217,7 +235,7 @@ async def main(args: argparse.Namespace) -> None:
         rows["realtime, 1 call at a time"] = await phase(args, "realtime", one_at_a_time=True)
     print(
         f"{'processor':>10} {'calls':>5} {'srv cpu%':>8} {'%/call':>7} {'us/frame':>8} "
-        f"{'gen cpu%':>8} {'model%':>6} {'KB/call':>7}  barge-in"
+        f"{'gen cpu%':>8} {'model%':>6} {'KB/call':>7} {'heard s':>7}  barge-in"
     )
     for kind, row in rows.items():
         if kind not in ("echo", "realtime"):
@@ -235,7 +253,7 @@ async def main(args: argparse.Namespace) -> None:
             f"{kind[:10]:>10} {row['calls']:>5.0f} {row['cpu_pct']:>8.1f} "
             f"{row['cpu_pct_per_call']:>7.2f} {row['us_per_frame']:>8.0f} "
             f"{row['gen_cpu_pct']:>8.0f} {row['model_cpu_pct']:>6.0f} "
-            f"{row['rss_kb_per_call']:>7.0f}  {latency}"
+            f"{row['rss_kb_per_call']:>7.0f} {row['heard_s']:>7.2f}  {latency}"
         )
     ratio = rows["realtime"]["cpu_s"] / rows["echo"]["cpu_s"]
     print(f"a bridged call costs {ratio:.1f}x an echo call")
