@@ -17,6 +17,7 @@ from gateway.processors.realtime.upstream import Unavailable, open_upstream
 from gateway.testing import open_gateway
 from gateway.wire import framing
 from gateway.wire.client import ClientWebSocket, UpgradeRefused, connect
+from gateway.wire.client_handshake import upgrade_request
 from gateway.wire.connection import Connection, ConnectionState
 from gateway.wire.events import Ping, Pong, TextMessage
 from gateway.wire.websocket import Reject, ServerWebSocket
@@ -279,3 +280,17 @@ async def test_the_bridge_upstream_over_tls_against_the_gateway(tmp_path, monkey
         with pytest.raises(Unavailable) as unverified:  # the system's CAs do not know it
             await open_upstream(options)
         assert "cannot connect to 127.0.0.1" in unverified.value.reason
+
+
+def test_a_header_with_a_line_break_is_refused_before_sending():
+    with pytest.raises(ValueError):
+        upgrade_request("h", "/", [("api-key", "k\r\nX-Injected: 1")])
+
+
+@pytest.mark.parametrize("size", [125, 1023, 1024, 5001, 70000])
+def test_masked_frames_of_every_size_read_back(size):
+    """Small payloads are masked with the integer XOR, large ones with numpy: the same bytes."""
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    frame = Connection(1 << 20, client=True).send_text(payload.decode("latin-1"))
+    [message] = Connection(1 << 20).receive_data(frame)
+    assert message == TextMessage(payload.decode("latin-1").encode())

@@ -37,6 +37,9 @@ def upgrade_request(
     """The HTTP upgrade request, and the `Sec-WebSocket-Accept` value to expect. `key`
     (base64 of 16 bytes) is random unless given, e.g. for byte-reproducible requests."""
     key = key or base64.b64encode(os.urandom(16))
+    for name, value in headers:
+        if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
+            raise ValueError(f"header {name!r}: line breaks would split the request")
     lines = [
         f"GET {resource} HTTP/1.1",
         f"Host: {host}",

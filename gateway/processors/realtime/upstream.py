@@ -64,7 +64,8 @@ async def open_upstream(
     except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
         raise Unavailable(f"cannot connect to {host}:{port}: {exc or 'timed out'}") from None
     resource = (url.path or "/") + (f"?{url.query}" if url.query else "")
-    authority = host if url.port is None else f"{host}:{port}"
+    name = f"[{host}]" if ":" in host else host  # an IPv6 address is bracketed
+    authority = name if url.port is None else f"{name}:{port}"
     try:
         with trio.fail_after(options.connect_timeout):
             return await connect(
