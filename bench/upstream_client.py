@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pybase64
@@ -76,32 +77,30 @@ def serve(mode: str, count: int) -> None:
         conn.close()
 
 
+async def timed(ws: Any, direction: str, count: int) -> float:
+    """CPU seconds for `count` messages in `direction` ("receive" or "send") over `ws`."""
+    start = time.process_time()
+    if direction == "receive":
+        for _ in range(count):
+            await ws.get_message()
+    else:
+        for _ in range(count):
+            await ws.send_message(APPEND)
+    return time.process_time() - start
+
+
 async def client_run(impl: str, port: int, direction: str, count: int) -> float:
-    """Client CPU seconds for `count` messages in `direction` ("receive" or "send")."""
+    """Client CPU seconds for `count` messages with the `impl` client."""
     if impl == "gateway":
         stream = SocketTransport.from_socket_stream(await trio.open_tcp_stream("127.0.0.1", port))
         ws = await connect(stream, "127.0.0.1", "/", max_message_bytes=16 << 20)
-        start = time.process_time()
-        if direction == "receive":
-            for _ in range(count):
-                await ws.get_message()
-        else:
-            for _ in range(count):
-                await ws.send_message(APPEND)
-        spent = time.process_time() - start
+        spent = await timed(ws, direction, count)
         await ws.abort()
         return spent
     import trio_websocket
 
     async with trio_websocket.open_websocket("127.0.0.1", port, "/", use_ssl=False) as old:
-        start = time.process_time()
-        if direction == "receive":
-            for _ in range(count):
-                await old.get_message()
-        else:
-            for _ in range(count):
-                await old.send_message(APPEND)
-        spent = time.process_time() - start
+        spent = await timed(old, direction, count)
         await old._stream.aclose()  # no closing handshake: the peer is a bench stub
         return spent
 

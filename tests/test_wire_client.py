@@ -50,6 +50,15 @@ async def open_pair(
     return client, server, seen
 
 
+async def read_until_closed(server: ServerWebSocket, closes: list[ConnectionClosed]) -> None:
+    """The server's reader: messages dropped, how the connection closed kept."""
+    try:
+        while True:
+            await server.receive_messages()
+    except ConnectionClosed as exc:
+        closes.append(exc)
+
+
 def raw_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
     return bytes(((0x80 if fin else 0) | opcode, len(payload))) + payload
 
@@ -163,14 +172,7 @@ async def test_the_client_closing_completes_the_handshake():
     async with trio.open_nursery() as nursery:
         client, server, _ = await open_pair(nursery)
         failures: list[ConnectionClosed] = []
-
-        async def read_server() -> None:
-            try:
-                await server.receive_messages()
-            except ConnectionClosed as exc:
-                failures.append(exc)
-
-        nursery.start_soon(read_server)
+        nursery.start_soon(read_until_closed, server, failures)
         with trio.fail_after(1):
             await client.aclose(1000, "call ended")
         await trio.testing.wait_all_tasks_blocked()
@@ -182,14 +184,7 @@ async def test_a_message_over_the_cap_is_refused_with_1009():
     async with trio.open_nursery() as nursery:
         client, server, _ = await open_pair(nursery, max_message_bytes=100)
         seen: list[ConnectionClosed] = []
-
-        async def read_server() -> None:
-            try:
-                await server.receive_messages()
-            except ConnectionClosed as exc:
-                seen.append(exc)
-
-        nursery.start_soon(read_server)
+        nursery.start_soon(read_until_closed, server, seen)
         await server.send_messages(["x" * 101])
         with pytest.raises(ConnectionClosed) as closed:
             await client.get_message()
