@@ -13,8 +13,8 @@ goes upstream undecoded): 2 s of speech, 1.5 s of silence while the model answer
 streamed 4x faster than real time, so the caller interrupts it mid-answer.
 
 Prints, per processor: the gateway's CPU over the run (% of a core, per call, and microseconds
-per 20 ms inbound frame), its RSS per call (the server's RSS while every call is live, less its
-RSS after one warm-up call, which loads what a first call loads: numpy and soxr for the
+per 20 ms inbound frame), its RSS per call (the server's RSS while every call is live and,
+in the realtime phase, every bot is speaking, less its RSS after one warm-up call, which loads what a first call loads: numpy and soxr for the
 resampler), the seconds of audio each call heard on average (echo: its own; realtime: the
 bot's until the barge-in, about 1.5 s: far less means the conversation went wrong and the
 run does not compare), and for the realtime phase the barge-in latency: from the fake model
@@ -154,8 +154,8 @@ async def phase(
             rss0 = proc_rss_kb(proc.pid)
             rss_live: list[int] = []
 
-            async def sample_rss() -> None:  # when every call is up and talking
-                await trio.sleep(args.calls * args.stagger + 1.0)
+            async def sample_rss() -> None:  # every call up, every bot speaking (2.6-3.6 s)
+                await trio.sleep(args.calls * args.stagger + 2.6)
                 rss_live.append(proc_rss_kb(proc.pid))
 
             cpu0, wall0 = proc_cpu_seconds(proc.pid), time.monotonic()
