@@ -15,10 +15,11 @@ streamed 4x faster than real time, so the caller interrupts it mid-answer.
 Prints, per processor: the gateway's CPU over the run (% of a core, per call, and microseconds
 per 20 ms inbound frame), its RSS per call (the server's RSS while every call is live and,
 in the realtime phase, every bot is speaking, less its RSS after one warm-up call, which
-loads what a first call loads: numpy and soxr for the resampler), the seconds of audio each call heard on average (echo: its own; realtime: the
-bot's until the barge-in, about 1.5 s: far less means the conversation went wrong and the
-run does not compare), and for the realtime phase the barge-in latency: from the fake model
-sending `input_audio_buffer.speech_started` to the simulated ACS receiving stop-audio (so it
+loads what a first call loads: numpy and soxr for the resampler), the seconds of audio each
+call heard on average (echo: its own; realtime: the bot's until the barge-in, about 1.5 s:
+far less means the conversation went wrong and the run does not compare), and for the
+realtime phase the barge-in latency: from the fake model sending
+`input_audio_buffer.speech_started` to the simulated ACS receiving stop-audio (so it
 includes two loopback hops and this process's own scheduling: an upper bound on the gateway's
 share). Calls start `--stagger` seconds apart so connection k + 1 upstream is call k (the
 first connection is the warm-up call's).
