@@ -13,9 +13,10 @@ goes upstream undecoded): 2 s of speech, 1.5 s of silence while the model answer
 streamed 4x faster than real time, so the caller interrupts it mid-answer.
 
 Prints, per processor: the gateway's CPU over the run (% of a core, per call, and microseconds
-per 20 ms inbound frame), its RSS per call (the server's RSS while every call is live and,
-in the realtime phase, every bot is speaking, less its RSS after one warm-up call, which
-loads what a first call loads: numpy and soxr for the resampler), the seconds of audio each
+per 20 ms inbound frame), its RSS per call twice (the server's RSS less its RSS after one
+warm-up call, which loads what a first call loads: numpy and soxr for the resampler): while
+every caller speaks, and while every bot speaks, when the gateway also holds the bot's reply
+that the fake model streams 4x faster than real time; the seconds of audio each
 call heard on average (echo: its own; realtime: the bot's until the barge-in, about 1.5 s:
 far less means the conversation went wrong and the run does not compare), and for the
 realtime phase the barge-in latency: from the fake model sending
@@ -155,8 +156,12 @@ async def phase(
             rss0 = proc_rss_kb(proc.pid)
             rss_live: list[int] = []
 
-            async def sample_rss() -> None:  # every call up, every bot speaking (2.6-3.6 s)
-                await trio.sleep(args.calls * args.stagger + 2.6)
+            async def sample_rss() -> None:
+                # every call up and its caller speaking (1.0-2.0 s into the conversation), then
+                # every bot speaking (2.6-3.6 s), its reply queued in the gateway
+                await trio.sleep(args.calls * args.stagger + 1.0)
+                rss_live.append(proc_rss_kb(proc.pid))
+                await trio.sleep(1.6)
                 rss_live.append(proc_rss_kb(proc.pid))
 
             cpu0, wall0 = proc_cpu_seconds(proc.pid), time.monotonic()
@@ -198,6 +203,7 @@ async def phase(
         "gen_cpu_pct": 100 * (own1 - own0) / (wall1 - wall0),
         "model_cpu_pct": 100 * (model1 - model0) / (wall1 - wall0),
         "rss_kb_per_call": (rss_live[0] - rss0) / calls if rss_live else float("nan"),
+        "rss_kb_per_call_bot": (rss_live[1] - rss0) / calls if rss_live[1:] else float("nan"),
         # audio the calls heard (echo: their own; realtime: the bot's, until the barge-in)
         "heard_s": sum(heard) / len(heard) / (RATE * 2) if heard else float("nan"),
     }
@@ -236,7 +242,7 @@ async def main(args: argparse.Namespace) -> None:
         rows["realtime, 1 call at a time"] = await phase(args, "realtime", one_at_a_time=True)
     print(
         f"{'processor':>10} {'calls':>5} {'srv cpu%':>8} {'%/call':>7} {'us/frame':>8} "
-        f"{'gen cpu%':>8} {'model%':>6} {'KB/call':>7} {'heard s':>7}  barge-in"
+        f"{'gen cpu%':>8} {'model%':>6} {'KB/call':>7} {'KB, bot':>7} {'heard s':>7}  barge-in"
     )
     for kind, row in rows.items():
         if kind not in ("echo", "realtime"):
@@ -254,7 +260,8 @@ async def main(args: argparse.Namespace) -> None:
             f"{kind[:10]:>10} {row['calls']:>5.0f} {row['cpu_pct']:>8.1f} "
             f"{row['cpu_pct_per_call']:>7.2f} {row['us_per_frame']:>8.0f} "
             f"{row['gen_cpu_pct']:>8.0f} {row['model_cpu_pct']:>6.0f} "
-            f"{row['rss_kb_per_call']:>7.0f} {row['heard_s']:>7.2f}  {latency}"
+            f"{row['rss_kb_per_call']:>7.0f} {row['rss_kb_per_call_bot']:>7.0f} "
+            f"{row['heard_s']:>7.2f}  {latency}"
         )
     ratio = rows["realtime"]["cpu_s"] / rows["echo"]["cpu_s"]
     print(f"a bridged call costs {ratio:.1f}x an echo call")
