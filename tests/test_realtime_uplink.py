@@ -94,6 +94,14 @@ def test_escaped_or_text_deltas_are_parsed_whole():
         protocol.parse(b'{"type":"response.output_audio.delta","delta":"AAAA"}')  # no item
 
 
+@pytest.mark.parametrize(
+    "message", [b"", b'"', b'"delta":"', b'{"type":"x","delta":"', b'{"delta":"abc"', b'""']
+)
+def test_broken_messages_are_malformed_not_crashes(message):
+    with pytest.raises(protocol.MalformedEvent):
+        protocol.parse(message)
+
+
 def test_decode_audio_validates_fast_and_falls_back_leniently():
     assert protocol.decode_audio("AAECAw==") == b"\x00\x01\x02\x03"
     assert protocol.decode_audio("AAEC\nAw==") == b"\x00\x01\x02\x03"  # skipped, as before

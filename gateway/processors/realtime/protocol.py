@@ -8,22 +8,20 @@ generation; outgoing ones are written in the configured `dialect`. And `Conversa
 response is in flight, which assistant items have audio, and what to send the model when the
 caller barges in. Never: sockets, tasks, clocks, logging.
 
-Cost: audio deltas are most of what a model sends, and most of a delta is its base64. `parse`
-cuts the `"delta"` string out of the raw bytes before handing the rest of the event to orjson
-(base64 needs no JSON escapes, so its end is the next quote), which saves orjson building a
-string of the whole payload; `decode_audio` then decodes that base64 once, validating (with
-pybase64 this is also the faster mode).
+Audio deltas are most of what a model sends: `parse` takes their base64 out of the raw bytes
+before JSON parsing, and the bridge decodes it once (`deltas`).
 """
 
 from __future__ import annotations
 
-import binascii
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import attrs
 import orjson
-import pybase64
+
+from .deltas import decode_audio as decode_audio
+from .deltas import without_delta
 
 GA: Final = "ga"
 BETA: Final = "beta"
@@ -154,28 +152,6 @@ def _str(obj: Mapping[str, Any], key: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-_DELTA_KEY: Final = b'"delta":"'
-
-
-def _without_delta(message: bytes) -> tuple[bytes, str] | None:
-    """The event with its `"delta"` string emptied, and that string; None if the message has
-    none that can be cut out without parsing (escapes in it, say)."""
-    # The delta is usually the last member: its quotes are the last two (found with memrchr).
-    end = message.rfind(b'"')
-    start = message.rfind(b'"', 0, end) + 1
-    if not message.startswith(_DELTA_KEY, start - len(_DELTA_KEY)):
-        key = message.find(_DELTA_KEY)
-        if key < 0:
-            return None
-        start = key + len(_DELTA_KEY)
-        end = message.find(b'"', start)
-        if end < 0:
-            return None
-    if message.find(b"\\", start, end) >= 0:
-        return None
-    return message[:start] + message[end:], message[start:end].decode("ascii", "replace")
-
-
 def _loads(message: str | bytes) -> Any:
     try:
         return orjson.loads(message)
@@ -188,7 +164,7 @@ def parse(message: str | bytes) -> ServerEvent:
     delta = None
     event = None
     if type(message) is bytes:
-        cut = _without_delta(message)
+        cut = without_delta(message)
         if cut is not None:
             event = _loads(cut[0])
             delta = cut[1]
@@ -329,15 +305,6 @@ def _merge(into: dict[str, Any], extra: Mapping[str, Any]) -> None:
             _merge(into[key], value)
         else:
             into[key] = value
-
-
-def decode_audio(b64: str) -> bytes:
-    """A delta's PCM. Validating is pybase64's fast mode; anything it refuses is decoded
-    leniently (characters outside the alphabet skipped), as a non-validating decoder would."""
-    try:
-        return pybase64.b64decode(b64, validate=True)
-    except binascii.Error:
-        return pybase64.b64decode(b64)
 
 
 def audio_bytes(b64: str) -> int:
