@@ -25,7 +25,6 @@ more per 1 KB frame in its generic Python parser than the rest of a frame's path
 
 from __future__ import annotations
 
-import functools
 import os
 import struct
 from collections.abc import Callable
@@ -261,31 +260,7 @@ def masked_header(opcode: int, length: int, mask: bytes) -> bytes:
 
 def masked_frame(opcode: int, payload: bytes, mask: bytes) -> bytes:
     """One final client frame. Masking is the same XOR as unmasking."""
-    header = masked_header(opcode, len(payload), mask)
-    if len(payload) < _VECTOR_MASK_BYTES:
-        return header + unmask(payload, mask)
-    return header + _vector_xor()(payload, mask)
-
-
-# Masking a client frame of a few KB (the realtime bridge's audio) with numpy, when it is
-# installed (the `realtime` extra), costs a third of the big-integer XOR or less; below about
-# 1 KB numpy's per-call overhead loses. Imported on first use only: the server never masks.
-_VECTOR_MASK_BYTES: Final = 1024
-
-
-@functools.cache
-def _vector_xor() -> Callable[[bytes, bytes], bytes]:
-    try:
-        import numpy as np
-    except ImportError:
-        return unmask
-
-    def xor(data: bytes, mask: bytes) -> bytes:
-        n = len(data)
-        words = np.frombuffer(data + bytes(-n % 4), dtype="<u4")
-        return (words ^ np.uint32(int.from_bytes(mask, "little"))).tobytes()[:n]
-
-    return xor
+    return masked_header(opcode, len(payload), mask) + unmask(payload, mask)
 
 
 class MaskKeys:
