@@ -99,6 +99,12 @@ def _public_url(instance: Any, attribute: attrs.Attribute[Any], value: str | Non
         raise ValueError(f"{attribute.name} must be an https:// base URL (no query), got {value!r}")
 
 
+def _phone_number(instance: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None and not PHONE_NUMBER.fullmatch(value):
+        raise ValueError(f"{attribute.name} must be a phone number in E.164 (+14255550123)")
+
+
+PHONE_NUMBER: Final = re.compile(r"\+[1-9]\d{3,14}")  # E.164
 ROUTE_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")  # it travels in the media URL's path
 AUDIO_FORMATS: Final = ("pcm16KMono", "pcm24KMono")  # ACS's names (docs/protocol.md)
 CHANNEL_TYPES: Final = ("mixed", "unmixed")
@@ -386,6 +392,14 @@ class Config(CallSettings):
         default=14400.0,
         validator=_positive,
         metadata=_doc("Seconds a call's media and callback URLs stay valid after the answer."),
+    )
+    dial_caller_id: str | None = attrs.field(
+        default=None,
+        validator=_phone_number,
+        metadata=_doc(
+            "The ACS phone number (E.164) a phone called by `acs-media-gateway dial` sees; "
+            "dialling a phone number needs one."
+        ),
     )
     max_webhook_bytes: int = attrs.field(
         default=262144,

@@ -2,15 +2,16 @@
 on loopback, for tests and the simulator.
 
 Owns: an HTTPS server (a throwaway CA) with the part of the Call Automation REST API the gateway
-uses (answer, get, hang up, terminate, transfer, start/stop media streaming), each request's
-HMAC signature checked as ACS checks it (401 otherwise); Event Grid delivery of `IncomingCall`
-after the subscription validation handshake; callbacks (CloudEvents, one ACS-style JWT each) to
-the `callbackUri` given in the answer; and the media WebSocket, opened with the simulated ACS
-peer to the answer's `transportUrl` when streaming starts. Knobs make it misbehave as ACS can:
-refuse answers, fail streaming (400/8581), drop callbacks, delay its REST replies, and hang up
-from the caller's side.
+uses (answer, create a call, get, hang up, terminate, transfer, start/stop media streaming),
+each request's HMAC signature checked as ACS checks it (401 otherwise); Event Grid delivery of
+`IncomingCall` after the subscription validation handshake; callbacks (CloudEvents, one
+ACS-style JWT each) to the `callbackUri` given in the answer or createCall; and the media
+WebSocket, opened with the simulated ACS peer to the request's `transportUrl` when streaming
+starts. Knobs make it misbehave as ACS can: refuse answers or calls placed, fail streaming
+(400/8581), drop callbacks, delay its REST replies, and hang up from the caller's side.
 
-Never reaches beyond loopback, never blocks Trio. The REST handlers live in `fake_acs_rest`.
+Never reaches beyond loopback, never blocks Trio. The REST handlers live in `fake_acs_rest`
+(createCall in `fake_acs_dial`).
 
     async with open_fake_acs() as acs:
         await acs.subscribe(webhook_url)          # Event Grid's validation handshake
@@ -85,14 +86,15 @@ class FakeCall:
     disconnected; `answer` is the answer request's body as sent."""
 
     to: str
-    caller: str
+    caller: str  # for a call the application placed: the caller id it showed, or its source
     call_connection_id: str
     server_call_id: str
     correlation_id: str
     incoming_call_context: str
     event: dict[str, Any]
     state: str = "ringing"
-    answer: dict[str, Any] | None = None
+    answer: dict[str, Any] | None = None  # or the createCall body, for a call placed
+    direction: str = "inbound"  # "outbound": the application placed it (`fake_acs_dial`)
     delivery: Delivery | None = None  # the IncomingCall post
     callbacks: list[Delivery] = attrs.Factory(list)
     transfers: list[dict[str, Any]] = attrs.Factory(list)  # transfer request bodies
@@ -153,6 +155,8 @@ class FakeAcs:
     fail_streaming: bool = False  # MediaStreamingFailed 400/8581 instead of connecting
     drop_callbacks: bool = False
     rest_delay: float = 0.0  # seconds before each REST reply
+    dial_status: int = 201  # anything else refuses createCall with that status
+    ring_seconds: float = 0.0  # a placed call rings this long before the callee picks up
 
     @property
     def connection_string(self) -> str:
