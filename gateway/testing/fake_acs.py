@@ -346,10 +346,13 @@ async def open_fake_acs(
     issuer: AcsTokenIssuer | None = None,
     resource_id: str = RESOURCE_ID,
     client_ssl: ssl.SSLContext | None = None,
+    port: int = 0,
+    access_key: str | None = None,
 ) -> AsyncIterator[FakeAcs]:
-    """Run a fake ACS on 127.0.0.1 (port 0) over HTTPS with a throwaway CA. `issuer` signs
-    the callback and media tokens (audience `resource_id`); `client_ssl` is what the fake
-    trusts when it calls the application over TLS (webhooks, callbacks, wss://)."""
+    """Run a fake ACS on 127.0.0.1 (`port`, 0: any free one) over HTTPS with a throwaway CA.
+    `issuer` signs the callback and media tokens (audience `resource_id`); `client_ssl` is
+    what the fake trusts when it calls the application over TLS (webhooks, callbacks, wss://);
+    `access_key` (base64; default a random one) is the key of its connection string."""
     import trustme  # the `test` extra: `import gateway.testing` must work without it
 
     from .fake_acs_rest import handler  # the REST handlers need FakeAcs defined
@@ -357,7 +360,7 @@ async def open_fake_acs(
     ca = trustme.CA()
     server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1", "localhost").configure_cert(server_ssl)
-    access_key = base64.b64encode(secrets.token_bytes(32)).decode()
+    access_key = access_key or base64.b64encode(secrets.token_bytes(32)).decode()
     with tempfile.TemporaryDirectory(prefix="fake-acs-") as folder:
         ca_path = str(Path(folder) / "ca.pem")
         ca.cert_pem.write_to_path(ca_path)
@@ -377,7 +380,7 @@ async def open_fake_acs(
                 )
                 server = await nursery.start(
                     lambda task_status: serve_http(
-                        handler(acs), ssl_context=server_ssl, task_status=task_status
+                        handler(acs), ssl_context=server_ssl, port=port, task_status=task_status
                     )
                 )
                 acs.endpoint = server.url
