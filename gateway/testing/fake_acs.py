@@ -11,7 +11,7 @@ starts. Knobs make it misbehave as ACS can: refuse answers or calls placed, fail
 (400/8581), drop callbacks, delay its REST replies, and hang up from the caller's side.
 
 Never reaches beyond loopback, never blocks Trio. The REST handlers live in `fake_acs_rest`
-(createCall in `fake_acs_dial`).
+(createCall in `fake_acs_dial`), the media WebSocket in `fake_acs_media`.
 
     async with open_fake_acs() as acs:
         await acs.subscribe(webhook_url)          # Event Grid's validation handshake
@@ -38,12 +38,11 @@ import attrs
 import httpx
 import orjson
 import trio
-from trio_websocket import HandshakeError
 
 from . import acs_events
 from .acs_auth import AcsTokenIssuer, bearer
 from .http_server import serve_http
-from .peer import SimulatedCall, simulated_call
+from .peer import SimulatedCall
 
 if TYPE_CHECKING:
     import trustme  # a test dependency: imported only when a fake ACS runs
@@ -254,70 +253,10 @@ class FakeAcs:
 
     async def run_media(self, call: FakeCall) -> None:
         """Open the media WebSocket as ACS does and keep it until streaming stops, the call
-        ends, or the gateway closes it. A connection that fails earns MediaStreamingFailed."""
-        options = call.media_options
-        url = options.get("transportUrl")
-        if call.state != "connected":
-            return
-        if not url:
-            await self._streaming_failed(call, "streamUrlMissing")
-            return
-        if self.fail_streaming:
-            await self._streaming_failed(call, "streamConnectionUnsuccessful")
-            return
-        rate = 24000 if str(options.get("audioFormat", "")).lower() == "pcm24kmono" else 16000
-        token = self.issuer.token(audience=self.resource_id)
-        call.stop_media = trio.Event()
-        connected = False
-        try:
-            async with simulated_call(
-                url,
-                sample_rate=rate,
-                connection_id=call.call_connection_id,
-                correlation_id=call.correlation_id,
-                headers=[bearer(token)],
-                ssl_context=self.client_ssl if url.startswith("wss:") else None,
-            ) as media:
-                connected = True
-                call.media = media
-                call.media_sessions += 1
-                if call.media_connected_at is None:
-                    call.media_connected_at = trio.current_time()
-                call.media_connected.set()
-                await self.callback(
-                    call,
-                    "MediaStreamingStarted",
-                    result=(200, 0, "Action completed successfully."),
-                    mediaStreamingUpdate=acs_events.streaming_update(
-                        "mediaStreamingStarted", "subscriptionStarted"
-                    ),
-                )
-                async with trio.open_nursery() as watch:
-                    watch.start_soon(_cancel_when, media.closed, watch.cancel_scope)
-                    await call.stop_media.wait()
-                    watch.cancel_scope.cancel()
-        except (OSError, HandshakeError, trio.BrokenResourceError, ExceptionGroup):
-            if connected:
-                raise
-            await self._streaming_failed(call, "initialWebSocketConnectionFailed")
-            return
-        if call.state != "disconnected":
-            await self.callback(
-                call,
-                "MediaStreamingStopped",
-                result=(200, 0, "Action completed successfully."),
-                mediaStreamingUpdate=acs_events.streaming_update(
-                    "mediaStreamingStopped", "subscriptionStopped"
-                ),
-            )
+        ends, or the gateway closes it (`fake_acs_media`)."""
+        from .fake_acs_media import run_media
 
-    async def _streaming_failed(self, call: FakeCall, details: str) -> None:
-        await self.callback(
-            call,
-            "MediaStreamingFailed",
-            result=TRANSPORT_FAILED,
-            mediaStreamingUpdate=acs_events.streaming_update("mediaStreamingFailed", details),
-        )
+        await run_media(self, call)
 
     async def _post(self, url: str, kind: str, body: Any, headers: Mapping[str, str]) -> Delivery:
         delivery = Delivery(kind, body)
@@ -333,11 +272,6 @@ class FakeAcs:
         delivery.status = response.status_code
         delivery.reply = response.content
         return delivery
-
-
-async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
-    await event.wait()
-    scope.cancel()
 
 
 @asynccontextmanager
