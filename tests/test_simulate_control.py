@@ -55,6 +55,15 @@ def test_a_refused_answer_fails_the_run_naming_the_fault(capsys):
     )
 
 
+def test_flags_that_do_not_go_with_control(capsys):
+    assert main(["simulate", "--control", "ws://127.0.0.1:1/"]) == 2
+    assert "--control takes no URL" in capsys.readouterr().err
+    assert main(["simulate", "--control", "--gateway", "http://127.0.0.1:1"]) == 2
+    assert "--gateway must be the gateway's https:// public_url" in capsys.readouterr().err
+    assert main(["simulate"]) == 2
+    assert "give the gateway's ws:// URL, or --control" in capsys.readouterr().err
+
+
 def test_thresholds_on_control_metrics(capsys):
     argv = ["simulate", "--control", "--calls", "1", "--duration", "0.2", "--end", "bot"]
     assert main([*argv, "--max", "answer_p99_ms=0", "--min", "calls_streaming=1"]) == 1

@@ -118,7 +118,8 @@ class SdkAnswerer:
             from azure.communication.callautomation import CallAutomationClient
         except ImportError:
             raise ConfigError(
-                "answering calls needs the control extra: pip install 'acs-media-gateway[control]'"
+                "answering or placing calls needs the control extra: "
+                "pip install 'acs-media-gateway[control]'"
             ) from None
         if config.acs_endpoint is not None:
             from azure.identity import DefaultAzureCredential

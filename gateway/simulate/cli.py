@@ -187,6 +187,11 @@ def run(args: argparse.Namespace) -> int:
         maxima = [checks.parse_threshold(t) for t in args.max]
         minima = [checks.parse_threshold(t) for t in args.min]
         if args.control:
+            if args.url is not None or args.replay or args.processes != 1:
+                raise ValueError(
+                    "--control takes no URL, --replay or --processes (--gateway URL names a "
+                    "running gateway by its public https:// URL)"
+                )
             return _control(args, maxima, minima)
         if args.url is None:
             raise ValueError("give the gateway's ws:// URL, or --control")
