@@ -14,13 +14,13 @@ from trio_websocket import HandshakeError
 
 from gateway import cli
 from gateway.config import Config, Route
-from gateway.processors import Call, load
+from gateway.processors import Call, Processor, load
 from gateway.testing import acs_events, simulated_call, speech
 
 pytest.importorskip("azure.communication.callautomation")
 
 from gateway.control import DialFailed, dial  # noqa: E402
-from gateway.control.answer import media_streaming_options  # noqa: E402
+from gateway.control.answer import DialRequest, media_streaming_options  # noqa: E402
 from gateway.control.tokens import CallTokens  # noqa: E402
 from gateway.errors import ConfigError  # noqa: E402
 from gateway.testing.answering import CALL_TOKEN_KEY, open_answering_gateway  # noqa: E402
@@ -31,7 +31,7 @@ CALLEE = "+14255550123"
 OURS = "+18005550100"
 
 
-def hanging_up(seen: list[Call]):  # type: ignore[no-untyped-def]
+def hanging_up(seen: list[Call]) -> Processor:
     async def processor(call: Call) -> None:
         seen.append(call)
         assert call.control is not None
@@ -73,9 +73,7 @@ async def test_a_dialled_call_streams_to_the_gateway_and_echoes_byte_exact():
     assert not gw.control.stats.refused
 
 
-def placed_request(transport_url: str, route: Route):  # type: ignore[no-untyped-def]
-    from gateway.control.answer import DialRequest
-
+def placed_request(transport_url: str, route: Route) -> DialRequest:
     return DialRequest(None, "", transport_url, route)
 
 
@@ -182,3 +180,17 @@ def test_dial_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
         assert "no route 'nope'" in capsys.readouterr().err
         assert cli.main(["dial", "12", "--config", str(conf)]) == 2
         assert "not a phone number" in capsys.readouterr().err
+
+
+def test_an_incoming_call_cannot_pose_as_a_call_we_placed():
+    from gateway.control.events import BadBody, IncomingCall
+
+    event = acs_events.incoming_call_event(
+        to=OURS,
+        caller=CALLEE,
+        incoming_call_context="ctx",
+        server_call_id="s",
+        correlation_id="dial:0f6c",
+    )
+    with pytest.raises(BadBody, match="correlationId is not ACS's"):
+        IncomingCall.parse(event["data"])
