@@ -41,6 +41,7 @@ def test_whole_calls_report_latencies_and_ends(capsys):
     media = report["totals"]
     assert media["expect"] == "echo" and media["echoed"] == media["echo_expected"] == 3 * 20
     assert media["lost"] == media["corrupted"] == media["errors"] == 0
+    assert media["rtt_frames"] == 3 * 20 and media["messages_by_form"] == {"sdk": 3 * 20}
     assert report["failed"] == []
 
 

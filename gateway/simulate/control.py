@@ -30,9 +30,10 @@ import attrs
 import trio
 import trio_websocket
 
+from ..acs import client
 from ..testing.audio import speech
 from ..testing.fake_acs import FakeAcs, FakeCall, open_fake_acs
-from ..testing.peer import WaitFailed
+from ..testing.peer import SimulatedCall, WaitFailed
 from . import control_bot
 from .report import CallResult, SimulatorHealth
 
@@ -211,15 +212,14 @@ async def _follow(
     record.media_s = call.media_connected_at - call.answered_at
     record.result.connected = True
     media = call.media
-    began = trio.current_time()
+    began, first = trio.current_time(), len(media.transcript)
     try:
         await media.stream(pcm)
         if options.expect != "bot":
             with trio.move_on_after(ECHO_WAIT):
                 await media.wait_for(lambda m: len(m.received_pcm) >= len(pcm))
-        _account(record.result, pcm, media.received_pcm, media.frame_bytes)
+        _account(record.result, pcm, media, first)
         times = media.audio_times
-        record.result.frames_received = len(times)
         if times:
             record.result.first_audio_ms = round((times[0] - began) * 1000, 2)
         await _end(acs, options, record, call)
@@ -247,16 +247,29 @@ async def _media_or_failure(call: FakeCall) -> None:
         race.start_soon(connected)
 
 
-def _account(result: CallResult, sent: bytes, received: bytes, frame: int) -> None:
-    """Echo accounting by frame position: what came back equal, and what came back different."""
+def _account(result: CallResult, sent: bytes, media: SimulatedCall, first: int) -> None:
+    """Echo accounting by frame position (what came back equal, what came back different),
+    each echoed frame's round trip when the gateway sends one message a frame (an echo does),
+    and the gateway's messages by form. `first`: the transcript's length before the speech."""
+    frame = media.frame_bytes
     result.frames_sent = len(sent) // frame
     result.echo_expected = result.frames_sent
+    sent_at = [t for t, way, _ in media.transcript[first:] if way == "sent"]
+    audio = [r for r in media.received if r.kind == "audioData"]
+    received = b"".join(r.pcm for r in audio)
+    result.frames_received = len(audio)
     result.audio_ms_received = len(received) / (frame * 50) * 1000
+    timed = all(len(r.pcm) == frame for r in audio)
     for k in range(min(len(sent), len(received)) // frame):
         if sent[k * frame : (k + 1) * frame] == received[k * frame : (k + 1) * frame]:
             result.echoed += 1
+            if timed and k < len(sent_at):
+                result.rtt.add(audio[k].time - sent_at[k])
         else:
             result.mismatched += 1
+    for message in media.received:
+        form = client.classify_form(message.raw)[2]
+        result.forms[form] = result.forms.get(form, 0) + 1
 
 
 async def _end(acs: FakeAcs, options: ControlOptions, record: ControlCall, call: FakeCall) -> None:
