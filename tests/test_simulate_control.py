@@ -36,7 +36,8 @@ def test_whole_calls_report_latencies_and_ends(capsys):
         0,
     )
     assert totals["ends"] == {"caller": 1, "bot": 1, "transfer": 1}
-    for name in ("answer_p50_ms", "answer_p99_ms", "media_connect_p50_ms", "media_connect_p99_ms"):
+    names = ("answer", "media_connect", "gateway_answer")
+    for name in [f"{n}_p{p}_ms" for n in names for p in (50, 99)]:
         assert isinstance(totals[name], float) and totals[name] > 0, name
     media = report["totals"]
     assert media["expect"] == "echo" and media["echoed"] == media["echo_expected"] == 3 * 20
@@ -120,3 +121,4 @@ async def test_against_a_running_gateway(tmp_path: Path):
     assert control_report.problems(outcome) == []
     assert [c.ended for c in outcome.calls] == ["caller", "bot", "transfer"]
     assert control_plane.stats.answers == {"answered": 3}
+    assert control_report.totals(outcome)["gateway_answer_p99_ms"] is None  # not in this process

@@ -129,5 +129,7 @@ THRESHOLD_METRICS: Final = frozenset(
         "answer_p99_ms",
         "media_connect_p50_ms",
         "media_connect_p99_ms",
+        "gateway_answer_p50_ms",
+        "gateway_answer_p99_ms",
     }
 )

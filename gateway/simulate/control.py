@@ -35,7 +35,7 @@ from ..testing.audio import speech
 from ..testing.fake_acs import FakeAcs, FakeCall, open_fake_acs
 from ..testing.peer import SimulatedCall, WaitFailed
 from . import control_bot
-from .report import CallResult, SimulatorHealth
+from .report import CallResult, Histogram, SimulatorHealth
 
 ENDS: Final = ("caller", "bot", "transfer")
 FAULTS: Final = ("refuse-answer", "fail-streaming", "drop-callbacks")
@@ -100,6 +100,9 @@ class ControlRun:
     answer_refusals: dict[int, int]  # answer requests the fake refused, by status
     settings: dict[str, Any]
     health: SimulatorHealth  # this process's CPU: the fake's, and the gateway's if it runs here
+    # the gateway's own share of the answer (event read -> request handed to the SDK), when
+    # it runs in this process
+    gateway_answer: Histogram | None = None
 
 
 async def run(options: ControlOptions, environ: Mapping[str, str] | None = None) -> ControlRun:
@@ -108,7 +111,8 @@ async def run(options: ControlOptions, environ: Mapping[str, str] | None = None)
     pcm = _speech(options.sample_rate, options.duration)
     calls = [ControlCall(i, options.end_of(i), CallResult(i, "")) for i in range(options.calls)]
     cpu, wall = _cpu_seconds(), trio.current_time()
-    async with _fake_acs(options, environ) as acs:
+    own = Histogram() if options.gateway is None else None
+    async with _fake_acs(options, environ, own) as acs:
         if options.fault == "refuse-answer":
             acs.answer_status = 500
         acs.fail_streaming = options.fault == "fail-streaming"
@@ -125,7 +129,7 @@ async def run(options: ControlOptions, environ: Mapping[str, str] | None = None)
                 refusals[request.status] = refusals.get(request.status, 0) + 1
     health = SimulatorHealth([_cpu_seconds() - cpu], [trio.current_time() - wall])
     settings = {k: v for k, v in attrs.asdict(options).items() if k not in ("acs_ca",)}
-    return ControlRun(calls, refusals, {"mode": "control", **settings}, health)
+    return ControlRun(calls, refusals, {"mode": "control", **settings}, health, own)
 
 
 def _cpu_seconds() -> float:
@@ -134,7 +138,11 @@ def _cpu_seconds() -> float:
 
 
 @asynccontextmanager
-async def _fake_acs(options: ControlOptions, environ: Mapping[str, str]) -> AsyncIterator[FakeAcs]:
+async def _fake_acs(
+    options: ControlOptions, environ: Mapping[str, str], own: Histogram | None
+) -> AsyncIterator[FakeAcs]:
+    """The fake ACS, subscribed to the gateway (started here without `options.gateway`, its
+    own answer latencies then going to `own`)."""
     if options.gateway is None:
         from ..testing.answering import open_answering_gateway
 
@@ -142,6 +150,8 @@ async def _fake_acs(options: ControlOptions, environ: Mapping[str, str]) -> Asyn
         async with open_answering_gateway(
             processors={"control_bot": bot}, processor="control_bot"
         ) as gw:
+            if own is not None and gw.control.answering is not None:
+                gw.control.answering.answer_latency = own.add  # the hook /metrics uses
             yield gw.acs
         return
     secret = environ.get(SECRET_ENV)

@@ -23,7 +23,7 @@ def media_report(run: ControlRun) -> Report:
 
 
 def totals(run: ControlRun) -> dict[str, Any]:
-    answer, media = Histogram(), Histogram()
+    answer, media, own = Histogram(), Histogram(), run.gateway_answer
     for call in run.calls:
         if call.answer_s is not None:
             answer.add(call.answer_s)
@@ -40,6 +40,8 @@ def totals(run: ControlRun) -> dict[str, Any]:
         "media_connect_p50_ms": media.percentile(50),
         "media_connect_p99_ms": media.percentile(99),
         "media_connect_max_ms": media.percentile(100),
+        "gateway_answer_p50_ms": own.percentile(50) if own else None,
+        "gateway_answer_p99_ms": own.percentile(99) if own else None,
         "answer_refusals": {str(k): n for k, n in sorted(run.answer_refusals.items())},
     }
 
@@ -97,6 +99,11 @@ def table(run: ControlRun) -> str:
         f"{_fmt(t['media_connect_p99_ms'])} ms, max {_fmt(t['media_connect_max_ms'])} ms "
         "(answer -> media WebSocket open)",
     ]
+    if t["gateway_answer_p50_ms"] is not None:
+        lines.append(
+            f"gateway    its own share of the answer p50 {_fmt(t['gateway_answer_p50_ms'])} ms, "
+            f"p99 {_fmt(t['gateway_answer_p99_ms'])} ms (event read -> request handed to the SDK)"
+        )
     return "\n".join(lines)
 
 
