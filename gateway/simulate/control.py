@@ -31,6 +31,7 @@ import trio
 import trio_websocket
 
 from ..acs import client
+from ..acs.packets import FRAME_MS
 from ..testing.audio import speech
 from ..testing.fake_acs import FakeAcs, FakeCall, open_fake_acs
 from ..testing.peer import SimulatedCall, WaitFailed
@@ -81,6 +82,7 @@ class ControlCall:
     answer_s: float | None = None  # IncomingCall posted -> answer request at the fake
     media_s: float | None = None  # answer -> media WebSocket open
     ended: str | None = None  # the end seen: caller, bot, transfer (None: it failed first)
+    lateness: list[float] = attrs.Factory(list)  # each frame of the speech: sent - due
 
     @property
     def answered(self) -> bool:
@@ -128,6 +130,9 @@ async def run(options: ControlOptions, environ: Mapping[str, str] | None = None)
             ):
                 refusals[request.status] = refusals.get(request.status, 0) + 1
     health = SimulatorHealth([_cpu_seconds() - cpu], [trio.current_time() - wall])
+    for record in calls:
+        for late in record.lateness:
+            health.send_lateness.add(late)
     settings = {k: v for k, v in attrs.asdict(options).items() if k not in ("acs_ca",)}
     return ControlRun(calls, refusals, {"mode": "control", **settings}, health, own)
 
@@ -228,7 +233,7 @@ async def _follow(
         if options.expect != "bot":
             with trio.move_on_after(ECHO_WAIT):
                 await media.wait_for(lambda m: len(m.received_pcm) >= len(pcm))
-        _account(record.result, pcm, media, first)
+        record.lateness = _account(record.result, pcm, media, first)
         times = media.audio_times
         if times:
             record.result.first_audio_ms = round((times[0] - began) * 1000, 2)
@@ -257,10 +262,11 @@ async def _media_or_failure(call: FakeCall) -> None:
         race.start_soon(connected)
 
 
-def _account(result: CallResult, sent: bytes, media: SimulatedCall, first: int) -> None:
+def _account(result: CallResult, sent: bytes, media: SimulatedCall, first: int) -> list[float]:
     """Echo accounting by frame position (what came back equal, what came back different),
     each echoed frame's round trip when the gateway sends one message a frame (an echo does),
-    and the gateway's messages by form. `first`: the transcript's length before the speech."""
+    and the gateway's messages by form. `first`: the transcript's length before the speech.
+    Returns how late each frame left against its 20 ms deadline (the simulator's health)."""
     frame = media.frame_bytes
     result.frames_sent = len(sent) // frame
     result.echo_expected = result.frames_sent
@@ -280,6 +286,7 @@ def _account(result: CallResult, sent: bytes, media: SimulatedCall, first: int) 
     for message in media.received:
         form = client.classify_form(message.raw)[2]
         result.forms[form] = result.forms.get(form, 0) + 1
+    return [t - (sent_at[0] + k * FRAME_MS / 1000) for k, t in enumerate(sent_at)]
 
 
 async def _end(acs: FakeAcs, options: ControlOptions, record: ControlCall, call: FakeCall) -> None:

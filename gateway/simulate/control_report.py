@@ -88,8 +88,15 @@ def to_json(run: ControlRun, failed: list[str]) -> dict[str, Any]:
 def table(run: ControlRun) -> str:
     t = totals(run)
     ends = ", ".join(f"{n} {end}" for end, n in t["ends"].items())
+    media = media_report(run).table()
+    if "WARNING: the simulator fell behind" in media:
+        where = "" if run.settings.get("gateway") else ", and the gateway,"
+        media += (
+            f"\n(--control: the fake ACS and its callers{where} share this process; "
+            "fewer calls, a longer --ramp or a quieter machine)"
+        )
     lines = [
-        media_report(run).table(),
+        media,
         "",
         f"control    {len(run.calls)} rung, {t['calls_answered']} answered, "
         f"{t['calls_streaming']} streaming, {t['calls_failed']} failed; ended by: {ends}",
