@@ -4,6 +4,7 @@ it answered (echo byte-exact, `call.control` acting on it). Real sockets on 127.
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -19,7 +20,7 @@ from gateway.testing import acs_events, simulated_call, speech
 
 pytest.importorskip("azure.communication.callautomation")
 
-from gateway.control import DialFailed, dial  # noqa: E402
+from gateway.control import Dialer, DialFailed, dial  # noqa: E402
 from gateway.control.answer import DialRequest, media_streaming_options  # noqa: E402
 from gateway.control.tokens import CallTokens  # noqa: E402
 from gateway.errors import ConfigError  # noqa: E402
@@ -110,6 +111,21 @@ async def test_clear_errors_and_nothing_sent():
         assert not gw.acs.calls
     with pytest.raises(ConfigError, match="dialling needs the control plane: set public_url"):
         await dial(Config(), CALLEE, environ={})
+
+
+async def test_a_create_call_signed_with_another_key_is_refused():
+    async with open_answering_gateway() as gw:
+        wrong = base64.b64encode(b"w" * 32).decode()
+        environ = {
+            **gw.environ,
+            "ACS_CONNECTION_STRING": f"endpoint={gw.acs.endpoint}/;accesskey={wrong}",
+        }
+        dialer = Dialer.from_config(gw.control.config, environ, **gw.acs.sdk_options)
+        with pytest.raises(DialFailed, match=r"\(401\).*check \$ACS_CONNECTION_STRING"):
+            await dialer.dial("8:acs:x")
+        (request,) = gw.acs.requests
+        assert (request.target.split("?")[0], request.status) == ("/calling/callConnections", 401)
+        assert request.refusal is not None and not gw.acs.calls
 
 
 async def test_a_dialled_calls_tokens_admit_only_its_route_and_one_call_a_post():
