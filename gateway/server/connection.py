@@ -56,10 +56,10 @@ from ..ops import systemd
 from ..ops.metrics import Metrics
 from ..processors import CallStats, Processor
 from ..records import Records, RecordSettings
+from ..wire.sockets import peer_address, reset_on_close
 from ..wire.websocket import ConnectionClosed, Handshake, Reject, SendTimeout, ServerWebSocket
 from .admission import Admission
 from .auth import AuthFailure, TokenChecker
-from .sockets import peer_address, reset_on_close
 from .stats import ServerStats
 
 log = logging.getLogger("gateway.server")
