@@ -3,10 +3,11 @@ answers them. Each call rings (IncomingCall through Event Grid), is answered, st
 and ends one of three ways: the caller hangs up, the bot hangs up, or the bot transfers it.
 
 Owns: the mode's options (`ControlOptions`), the fake ACS (`gateway.testing.open_fake_acs`) and,
-without `gateway`, an answering gateway in this process running `control_bot`; driving each
-call and what it measured (`ControlCall`: answer and media-connect latency, how it ended, its
-media as a `CallResult`). Never: formatting or deciding failure (`control_report`), the
-media-only engine (`runner`).
+without `gateway`, an answering gateway in this process running `control_bot`; ringing the
+calls on the ramp, and the records of what each measured (`ControlCall`: answer and
+media-connect latency, how it ended, its media as a `CallResult`). Never: one call's steps
+(`control_call`), formatting or deciding failure (`control_report`), the media-only engine
+(`runner`).
 
 Latencies are the fake's clock: answer = IncomingCall posted -> the gateway's answer request
 received; media connect = answer received -> the media WebSocket open. With the gateway in
@@ -28,19 +29,14 @@ from urllib.parse import urlsplit
 
 import attrs
 import trio
-import trio_websocket
 
-from ..acs import client
-from ..acs.packets import FRAME_MS
 from ..testing.audio import speech
-from ..testing.fake_acs import FakeAcs, FakeCall, open_fake_acs
-from ..testing.peer import SimulatedCall, WaitFailed
+from ..testing.fake_acs import FakeAcs, open_fake_acs
 from . import control_bot
 from .report import CallResult, Histogram, SimulatorHealth
 
 ENDS: Final = ("caller", "bot", "transfer")
 FAULTS: Final = ("refuse-answer", "fail-streaming", "drop-callbacks")
-ECHO_WAIT: Final = 2.0  # seconds an echo may lag behind the end of the caller's speech
 SECRET_ENV: Final = "ACS_GATEWAY_EVENTGRID_SECRET"
 CONNECTION_STRING_ENV: Final = "ACS_CONNECTION_STRING"
 
@@ -109,6 +105,8 @@ class ControlRun:
 
 async def run(options: ControlOptions, environ: Mapping[str, str] | None = None) -> ControlRun:
     """Ring `options.calls` calls and follow each to its end."""
+    from .control_call import call_through  # it reads this module's records
+
     environ = os.environ if environ is None else environ
     pcm = _speech(options.sample_rate, options.duration)
     calls = [ControlCall(i, options.end_of(i), CallResult(i, "")) for i in range(options.calls)]
@@ -121,7 +119,7 @@ async def run(options: ControlOptions, environ: Mapping[str, str] | None = None)
         acs.drop_callbacks = options.fault == "drop-callbacks"
         async with trio.open_nursery() as nursery:
             for record in calls:
-                nursery.start_soon(_call, acs, options, record, pcm)
+                nursery.start_soon(call_through, acs, options, record, pcm)
                 await trio.sleep(options.ramp / max(1, options.calls))
         refusals: dict[int, int] = {}
         for request in acs.requests:
@@ -190,122 +188,3 @@ def _speech(rate: int, seconds: float) -> bytes:
     clip = speech(rate)
     size = int(rate * seconds) * 2 // 640 * 640 or 640
     return (clip * (size // len(clip) + 1))[:size]
-
-
-async def _call(acs: FakeAcs, options: ControlOptions, record: ControlCall, pcm: bytes) -> None:
-    """One whole call; a fault ends it (`ControlCall.fail`) and is never raised."""
-    call = await acs.ring(caller=f"+1425555{record.index % 10000:04d}")
-    record.result.connection_id = call.call_connection_id
-    try:
-        await _follow(acs, options, record, call, pcm)
-    finally:
-        with trio.CancelScope(shield=True), trio.move_on_after(options.timeout):
-            await acs.hang_up(call)  # a no-op for a call already over
-
-
-async def _follow(
-    acs: FakeAcs, options: ControlOptions, record: ControlCall, call: FakeCall, pcm: bytes
-) -> None:
-    delivery = call.delivery
-    if delivery is None or delivery.status != 200:
-        status = "unreachable" if delivery is None or delivery.status is None else delivery.status
-        record.fail(f"eventgrid_{status}")
-        return
-    with trio.move_on_after(options.timeout):
-        await call.answered.wait()
-    if call.answered_at is None or call.rung_at is None:
-        record.fail("not_answered")
-        return
-    record.answer_s = call.answered_at - call.rung_at
-    with trio.move_on_after(options.timeout):
-        await _media_or_failure(call)
-    if not call.media_connected.is_set():
-        failed = "MediaStreamingFailed" in call.callback_kinds()
-        record.fail("streaming_failed" if failed else "media_timeout")
-        return
-    assert call.media is not None and call.media_connected_at is not None
-    record.media_s = call.media_connected_at - call.answered_at
-    record.result.connected = True
-    media = call.media
-    began, first = trio.current_time(), len(media.transcript)
-    try:
-        await media.stream(pcm)
-        if options.expect != "bot":
-            with trio.move_on_after(ECHO_WAIT):
-                await media.wait_for(lambda m: len(m.received_pcm) >= len(pcm))
-        record.lateness = _account(record.result, pcm, media, first)
-        times = media.audio_times
-        if times:
-            record.result.first_audio_ms = round((times[0] - began) * 1000, 2)
-        await _end(acs, options, record, call)
-        with trio.move_on_after(options.timeout):
-            await media.closed.wait()
-        record.result.close_code = media.close_code or 1000  # ACS closes without waiting
-        record.result.closed_at = round(trio.current_time() - began, 3)
-    except (WaitFailed, trio_websocket.ConnectionClosed):
-        record.fail("media_lost")
-
-
-async def _media_or_failure(call: FakeCall) -> None:
-    """Until the media WebSocket opens, or ACS posts MediaStreamingFailed."""
-    async with trio.open_nursery() as race:
-
-        async def failed() -> None:
-            await call.wait_for_callback("MediaStreamingFailed")
-            race.cancel_scope.cancel()
-
-        async def connected() -> None:
-            await call.media_connected.wait()
-            race.cancel_scope.cancel()
-
-        race.start_soon(failed)
-        race.start_soon(connected)
-
-
-def _account(result: CallResult, sent: bytes, media: SimulatedCall, first: int) -> list[float]:
-    """Echo accounting by frame position (what came back equal, what came back different),
-    each echoed frame's round trip when the gateway sends one message a frame (an echo does),
-    and the gateway's messages by form. `first`: the transcript's length before the speech.
-    Returns how late each frame left against its 20 ms deadline (the simulator's health)."""
-    frame = media.frame_bytes
-    result.frames_sent = len(sent) // frame
-    result.echo_expected = result.frames_sent
-    sent_at = [t for t, way, _ in media.transcript[first:] if way == "sent"]
-    audio = [r for r in media.received if r.kind == "audioData"]
-    received = b"".join(r.pcm for r in audio)
-    result.frames_received = len(audio)
-    result.audio_ms_received = len(received) / (frame * 50) * 1000
-    timed = all(len(r.pcm) == frame for r in audio)
-    for k in range(min(len(sent), len(received)) // frame):
-        if sent[k * frame : (k + 1) * frame] == received[k * frame : (k + 1) * frame]:
-            result.echoed += 1
-            if timed and k < len(sent_at):
-                result.rtt.add(audio[k].time - sent_at[k])
-        else:
-            result.mismatched += 1
-    for message in media.received:
-        form = client.classify_form(message.raw)[2]
-        result.forms[form] = result.forms.get(form, 0) + 1
-    return [t - (sent_at[0] + k * FRAME_MS / 1000) for k, t in enumerate(sent_at)]
-
-
-async def _end(acs: FakeAcs, options: ControlOptions, record: ControlCall, call: FakeCall) -> None:
-    assert call.media is not None
-    if record.wanted == "caller":
-        await acs.hang_up(call)
-    else:
-        await call.media.send_dtmf(
-            control_bot.HANG_UP if record.wanted == "bot" else control_bot.TRANSFER
-        )
-    with trio.move_on_after(options.timeout):
-        await call.disconnected.wait()
-    if not call.disconnected.is_set():
-        record.fail(f"no_{record.wanted}_end")
-        return
-    record.ended = (
-        "transfer" if call.transfers else ("caller" if record.wanted == "caller" else "bot")
-    )
-    if record.ended != record.wanted:
-        record.fail(f"no_{record.wanted}_end")
-        return
-    record.result.ended("bot_hung_up" if record.ended == "bot" else "completed")
