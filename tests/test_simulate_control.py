@@ -66,6 +66,20 @@ def test_flags_that_do_not_go_with_control(capsys):
     assert "give the gateway's ws:// URL, or --control" in capsys.readouterr().err
 
 
+def test_a_gateway_that_cannot_be_subscribed_is_named(capsys, monkeypatch):
+    key = base64.b64encode(b"k" * 32).decode()
+    monkeypatch.setenv(
+        "ACS_CONNECTION_STRING", f"endpoint=https://127.0.0.1:{free_port()}/;accesskey={key}"
+    )
+    monkeypatch.setenv("ACS_GATEWAY_EVENTGRID_SECRET", "s")
+    dead = f"https://127.0.0.1:{free_port()}"
+    assert main(["simulate", "--control", "--gateway", dead]) == 2
+    assert (
+        f"--control: validation of {dead}/eventgrid?secret=s answered None"
+        in capsys.readouterr().err
+    )
+
+
 def test_thresholds_on_control_metrics(capsys):
     argv = ["simulate", "--control", "--calls", "1", "--duration", "0.2", "--end", "bot"]
     assert main([*argv, "--max", "answer_p99_ms=0", "--min", "calls_streaming=1"]) == 1

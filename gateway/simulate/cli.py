@@ -11,6 +11,7 @@ replay came back different; 2 bad flags or files.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from typing import Any
@@ -240,6 +241,8 @@ def _control(
 ) -> int:
     import trio
 
+    from ..errors import ConfigError
+    from ..testing.fake_acs import FakeAcsError
     from . import control, control_report
 
     options = control.ControlOptions(
@@ -256,7 +259,24 @@ def _control(
         fault=args.acs_fault,
         timeout=args.connect_timeout,
     )
-    outcome = trio.run(control.run, options)
+    needs = ["trustme"] if args.gateway else ["trustme", "azure.communication.callautomation"]
+    for module in needs:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ImportError:
+            found = False
+        if not found:
+            raise ValueError(
+                "--control needs the testing and control extras: "
+                "pip install 'acs-media-gateway[testing,control]'"
+            )
+    try:
+        outcome = trio.run(control.run, options)
+    except BaseExceptionGroup as group:  # the fake ACS's nursery: the gateway did not subscribe
+        faults, rest = group.split((FakeAcsError, ConfigError, OSError))
+        if faults is None or rest is not None:
+            raise
+        raise ValueError(f"--control: {_first(faults)}") from None
     problems = control_report.problems(outcome, maxima, minima)
     if args.json:
         _print_json(control_report.to_json(outcome, problems))
@@ -265,6 +285,13 @@ def _control(
     for line in problems:
         print(f"FAILED: {line}", file=sys.stderr)
     return 1 if problems else 0
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    return leaf
 
 
 def _replay(args: argparse.Namespace, options: Any) -> int:
