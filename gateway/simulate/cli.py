@@ -25,7 +25,7 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     """Add `simulate` to the main parser's subcommands."""
     p: argparse.ArgumentParser = commands.add_parser(
         "simulate",
-        help="run simulated ACS calls against a gateway (load test, barge-in, replay)",
+        help="run simulated ACS calls against a gateway (load test, barge-in, replay, --control)",
         description="Run N simulated ACS calls against a gateway and report what came back.",
     )
     p.add_argument(
