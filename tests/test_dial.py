@@ -210,3 +210,29 @@ def test_an_incoming_call_cannot_pose_as_a_call_we_placed():
     )
     with pytest.raises(BadBody, match="correlationId is not ACS's"):
         IncomingCall.parse(event["data"])
+
+
+async def test_callbacks_act_on_a_dialled_calls_live_media():
+    seen: list[Call] = []
+
+    async def keep(call: Call) -> None:
+        seen.append(call)
+        await ECHO(call)
+
+    async with open_answering_gateway(processors={"keep": keep}, processor="keep") as gw:
+        placed = await gw.dialer().dial("8:acs:x")
+        call = gw.acs.calls[placed.call_connection_id]
+        with trio.fail_after(10):
+            await call.media_connected.wait()
+            await call.wait_for_callback("MediaStreamingStarted")
+        assert call.media is not None and seen[0].control is not None
+        assert seen[0].control.media_streaming == "started"
+        await gw.acs.callback(call, "CallDisconnected")  # before ACS closes the socket
+        with trio.fail_after(5):
+            await call.media.closed.wait()
+        assert call.media.close_code == 1000
+        with trio.fail_after(5):
+            while gw.server.live:  # noqa: ASYNC110  (the server has no "a call ended" event)
+                await trio.sleep(0.01)
+        assert gw.server.stats.ended_by == {"hangup": 1}
+        assert not gw.control.live.calls

@@ -57,7 +57,8 @@ from ..wire.sockets import peer_address, refuse_at_once
 from ..wire.transport import SocketTransport
 from .admission import Admission
 from .auth import KeySet, TokenChecker
-from .connection import CallRouting, ServerContext, serve_connection, source_of
+from .connection import ServerContext, serve_connection, source_of
+from .routing import CallRouting
 from .shared_calls import SharedCalls
 from .stats import ServerStats
 
@@ -85,6 +86,7 @@ class Server:
         self.metrics = Metrics() if metrics is None else metrics  # a private registry by default
         self.tls_context: ssl.SSLContext | None = None  # serving wss://; SIGHUP reloads its cert
         self.processor = processor
+        self.control = control  # routes and webhooks (a reload may change the routes)
         self.pacer = Pacer()  # one timer for every call's send task
         self.auth = _token_checker(config)
         if control is not None:
