@@ -34,6 +34,8 @@ class CallStats:
     upstream_audio_dropped: int = 0  # caller frames not sent upstream (no connection then)
     upstream_audio_discarded: int = 0  # bytes of model audio dropped after a barge-in
     barge_ins: int = 0
+    session_rollovers: int = 0  # the next model session took over (planned, or at a failure)
+    history_turns_dropped: int = 0  # turns forgotten to keep the remembered conversation bounded
 
 
 class CallControlHandle(Protocol):

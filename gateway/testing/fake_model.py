@@ -8,9 +8,15 @@ than real time (`response.created`, `response.output_item.added`, audio deltas,
 `response.output_audio.done`, `response.done`); `response.cancel`, `conversation.item.truncate`
 (rejected past the audio sent, as the service does) and `conversation.item.delete`. It speaks
 the GA names, or the beta ones (`response.audio.delta`, ...) when the client's `session.update`
-is in the beta shape. On demand it refuses handshakes, drops connections, sends error events,
-or goes silent (stops reading, so pings go unanswered). Everything it receives is recorded
-(`events`) with the time, so tests can assert on it (truncate offsets included).
+is in the beta shape. Transcripts: of each reply (`response.output_audio_transcript.done`, the
+reply's text, cut to the audio streamed if it was cancelled), and of each caller turn
+(`conversation.item.input_audio_transcription.completed`, "caller turn N") when the session asked
+for input transcription. `conversation.item.create` (user and assistant messages, function
+outputs) is acknowledged and recorded per session (`items`). Sessions expire `session_max_s`
+after they open, as the service's do: an `error` event with code `session_expired`, then the
+close. On demand it refuses handshakes, drops connections, sends error events, or goes silent
+(stops reading, so pings go unanswered). Everything it receives is recorded (`events`) with the
+time, so tests can assert on it (truncate offsets included).
 
 Never: real network beyond loopback, sleeps that drift (deltas are paced on absolute deadlines),
 or anything that outlives `open_fake_model`.
@@ -31,6 +37,7 @@ import orjson
 import pybase64
 import trio
 import trio_websocket
+import wsproto.utilities
 
 RATE = 24000
 BYTES_PER_MS = RATE * 2 // 1000
@@ -78,6 +85,8 @@ class FakeModel:
     - `sent`: every server event sent except audio deltas (`Recorded` too)
     - `requests`: (resource, headers) of each handshake; `connections` opened, `live` now open
     - `audio_sent_ms`: per item id, ms of audio streamed
+    - `items`: per connection, the items the client created (`conversation.item.create`)
+    - `transcripts`: per reply item id, its full text
     """
 
     def __init__(
@@ -91,6 +100,9 @@ class FakeModel:
         speech_start_ms: int,
         silence_ms: int,
         auto_cancel: bool,
+        texts: Sequence[str] = (),
+        shared_script: bool = False,
+        session_max_s: float | None = None,
     ) -> None:
         self.responses = list(responses)
         self.api_key = api_key
@@ -100,6 +112,13 @@ class FakeModel:
         self.speech_start_ms = speech_start_ms
         self.silence_ms = silence_ms
         self.auto_cancel = auto_cancel
+        self.texts = list(texts)
+        self.shared_script = shared_script
+        self.session_max_s = session_max_s
+        self.turns = 0  # user turns answered on all connections (`shared_script`)
+        self.caller_turns = 0  # caller turns transcribed, on all connections
+        self.items: dict[int, list[dict[str, Any]]] = {}
+        self.transcripts: dict[str, str] = {}
         self.url = ""
         self.events: list[Recorded] = []
         self.sent: list[Recorded] = []
@@ -214,6 +233,8 @@ class FakeModel:
                     self.live -= 1
                     self._notify()
                     nursery.cancel_scope.cancel()
+        except* wsproto.utilities.LocalProtocolError:
+            pass  # trio-websocket answered a ping that crossed our close (an expiry): it is over
         finally:
             await trio.aclose_forcefully(stream)
 
@@ -242,6 +263,8 @@ class _Session:
         self.responding: trio.CancelScope | None = None
         self.response_id: str | None = None
         self.nursery: trio.Nursery | None = None
+        self.transcribe = False  # the client asked for transcripts of its audio
+        self.turn_item: str | None = None  # the user item the caller's current speech makes
 
     async def send(self, event: dict[str, Any]) -> None:
         event.setdefault("event_id", self.model._new_id("event"))
@@ -259,6 +282,8 @@ class _Session:
             self.nursery = nursery
             session_id = self.model._new_id("sess")
             await self.send({"type": "session.created", "session": {"id": session_id}})
+            if self.model.session_max_s is not None:
+                nursery.start_soon(self.expire, self.model.session_max_s)
             try:
                 while True:
                     message = await self.ws.get_message()
@@ -276,7 +301,12 @@ class _Session:
             case "session.update":
                 session = event.get("session", {})
                 self.ga = "type" in session
+                audio_in = session.get("audio", {}).get("input", {}) if self.ga else session
+                key = "transcription" if self.ga else "input_audio_transcription"
+                self.transcribe = bool(audio_in.get(key))
                 await self.send({"type": "session.updated", "session": session})
+            case "conversation.item.create":
+                await self.create_item(event.get("item"))
             case "input_audio_buffer.append":
                 await self.on_audio(pybase64.b64decode(event["audio"], validate=True))
             case "response.cancel":
@@ -305,6 +335,35 @@ class _Session:
                 await self.send(
                     {"type": "conversation.item.deleted", "item_id": event.get("item_id")}
                 )
+
+    async def expire(self, after_s: float) -> None:
+        """End the session at its maximum duration, as the service does."""
+        await trio.sleep(after_s)
+        await self.send(
+            {
+                "type": "error",
+                "error": {
+                    "type": "invalid_request_error",
+                    "code": "session_expired",
+                    "message": f"Your session hit the maximum duration of {after_s:g} seconds.",
+                },
+            }
+        )
+        with trio.move_on_after(1):
+            await self.ws.aclose(1000, "session expired")
+
+    async def create_item(self, item: Any) -> None:
+        kinds = ("message", "function_call", "function_call_output")
+        if not isinstance(item, dict) or item.get("type") not in kinds:
+            await self.error("invalid_value", f"not an item: {item!r}")
+            return
+        if item["type"] == "message" and item.get("role") not in ("user", "assistant", "system"):
+            await self.error("invalid_value", f"no role: {item!r}")
+            return
+        self.model.items.setdefault(self.number, []).append(item)
+        created = {**item, "id": self.model._new_id("item")}
+        kind = "conversation.item.added" if self.ga else "conversation.item.created"
+        await self.send({"type": kind, "item": created})
 
     async def error(self, code: str, message: str) -> None:
         await self.send(
@@ -337,7 +396,7 @@ class _Session:
                     await self.speech_stopped()
 
     async def speech_started(self) -> None:
-        item_id = self.model._new_id("item")
+        item_id = self.turn_item = self.model._new_id("item")
         await self.send(
             {
                 "type": "input_audio_buffer.speech_started",
@@ -349,7 +408,7 @@ class _Session:
             self.responding.cancel()
 
     async def speech_stopped(self) -> None:
-        item_id = self.model._new_id("item")
+        item_id = self.turn_item or self.model._new_id("item")
         await self.send(
             {
                 "type": "input_audio_buffer.speech_stopped",
@@ -358,14 +417,28 @@ class _Session:
             }
         )
         await self.send({"type": "input_audio_buffer.committed", "item_id": item_id})
-        if self.turn < len(self.model.responses) and self.responding is None:
-            reply = self.model.responses[self.turn]
+        model = self.model
+        if self.transcribe:
+            model.caller_turns += 1
+            await self.send(
+                {
+                    "type": "conversation.item.input_audio_transcription.completed",
+                    "item_id": item_id,
+                    "content_index": 0,
+                    "transcript": f"caller turn {model.caller_turns}",
+                }
+            )
+        turn = model.turns if model.shared_script else self.turn
+        if turn < len(model.responses) and self.responding is None:
+            reply = model.responses[turn]
+            text = model.texts[turn] if turn < len(model.texts) else f"reply {turn + 1}"
             self.turn += 1
+            model.turns += 1
             assert self.nursery is not None
             self.responding = trio.CancelScope()
-            self.nursery.start_soon(self.respond, reply, self.responding)
+            self.nursery.start_soon(self.respond, reply, self.responding, text)
 
-    async def respond(self, reply: bytes, scope: trio.CancelScope) -> None:
+    async def respond(self, reply: bytes, scope: trio.CancelScope, text: str = "") -> None:
         model = self.model
         response_id = model._new_id("resp")
         item_id = model._new_id("item")
@@ -397,6 +470,7 @@ class _Session:
             }
         )
         model.audio_sent_ms[item_id] = 0.0
+        model.transcripts[item_id] = text
         with scope:
             step = model.delta_ms * BYTES_PER_MS
             deadline = trio.current_time()
@@ -411,6 +485,19 @@ class _Session:
             await self.send({"type": audio_done, **where})
         if scope.cancelled_caught:
             status = "cancelled"
+            # the transcript runs ahead of the audio; what was generated was about this much
+            text = text[
+                : round(len(text) * model.audio_sent_ms[item_id] * BYTES_PER_MS / len(reply))
+            ]
+        await self.send(
+            {
+                "type": "response.output_audio_transcript.done"
+                if self.ga
+                else "response.audio_transcript.done",
+                **where,
+                "transcript": text,
+            }
+        )
         self.responding = None
         await self.send(
             {"type": "response.done", "response": {"id": response_id, "status": status}}
@@ -428,11 +515,17 @@ async def open_fake_model(
     speech_start_ms: int = 60,
     silence_ms: int = 500,
     auto_cancel: bool = False,
+    texts: Sequence[str] = (),
+    shared_script: bool = False,
+    session_max_s: float | None = None,
 ) -> AsyncIterator[FakeModel]:
     """Run a fake realtime model on 127.0.0.1, port 0, until the block ends.
 
     `responses`: 24 kHz PCM16 replies, one per user turn, in order, the same script for every
-    connection (none left: no reply).
+    connection (none left: no reply); with `shared_script`, the turns of all connections count
+    together, so a call that moves to a new session goes on with the script.
+    `texts`: the words of each reply, for its transcript (default "reply N").
+    `session_max_s`: every session expires this long after it opened.
     `api_key`: if set, handshakes without it (`api-key` or `Authorization: Bearer`) get 401."""
     model = FakeModel(
         responses,
@@ -443,6 +536,9 @@ async def open_fake_model(
         speech_start_ms=speech_start_ms,
         silence_ms=silence_ms,
         auto_cancel=auto_cancel,
+        texts=texts,
+        shared_script=shared_script,
+        session_max_s=session_max_s,
     )
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(
