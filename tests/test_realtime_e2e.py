@@ -69,7 +69,7 @@ async def test_barge_in_truncates_to_what_was_released(autojump_clock, monkeypat
             await idle(server)
             await trio.sleep(0.1)
             assert task_count() == tasks
-            assert open_fds() == fds
+            assert open_fds() <= fds  # a socket an earlier test left to the GC may close now
 
     [call] = calls
     assert call.player is not None
