@@ -34,6 +34,9 @@ class CallStats:
     upstream_audio_dropped: int = 0  # caller frames not sent upstream (no connection then)
     upstream_audio_discarded: int = 0  # bytes of model audio dropped after a barge-in
     barge_ins: int = 0
+    false_interruptions: int = 0  # paused for a suspected barge-in, then resumed
+    mix_waits_expired: int = 0  # unmixed `mix`: frames mixed without a late speaker's audio
+    mix_late_frames: int = 0  # unmixed `mix`: frames that came after their slot went out
 
 
 class CallControlHandle(Protocol):

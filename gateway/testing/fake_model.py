@@ -6,11 +6,15 @@ energy over the appended audio (`input_audio_buffer.speech_started` / `speech_st
 `committed`); a scripted reply per user turn, streamed in `delta_ms` deltas `speed` times faster
 than real time (`response.created`, `response.output_item.added`, audio deltas,
 `response.output_audio.done`, `response.done`); `response.cancel`, `conversation.item.truncate`
-(rejected past the audio sent, as the service does) and `conversation.item.delete`. It speaks
-the GA names, or the beta ones (`response.audio.delta`, ...) when the client's `session.update`
-is in the beta shape. On demand it refuses handshakes, drops connections, sends error events,
-or goes silent (stops reading, so pings go unanswered). Everything it receives is recorded
-(`events`) with the time, so tests can assert on it (truncate offsets included).
+(rejected past the audio sent, as the service does) and `conversation.item.delete`. When the
+session asks for input transcription, each committed caller turn gets
+`conversation.item.input_audio_transcription.completed` for its item: blank for a burst of sound
+shorter than `noise_max_ms` (a cough, a click: speech_started, but no words), words otherwise.
+It speaks the GA names, or the beta ones (`response.audio.delta`, ...) when the client's
+`session.update` is in the beta shape. On demand it refuses handshakes, drops connections,
+sends error events, or goes silent (stops reading, so pings go unanswered). Everything it
+receives is recorded (`events`) with the time, so tests can assert on it (truncate offsets
+included).
 
 Never: real network beyond loopback, sleeps that drift (deltas are paced on absolute deadlines),
 or anything that outlives `open_fake_model`.
@@ -91,7 +95,9 @@ class FakeModel:
         speech_start_ms: int,
         silence_ms: int,
         auto_cancel: bool,
+        noise_max_ms: int = 250,
     ) -> None:
+        self.noise_max_ms = noise_max_ms
         self.responses = list(responses)
         self.api_key = api_key
         self.speed = speed
@@ -238,6 +244,9 @@ class _Session:
         self.voiced_ms = 0.0
         self.unvoiced_ms = 0.0
         self.speaking = False
+        self.transcribe = False  # the session asked for input transcription
+        self.speech_item: str | None = None  # the caller's item being spoken
+        self.speech_ms = 0.0  # voiced time in the current caller turn
         self.window = bytearray()
         self.responding: trio.CancelScope | None = None
         self.response_id: str | None = None
@@ -276,6 +285,9 @@ class _Session:
             case "session.update":
                 session = event.get("session", {})
                 self.ga = "type" in session
+                audio_in = session.get("audio", {}).get("input", {}) if self.ga else session
+                key = "transcription" if self.ga else "input_audio_transcription"
+                self.transcribe = bool(audio_in.get(key))
                 await self.send({"type": "session.updated", "session": session})
             case "input_audio_buffer.append":
                 await self.on_audio(pybase64.b64decode(event["audio"], validate=True))
@@ -326,8 +338,11 @@ class _Session:
             if rms >= self.model.vad_threshold:
                 self.voiced_ms += VAD_WINDOW_MS
                 self.unvoiced_ms = 0
+                if self.speaking:
+                    self.speech_ms += VAD_WINDOW_MS
                 if not self.speaking and self.voiced_ms >= self.model.speech_start_ms:
                     self.speaking = True
+                    self.speech_ms = self.voiced_ms
                     await self.speech_started()
             else:
                 self.unvoiced_ms += VAD_WINDOW_MS
@@ -337,7 +352,7 @@ class _Session:
                     await self.speech_stopped()
 
     async def speech_started(self) -> None:
-        item_id = self.model._new_id("item")
+        item_id = self.speech_item = self.model._new_id("item")
         await self.send(
             {
                 "type": "input_audio_buffer.speech_started",
@@ -349,7 +364,7 @@ class _Session:
             self.responding.cancel()
 
     async def speech_stopped(self) -> None:
-        item_id = self.model._new_id("item")
+        item_id = self.speech_item or self.model._new_id("item")  # one item per caller turn
         await self.send(
             {
                 "type": "input_audio_buffer.speech_stopped",
@@ -358,6 +373,16 @@ class _Session:
             }
         )
         await self.send({"type": "input_audio_buffer.committed", "item_id": item_id})
+        if self.transcribe:
+            words = self.speech_ms >= self.model.noise_max_ms
+            await self.send(
+                {
+                    "type": "conversation.item.input_audio_transcription.completed",
+                    "item_id": item_id,
+                    "content_index": 0,
+                    "transcript": f"(caller words, {self.speech_ms:.0f} ms)" if words else "",
+                }
+            )
         if self.turn < len(self.model.responses) and self.responding is None:
             reply = self.model.responses[self.turn]
             self.turn += 1
@@ -428,12 +453,14 @@ async def open_fake_model(
     speech_start_ms: int = 60,
     silence_ms: int = 500,
     auto_cancel: bool = False,
+    noise_max_ms: int = 250,
 ) -> AsyncIterator[FakeModel]:
     """Run a fake realtime model on 127.0.0.1, port 0, until the block ends.
 
     `responses`: 24 kHz PCM16 replies, one per user turn, in order, the same script for every
     connection (none left: no reply).
-    `api_key`: if set, handshakes without it (`api-key` or `Authorization: Bearer`) get 401."""
+    `api_key`: if set, handshakes without it (`api-key` or `Authorization: Bearer`) get 401.
+    `noise_max_ms`: voiced sound shorter than this is noise: transcribed blank."""
     model = FakeModel(
         responses,
         api_key=api_key,
@@ -443,6 +470,7 @@ async def open_fake_model(
         speech_start_ms=speech_start_ms,
         silence_ms=silence_ms,
         auto_cancel=auto_cancel,
+        noise_max_ms=noise_max_ms,
     )
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(

@@ -5,16 +5,17 @@ up), moving audio both ways, and acting on barge-in. Never: wire spellings (`pro
 option parsing (`options`), or anything that outlives the call.
 
 Tasks (all in one nursery inside the processor, so all end with the call):
-- caller -> model (the processor's own task): reads `call.packets` (in unmixed mode, only the
-  first participant heard, as `echo` does); resamples to 24 kHz with
+- caller -> model (the processor's own task): reads `call.packets` (in unmixed mode, whom the
+  `speakers` policy chooses, or their mix: see `speakers`); resamples to 24 kHz with
   state (or, for a 24 kHz call, passes ACS's base64 straight through); appends to the model's
   input buffer. Silent frames are sent too, so the model's VAD sees continuous time. While no
   session is up, frames are dropped and counted (`upstream_audio_dropped`). When ACS hangs up
   the `async for` ends, the nursery is cancelled and the upstream socket is closed at once.
 - upstream: connects, then reads model events. Control events are handled at once, in this
-  task, so a barge-in is never queued behind audio: on `input_audio_buffer.speech_started` the
-  player is stopped (queued audio dropped, stop-audio sent to ACS) before anything is sent
-  upstream, then `response.cancel` and `conversation.item.truncate` (to the player's count of
+  task, so a barge-in is never queued behind audio: on `input_audio_buffer.speech_started`
+  (with `interruption = "pause"`: paused at once, then stopped once `interruption` confirms
+  it) the player is stopped (queued audio dropped, stop-audio sent to ACS) before anything is
+  sent upstream, then `response.cancel` and `conversation.item.truncate` (to the player's count of
   what was released of that item) or `conversation.item.delete` go to the model.
 - feeder: audio deltas reach the player through a bounded channel (`PENDING_DELTAS`; the
   upstream reader waits only when that many deltas are queued, minutes of audio), because
@@ -43,6 +44,7 @@ from ...audio.resample import StreamResampler
 from ...audio.vad import WebRtcVad
 from ...call.interface import Call
 from . import protocol, tools
+from .interruption import Interruptions
 from .options import RealtimeOptions
 from .protocol import (
     MODEL_RATE,
@@ -59,6 +61,7 @@ from .protocol import (
     Transcript,
     UpstreamError,
 )
+from .speakers import Speakers
 
 PENDING_DELTAS: Final = 4096  # model audio deltas queued for the player (each ~20-200 ms)
 CLOSE_TIMEOUT: Final = 1.0  # seconds for the upstream closing handshake when the call ends
@@ -89,6 +92,17 @@ class Bridge:
             else None
         )
         self.conversation = Conversation(self.player.released_ms)
+        self.speakers = Speakers(call, options.speakers)
+        self.interruptions = Interruptions(
+            call,
+            options.interruption,
+            confirm_ms=options.interruption_confirm_ms,
+            min_ms=options.interruption_min_ms,
+            transcribed=options.transcription is not None,
+            barge_in=self._barge_in,
+            audible=self._bot_audible,
+            vad=self.vad,
+        )
         self.ws: trio_websocket.WebSocketConnection | None = None  # None: no session now
         settings = options.session_settings
         offered = tools.session_extra(call, options.call_tools, options.transfer_targets)
@@ -108,6 +122,7 @@ class Bridge:
             self._tasks = nursery
             nursery.start_soon(self._upstream, nursery.cancel_scope)
             nursery.start_soon(self._feed_player)
+            nursery.start_soon(self.interruptions.watch)
             await self._forward_caller()
             # ACS hung up: close the upstream now (one round trip for the closing handshake,
             # while its reader still runs), then end every task.
@@ -121,39 +136,44 @@ class Bridge:
     # -- caller -> model --
 
     async def _forward_caller(self) -> None:
-        append = protocol.append_audio
-        b64encode = pybase64.b64encode_as_string
         # The caller's first words wait in the inbound queue (bounded, see gateway.call) while
         # the first session opens, rather than being dropped.
         await self._first_attempt.wait()
-        speaker: str | None = None  # unmixed streams: the model hears one participant
-        first = True
+        speakers = self.speakers  # unmixed streams: whom the model hears
+        mixing = speakers.mixer is not None
         async for packet in self.call.packets:
             if type(packet) is not AudioData:
                 continue
-            if first:
-                speaker, first = packet.participant_raw_id, False
-            if packet.participant_raw_id != speaker:
+            if not mixing:
+                if speakers.hears(packet, trio.current_time()):
+                    await self._to_model(packet.pcm, packet.data)
                 continue
-            if self.vad is not None and self.vad.feed(packet.pcm) and self._bot_audible():
-                self.log.info("local VAD: caller speaking; barge-in before the model reacts")
-                self.call.observer.note("speech_started", by="vad")
-                await self._barge_in()
-            ws = self.ws
-            if ws is None:
-                self.stats.upstream_audio_dropped += 1
-                continue
-            if self.pass_through:
-                message = append(packet.data)
-            else:
-                pcm = self.to_model.process(packet.pcm)
-                if not pcm:
-                    continue  # the resampler holds it back until the next frame
-                message = append(b64encode(pcm))
-            try:
-                await ws.send_message(message)
-            except trio_websocket.ConnectionClosed:
-                self.stats.upstream_audio_dropped += 1  # the upstream task sees it too
+            for pcm in speakers.mix(packet, trio.current_time()):
+                await self._to_model(pcm, None)
+
+    async def _to_model(self, pcm: bytes, data: str | None) -> None:
+        """One frame of what the model hears; `data`: its base64 as ACS sent it, if it is."""
+        if self.vad is not None and self.vad.feed(pcm) and self._bot_audible():
+            self.log.info("local VAD: caller speaking; barge-in before the model reacts")
+            self.call.observer.note("speech_started", by="vad")
+            await self.interruptions.suspected("vad")
+        ws = self.ws
+        if ws is None:
+            self.stats.upstream_audio_dropped += 1
+            return
+        if self.pass_through:
+            message = protocol.append_audio(
+                data if data is not None else pybase64.b64encode_as_string(pcm)
+            )
+        else:
+            pcm = self.to_model.process(pcm)
+            if not pcm:
+                return  # the resampler holds it back until the next frame
+            message = protocol.append_audio(pybase64.b64encode_as_string(pcm))
+        try:
+            await ws.send_message(message)
+        except trio_websocket.ConnectionClosed:
+            self.stats.upstream_audio_dropped += 1  # the upstream task sees it too
 
     # -- barge-in --
 
@@ -161,6 +181,7 @@ class Bridge:
         player = self.player
         return (
             self.conversation.responding
+            or player.paused
             or player.playout.queued_bytes > 0
             or player.playout.buffered_ms(trio.current_time()) > 0
         )
@@ -240,11 +261,14 @@ class Bridge:
                             await self._pending_send.send(entry)
                 case SpeechStarted():
                     self.call.observer.note("speech_started", by="model")
-                    await self._barge_in()
+                    await self.interruptions.suspected("model", event)
                 case SpeechStopped():
                     self.call.observer.note("turn_ended", by="model")
+                    await self.interruptions.speech_stopped(event)
                 case Transcript(who=who, text=text, item_id=item_id):
                     self.call.observer.note("transcript", who=who, text=text, item_id=item_id)
+                    if who == "caller":
+                        await self.interruptions.caller_transcript(text, item_id)
                 case ToolCall(name=name, call_id=call_id, arguments=arguments):
                     self.call.observer.note(
                         "tool_call", name=name, call_id=call_id, arguments=arguments
@@ -253,6 +277,7 @@ class Bridge:
                     if tasks is not None and name in tools.TOOLS and name and call_id:
                         tasks.start_soon(self._tool_call, ws, name, call_id, arguments)
                 case ResponseCreated(response_id=response_id):
+                    await self.interruptions.response_created()
                     self.conversation.response_created(response_id)
                 case ResponseDone(response_id=response_id):
                     self.conversation.response_done(response_id)

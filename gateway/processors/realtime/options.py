@@ -21,7 +21,9 @@ from urllib.parse import quote, urlsplit
 import attrs
 
 from . import tools
+from .interruption import PAUSE, POLICIES
 from .protocol import BETA, DIALECTS, GA, SessionSettings
+from .speakers import SPEAKER_POLICIES
 
 
 @attrs.frozen
@@ -94,6 +96,10 @@ class RealtimeOptions:
     local_vad_min_speech_ms: int = 60
     call_tools: list[str] = attrs.field(factory=list)  # end_call, transfer_call: see tools
     transfer_targets: dict[str, str] = attrs.field(factory=dict)  # name -> number or ACS user
+    interruption: str = "cancel"  # or "pause": see .interruption
+    interruption_confirm_ms: int = 1500
+    interruption_min_ms: int = 500
+    speakers: str = "first"  # unmixed streams: "first", "mix" or "follow" (see .speakers)
 
     @property
     def dialect(self) -> str:
@@ -128,14 +134,26 @@ class RealtimeOptions:
 
     @property
     def session_settings(self) -> SessionSettings:
+        turn_detection = self.turn_detection
+        if (
+            self.interruption == PAUSE
+            and turn_detection is not None
+            and turn_detection.get("type") in _INTERRUPTIBLE_VAD
+            and "interrupt_response" not in turn_detection
+        ):
+            # The gateway decides whether the reply was really interrupted: the model must
+            # not cancel it on its own at every sound.
+            turn_detection = {**turn_detection, "interrupt_response": False}
         return SessionSettings(
             instructions=self.instructions,
             voice=self.voice,
-            turn_detection=self.turn_detection,
+            turn_detection=turn_detection,
             transcription=self.transcription,
             extra=self.session,
         )
 
+
+_INTERRUPTIBLE_VAD: Final = ("server_vad", "semantic_vad")
 
 _TYPES: Final[dict[str, Any]] = {
     "provider": str,
@@ -159,6 +177,10 @@ _TYPES: Final[dict[str, Any]] = {
     "local_vad_min_speech_ms": int,
     "call_tools": list,
     "transfer_targets": dict,
+    "interruption": str,
+    "interruption_confirm_ms": int,
+    "interruption_min_ms": int,
+    "speakers": str,
 }
 _TABLES: Final = ("turn_detection", "transcription")
 KNOWN: Final = tuple(a.name for a in attrs.fields(RealtimeOptions))
@@ -191,6 +213,11 @@ def parse_options(
             f"on_upstream_failure must be one of {', '.join(FAILURE_POLICIES)}; "
             f"got {opts.on_upstream_failure!r}"
         )
+    for name, allowed in (("interruption", POLICIES), ("speakers", SPEAKER_POLICIES)):
+        if getattr(opts, name) not in allowed:
+            raise ValueError(
+                f"{name} must be one of {', '.join(allowed)}; got {getattr(opts, name)!r}"
+            )
     if opts.endpoint is None and PROVIDERS[opts.provider].endpoint is None:
         raise ValueError(f"provider {opts.provider!r} needs 'endpoint' (your resource's URL)")
     if urlsplit(opts.url).scheme not in ("ws", "wss"):
@@ -207,6 +234,8 @@ def parse_options(
         "keepalive_interval",
         "keepalive_timeout",
         "local_vad_min_speech_ms",
+        "interruption_confirm_ms",
+        "interruption_min_ms",
     ):
         if getattr(opts, name) <= 0:
             raise ValueError(f"{name} must be greater than 0")

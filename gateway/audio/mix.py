@@ -1,0 +1,153 @@
+"""`Mixer`: the participants of an unmixed stream, summed into one stream, time-aligned.
+
+Owns: placing each participant's 20 ms frames on a common timeline (slots of one frame, from
+the packets' ISO-8601 `timestamp`s), summing what falls in the same slot (int16 -> int32 sum ->
+clipped back to int16, so loud voices saturate rather than wrap), and releasing slots in order.
+Never: sockets, tasks, reading the clock (it is given `now`), or dropping audio: a frame that
+arrives after its slot went out is mixed into the next slot still open (and counted late).
+
+Release: a slot goes out as soon as every participant heard within the last `wait` seconds has
+a frame at or beyond it, so speakers who arrive together cost no delay; one whose frame is
+missing holds a slot at most `wait` after the slot's first frame arrived (`waits_expired`),
+and one silent for longer than `wait` (who left, or whom ACS stopped sending) holds nothing.
+A packet without a usable timestamp follows its participant's previous frame; one stamped more
+than `MAX_AHEAD` slots ahead of the others is held at most that far ahead.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Final
+
+import attrs
+
+from ..acs.packets import FRAME_MS
+
+DEFAULT_WAIT_MS: Final = 60  # three frames: WebSocket jitter between speakers' packets
+MAX_AHEAD: Final = 50  # slots (1 s): a stamp further ahead of the mix is a clock that disagrees
+
+
+@attrs.define(slots=True)
+class MixStats:
+    frames_in: int = 0
+    slots_out: int = 0
+    waits_expired: int = 0  # slots released while an active speaker's frame was still missing
+    late_frames: int = 0  # frames that came after their slot went out: mixed one slot on
+
+
+class Mixer:
+    """Time-aligned sum of several PCM16 mono streams of one sample rate."""
+
+    def __init__(self, *, wait_ms: float = DEFAULT_WAIT_MS) -> None:
+        import numpy  # the `realtime` extra
+
+        self._np = numpy
+        self.wait = wait_ms / 1000
+        self.stats = MixStats()
+        self._slots: dict[int, dict[str, bytes]] = {}
+        self._first_arrival: dict[int, float] = {}  # slot -> when its first frame came
+        self._last: dict[str, int] = {}  # participant -> its latest slot
+        self._heard: dict[str, float] = {}  # participant -> when its latest frame came
+        self._next: int | None = None  # the next slot to release
+        self._base_ms: float | None = None  # the first timestamp: slot 0
+        self._stamp: tuple[str, float | None] = ("", None)  # the last timestamp parsed
+
+    @property
+    def pending_frames(self) -> int:
+        return sum(len(frames) for frames in self._slots.values())
+
+    def push(self, participant: str, timestamp: str | None, pcm: bytes, now: float) -> list[bytes]:
+        """Add one frame; the mixed frames now due, in order."""
+        self.stats.frames_in += 1
+        slot = self._slot(participant, timestamp)
+        self._last[participant] = slot
+        self._heard[participant] = now
+        self._slots.setdefault(slot, {})[participant] = pcm
+        self._first_arrival.setdefault(slot, now)
+        if self._next is None:
+            self._next = slot
+        return self.release(now)
+
+    def release(self, now: float) -> list[bytes]:
+        """The mixed frames due at `now` (call it when time passes without a frame)."""
+        out: list[bytes] = []
+        slots = self._slots
+        while slots:
+            s = self._next
+            assert s is not None
+            if s not in slots:  # nobody spoke in this slot: skip it when nobody can any more
+                if self._waiting_for(s, now):
+                    break
+                self._next = min(slots)
+                continue
+            if self._waiting_for(s, now):
+                if now < self._first_arrival[s] + self.wait:
+                    break
+                self.stats.waits_expired += 1
+            frames = slots.pop(s)
+            del self._first_arrival[s]
+            self._next = s + 1
+            self.stats.slots_out += 1
+            out.append(self._sum(list(frames.values())))
+        return out
+
+    def flush(self) -> list[bytes]:
+        """Everything still held, in order (the stream ended)."""
+        out = []
+        for s in sorted(self._slots):
+            out.append(self._sum(list(self._slots[s].values())))
+        self.stats.slots_out += len(out)
+        self._slots.clear()
+        self._first_arrival.clear()
+        return out
+
+    def _waiting_for(self, slot: int, now: float) -> bool:
+        """True if a speaker heard within `wait` has not yet sent a frame for `slot`."""
+        wait = self.wait
+        heard = self._heard
+        return any(last < slot and now - heard[p] <= wait for p, last in self._last.items())
+
+    def _slot(self, participant: str, timestamp: str | None) -> int:
+        ms = self._ms(timestamp)
+        last = self._last.get(participant)
+        if ms is not None:
+            if self._base_ms is None:
+                self._base_ms = ms
+            slot = round((ms - self._base_ms) / FRAME_MS)
+            if last is not None and slot <= last:  # a stale or repeated stamp: follow on
+                slot = last + 1
+        elif last is not None:
+            slot = last + 1
+        else:
+            slot = self._next if self._next is not None else 0
+        if self._next is not None:
+            if slot < self._next:
+                self.stats.late_frames += 1
+                slot = self._next
+            elif slot > self._next + MAX_AHEAD and self._slots:  # bound what is held
+                slot = max(self._next + MAX_AHEAD, last + 1 if last is not None else 0)
+        return slot
+
+    def _ms(self, timestamp: str | None) -> float | None:
+        if timestamp is None:
+            return None
+        if timestamp == self._stamp[0]:
+            return self._stamp[1]
+        try:
+            ms: float | None = datetime.fromisoformat(timestamp).timestamp() * 1000
+        except ValueError:
+            ms = None
+        self._stamp = (timestamp, ms)
+        return ms
+
+    def _sum(self, frames: list[bytes]) -> bytes:
+        if len(frames) == 1:
+            return frames[0]
+        np = self._np
+        n = max(len(f) for f in frames) // 2
+        acc = np.zeros(n, dtype=np.int32)
+        for f in frames:
+            samples = np.frombuffer(f, dtype=np.int16, count=len(f) // 2)
+            acc[: len(samples)] += samples
+        np.clip(acc, -32768, 32767, out=acc)
+        return bytes(acc.astype(np.int16).tobytes())

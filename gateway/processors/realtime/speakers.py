@@ -1,0 +1,84 @@
+"""`Speakers`: whom the model hears on an unmixed stream (the `speakers` option).
+
+Owns: the policy. `first`: the first participant heard, alone (as `echo` does). `follow`: the
+participant whose raw id is the call's caller (`call.control.caller`, known when this gateway
+answered the call); without it, `first`, said once in the log. `mix`: every participant, summed
+time-aligned (`gateway.audio.mix.Mixer`), released as frames arrive. On a mixed stream (no
+participant ids) every policy passes the audio as it is. The event log is told who speaks:
+`speaker` (`participant`, `policy`) when a participant's first non-silent frame is heard, and
+again after a second of silence from them. Never: sends anything upstream, resamples, or reads
+the clock (the bridge passes `now`).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from ...acs.packets import AudioData
+from ...audio.mix import Mixer
+from ...call.interface import Call
+
+FIRST: Final = "first"
+MIX: Final = "mix"
+FOLLOW: Final = "follow"
+SPEAKER_POLICIES: Final = (FIRST, MIX, FOLLOW)
+QUIET_S: Final = 1.0  # silence after which a participant's next sound is a new `speaker` note
+
+
+class Speakers:
+    def __init__(self, call: Call, policy: str) -> None:
+        self.call = call
+        self.chosen: str | None = None  # first / follow: the participant the model hears
+        control = call.control
+        caller = None if control is None else control.caller
+        if policy == FOLLOW:
+            if caller:
+                self.chosen = caller
+            else:
+                call.log.info(
+                    "speakers = follow: the caller's id is unknown (the call was not answered "
+                    "by this gateway); the model hears the first participant heard"
+                )
+                policy = FIRST
+        self.policy = policy
+        self.mixer = Mixer() if policy == MIX else None
+        self._loud: dict[str, float] = {}  # participant -> when last heard non-silent
+        self._announced: dict[str, None] = {}  # follow: participants noted as not followed
+
+    def hears(self, packet: AudioData, now: float) -> bool:
+        """`first` / `follow`: True if this frame goes to the model."""
+        who = packet.participant_raw_id
+        if who is None:
+            return True
+        if self.chosen is None:
+            self.chosen = who
+        if who != self.chosen:
+            if self.policy == FOLLOW and who not in self._announced:
+                self._announced[who] = None
+                self.call.observer.note("speaker", participant=who, policy=self.policy, heard=False)
+            return False
+        if not packet.silent:
+            self._spoke(who, now)
+        return True
+
+    def mix(self, packet: AudioData, now: float) -> list[bytes]:
+        """`mix`: the mixed frames due now (PCM at the call's rate)."""
+        mixer = self.mixer
+        assert mixer is not None
+        who = packet.participant_raw_id
+        if who is None:  # a mixed stream after all: nothing to align
+            return [packet.pcm]
+        if not packet.silent:
+            self._spoke(who, now)
+        before = mixer.stats.waits_expired, mixer.stats.late_frames
+        frames = mixer.push(who, packet.timestamp, packet.pcm, now)
+        stats = self.call.stats
+        stats.mix_waits_expired += mixer.stats.waits_expired - before[0]
+        stats.mix_late_frames += mixer.stats.late_frames - before[1]
+        return frames
+
+    def _spoke(self, who: str, now: float) -> None:
+        last = self._loud.get(who)
+        self._loud[who] = now
+        if last is None or now - last > QUIET_S:
+            self.call.observer.note("speaker", participant=who, policy=self.policy)
