@@ -3,15 +3,22 @@
 Owns: placing each participant's 20 ms frames on a common timeline (slots of one frame, from
 the packets' ISO-8601 `timestamp`s), summing what falls in the same slot (int16 -> int32 sum ->
 clipped back to int16, so loud voices saturate rather than wrap), and releasing slots in order.
-Never: sockets, tasks, reading the clock (it is given `now`), or dropping audio: a frame that
-arrives after its slot went out is mixed into the next slot still open (and counted late).
+Never: sockets, tasks, or reading the clock (it is given `now`).
 
-Release: a slot goes out as soon as every participant heard within the last `wait` seconds has
-a frame at or beyond it, so speakers who arrive together cost no delay; one whose frame is
-missing holds a slot at most `wait` after the slot's first frame arrived (`waits_expired`),
-and one silent for longer than `wait` (who left, or whom ACS stopped sending) holds nothing.
-A packet without a usable timestamp follows its participant's previous frame; one stamped more
-than `MAX_AHEAD` slots ahead of the others is held at most that far ahead.
+Release: a slot goes out once time has moved on since its first frame came (a later packet
+arrived, or half a frame passed: every frame ACS sent for that instant had its chance, a
+speaker not heard before included) and every active participant (heard within the last frame
+plus `wait`) has a frame at or beyond it; so mixing costs at most about a frame of delay when
+speakers arrive together. One whose frame is missing holds a slot at most `wait` after the
+slot's first frame came (`waits_expired`); one silent for longer (who left, or whom ACS
+stopped sending) holds nothing. `due_at()` says when to call `release()` if no frame comes.
+
+A frame that arrives after its slot went out (a participant whose first packets trail the
+others' same-instant packets, or who falls more than `wait` behind) is dropped and counted
+(`late_frames`): mixing it later would put that speaker out of step for good. A packet without
+a usable timestamp follows its participant's previous frame (a new participant's first one
+goes into the next open slot); one stamped more than `MAX_AHEAD` slots ahead of the others is
+held at most that far ahead.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ class MixStats:
     frames_in: int = 0
     slots_out: int = 0
     waits_expired: int = 0  # slots released while an active speaker's frame was still missing
-    late_frames: int = 0  # frames that came after their slot went out: mixed one slot on
+    late_frames: int = 0  # frames that came after their slot went out: dropped
 
 
 class Mixer:
@@ -62,6 +69,9 @@ class Mixer:
         slot = self._slot(participant, timestamp)
         self._last[participant] = slot
         self._heard[participant] = now
+        if self._next is not None and slot < self._next:
+            self.stats.late_frames += 1
+            return self.release(now)
         self._slots.setdefault(slot, {})[participant] = pcm
         self._first_arrival.setdefault(slot, now)
         if self._next is None:
@@ -80,16 +90,30 @@ class Mixer:
                     break
                 self._next = min(slots)
                 continue
+            opened = self._first_arrival[s]
             if self._waiting_for(s, now):
-                if now < self._first_arrival[s] + self.wait:
+                if now < opened + self.wait:
                     break
                 self.stats.waits_expired += 1
+            elif now <= opened:
+                break  # more frames of this instant may be on their way
             frames = slots.pop(s)
             del self._first_arrival[s]
             self._next = s + 1
             self.stats.slots_out += 1
             out.append(self._sum(list(frames.values())))
         return out
+
+    def due_at(self, now: float) -> float | None:
+        """When `release()` next has something to give if no frame comes before (None:
+        nothing is held)."""
+        if not self._slots:
+            return None
+        s = self._next if self._next in self._slots else min(self._slots)
+        opened = self._first_arrival[s]
+        if self._waiting_for(s, now):
+            return opened + self.wait
+        return max(now, opened + FRAME_MS / 1000 / 2)  # "time moved on": half a frame will do
 
     def flush(self) -> list[bytes]:
         """Everything still held, in order (the stream ended)."""
@@ -102,10 +126,11 @@ class Mixer:
         return out
 
     def _waiting_for(self, slot: int, now: float) -> bool:
-        """True if a speaker heard within `wait` has not yet sent a frame for `slot`."""
-        wait = self.wait
+        """True if an active speaker (one whose packets came no further apart than a frame
+        plus `wait`) has not yet sent a frame for `slot`."""
+        active = self.wait + FRAME_MS / 1000
         heard = self._heard
-        return any(last < slot and now - heard[p] <= wait for p, last in self._last.items())
+        return any(last < slot and now - heard[p] < active for p, last in self._last.items())
 
     def _slot(self, participant: str, timestamp: str | None) -> int:
         ms = self._ms(timestamp)
@@ -120,12 +145,8 @@ class Mixer:
             slot = last + 1
         else:
             slot = self._next if self._next is not None else 0
-        if self._next is not None:
-            if slot < self._next:
-                self.stats.late_frames += 1
-                slot = self._next
-            elif slot > self._next + MAX_AHEAD and self._slots:  # bound what is held
-                slot = max(self._next + MAX_AHEAD, last + 1 if last is not None else 0)
+        if self._next is not None and slot > self._next + MAX_AHEAD and self._slots:
+            slot = max(self._next + MAX_AHEAD, last + 1 if last is not None else 0)  # bounded
         return slot
 
     def _ms(self, timestamp: str | None) -> float | None:

@@ -36,7 +36,7 @@ class CallStats:
     barge_ins: int = 0
     false_interruptions: int = 0  # paused for a suspected barge-in, then resumed
     mix_waits_expired: int = 0  # unmixed `mix`: frames mixed without a late speaker's audio
-    mix_late_frames: int = 0  # unmixed `mix`: frames that came after their slot went out
+    mix_late_frames: int = 0  # unmixed `mix`: frames too late to align: dropped
 
 
 class CallControlHandle(Protocol):

@@ -140,16 +140,12 @@ class Bridge:
         # the first session opens, rather than being dropped.
         await self._first_attempt.wait()
         speakers = self.speakers  # unmixed streams: whom the model hears
-        mixing = speakers.mixer is not None
+        if speakers.mixer is not None:
+            await speakers.forward_mixed(self.call.packets, self._to_model)
+            return
         async for packet in self.call.packets:
-            if type(packet) is not AudioData:
-                continue
-            if not mixing:
-                if speakers.hears(packet, trio.current_time()):
-                    await self._to_model(packet.pcm, packet.data)
-                continue
-            for pcm in speakers.mix(packet, trio.current_time()):
-                await self._to_model(pcm, None)
+            if type(packet) is AudioData and speakers.hears(packet, trio.current_time()):
+                await self._to_model(packet.pcm, packet.data)
 
     async def _to_model(self, pcm: bytes, data: str | None) -> None:
         """One frame of what the model hears; `data`: its base64 as ACS sent it, if it is."""

@@ -2,19 +2,24 @@
 
 Owns: the policy. `first`: the first participant heard, alone (as `echo` does). `follow`: the
 participant whose raw id is the call's caller (`call.control.caller`, known when this gateway
-answered the call); without it, `first`, said once in the log. `mix`: every participant, summed
-time-aligned (`gateway.audio.mix.Mixer`), released as frames arrive. On a mixed stream (no
-participant ids) every policy passes the audio as it is. The event log is told who speaks:
-`speaker` (`participant`, `policy`) when a participant's first non-silent frame is heard, and
-again after a second of silence from them. Never: sends anything upstream, resamples, or reads
-the clock (the bridge passes `now`).
+answered the call); without it, `first`, said once in the log. `mix`: every participant,
+summed time-aligned on the packets' timestamps (`gateway.audio.mix.Mixer`), each mixed frame
+given to the model when due, on a packet's arrival or on the call's clock; frames too late to
+align are dropped and counted (`CallStats.mix_late_frames`, `mix_waits_expired`). On a mixed
+stream (no participant ids) every policy passes the audio as it is. The event log is told who
+speaks: `speaker` (`participant`, `policy`) at a participant's first non-silent frame, and
+again after a second of silence from them. Never: sends anything upstream itself, resamples.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Awaitable, Callable
 from typing import Final
 
-from ...acs.packets import AudioData
+import trio
+
+from ...acs.packets import AudioData, InboundPacket
 from ...audio.mix import Mixer
 from ...call.interface import Call
 
@@ -61,6 +66,33 @@ class Speakers:
             self._spoke(who, now)
         return True
 
+    async def forward_mixed(
+        self,
+        packets: trio.abc.ReceiveChannel[InboundPacket],
+        to_model: Callable[[bytes, str | None], Awaitable[None]],
+    ) -> None:
+        """`mix`: read the call's packets until ACS hangs up, giving `to_model` each mixed frame
+        when it is due: on a packet's arrival, or on the call's clock when a slot may go
+        without waiting for more."""
+        mixer = self.mixer
+        assert mixer is not None
+        while True:
+            due = mixer.due_at(trio.current_time())
+            packet: InboundPacket | None = None
+            with trio.move_on_at(math.inf if due is None else due):  # only the wait, never a send
+                try:
+                    packet = await packets.receive()
+                except trio.EndOfChannel:
+                    return
+            if packet is None:
+                frames = self._count(mixer.release(trio.current_time()))
+            elif type(packet) is AudioData:
+                frames = self.mix(packet, trio.current_time())
+            else:
+                continue
+            for pcm in frames:
+                await to_model(pcm, None)
+
     def mix(self, packet: AudioData, now: float) -> list[bytes]:
         """`mix`: the mixed frames due now (PCM at the call's rate)."""
         mixer = self.mixer
@@ -70,11 +102,15 @@ class Speakers:
             return [packet.pcm]
         if not packet.silent:
             self._spoke(who, now)
-        before = mixer.stats.waits_expired, mixer.stats.late_frames
-        frames = mixer.push(who, packet.timestamp, packet.pcm, now)
+        return self._count(mixer.push(who, packet.timestamp, packet.pcm, now))
+
+    def _count(self, frames: list[bytes]) -> list[bytes]:
+        """Bring the mixer's counts into the call's stats (cheap: two integers)."""
+        mixer = self.mixer
+        assert mixer is not None
         stats = self.call.stats
-        stats.mix_waits_expired += mixer.stats.waits_expired - before[0]
-        stats.mix_late_frames += mixer.stats.late_frames - before[1]
+        stats.mix_waits_expired = mixer.stats.waits_expired
+        stats.mix_late_frames = mixer.stats.late_frames
         return frames
 
     def _spoke(self, who: str, now: float) -> None:
