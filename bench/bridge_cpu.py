@@ -15,6 +15,11 @@ per 20 ms inbound frame), and for the realtime phase the barge-in latency: from 
 sending `input_audio_buffer.speech_started` to the simulated ACS receiving stop-audio (so it
 includes two loopback hops and this process's own scheduling: an upper bound on the gateway's
 share). Calls start `--stagger` seconds apart so connection k upstream is call k.
+
+`--mix` adds two realtime phases on unmixed streams with two participants (the conversation
+and a second voice at a quarter of its level, the packets of both stamped 20 ms apart):
+`speakers = "first"` (the model hears one) and `speakers = "mix"` (the model hears their
+time-aligned sum); their difference is the mixer's cost.
 """
 
 from __future__ import annotations
@@ -51,8 +56,20 @@ def conversation() -> bytes:
     )
 
 
+def second_voice(audio: bytes) -> bytes:
+    """Another participant: the same speech a second later, at a quarter of the level."""
+    import numpy as np
+
+    pcm = np.frombuffer(bytes(RATE * 2) + audio[: -RATE * 2], dtype=np.int16) // 4
+    return pcm.astype(np.int16).tobytes()
+
+
 async def run_calls(
-    url: str, n: int, stagger: float, audio: bytes, echo_lag: list[float] | None = None
+    url: str,
+    n: int,
+    stagger: float,
+    audio: bytes | dict[str | None, bytes],
+    echo_lag: list[float] | None = None,
 ) -> list[tuple[float, list]]:
     """Run n calls; returns (start time, stop-audio times) per call, in start order."""
     results: list[tuple[float, list]] = [(0.0, [])] * n
@@ -120,15 +137,19 @@ async def serve_model() -> None:
 
 
 async def phase(
-    args: argparse.Namespace, kind: str, one_at_a_time: bool = False
+    args: argparse.Namespace, kind: str, one_at_a_time: bool = False, speakers: str | None = None
 ) -> dict[str, float]:
-    audio = conversation()
+    voice = conversation()
+    audio: bytes | dict[str | None, bytes] = voice
+    if speakers is not None:
+        audio = {"8:acs:caller": voice, "8:acs:other": second_voice(voice)}
     async with fake_model_process(args.model_cpu) as (model_url, starts):
         extra = ["--processor", kind]
         if kind == "realtime":
             config = Path(tempfile.mkdtemp()) / "bench.toml"
             config.write_text(
                 f'[processors.realtime]\nendpoint = "{model_url}"\napi_key_env = "{KEY_ENV}"\n'
+                + (f'speakers = "{speakers}"\n' if speakers else "")
             )
             extra += ["--config", str(config)]
         proc, url = start_server(None if args.server_cpu < 0 else args.server_cpu, extra)
@@ -155,19 +176,19 @@ async def phase(
             proc.wait()
     cpu = cpu1 - cpu0
     calls = len(results)
-    frames = calls * len(audio) / (RATE * 2 // 50)
+    frames = calls * len(voice) / (RATE * 2 // 50)  # per 20 ms of the call, all speakers
     row: dict[str, float] = {
         "calls": calls,
         "cpu_s": cpu,
         "cpu_pct": 100 * cpu / (wall1 - wall0),
-        "cpu_pct_per_call": 100 * cpu / (len(audio) / (RATE * 2)) / calls,
+        "cpu_pct_per_call": 100 * cpu / (len(voice) / (RATE * 2)) / calls,
         "us_per_frame": cpu / frames * 1e6,
         "gen_cpu_pct": 100 * (own1 - own0) / (wall1 - wall0),
         "model_cpu_pct": 100 * (model1 - model0) / (wall1 - wall0),
     }
     if lag:  # last frame sent -> its echo received: how far the whole loop lags real time
         row["echo_lag_max_ms"] = max(lag) * 1000
-    if kind == "realtime":
+    if kind == "realtime" and speakers is None:
         latencies = []
         for k, (_, stops) in enumerate(results):
             mine = sorted(s["time"] for s in starts if s["connection"] == k + 1)
@@ -195,6 +216,9 @@ async def main(args: argparse.Namespace) -> None:
     if args.client_cpu >= 0:
         os.sched_setaffinity(0, {args.client_cpu})
     rows = {kind: await phase(args, kind) for kind in ("echo", "realtime")}
+    if args.mix:
+        for policy in ("first", "mix"):
+            rows[f"2 speakers, {policy}"] = await phase(args, "realtime", speakers=policy)
     if args.latency_runs:
         rows["realtime, 1 call at a time"] = await phase(args, "realtime", one_at_a_time=True)
     print(
@@ -220,6 +244,10 @@ async def main(args: argparse.Namespace) -> None:
         )
     ratio = rows["realtime"]["cpu_s"] / rows["echo"]["cpu_s"]
     print(f"a bridged call costs {ratio:.1f}x an echo call")
+    if args.mix:
+        first, mix = rows["2 speakers, first"], rows["2 speakers, mix"]
+        extra_us = mix["us_per_frame"] - first["us_per_frame"]
+        print(f"mixing two speakers costs {extra_us:+.0f} us per 20 ms of call over 'first'")
 
 
 if __name__ == "__main__":
@@ -230,6 +258,7 @@ if __name__ == "__main__":
     parser.add_argument(
         "--latency-runs", type=int, default=5, help="then this many barge-ins, one call at a time"
     )
+    parser.add_argument("--mix", action="store_true", help="also measure speakers = mix")
     parser.add_argument("--server-cpu", type=int, default=0, help="-1: do not pin")
     parser.add_argument("--client-cpu", type=int, default=1, help="-1: do not pin")
     parser.add_argument("--model-cpu", type=int, default=1, help="-1: do not pin")

@@ -15,6 +15,10 @@ Event kinds given to `note` (the fields each carries):
 - `turn_ended` (`by`): the caller's turn ended (the model's `speech_stopped`).
 - `transcript` (`who`: "caller" or "bot", `text`).
 - `tool_call` (`name`, `arguments`), `reconnect` (`reason`), `session` (`state`: "open").
+- `interruption` (`state`: "paused", "confirmed" (`why`) or "resumed" (`gap_ms`); `by`): a
+  suspected barge-in paused the bot, then proved real or false.
+- `speaker` (`participant`, `policy`): who spoke on an unmixed stream (`heard=False`: one the
+  model does not hear).
 """
 
 from __future__ import annotations
