@@ -30,11 +30,11 @@ def caller_with_burst(burst: bytes) -> bytes:
 
 
 async def run_call(
-    monkeypatch: pytest.MonkeyPatch, caller: bytes, **opts: object
+    monkeypatch: pytest.MonkeyPatch, caller: bytes, speech_start_ms: int = 60, **opts: object
 ) -> tuple[AcsPlayback, list[float], Call, object]:
     monkeypatch.setenv(KEY_ENV, "k")
     calls: list[Call] = []
-    async with open_fake_model([speech(24000)]) as model:
+    async with open_fake_model([speech(24000)], speech_start_ms=speech_start_ms) as model:
         o = options(model.url, **{"transcription": {"model": "whisper-1"}, **opts})
         async with open_gateway(spied(o, calls)) as server:
             async with simulated_call(server.urls[0], sample_rate=16000) as acs:
@@ -156,3 +156,26 @@ async def test_a_sound_still_going_at_the_deadline_is_confirmed(autojump_clock, 
     )
     assert confirm_at - stop_at == pytest.approx(0.300, abs=0.020)
     assert call.stats.barge_ins == 1 and gaps(playback, 0.1) == []
+
+
+async def test_a_local_vad_false_alarm_resumes_at_the_deadline(autojump_clock, monkeypatch):
+    """The local VAD hears 160 ms of voice; the model (whose VAD wants 200 ms) hears nothing:
+    the pause ends when the deadline finds the caller quiet."""
+    burst = speech(16000)[16000 * 2 // 2 : 16000 * 2 // 2 + 160 * BYTES_PER_MS]
+    baseline, _, _, _ = await run_call(
+        monkeypatch, caller_with_burst(b""), speech_start_ms=200, interruption="pause"
+    )
+    playback, stops, call, model = await run_call(
+        monkeypatch,
+        caller_with_burst(burst),
+        speech_start_ms=200,
+        interruption="pause",
+        local_vad=True,
+    )
+    assert len(model.sent_of("input_audio_buffer.speech_started")) == 1  # type: ignore[attr-defined]
+    [stop_at] = stops
+    [(paused, resumed)] = gaps(playback, 0.1)
+    assert paused == pytest.approx(stop_at, abs=1e-6)
+    assert resumed - paused == pytest.approx(1.5, abs=0.025)
+    assert playback.heard() == baseline.heard()
+    assert call.stats.false_interruptions == 1 and call.stats.barge_ins == 0
