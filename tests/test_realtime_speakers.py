@@ -207,6 +207,8 @@ async def test_mix_sends_both_voices_time_aligned(autojump_clock, monkeypatch):
     assert call.stats.mix_waits_expired == 0 and call.stats.mix_late_frames == 0
     spoke = [f["participant"] for kind, f in call.observer.notes if kind == "speaker"]  # type: ignore[attr-defined]
     assert spoke == ["8:acs:alice", "8:acs:bob"]
+    [mix] = [f for kind, f in call.observer.notes if kind == "mix"]  # type: ignore[attr-defined]
+    assert mix == {"waits_expired": 0, "late_frames": 0, "held_at_end": 0}
 
 
 async def test_follow_hears_the_caller_only(autojump_clock, monkeypatch):

@@ -82,7 +82,13 @@ class Speakers:
             with trio.move_on_at(math.inf if due is None else due):  # only the wait, never a send
                 try:
                     packet = await packets.receive()
-                except trio.EndOfChannel:
+                except trio.EndOfChannel:  # ACS hung up: what the mixer still holds stays
+                    self.call.observer.note(
+                        "mix",
+                        waits_expired=mixer.stats.waits_expired,
+                        late_frames=mixer.stats.late_frames,
+                        held_at_end=mixer.pending_frames,
+                    )
                     return
             if packet is None:
                 frames = self._count(mixer.release(trio.current_time()))
