@@ -165,10 +165,21 @@ class Mixer:
         if len(frames) == 1:
             return frames[0]
         np = self._np
-        n = max(len(f) for f in frames) // 2
-        acc = np.zeros(n, dtype=np.int32)
+        int16 = np.int16
+        longest = max(frames, key=len)
+        acc = np.frombuffer(longest, dtype=int16).astype(np.int32)
+        n = len(acc)
+        skipped = False
         for f in frames:
-            samples = np.frombuffer(f, dtype=np.int16, count=len(f) // 2)
-            acc[: len(samples)] += samples
-        np.clip(acc, -32768, 32767, out=acc)
-        return bytes(acc.astype(np.int16).tobytes())
+            if f is longest and not skipped:
+                skipped = True
+                continue
+            samples = np.frombuffer(f, dtype=int16, count=len(f) // 2)
+            if len(samples) == n:
+                np.add(acc, samples, out=acc)
+            else:
+                acc[: len(samples)] += samples
+        # ufuncs, not np.clip: its Python wrapper costs more than the sum itself
+        np.minimum(acc, 32767, out=acc)
+        np.maximum(acc, -32768, out=acc)
+        return bytes(acc.astype(int16).tobytes())
