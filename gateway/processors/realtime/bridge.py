@@ -136,40 +136,36 @@ class Bridge:
     # -- caller -> model --
 
     async def _forward_caller(self) -> None:
+        append = protocol.append_audio
+        b64encode = pybase64.b64encode_as_string
         # The caller's first words wait in the inbound queue (bounded, see gateway.call) while
         # the first session opens, rather than being dropped.
         await self._first_attempt.wait()
-        speakers = self.speakers  # unmixed streams: whom the model hears
-        if speakers.mixer is not None:
-            await speakers.forward_mixed(self.call.packets, self._to_model)
-            return
-        async for packet in self.call.packets:
-            if type(packet) is AudioData and speakers.hears(packet, trio.current_time()):
-                await self._to_model(packet.pcm, packet.data)
-
-    async def _to_model(self, pcm: bytes, data: str | None) -> None:
-        """One frame of what the model hears; `data`: its base64 as ACS sent it, if it is."""
-        if self.vad is not None and self.vad.feed(pcm) and self._bot_audible():
-            self.log.info("local VAD: caller speaking; barge-in before the model reacts")
-            self.call.observer.note("speech_started", by="vad")
-            await self.interruptions.suspected("vad")
-        ws = self.ws
-        if ws is None:
-            self.stats.upstream_audio_dropped += 1
-            return
-        if self.pass_through:
-            message = protocol.append_audio(
-                data if data is not None else pybase64.b64encode_as_string(pcm)
-            )
-        else:
-            pcm = self.to_model.process(pcm)
-            if not pcm:
-                return  # the resampler holds it back until the next frame
-            message = protocol.append_audio(pybase64.b64encode_as_string(pcm))
-        try:
-            await ws.send_message(message)
-        except trio_websocket.ConnectionClosed:
-            self.stats.upstream_audio_dropped += 1  # the upstream task sees it too
+        speakers = self.speakers  # unmixed streams: whom the model hears (or their mix)
+        async for packet in speakers.packets(self.call.packets):
+            if type(packet) is not AudioData:
+                continue
+            if not speakers.hears(packet):
+                continue
+            if self.vad is not None and self.vad.feed(packet.pcm) and self._bot_audible():
+                self.log.info("local VAD: caller speaking; barge-in before the model reacts")
+                self.call.observer.note("speech_started", by="vad")
+                await self.interruptions.suspected("vad")
+            ws = self.ws
+            if ws is None:
+                self.stats.upstream_audio_dropped += 1
+                continue
+            if self.pass_through:
+                message = append(packet.data)
+            else:
+                pcm = self.to_model.process(packet.pcm)
+                if not pcm:
+                    continue  # the resampler holds it back until the next frame
+                message = append(b64encode(pcm))
+            try:
+                await ws.send_message(message)
+            except trio_websocket.ConnectionClosed:
+                self.stats.upstream_audio_dropped += 1  # the upstream task sees it too
 
     # -- barge-in --
 

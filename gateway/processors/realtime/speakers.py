@@ -14,10 +14,12 @@ again after a second of silence from them. Never: sends anything upstream itself
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import AsyncIterator
 from typing import Final
 
 import trio
+from pybase64 import b64encode_as_string as b64encode
 
 from ...acs.packets import AudioData, InboundPacket
 from ...audio.mix import Mixer
@@ -50,8 +52,15 @@ class Speakers:
         self._loud: dict[str, float] = {}  # participant -> when last heard non-silent
         self._announced: dict[str, None] = {}  # follow: participants noted as not followed
 
-    def hears(self, packet: AudioData, now: float) -> bool:
-        """`first` / `follow`: True if this frame goes to the model."""
+    def packets(
+        self, packets: trio.abc.ReceiveChannel[InboundPacket]
+    ) -> AsyncIterator[InboundPacket]:
+        """What the bridge reads: the call's packets, or (`mix`) with the participants' audio
+        replaced by the mixed frames (`AudioData` of no participant), each when it is due."""
+        return packets if self.mixer is None else _Mixed(self, self.mixer, packets)
+
+    def hears(self, packet: AudioData) -> bool:
+        """True if this frame goes to the model (`first`, `follow`; mixed frames always)."""
         who = packet.participant_raw_id
         if who is None:
             return True
@@ -63,44 +72,11 @@ class Speakers:
                 self.call.observer.note("speaker", participant=who, policy=self.policy, heard=False)
             return False
         if not packet.silent:
-            self._spoke(who, now)
+            self._spoke(who, trio.current_time())
         return True
 
-    async def forward_mixed(
-        self,
-        packets: trio.abc.ReceiveChannel[InboundPacket],
-        to_model: Callable[[bytes, str | None], Awaitable[None]],
-    ) -> None:
-        """`mix`: read the call's packets until ACS hangs up, giving `to_model` each mixed frame
-        when it is due: on a packet's arrival, or on the call's clock when a slot may go
-        without waiting for more."""
-        mixer = self.mixer
-        assert mixer is not None
-        while True:
-            due = mixer.due_at(trio.current_time())
-            packet: InboundPacket | None = None
-            with trio.move_on_at(math.inf if due is None else due):  # only the wait, never a send
-                try:
-                    packet = await packets.receive()
-                except trio.EndOfChannel:  # ACS hung up: what the mixer still holds stays
-                    self.call.observer.note(
-                        "mix",
-                        waits_expired=mixer.stats.waits_expired,
-                        late_frames=mixer.stats.late_frames,
-                        held_at_end=mixer.pending_frames,
-                    )
-                    return
-            if packet is None:
-                frames = self._count(mixer.release(trio.current_time()))
-            elif type(packet) is AudioData:
-                frames = self.mix(packet, trio.current_time())
-            else:
-                continue
-            for pcm in frames:
-                await to_model(pcm, None)
-
     def mix(self, packet: AudioData, now: float) -> list[bytes]:
-        """`mix`: the mixed frames due now (PCM at the call's rate)."""
+        """`mix`: add one participant's frame; the mixed frames due now."""
         mixer = self.mixer
         assert mixer is not None
         who = packet.participant_raw_id
@@ -108,9 +84,9 @@ class Speakers:
             return [packet.pcm]
         if not packet.silent:
             self._spoke(who, now)
-        return self._count(mixer.push(who, packet.timestamp, packet.pcm, now))
+        return self.count(mixer.push(who, packet.timestamp, packet.pcm, now))
 
-    def _count(self, frames: list[bytes]) -> list[bytes]:
+    def count(self, frames: list[bytes]) -> list[bytes]:
         """Bring the mixer's counts into the call's stats (cheap: two integers)."""
         mixer = self.mixer
         assert mixer is not None
@@ -124,3 +100,47 @@ class Speakers:
         self._loud[who] = now
         if last is None or now - last > QUIET_S:
             self.call.observer.note("speaker", participant=who, policy=self.policy)
+
+
+class _Mixed:
+    """The call's packets with the audio mixed: waits for the next packet, or on the call's
+    clock for the next mixed frame due, whichever comes first."""
+
+    def __init__(
+        self, speakers: Speakers, mixer: Mixer, packets: trio.abc.ReceiveChannel[InboundPacket]
+    ) -> None:
+        self._speakers = speakers
+        self._mixer = mixer
+        self._packets = packets
+        self._ready: deque[InboundPacket] = deque()
+
+    def __aiter__(self) -> _Mixed:
+        return self
+
+    async def __anext__(self) -> InboundPacket:
+        mixer = self._mixer
+        speakers = self._speakers
+        ready = self._ready
+        while not ready:
+            due = mixer.due_at(trio.current_time())
+            packet: InboundPacket | None = None
+            with trio.move_on_at(math.inf if due is None else due):
+                try:
+                    packet = await self._packets.receive()
+                except trio.EndOfChannel:  # ACS hung up: what the mixer still holds stays
+                    speakers.call.observer.note(
+                        "mix",
+                        waits_expired=mixer.stats.waits_expired,
+                        late_frames=mixer.stats.late_frames,
+                        held_at_end=mixer.pending_frames,
+                    )
+                    raise StopAsyncIteration from None
+            if packet is None:
+                frames = speakers.count(mixer.release(trio.current_time()))
+            elif type(packet) is AudioData:
+                frames = speakers.mix(packet, trio.current_time())
+            else:
+                return packet
+            for pcm in frames:
+                ready.append(AudioData(pcm, b64encode(pcm), None, None, False))
+        return ready.popleft()
