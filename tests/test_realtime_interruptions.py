@@ -77,16 +77,21 @@ async def test_a_noise_burst_pauses_the_reply_and_it_resumes_where_it_paused(
     assert transcribed.event["item_id"] == starts[1].event["item_id"]
     assert 0 <= resumed - transcribed.time <= 0.020
     assert resumed - paused < 1.5  # before the confirmation deadline
-    # the model was told nothing: no cancel, no truncate
+    # the model was not asked again: no cancel, no truncate, no response to the noise (the
+    # gateway asked for one at the end of the question only), and the noise's item is gone
     assert model.received("response.cancel") == []  # type: ignore[attr-defined]
     assert model.received("conversation.item.truncate") == []  # type: ignore[attr-defined]
+    assert len(model.received("response.create")) == 1  # type: ignore[attr-defined]
+    [delete] = model.received("conversation.item.delete")  # type: ignore[attr-defined]
+    assert delete["item_id"] == starts[1].event["item_id"]
     assert call.stats.false_interruptions == 1 and call.stats.barge_ins == 0
     assert call.player is not None
     stats = call.player.playout.stats
     assert stats.dropped_by_stop == 0 and stats.pauses == 1 and 0 < stats.recalled <= 60 * 32
     # the session asked the model not to cancel the reply on its own
     [update] = model.received("session.update")  # type: ignore[attr-defined]
-    assert update["session"]["audio"]["input"]["turn_detection"]["interrupt_response"] is False
+    vad = update["session"]["audio"]["input"]["turn_detection"]
+    assert vad["interrupt_response"] is False and vad["create_response"] is False
 
 
 async def test_a_confirmed_interruption_truncates_to_what_the_caller_heard(
@@ -105,6 +110,9 @@ async def test_a_confirmed_interruption_truncates_to_what_the_caller_heard(
     assert [r for r in gaps(playback, 0.1)] == []  # no resume: nothing played after the stop
     assert all(s.start < stop_at for s in playback.segments)
     assert call.stats.barge_ins == 1 and call.stats.false_interruptions == 0
+    # the gateway asked for a response to the question, then to the interruption
+    creates = [r for r in model.events if r.type == "response.create"]  # type: ignore[attr-defined]
+    assert len(creates) == 2
     # confirmed by the length of the speech (the model's speech_stopped), within the deadline
     confirm_at = next(
         r.time
@@ -115,6 +123,7 @@ async def test_a_confirmed_interruption_truncates_to_what_the_caller_heard(
     assert stopped.event["audio_end_ms"] - starts[1].event["audio_start_ms"] >= 500
     assert 0 <= confirm_at - stopped.time <= 0.020
     assert confirm_at - stop_at <= 1.5
+    assert 0 <= creates[1].time - confirm_at <= 0.020
 
 
 async def test_cancel_mode_is_the_default_and_cancels_on_a_noise_burst(autojump_clock, monkeypatch):

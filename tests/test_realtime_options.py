@@ -107,7 +107,16 @@ def test_the_key_is_never_in_the_options_or_their_repr(monkeypatch):
 def test_pause_keeps_the_model_from_cancelling_its_reply_unless_told():
     assert parse_options({}, ENV).session_settings.turn_detection == {"type": "server_vad"}
     paused = parse_options({"interruption": "pause"}, ENV).session_settings
-    assert paused.turn_detection == {"type": "server_vad", "interrupt_response": False}
+    assert paused.turn_detection == {
+        "type": "server_vad",
+        "interrupt_response": False,
+        "create_response": False,
+    }
+    assert parse_options({"interruption": "pause"}, ENV).gateway_responds
+    assert not parse_options({}, ENV).gateway_responds
     told = {"type": "semantic_vad", "interrupt_response": True}
     kept = parse_options({"interruption": "pause", "turn_detection": told}, ENV)
-    assert kept.session_settings.turn_detection == told
+    assert kept.session_settings.turn_detection == {**told, "create_response": False}
+    answering = {"type": "server_vad", "create_response": True}
+    model_answers = parse_options({"interruption": "pause", "turn_detection": answering}, ENV)
+    assert not model_answers.gateway_responds

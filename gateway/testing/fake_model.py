@@ -10,6 +10,7 @@ than real time (`response.created`, `response.output_item.added`, audio deltas,
 session asks for input transcription, each committed caller turn gets
 `conversation.item.input_audio_transcription.completed` for its item: blank for a burst of sound
 shorter than `noise_max_ms` (a cough, a click: speech_started, but no words), words otherwise.
+With `turn_detection.create_response = false` it replies only to `response.create`.
 It speaks the GA names, or the beta ones (`response.audio.delta`, ...) when the client's
 `session.update` is in the beta shape. On demand it refuses handshakes, drops connections,
 sends error events, or goes silent (stops reading, so pings go unanswered). Everything it
@@ -245,6 +246,7 @@ class _Session:
         self.unvoiced_ms = 0.0
         self.speaking = False
         self.transcribe = False  # the session asked for input transcription
+        self.auto_respond = True  # turn_detection.create_response: a reply at each turn's end
         self.speech_item: str | None = None  # the caller's item being spoken
         self.speech_ms = 0.0  # voiced time in the current caller turn
         self.window = bytearray()
@@ -288,9 +290,16 @@ class _Session:
                 audio_in = session.get("audio", {}).get("input", {}) if self.ga else session
                 key = "transcription" if self.ga else "input_audio_transcription"
                 self.transcribe = bool(audio_in.get(key))
+                vad = audio_in.get("turn_detection") or {}
+                self.auto_respond = vad.get("create_response", True) is not False
                 await self.send({"type": "session.updated", "session": session})
             case "input_audio_buffer.append":
                 await self.on_audio(pybase64.b64decode(event["audio"], validate=True))
+            case "response.create":
+                if self.responding is not None:
+                    await self.error("conversation_already_has_active_response", "responding")
+                else:
+                    self.start_reply()
             case "response.cancel":
                 if self.responding is None:
                     await self.error("response_cancel_not_active", "no active response")
@@ -383,7 +392,12 @@ class _Session:
                     "transcript": f"(caller words, {self.speech_ms:.0f} ms)" if words else "",
                 }
             )
-        if self.turn < len(self.model.responses) and self.responding is None:
+        if self.auto_respond and self.responding is None:
+            self.start_reply()
+
+    def start_reply(self) -> None:
+        """Stream the next scripted reply (none left: no reply)."""
+        if self.turn < len(self.model.responses):
             reply = self.model.responses[self.turn]
             self.turn += 1
             assert self.nursery is not None

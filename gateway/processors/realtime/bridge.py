@@ -100,6 +100,7 @@ class Bridge:
             min_ms=options.interruption_min_ms,
             transcribed=options.transcription is not None,
             barge_in=self._barge_in,
+            send=self._send_events if options.gateway_responds else None,
             audible=self._bot_audible,
             vad=self.vad,
         )
@@ -184,7 +185,10 @@ class Bridge:
         if self._bot_audible():
             self.player.stop()
             self.stats.barge_ins += 1
-        events = self.conversation.interrupt()
+        await self._send_events(self.conversation.interrupt())
+
+    async def _send_events(self, events: list[str]) -> None:
+        """Client events for the session, if one is up (a closed one: the reader sees it)."""
         ws = self.ws
         if ws is not None:
             for event in events:

@@ -11,8 +11,12 @@ buffered, is kept), then
   starts a new response (it took the sound as the caller's turn), or when the caller is still
   speaking at `interruption_confirm_ms`;
 - false otherwise (a cough, a noise, a short "mm-hm" the transcription leaves blank): the player
-  resumes where it paused, and the model is told nothing. That is decided as soon as the speech
-  ended short and its transcript (if transcription is on) came back blank, or at the deadline.
+  resumes where it paused, and the model is not asked again (the sound's item is deleted when
+  the model committed it). That is decided as soon as the speech ended short and its transcript
+  (if transcription is on) came back blank, or at the deadline; words transcribed later still
+  confirm it then.
+With `send` (the session's `create_response` is off: see `options`), the gateway asks for a
+response when a caller's turn ends that was no false alarm.
 Never: sends to the model itself (`barge_in` does), reads sockets, or decides what the model
 said (the bridge passes it events).
 """
@@ -26,11 +30,13 @@ import trio
 
 from ...audio.vad import WebRtcVad
 from ...call.interface import Call
+from . import protocol
 from .protocol import SpeechStarted, SpeechStopped
 
 CANCEL: Final = "cancel"
 PAUSE: Final = "pause"
 POLICIES: Final = (CANCEL, PAUSE)
+_CREATE_RESPONSE: Final = '{"type":"response.create"}'
 
 
 class Interruptions:
@@ -46,6 +52,7 @@ class Interruptions:
         min_ms: int,
         transcribed: bool,
         barge_in: Callable[[], Awaitable[None]],
+        send: Callable[[list[str]], Awaitable[None]] | None,
         audible: Callable[[], bool],
         vad: WebRtcVad | None,
     ) -> None:
@@ -57,6 +64,9 @@ class Interruptions:
         self.min_ms = min_ms
         self.transcribed = transcribed  # a transcript of the caller's words will follow
         self._barge_in = barge_in
+        self._send = send  # None: the model answers each turn itself (create_response)
+        self._resumed_item: str | None = None  # the caller's item of the last false alarm
+        self._committed = False  # the model's speech_stopped came for the current item
         self._audible = audible
         self._vad = vad
         self.paused_at: float | None = None  # a pause awaits its verdict
@@ -76,6 +86,7 @@ class Interruptions:
             self._speech_start_ms = event.audio_start_ms
             self._item_id = event.item_id
             self._ended_short = False
+            self._committed = False
         if self.paused_at is not None:
             return  # already paused: this is the same (or a longer) interruption
         if not self.pausing or not self._audible():
@@ -91,25 +102,35 @@ class Interruptions:
 
     async def speech_stopped(self, event: SpeechStopped) -> None:
         self._model_speaking = False
+        self._committed = True
         if self.paused_at is None:
+            await self._respond()  # an ordinary end of the caller's turn
             return
         start, end = self._speech_start_ms, event.audio_end_ms
         if start is not None and end is not None and end - start >= self.min_ms:
             await self._confirm("speech")
+            await self._respond()
             return
         self._ended_short = True
         if not self.transcribed:
-            self._resume()
+            await self._resume()
 
     async def caller_transcript(self, text: str, item_id: str | None) -> None:
         if self.paused_at is None:
+            if text.strip() and item_id is not None and item_id == self._resumed_item:
+                # words after all, though they came after the deadline: a real interruption
+                self._resumed_item = None
+                self.call.observer.note("interruption", state="confirmed", by=self._by, why="late")
+                await self._barge_in()
+                await self._respond()
             return
         if item_id is not None and self._item_id is not None and item_id != self._item_id:
             return  # a late transcript of an earlier turn says nothing about this sound
         if text.strip():
             await self._confirm("words")
+            await self._respond()
         elif self._ended_short:
-            self._resume()
+            await self._resume()
 
     async def response_created(self) -> None:
         """Called before the bridge records the new response, so a confirmation cancels the
@@ -131,9 +152,9 @@ class Interruptions:
             if self.paused_at != paused_at:
                 continue
             if self._speaking():
-                await self._confirm("long")
+                await self._confirm("long")  # the turn's end will ask for the response
             else:
-                self._resume()
+                await self._resume()
 
     def _speaking(self) -> bool:
         if self._model_speaking is not None:
@@ -146,7 +167,11 @@ class Interruptions:
         self.call.observer.note("interruption", state="confirmed", by=self._by, why=why)
         await self._barge_in()  # stops the paused player for good, cancels, truncates
 
-    def _resume(self) -> None:
+    async def _respond(self) -> None:
+        if self._send is not None:
+            await self._send([_CREATE_RESPONSE])
+
+    async def _resume(self) -> None:
         paused_at = self.paused_at
         self.paused_at = None
         self._changed.unpark_all()
@@ -155,3 +180,7 @@ class Interruptions:
         self.call.observer.note("interruption", state="resumed", by=self._by, gap_ms=gap_ms)
         self.call.log.info("a false interruption (%s): the reply resumes", self._by)
         self.player.resume()
+        self._resumed_item = self._item_id
+        if self._send is not None and self._committed and self._item_id is not None:
+            # the model keeps no record of the noise (and was not asked to answer it)
+            await self._send([protocol.delete_item(self._item_id)])

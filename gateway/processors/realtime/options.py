@@ -133,17 +133,30 @@ class RealtimeOptions:
         return headers
 
     @property
+    def gateway_responds(self) -> bool:
+        """The gateway, not the model's VAD, requests a response at the end of each caller
+        turn (`interruption = "pause"`, unless `turn_detection` says otherwise)."""
+        vad = self.session_settings.turn_detection
+        return (
+            self.interruption == PAUSE and vad is not None and vad.get("create_response") is False
+        )
+
+    @property
     def session_settings(self) -> SessionSettings:
         turn_detection = self.turn_detection
         if (
             self.interruption == PAUSE
             and turn_detection is not None
             and turn_detection.get("type") in _INTERRUPTIBLE_VAD
-            and "interrupt_response" not in turn_detection
         ):
             # The gateway decides whether the reply was really interrupted: the model must
-            # not cancel it on its own at every sound.
-            turn_detection = {**turn_detection, "interrupt_response": False}
+            # not cancel it on its own at every sound, nor answer every sound (the gateway
+            # asks for a response when a turn ends that was no false alarm).
+            turn_detection = {
+                "interrupt_response": False,
+                "create_response": False,
+                **turn_detection,
+            }
         return SessionSettings(
             instructions=self.instructions,
             voice=self.voice,
