@@ -116,21 +116,25 @@ class Interruptions:
             await self._resume()
 
     async def caller_transcript(self, text: str, item_id: str | None) -> None:
+        words = bool(text.strip())
         if self.paused_at is None:
-            if text.strip() and item_id is not None and item_id == self._resumed_item:
-                # words after all, though they came after the deadline: a real interruption
+            if item_id is not None and item_id == self._resumed_item:  # resumed at the deadline
                 self._resumed_item = None
+                if not words:
+                    await self._forget(item_id)
+                    return
+                # words after all: a real interruption, only later than the deadline
                 self.call.observer.note("interruption", state="confirmed", by=self._by, why="late")
                 await self._barge_in()
                 await self._respond()
             return
         if item_id is not None and self._item_id is not None and item_id != self._item_id:
             return  # a late transcript of an earlier turn says nothing about this sound
-        if text.strip():
+        if words:
             await self._confirm("words")
             await self._respond()
         elif self._ended_short:
-            await self._resume()
+            await self._resume(blank=True)
 
     async def response_created(self) -> None:
         """Called before the bridge records the new response, so a confirmation cancels the
@@ -171,7 +175,12 @@ class Interruptions:
         if self._send is not None:
             await self._send([_CREATE_RESPONSE])
 
-    async def _resume(self) -> None:
+    async def _forget(self, item_id: str | None) -> None:
+        """The model keeps no record of the noise (it was not asked to answer it either)."""
+        if self._send is not None and item_id is not None:
+            await self._send([protocol.delete_item(item_id)])
+
+    async def _resume(self, *, blank: bool = False) -> None:
         paused_at = self.paused_at
         self.paused_at = None
         self._changed.unpark_all()
@@ -180,7 +189,8 @@ class Interruptions:
         self.call.observer.note("interruption", state="resumed", by=self._by, gap_ms=gap_ms)
         self.call.log.info("a false interruption (%s): the reply resumes", self._by)
         self.player.resume()
-        self._resumed_item = self._item_id
-        if self._send is not None and self._committed and self._item_id is not None:
-            # the model keeps no record of the noise (and was not asked to answer it)
-            await self._send([protocol.delete_item(self._item_id)])
+        if self._committed and (blank or not self.transcribed):
+            self._resumed_item = None
+            await self._forget(self._item_id)
+        else:  # its transcript, still to come, says whether to forget it or confirm after all
+            self._resumed_item = self._item_id
