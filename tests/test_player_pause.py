@@ -3,6 +3,8 @@ unplayed buffer taken back, and resume playing on with nothing repeated and noth
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import trio
 import trio.testing
@@ -117,3 +119,47 @@ async def test_play_blocked_by_a_full_queue_while_paused_waits_for_resume(autoju
         assert done.is_set()
         nursery.cancel_scope.cancel()
     assert sent(log) == [frame(k) for k in range(10)]
+
+
+def test_randomized_pauses_and_stops_lose_nothing_and_repeat_nothing():
+    """Whatever the order of queueing, releasing, pausing, resuming and stopping, what ACS
+    plays is exactly the audio accepted, minus what stop() dropped, in order."""
+    rng = random.Random(11)
+    p = Playout(16000, lead_ms=60)
+    acs = AcsPlayback(16000)
+    now = 0.0
+    expected = bytearray()  # what the caller must end up hearing
+
+    def to_acs(frames: list[bytes]) -> None:
+        if p.take_stop():
+            acs.stop(now)
+        for f in frames:
+            acs.add(now, f)
+
+    for _ in range(4000):
+        op = rng.random()
+        if op < 0.4:
+            chunk = rng.randbytes(2 * rng.randrange(0, 700))
+            utterance = rng.choice(["a", "b"])
+            p.enqueue(chunk, utterance)
+            expected += chunk
+        elif op < 0.8:
+            now += rng.choice([0.0, 0.003, 0.02, 0.05, rng.random() / 10])
+            to_acs(p.release_due(now))
+        elif op < 0.88:
+            p.pause(now)
+            to_acs([])
+        elif op < 0.96:
+            p.resume()
+        else:
+            p.stop()
+            to_acs([])
+            expected = bytearray(acs.heard())  # ACS dropped what it had not played
+        check_accounts(p)
+        assert acs.heard(now) == bytes(expected[: len(acs.heard(now))])
+    p.resume()
+    p.flush()
+    while p.queued_bytes:
+        now = max(now, p.next_due(now) or now)
+        to_acs(p.release_due(now))
+    assert acs.heard() == bytes(expected)

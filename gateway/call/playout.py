@@ -84,7 +84,7 @@ class Playout:
         self.stop_pending = False
         self.paused = False
         # The last frames released, enough to cover the lead window: what pause() takes back.
-        self._recent: deque[tuple[bytes, Hashable]] = deque(
+        self._recent: deque[tuple[bytes, Hashable, float]] = deque(  # (pcm, utterance, start)
             maxlen=math.ceil(lead_ms / FRAME_MS) + 2
         )
         self._frames: deque[tuple[bytes, Hashable]] = deque()
@@ -150,28 +150,37 @@ class Playout:
         self.paused = True
         self.stats.pauses += 1
         recent = self._recent
-        unplayed = 0
         if self.position is not None and self.position > now:
-            unplayed = round((self.position - now) * self.bytes_per_second)
-            unplayed -= unplayed % BYTES_PER_SAMPLE
             self.stop_pending = True  # only ACS's own queue needs dropping
+            bps = self.bytes_per_second
+            earliest = self.position  # the start of the earliest audio taken back
+            while recent:
+                pcm, utterance, start = recent[-1]
+                if start < now:  # playing now: ACS has played its first `played` bytes
+                    played = round((now - start) * bps)
+                    played -= played % BYTES_PER_SAMPLE
+                    if played < len(pcm):
+                        self._recall(pcm[played:], utterance)
+                    break
+                recent.pop()
+                self._recall(pcm, utterance)
+                earliest = start
+            else:  # more unplayed than remembered (many short frames): ACS drops that part
+                lost = round((earliest - now) * bps)
+                lost -= lost % BYTES_PER_SAMPLE
+                self.stats.released -= lost
+                self.stats.dropped_by_stop += lost
         self.position = None
-        while unplayed > 0 and recent:
-            pcm, utterance = recent.pop()
-            if len(pcm) > unplayed:  # played in part: keep the unplayed end
-                pcm = pcm[len(pcm) - unplayed :]
-            unplayed -= len(pcm)
-            n = len(pcm)
-            self._frames.appendleft((pcm, utterance))
-            self._queued += n
-            self.stats.released -= n
-            self.stats.recalled += n
-            if utterance in self._released:
-                self._released[utterance] -= n
-        if unplayed > 0:  # more unplayed than remembered (short frames): ACS drops it
-            self.stats.released -= unplayed
-            self.stats.dropped_by_stop += unplayed
         recent.clear()
+
+    def _recall(self, pcm: bytes, utterance: Hashable) -> None:
+        n = len(pcm)
+        self._frames.appendleft((pcm, utterance))
+        self._queued += n
+        self.stats.released -= n
+        self.stats.recalled += n
+        if utterance in self._released:
+            self._released[utterance] -= n
 
     def resume(self) -> None:
         """Let the queue play again, from where `pause()` left it."""
@@ -222,6 +231,7 @@ class Playout:
             self._queued -= n
             position = now if self.position is None or self.position < now else self.position
             self.position = position + n / self.bytes_per_second
+            self._recent.append((pcm, utterance, position))
             self.stats.released += n
             self.stats.frames_released += 1
             if utterance in self._released:
@@ -230,7 +240,6 @@ class Playout:
                 self._released[utterance] = n
                 if len(self._released) > _UTTERANCES_KEPT:
                     del self._released[next(iter(self._released))]
-            self._recent.append((pcm, utterance))
             released.append(pcm)
 
     def take_stop(self) -> bool:
