@@ -107,14 +107,18 @@ def test_a_speaker_who_stops_holds_the_others_at_most_the_wait():
 
 def test_a_speaker_further_behind_than_the_wait_is_dropped_and_counted():
     m = Mixer(wait_ms=60)
-    a = frames_of(tone(440, 0.4))
+    a = frames_of(tone(440, 2.0))
     out: list[bytes] = []
+    delays: list[float] = []
     for k in range(len(a)):
-        out += m.push("a", stamp(k), a[k], k * 0.020)
-        if k >= 5:  # b trails by 100 ms
-            out += m.push("b", stamp(k - 5), bytes(FRAME), k * 0.020 + 0.001)
+        for who, j, now in (("a", k, k * 0.020), ("b", k - 5, k * 0.020 + 0.001)):
+            if j >= 0:  # b trails by 100 ms, for good
+                got = m.push(who, stamp(j), a[j] if who == "a" else bytes(FRAME), now)
+                delays += [now - (len(out) + i) * 0.020 for i in range(len(got))]
+                out += got
+    assert max(delays) <= 0.060 + 0.001 + 1e-9  # a waits at most the wait, never more
     out += m.flush()
-    assert b"".join(out) == b"".join(a)  # a never waits more than the wait, and loses nothing
+    assert b"".join(out) == b"".join(a)  # and loses nothing
     assert m.stats.waits_expired > 0 and m.stats.late_frames > 0
 
 
@@ -232,3 +236,16 @@ async def test_follow_without_a_control_handle_hears_the_first(autojump_clock, m
     )
     assert heard == alice
     assert "the caller's id is unknown" in caplog.text
+
+
+def test_a_clock_far_ahead_is_held_a_bounded_way_ahead():
+    m = Mixer()
+    a = frames_of(tone(440, 2.0))
+    out: list[bytes] = []
+    for k in range(len(a)):
+        out += m.push("a", stamp(k), a[k], k * 0.020)
+        out += m.push("b", stamp(k + 500), bytes(FRAME), k * 0.020 + 0.001)  # 10 s ahead
+        assert m.pending_frames <= 2 * 52  # never the 10 s its stamps ask for
+        assert len(out) >= k - 1  # a is not held back by it
+    out += m.flush()
+    assert b"".join(out)[: len(a) * FRAME] == b"".join(a)  # a's audio flowed, in order

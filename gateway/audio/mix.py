@@ -10,8 +10,9 @@ arrived, or half a frame passed: every frame ACS sent for that instant had its c
 speaker not heard before included) and every active participant (heard within the last frame
 plus `wait`) has a frame at or beyond it; so mixing costs at most about a frame of delay when
 speakers arrive together. One whose frame is missing holds a slot at most `wait` after the
-slot's first frame came (`waits_expired`); one silent for longer (who left, or whom ACS
-stopped sending) holds nothing. `due_at()` says when to call `release()` if no frame comes.
+slot's first frame came, or came near the front of the mix (`waits_expired`), so a speaker who
+trails for good delays the others by `wait`, no more; one silent for longer (who left, or whom
+ACS stopped sending) holds nothing. `due_at()` says when to call `release()` if no frame comes.
 
 A frame that arrives after its slot went out (a participant whose first packets trail the
 others' same-instant packets, or who falls more than `wait` behind) is dropped and counted
@@ -23,6 +24,7 @@ held at most that far ahead.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Final
 
@@ -50,6 +52,7 @@ class Mixer:
 
         self._np = numpy
         self.wait = wait_ms / 1000
+        self._near = math.ceil(wait_ms / FRAME_MS) + 1  # slots: a frame this close is on time
         self.stats = MixStats()
         self._slots: dict[int, dict[str, bytes]] = {}
         self._first_arrival: dict[int, float] = {}  # slot -> when its first frame came
@@ -73,9 +76,13 @@ class Mixer:
             self.stats.late_frames += 1
             return self.release(now)
         self._slots.setdefault(slot, {})[participant] = pcm
-        self._first_arrival.setdefault(slot, now)
         if self._next is None:
             self._next = slot
+        near = slot <= self._next + self._near
+        opened = self._first_arrival.get(slot)
+        if opened is None or (near and opened == math.inf):
+            # a slot far ahead of the mix waits from when it comes near, not from now
+            self._first_arrival[slot] = now if near else math.inf
         return self.release(now)
 
     def release(self, now: float) -> list[bytes]:
@@ -91,6 +98,8 @@ class Mixer:
                 self._next = min(slots)
                 continue
             opened = self._first_arrival[s]
+            if opened == math.inf:
+                opened = self._first_arrival[s] = now
             if self._waiting_for(s, now):
                 if now < opened + self.wait:
                     break
@@ -111,6 +120,8 @@ class Mixer:
             return None
         s = self._next if self._next in self._slots else min(self._slots)
         opened = self._first_arrival[s]
+        if opened == math.inf:
+            return now  # release() starts its wait
         if self._waiting_for(s, now):
             return opened + self.wait
         return max(now, opened + FRAME_MS / 1000 / 2)  # "time moved on": half a frame will do
