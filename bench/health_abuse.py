@@ -10,16 +10,20 @@ it, so that many are always open or opening. Meanwhile this process probes like 
 connection, `GET /livez` or `GET /readyz`, every 100 ms, and prints the probes' latency
 (p50/p99/max), how many failed, and how many hostile connections were made.
 A probe that takes over 1 s counts as a failure, as kubelet's default `timeoutSeconds` would.
+The hostile clients connect from `--attacker-from` (127.0.0.2 by default: kubelet probes from
+the node's address, not the attacker's; 127.0.0.1 puts them on the prober's own address).
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 
 import trio
 
@@ -42,14 +46,14 @@ trio.run(main)
 PROBE_TIMEOUT = 1.0  # kubelet's default timeoutSeconds
 
 
-async def hostile(port: int, count: int, seconds: float) -> None:
+async def hostile(port: int, count: int, seconds: float, sources: list[str]) -> None:
     """Hold `count` hostile connections for `seconds`; print how many were made."""
     made = [0]
 
-    async def one(kind: int) -> None:
+    async def one(kind: int, source: str) -> None:
         while True:
             try:
-                stream = await trio.open_tcp_stream("127.0.0.1", port)
+                stream = await trio.open_tcp_stream("127.0.0.1", port, local_address=source)
             except OSError:
                 await trio.sleep(0.05)
                 continue
@@ -74,14 +78,15 @@ async def hostile(port: int, count: int, seconds: float) -> None:
     with trio.move_on_after(seconds):
         async with trio.open_nursery() as nursery:
             for n in range(count):
-                nursery.start_soon(one, n % 3)
+                nursery.start_soon(one, n % 3, sources[n % len(sources)])
                 if n % 100 == 99:
                     await trio.sleep(0.01)  # the kernel's accept queue is finite
     print(made[0], flush=True)
 
 
-async def probe(port: int, path: str) -> float | None:
-    """Seconds for one probe on a new connection; None if it failed or took over 1 s."""
+async def probe(port: int, path: str) -> float | str:
+    """Seconds for one probe on a new connection, or why it failed: `timeout` (over 1 s),
+    `reset` (the connection was refused or dropped) or `status` (an answer other than 200)."""
     start = time.perf_counter()
     with trio.move_on_after(PROBE_TIMEOUT):
         try:
@@ -92,23 +97,24 @@ async def probe(port: int, path: str) -> float | None:
                 data = b""
                 while chunk := await stream.receive_some(4096):
                     data += chunk
-            if data.startswith(b"HTTP/1.1 200 "):
-                return time.perf_counter() - start
         except (OSError, trio.BrokenResourceError):
-            pass
-    return None
+            return "reset"
+        if data.startswith(b"HTTP/1.1 200 "):
+            return time.perf_counter() - start
+        return "status" if data else "reset"
+    return "timeout"
 
 
-async def measure(port: int, seconds: float) -> tuple[list[float], int]:
+async def measure(port: int, seconds: float) -> tuple[list[float], Counter[str]]:
     latencies: list[float] = []
-    failures = 0
+    failures: Counter[str] = Counter()
     deadline = trio.current_time() + seconds
     n = 0
     while trio.current_time() < deadline:
         result = await probe(port, ("/livez", "/readyz")[n % 2])
         n += 1
-        if result is None:
-            failures += 1
+        if isinstance(result, str):
+            failures[result] += 1
         else:
             latencies.append(result)
         await trio.sleep(0.1)
@@ -120,10 +126,23 @@ def main() -> None:
     parser.add_argument("--hostile", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--max-connections", type=int, default=HealthLimits().max_connections)
+    parser.add_argument(
+        "--attacker-from",
+        default="127.0.0.2",
+        help="the hostile clients' source address (127.0.0.1: the same as the prober's)",
+    )
+    parser.add_argument(
+        "--attacker-addresses",
+        type=int,
+        default=1,
+        help="spread the hostile clients over this many addresses, from --attacker-from on",
+    )
     parser.add_argument("--hostile-only", type=int, help=argparse.SUPPRESS)  # the child's port
     args = parser.parse_args()
     if args.hostile_only:
-        trio.run(hostile, args.hostile_only, args.hostile, args.seconds + 6)
+        first = ipaddress.IPv4Address(args.attacker_from)
+        sources = [str(first + n) for n in range(args.attacker_addresses)]
+        trio.run(hostile, args.hostile_only, args.hostile, args.seconds + 6, sources)
         return
     server = subprocess.Popen(
         [sys.executable, "-c", SERVER, str(args.max_connections)], stdout=subprocess.PIPE, text=True
@@ -135,7 +154,9 @@ def main() -> None:
         if args.hostile:
             attack = subprocess.Popen(
                 [sys.executable, __file__, "--hostile-only", str(port)]
-                + ["--hostile", str(args.hostile), "--seconds", str(args.seconds)],
+                + ["--hostile", str(args.hostile), "--seconds", str(args.seconds)]
+                + ["--attacker-from", args.attacker_from]
+                + ["--attacker-addresses", str(args.attacker_addresses)],
                 stdout=subprocess.PIPE,
                 text=True,
             )
@@ -150,10 +171,12 @@ def main() -> None:
     p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))] if ms else float("nan")
     print(
         f"hostile={args.hostile} max_connections={args.max_connections} "
-        f"probes={len(ms) + failures} failed={failures} "
+        f"probes={len(ms) + failures.total()} failed={failures.total()} "
+        f"({', '.join(f'{kind} {n}' for kind, n in sorted(failures.items())) or 'none'}) "
         f"p50={statistics.median(ms) if ms else float('nan'):.1f}ms p99={p99:.1f}ms "
         f"max={max(ms, default=float('nan')):.1f}ms "
-        f"hostile_connections_made={made if args.hostile else 0} cpus={os.cpu_count()}"
+        f"hostile_connections_made={made if args.hostile else 0} "
+        f"attacker_from={args.attacker_from} x{args.attacker_addresses} cpus={os.cpu_count()}"
     )
 
 

@@ -31,6 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import echo_load  # noqa: E402
 
+from gateway.call.interface import CallStats  # noqa: E402
+from gateway.call.outcome import CallOutcome, EndReason  # noqa: E402
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -38,25 +41,44 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def lateness_p99_ms(port: int) -> float:
-    """The upper bound of the bucket holding the 99th percentile of pacing lateness."""
+def lateness_p99_ms(port: int) -> tuple[float, int]:
+    """The upper bound of the bucket holding the 99th percentile of pacing lateness, and how
+    many paced releases it was measured on."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     buckets = []
     for line in text.splitlines():
         if line.startswith("acs_gateway_pacing_lateness_seconds_bucket"):
             le = line.split('le="')[1].split('"')[0]
             buckets.append((float(le), float(line.rsplit(" ", 1)[1])))
-    total = buckets[-1][1] if buckets else 0
+    total = int(buckets[-1][1]) if buckets else 0
     if not total:
-        return 0.0
+        return 0.0, 0
     for bound, count in buckets:
         if count >= 0.99 * total:
-            return bound * 1000
-    return float("inf")
+            return bound * 1000, total
+    return float("inf"), total
+
+
+def threads(pid: int) -> tuple[float, int, int]:
+    """The event-loop thread's CPU seconds (the rest is the disk thread's), the times other
+    threads (the disk thread) woke, and the times the event loop was preempted."""
+    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    woke = preempted = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            status = dict(line.split(":", 1) for line in (task / "status").read_text().splitlines())
+        except OSError:
+            continue
+        if task.name == str(pid):
+            preempted = int(status["nonvoluntary_ctxt_switches"])
+        else:
+            woke += int(status["voluntary_ctxt_switches"])
+    return cpu, woke, preempted
 
 
 def one_run(args: argparse.Namespace, recording: bool) -> dict[str, float]:
-    directory = tempfile.mkdtemp(prefix="records-bench-")
+    directory = tempfile.mkdtemp(prefix="records-bench-", dir=args.dir)
     port = free_port()
     env = {
         "ACS_GATEWAY_HEALTH_PORT": str(port),
@@ -67,8 +89,10 @@ def one_run(args: argparse.Namespace, recording: bool) -> dict[str, float]:
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    late: list[float] = []
+    late: list[tuple[float, int]] = []
     original = echo_load.Generator.close
+    process_cpu = echo_load.proc_cpu_seconds
+    marks: list[tuple[float, int, int]] = []  # `threads`, read with the process's CPU
 
     def close_hook(self: echo_load.Generator) -> None:  # after the run, before the server stops
         try:
@@ -77,11 +101,17 @@ def one_run(args: argparse.Namespace, recording: bool) -> dict[str, float]:
             print(f"cannot scrape /metrics: {exc}", file=sys.stderr)
         original(self)
 
+    def cpu_hook(pid: int) -> float:
+        marks.append(threads(pid))
+        return process_cpu(pid)
+
     try:
         echo_load.Generator.close = close_hook  # type: ignore[method-assign]  # scrape first
+        echo_load.proc_cpu_seconds = cpu_hook
         result = echo_load.one_load(args, args.calls)
     finally:
         echo_load.Generator.close = original  # type: ignore[method-assign]  # restore
+        echo_load.proc_cpu_seconds = process_cpu
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -91,24 +121,37 @@ def one_run(args: argparse.Namespace, recording: bool) -> dict[str, float]:
     recorded = sum(p.stat().st_size for p in Path(directory).iterdir())
     shutil.rmtree(directory, ignore_errors=True)
     result["recording"] = recording
-    result["lateness_p99_ms"] = late[0] if late else float("nan")
+    result["lateness_p99_ms"], result["paced"] = late[0] if late else (float("nan"), 0)
+    if len(marks) == 2 and result.get("frames_echoed"):
+        (cpu0, woke0, pre0), (cpu1, woke1, pre1) = marks
+        loop = (cpu1 - cpu0) / result["frames_echoed"] * 1e6
+        result["loop_us_per_frame"] = round(loop, 1)
+        result["disk_us_per_frame"] = round(result["server_us_per_frame"] - loop, 1)
+        result["disk_wakeups_per_s"] = round((woke1 - woke0) / result["window_s"])
+        result["loop_preempted_per_s"] = round((pre1 - pre0) / result["window_s"])
     result["recorded_mb"] = round(recorded / 1e6, 1)
     return result
 
 
-def pieces() -> None:
-    """Per-frame cost of the observer hooks, in process: none, latency only, and recording on
-    the event loop's side (the disk's jobs counted apart: the loop runs here far faster than
-    real time, which would bury the disk thread); then the disk thread's cost per frame."""
-    import timeit
+JITTER = (0.0, 0.002, 0.0005, 0.003, 0.001)  # seconds a frame arrives late (echo underruns)
+
+
+def pieces(calls: int) -> None:
+    """Per-frame cost of the observer hooks, in process, with `calls` calls taking turns (so
+    each call's state is as cold as in a server): none, latency only, and recording on the
+    event loop's side; then the disk thread's jobs of the recorded seconds, run apart and
+    timed. CPU time of this thread (`thread_time`): other processes on a busy machine count
+    far less than in wall-clock time. A frame is one caller frame in and one bot frame out,
+    with a fresh decode and encode of its audio, as a server does, arriving with a little
+    jitter (so echo's bot audio starts on arrival, a little after the previous frame ended)."""
+    import pybase64
 
     from gateway.acs.packets import AudioData
-    from gateway.call.observer import NO_OBSERVER
+    from gateway.call.observer import NO_OBSERVER, CallObserver
     from gateway.records import Records, RecordSettings
     from gateway.records.disk import DiskThread
 
-    pcm = bytes(range(256)) * 2 + bytes(128)
-    packet = AudioData(pcm=pcm, data="", timestamp=None, participant_raw_id=None, silent=False)
+    wire = pybase64.b64encode_as_string(bytes(range(256)) * 2 + bytes(128))
 
     class Sink:
         def latency(self, kind: str, route: str, seconds: float) -> None:
@@ -136,31 +179,60 @@ def pieces() -> None:
     directory = tempfile.mkdtemp(prefix="records-pieces-")
     jobs = Jobs()
     on = RecordSettings(recording=True, events=True, directory=directory, buffer_seconds=1e9)
-    observers = {
-        "none": NO_OBSERVER,
-        "latency only": Records(Sink()).open(RecordSettings(), {}, "echo"),
-        "recording": Records(Sink(), disk=jobs).open(on, {}, "echo"),
+    makers: dict[str, Callable[[str], CallObserver]] = {  # by call id (the file's name)
+        "none": lambda _: NO_OBSERVER,
+        "latency only": lambda _: Records(Sink()).open(RecordSettings(), {}, "echo"),
+        "recording": lambda i: Records(Sink(), disk=jobs).open(
+            on, {"x-ms-call-connection-id": i}, "echo"
+        ),
     }
-    n = 50 * 600  # ten minutes of frames
-    for name, observer in observers.items():
-        observer.started(FakeCall, 0.0)  # type: ignore[arg-type]  # a stand-in Call
-        best = float("inf")
-        clock = iter(range(10**9))  # the call's time goes on across the repeats
-        for _ in range(3):
-
-            def frame(o=observer, c=clock) -> None:  # type: ignore[no-untyped-def]  # bound now
-                t = next(c) * 0.02
-                o.caller_audio(packet, t)
-                o.bot_audio([pcm], t)
-
-            best = min(best, timeit.timeit(frame, number=n))
-        print(f"{name:>14}: {best / n * 1e9:7.0f} ns per frame on the event loop")
-    started = time.perf_counter()
-    for job in jobs.jobs:
-        job()
-    disk = time.perf_counter() - started
-    print(f"{'disk thread':>14}: {disk / (3 * n) * 1e9:7.0f} ns per frame (writes)")
+    seconds = 3
+    best = {name: float("inf") for name in makers}
+    disk = float("inf")
+    for _ in range(5):
+        for name, make in makers.items():
+            jobs.jobs.clear()
+            observers = [make(str(i)) for i in range(calls)]
+            for observer in observers:
+                observer.started(FakeCall, 0.0)  # type: ignore[arg-type]  # a stand-in Call
+            played = [0.0] * calls  # where each call's bot audio ends
+            began = time.thread_time()
+            for k in range(50 * seconds):
+                late = JITTER[k % len(JITTER)]
+                for i, observer in enumerate(observers):
+                    t = k * 0.02 + i * 1e-4 + late
+                    pcm = pybase64.b64decode(wire)
+                    packet = AudioData(pcm, wire, None, None, False)
+                    observer.caller_audio(packet, t)
+                    start = max(t, played[i])  # echo: played on arrival, or after the last
+                    played[i] = start + 0.02
+                    observer.bot_audio([pcm], start)
+                    pybase64.b64encode_as_string(pcm)
+            best[name] = min(best[name], time.thread_time() - began)
+            for observer in observers:
+                observer.ended(_outcome(), 50 * seconds * 0.02)
+            if jobs.jobs:
+                spent = 0.0
+                for job in jobs.jobs:  # time the audio's writes (not opening, closing files)
+                    began = time.thread_time()
+                    job()
+                    if "flush" in getattr(job, "__qualname__", ""):
+                        spent += time.thread_time() - began
+                disk = min(disk, spent)
+        shutil.rmtree(directory, ignore_errors=True)
+        os.makedirs(directory)
+    frames = 50 * seconds * calls
+    base = best["none"] / frames * 1e9
+    print(f"{calls} calls, {seconds} s each; ns per frame (one in, one out) on the event loop:")
+    print(f"{'none':>14}: {base:7.0f} (decode, encode, the loop)")
+    for name in ("latency only", "recording"):
+        print(f"{name:>14}: {best[name] / frames * 1e9 - base:+7.0f}")
+    print(f"{'disk thread':>14}: {disk / frames * 1e9:+7.0f} (writing the audio)")
     shutil.rmtree(directory, ignore_errors=True)
+
+
+def _outcome() -> CallOutcome:
+    return CallOutcome(EndReason.HANGUP, 1000, CallStats())
 
 
 def main() -> None:
@@ -176,13 +248,20 @@ def main() -> None:
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--client-cpu", type=int, default=1)
     parser.add_argument("--pieces", action="store_true", help="only the in-process hook cost")
+    parser.add_argument(
+        "--gateway-root", help="serve the gateway from this source tree (default: this one)"
+    )
+    parser.add_argument(
+        "--dir",
+        help="record under this directory (default: the system's temporary one); /dev/shm "
+        "takes the kernel's writeback to the disk out of the picture",
+    )
     args = parser.parse_args()
     if args.pieces:
-        pieces()
+        pieces(args.calls)
         return
     args.url = None
     args.server_arg = []
-    args.gateway_root = None
     os.sched_setaffinity(0, {args.client_cpu})
     cols = [
         ("recording", "recording"),
@@ -190,7 +269,12 @@ def main() -> None:
         ("rtt_p99_ms", "rtt p99 ms"),
         ("frames_lost", "lost"),
         ("server_us_per_frame", "us/frame"),
+        ("loop_us_per_frame", "loop us"),
+        ("disk_us_per_frame", "other us"),
+        ("disk_wakeups_per_s", "wakes/s"),
+        ("loop_preempted_per_s", "preempt/s"),
         ("lateness_p99_ms", "late p99 ms"),
+        ("paced", "paced"),
         ("server_rss_per_call_kb", "KB/call"),
         ("recorded_mb", "recorded MB"),
         ("ticker_late_p99_ms", "tick p99 ms"),

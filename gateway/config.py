@@ -99,6 +99,22 @@ def _public_url(instance: Any, attribute: attrs.Attribute[Any], value: str | Non
         raise ValueError(f"{attribute.name} must be an https:// base URL (no query), got {value!r}")
 
 
+def _replica_url(instance: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    from urllib.parse import urlsplit
+
+    if value is None:
+        return
+    url = urlsplit(value)
+    if url.scheme not in ("http", "https") or not url.hostname or url.path not in ("", "/"):
+        raise ValueError(
+            f"{attribute.name} must be an http(s):// base URL (no path), got {value!r}"
+        )
+    if url.query or url.fragment:
+        raise ValueError(
+            f"{attribute.name} must be an http(s):// base URL (no path), got {value!r}"
+        )
+
+
 ROUTE_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")  # it travels in the media URL's path
 AUDIO_FORMATS: Final = ("pcm16KMono", "pcm24KMono")  # ACS's names (docs/protocol.md)
 CHANNEL_TYPES: Final = ("mixed", "unmixed")
@@ -354,7 +370,7 @@ class Config(CallSettings):
     # The Call Automation control plane (gateway/control/, docs/answering.md).
     routes: tuple[Route, ...] = attrs.field(
         default=(),
-        metadata=_doc(
+        metadata=_hot(
             "File only: `[[routes]]` tables choosing each call's processor and streaming "
             "options (docs/answering.md); a call matching none runs `processor`."
         ),
@@ -386,6 +402,15 @@ class Config(CallSettings):
         default=14400.0,
         validator=_positive,
         metadata=_doc("Seconds a call's media and callback URLs stay valid after the answer."),
+    )
+    replica_url: str | None = attrs.field(
+        default=None,
+        validator=_replica_url,
+        metadata=_doc(
+            "This replica's own base URL as the other replicas reach it (`http://POD_IP:8080`): "
+            "set it on every replica behind one load balancer, so that a call's callbacks and "
+            'media reach the replica holding it (docs/answering.md, "Many replicas").'
+        ),
     )
     max_webhook_bytes: int = attrs.field(
         default=262144,

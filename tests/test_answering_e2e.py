@@ -177,6 +177,8 @@ async def test_streaming_failure_8581_logs_the_cause_and_the_url_sent(caplog):
         with trio.fail_after(10):
             failed = await call.wait_for_callback("MediaStreamingFailed")
         assert failed.status == 200
+        assert gw.control.answering is not None  # the call's state is cleaned: it takes no media
+        assert gw.control.answering.answered[call.correlation_id].state == "ended"
     assert gw.control.stats.callbacks["MediaStreamingFailed"] == 1
     (line,) = [r.getMessage() for r in caplog.records if "MediaStreamingFailed" in r.getMessage()]
     assert "not reachable over wss:// from the internet" in line
@@ -218,8 +220,10 @@ async def test_acs_failing_or_slow_to_answer_leaves_nothing_behind(failure, capl
                 await trio.sleep(0.01)
         assert gateway_tasks() <= tasks  # raises above first if a task stayed behind
         assert not gw.server.stats.live and gw.server.stats.calls_accepted == 0
-        assert not gw.control.answering.answered  # nothing remembered of a failed call
-    result = "failed" if failure == "refused" else "timeout"
+        result = "failed" if failure == "refused" else "timeout"
+        answered = gw.control.answering.answered.values()  # only that each failed: refuses media
+        assert [a.state for a in answered] == [result] * 4
+        assert all(a.connection_id is None and a.holder is None for a in answered)
     assert gw.control.stats.answers == {result: 4}
     assert gw.control.stats.incoming_calls == 4
     expected = "ACS failed on its side" if failure == "refused" else "did not reply in 0.3 s"

@@ -399,25 +399,25 @@ async def test_media_of_an_answered_call_gets_its_control_handle_and_media_only_
     target = urlsplit(request.transport_url)
     path = f"{target.path}?{target.query}"
 
-    def media(connection_id: str | None) -> MediaRoute | Reject:
+    async def media(connection_id: str | None) -> MediaRoute | Reject:
         headers = {"x-ms-call-correlation-id": "c7"}
         if connection_id is not None:
             headers["x-ms-call-connection-id"] = connection_id
-        return control.media(Handshake(unquote(path), headers))
+        return await control.media(Handshake(unquote(path), headers))
 
-    chosen = media("conn-1")
+    chosen = await media("conn-1")
     assert isinstance(chosen, MediaRoute) and chosen.name == "sales"
     assert isinstance(chosen.control, FakeControl)
     assert chosen.control.call_connection_id == "conn-1"
     assert chosen.control.incoming.callee == "4:+18005550100"
     assert chosen.control.incoming.custom_context["sipHeaders"] == {"X_Team": "a"}
-    assert isinstance(media(None), MediaRoute)  # the connection id ACS answered with
-    refused = media("conn-of-another-call")
+    assert isinstance(await media(None), MediaRoute)  # the connection id ACS answered with
+    refused = await media("conn-of-another-call")
     assert isinstance(refused, Reject) and refused.status == 403
     assert control.stats.refused["media_other_call"] == 1
 
     media_only = ControlPlane(Config(routes=ROUTES), control.processors)
-    chosen = media_only.media(Handshake("/ws/sales", {"x-ms-call-connection-id": "conn-1"}))
+    chosen = await media_only.media(Handshake("/ws/sales", {"x-ms-call-connection-id": "conn-1"}))
     assert isinstance(chosen, MediaRoute) and chosen.control is None
 
 

@@ -4,6 +4,8 @@ and clients that misbehave."""
 from __future__ import annotations
 
 import contextlib
+import socket
+from collections.abc import Callable
 from functools import partial
 
 import trio
@@ -232,7 +234,9 @@ async def test_a_full_endpoint_evicts_its_oldest_idle_connection_and_answers_the
 
 async def test_probes_are_answered_with_many_idle_connections_open(nursery):
     port = await nursery.start(serve_health, "127.0.0.1", 0, lambda: (True, "ready"))
-    idle = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(health.MAX_CONNECTIONS)]
+    share = HealthLimits().max_connections_per_source
+    sources = [f"127.0.0.{2 + n // share}" for n in range(health.MAX_CONNECTIONS)]
+    idle = [await trio.open_tcp_stream("127.0.0.1", port, local_address=a) for a in sources]
     try:
         for path, answer in (("/livez", (200, "ok\n")), ("/readyz", (200, "ready\n"))):
             for _ in range(3):
@@ -260,3 +264,90 @@ async def test_readiness_of_a_gateway_at_its_limit_and_draining(nursery):
         server.drain(5)
         assert await http(port, "/readyz") == (503, "not ready: draining\n")
         assert await http(port, "/livez") == (200, "ok\n")
+
+
+def _connect_and_send(port: int, source: str, data: bytes) -> trio.socket.SocketType:
+    """Connect from `source` and send `data` before the endpoint can run (a blocking connect
+    and send in this thread): the connection is accepted with its request already waiting."""
+    sock = socket.create_connection(("127.0.0.1", port), source_address=(source, 0))
+    if data:
+        sock.sendall(data)
+    sock.setblocking(False)
+    return trio.socket.from_stdlib_socket(sock)
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    with trio.fail_after(5):
+        while not condition():  # noqa: ASYNC110 - the endpoint has no event for it
+            await trio.sleep(0.001)
+
+
+async def _closed_by_peer(sock: trio.socket.SocketType) -> bool:
+    with trio.fail_after(5):
+        try:
+            return await sock.recv(100) == b""
+        except ConnectionResetError:
+            return True
+
+
+async def test_an_address_at_its_share_is_refused_at_accept_unless_its_request_waits(nursery):
+    limits = HealthLimits(max_connections_per_source=4, lobby_wait=1)
+    endpoint = HealthEndpoint(lambda: (True, "ready"), None, limits)
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+    nursery.start_soon(endpoint.serve_listener, listener)
+    held = [await trio.open_tcp_stream("127.0.0.1", port, local_address="127.0.0.2")]
+    for _ in range(3):
+        held.append(await trio.open_tcp_stream("127.0.0.1", port, local_address="127.0.0.2"))
+    await _until(lambda: endpoint.connections.by_source["127.0.0.2"] == 4)
+    silent = _connect_and_send(port, "127.0.0.2", b"")
+    await _until(lambda: bool(endpoint.lobby.waiting))  # its address is at its share
+    assert await _closed_by_peer(silent)  # it did not: refused, with no task of its own
+    assert endpoint.connections.evicted == 0 and endpoint.lobby.refused == 1
+    late = _connect_and_send(port, "127.0.0.2", b"")
+    await _until(lambda: bool(endpoint.lobby.waiting))  # accepted before its request arrived
+    await late.send(PROBE)
+    with trio.fail_after(5):
+        assert (await late.recv(1000)).startswith(b"HTTP/1.1 200 OK")
+    assert endpoint.connections.evicted == 1  # it took the place of its address's idlest
+    probe = _connect_and_send(port, "127.0.0.2", PROBE)  # its request is already waiting
+    with trio.fail_after(5):
+        assert (await probe.recv(1000)).startswith(b"HTTP/1.1 200 OK")
+    assert endpoint.connections.evicted == 2
+    assert endpoint.connections.by_source["127.0.0.2"] <= 4
+    other = await trio.open_tcp_stream("127.0.0.1", port)  # another address is not affected
+    await other.send_all(PROBE)
+    assert b"200 OK" in await answers(other, 1)
+    for stream in (silent, late, probe):
+        stream.close()
+    for held_stream in (*held, other):
+        await held_stream.aclose()
+
+
+async def test_a_newcomer_to_a_full_endpoint_takes_a_place_only_once_it_speaks(nursery):
+    limits = HealthLimits(max_connections=4, lobby_wait=1)
+    endpoint = HealthEndpoint(lambda: (True, "ready"), None, limits)
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+    nursery.start_soon(endpoint.serve_listener, listener)
+    held = [
+        await trio.open_tcp_stream("127.0.0.1", port, local_address=f"127.0.0.{n}")
+        for n in range(2, 6)
+    ]
+    await _until(lambda: len(endpoint.connections.slots) == 4)
+    silent = _connect_and_send(port, "127.0.0.9", b"")  # from a new address, but no room
+    await _until(lambda: bool(endpoint.lobby.waiting))
+    assert await _closed_by_peer(silent)  # it never spoke: nobody lost a place to it
+    assert endpoint.connections.evicted == 0 and len(endpoint.connections.slots) == 4
+    late = _connect_and_send(port, "127.0.0.9", b"")
+    await _until(lambda: bool(endpoint.lobby.waiting))
+    await late.send(PROBE)
+    with trio.fail_after(5):
+        assert (await late.recv(1000)).startswith(b"HTTP/1.1 200 OK")
+    assert endpoint.connections.evicted == 1  # the oldest idle connection made room
+    with trio.fail_after(5):
+        assert await held[0].receive_some(100) == b""
+    for stream in (silent, late):
+        stream.close()
+    for held_stream in held:
+        await held_stream.aclose()

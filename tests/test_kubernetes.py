@@ -17,8 +17,12 @@ def test_the_configuration_and_command_line_are_valid(tmp_path):
     toml.write_text(DOCUMENTS["ConfigMap"]["data"]["gateway.toml"])
     loaded = config.load(toml, environ={})
     container = DOCUMENTS["Deployment"]["spec"]["template"]["spec"]["containers"][0]
-    env = {e["name"]: e["value"] for e in container["env"]}
+    pod_ip = "10.1.2.3"  # what Kubernetes puts in $(POD_IP)
+    env = {
+        e["name"]: e["value"].replace("$(POD_IP)", pod_ip) for e in container["env"] if "value" in e
+    }
     assert config.load(toml, environ=env).workers == int(env["ACS_GATEWAY_WORKERS"])
+    assert config.load(toml, environ=env).replica_url == f"http://{pod_ip}:8080"
     args = cli._parser().parse_args(container["args"])
     assert args.command == "serve" and args.config.endswith("gateway.toml")
     mount = next(m for m in container["volumeMounts"] if m["name"] == "config")

@@ -120,3 +120,20 @@ def test_pause_keeps_the_model_from_cancelling_its_reply_unless_told():
     answering = {"type": "server_vad", "create_response": True}
     model_answers = parse_options({"interruption": "pause", "turn_detection": answering}, ENV)
     assert not model_answers.gateway_responds
+
+
+def test_session_limits_per_provider_and_rollover_options():
+    assert parse_options({}, ENV).session_limit_s == 3600  # OpenAI: 60 minutes
+    azure = {"endpoint": "https://r.openai.azure.com"}
+    for provider in ("azure", "azure-preview", "voice-live"):
+        assert parse_options({"provider": provider, **azure}, ENV).session_limit_s == 1800
+    assert parse_options({"session_max_s": 600}, ENV).session_limit_s == 600
+    assert parse_options({"session_max_s": 0}, ENV).session_limit_s == 0  # no planned rollover
+    for bad, message in [
+        ({"session_max_s": -1}, "session_max_s must be 0 or more"),
+        ({"rollover_gap_ms": 0}, "rollover_gap_ms must be greater than 0"),
+        ({"rollover_before_s": "60"}, "rollover_before_s: wrong type"),
+        ({"history_max_items": -5}, "history_max_items must be 0 or more"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            parse_options(bad, ENV)

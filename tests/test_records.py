@@ -122,6 +122,21 @@ def test_a_long_call_stays_aligned_within_a_frame(tmp_path):
     assert max(abs(where_bot[n] - where_said[n]) for n in common) <= FRAME
 
 
+def test_both_interleavers_lay_out_the_same_samples():
+    """numpy's (with the `realtime` extra) and the `array` module's (without it)."""
+    pytest.importorskip("numpy")
+    from gateway.records.recording import _interleave_array, _interleave_numpy
+
+    caller = [(0, numbered_frames(1, 2)), (3 * FRAME, numbered_frames(3, 1))]
+    bot = [(FRAME // 2, numbered_frames(7, 1))]  # silence around it
+    n = 4 * FRAME
+    laid = _interleave_array(n, [caller, bot])
+    assert bytes(_interleave_numpy(n, [caller, bot])) == laid
+    samples = array("h", laid)
+    assert samples[0::2] == array("h", [1] * FRAME + [2] * FRAME + [0] * FRAME + [3] * FRAME)
+    assert samples[1::2] == array("h", [0] * (FRAME // 2) + [7] * FRAME + [0] * (5 * FRAME // 2))
+
+
 def test_a_writer_stopped_mid_call_leaves_a_playable_file(tmp_path):
     path = tmp_path / "cut.wav"
     w = wavfile.WavFile(str(path), 2, 16000)
@@ -131,6 +146,33 @@ def test_a_writer_stopped_mid_call_leaves_a_playable_file(tmp_path):
     with wave.open(str(path), "rb") as r:
         assert r.getnchannels() == 2 and r.getnframes() == 24000
         assert r.readframes(24000)[-4:] == b"\1\0\2\0"
+
+
+async def test_a_gateway_killed_mid_call_leaves_a_playable_recording(tmp_path):
+    """A real gateway process, SIGKILLed during a call (no exit handler, no final header):
+    its WAV opens and holds what the caller said up to about its last flushed second."""
+    import signal
+
+    from tests.daemons import SERVE, gateway_process
+
+    sent = speech(16000)[: 16000 * 2 * 5 // 2]  # 2.5 s, streamed in real time
+    env = {"ACS_GATEWAY_RECORDING": "true", "ACS_GATEWAY_RECORDING_DIR": str(tmp_path)}
+    command = [*SERVE, "--host", "127.0.0.1", "--port", "0"]
+    async with gateway_process(command, env=env) as gateway:
+        async with simulated_call(gateway.url) as acs:
+            await acs.stream(sent)
+            gateway.process.send_signal(signal.SIGKILL)  # the call is still open
+            assert await gateway.wait_exit() == -signal.SIGKILL
+            await acs.closed.wait()
+    wav = only(tmp_path, ".wav")
+    with wave.open(str(wav), "rb") as r:
+        assert (r.getnchannels(), r.getframerate()) == (2, 16000)
+        kept = r.getnframes()
+    (said, _), _ = read_channels(wav)
+    assert 0.5 <= kept / 16000 <= 2.5  # the last second or two may be lost, never more
+    # and what was kept is what was said (the silences where the network held frames aside)
+    heard = said.tobytes().replace(b"\0\0", b"")
+    assert len(heard) > 16000 and sent.replace(b"\0\0", b"").startswith(heard)
 
 
 def test_retention_removes_the_oldest_first(tmp_path):
@@ -166,7 +208,9 @@ async def test_a_failing_disk_ends_the_recording_not_the_call(
         "echo", recording=True, call_events=True, recording_dir=str(tmp_path)
     ) as server:
         async with simulated_call(server.urls[0]) as acs:
-            await acs.stream(caller)
+            await acs.stream(caller[: 16000 * 2 * 3])  # two chunks flushed, the second fails
+            DISK.wait_idle(10.0)  # blocking: the call's clock stands while the disk fails
+            await acs.stream(caller[16000 * 2 * 3 :])
             await trio.sleep(0.2)
     await settle()
     assert acs.received_pcm.replace(b"\0", b"") == caller.replace(b"\0", b"")  # all echoed
@@ -267,6 +311,84 @@ async def test_barge_in_cuts_the_bot_channel_at_the_stop_audio(
     assert sample("acs_gateway_response_latency_seconds_count", {"route": "realtime"}) == 1
     assert sample("acs_gateway_barge_in_stop_latency_seconds_count", {"route": "realtime"}) == 1
     assert stop_at > 0 and model.sent_of("response.done")
+
+
+async def test_local_vad_turn_ends_are_recorded_and_time_the_answer(
+    autojump_clock, tmp_path, monkeypatch
+):
+    """The model's VAD waits 900 ms of silence, the local one 300: both turn ends are in the
+    log, the local one first, and the answer is timed from the last end before it."""
+    pytest.importorskip("webrtcvad")
+    from gateway.config import Config
+    from gateway.processors import load
+    from gateway.server.serve import serve
+    from gateway.testing import open_fake_model
+    from tests.test_realtime_e2e import KEY_ENV, options
+
+    monkeypatch.setenv(KEY_ENV, "k")
+    said = speech(16000)[: 16000 * 2 * 2]
+    async with open_fake_model([speech(24000)[: 24000 * 2]], silence_ms=900) as model:
+        config = Config(
+            host="127.0.0.1",
+            port=0,
+            processor="realtime",
+            call_events=True,
+            recording_dir=str(tmp_path),
+        )
+        processor = load("realtime", options(model.url, local_vad=True))
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(serve, config, processor)
+            async with simulated_call(server.urls[0]) as acs:
+                await acs.stream(said + bytes(16000 * 2 * 3))
+            metrics = server.metrics
+            server.stop_now()
+    await settle()
+    log = events(only(tmp_path, ".jsonl"))
+    ends = [(e["t"], e["by"]) for e in log if e["event"] == "turn_ended"]
+    [(vad_end, _)] = [end for end in ends if end[1] == "vad"]
+    [(model_end, _)] = [end for end in ends if end[1] == "model"]
+    assert vad_end < model_end - 0.4  # the local VAD heard the end 600 ms sooner
+    [answer] = [e for e in log if e["event"] == "latency" and e["kind"] == "response"]
+    assert answer["t"] >= model_end and answer["ms"] == pytest.approx(
+        1000 * (answer["t"] - model_end), abs=1
+    )
+    sample = metrics.registry.get_sample_value
+    assert sample("acs_gateway_response_latency_seconds_count", {"route": "realtime"}) == 1
+
+
+async def test_a_turn_end_times_the_answer_unless_the_bot_is_already_talking(autojump_clock):
+    from gateway.records.record import CallRecord, RecordSettings
+
+    measured: list[tuple[str, float]] = []
+
+    class Sink:
+        def latency(self, kind: str, route: str, seconds: float) -> None:
+            measured.append((kind, round(seconds, 3)))
+
+        def recording_stopped(self, route: str) -> None:
+            pass
+
+    class Audio:
+        sample_rate = 16000
+
+    class Stub:  # what `started` reads of a Call
+        connection_id = correlation_id = None
+        path = "/"
+        sample_rate = 16000
+        audio = Audio
+
+    record = CallRecord(RecordSettings(), "r", None, Sink())
+    record.started(Stub, trio.current_time())  # type: ignore[arg-type]  # a stand-in Call
+    record.bot_audio([bytes(640)], trio.current_time())  # the greeting: first audio at once
+    await trio.sleep(1.0)
+    record.note("turn_ended", by="vad")  # the bot is silent: the answer is awaited from here
+    await trio.sleep(0.4)
+    record.bot_audio([bytes(640) * 10], trio.current_time())  # 200 ms of answer
+    await trio.sleep(0.1)
+    record.note("turn_ended", by="vad")  # the answer is playing: this starts nothing
+    await trio.sleep(0.05)
+    record.bot_audio([bytes(640)], trio.current_time() + 0.05)
+    assert measured == [("first_audio", 0.0), ("response", 0.4)]
 
 
 async def test_show_draws_a_record(autojump_clock, tmp_path, capsys):
@@ -399,7 +521,8 @@ def test_bot_audio_alone_is_flushed_as_it_goes(tmp_path):
     rec = AudioRecording(str(tmp_path / "bot.wav"), 16000, 0.0, max_pending=10**8)
     for k in range(500):  # 10 s of bot audio, and not a frame from the caller
         rec.bot([numbered_frames(k + 1, 1)], k * 0.02)
-    assert sum(len(run[2]) for run in rec.runs[-1]) < 150  # at most about 3 s wait in memory
+    waiting = 500 * FRAME * 2 * 2 - rec.submitted  # stereo bytes not yet handed to the disk
+    assert waiting < 3 * 16000 * 2 * 2  # at most about 3 s wait in memory
     rec.close(10.0)
     DISK.wait_idle(10.0)
     (said, bot), _ = read_channels(tmp_path / "bot.wav")

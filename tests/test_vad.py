@@ -25,3 +25,15 @@ def test_silence_is_not_speech():
 def test_bad_aggressiveness_is_refused():
     with pytest.raises(ValueError):
         WebRtcVad(16000, aggressiveness=4)
+
+
+def test_an_utterance_ends_after_the_silence_that_follows_it():
+    vad = WebRtcVad(16000, min_silence_ms=300)
+    said = speech(16000)[: 16000 * 2]  # a second of speech, then 0.6 s of silence
+    events = [(vad.feed(f), vad.ended) for f in frames(said + bytes(16000 * 2 * 6 // 10), 16000)]
+    starts = [i for i, (started, _) in enumerate(events) if started]
+    ends = [i for i, (_, ended) in enumerate(events) if ended]
+    assert starts and ends and ends[-1] > starts[-1]
+    assert len(ends) <= len(starts)  # one end per utterance, never an end without its start
+    assert 50 + 15 <= ends[-1] <= 50 + 20  # 300 ms after the speech stopped (frame 50)
+    assert not any(vad.feed(bytes(640)) or vad.ended for _ in range(50))  # silence goes on

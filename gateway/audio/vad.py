@@ -1,13 +1,13 @@
 """Local voice activity detection: notice the caller speaking before the model says so.
 
-Owns: deciding, frame by frame, when speech starts. Never: acting on it (the realtime bridge
-decides what a speech start means), I/O, or clocks.
+Owns: deciding, frame by frame, when speech starts and ends. Never: acting on it (the realtime
+bridge decides what a speech start or end means), I/O, or clocks.
 
 `WebRtcVad` uses the WebRTC VAD (the optional `vad` extra, `webrtcvad-wheels`: a C extension,
 no model download). WebRTC's VAD takes 16 kHz (among others) but not 24 kHz, so 24 kHz calls
 are resampled to 16 kHz first, with state. A speech start is reported once after
 `min_speech_ms` of consecutive voiced frames, and again only after `min_silence_ms` of
-unvoiced ones, so one utterance is one start.
+unvoiced ones, so one utterance is one start; that moment is the utterance's end (`ended`).
 """
 
 from __future__ import annotations
@@ -46,11 +46,13 @@ class WebRtcVad:
         self._voiced = 0
         self._unvoiced = 0
         self.speaking = False
+        self.ended = False  # an utterance ended within the audio last fed
 
     def feed(self, pcm: bytes) -> bool:
-        """Feed caller audio; True if an utterance started within it."""
+        """Feed caller audio; True if an utterance started within it (`ended` then says
+        whether one ended within it)."""
         self._pending += self._resampler.process(pcm)
-        started = False
+        started = self.ended = False
         frame = self._frame
         while len(self._pending) >= frame:
             voiced = self._vad.is_speech(bytes(self._pending[:frame]), self._rate)
@@ -65,4 +67,5 @@ class WebRtcVad:
                 self._voiced = 0
                 if self.speaking and self._unvoiced >= self._silence_frames_needed:
                     self.speaking = False
+                    self.ended = True
         return started

@@ -37,12 +37,16 @@ class CallStats:
     false_interruptions: int = 0  # paused for a suspected barge-in, then resumed
     mix_waits_expired: int = 0  # unmixed `mix`: frames mixed without a late speaker's audio
     mix_late_frames: int = 0  # unmixed `mix`: frames too late to align: dropped
+    session_rollovers: int = 0  # the next model session took over (planned, or at a failure)
+    history_turns_dropped: int = 0  # turns forgotten to keep the remembered conversation bounded
 
 
 class CallControlHandle(Protocol):
     """What a processor may do to the call itself, when this gateway answered it
     (`gateway.control.calls.CallControl`). `caller`/`callee` are raw ids (`4:+1...`,
-    `8:acs:...`); `custom_context` has the IncomingCall's `sipHeaders` and `voipHeaders`."""
+    `8:acs:...`); `custom_context` has the IncomingCall's `sipHeaders` and `voipHeaders`;
+    `media_streaming` is what ACS last said of the call's media stream (`started`, `stopped`,
+    `failed`; None before it said anything)."""
 
     @property
     def caller(self) -> str | None: ...
@@ -50,6 +54,8 @@ class CallControlHandle(Protocol):
     def callee(self) -> str | None: ...
     @property
     def custom_context(self) -> Mapping[str, Mapping[str, str]]: ...
+    @property
+    def media_streaming(self) -> str | None: ...
     async def hang_up(self) -> None: ...
     async def transfer(self, target: str) -> None: ...
     async def start_media_streaming(self) -> None: ...

@@ -12,7 +12,8 @@ nothing, for calls that keep no record.
 Event kinds given to `note` (the fields each carries):
 - `speech_started` (`by`: "model" or "vad"): the caller started speaking (a barge-in if the bot
   was audible).
-- `turn_ended` (`by`): the caller's turn ended (the model's `speech_stopped`).
+- `turn_ended` (`by`: "model" or "vad"): the caller's turn ended (the model's `speech_stopped`,
+  or the local VAD's end of an utterance).
 - `transcript` (`who`: "caller" or "bot", `text`).
 - `tool_call` (`name`, `arguments`), `reconnect` (`reason`), `session` (`state`: "open").
 - `interruption` (`state`: "paused", "confirmed" (`why`) or "resumed" (`gap_ms`); `by`): a

@@ -5,11 +5,13 @@ Owns: the answer of one call (the route chosen, the media and callback URLs with
 tokens, the SDK request bounded by `answer_timeout`, the result counted and logged with a
 sentence a person can act on), the latencies (event received -> answer request handed to the
 SDK; answered -> media WebSocket accepted), and the bounded memory of calls answered lately:
-an Event Grid redelivery is not answered twice, and a call's media connection gets the
-IncomingCall's caller, callee and custom context with its control handle. Never: parses
-webhooks or checks secrets (`gateway.control.plane`), or needs that memory to accept a call
-(the tokens carry what a replica needs; another replica's handle only lacks the IncomingCall
-data).
+an Event Grid redelivery is not answered twice, a call's media connection gets the
+IncomingCall's caller, callee and custom context with its control handle, and a media
+connection for a call whose answer failed or timed out, or that has ended, is refused (its
+token outlives it). As a call's home (the replica named in its tokens) it also remembers which
+replica claimed the call's media (`claim`, `holder`). Never: parses webhooks or checks secrets
+(`gateway.control.plane`), or needs that memory to accept a call (the tokens carry what a
+replica needs).
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ CALLBACK_PATH: Final = "/callbacks"
 RECENT_CALLS: Final = 4096  # calls answered lately: Event Grid delivers at least once
 
 
+OVER: Final = ("failed", "timeout", "ended")  # a call in one of these states takes no media
+
+
 @attrs.define
 class _Answered:
     """A call this replica answered (or is answering), as long as it is remembered."""
@@ -48,6 +53,8 @@ class _Answered:
     incoming: IncomingCallData | None
     connection_id: str | None = None
     answered_at: float | None = None  # until its media WebSocket is accepted
+    state: str = "answering"  # then answered, failed, timeout; ended (CallDisconnected, ...)
+    holder: str | None = None  # the replica that claimed its media last (None: this one)
 
 
 def _ignore(seconds: float) -> None:
@@ -77,7 +84,8 @@ class Answering:
         self.stats.incoming_calls += 1
         route = routing.choose(self.config.routes, call)
         calllog = logging.LoggerAdapter(log, {"correlation_id": call.correlation_id})
-        if call.correlation_id in self.answered:
+        known = self.answered.get(call.correlation_id)
+        if known is not None and known.state not in ("failed", "timeout"):
             self.stats.answers["duplicate"] += 1
             calllog.info("IncomingCall %s delivered again: already answered", call.correlation_id)
             return
@@ -106,8 +114,8 @@ class Answering:
                 self.config.answer_timeout,
             )
         self.stats.answers[result] += 1
-        if result != "answered":  # a later delivery of the same call may try again
-            self.answered.pop(call.correlation_id, None)
+        answered.state = result
+        if result != "answered":  # remembered to refuse its media; a redelivery tries again
             return
         answered.answered_at = trio.current_time()
         self.stats.answer_seconds.append(answered.answered_at - received)
@@ -116,18 +124,47 @@ class Answering:
     def control(self, correlation_id: str, connection_id: str | None) -> CallControlHandle | None:
         """The control handle for the media connection of a call (its token checked): None
         without a call connection id; TokenRefused("other_call") when the connection id is
-        not the one ACS gave this replica for that call."""
-        answered = self.answered.get(correlation_id)
+        not the one ACS gave this replica for that call; TokenRefused("call_over") when its
+        answer failed or timed out, or it has ended."""
+        answered = self.claim(correlation_id, None)
         if answered is not None and answered.connection_id is not None:
             if connection_id not in (None, answered.connection_id):
                 raise TokenRefused("other_call", "call token is for another call connection")
             connection_id = answered.connection_id
-            if answered.answered_at is not None:  # the call's first media connection
-                self.media_latency(trio.current_time() - answered.answered_at)
-                answered.answered_at = None
         if not connection_id:
             return None
         return self.answerer.control(connection_id, None if answered is None else answered.incoming)
+
+    def claim(self, correlation_id: str, holder: str | None) -> _Answered | None:
+        """The call's media is now held by the replica at `holder` (None: this one); what this
+        replica remembers of the call (None: nothing). TokenRefused("call_over") when the
+        call's answer failed or timed out, or it has ended."""
+        answered = self.answered.get(correlation_id)
+        if answered is None:
+            return None
+        if answered.state in OVER:
+            raise TokenRefused(
+                "call_over",
+                f"the call's answer {answered.state}"
+                if answered.state != "ended"
+                else "the call has ended",
+            )
+        answered.holder = holder
+        if answered.answered_at is not None:  # the call's first media connection
+            self.media_latency(trio.current_time() - answered.answered_at)
+            answered.answered_at = None
+        return answered
+
+    def holder(self, correlation_id: str) -> str | None:
+        """The replica holding the call's media, when another one claimed it."""
+        answered = self.answered.get(correlation_id)
+        return None if answered is None else answered.holder
+
+    def ended(self, correlation_id: str) -> None:
+        """The call is over (CallDisconnected, MediaStreamingFailed): its tokens take no media."""
+        answered = self.answered.get(correlation_id)
+        if answered is not None and answered.state != "answering":
+            answered.state = "ended"
 
     def media_url(self, route: str, token: str = "...") -> str:
         """The transport URL of a route (`token` elided by default: the URL as logged)."""
@@ -136,8 +173,9 @@ class Answering:
 
     def _request(self, call: IncomingCall, route: Route) -> AnswerRequest:
         assert self.config.public_url is not None
-        media = quote(self.tokens.issue(route.name, call.correlation_id, "media"))
-        callback = quote(self.tokens.issue(route.name, call.correlation_id, "callback"))
+        home = self.config.replica_url
+        media = quote(self.tokens.issue(route.name, call.correlation_id, "media", home))
+        callback = quote(self.tokens.issue(route.name, call.correlation_id, "callback", home))
         return AnswerRequest(
             call.incoming_call_context,
             f"{self.config.public_url.rstrip('/')}{CALLBACK_PATH}?token={callback}",

@@ -2,22 +2,23 @@
 
 Owns: admitting a callback (a callback token for the call of every event it carries and, with
 `acs_resource_id` set, ACS's JWT), then logging and counting each event, with a sentence a
-person can act on for the failures (`gateway.control.diagnostics`). Never: calls ACS, or acts
-on a live call: a callback only informs (a processor ends or moves its own call through
-`Call.control`). Anything refused gets a 4xx, is counted and changes nothing.
+person can act on for the failures (`gateway.control.diagnostics`), and handing the admitted
+events to `deliver` (the plane: the events that act on a live call reach the replica holding
+it, `gateway.control.live`). Never: calls ACS. Anything refused gets a 4xx, is counted and
+changes nothing.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Final
 
 from ..server.auth import AuthFailure, TokenChecker
 from .diagnostics import explain
 from .events import Event
 from .replies import ControlStats, HttpAnswer, refused, text_answer
-from .tokens import CallTokens, TokenRefused
+from .tokens import CallGrant, CallTokens, TokenRefused
 
 log = logging.getLogger("gateway.control")
 
@@ -34,8 +35,10 @@ class CallbackEndpoint:
         stats: ControlStats,
         media_url: Callable[[str], str],
         auth: TokenChecker | None = None,
+        deliver: Callable[[CallGrant, Sequence[Event]], Awaitable[None]] | None = None,
     ) -> None:
         self.tokens, self.stats, self.media_url, self.auth = tokens, stats, media_url, auth
+        self.deliver = deliver
 
     async def respond(
         self, headers: Mapping[str, str], token: str | None, events: Sequence[Event]
@@ -59,6 +62,8 @@ class CallbackEndpoint:
                 return refused(self.stats, f"callback_jwt_{exc.reason}", answer)
         for event in events:
             self._log(event, grant.route)
+        if self.deliver is not None:
+            await self.deliver(grant, events)
         return HttpAnswer(200)
 
     def _log(self, event: Event, route: str) -> None:

@@ -108,7 +108,9 @@ def transfer_target(target: str) -> CommunicationIdentifier:
 
 class CallControl:
     """Control of one answered call (`Call.control`). `incoming` is the call's IncomingCall
-    data (None for a call this gateway placed)."""
+    data (None for a call this gateway placed). `media_streaming` follows the call's
+    MediaStreamingStarted/Stopped/Failed callbacks (`started`, `stopped`, `failed`), wherever
+    they arrived (`gateway.control.live`)."""
 
     def __init__(
         self,
@@ -122,6 +124,7 @@ class CallControl:
         self.call_connection_id = call_connection_id
         self.incoming = incoming
         self.timeout = timeout
+        self.media_streaming: str | None = None
 
     @classmethod
     def from_connection_string(

@@ -5,9 +5,9 @@ Owns: what a plain HTTP request to the gateway gets (`respond`): the Event Grid 
 endpoint (`/callbacks`, `gateway.control.callbacks`); and what a media WebSocket runs (`media`):
 its route's processor and, for a call this gateway answered, the call's control handle. Never:
 reads sockets (`gateway.server.connection` hands over each parsed request and sends the
-answer), or keeps per-call state a replica needs: everything rides in the call's tokens
-(`gateway.control.tokens`). What it remembers of the calls it answered lately (the
-IncomingCall's caller, callee and custom context, the call connection id) only adds to that.
+answer), or keeps per-call state a replica needs to accept a call: that rides in the call's
+tokens (`gateway.control.tokens`). What needs a call's live state reaches it here or on the
+replica holding it (`gateway.control.reach`, `POST /replicas`).
 
 Security: the Event Grid endpoint wants the shared secret in its query string (`?secret=`,
 compared in constant time); a callback wants a valid callback token for the call of every event
@@ -23,6 +23,7 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Final
 from urllib.parse import parse_qs, urlsplit
 
@@ -48,6 +49,13 @@ from .events import (
     IncomingCall,
     parse_events,
 )
+from .live import LiveCall, LiveCalls
+from .reach import CallReach
+from .replicas import (
+    REPLICA_PATH,
+    ReplicaKey,
+    Replicas,
+)
 from .replies import ControlStats, HttpAnswer, json_answer, refused, text_answer
 from .tokens import CallTokens, TokenRefused
 
@@ -71,11 +79,19 @@ _JSON_TYPES: Final = ("application/json", "application/cloudevents")
 @attrs.frozen
 class MediaRoute:
     """What a media WebSocket runs: its route's processor and, for a call this gateway
-    answered, the call's control handle (`Call.control`)."""
+    answered, the call's control handle (`Call.control`) and its place among the live calls
+    (`hold`: held while the call runs, so that callbacks reach it)."""
 
     name: str
     processor: Processor
     control: CallControlHandle | None = None
+    live: LiveCall | None = None
+    registry: LiveCalls | None = None
+
+    def hold(self) -> AbstractContextManager[LiveCall | None]:
+        if self.live is None or self.registry is None:
+            return nullcontext(None)
+        return self.registry.hold(self.live)
 
 
 class ControlPlane:
@@ -90,7 +106,9 @@ class ControlPlane:
         tokens: CallTokens | None = None,
         eventgrid_secret: str | None = None,
         auth: TokenChecker | None = None,
+        load_processor: Callable[[str, Mapping[str, object]], Processor] | None = None,
     ) -> None:
+        self.load_processor = load_processor  # for reloaded routes (None: they need a restart)
         self.config = config
         self.routes = routing.all_routes(config.routes)
         self.processors = dict(processors)
@@ -106,7 +124,41 @@ class ControlPlane:
             self.answering = Answering(config, answerer, tokens, self.stats)
         self._secret = (eventgrid_secret or "").encode()
         media_url = self.answering.media_url if self.answering else str
-        self.callbacks = CallbackEndpoint(tokens, self.stats, media_url, auth)
+        replicas = None
+        if tokens is not None and config.replica_url is not None:
+            key = ReplicaKey(tokens.key)
+            replicas = Replicas(config.replica_url, key, counts=self.stats.replica_requests)
+        self.reach = CallReach(self.answering, replicas, self.stats)
+        deliver = self.reach.deliver_callback
+        self.callbacks = CallbackEndpoint(tokens, self.stats, media_url, auth, deliver)
+
+    @property
+    def live(self) -> LiveCalls:
+        """The calls whose media WebSocket this replica holds."""
+        return self.reach.live
+
+    @property
+    def replicas(self) -> Replicas | None:
+        """This replica among the others (None: `replica_url` unset)."""
+        return self.reach.replicas
+
+    def prepare_routes(self, config: Config) -> Callable[[], None]:
+        """Load the processors of `config`'s routes (a reload); the function that switches
+        new calls to them. Raises ConfigError, changing nothing, if one does not load. Calls
+        already answered keep their route: a route the new table drops still takes the
+        media its tokens name."""
+        if self.load_processor is None:
+            raise ConfigError("routes: this gateway cannot load processors again (restart it)")
+        processors = route_processors(config, self.load_processor)
+
+        def switch() -> None:
+            self.config = config
+            self.routes = routing.all_routes(config.routes)
+            self.processors = {**self.processors, **processors}
+            if self.answering is not None:
+                self.answering.config = config
+
+        return switch
 
     @property
     def auth(self) -> TokenChecker | None:
@@ -130,9 +182,10 @@ class ControlPlane:
 
     # -- media --
 
-    def media(self, handshake: Handshake) -> MediaRoute | Reject:
+    async def media(self, handshake: Handshake) -> MediaRoute | Reject:
         """The route, processor and call control a media WebSocket runs, or why it is
-        refused."""
+        refused. For a call answered by another replica (its home, named in the token), asks
+        the home, which learns that this replica holds the call."""
         name, token = routing.media_target(handshake.target)
         if self.tokens is None:  # media only: the path picks the route, any other path the default
             if name is None:
@@ -140,7 +193,7 @@ class ControlPlane:
             elif name not in self.routes:
                 return self._refuse("unknown_route", Reject(404, f"no route {name!r}"))
             return MediaRoute(name, self.processors[name])
-        if name is None or name not in self.routes:
+        if name is None or name not in self.processors:  # a dropped route's calls go on
             return self._refuse("unknown_route", Reject(404, "no such media route"))
         try:
             grant = self.tokens.check(token, "media")
@@ -150,14 +203,13 @@ class ControlPlane:
         correlation = handshake.headers.get("x-ms-call-correlation-id")
         if grant.route != name or (correlation is not None and correlation != grant.correlation_id):
             return self._refuse("media_other_call", Reject(403, "call token is for another call"))
-        control = None
-        if self.answering is not None:
-            connection_id = handshake.headers.get("x-ms-call-connection-id")
-            try:
-                control = self.answering.control(grant.correlation_id, connection_id)
-            except TokenRefused as exc:
-                return self._refuse(f"media_{exc.reason}", Reject(403, str(exc)))
-        return MediaRoute(name, self.processors[name], control)
+        try:
+            control = await self.reach.control(grant, handshake.headers)
+        except TokenRefused as exc:
+            status = 410 if exc.reason == "call_over" else 403
+            return self._refuse(f"media_{exc.reason}", Reject(status, str(exc)))
+        live = LiveCall(grant.correlation_id, control)
+        return MediaRoute(name, self.processors[name], control, live, self.reach.live)
 
     def _refuse(self, reason: str, reject: Reject) -> Reject:
         self.stats.refused[reason] += 1
@@ -169,6 +221,8 @@ class ControlPlane:
         """The answer to one plain HTTP request (never raises but for cancellation)."""
         url = urlsplit(request.target)
         query = parse_qs(url.query)
+        if url.path == REPLICA_PATH and self.replicas is not None and request.method == "POST":
+            return await self.reach.respond(request)
         if url.path not in (EVENTGRID_PATH, CALLBACK_PATH):
             return refused(self.stats, "not_found", text_answer(404, "no such endpoint"))
         allowed = ("OPTIONS", "POST") if url.path == EVENTGRID_PATH else ("POST",)
@@ -232,15 +286,9 @@ def from_config(
     Loads each route's processor now, so bad options fail at start-up."""
     if not config.routes and config.public_url is None:
         return None
-    processors = {}
-    for name, route in routing.all_routes(config.routes).items():
-        processor = route.processor or config.processor
-        options = (
-            route.options if route.options is not None else config.processors.get(processor, {})
-        )
-        processors[name] = load_processor(processor, options)
+    processors = route_processors(config, load_processor)
     if config.public_url is None:
-        return ControlPlane(config, processors)
+        return ControlPlane(config, processors, load_processor=load_processor)
     from .answer import SdkAnswerer
 
     key = environ.get(CALL_TOKEN_KEY_ENV, "")
@@ -252,4 +300,25 @@ def from_config(
         answerer=SdkAnswerer.from_config(config, environ, **client_options),
         tokens=CallTokens(key.encode(), config.call_token_lifetime),
         eventgrid_secret=environ.get(EVENTGRID_SECRET_ENV),
+        load_processor=load_processor,
     )
+
+
+def route_processors(
+    config: Config, load_processor: Callable[[str, Mapping[str, object]], Processor]
+) -> dict[str, Processor]:
+    """Each route's processor, loaded now, so bad options fail at start-up (or a reload):
+    ConfigError names the route."""
+    processors = {}
+    for name, route in routing.all_routes(config.routes).items():
+        processor = route.processor or config.processor
+        options = (
+            route.options if route.options is not None else config.processors.get(processor, {})
+        )
+        try:
+            processors[name] = load_processor(processor, options)
+        except ConfigError as exc:
+            raise ConfigError(f"routes.{name}: {exc}") from None
+        except Exception as exc:  # a user's processor factory: any failure refuses the table
+            raise ConfigError(f"routes.{name}: processor {processor!r}: {exc!r}") from None
+    return processors

@@ -46,6 +46,8 @@ class ControlStats:
     answers: Counter[str] = attrs.field(factory=Counter)  # answered, failed, timeout, duplicate
     callbacks: Counter[str] = attrs.field(factory=Counter)  # by event type (short name)
     refused: Counter[str] = attrs.field(factory=Counter)  # webhook and media refusals, by reason
+    # requests to other replicas, by "operation:outcome" (events:ok, media:410, media:unreachable)
+    replica_requests: Counter[str] = attrs.field(factory=Counter)
     # event received -> answered, the latest only (the histogram in /metrics has them all)
     answer_seconds: deque[float] = attrs.field(factory=lambda: deque(maxlen=RECENT_LATENCIES))
 
@@ -55,6 +57,7 @@ class ControlStats:
             answers=self.answers,
             callbacks=self.callbacks,
             refused=self.refused,
+            replica_requests=self.replica_requests,
         )
 
 

@@ -3,10 +3,13 @@
 Owns: making and checking the signed, self-contained token that the gateway puts in the
 `transportUrl` and the `callbackUri` when it answers a call. Never: I/O, or state kept per call:
 a token says everything a replica needs (the route, the call's correlation id, what it is for,
-when it expires), so replicas behind one load balancer share only the key.
+when it expires, and which replica answered the call), so replicas behind one load balancer
+share only the key.
 
 The token is `v1.<payload>.<mac>`: base64url (no padding) of a compact JSON payload
-`{"r": route, "c": correlation id, "p": purpose, "x": expiry (Unix seconds)}`, and of its
+`{"r": route, "c": correlation id, "p": purpose, "x": expiry (Unix seconds)}`, plus
+`"h": home` (the answering replica's `replica_url`) when replicas forward to each other
+(`gateway.control.replicas`), and of its
 HMAC-SHA256 under the replicas' shared key. The MAC is checked in constant time before the
 payload is read; the wall clock (shared by replicas, unlike Trio's clock) decides expiry.
 """
@@ -44,6 +47,7 @@ class CallGrant:
     correlation_id: str
     purpose: Purpose
     expires: int
+    home: str | None = None  # the answering replica's `replica_url`; None: one replica
 
 
 def _b64(data: bytes) -> str:
@@ -66,9 +70,14 @@ class CallTokens:
         if len(self.key) < 32:
             raise ValueError("the call-token key must be at least 32 bytes")
 
-    def issue(self, route: str, correlation_id: str, purpose: Purpose) -> str:
+    def issue(
+        self, route: str, correlation_id: str, purpose: Purpose, home: str | None = None
+    ) -> str:
         expires = int(self.now() + self.lifetime)
-        payload = _b64(orjson.dumps({"r": route, "c": correlation_id, "p": purpose, "x": expires}))
+        fields: dict[str, str | int] = {"r": route, "c": correlation_id, "p": purpose, "x": expires}
+        if home is not None:
+            fields["h"] = home
+        payload = _b64(orjson.dumps(fields))
         return f"{VERSION}.{payload}.{self._mac(payload)}"
 
     def check(self, token: str | None, purpose: Purpose) -> CallGrant:
@@ -82,7 +91,14 @@ class CallTokens:
             raise TokenRefused("foreign", "call token signed with another key")
         try:
             fields = orjson.loads(_unb64(parts[1]))
-            grant = CallGrant(str(fields["r"]), str(fields["c"]), fields["p"], int(fields["x"]))
+            home = fields.get("h")
+            grant = CallGrant(
+                str(fields["r"]),
+                str(fields["c"]),
+                fields["p"],
+                int(fields["x"]),
+                None if home is None else str(home),
+            )
         except (ValueError, KeyError, TypeError):  # signed by us, so only a bug gets here
             raise TokenRefused("malformed", "call token payload unreadable") from None
         if grant.purpose != purpose:

@@ -23,7 +23,7 @@ connections), up to `max_requests_per_connection` requests and `idle_timeout` be
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from http import HTTPStatus
 from typing import Any, Final
@@ -33,7 +33,9 @@ import trio
 from prometheus_client import CollectorRegistry
 
 from ..wire.request_head import HeadTooLarge, RequestHeadLimit
+from ..wire.sockets import bytes_waiting, peer_host
 from .health_limits import Connections, HealthLimits, Phase, Slot
+from .health_lobby import Admit, Lobby
 from .metrics import render
 
 log = logging.getLogger("gateway.health")
@@ -44,6 +46,7 @@ MAX_CONNECTIONS: Final = LIMITS.max_connections
 RECEIVE_BYTES: Final = 8192
 
 Readiness = Callable[[], tuple[bool, str]]  # (ready?, why not / "ready")
+Listener = trio.abc.Listener[trio.abc.Stream]
 Exposition = Callable[[str | None], tuple[bytes, str]]  # Accept header -> (body, content type)
 
 
@@ -57,7 +60,9 @@ class HealthEndpoint:
         self.readiness = readiness
         self.metrics = metrics
         self.limits = limits
-        self.connections = Connections(limits.max_connections)  # of every listener
+        # of every listener
+        self.connections = Connections(limits.max_connections, limits.max_connections_per_source)
+        self.lobby = Lobby(limits.lobby_wait)  # of every listener
 
     def answer(self, method: str, target: str, accept: str | None) -> tuple[int, str, bytes]:
         """(status, content type, body) for one request."""
@@ -94,18 +99,41 @@ class HealthEndpoint:
         finally:
             await trio.aclose_forcefully(stream)
 
-    async def serve_listener(self, listener: trio.abc.Listener[trio.abc.Stream]) -> None:
-        """Accept connections and serve each, until cancelled; every new connection is taken,
-        and evicts another when `max_connections` are open (`Connections.open`)."""
+    async def serve_listeners(
+        self, listeners: Sequence[trio.abc.Listener[trio.abc.Stream]]
+    ) -> None:
+        """Accept connections and serve each, until cancelled. A connection that would have to
+        evict another (its address holds its share, or the endpoint is full) does so only once
+        its request has arrived: it waits in the `Lobby` (no task, no parser) meanwhile, and
+        is refused if it stays silent. Any other is taken at once."""
         async with trio.open_nursery() as nursery:
-            while True:
-                try:
-                    stream = await listener.accept()
-                except OSError as exc:  # out of file descriptors: the calls matter more
-                    log.warning("health endpoint: accept failed (%s)", exc)
-                    await trio.sleep(0.1)
-                    continue
-                nursery.start_soon(self._serve_one, stream, self.connections.open())
+
+            def admit(stream: trio.abc.Stream, source: str) -> None:  # its request is here
+                slot = self.connections.open(source, Phase.READING)
+                nursery.start_soon(self._serve_one, stream, slot)
+
+            nursery.start_soon(self.lobby.run, admit)
+            for listener in listeners:
+                nursery.start_soon(self._accept, listener, nursery, admit)
+
+    async def serve_listener(self, listener: Listener) -> None:
+        await self.serve_listeners([listener])
+
+    async def _accept(self, listener: Listener, nursery: trio.Nursery, admit: Admit) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:  # out of file descriptors: the calls matter more
+                log.warning("health endpoint: accept failed (%s)", exc)
+                await trio.sleep(0.1)
+                continue
+            source = peer_host(stream)
+            if not self.connections.must_evict(source):  # a free place: take it at once
+                nursery.start_soon(self._serve_one, stream, self.connections.open(source))
+            elif bytes_waiting(stream) != 0:  # its request is here (or we cannot tell)
+                admit(stream, source)
+            else:
+                self.lobby.park(stream, source)
 
     async def _serve_one(self, stream: trio.abc.Stream, slot: Slot) -> None:
         try:
@@ -124,8 +152,10 @@ class HealthEndpoint:
     ) -> bool:
         """Read one request and answer it; False when the connection should close."""
         limits = self.limits
-        slot.enter(Phase.IDLE)
-        deadline = slot.since + limits.idle_timeout
+        if slot.phase is Phase.ANSWERING:  # the previous request's; a new slot is set at accept
+            slot.enter(Phase.IDLE)
+        reading = slot.phase is Phase.READING  # accepted with its request already waiting
+        deadline = slot.since + (limits.header_timeout if reading else limits.idle_timeout)
         request: h11.Request | None = None
         while True:
             try:
@@ -208,8 +238,7 @@ async def serve_health(
     bound = listeners[0].socket.getsockname()[1]
     try:
         async with trio.open_nursery() as nursery:
-            for listener in listeners:
-                nursery.start_soon(endpoint.serve_listener, listener)
+            nursery.start_soon(endpoint.serve_listeners, listeners)
             for listener in listeners:
                 address = listener.socket.getsockname()
                 log.info("health and metrics on http://%s:%d/", *_printable(address))

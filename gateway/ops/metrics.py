@@ -410,6 +410,8 @@ class ControlTotals:
     answers: Mapping[str, int]  # by result: answered, failed, timeout, duplicate
     callbacks: Mapping[str, int]  # by event type (short name)
     refused: Mapping[str, int]  # webhook and media refusals, by reason
+    # requests to other replicas, by "operation:outcome" (`gateway.control.replicas`)
+    replica_requests: Mapping[str, int] = attrs.Factory(dict)
 
 
 class ControlMetrics:
@@ -430,6 +432,11 @@ class ControlMetrics:
         self.callbacks = counter("callbacks", "Call Automation callbacks, by event type.", ["type"])
         self.refused = counter(
             "control_refused", "Webhooks and media connections refused, by reason.", ["reason"]
+        )
+        self.replica_requests = counter(
+            "replica_requests",
+            "Requests to the replica holding or answering a call, by operation and outcome.",
+            ["operation", "outcome"],
         )
         self.answer_latency = histogram(
             "answer_latency_seconds",
@@ -460,6 +467,9 @@ class ControlMetrics:
             ):
                 for label, value in by_label.items():
                     self._advance(family.labels(label), value)
+            for key, value in t.replica_requests.items():
+                operation, _, outcome = key.partition(":")
+                self._advance(self.replica_requests.labels(operation, outcome), value)
         self.answering.flush_into(self.answer_latency)
         self.media_connecting.flush_into(self.media_connect_latency)
 

@@ -1,7 +1,9 @@
 """SIGHUP: re-read the configuration and apply what can change without dropping a call.
 
 Owns: deciding what a reload changes, and applying it: the server's configuration (read by
-every new connection and call), and the log level and format. Never: touches a live call (it
+every new connection and call), the log level and format, and the `[[routes]]` table (its
+processors are loaded first: a route whose processor does not load rejects the reload; new
+calls take the new routes, calls already answered keep theirs). Never: touches a live call (it
 keeps the settings it started with; new calls get the new ones), or runs on a half-applied
 configuration: a bad file is rejected whole, with a log line naming the setting, and the running
 configuration stays.
@@ -32,12 +34,21 @@ from .metrics import Metrics
 log = logging.getLogger("gateway.reload")
 
 
+class RouteTable(Protocol):
+    """The control plane's routes (`gateway.control.ControlPlane`)."""
+
+    def prepare_routes(self, config: Config) -> Callable[[], None]: ...  # raises ConfigError
+
+
 class Reloadable(Protocol):
     """What a reload changes: the running server (`gateway.server.Server`)."""
 
     config: Config
     metrics: Metrics
     tls_context: ssl.SSLContext | None  # None: not serving TLS
+
+    @property
+    def control(self) -> RouteTable | None: ...  # None: no control plane
 
 
 @attrs.frozen
@@ -74,6 +85,12 @@ def _reload_certificate(context: ssl.SSLContext, config: Config) -> None:
     context.load_cert_chain(config.tls_certfile, config.tls_keyfile)
 
 
+def _routes_need_restart(running: Config, change: Reload) -> Reload:
+    applied = tuple(n for n in change.applied if n != "routes")
+    config = attrs.evolve(change.config, routes=running.routes)
+    return Reload(config, applied, (*change.ignored, "routes"))
+
+
 def apply_logging(running: Config, config: Config) -> None:
     if (config.log_level, config.log_format) != (running.log_level, running.log_format):
         logs.configure(config.log_level, config.log_format)
@@ -81,8 +98,14 @@ def apply_logging(running: Config, config: Config) -> None:
 
 def reload(target: Reloadable, load: Callable[[], Config]) -> Reload | None:
     """Load the configuration again and apply it to `target`; None if it was rejected."""
+    switch_routes = None
     try:
         change = plan(target.config, load())
+        if "routes" in change.applied:
+            if target.control is None:  # routes turn the control plane on: a restart
+                change = _routes_need_restart(target.config, change)
+            else:  # their processors load now, or the whole reload is rejected
+                switch_routes = target.control.prepare_routes(change.config)
         if target.tls_context is not None and change.config.tls_certfile is not None:
             _reload_certificate(target.tls_context, change.config)
     except ConfigError as exc:
@@ -97,6 +120,8 @@ def reload(target: Reloadable, load: Callable[[], Config]) -> Reload | None:
         )
     apply_logging(target.config, change.config)
     target.config = change.config
+    if switch_routes is not None:
+        switch_routes()  # new calls take the new routes; calls already answered keep theirs
     target.metrics.config_reloads.labels("applied").inc()
     log.info(
         "configuration reloaded: %s",

@@ -8,6 +8,9 @@ bytes they have in flight), or lets a job's exception end the thread.
 
 Why one thread and not `trio.to_thread.run_sync` per write: a write is submitted from the
 call's hot path, which must not await, and one thread keeps each file's writes in order.
+Woken by a job, the thread waits `GATHER` for the others of that moment and runs them all: at
+200 recorded calls it sleeps and wakes (for a job or for the GIL) about 40 times a second
+rather than 500, and takes the GIL from the event loop in a few bursts, not at every write.
 At exit the queue is drained for at most `EXIT_DRAIN` seconds, so a clean shutdown loses
 nothing; a killed process loses at most what was still queued (about a second per call).
 """
@@ -27,6 +30,7 @@ from typing import Final
 log = logging.getLogger("gateway.records")
 
 EXIT_DRAIN: Final = 5.0  # seconds a clean exit waits for queued writes
+GATHER: Final = 0.1  # seconds the thread waits, once woken, for more jobs to come
 RECORD_SUFFIXES: Final = (".wav", ".jsonl")  # what retention may remove
 
 Job = Callable[[], None]
@@ -56,15 +60,24 @@ class DiskThread:
                 atexit.register(self.wait_idle, EXIT_DRAIN)
 
     def _run(self) -> None:
+        jobs = self._jobs
         while True:
-            job = self._jobs.get()
-            if job is None:
+            job = jobs.get()
+            # Let the other calls' writes of this moment gather: one wake-up (and one round of
+            # taking the GIL from the event loop) serves them all.
+            time.sleep(GATHER)
+            while job is not None:
+                try:
+                    job()
+                except Exception:  # a job's bug must not end the thread (and every recording)
+                    self.failed_jobs += 1
+                    log.exception("a record job failed")
+                try:
+                    job = jobs.get_nowait()
+                except queue.Empty:
+                    break
+            else:
                 return
-            try:
-                job()
-            except Exception:  # a job's bug must not end the thread (and every recording)
-                self.failed_jobs += 1
-                log.exception("a record job failed")
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until every job submitted so far has run (tests, exit). False on timeout."""

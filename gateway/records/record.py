@@ -8,7 +8,9 @@ recording and the latencies need.
 
 Latencies, in seconds, per route (the call's route name, or the processor's when not routed):
 - `response`: the caller's turn ended (`turn_ended`: the model's speech_stopped, or local VAD)
-  -> the first bot audio released to ACS after it.
+  -> the first bot audio released to ACS after it. Of several turn ends before that audio the
+  last counts (a pause the model did not take as the end of the turn is not its end); a turn
+  end while the bot is audible starts no measurement (its reply, or another, is playing).
 - `barge_in_stop`: the caller started speaking over the bot (`speech_started`) -> stop-audio.
 - `first_audio`: the call started (its first metadata) -> the first bot audio released.
 """
@@ -288,7 +290,9 @@ class CallRecord:
         if kind == "speech_started":
             self._speech_at, self._turn_ended = now, None
         elif kind == "turn_ended":
-            self._turn_ended, self._speech_at = now, None
+            self._speech_at = None
+            if now >= self._bot_end:  # the bot is silent: its answer is awaited from here
+                self._turn_ended = now
         self._event(now, kind, **fields)
         trace = self.trace
         if trace is not None:

@@ -9,7 +9,9 @@ A bot frame goes where ACS plays it (`bot_audio`'s playout time), and a cut (sto
 erases what ACS had been sent but had not played: the bot channel holds what the caller heard.
 
 Memory: frames wait as they came (runs of back-to-back frames: one append per frame on the hot
-path) until they are `SETTLE` seconds old (no caller frame or cut can still change them); every
+path; a bot frame that starts a little after the previous one ended, as echo's frames do, joins
+its run after that much silence, so a second is laid out in a piece or two, not fifty) until
+they are `SETTLE` seconds old (no caller frame or cut can still change them); every
 `FLUSH_INTERVAL` they are laid out on the clock, interleaved and handed to the disk thread.
 At most `max_pending` bytes may wait for the disk; a chunk beyond that is dropped and counted
 (the file keeps silence there). A failing disk (`failed`) ends the
@@ -21,7 +23,7 @@ from __future__ import annotations
 import logging
 import sys
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from .disk import DISK, DiskThread
@@ -41,6 +43,28 @@ Run = list[Any]
 
 class AudioRecording:
     """The event-loop side of one call's recording (the file itself is the disk thread's)."""
+
+    __slots__ = (  # compact: touched by every frame of every call
+        "path",
+        "rate",
+        "start",
+        "channels",
+        "max_pending",
+        "disk",
+        "speakers",
+        "participants",
+        "base",
+        "runs",
+        "gap",
+        "next_flush",
+        "submitted",
+        "written",
+        "dropped_bytes",
+        "late_bytes",
+        "failed",
+        "closed",
+        "_file",
+    )
 
     def __init__(
         self,
@@ -104,7 +128,9 @@ class AudioRecording:
         run = runs[-1] if runs else None
         for pcm in frames:
             n = len(pcm) >> 1
-            if run is not None and run[1] == at:
+            if run is not None and 0 <= at - run[1] <= self.gap:
+                if at > run[1]:  # a short underrun: its silence goes into the run
+                    run[2].append(bytes(2 * (at - run[1])))
                 run[2].append(pcm)
                 run[1] = at + n
             else:
@@ -139,22 +165,22 @@ class AudioRecording:
         n = upto - self.base
         if n <= 0:
             return
-        chunk = interleave([self._take(c, upto) for c in range(self.channels)])
+        chunk = interleave(n, [self._take(c, upto) for c in range(self.channels)])
         first, self.base = self.base, upto
-        if self.submitted - self.written + len(chunk) > self.max_pending:
+        size = 2 * n * self.channels
+        if self.submitted - self.written + size > self.max_pending:
             if not self.dropped_bytes:
                 log.warning("recording %s: the disk is behind; dropping audio", self.path)
-            self.dropped_bytes += len(chunk)
+            self.dropped_bytes += size
             return
-        self.submitted += len(chunk)
-        self.disk.submit(lambda: self._write(first, chunk))
+        self.submitted += size
+        self.disk.submit(lambda: self._write(first, chunk, size))
 
-    def _take(self, channel: int, upto: int) -> bytearray:
-        """The channel's samples from `base` to `upto`, silence where nothing was placed; a
-        run that reaches beyond `upto` keeps its rest."""
+    def _take(self, channel: int, upto: int) -> list[tuple[int, bytes]]:
+        """The channel's audio from `base` to `upto`, as (sample offset from `base`, samples)
+        pieces (silence between them); a run that reaches beyond `upto` keeps its rest."""
         base = self.base
-        out = bytearray(2 * (upto - base))
-        view = memoryview(out)
+        pieces = []
         rest: list[Run] = []
         for run in self.runs[channel]:
             first, last, parts = run
@@ -170,10 +196,9 @@ class AudioRecording:
                 split = 2 * (upto - first)
                 rest.append([upto, last, [data[split:]]])
                 data = data[:split]
-            off = 2 * (first - base)
-            view[off : off + len(data)] = data
+            pieces.append((first - base, data))
         self.runs[channel] = rest
-        return out
+        return pieces
 
     def close(self, now: float) -> None:
         """The call is over: flush everything and close the file."""
@@ -199,14 +224,14 @@ class AudioRecording:
             return
         self.disk.open_paths.add(self.path)
 
-    def _write(self, frame_index: int, chunk: bytes) -> None:
+    def _write(self, frame_index: int, chunk: bytes | memoryview, size: int) -> None:
         try:
             if self._file is not None and self.failed is None:
                 self._file.write(frame_index, chunk)
         except OSError as exc:
             self.failed = f"write failed: {exc}"
         finally:
-            self.written += len(chunk)
+            self.written += size
 
     def _close(self) -> None:
         if self._file is not None:
@@ -218,23 +243,32 @@ class AudioRecording:
             self._file = None
 
 
-def _interleave_array(channels: Sequence[bytes | bytearray]) -> bytes:
-    n = len(channels)
-    out = array("h", bytes(len(channels[0]) * n))
-    for c, pcm in enumerate(channels):
-        out[c::n] = array("h", pcm)
+Pieces = Sequence[tuple[int, bytes]]  # (sample offset, samples) of one channel
+
+
+def _interleave_array(n: int, channels: Sequence[Pieces]) -> bytes:
+    count = len(channels)
+    out = array("h", bytes(2 * n * count))
+    for c, pieces in enumerate(channels):
+        pcm = bytearray(2 * n)
+        for at, data in pieces:
+            pcm[2 * at : 2 * at + len(data)] = data
+        out[c::count] = array("h", pcm)
     if sys.byteorder == "big":
         out.byteswap()
     return out.tobytes()
 
 
-def _interleave_numpy(channels: Sequence[bytes | bytearray]) -> bytes:
-    frames = numpy.empty((len(channels[0]) // 2, len(channels)), dtype="<i2")
-    for c, pcm in enumerate(channels):
-        frames[:, c] = numpy.frombuffer(pcm, dtype="<i2")
-    return frames.tobytes()
+def _interleave_numpy(n: int, channels: Sequence[Pieces]) -> memoryview:
+    frames = numpy.zeros((n, len(channels)), dtype="<i2")
+    for c, pieces in enumerate(channels):
+        for at, data in pieces:
+            samples = numpy.frombuffer(data, dtype="<i2")
+            frames[at : at + len(samples), c] = samples
+    return frames.data  # the disk thread writes it as it is: no copy to bytes
 
 
+interleave: Callable[[int, Sequence[Pieces]], bytes | memoryview]
 try:  # five times faster than the array module at this (the `realtime` extra brings it)
     import numpy
 except ImportError:  # pragma: no cover - exercised where numpy is absent

@@ -52,13 +52,15 @@ class WavFile:
         self.fd: int | None = os.open(path, flags, 0o640)
         _pwrite(self.fd, header(channels, sample_rate, 0), 0)
 
-    def write(self, frame_index: int, interleaved: bytes) -> None:
-        """Write interleaved samples starting at `frame_index` (one frame = all channels)."""
+    def write(self, frame_index: int, interleaved: bytes | memoryview) -> None:
+        """Write interleaved samples (any contiguous buffer) starting at `frame_index` (one
+        frame = all channels)."""
         assert self.fd is not None
         offset = frame_index * self.block
-        if interleaved:
+        n = memoryview(interleaved).nbytes
+        if n:
             _pwrite(self.fd, interleaved, HEADER_BYTES + offset)
-        end = offset + len(interleaved)
+        end = offset + n
         if end > self.data_bytes:
             self.data_bytes = end
             _pwrite(self.fd, header(self.channels, self.sample_rate, end), 0)

@@ -20,7 +20,9 @@ when the signing keys cannot be had); at `max_calls` live calls the upgrade is r
 HTTP 503, and at `max_calls_per_source` calls from one address with 429, before it is accepted.
 With a control plane (`context.control`), a plain HTTP request is a webhook, answered by it and
 never a call, and the control plane picks the media connection's route and processor (or refuses
-it: unknown route, or a missing or wrong call token).
+it: unknown route, or a missing or wrong call token, or a call that is over); a call it holds
+(`MediaChoice.hold`) is ended when the control plane says so (a callback such as
+`CallDisconnected`): the server closes the WebSocket, and the call ends as a hang-up.
 Admission and the reservation of a call's place happen with no await between them (after the
 token check, which may wait), so the limits hold however many handshakes race. Without a
 control plane any path is accepted. The `x-ms-call-connection-id` and `x-ms-call-correlation-id`
@@ -39,75 +41,40 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Mapping, Sequence
-from typing import Final, Protocol
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
+from typing import Final
 
 import attrs
 import trio
 
-from ..call.interface import CallControlHandle
 from ..call.outcome import CallOutcome, CallTimings, EndReason
 from ..call.pacer import Pacer
 from ..call.run import run_call
 from ..config import Config
-from ..errors import CLOSE_GOING_AWAY
+from ..errors import CLOSE_GOING_AWAY, CLOSE_NORMAL
 from ..logs import call_logger
 from ..ops import systemd
-from ..ops.metrics import Metrics
 from ..processors import CallStats, Processor
 from ..records import Records, RecordSettings
+from ..wire.sockets import peer_address, reset_on_close
 from ..wire.websocket import ConnectionClosed, Handshake, Reject, SendTimeout, ServerWebSocket
 from .admission import Admission
 from .auth import AuthFailure, TokenChecker
-from .sockets import peer_address, reset_on_close
+from .routing import CallRouting, HeldCall, MediaChoice
 from .stats import ServerStats
 
 log = logging.getLogger("gateway.server")
 
 _TOKEN: Final = re.compile(r"([?&]token=)[^&]*")  # a call token in a media URL: a credential
 CLOSE_ON_CANCEL_TIMEOUT: Final = 1.0  # seconds for the 1001 close when calls are cancelled
+ENDED_CALL_GRACE: Final = 10.0  # seconds a call ended by a callback may take to wind down
 
 CallLog = logging.LoggerAdapter[logging.Logger]
 
 
 def _admission_for(context: ServerContext) -> Admission:
     return Admission(context.config.allowed_networks)
-
-
-class HttpReply(Protocol):
-    """A plain HTTP answer (`gateway.control.HttpAnswer`)."""
-
-    @property
-    def status(self) -> int: ...
-    @property
-    def body(self) -> bytes: ...
-    @property
-    def content_type(self) -> str: ...
-    @property
-    def headers(self) -> Sequence[tuple[str, str]]: ...
-
-
-class MediaChoice(Protocol):
-    """What a media connection runs (`gateway.control.plane.MediaRoute`)."""
-
-    @property
-    def name(self) -> str: ...  # the route's
-    @property
-    def processor(self) -> Processor: ...
-    @property
-    def control(self) -> CallControlHandle | None: ...  # None: not a call we answered
-
-
-class CallRouting(Protocol):
-    """The control plane as the server sees it (`gateway.control.ControlPlane`): it picks a
-    media connection's route and processor, and answers plain HTTP requests (webhooks)."""
-
-    @property
-    def max_body_bytes(self) -> int | None: ...  # None: no plain HTTP (426)
-    def media(self, handshake: Handshake) -> MediaChoice | Reject: ...
-    def use_auth(self, auth: TokenChecker | None) -> None: ...  # ACS's JWT on callbacks
-    def use_metrics(self, metrics: Metrics) -> None: ...  # its counts, in /metrics
-    async def respond(self, request: Handshake) -> HttpReply: ...
 
 
 @attrs.define(eq=False)
@@ -167,18 +134,20 @@ async def serve_connection(
             if handshake is None:
                 return None
             processor, route_name, call_control = context.processor, config.processor, None
+            chosen: MediaChoice | None = None
             if control is not None:
                 if not handshake.upgrade:  # a webhook: answered, never a call
                     reply = await control.respond(handshake)
                     await ws.respond(reply.status, reply.body, reply.content_type, reply.headers)
                     return None
-                route = control.media(handshake)
+                route = await control.media(handshake)
                 if isinstance(route, Reject):
                     context.stats.auth_failed["route" if route.status == 404 else "call_token"] += 1
                     log.warning("refusing media connection from %s: %s", peer, route.reason)
                     await ws.reject(route)
                     return None
                 route_name, processor, call_control = route.name, route.processor, route.control
+                chosen = route
             calllog = call_logger(
                 handshake.headers.get("x-ms-call-connection-id"),
                 handshake.headers.get("x-ms-call-correlation-id"),
@@ -196,7 +165,8 @@ async def serve_connection(
         place.accepted = True
         context.stats.calls_accepted += 1
         calllog.info("accepted %s", _TOKEN.sub(r"\1...", handshake.target))  # not the call token
-        place.outcome = await run_call(
+        run = partial(
+            run_call,
             ws,
             handshake,
             processor,
@@ -210,6 +180,13 @@ async def serve_connection(
             ),
             control=call_control,
         )
+        if chosen is None:
+            place.outcome = await run()
+        else:
+            with chosen.hold() as held:
+                place.outcome = await (run() if held is None else _run_held(ws, run, held, calllog))
+        if place.outcome is None:
+            return None
         _log_end(calllog, place.outcome)
         return place.outcome
     except ConnectionClosed as closed:
@@ -228,6 +205,32 @@ async def serve_connection(
         elif gateway_failed:
             context.stats.calls_failed += 1
         await _close(ws, stream, context, admitted=place is not None)
+
+
+async def _run_held(
+    ws: ServerWebSocket,
+    run: Callable[[], Awaitable[CallOutcome]],
+    held: HeldCall,
+    calllog: CallLog,
+) -> CallOutcome | None:
+    """Run the call; when the control plane says it is over (`held.ending`), close the
+    WebSocket as ACS would: the call then ends as a hang-up (its processor sees the end of
+    `packets` and gets `hangup_grace`). A peer that never answers the close is given up
+    after `ENDED_CALL_GRACE`: the call is cancelled (None)."""
+    outcome: CallOutcome | None = None
+    async with trio.open_nursery() as nursery:
+
+        async def end_when_told() -> None:
+            await held.ending.wait()
+            calllog.info("ending the call: %s", held.reason)
+            await ws.close(CLOSE_NORMAL, held.reason[:120])
+            await trio.sleep(ENDED_CALL_GRACE)
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(end_when_told)
+        outcome = await run()
+        nursery.cancel_scope.cancel()
+    return outcome
 
 
 def source_of(peer: str) -> str:

@@ -53,12 +53,13 @@ from ..ops.metrics import Metrics
 from ..processors import Processor
 from ..records import Records
 from ..records.tracing import tracer_from_environment
+from ..wire.sockets import peer_address, refuse_at_once
 from ..wire.transport import SocketTransport
 from .admission import Admission
 from .auth import KeySet, TokenChecker
-from .connection import CallRouting, ServerContext, serve_connection, source_of
+from .connection import ServerContext, serve_connection, source_of
+from .routing import CallRouting
 from .shared_calls import SharedCalls
-from .sockets import peer_address, reset_on_close
 from .stats import ServerStats
 
 log = logging.getLogger("gateway.server")
@@ -85,6 +86,7 @@ class Server:
         self.metrics = Metrics() if metrics is None else metrics  # a private registry by default
         self.tls_context: ssl.SSLContext | None = None  # serving wss://; SIGHUP reloads its cert
         self.processor = processor
+        self.control = control  # routes and webhooks (a reload may change the routes)
         self.pacer = Pacer()  # one timer for every call's send task
         self.auth = _token_checker(config)
         if control is not None:
@@ -217,7 +219,7 @@ class Server:
             source, config.max_pending_handshakes, config.max_pending_handshakes_per_source
         )
         if reason is not None:
-            _refuse(stream)
+            refuse_at_once(stream)
             self.stats.connections_refused[reason] += 1
             return
         if isinstance(stream, trio.SocketStream):
@@ -242,7 +244,7 @@ class Server:
                 except OSError:
                     pass
                 else:
-                    _refuse(stream)
+                    refuse_at_once(stream)
                     self.stats.connections_refused["no_fds"] += 1
                     refused = True
             spare.take()
@@ -279,14 +281,6 @@ class _SpareDescriptor:
 
     def close(self) -> None:
         self.release()
-
-
-def _refuse(stream: trio.abc.Stream) -> None:
-    """Close a connection at once, unread, with a reset (no FIN handshake, no TIME_WAIT)."""
-    reset_on_close(stream)
-    inner = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
-    if isinstance(inner, trio.SocketStream):  # what our listeners accept
-        inner.socket.close()
 
 
 def raise_descriptor_limit() -> None:

@@ -6,16 +6,19 @@ energy over the appended audio (`input_audio_buffer.speech_started` / `speech_st
 `committed`); a scripted reply per user turn, streamed in `delta_ms` deltas `speed` times faster
 than real time (`response.created`, `response.output_item.added`, audio deltas,
 `response.output_audio.done`, `response.done`); `response.cancel`, `conversation.item.truncate`
-(rejected past the audio sent, as the service does) and `conversation.item.delete`. When the
-session asks for input transcription, each committed caller turn gets
-`conversation.item.input_audio_transcription.completed` for its item: blank for a burst of sound
-shorter than `noise_max_ms` (a cough, a click: speech_started, but no words), words otherwise.
-With `turn_detection.create_response = false` it replies only to `response.create`.
-It speaks the GA names, or the beta ones (`response.audio.delta`, ...) when the client's
-`session.update` is in the beta shape. On demand it refuses handshakes, drops connections,
-sends error events, or goes silent (stops reading, so pings go unanswered). Everything it
-receives is recorded (`events`) with the time, so tests can assert on it (truncate offsets
-included).
+(rejected past the audio sent, as the service does) and `conversation.item.delete`. It speaks
+the GA names, or the beta ones (`response.audio.delta`, ...) when the client's `session.update`
+is in the beta shape. Transcripts: of each reply (`response.output_audio_transcript.done`, the
+reply's text, cut to the audio streamed if it was cancelled), and of each caller turn
+(`conversation.item.input_audio_transcription.completed`, "caller turn N") when the session asked
+for input transcription: blank for a burst of sound shorter than `noise_max_ms` (a cough, a
+click: speech_started, but no words). With `turn_detection.create_response = false` it replies
+only to `response.create`. `conversation.item.create` (user and assistant messages, function
+outputs) is acknowledged and recorded per session (`items`). Sessions expire `session_max_s`
+after they open, as the service's do: an `error` event with code `session_expired`, then the
+close. On demand it refuses handshakes, drops connections, sends error events, or goes silent
+(stops reading, so pings go unanswered). Everything it receives is recorded (`events`) with the
+time, so tests can assert on it (truncate offsets included).
 
 Never: real network beyond loopback, sleeps that drift (deltas are paced on absolute deadlines),
 or anything that outlives `open_fake_model`.
@@ -36,6 +39,7 @@ import orjson
 import pybase64
 import trio
 import trio_websocket
+import wsproto.utilities
 
 RATE = 24000
 BYTES_PER_MS = RATE * 2 // 1000
@@ -83,6 +87,8 @@ class FakeModel:
     - `sent`: every server event sent except audio deltas (`Recorded` too)
     - `requests`: (resource, headers) of each handshake; `connections` opened, `live` now open
     - `audio_sent_ms`: per item id, ms of audio streamed
+    - `items`: per connection, the items the client created (`conversation.item.create`)
+    - `transcripts`: per reply item id, its full text
     """
 
     def __init__(
@@ -96,6 +102,9 @@ class FakeModel:
         speech_start_ms: int,
         silence_ms: int,
         auto_cancel: bool,
+        texts: Sequence[str] = (),
+        shared_script: bool = False,
+        session_max_s: float | None = None,
         noise_max_ms: int = 250,
     ) -> None:
         self.noise_max_ms = noise_max_ms
@@ -107,6 +116,13 @@ class FakeModel:
         self.speech_start_ms = speech_start_ms
         self.silence_ms = silence_ms
         self.auto_cancel = auto_cancel
+        self.texts = list(texts)
+        self.shared_script = shared_script
+        self.session_max_s = session_max_s
+        self.turns = 0  # user turns answered on all connections (`shared_script`)
+        self.caller_turns = 0  # caller turns transcribed, on all connections
+        self.items: dict[int, list[dict[str, Any]]] = {}
+        self.transcripts: dict[str, str] = {}
         self.url = ""
         self.events: list[Recorded] = []
         self.sent: list[Recorded] = []
@@ -221,6 +237,8 @@ class FakeModel:
                     self.live -= 1
                     self._notify()
                     nursery.cancel_scope.cancel()
+        except* wsproto.utilities.LocalProtocolError:
+            pass  # trio-websocket answered a ping that crossed our close (an expiry): it is over
         finally:
             await trio.aclose_forcefully(stream)
 
@@ -245,14 +263,14 @@ class _Session:
         self.voiced_ms = 0.0
         self.unvoiced_ms = 0.0
         self.speaking = False
-        self.transcribe = False  # the session asked for input transcription
         self.auto_respond = True  # turn_detection.create_response: a reply at each turn's end
-        self.speech_item: str | None = None  # the caller's item being spoken
         self.speech_ms = 0.0  # voiced time in the current caller turn
         self.window = bytearray()
         self.responding: trio.CancelScope | None = None
         self.response_id: str | None = None
         self.nursery: trio.Nursery | None = None
+        self.transcribe = False  # the client asked for transcripts of its audio
+        self.turn_item: str | None = None  # the user item the caller's current speech makes
 
     async def send(self, event: dict[str, Any]) -> None:
         event.setdefault("event_id", self.model._new_id("event"))
@@ -270,6 +288,8 @@ class _Session:
             self.nursery = nursery
             session_id = self.model._new_id("sess")
             await self.send({"type": "session.created", "session": {"id": session_id}})
+            if self.model.session_max_s is not None:
+                nursery.start_soon(self.expire, self.model.session_max_s)
             try:
                 while True:
                     message = await self.ws.get_message()
@@ -293,6 +313,8 @@ class _Session:
                 vad = audio_in.get("turn_detection") or {}
                 self.auto_respond = vad.get("create_response", True) is not False
                 await self.send({"type": "session.updated", "session": session})
+            case "conversation.item.create":
+                await self.create_item(event.get("item"))
             case "input_audio_buffer.append":
                 await self.on_audio(pybase64.b64decode(event["audio"], validate=True))
             case "response.create":
@@ -326,6 +348,35 @@ class _Session:
                 await self.send(
                     {"type": "conversation.item.deleted", "item_id": event.get("item_id")}
                 )
+
+    async def expire(self, after_s: float) -> None:
+        """End the session at its maximum duration, as the service does."""
+        await trio.sleep(after_s)
+        await self.send(
+            {
+                "type": "error",
+                "error": {
+                    "type": "invalid_request_error",
+                    "code": "session_expired",
+                    "message": f"Your session hit the maximum duration of {after_s:g} seconds.",
+                },
+            }
+        )
+        with trio.move_on_after(1):
+            await self.ws.aclose(1000, "session expired")
+
+    async def create_item(self, item: Any) -> None:
+        kinds = ("message", "function_call", "function_call_output")
+        if not isinstance(item, dict) or item.get("type") not in kinds:
+            await self.error("invalid_value", f"not an item: {item!r}")
+            return
+        if item["type"] == "message" and item.get("role") not in ("user", "assistant", "system"):
+            await self.error("invalid_value", f"no role: {item!r}")
+            return
+        self.model.items.setdefault(self.number, []).append(item)
+        created = {**item, "id": self.model._new_id("item")}
+        kind = "conversation.item.added" if self.ga else "conversation.item.created"
+        await self.send({"type": kind, "item": created})
 
     async def error(self, code: str, message: str) -> None:
         await self.send(
@@ -361,7 +412,7 @@ class _Session:
                     await self.speech_stopped()
 
     async def speech_started(self) -> None:
-        item_id = self.speech_item = self.model._new_id("item")
+        item_id = self.turn_item = self.model._new_id("item")
         await self.send(
             {
                 "type": "input_audio_buffer.speech_started",
@@ -373,7 +424,7 @@ class _Session:
             self.responding.cancel()
 
     async def speech_stopped(self) -> None:
-        item_id = self.speech_item or self.model._new_id("item")  # one item per caller turn
+        item_id = self.turn_item or self.model._new_id("item")
         await self.send(
             {
                 "type": "input_audio_buffer.speech_stopped",
@@ -382,14 +433,16 @@ class _Session:
             }
         )
         await self.send({"type": "input_audio_buffer.committed", "item_id": item_id})
+        model = self.model
         if self.transcribe:
-            words = self.speech_ms >= self.model.noise_max_ms
+            words = self.speech_ms >= model.noise_max_ms
+            model.caller_turns += 1
             await self.send(
                 {
                     "type": "conversation.item.input_audio_transcription.completed",
                     "item_id": item_id,
                     "content_index": 0,
-                    "transcript": f"(caller words, {self.speech_ms:.0f} ms)" if words else "",
+                    "transcript": f"caller turn {model.caller_turns}" if words else "",
                 }
             )
         if self.auto_respond and self.responding is None:
@@ -397,14 +450,18 @@ class _Session:
 
     def start_reply(self) -> None:
         """Stream the next scripted reply (none left: no reply)."""
-        if self.turn < len(self.model.responses):
-            reply = self.model.responses[self.turn]
+        model = self.model
+        turn = model.turns if model.shared_script else self.turn
+        if turn < len(model.responses) and self.responding is None:
+            reply = model.responses[turn]
+            text = model.texts[turn] if turn < len(model.texts) else f"reply {turn + 1}"
             self.turn += 1
+            model.turns += 1
             assert self.nursery is not None
             self.responding = trio.CancelScope()
-            self.nursery.start_soon(self.respond, reply, self.responding)
+            self.nursery.start_soon(self.respond, reply, self.responding, text)
 
-    async def respond(self, reply: bytes, scope: trio.CancelScope) -> None:
+    async def respond(self, reply: bytes, scope: trio.CancelScope, text: str = "") -> None:
         model = self.model
         response_id = model._new_id("resp")
         item_id = model._new_id("item")
@@ -436,6 +493,7 @@ class _Session:
             }
         )
         model.audio_sent_ms[item_id] = 0.0
+        model.transcripts[item_id] = text
         with scope:
             step = model.delta_ms * BYTES_PER_MS
             deadline = trio.current_time()
@@ -450,6 +508,19 @@ class _Session:
             await self.send({"type": audio_done, **where})
         if scope.cancelled_caught:
             status = "cancelled"
+            # the transcript runs ahead of the audio; what was generated was about this much
+            text = text[
+                : round(len(text) * model.audio_sent_ms[item_id] * BYTES_PER_MS / len(reply))
+            ]
+        await self.send(
+            {
+                "type": "response.output_audio_transcript.done"
+                if self.ga
+                else "response.audio_transcript.done",
+                **where,
+                "transcript": text,
+            }
+        )
         self.responding = None
         await self.send(
             {"type": "response.done", "response": {"id": response_id, "status": status}}
@@ -467,14 +538,20 @@ async def open_fake_model(
     speech_start_ms: int = 60,
     silence_ms: int = 500,
     auto_cancel: bool = False,
+    texts: Sequence[str] = (),
+    shared_script: bool = False,
+    session_max_s: float | None = None,
     noise_max_ms: int = 250,
 ) -> AsyncIterator[FakeModel]:
     """Run a fake realtime model on 127.0.0.1, port 0, until the block ends.
 
     `responses`: 24 kHz PCM16 replies, one per user turn, in order, the same script for every
-    connection (none left: no reply).
-    `api_key`: if set, handshakes without it (`api-key` or `Authorization: Bearer`) get 401.
-    `noise_max_ms`: voiced sound shorter than this is noise: transcribed blank."""
+    connection (none left: no reply); with `shared_script`, the turns of all connections count
+    together, so a call that moves to a new session goes on with the script.
+    `texts`: the words of each reply, for its transcript (default "reply N").
+    `session_max_s`: every session expires this long after it opened.
+    `noise_max_ms`: voiced sound shorter than this is noise: transcribed blank.
+    `api_key`: if set, handshakes without it (`api-key` or `Authorization: Bearer`) get 401."""
     model = FakeModel(
         responses,
         api_key=api_key,
@@ -484,6 +561,9 @@ async def open_fake_model(
         speech_start_ms=speech_start_ms,
         silence_ms=silence_ms,
         auto_cancel=auto_cancel,
+        texts=texts,
+        shared_script=shared_script,
+        session_max_s=session_max_s,
         noise_max_ms=noise_max_ms,
     )
     async with trio.open_nursery() as nursery:

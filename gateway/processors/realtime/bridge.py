@@ -22,15 +22,22 @@ Tasks (all in one nursery inside the processor, so all end with the call):
   `play()` blocks while the player's queue is full and the reader must stay free for barge-in.
   Deltas queued before a barge-in are discarded (counted in `upstream_audio_discarded`).
 
+- rollover planner (`sessions.Rollover`): before a session reaches `session_max_s` it opens the
+  next one in its own task and, between turns, switches the caller's audio to it; `_upstream`
+  then runs it as the active session. Every new session is told the conversation so far
+  (`history`).
+
 Failures: refused, dropped, silent (no pong within `keepalive_timeout`), or a fatal `error`
-event. Each is logged with the call's ids and counted (`upstream_errors`); then either a new
-session after a capped exponential back-off (`on_upstream_failure = "reconnect"`, at most
-`max_reconnects` failures in a row), or the call is ended normally (`"hangup"`).
+event. Each is logged with the call's ids and counted (`upstream_errors`); then the next
+session takes over at once if one is ready, or a new session after a capped exponential
+back-off (`on_upstream_failure = "reconnect"`, at most `max_reconnects` failures in a row), or
+the call is ended normally (`"hangup"`).
 """
 
 from __future__ import annotations
 
 import ssl
+from collections.abc import Awaitable, Callable
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -44,6 +51,7 @@ from ...audio.resample import StreamResampler
 from ...audio.vad import WebRtcVad
 from ...call.interface import Call
 from . import protocol, tools
+from .history import History
 from .interruption import Interruptions
 from .options import RealtimeOptions
 from .protocol import (
@@ -61,6 +69,7 @@ from .protocol import (
     Transcript,
     UpstreamError,
 )
+from .sessions import ROLLED_OVER, Rollover, Standby, Turns, Upstream
 from .speakers import Speakers
 
 PENDING_DELTAS: Final = 4096  # model audio deltas queued for the player (each ~20-200 ms)
@@ -104,7 +113,25 @@ class Bridge:
             audible=self._bot_audible,
             vad=self.vad,
         )
-        self.ws: trio_websocket.WebSocketConnection | None = None  # None: no session now
+        self.ws: Upstream | None = None  # None: no session now
+        self.history = History(
+            self.player.released_ms,
+            max_items=options.history_max_items,
+            max_bytes=options.history_max_bytes,
+            on_drop=self._turn_forgotten,
+        )
+        self.turns = Turns()
+        self.rollover = Rollover(
+            self,
+            session_max_s=options.session_limit_s,
+            before_s=options.rollover_before_s,
+            gap_s=options.rollover_gap_ms / 1000,
+            setup_timeout_s=options.connect_timeout,
+            closed=trio_websocket.ConnectionClosed,
+            log_failure=self._next_session_failed,
+        )
+        self._reading: trio.CancelScope | None = None  # the active session's reader
+        self._switched_to: Standby | None = None  # a planned switch's session, to run next
         settings = options.session_settings
         offered = tools.session_extra(call, options.call_tools, options.transfer_targets)
         if offered:  # the call has a control handle and the route enables the tools
@@ -122,6 +149,7 @@ class Bridge:
         async with trio.open_nursery() as nursery:
             self._tasks = nursery
             nursery.start_soon(self._upstream, nursery.cancel_scope)
+            nursery.start_soon(self.rollover.run, nursery)
             nursery.start_soon(self._feed_player)
             nursery.start_soon(self.interruptions.watch)
             await self._forward_caller()
@@ -148,10 +176,13 @@ class Bridge:
                 continue
             if not speakers.hears(packet):
                 continue
-            if self.vad is not None and self.vad.feed(packet.pcm) and self._bot_audible():
+            vad = self.vad
+            if vad is not None and vad.feed(packet.pcm) and self._bot_audible():
                 self.log.info("local VAD: caller speaking; barge-in before the model reacts")
                 self.call.observer.note("speech_started", by="vad")
                 await self.interruptions.suspected("vad")
+            if vad is not None and vad.ended:
+                self.call.observer.note("turn_ended", by="vad")
             ws = self.ws
             if ws is None:
                 self.stats.upstream_audio_dropped += 1
@@ -232,7 +263,7 @@ class Bridge:
         self.stats.upstream_audio_discarded += protocol.audio_bytes(event.audio)
         return None
 
-    async def _read_events(self, ws: trio_websocket.WebSocketConnection) -> str:
+    async def _read_events(self, ws: Upstream) -> str:
         """Read the model until the session fails; returns why."""
         conversation_ready = False
         while True:
@@ -247,6 +278,7 @@ class Bridge:
                 self.stats.upstream_errors["malformed_event"] += 1
                 self.log.warning("upstream sent a malformed event: %s", exc)
                 continue
+            self._remember(event)
             match event:
                 case AudioDelta() | AudioDone():
                     entry = self._audio_entry(event)
@@ -288,7 +320,7 @@ class Bridge:
                     )
 
     async def _tool_call(
-        self, ws: trio_websocket.WebSocketConnection, name: str, call_id: str, arguments: str | None
+        self, ws: Upstream, name: str, call_id: str, arguments: str | None
     ) -> None:
         """Run a tool the model called; tell it the result (unless the session is gone)."""
         self.log.info("the model calls %s", name)
@@ -310,13 +342,29 @@ class Bridge:
     async def _upstream(self, call_scope: trio.CancelScope) -> None:
         options = self.options
         failures = 0
+        standby: Standby | None = None  # the next session, set up in the background
+        history_sent = False  # to `standby`, by a planned switch
         while True:
             started = trio.current_time()
-            reason = await self._session()
+            if standby is None and self._switched_to is not None:  # switched during a back-off
+                standby, self._switched_to, history_sent = self._switched_to, None, True
+            if standby is None:
+                reason = await self._session()
+            else:
+                reason = await self._take_over(standby, send_history=not history_sent)
             self._first_attempt.set()
             if self.closing:
                 return
-            self.stats.upstream_errors["session_failed"] += 1
+            standby, self._switched_to = self._switched_to, None
+            history_sent = standby is not None
+            if reason != ROLLED_OVER:
+                self.stats.upstream_errors["session_failed"] += 1
+                standby = standby or self.rollover.claim()
+            if standby is not None:  # the next session is ready: it takes over at once
+                self.stats.session_rollovers += 1
+                self.log.info("realtime model session: the next one takes over (%s)", reason)
+                self.call.observer.note("rollover", reason=reason)
+                continue
             self._new_conversation()
             if trio.current_time() - started > options.keepalive_interval:
                 failures = 0  # it worked for a while: this is a new streak
@@ -337,7 +385,7 @@ class Bridge:
             self.call.observer.note("reconnect", reason=reason, attempt=failures, delay_ms=delay)
             await trio.sleep_until(trio.current_time() + delay / 1000)
 
-    async def _session(self) -> str:
+    async def _session(self, use: Callable[[Upstream], Awaitable[str]] | None = None) -> str:
         """Run one upstream session until it fails; returns why. The socket is closed when
         this returns or is cancelled."""
         options = self.options
@@ -360,7 +408,9 @@ class Bridge:
             reason = "cancelled"
             try:
                 async with trio.open_nursery() as nursery:  # trio-websocket's reader task
-                    reason = await self._speak(nursery, stream, url.hostname or "", resource)
+                    reason = await self._speak(
+                        nursery, stream, url.hostname or "", resource, use or self._live
+                    )
                     nursery.cancel_scope.cancel()
             except BaseExceptionGroup as group:  # the reader task raises a refused handshake
                 refused, rest = group.split(trio_websocket.HandshakeError)
@@ -377,8 +427,7 @@ class Bridge:
                 )
             return reason
         finally:
-            self.ws = None
-            await trio.aclose_forcefully(stream)
+            await trio.aclose_forcefully(stream)  # `_active` has let go of it
 
     async def _speak(
         self,
@@ -386,6 +435,7 @@ class Bridge:
         stream: trio.SocketStream | trio.SSLStream[trio.SocketStream],
         host: str,
         resource: str,
+        use: Callable[[Upstream], Awaitable[str]],
     ) -> str:
         options = self.options
         try:
@@ -400,27 +450,87 @@ class Bridge:
                 )
         except trio.TooSlowError:
             return "upstream handshake timed out"
+        return await use(ws)
+
+    # -- one session's life, whatever the transport --
+
+    async def _live(self, ws: Upstream) -> str:
+        """Set a new session up (the conversation so far re-created in it) and run it."""
         try:
             await ws.send_message(self.session_update)
-            self._new_conversation()
-            self.ws = ws
-            self._first_attempt.set()
-            self.log.info("realtime model session open: %s", options.url)
-            self.call.observer.note("session", state="open")
-            failure: list[str] = []
-            async with trio.open_nursery() as inner:
-                inner.start_soon(self._keepalive, ws, inner.cancel_scope, failure)
-                failure.append(await self._read_events(ws))
-                inner.cancel_scope.cancel()
-            return failure[0]
+            for event in self.history_events():
+                await ws.send_message(event)
+        except trio_websocket.ConnectionClosed:
+            return "upstream closed the session during set-up"
+        return await self._active(ws)
+
+    async def _take_over(self, standby: Standby, *, send_history: bool) -> str:
+        """Run the next session, set up in the background, as the active one."""
+        try:
+            if send_history:
+                for event in self.history_events():
+                    await standby.ws.send_message(event)
+            return await self._active(standby.ws)
         except trio_websocket.ConnectionClosed:
             return "upstream closed the session during set-up"
         finally:
-            self.ws = None  # _session closes the socket
+            standby.released.set()
 
-    async def _keepalive(
-        self, ws: trio_websocket.WebSocketConnection, scope: trio.CancelScope, failure: list[str]
-    ) -> None:
+    async def _active(self, ws: Upstream) -> str:
+        """Run the session the caller talks to until it fails (why) or the next one takes over."""
+        if self.ws is not ws:
+            self._new_conversation()
+            self.ws = ws
+        self._first_attempt.set()
+        self.log.info("realtime model session open: %s", self.options.url)
+        self.call.observer.note("session", state="open")
+        self.rollover.session_active(trio.current_time())
+        failure: list[str] = []
+        try:
+            with trio.CancelScope() as self._reading:
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(self._keepalive, ws, inner.cancel_scope, failure)
+                    failure.append(await self._read_events(ws))
+                    inner.cancel_scope.cancel()
+            return failure[0] if failure else ROLLED_OVER
+        except trio_websocket.ConnectionClosed:
+            return "upstream closed the session"
+        finally:
+            self._reading = None
+            if self.ws is ws:
+                self.ws = None  # the socket's owner closes it
+
+    # -- rollover's host: see `sessions` --
+
+    async def open_session(self, use: Callable[[Upstream], Awaitable[str]]) -> str:
+        return await self._session(use)
+
+    def between_turns(self) -> bool:
+        return self.turns.quiet(trio.current_time()) and not self._bot_audible()
+
+    def history_events(self) -> list[str]:
+        return self.history.events(self.options.dialect)
+
+    def switch(self, standby: Standby) -> None:
+        self._switched_to = standby
+        self._new_conversation()
+        self.ws = standby.ws  # the caller's next frame goes to the new session
+        if self._reading is not None:
+            self._reading.cancel()
+
+    def _next_session_failed(self, reason: str) -> None:
+        self.stats.upstream_errors["standby_failed"] += 1
+        self.log.warning("the next realtime model session failed (%s); keeping this one", reason)
+        self.call.observer.note("standby_failed", reason=reason)
+
+    def _turn_forgotten(self) -> None:
+        self.stats.history_turns_dropped += 1
+
+    def _remember(self, event: protocol.ServerEvent) -> None:
+        self.history.see(event)
+        self.turns.see(event)
+
+    async def _keepalive(self, ws: Upstream, scope: trio.CancelScope, failure: list[str]) -> None:
         """A session that answers no ping within `keepalive_timeout` has gone silent."""
         options = self.options
         deadline = trio.current_time()

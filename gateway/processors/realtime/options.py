@@ -34,6 +34,7 @@ class _Provider:
     dialect: str
     api_version: str | None = None
     endpoint: str | None = None
+    session_max_s: float = 1800.0  # the service ends a session this long after it opened
 
 
 PROVIDERS: Final = {
@@ -43,6 +44,7 @@ PROVIDERS: Final = {
         "bearer",
         GA,
         endpoint="wss://api.openai.com",
+        session_max_s=3600.0,
     ),
     "azure": _Provider("/openai/v1/realtime?model={model}", "AZURE_OPENAI_API_KEY", "api-key", GA),
     "azure-preview": _Provider(
@@ -100,10 +102,21 @@ class RealtimeOptions:
     interruption_confirm_ms: int = 1500
     interruption_min_ms: int = 500
     speakers: str = "first"  # unmixed streams: "first", "mix" or "follow" (see .speakers)
+    session_max_s: float | None = None  # the provider's session limit; 0: no planned rollover
+    rollover_before_s: float = 120.0  # open the next session this long before the limit
+    rollover_gap_ms: int = 200  # the switch must take no longer (else the next session is dropped)
+    history_max_items: int = 200  # turns remembered for the next session (oldest forgotten)
+    history_max_bytes: int = 32768  # and their text, UTF-8
 
     @property
     def dialect(self) -> str:
         return self.protocol or PROVIDERS[self.provider].dialect
+
+    @property
+    def session_limit_s(self) -> float:
+        if self.session_max_s is not None:
+            return self.session_max_s
+        return PROVIDERS[self.provider].session_max_s
 
     @property
     def key_env(self) -> str:
@@ -194,6 +207,11 @@ _TYPES: Final[dict[str, Any]] = {
     "interruption_confirm_ms": int,
     "interruption_min_ms": int,
     "speakers": str,
+    "session_max_s": (int, float),
+    "rollover_before_s": (int, float),
+    "rollover_gap_ms": int,
+    "history_max_items": int,
+    "history_max_bytes": int,
 }
 _TABLES: Final = ("turn_detection", "transcription")
 KNOWN: Final = tuple(a.name for a in attrs.fields(RealtimeOptions))
@@ -237,8 +255,8 @@ def parse_options(
         raise ValueError(
             f"endpoint must be an https://, wss://, http:// or ws:// URL, got {opts.endpoint!r}"
         )
-    for name in ("max_reconnects",):
-        if getattr(opts, name) < 0:
+    for name in ("max_reconnects", "session_max_s", "history_max_items", "history_max_bytes"):
+        if (getattr(opts, name) or 0) < 0:
             raise ValueError(f"{name} must be 0 or more")
     for name in (
         "backoff_initial_ms",
@@ -249,6 +267,8 @@ def parse_options(
         "local_vad_min_speech_ms",
         "interruption_confirm_ms",
         "interruption_min_ms",
+        "rollover_before_s",
+        "rollover_gap_ms",
     ):
         if getattr(opts, name) <= 0:
             raise ValueError(f"{name} must be greater than 0")

@@ -1,4 +1,4 @@
-"""The socket under a connection's stream: the peer's address, and a reset on close.
+"""The socket under a connection's stream: the peer's address, a reset on close, and a refusal.
 
 Owns: reaching through TLS to the TCP socket of a stream (trio's `SocketStream` or our
 `SocketTransport`). Never: reads or writes data; fails for a stream with no socket (memory
@@ -7,8 +7,11 @@ streams in tests): it answers "-" or does nothing.
 
 from __future__ import annotations
 
+import array
+import fcntl
 import socket
 import struct
+import termios
 
 import trio
 
@@ -42,3 +45,31 @@ def peer_address(stream: trio.abc.Stream) -> str:
     except (OSError, ValueError):
         return "-"
     return f"{host}:{port}"
+
+
+def peer_host(stream: trio.abc.Stream) -> str:
+    """The peer's address without its port (what per-source limits count by), or "-"."""
+    return peer_address(stream).rpartition(":")[0].strip("[]") or "-"
+
+
+def refuse_at_once(stream: trio.abc.Stream) -> None:
+    """Close a just-accepted connection at once, unread, with a reset (no FIN handshake, no
+    TIME_WAIT): the cheapest answer to a connection over a limit, with no task and no await."""
+    reset_on_close(stream)
+    inner = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    if isinstance(inner, trio.SocketStream):  # what our listeners accept
+        inner.socket.close()
+
+
+def bytes_waiting(stream: trio.abc.Stream) -> int | None:
+    """How many bytes the peer has sent that nobody has read yet (None: unknown, for a stream
+    with no socket); one ioctl, no read, so the bytes stay for whoever reads the stream."""
+    sock = _socket_of(stream)
+    if sock is None:
+        return None
+    count = array.array("i", [0])
+    try:
+        fcntl.ioctl(sock.fileno(), termios.FIONREAD, count)
+    except OSError:
+        return None
+    return count[0]
