@@ -10,6 +10,7 @@ import pytest
 
 from gateway.processors import Call
 from gateway.testing import open_fake_model, open_gateway, simulated_call, speech
+from gateway.testing.fake_model import FakeModel
 from gateway.testing.peer import AcsPlayback
 from tests.test_realtime_e2e import KEY_ENV, conversation, options, silence, spied
 
@@ -31,7 +32,7 @@ def caller_with_burst(burst: bytes) -> bytes:
 
 async def run_call(
     monkeypatch: pytest.MonkeyPatch, caller: bytes, speech_start_ms: int = 60, **opts: object
-) -> tuple[AcsPlayback, list[float], Call, object]:
+) -> tuple[AcsPlayback, list[float], Call, FakeModel]:
     monkeypatch.setenv(KEY_ENV, "k")
     calls: list[Call] = []
     async with open_fake_model([speech(24000)], speech_start_ms=speech_start_ms) as model:
@@ -60,7 +61,7 @@ async def test_a_noise_burst_pauses_the_reply_and_it_resumes_where_it_paused(
     playback, stops, call, model = await run_call(
         monkeypatch, caller_with_burst(noise(150)), interruption="pause"
     )
-    starts = model.sent_of("input_audio_buffer.speech_started")  # type: ignore[attr-defined]
+    starts = model.sent_of("input_audio_buffer.speech_started")
     assert len(starts) == 2  # the question, then the burst
     [stop_at] = stops
     assert 0 <= stop_at - starts[1].time <= 0.020  # paused at once
@@ -70,26 +71,24 @@ async def test_a_noise_burst_pauses_the_reply_and_it_resumes_where_it_paused(
     # ... with one pause in it, from the stop until the blank transcript of the burst came
     [(paused, resumed)] = gaps(playback, 0.1)
     assert paused == pytest.approx(stop_at, abs=1e-6)
-    question, transcribed = model.sent_of(  # type: ignore[attr-defined]
-        "conversation.item.input_audio_transcription.completed"
-    )
+    question, transcribed = model.sent_of("conversation.item.input_audio_transcription.completed")
     assert question.event["transcript"] != "" and transcribed.event["transcript"] == ""
     assert transcribed.event["item_id"] == starts[1].event["item_id"]
     assert 0 <= resumed - transcribed.time <= 0.020
     assert resumed - paused < 1.5  # before the confirmation deadline
     # the model was not asked again: no cancel, no truncate, no response to the noise (the
     # gateway asked for one at the end of the question only), and the noise's item is gone
-    assert model.received("response.cancel") == []  # type: ignore[attr-defined]
-    assert model.received("conversation.item.truncate") == []  # type: ignore[attr-defined]
-    assert len(model.received("response.create")) == 1  # type: ignore[attr-defined]
-    [delete] = model.received("conversation.item.delete")  # type: ignore[attr-defined]
+    assert model.received("response.cancel") == []
+    assert model.received("conversation.item.truncate") == []
+    assert len(model.received("response.create")) == 1
+    [delete] = model.received("conversation.item.delete")
     assert delete["item_id"] == starts[1].event["item_id"]
     assert call.stats.false_interruptions == 1 and call.stats.barge_ins == 0
     assert call.player is not None
     stats = call.player.playout.stats
     assert stats.dropped_by_stop == 0 and stats.pauses == 1 and 0 < stats.recalled <= 60 * 32
     # the session asked the model not to cancel the reply on its own
-    [update] = model.received("session.update")  # type: ignore[attr-defined]
+    [update] = model.received("session.update")
     vad = update["session"]["audio"]["input"]["turn_detection"]
     assert vad["interrupt_response"] is False and vad["create_response"] is False
 
@@ -100,10 +99,10 @@ async def test_a_confirmed_interruption_truncates_to_what_the_caller_heard(
     playback, stops, call, model = await run_call(
         monkeypatch, conversation(16000), interruption="pause"
     )
-    starts = model.sent_of("input_audio_buffer.speech_started")  # type: ignore[attr-defined]
+    starts = model.sent_of("input_audio_buffer.speech_started")
     [stop_at] = stops  # one stop-audio: the pause's; the confirmation adds none
     assert 0 <= stop_at - starts[1].time <= 0.020
-    [truncate] = model.received("conversation.item.truncate")  # type: ignore[attr-defined]
+    [truncate] = model.received("conversation.item.truncate")
     heard_ms = len(playback.heard()) / BYTES_PER_MS
     assert abs(truncate["audio_end_ms"] - heard_ms) <= 1  # what the caller heard, to the ms
     assert playback.dropped_bytes > 0  # ACS's unplayed buffer was dropped (and kept, then cut)
@@ -111,15 +110,11 @@ async def test_a_confirmed_interruption_truncates_to_what_the_caller_heard(
     assert all(s.start < stop_at for s in playback.segments)
     assert call.stats.barge_ins == 1 and call.stats.false_interruptions == 0
     # the gateway asked for a response to the question, then to the interruption
-    creates = [r for r in model.events if r.type == "response.create"]  # type: ignore[attr-defined]
+    creates = [r for r in model.events if r.type == "response.create"]
     assert len(creates) == 2
     # confirmed by the length of the speech (the model's speech_stopped), within the deadline
-    confirm_at = next(
-        r.time
-        for r in model.events  # type: ignore[attr-defined]
-        if r.type == "conversation.item.truncate"
-    )
-    stopped = model.sent_of("input_audio_buffer.speech_stopped")[1]  # type: ignore[attr-defined]
+    confirm_at = next(r.time for r in model.events if r.type == "conversation.item.truncate")
+    stopped = model.sent_of("input_audio_buffer.speech_stopped")[1]
     assert stopped.event["audio_end_ms"] - starts[1].event["audio_start_ms"] >= 500
     assert 0 <= confirm_at - stopped.time <= 0.020
     assert confirm_at - stop_at <= 1.5
@@ -128,10 +123,10 @@ async def test_a_confirmed_interruption_truncates_to_what_the_caller_heard(
 
 async def test_cancel_mode_is_the_default_and_cancels_on_a_noise_burst(autojump_clock, monkeypatch):
     playback, stops, call, model = await run_call(monkeypatch, caller_with_burst(noise(150)))
-    [truncate] = model.received("conversation.item.truncate")  # type: ignore[attr-defined]
+    [truncate] = model.received("conversation.item.truncate")
     assert call.stats.barge_ins == 1 and call.stats.false_interruptions == 0
     assert len(stops) == 1 and gaps(playback, 0.1) == []
-    [update] = model.received("session.update")  # type: ignore[attr-defined]
+    [update] = model.received("session.update")
     assert "interrupt_response" not in update["session"]["audio"]["input"]["turn_detection"]
     assert truncate["audio_end_ms"] > 0
 
@@ -143,7 +138,7 @@ async def test_without_transcription_a_short_sound_resumes_when_the_model_hears_
         monkeypatch, caller_with_burst(noise(150)), interruption="pause", transcription=None
     )
     [(paused, resumed)] = gaps(playback, 0.1)
-    stopped = model.sent_of("input_audio_buffer.speech_stopped")[1]  # type: ignore[attr-defined]
+    stopped = model.sent_of("input_audio_buffer.speech_stopped")[1]
     assert 0 <= resumed - stopped.time <= 0.020
     assert call.stats.false_interruptions == 1 and call.stats.barge_ins == 0
 
@@ -158,11 +153,7 @@ async def test_a_sound_still_going_at_the_deadline_is_confirmed(autojump_clock, 
         interruption_confirm_ms=300,
     )
     [stop_at] = stops
-    confirm_at = next(
-        r.time
-        for r in model.events  # type: ignore[attr-defined]
-        if r.type == "conversation.item.truncate"
-    )
+    confirm_at = next(r.time for r in model.events if r.type == "conversation.item.truncate")
     assert confirm_at - stop_at == pytest.approx(0.300, abs=0.020)
     assert call.stats.barge_ins == 1 and gaps(playback, 0.1) == []
 
@@ -181,7 +172,7 @@ async def test_a_local_vad_false_alarm_resumes_at_the_deadline(autojump_clock, m
         interruption="pause",
         local_vad=True,
     )
-    assert len(model.sent_of("input_audio_buffer.speech_started")) == 1  # type: ignore[attr-defined]
+    assert len(model.sent_of("input_audio_buffer.speech_started")) == 1
     [stop_at] = stops
     [(paused, resumed)] = gaps(playback, 0.1)
     assert paused == pytest.approx(stop_at, abs=1e-6)
