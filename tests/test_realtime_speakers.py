@@ -249,3 +249,15 @@ def test_a_clock_far_ahead_is_held_a_bounded_way_ahead():
         assert len(out) >= k - 1  # a is not held back by it
     out += m.flush()
     assert b"".join(out)[: len(a) * FRAME] == b"".join(a)  # a's audio flowed, in order
+
+
+def test_an_empty_slot_waited_for_goes_by_the_clock():
+    m = Mixer(wait_ms=60)
+    assert m.push("a", stamp(0), sample(1), 0.0) == []
+    assert m.push("b", stamp(0), sample(2), 0.001) == [sample(3)]
+    assert m.push("a", stamp(2), sample(5), 0.02) == []  # a skipped slot 1; b may still send it
+    due = m.due_at(0.02)
+    assert due == pytest.approx(0.08)  # not before the wait: no busy loop until then
+    assert m.release(0.05) == []
+    assert m.release(due) == [sample(5)]  # b sent nothing for slot 1 in time
+    assert m.stats.waits_expired == 1

@@ -92,9 +92,11 @@ class Mixer:
         while slots:
             s = self._next
             assert s is not None
-            if s not in slots:  # nobody spoke in this slot: skip it when nobody can any more
+            if s not in slots:  # nobody spoke in this slot yet: skip it when nobody can any more
                 if self._waiting_for(s, now):
-                    break
+                    first = self._first_arrival[min(slots)]  # the wait runs from the next frame
+                    if first == math.inf or now < first + self.wait:
+                        break  # (counted below, if the next slot is still short of them)
                 self._next = min(slots)
                 continue
             opened = self._first_arrival[s]
@@ -118,11 +120,11 @@ class Mixer:
         nothing is held)."""
         if not self._slots:
             return None
-        s = self._next if self._next in self._slots else min(self._slots)
+        s = min(self._slots)  # the next slot, or the first after an empty one
         opened = self._first_arrival[s]
         if opened == math.inf:
             return now  # release() starts its wait
-        if self._waiting_for(s, now):
+        if self._waiting_for(self._next if self._next is not None else s, now):
             return opened + self.wait
         return max(now, opened + FRAME_MS / 1000 / 2)  # "time moved on": half a frame will do
 
