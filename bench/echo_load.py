@@ -116,10 +116,33 @@ class Generator:
         sock = socket.create_connection((self.host, self.port))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.sendall(upgrade_request(self.host, self.port, index))
-        call = Call(index, sock, audio_frames(index, self.rate))
+        call = Call(index, sock, self.frames_for(index))
         sock.setblocking(False)
         self.sel.register(sock, selectors.EVENT_READ, call)
         self.calls.append(call)
+
+    def frames_for(self, index: int) -> list[bytes]:
+        """The call's RING pre-built masked frames (a subclass may send another signal)."""
+        return audio_frames(index, self.rate)
+
+    def seq_of(self, buf: bytearray, at: int) -> int:
+        """The sequence number of the echoed frame whose base64 audio starts at `buf[at]`."""
+        tag = base64.b64decode(bytes(buf[at : at + 8]))
+        return int(HEADER.unpack(tag)[1])
+
+    def sending(self, call: Call, slot: int) -> None:
+        """Frame `slot` of the call is about to be sent (a subclass may track it)."""
+
+    def on_echo(self, call: Call, buf: bytearray, at: int, now: float) -> None:
+        """One returned audio packet whose base64 starts at `buf[at]`: time its round trip."""
+        seq = self.seq_of(buf, at)
+        slot = seq % RING
+        if seq < call.last_seq and call.last_seq - seq < RING // 2:
+            call.reorder += 1
+        call.last_seq = seq
+        call.echoed += 1
+        if self.measuring:
+            self.rtts.append(now - call.sent_at[slot])
 
     def on_readable(self, call: Call, now: float) -> None:
         try:
@@ -165,15 +188,7 @@ class Generator:
             elif opcode == 0x1:
                 at = buf.find(DATA_MARK, pos + head, pos + head + n)
                 if at >= 0:
-                    tag = base64.b64decode(bytes(buf[at + 8 : at + 16]))
-                    _, seq = HEADER.unpack(tag)
-                    slot = seq % RING
-                    if seq < call.last_seq and call.last_seq - seq < RING // 2:
-                        call.reorder += 1
-                    call.last_seq = seq
-                    call.echoed += 1
-                    if self.measuring:
-                        self.rtts.append(now - call.sent_at[slot])
+                    self.on_echo(call, buf, at + 8, now)
             pos += head + n
         del buf[:pos]
 
@@ -226,6 +241,7 @@ class Generator:
                 for call in self.calls[phase :: self.phases]:
                     if call.upgraded and not call.closed:
                         call.sent_at[slot] = now
+                        self.sending(call, slot)
                         try:
                             call.sock.send(call.frames[slot])
                         except (BlockingIOError, OSError):
@@ -323,9 +339,16 @@ def start_server(
         "100000",
         *extra,
     ]
+    return start_process(cmd, cpu, root)
+
+
+def start_process(
+    cmd: list[str], cpu: int | None, root: Path = ROOT, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a server that says `listening on ws://...` on stderr; returns it and that URL."""
     if cpu is not None:
         cmd = ["taskset", "-c", str(cpu), *cmd]
-    env = {**os.environ, "PYTHONPATH": str(root)}
+    env = {**os.environ, **(env or {}), "PYTHONPATH": str(root)}
     proc = subprocess.Popen(cmd, cwd=root, env=env, stderr=subprocess.PIPE)
     assert proc.stderr is not None
     deadline = time.monotonic() + 20
@@ -339,7 +362,7 @@ def start_server(
         if not line and proc.poll() is not None:
             break
     proc.kill()
-    raise SystemExit("the gateway did not start")
+    raise SystemExit(f"the server did not start: {' '.join(cmd)}")
 
 
 def one_load(args: argparse.Namespace, calls: int) -> dict[str, float]:

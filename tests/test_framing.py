@@ -125,3 +125,13 @@ def test_server_frames_are_what_a_client_engine_reads():
     frames = list(proto.received_frames())
     assert [f.opcode for f in frames] == [Opcode.TEXT] * 3 + [Opcode.PONG, Opcode.CLOSE]
     assert [f.payload for f in frames[:3]] == ["hi", "é" * 200, "x" * 70000]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=2100), st.binary(min_size=4, max_size=4))
+def test_unmask_is_the_rfc_xor_in_both_implementations(data: bytes, mask: bytes) -> None:
+    expected = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+    assert framing._unmask_python(data, mask) == expected
+    assert framing.unmask(data, mask) == expected
+    assert framing.unmask(bytearray(data), mask) == expected
+    assert type(framing.unmask(bytearray(data), mask)) is bytes

@@ -1012,6 +1012,49 @@ async def test_the_sender_wakes_once_per_frame_with_a_backlog(autojump_clock):
     assert passes == 2 * wakes + 1
 
 
+async def test_audio_not_due_yet_wakes_the_sender_once_through_the_pacer(autojump_clock):
+    """A call whose playout runs ahead of real time (here: after a burst) gets each new frame
+    held for the clock. play() hands that deadline to the pacer instead of waking the sender
+    early: two passes per frame (the release, and the one that finds the queue empty), frames
+    never early, and the lateness still reported."""
+    passes = 0
+
+    def clock() -> float:
+        nonlocal passes
+        if sys._getframe(1).f_code.co_name == "next_release":
+            passes += 1
+        return trio.current_time()
+
+    late: list[float] = []
+    released: list[float] = []
+    async with trio.open_nursery() as nursery:
+        pacer = Pacer()
+        await nursery.start(pacer.run)
+        player = Player(Playout(16000, lead_ms=60), clock=clock, pacer=pacer, on_late=late.append)
+
+        async def timing_sender() -> None:
+            while True:
+                _, sent = await player.next_release()
+                released.extend(trio.current_time() for _ in sent)
+
+        nursery.start_soon(timing_sender)
+        t0 = trio.current_time()
+        await player.play(frames(10))  # the burst: the clock ends 60 ms ahead of real time
+        await trio.sleep_until(t0 + 0.150)  # the queue is empty; the clock is at 0.200
+        passes = 0
+        for _ in range(20):
+            await player.play(frame(7))  # due 10 ms after it arrives
+            await trio.sleep(0.020)
+        nursery.cancel_scope.cancel()
+    held = [t - t0 for t in released[10:]]
+    assert len(held) == 20
+    for k, t in enumerate(held):
+        due = 0.160 + 0.020 * k
+        assert due - 1e-9 <= t <= due + SLACK + 1e-9
+    assert passes == 2 * 20
+    assert len(late) >= 20 and max(late) <= SLACK + 1e-9
+
+
 @bounded
 async def test_the_queue_never_exceeds_its_capacity_under_a_fast_producer(autojump_clock):
     player = Player(Playout(16000, lead_ms=60, capacity_ms=100))

@@ -75,7 +75,8 @@ class Player:
         # When the parked send task will next look at the queue: +inf when it waits for audio,
         # its deadline when it waits for the clock, -inf while it runs (it re-checks anyway).
         # play() wakes it only if the new audio is due sooner, so a call with a backlog costs
-        # one wake-up per frame, not two.
+        # one wake-up per frame, not two; audio that is not due yet it hands to the pacer
+        # instead, so a call whose playout runs ahead of real time costs one wake-up too.
         self._sender_wakes_at = -math.inf
         self.closed = False
 
@@ -138,9 +139,18 @@ class Player:
             view = view[space:]
 
     def _wake_sender_if_due(self) -> None:
-        due = self.playout.next_due(self._clock())
-        if due is not None and due < self._sender_wakes_at:
-            self._sender.unpark_all()
+        now = self._clock()
+        due = self.playout.next_due(now)
+        if due is None or due >= self._sender_wakes_at:
+            return
+        if self._sender_wakes_at == math.inf and due > now and self._pacer is not None:
+            # The send task waits for audio and this audio is not due yet (the call's playout
+            # runs ahead of real time, e.g. after a stall): have the pacer wake it when it is
+            # due, rather than waking it now only for it to ask the pacer the same.
+            self._sender_wakes_at = due
+            self._pacer.wake_at(due, self._sender)
+            return
+        self._sender.unpark_all()
 
     def flush(self) -> None:
         """End of an utterance: let its last partial frame go without waiting for more audio."""
@@ -221,6 +231,8 @@ class Player:
                     self._sender_wakes_at = math.inf
                     slept_until = None
                     await self._sender.park()
+                    if self._sender_wakes_at != math.inf:  # play() set a deadline with the pacer
+                        slept_until = self._sender_wakes_at
                 elif self._pacer is not None:
                     self._sender_wakes_at = slept_until = due
                     self._pacer.wake_at(due, self._sender)

@@ -22,6 +22,7 @@ more per 1 KB frame in its generic Python parser than the rest of a frame's path
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Final
 
 from ..errors import (
@@ -61,12 +62,21 @@ _U16: Final = struct.Struct("!H")
 _U64: Final = struct.Struct("!Q")
 
 
-def unmask(data: bytes | bytearray, mask: bytes) -> bytes:
-    """`data` XORed with the 4-byte `mask` repeated (RFC 6455 section 5.3); masking is the same
-    operation."""
+def _unmask_python(data: bytes | bytearray, mask: bytes) -> bytes:
     n = len(data)
     key = int.from_bytes((mask * (n // 4 + 1))[:n], "little")
     return (int.from_bytes(data, "little") ^ key).to_bytes(n, "little")
+
+
+# `unmask(data, mask)`: `data` XORed with the 4-byte `mask` repeated (RFC 6455 section 5.3);
+# masking is the same operation. Every client frame's payload passes through it, so it is
+# websockets' C loop (~0.3 us per 1 KB frame, where the big-integer XOR above takes ~3 us),
+# or the XOR above when that extension is not built (same result).
+unmask: Callable[[bytes | bytearray, bytes], bytes]
+try:
+    from websockets.speedups import apply_mask as unmask
+except ImportError:  # pragma: no cover - a websockets build without its C extension
+    unmask = _unmask_python
 
 
 class FrameReader:

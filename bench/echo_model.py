@@ -1,0 +1,74 @@
+"""The fake realtime model from `gateway.testing`, answering every appended chunk at once.
+
+    python bench/echo_model.py          # prints its ws:// URL, runs until stdin closes
+
+For `bench/yardstick.py`'s bridged runs: the gateway's realtime processor connects to it as to
+the real service (handshake, `session.update`), and every `input_audio_buffer.append` comes
+straight back as a `response.output_audio.delta` of one long response, the base64 untouched.
+So a bridged call carries audio both ways at the caller's real-time rate, like an echo call,
+and the load generator can time the round trip through the model. Never: VAD, scripted replies
+or recording the audio events (a long run at hundreds of calls would keep them all).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import trio
+
+from gateway.testing import fake_model, open_fake_model
+
+
+class EchoSession(fake_model._Session):
+    """A session that streams the caller's audio back as the model's answer."""
+
+    response: dict[str, Any] | None = None
+
+    async def run(self) -> None:
+        import orjson
+        import trio_websocket
+
+        await self.send({"type": "session.created", "session": {"id": "sess-bench"}})
+        try:
+            while True:
+                event = orjson.loads(await self.ws.get_message())
+                if event.get("type") == "input_audio_buffer.append":
+                    await self.echo(event["audio"])
+                else:
+                    await self.on_event(event)
+        except trio_websocket.ConnectionClosed:
+            pass
+
+    async def echo(self, audio: str) -> None:
+        if self.response is None:
+            number = self.number
+            self.response = {
+                "response_id": f"resp-{number}",
+                "item_id": f"item-{number}",
+                "output_index": 0,
+                "content_index": 0,
+            }
+            item = {"id": f"item-{number}", "type": "message", "role": "assistant"}
+            await self.send({"type": "response.created", "response": {"id": f"resp-{number}"}})
+            await self.send(
+                {
+                    "type": "response.output_item.added",
+                    "response_id": f"resp-{number}",
+                    "output_index": 0,
+                    "item": item,
+                }
+            )
+        kind = "response.output_audio.delta" if self.ga else "response.audio.delta"
+        await self.send({"type": kind, **self.response, "delta": audio})
+
+
+async def main() -> None:
+    fake_model._Session = EchoSession  # type: ignore[misc]  # the sessions this model opens
+    async with open_fake_model() as model:
+        print(model.url, flush=True)
+        await trio.to_thread.run_sync(sys.stdin.read)  # until the benchmark closes stdin
+
+
+if __name__ == "__main__":
+    trio.run(main)

@@ -1,0 +1,323 @@
+"""The gateway next to a minimal asyncio server: per-frame CPU, knee and RSS per call, one run.
+
+    python bench/yardstick.py                                   # everything (about 10-15 minutes)
+    python bench/yardstick.py --targets echo,asyncio --duration 5 --low 100 --high 700
+
+Every target is measured on the same pinned cores: the server on core 0 (`--server-cpu`), this
+process (`bench/echo_load.py`'s generator: epoll, pre-built masked frames, one shared ticker) and
+the fake model on core 1 (`--client-cpu`). Targets:
+
+- `echo`: `python -m gateway serve` with the echo processor.
+- `asyncio`: the yardstick, `bench/asyncio_echo.py` (asyncio + `websockets`, as Microsoft's
+  samples are built; needs the `bench` extra).
+- `bridged16`, `bridged24`: the gateway's realtime processor at 16 kHz (resampled both ways) and
+  24 kHz (passed through), against `gateway.testing`'s fake model in its own process
+  (`bench/echo_model.py`: it answers every appended chunk at once, so audio flows both ways).
+
+Every frame's PCM is one constant level that says its sequence number, read back from every
+returned packet (a resampled path returns packets of any length), so a round trip is timed the
+same way through a resampler: from sending a frame to the first packet carrying it. For each
+target it prints: CPU per frame (the server's CPU over the window per inbound frame sent: one in
+and one out when nothing is lost) at `--cpu-at` calls and at the knee; the knee: the most calls
+with a round-trip p99 at most `--p99-ms` above each call's fastest round trip (a call's playout
+clock settles at a fixed delay of its own when it starts; the resamplers add ~50 ms at 16 kHz
+bridged) with nothing lost and no errors, found by bisection between `--low` and `--high` to
+`--resolution` calls, a fresh server (and model) per step; and the server's RSS growth per call.
+Loss through the resampled path is counted within 3 frames per call (its resamplers hold back a
+tail). A `RESULT {json}` line per target goes to stderr. On a machine shared with other work run
+it with priority (`nice -n -10 python bench/yardstick.py ...`) and say so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pybase64
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import echo_load  # noqa: E402
+from echo_load import RING, Call, Generator, proc_cpu_seconds, proc_rss_kb  # noqa: E402
+
+from gateway.acs import client as wire  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = Path(__file__).resolve().parent
+KEY_ENV = "BENCH_REALTIME_KEY"
+STEP = 1000  # PCM level per sequence step
+# Sequence k is sent as level ORDER[k]: neighbours differ by at most two steps, so a resampler's
+# ringing at a frame boundary stays small next to the step.
+ORDER = list(range(0, RING, 2)) + list(range(RING - 1, 0, -2))
+SEQ_OF_LEVEL = {level: seq for seq, level in enumerate(ORDER)}
+PROBE = 80  # bytes between the levels read back (every 40th sample, 2.5 ms at 16 kHz)
+
+
+class LevelGenerator(Generator):
+    """echo_load's generator sending constant-level frames: the level is the sequence number."""
+
+    seen: dict[int, list[bool]]
+
+    def __init__(self, url: str, calls: int, rate: int) -> None:
+        super().__init__(url, calls, rate)
+        self.seen = {}
+        self.per_call: dict[int, list[float]] = {}
+
+    def excess(self) -> list[float]:
+        """Each round trip above its call's fastest: the queueing, without the fixed delay a
+        call's playout clock settled at when it started (it differs from call to call)."""
+        return sorted(t - min(ts) for ts in self.per_call.values() for t in ts)
+
+    def frames_for(self, index: int) -> list[bytes]:
+        size = self.rate * 2 // 50
+        frames = []
+        for seq in range(RING):
+            level = (ORDER[seq] - RING // 2) * STEP
+            pcm = level.to_bytes(2, "little", signed=True) * (size // 2)
+            text = wire.audio_text(pcm, None, silent=False)
+            frames.append(echo_load.masked_text_frame(text))
+        return frames
+
+    def on_echo(self, call: Call, buf: bytearray, at: int, now: float) -> None:
+        """Time the first return of each frame: a resampled path returns packets of any length,
+        so every level in the packet counts (read every `PROBE` samples)."""
+        end = buf.find(b'"', at)
+        pcm = pybase64.b64decode(bytes(buf[at:end]))
+        seen = self.seen.setdefault(call.index, [True] * RING)
+        for offset in range(PROBE, len(pcm) - 1, PROBE * 2):
+            level = int.from_bytes(pcm[offset : offset + 2], "little", signed=True)
+            seq = SEQ_OF_LEVEL[min(RING - 1, max(0, round(level / STEP) + RING // 2))]
+            if not seen[seq]:
+                seen[seq] = True
+                call.echoed += 1
+                if self.measuring:
+                    self.rtts.append(now - call.sent_at[seq])
+                    self.per_call.setdefault(call.index, []).append(now - call.sent_at[seq])
+
+    def sending(self, call: Call, slot: int) -> None:
+        self.seen.setdefault(call.index, [True] * RING)[slot] = False
+
+
+class Target:
+    def __init__(self, name: str, rate: int, exact: bool, start: Callable[..., list[str]]):
+        self.name, self.rate, self.exact, self.start = name, rate, exact, start
+
+
+def gateway_cmd(processor: str, config: Path | None = None) -> list[str]:
+    cmd = [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", "0"]
+    cmd += ["--log-level", "info", "--max-calls", "100000", "--processor", processor]
+    return cmd + (["--config", str(config)] if config else [])
+
+
+def model_config(url: str) -> Path:
+    config = Path(tempfile.mkdtemp(prefix="yardstick-")) / "realtime.toml"
+    config.write_text(f'[processors.realtime]\nendpoint = "{url}"\napi_key_env = "{KEY_ENV}"\n')
+    return config
+
+
+TARGETS = {
+    "echo": Target("echo", 16000, True, lambda url: gateway_cmd("echo")),
+    "asyncio": Target(
+        "asyncio", 16000, True, lambda url: [sys.executable, str(BENCH / "asyncio_echo.py")]
+    ),
+    "bridged16": Target(
+        "bridged16", 16000, False, lambda url: gateway_cmd("realtime", model_config(url))
+    ),
+    "bridged24": Target(
+        "bridged24", 24000, True, lambda url: gateway_cmd("realtime", model_config(url))
+    ),
+}
+
+
+def start_model(cpu: int) -> tuple[subprocess.Popen[bytes], str]:
+    cmd = ["taskset", "-c", str(cpu), sys.executable, str(BENCH / "echo_model.py")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    assert proc.stdout is not None
+    url = proc.stdout.readline().decode().strip()
+    if not url.startswith("ws://"):
+        proc.kill()
+        raise SystemExit("the fake model did not start")
+    return proc, url
+
+
+def stop(proc: subprocess.Popen[bytes], graceful: Callable[[], None]) -> None:
+    graceful()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def measure(target: Target, calls: int, args: argparse.Namespace) -> dict[str, float]:
+    """One load against a fresh server (and model): the generator's figures plus CPU and RSS."""
+    model = None
+    model_url = ""
+    if target.name.startswith("bridged"):
+        model, model_url = start_model(args.client_cpu)
+    try:
+        env = {KEY_ENV: "bench-key"}
+        proc, url = echo_load.start_process(target.start(model_url), args.server_cpu, ROOT, env)
+        try:
+            gen = LevelGenerator(url, calls, target.rate)
+            rss_idle = proc_rss_kb(proc.pid)
+            marks: dict[str, float] = {}
+
+            def begin() -> None:
+                marks.update(cpu0=proc_cpu_seconds(proc.pid), rss=proc_rss_kb(proc.pid))
+                if model is not None:
+                    marks.update(model0=proc_cpu_seconds(model.pid))
+
+            def end() -> None:
+                marks.update(cpu1=proc_cpu_seconds(proc.pid))
+                if model is not None:
+                    marks.update(model1=proc_cpu_seconds(model.pid))
+
+            gen.server_start, gen.server_stop = begin, end  # type: ignore[method-assign]  # the hooks
+            result = gen.run(args.warmup, args.duration)
+            excess = gen.excess()
+            rtts = sorted(gen.rtts)
+            floor = rtts[0] * 1000 if rtts else 0.0
+            jitter = excess[min(len(excess) - 1, len(excess) * 99 // 100)] * 1000 if excess else 0.0
+            gen.close()
+        finally:
+            stop(proc, proc.terminate)
+    finally:
+        if model is not None:
+            assert model.stdin is not None
+            stop(model, model.stdin.close)
+    window = result["window_s"]
+    cpu = marks["cpu1"] - marks["cpu0"]
+    result.pop("_echoed_all", None)
+    result["rtt_min_ms"] = round(floor, 2)
+    result["excess_p99_ms"] = round(jitter, 2)
+    result["server_cpu_pct"] = round(100 * cpu / window, 1)
+    # per inbound frame, as the gateway's own goals count it (echo: one in and one out)
+    result["us_per_frame"] = round(cpu / max(1, result["frames_sent"]) * 1e6, 1)
+    result["rss_per_call_kb"] = round((marks["rss"] - rss_idle) / calls, 1)
+    if model is not None:
+        result["model_cpu_pct"] = round(100 * (marks["model1"] - marks["model0"]) / window, 1)
+    allowed = 0 if target.exact else 3 * calls
+    result["ok"] = bool(
+        result["excess_p99_ms"] <= args.p99_ms
+        and result["frames_lost"] <= allowed
+        and result["errors"] == 0
+        and result["frames_echoed"] > 0
+    )
+    return result
+
+
+def show(target: Target, r: dict[str, float]) -> None:
+    model = f", model {r['model_cpu_pct']}%" if "model_cpu_pct" in r else ""
+    print(
+        f"  {target.name:>9} {r['calls']:>4} calls: {'ok  ' if r['ok'] else 'FAIL'} "
+        f"p99 {r['excess_p99_ms']} ms over each call's fastest (all: p50 {r['rtt_p50_ms']}, "
+        f"p99 {r['rtt_p99_ms']}), lost {r['frames_lost']}, "
+        f"{r['us_per_frame']} us/frame, cpu {r['server_cpu_pct']}%, "
+        f"{r['rss_per_call_kb']} KB/call, gen {r['client_cpu_pct']}%{model}",
+        flush=True,
+    )
+    if r["client_cpu_pct"] > 80 or r["ticker_late_p99_ms"] > 5 or r.get("model_cpu_pct", 0) > 80:
+        print("    WARNING: the generator or the fake model may be the bottleneck here")
+    if not r["ok"] and r["server_cpu_pct"] < 70:
+        print(
+            f"    WARNING: the server failed at {r['server_cpu_pct']}% of its core: other work on"
+            " the machine, not the server, limited this step"
+        )
+
+
+def knee(target: Target, args: argparse.Namespace) -> tuple[str, dict[str, float] | None]:
+    """Bisection over calls; returns the knee (as text: '<low' or '>=high' at the ends) and the
+    run at it."""
+    low, high = args.low, args.high
+    runs: dict[int, dict[str, float]] = {}
+
+    def probe(calls: int) -> bool:
+        runs[calls] = measure(target, calls, args)
+        show(target, runs[calls])
+        return bool(runs[calls]["ok"])
+
+    if not probe(low):
+        return f"<{low}", None
+    bad = high
+    while bad - low > args.resolution:
+        mid = (low + bad) // 2
+        if probe(mid):
+            low = mid
+        else:
+            bad = mid
+    if bad == high and probe(high):
+        return f">={high}", runs[high]
+    return str(low), runs[low]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--targets", default="echo,asyncio,bridged16,bridged24")
+    parser.add_argument("--low", type=int, default=50, help="bisection's lower bound (calls)")
+    parser.add_argument("--high", type=int, default=900, help="bisection's upper bound (calls)")
+    parser.add_argument("--resolution", type=int, default=25, help="stop within this many calls")
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per step")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds after ramp-up")
+    parser.add_argument("--cpu-at", type=int, default=50, help="calls for the low-load CPU row")
+    parser.add_argument("--p99-ms", type=float, default=20.0, help="the knee's p99 bound")
+    parser.add_argument("--server-cpu", type=int, default=0)
+    parser.add_argument("--client-cpu", type=int, default=1)
+    args = parser.parse_args()
+    os.sched_setaffinity(0, {args.client_cpu})
+    names = args.targets.split(",")
+    unknown = set(names) - set(TARGETS)
+    if unknown:
+        parser.error(f"unknown targets {sorted(unknown)}; choose from {sorted(TARGETS)}")
+    rows = []
+    for name in names:
+        target = TARGETS[name]
+        print(f"{name}:", flush=True)
+        low_run = measure(target, args.cpu_at, args)
+        show(target, low_run)
+        at, run = knee(target, args)
+        row = {
+            "target": name,
+            "knee": at,
+            "p50_low_ms": low_run["rtt_p50_ms"],
+            "us_low": low_run["us_per_frame"],
+            "us_knee": run["us_per_frame"] if run else float("nan"),
+            "kb_call": run["rss_per_call_kb"] if run else low_run["rss_per_call_kb"],
+            "model_pct": (run or low_run).get("model_cpu_pct", float("nan")),
+        }
+        rows.append(row)
+        print("RESULT " + json.dumps(row), file=sys.stderr, flush=True)
+    echo_us = next((r["us_low"] for r in rows if r["target"] == "echo"), None)
+    print(
+        f"\n{time.strftime('%Y-%m-%d %H:%M')} load {os.getloadavg()[0]:.1f}; "
+        f"server on core {args.server_cpu}, generator and model on core {args.client_cpu}"
+    )
+    print(
+        f"{'target':>10} {'knee':>6} {'p50 ms':>8} {f'us/frame@{args.cpu_at}':>13} "
+        f"{'us/frame@knee':>13} {'flat':>6} {'KB/call':>8} {'x echo':>7} {'model%':>7}"
+    )
+    for r in rows:
+        flat = (
+            f"{(r['us_knee'] / r['us_low'] - 1) * 100:+.0f}%"
+            if r["us_knee"] == r["us_knee"]
+            else ""
+        )
+        ratio = f"{r['us_low'] / echo_us:.2f}" if echo_us else ""
+        print(
+            f"{r['target']:>10} {r['knee']:>6} {r['p50_low_ms']:>8} {r['us_low']:>13} "
+            f"{r['us_knee']:>13} {flat:>6} "
+            f"{r['kb_call']:>8} {ratio:>7} {r['model_pct']:>7}"
+        )
+
+
+if __name__ == "__main__":
+    main()
