@@ -2,22 +2,31 @@
 
     python bench/bridge_cpu.py --calls 20
     python bench/bridge_cpu.py --calls 50 --stagger 0.04
+    python bench/bridge_cpu.py --root /tmp/main-checkout   # the gateway of another tree
 
 One run measures both processors, each against a fresh `python -m gateway serve` pinned to core
 0 (`--server-cpu`); this process (the simulated ACS calls) and the fake model server from
 `gateway.testing` (a process of its own) run on core 1. Every call plays the same 5.5 s
-conversation in real time at 16 kHz: 2 s of speech, 1.5 s of silence while the model answers,
+conversation in real time at 16 kHz (`--rate 24000`: 24 kHz, the model's own rate, whose audio
+goes upstream undecoded): 2 s of speech, 1.5 s of silence while the model answers,
 1 s of interruption, 1 s of silence. The fake model answers the first turn with 7.6 s of speech
 streamed 4x faster than real time, so the caller interrupts it mid-answer.
 
 Prints, per processor: the gateway's CPU over the run (% of a core, per call, and microseconds
-per 20 ms inbound frame), and for the realtime phase the barge-in latency: from the fake model
-sending `input_audio_buffer.speech_started` to the simulated ACS receiving stop-audio (so it
+per 20 ms inbound frame), its RSS per call twice (the server's RSS less its RSS after one
+warm-up call, which loads what a first call loads: numpy and soxr for the resampler): while
+every caller speaks, and while every bot speaks, when the gateway also holds the bot's reply
+that the fake model streams 4x faster than real time; the seconds of audio each
+call heard on average (echo: its own; realtime: the bot's until the barge-in, about 1.5 s:
+far less means the conversation went wrong and the run does not compare), and for the
+realtime phase the barge-in latency: from the fake model sending
+`input_audio_buffer.speech_started` to the simulated ACS receiving stop-audio (so it
 includes two loopback hops and this process's own scheduling: an upper bound on the gateway's
-share). Calls start `--stagger` seconds apart so connection k upstream is call k.
+share). Calls start `--stagger` seconds apart so connection k + 1 upstream is call k (the
+first connection is the warm-up call's).
 
 `--mix` adds two realtime phases on unmixed streams with two participants (the conversation
-and a second voice at a quarter of its level, the packets of both stamped 20 ms apart):
+and a second voice at a quarter of its level, sent together each 20 ms):
 `speakers = "first"` (the model hears one) and `speakers = "mix"` (the model hears their
 time-aligned sum); their difference is the mixer's cost.
 """
@@ -38,22 +47,21 @@ from pathlib import Path
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from echo_load import proc_cpu_seconds, start_server  # noqa: E402
+from echo_load import proc_cpu_seconds, proc_rss_kb, start_server  # noqa: E402
 
 from gateway.testing import open_fake_model, simulated_call, speech  # noqa: E402
 
-RATE = 16000
+RATE = 16000  # the calls' sample rate (--rate)
 KEY_ENV = "BENCH_REALTIME_KEY"
 
 
 def conversation() -> bytes:
     silence = lambda s: bytes(int(RATE * s) * 2)  # noqa: E731
-    return (
-        speech(RATE)[: RATE * 2 * 2]
-        + silence(1.5)
-        + speech(RATE, "interrupt")[: RATE * 2]
-        + silence(1.0)
-    )
+    if RATE == 16000:
+        interrupt = speech(RATE, "interrupt")[: RATE * 2]
+    else:  # the bundled interruption is 16 kHz only: another second of the speech clip
+        interrupt = speech(RATE)[RATE * 2 * 5 : RATE * 2 * 6]
+    return speech(RATE)[: RATE * 2 * 2] + silence(1.5) + interrupt + silence(1.0)
 
 
 def second_voice(audio: bytes) -> bytes:
@@ -70,8 +78,10 @@ async def run_calls(
     stagger: float,
     audio: bytes | dict[str | None, bytes],
     echo_lag: list[float] | None = None,
+    heard: list[int] | None = None,
 ) -> list[tuple[float, list]]:
-    """Run n calls; returns (start time, stop-audio times) per call, in start order."""
+    """Run n calls; returns (start time, stop-audio times) per call, in start order. `heard`
+    gets the bytes of audio each call received."""
     results: list[tuple[float, list]] = [(0.0, [])] * n
 
     async def one(i: int) -> None:
@@ -84,6 +94,8 @@ async def run_calls(
             await trio.sleep(0.2)
             if echo_lag is not None and call.received:
                 echo_lag.append(call.received[-1].time - streamed)
+            if heard is not None:
+                heard.append(len(call.received_pcm))
             results[i] = (started, [t + to_perf for t in call.stop_times])
 
     async with trio.open_nursery() as nursery:
@@ -152,22 +164,44 @@ async def phase(
                 + (f'speakers = "{speakers}"\n' if speakers else "")
             )
             extra += ["--config", str(config)]
-        proc, url = start_server(None if args.server_cpu < 0 else args.server_cpu, extra)
+        cpu = None if args.server_cpu < 0 else args.server_cpu
+        proc, url = start_server(cpu, extra, *([args.root] if args.root else []))
         try:
             await trio.sleep(0.5)
+            await run_calls(url, 1, 0, voice[: RATE * 2])  # warm-up: first-call imports
+            await trio.sleep(0.3)
+            rss0 = proc_rss_kb(proc.pid)
+            rss_live: list[int] = []
+
+            async def sample_rss() -> None:
+                # every call up and its caller speaking (1.0-2.0 s into the conversation), then
+                # every bot speaking (2.6-3.6 s), its reply queued in the gateway
+                await trio.sleep(args.calls * args.stagger + 1.0)
+                rss_live.append(proc_rss_kb(proc.pid))
+                await trio.sleep(1.6)
+                rss_live.append(proc_rss_kb(proc.pid))
+
             cpu0, wall0 = proc_cpu_seconds(proc.pid), time.monotonic()
             own0 = time.process_time()
             model_pid = fake_model_process.pid  # type: ignore[attr-defined]
             model0 = proc_cpu_seconds(model_pid)
             lag: list[float] = []
+            heard: list[int] = []
             if one_at_a_time:  # a fresh model connection per call: connection k is call k
                 results = []
                 for _ in range(args.latency_runs):
                     results += await run_calls(url, 1, 0, audio)
             else:
-                results = await run_calls(
-                    url, args.calls, args.stagger, audio, lag if kind == "echo" else None
-                )
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(sample_rss)
+                    results = await run_calls(
+                        url,
+                        args.calls,
+                        args.stagger,
+                        audio,
+                        lag if kind == "echo" else None,
+                        heard,
+                    )
             cpu1, wall1 = proc_cpu_seconds(proc.pid), time.monotonic()
             own1 = time.process_time()
             model1 = proc_cpu_seconds(model_pid)
@@ -185,13 +219,18 @@ async def phase(
         "us_per_frame": cpu / frames * 1e6,
         "gen_cpu_pct": 100 * (own1 - own0) / (wall1 - wall0),
         "model_cpu_pct": 100 * (model1 - model0) / (wall1 - wall0),
+        "rss_kb_per_call": (rss_live[0] - rss0) / calls if rss_live else float("nan"),
+        "rss_kb_per_call_bot": (rss_live[1] - rss0) / calls if rss_live[1:] else float("nan"),
+        # audio the calls heard (echo: their own; realtime: the bot's, until the barge-in)
+        "heard_s": sum(heard) / len(heard) / (RATE * 2) if heard else float("nan"),
     }
     if lag:  # last frame sent -> its echo received: how far the whole loop lags real time
         row["echo_lag_max_ms"] = max(lag) * 1000
     if kind == "realtime" and speakers is None:
         latencies = []
         for k, (_, stops) in enumerate(results):
-            mine = sorted(s["time"] for s in starts if s["connection"] == k + 1)
+            # model connection 1 was the warm-up call's
+            mine = sorted(s["time"] for s in starts if s["connection"] == k + 2)
             if args.verbose:
                 print(
                     k,
@@ -223,7 +262,7 @@ async def main(args: argparse.Namespace) -> None:
         rows["realtime, 1 call at a time"] = await phase(args, "realtime", one_at_a_time=True)
     print(
         f"{'processor':>10} {'calls':>5} {'srv cpu%':>8} {'%/call':>7} {'us/frame':>8} "
-        f"{'gen cpu%':>8} {'model%':>6}  barge-in"
+        f"{'gen cpu%':>8} {'model%':>6} {'KB/call':>7} {'KB, bot':>7} {'heard s':>7}  barge-in"
     )
     for kind, row in rows.items():
         if kind not in ("echo", "realtime"):
@@ -240,7 +279,9 @@ async def main(args: argparse.Namespace) -> None:
         print(
             f"{kind[:10]:>10} {row['calls']:>5.0f} {row['cpu_pct']:>8.1f} "
             f"{row['cpu_pct_per_call']:>7.2f} {row['us_per_frame']:>8.0f} "
-            f"{row['gen_cpu_pct']:>8.0f} {row['model_cpu_pct']:>6.0f}  {latency}"
+            f"{row['gen_cpu_pct']:>8.0f} {row['model_cpu_pct']:>6.0f} "
+            f"{row['rss_kb_per_call']:>7.0f} {row['rss_kb_per_call_bot']:>7.0f} "
+            f"{row['heard_s']:>7.2f}  {latency}"
         )
     ratio = rows["realtime"]["cpu_s"] / rows["echo"]["cpu_s"]
     print(f"a bridged call costs {ratio:.1f}x an echo call")
@@ -253,6 +294,7 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=20)
+    parser.add_argument("--rate", type=int, default=16000, choices=(16000, 24000))
     parser.add_argument("--stagger", type=float, default=0.05, help="seconds between call starts")
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument(
@@ -262,6 +304,10 @@ if __name__ == "__main__":
     parser.add_argument("--server-cpu", type=int, default=0, help="-1: do not pin")
     parser.add_argument("--client-cpu", type=int, default=1, help="-1: do not pin")
     parser.add_argument("--model-cpu", type=int, default=1, help="-1: do not pin")
+    parser.add_argument(
+        "--root", type=Path, help="run the gateway from this source tree (A/B against a checkout)"
+    )
     parser.add_argument("--serve-model", action="store_true", help=argparse.SUPPRESS)
     parsed = parser.parse_args()
+    RATE = parsed.rate
     trio.run(serve_model if parsed.serve_model else main, *([] if parsed.serve_model else [parsed]))

@@ -1,4 +1,5 @@
-"""Command line: `acs-media-gateway serve` (also `python -m gateway serve`), `simulate`, `show`.
+"""Command line: `acs-media-gateway serve` (also `python -m gateway serve`), `simulate`, `dial`,
+`show`.
 
 Owns: flags, signals, and exit codes. Everything it configures goes through `gateway.config`.
 Signals: the first SIGINT/SIGTERM drains (stop accepting, live calls get `shutdown_grace`
@@ -32,6 +33,7 @@ import trio
 
 from . import __version__, logs, processors, show
 from . import config as configuration
+from .control import command as dial_command
 from .control import plane
 from .errors import ConfigError
 from .ops import systemd
@@ -91,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
         help="directory put first on the module path before the processor is imported (default .)",
     )
     simulate_cli.add_parser(commands)
+    dial_command.add_parser(commands)
     show.add_parser(commands)
     return parser
 
@@ -193,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return simulate_cli.run(args)
     if args.command == "show":
         return show.run(args)
+    if args.command == "dial":
+        return dial_command.run(args)
     overrides = {
         "host": args.host,
         "port": args.port,

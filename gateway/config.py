@@ -115,6 +115,12 @@ def _replica_url(instance: Any, attribute: attrs.Attribute[Any], value: str | No
         )
 
 
+def _phone_number(instance: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None and not PHONE_NUMBER.fullmatch(value):
+        raise ValueError(f"{attribute.name} must be a phone number in E.164 (+14255550123)")
+
+
+PHONE_NUMBER: Final = re.compile(r"\+[1-9]\d{3,14}")  # E.164
 ROUTE_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")  # it travels in the media URL's path
 AUDIO_FORMATS: Final = ("pcm16KMono", "pcm24KMono")  # ACS's names (docs/protocol.md)
 CHANNEL_TYPES: Final = ("mixed", "unmixed")
@@ -402,6 +408,14 @@ class Config(CallSettings):
         default=14400.0,
         validator=_positive,
         metadata=_doc("Seconds a call's media and callback URLs stay valid after the answer."),
+    )
+    dial_caller_id: str | None = attrs.field(
+        default=None,
+        validator=_phone_number,
+        metadata=_doc(
+            "The ACS phone number (E.164) a phone called by `acs-media-gateway dial` sees; "
+            "dialling a phone number needs one."
+        ),
     )
     replica_url: str | None = attrs.field(
         default=None,

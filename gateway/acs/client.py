@@ -2,8 +2,9 @@
 wire and how it reads the gateway's answer. One module for the simulator, the test peers
 (`gateway.testing`) and the tests.
 
-Owns: the upgrade request (ACS's `x-ms-call-*` headers, an optional bearer token) and the check
-of its 101 answer, masked client frames, reading the server's (unmasked) frames, the inbound ACS
+Owns: ACS's upgrade headers (`x-ms-call-*`, an optional bearer token; the request itself and
+the check of its 101 answer are `gateway.wire.client_handshake`'s), masked client frames,
+reading the server's (unmasked) frames, the inbound ACS
 packets as dicts and as text, and sorting what the gateway sends into audio / stop-audio /
 other, by form (the spellings Microsoft's SDKs and samples use). Never: I/O, clocks, tasks;
 the gateway's side of the wire (`gateway.wire`); anything only the simulator needs (the echo
@@ -17,11 +18,7 @@ Per frame this module costs a few microseconds: one base64, one f-string, one XO
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import os
 import uuid
-from collections.abc import Sequence
 from typing import Any, Final
 
 import orjson
@@ -29,11 +26,17 @@ import pybase64
 
 from ..errors import CLOSE_NO_STATUS
 from ..wire import framing
+
+# The upgrade and the masked frames are the wire's; named here too, for the simulator's callers.
+from ..wire.client_handshake import MAX_RESPONSE_HEAD as MAX_RESPONSE_HEAD
+from ..wire.client_handshake import UpgradeRefused as UpgradeRefused
+from ..wire.client_handshake import parse_upgrade_response as parse_upgrade_response
+from ..wire.client_handshake import upgrade_request as upgrade_request
+from ..wire.framing import masked_frame as masked_frame
+from ..wire.framing import masked_header as masked_header
 from .packets import frame_bytes
 
 TIMESTAMP: Final = "2024-11-15T19:16:12.925Z"  # ACS sends ISO-8601; gateways do not interpret it
-_ACCEPT_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
-MAX_RESPONSE_HEAD: Final = 16384
 
 # -- the upgrade --
 
@@ -52,71 +55,7 @@ def acs_headers(
     return headers
 
 
-def upgrade_request(
-    host: str, resource: str, headers: Sequence[tuple[str, str]], key: bytes | None = None
-) -> tuple[bytes, bytes]:
-    """The HTTP upgrade request ACS sends, and the `Sec-WebSocket-Accept` value to expect.
-    `key` (base64 of 16 bytes) is random unless given, e.g. for byte-reproducible requests."""
-    key = key or base64.b64encode(os.urandom(16))
-    lines = [
-        f"GET {resource} HTTP/1.1",
-        f"Host: {host}",
-        "Upgrade: websocket",
-        "Connection: Upgrade",
-        f"Sec-WebSocket-Key: {key.decode()}",
-        "Sec-WebSocket-Version: 13",
-        *(f"{name}: {value}" for name, value in headers),
-    ]
-    accept = base64.b64encode(hashlib.sha1(key + _ACCEPT_GUID).digest())
-    return ("\r\n".join(lines) + "\r\n\r\n").encode(), accept
-
-
-class UpgradeRefused(Exception):
-    """The server answered the upgrade with something other than a valid 101."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(f"upgrade refused: {status} {detail}".strip())
-        self.status = status
-
-
-def parse_upgrade_response(buffer: bytearray, accept: bytes) -> int | None:
-    """Bytes of `buffer` taken by a complete 101 response, or None while the head is
-    incomplete. Raises `UpgradeRefused` for any other status or a wrong accept key."""
-    end = buffer.find(b"\r\n\r\n")
-    if end < 0:
-        if len(buffer) > MAX_RESPONSE_HEAD:
-            raise UpgradeRefused(0, "response head too long")
-        return None
-    head = bytes(buffer[:end]).decode("latin-1").split("\r\n")
-    parts = head[0].split(" ", 2)
-    try:
-        status = int(parts[1])
-    except (IndexError, ValueError):
-        raise UpgradeRefused(0, f"not HTTP: {head[0][:60]!r}") from None
-    if status != 101:
-        raise UpgradeRefused(status, parts[2] if len(parts) > 2 else "")
-    fields = {}
-    for line in head[1:]:
-        name, _, value = line.partition(":")
-        fields[name.strip().lower()] = value.strip()
-    if fields.get("sec-websocket-accept", "").encode() != accept:
-        raise UpgradeRefused(101, "wrong Sec-WebSocket-Accept")
-    return end + 4
-
-
 # -- frames --
-
-
-def masked_header(opcode: int, length: int, mask: bytes) -> bytes:
-    """The header of one final client frame of `length` payload bytes, ending with `mask`."""
-    head = bytearray(framing.frame_header(opcode, length))
-    head[1] |= 0x80
-    return bytes(head) + mask
-
-
-def masked_frame(opcode: int, payload: bytes, mask: bytes) -> bytes:
-    """One final client frame. Masking is the same XOR as unmasking."""
-    return masked_header(opcode, len(payload), mask) + framing.unmask(payload, mask)
 
 
 def masked_text(text: str, mask: bytes) -> bytes:

@@ -28,21 +28,23 @@ class _SoxrStream(Protocol):
 
     def resample_chunk(self, x: NDArray[np.int16], last: bool = False) -> NDArray[np.int16]: ...
 
-    def clear(self) -> None: ...
-
 
 class StreamResampler:
     """Resample one continuous PCM16 mono stream from `src_rate` to `dst_rate`.
 
     `process(pcm)` returns what is ready (possibly b""); `flush()` returns the held-back tail and
     starts a new stream; `reset()` forgets everything held back (barge-in: stale audio).
-    With equal rates it is the identity and costs nothing.
+    With equal rates it is the identity and costs nothing. Between `flush()` or `reset()` and
+    the next `process()` it holds no soxr state at all.
     """
 
     def __init__(self, src_rate: int, dst_rate: int) -> None:
         self.src_rate = src_rate
         self.dst_rate = dst_rate
-        self._stream = None if src_rate == dst_rate else self._open()
+        self._identity = src_rate == dst_rate
+        # Opened at first use and dropped at flush or reset: an open soxr stream holds about
+        # 50 KB, and a bot's voice is silent between its replies.
+        self._stream: _SoxrStream | None = None
 
     def _open(self) -> _SoxrStream:
         import soxr  # optional: the `realtime` extra
@@ -53,26 +55,26 @@ class StreamResampler:
         return stream
 
     def process(self, pcm: bytes) -> bytes:
-        if self._stream is None:
+        if self._identity:
             return pcm
         if len(pcm) % BYTES_PER_SAMPLE:
             raise ValueError(f"PCM16 must be whole samples; got {len(pcm)} bytes")
         import numpy as np
 
-        out = self._stream.resample_chunk(np.frombuffer(pcm, dtype=np.int16))
-        return out.tobytes()
+        stream = self._stream
+        if stream is None:
+            stream = self._stream = self._open()
+        return stream.resample_chunk(np.frombuffer(pcm, dtype=np.int16)).tobytes()
 
     def flush(self) -> bytes:
         """End of the stream: everything still held back; the next `process` starts afresh."""
-        if self._stream is None:
+        stream, self._stream = self._stream, None
+        if stream is None:
             return b""
         import numpy as np
 
-        out = self._stream.resample_chunk(np.zeros(0, dtype=np.int16), last=True).tobytes()
-        self._stream = self._open()
-        return out
+        return stream.resample_chunk(np.zeros(0, dtype=np.int16), last=True).tobytes()
 
     def reset(self) -> None:
         """Forget what is held back (it is stale: the caller interrupted)."""
-        if self._stream is not None:
-            self._stream.clear()
+        self._stream = None

@@ -1,8 +1,9 @@
-"""Answering a call through the official SDK, `azure-communication-callautomation`.
+"""Answering and placing calls through the official SDK, `azure-communication-callautomation`.
 
-Owns: the answer request (`AnswerRequest`: the `MediaStreamingOptions` of a route), the SDK
-client and its credentials, which the control handles of the calls it answered share
-(`SdkAnswerer.control`). Never: routing or tokens (`gateway.control.plane` makes the URLs).
+Owns: the answer request (`AnswerRequest`: the `MediaStreamingOptions` of a route), the
+createCall request of an outbound call (`DialRequest`), the SDK client and its credentials,
+which the control handles of the calls it answered share (`SdkAnswerer.control`). Never:
+routing or tokens (`gateway.control.answering` makes the URLs).
 
 The SDK's sync client runs in `trio.to_thread.run_sync`: its async client needs an asyncio
 transport (aiohttp), and azure-core's Trio transport is itself requests in a worker thread, so
@@ -43,6 +44,28 @@ class AnswerRequest:
     route: Route
 
 
+@attrs.frozen
+class DialRequest:
+    """An outbound call: `target` and `caller_id` are SDK identifiers (`gateway.control.dial`)."""
+
+    target: Any
+    callback_url: str = attrs.field(repr=False)  # carries the call's token
+    transport_url: str = attrs.field(repr=False)  # likewise
+    route: Route
+    caller_id: Any = None  # a PhoneNumberIdentifier: what a phone shows (PSTN needs one)
+    display_name: str | None = None
+
+
+class StreamingTarget(Protocol):
+    """What media streaming needs of a request: where to stream, and the route's options."""
+
+    @property
+    def transport_url(self) -> str: ...
+
+    @property
+    def route(self) -> Route: ...
+
+
 class AnswerFailed(Exception):
     """ACS refused the answer, or could not be reached; `code` is the HTTP status if any."""
 
@@ -62,7 +85,7 @@ class Answerer(Protocol):
         ...
 
 
-def media_streaming_options(request: AnswerRequest) -> Any:
+def media_streaming_options(request: StreamingTarget) -> Any:
     """The SDK's `MediaStreamingOptions` for a route (docs/protocol.md lists the wire keys)."""
     from azure.communication.callautomation import MediaStreamingOptions
 
@@ -95,7 +118,8 @@ class SdkAnswerer:
             from azure.communication.callautomation import CallAutomationClient
         except ImportError:
             raise ConfigError(
-                "answering calls needs the control extra: pip install 'acs-media-gateway[control]'"
+                "answering or placing calls needs the control extra: "
+                "pip install 'acs-media-gateway[control]'"
             ) from None
         if config.acs_endpoint is not None:
             from azure.identity import DefaultAzureCredential
@@ -125,6 +149,31 @@ class SdkAnswerer:
 
         connection = self._client.get_call_connection(call_connection_id)
         return CallControl(connection, call_connection_id, incoming, timeout=self._timeout)
+
+    async def dial(self, request: DialRequest) -> tuple[str, str]:
+        """Place a call; its call connection id and correlation id. Raises `AnswerFailed`."""
+        return await trio.to_thread.run_sync(self._dial, request, abandon_on_cancel=True)
+
+    def _dial(self, request: DialRequest) -> tuple[str, str]:
+        from azure.core.exceptions import AzureError, HttpResponseError
+
+        try:
+            result = self._client.create_call(
+                request.target,
+                request.callback_url,
+                source_caller_id_number=request.caller_id,
+                source_display_name=request.display_name,
+                media_streaming=media_streaming_options(request),
+                operation_context=f"route:{request.route.name}",
+                connection_timeout=self._timeout,
+                read_timeout=self._timeout,
+                retry_total=0,
+            )
+        except HttpResponseError as exc:
+            raise AnswerFailed(_first_line(exc), exc.status_code) from None
+        except AzureError as exc:
+            raise AnswerFailed(_first_line(exc)) from None
+        return str(result.call_connection_id), str(result.correlation_id or "")
 
     def _answer(self, request: AnswerRequest) -> str:
         from azure.core.exceptions import AzureError, HttpResponseError

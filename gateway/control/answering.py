@@ -168,26 +168,37 @@ class Answering:
 
     def media_url(self, route: str, token: str = "...") -> str:
         """The transport URL of a route (`token` elided by default: the URL as logged)."""
-        base = (self.config.public_url or "").rstrip("/")
-        return f"wss{base[len('https') :]}{routing.MEDIA_PREFIX}{route}?token={token}"
+        return media_url(self.config, route, token)
 
     def _request(self, call: IncomingCall, route: Route) -> AnswerRequest:
-        assert self.config.public_url is not None
-        home = self.config.replica_url
-        media = quote(self.tokens.issue(route.name, call.correlation_id, "media", home))
-        callback = quote(self.tokens.issue(route.name, call.correlation_id, "callback", home))
-        return AnswerRequest(
-            call.incoming_call_context,
-            f"{self.config.public_url.rstrip('/')}{CALLBACK_PATH}?token={callback}",
-            self.media_url(route.name, media),
-            route,
-        )
+        home = self.config.replica_url  # the replica that remembers the call
+        callback, media = call_urls(self.config, self.tokens, route.name, call.correlation_id, home)
+        return AnswerRequest(call.incoming_call_context, callback, media, route)
 
     def _remember(self, correlation_id: str, incoming: IncomingCallData | None) -> _Answered:
         answered = self.answered[correlation_id] = _Answered(incoming)
         while len(self.answered) > RECENT_CALLS:
             self.answered.popitem(last=False)
         return answered
+
+
+def media_url(config: Config, route: str, token: str = "...") -> str:
+    """The transport URL of a route on `public_url` (`token` elided by default)."""
+    base = (config.public_url or "").rstrip("/")
+    return f"wss{base[len('https') :]}{routing.MEDIA_PREFIX}{route}?token={token}"
+
+
+def call_urls(
+    config: Config, tokens: CallTokens, route: str, call_id: str, home: str | None = None
+) -> tuple[str, str]:
+    """The callback URL and the media transport URL of one call, each with its own token;
+    `call_id` is the correlation id of a call we answer, the dial id of one we place; `home`
+    the replica that answered it (None: none remembers it)."""
+    assert config.public_url is not None
+    media = quote(tokens.issue(route, call_id, "media", home))
+    callback = quote(tokens.issue(route, call_id, "callback", home))
+    base = config.public_url.rstrip("/")
+    return f"{base}{CALLBACK_PATH}?token={callback}", media_url(config, route, media)
 
 
 def _incoming_data(data: Mapping[str, Any]) -> IncomingCallData | None:

@@ -1,7 +1,8 @@
 """The callback endpoint (`/callbacks`): the Call Automation events of the calls we answered.
 
-Owns: admitting a callback (a callback token for the call of every event it carries and, with
-`acs_resource_id` set, ACS's JWT), then logging and counting each event, with a sentence a
+Owns: admitting a callback (a callback token for the call of every event it carries, or for a
+call we placed, whose correlation id the token cannot name, events of one call; with
+`acs_resource_id` set, ACS's JWT too), then logging and counting each event, with a sentence a
 person can act on for the failures (`gateway.control.diagnostics`), and handing the admitted
 events to `deliver` (the plane: the events that act on a live call reach the replica holding
 it, `gateway.control.live`). Never: calls ACS. Anything refused gets a 4xx, is counted and
@@ -51,7 +52,8 @@ class CallbackEndpoint:
             status = 401 if exc.reason == "missing" else 403
             answer = text_answer(status, "call token refused")
             return refused(self.stats, f"callback_{exc.reason}", answer)
-        if any(e.data.get("correlationId") != grant.correlation_id for e in events):
+        calls = {e.data.get("correlationId") for e in events}
+        if calls != {grant.correlation_id} and not (grant.dialled and len(calls) == 1):
             answer = text_answer(403, "event for another call")
             return refused(self.stats, "callback_other_call", answer)
         if self.auth is not None:

@@ -17,6 +17,8 @@ from typing import Any, Final
 import attrs
 import orjson
 
+from .tokens import DIAL_PREFIX
+
 INCOMING_CALL: Final = "Microsoft.Communication.IncomingCall"
 SUBSCRIPTION_VALIDATION: Final = "Microsoft.EventGrid.SubscriptionValidationEvent"
 MAX_EVENTS: Final = 100  # Event Grid batches hold at most 5000 by default; ACS sends one or few
@@ -72,6 +74,8 @@ class IncomingCall:
             raise BadBody("IncomingCall data has no incomingCallContext")
         if not isinstance(correlation, str) or not correlation:
             raise BadBody("IncomingCall data has no correlationId")
+        if correlation.startswith(DIAL_PREFIX):  # the tokens of calls we place say this
+            raise BadBody("IncomingCall correlationId is not ACS's")
         headers: dict[str, str] = {}
         custom = data.get("customContext") or {}
         for group in ("sipHeaders", "voipHeaders"):

@@ -201,7 +201,8 @@ class ControlPlane:
             status = 401 if exc.reason == "missing" else 403
             return self._refuse(f"media_{exc.reason}", Reject(status, "call token refused"))
         correlation = handshake.headers.get("x-ms-call-correlation-id")
-        if grant.route != name or (correlation is not None and correlation != grant.correlation_id):
+        other_call = correlation is not None and correlation != grant.correlation_id
+        if grant.route != name or (other_call and not grant.dialled):
             return self._refuse("media_other_call", Reject(403, "call token is for another call"))
         try:
             control = await self.reach.control(grant, handshake.headers)
@@ -291,17 +292,22 @@ def from_config(
         return ControlPlane(config, processors, load_processor=load_processor)
     from .answer import SdkAnswerer
 
-    key = environ.get(CALL_TOKEN_KEY_ENV, "")
-    if len(key.encode()) < 32:
-        raise ConfigError(f"public_url is set: ${CALL_TOKEN_KEY_ENV} must hold 32 bytes or more")
     return ControlPlane(
         config,
         processors,
         answerer=SdkAnswerer.from_config(config, environ, **client_options),
-        tokens=CallTokens(key.encode(), config.call_token_lifetime),
+        tokens=call_tokens(config, environ),
         eventgrid_secret=environ.get(EVENTGRID_SECRET_ENV),
         load_processor=load_processor,
     )
+
+
+def call_tokens(config: Config, environ: Mapping[str, str]) -> CallTokens:
+    """The call tokens of the replicas' shared key (`$ACS_GATEWAY_CALL_TOKEN_KEY`)."""
+    key = environ.get(CALL_TOKEN_KEY_ENV, "")
+    if len(key.encode()) < 32:
+        raise ConfigError(f"public_url is set: ${CALL_TOKEN_KEY_ENV} must hold 32 bytes or more")
+    return CallTokens(key.encode(), config.call_token_lifetime)
 
 
 def route_processors(

@@ -12,6 +12,10 @@ The token is `v1.<payload>.<mac>`: base64url (no padding) of a compact JSON payl
 (`gateway.control.replicas`), and of its
 HMAC-SHA256 under the replicas' shared key. The MAC is checked in constant time before the
 payload is read; the wall clock (shared by replicas, unlike Trio's clock) decides expiry.
+
+A call this gateway places (`gateway.control.dial`) has no correlation id when its URLs are
+made: ACS assigns one when it creates the call. Its tokens name a dial id (`dial:<uuid>`)
+instead, and are `dialled`: the plane cannot compare them with the call's correlation id.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import orjson
 
 VERSION: Final = "v1"
 MAX_TOKEN_CHARS: Final = 1024  # a real token is ~150 characters; longer is not ours
+DIAL_PREFIX: Final = "dial:"  # in place of the correlation id: a call we placed
 Purpose = Literal["media", "callback"]
 
 
@@ -48,6 +53,11 @@ class CallGrant:
     purpose: Purpose
     expires: int
     home: str | None = None  # the answering replica's `replica_url`; None: one replica
+
+    @property
+    def dialled(self) -> bool:
+        """A call this gateway placed: the token names its dial id, not its correlation id."""
+        return self.correlation_id.startswith(DIAL_PREFIX)
 
 
 def _b64(data: bytes) -> str:

@@ -69,13 +69,15 @@ def checks(
     maxima: Iterable[tuple[str, float]] = (),
     minima: Iterable[tuple[str, float]] = (),
     require_form: str | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Everything that fails the run: the thresholds given, the default maxima (`DEFAULT_MAXIMA`,
-    each replaced by a `--max` of the same metric), and a form other than `require_form`."""
+    each replaced by a `--max` of the same metric), and a form other than `require_form`.
+    `extra`: more metrics the thresholds may name (the control mode's)."""
     maxima = list(maxima)
     given = {name for name, _ in maxima}
     maxima += [(name, limit) for name, limit in DEFAULT_MAXIMA if name not in given]
-    totals = report.totals()
+    totals = {**report.totals(), **(extra or {})}
     out = missed(totals, maxima, minima)
     if require_form is not None:
         others = {
@@ -120,5 +122,14 @@ THRESHOLD_METRICS: Final = frozenset(
         "send_late_p99_ms",
         "send_late_max_ms",
         "simulator_cpu_pct",
+        # the control mode's (`control_report.totals`)
+        "calls_answered",
+        "calls_streaming",
+        "answer_p50_ms",
+        "answer_p99_ms",
+        "media_connect_p50_ms",
+        "media_connect_p99_ms",
+        "gateway_answer_p50_ms",
+        "gateway_answer_p99_ms",
     }
 )

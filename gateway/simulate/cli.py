@@ -1,4 +1,5 @@
-"""`acs-media-gateway simulate URL`: the subcommand's flags, and turning them into a run.
+"""`acs-media-gateway simulate URL` (or `--control`): the subcommand's flags, and turning them
+into a run.
 
 Owns: flags, output (table, JSON, plot, recordings) and exit codes. Never: sending audio.
 
@@ -10,6 +11,7 @@ replay came back different; 2 bad flags or files.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from typing import Any
@@ -23,10 +25,12 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     """Add `simulate` to the main parser's subcommands."""
     p: argparse.ArgumentParser = commands.add_parser(
         "simulate",
-        help="run simulated ACS calls against a gateway (load test, barge-in, replay)",
+        help="run simulated ACS calls against a gateway (load test, barge-in, replay, --control)",
         description="Run N simulated ACS calls against a gateway and report what came back.",
     )
-    p.add_argument("url", help="the gateway's ws:// or wss:// URL (path included)")
+    p.add_argument(
+        "url", nargs="?", help="the gateway's ws:// or wss:// URL (path included; not --control)"
+    )
     load = p.add_argument_group("load")
     load.add_argument("--calls", type=int, default=1, help="concurrent calls (default 1)")
     load.add_argument("--duration", type=float, default=10.0, help="seconds per call (10)")
@@ -104,6 +108,28 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         choices=("sdk", "pascal", "java"),
         help="fail if the gateway sends any message in another form (sdk: the JS SDK's)",
     )
+    control = p.add_argument_group(
+        "control plane (--control: whole calls through a fake ACS, docs/simulate.md)"
+    )
+    control.add_argument(
+        "--control",
+        action="store_true",
+        help="ring each call through a fake ACS: answer, media, then an end (--end)",
+    )
+    control.add_argument(
+        "--gateway",
+        metavar="URL",
+        help="a running gateway's public https:// URL (default: start one in this process)",
+    )
+    control.add_argument("--end", default="mix", choices=("caller", "bot", "transfer", "mix"))
+    control.add_argument(
+        "--acs-fault",
+        choices=("refuse-answer", "fail-streaming", "drop-callbacks"),
+        help="the fake ACS misbehaves so",
+    )
+    control.add_argument(
+        "--acs-ca", metavar="FILE", help="write the fake ACS's CA here (--gateway's trust)"
+    )
     net = p.add_argument_group("connection")
     net.add_argument(
         "--token", help=f"bearer token for the Authorization header (better: ${TOKEN_ENV})"
@@ -161,6 +187,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         maxima = [checks.parse_threshold(t) for t in args.max]
         minima = [checks.parse_threshold(t) for t in args.min]
+        if args.control:
+            if args.url is not None or args.replay or args.processes != 1:
+                raise ValueError(
+                    "--control takes no URL, --replay or --processes (--gateway URL names a "
+                    "running gateway by its public https:// URL)"
+                )
+            return _control(args, maxima, minima)
+        if args.url is None:
+            raise ValueError("give the gateway's ws:// URL, or --control")
         # Flags are named after the Options fields they set (`dest`); these few need work.
         worked: dict[str, Any] = {
             "wavs": tuple(args.wavs),
@@ -199,6 +234,64 @@ def run(args: argparse.Namespace) -> int:
     for line in problems:
         print(f"FAILED: {line}", file=sys.stderr)
     return 1 if problems else 0
+
+
+def _control(
+    args: argparse.Namespace, maxima: list[tuple[str, float]], minima: list[tuple[str, float]]
+) -> int:
+    import trio
+
+    from ..errors import ConfigError
+    from ..testing.fake_acs import FakeAcsError
+    from . import control, control_report
+
+    options = control.ControlOptions(
+        calls=args.calls,
+        duration=args.duration,
+        ramp=args.ramp,
+        sample_rate=args.sample_rate,
+        end=args.end,
+        expect=args.expect,
+        gateway=args.gateway,
+        ca_file=args.ca_file,
+        insecure=args.insecure,
+        acs_ca=args.acs_ca,
+        fault=args.acs_fault,
+        timeout=args.connect_timeout,
+    )
+    needs = ["trustme"] if args.gateway else ["trustme", "azure.communication.callautomation"]
+    for module in needs:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ImportError:
+            found = False
+        if not found:
+            raise ValueError(
+                "--control needs the testing and control extras: "
+                "pip install 'acs-media-gateway[testing,control]'"
+            )
+    try:
+        outcome = trio.run(control.run, options)
+    except BaseExceptionGroup as group:  # the fake ACS's nursery: the gateway did not subscribe
+        faults, rest = group.split((FakeAcsError, ConfigError, OSError))
+        if faults is None or rest is not None:
+            raise
+        raise ValueError(f"--control: {_first(faults)}") from None
+    problems = control_report.problems(outcome, maxima, minima)
+    if args.json:
+        _print_json(control_report.to_json(outcome, problems))
+    else:
+        print(control_report.table(outcome))
+    for line in problems:
+        print(f"FAILED: {line}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    return leaf
 
 
 def _replay(args: argparse.Namespace, options: Any) -> int:

@@ -8,6 +8,7 @@ key set served on loopback), the real SDK answering with the fake's connection s
     async with open_answering_gateway(routes, {"agent": agent}) as gw:
         call = await gw.acs.ring(to="+18005550100")
         await call.media_connected.wait()      # answered through the SDK, media to the gateway
+        placed = await gw.dialer().dial("+14255550123", caller_id="+18005550100")
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -31,6 +32,9 @@ from ..processors import Processor, load
 from ..server.serve import Server, serve
 from .acs_auth import AcsTokenIssuer, serve_key_set
 from .fake_acs import RESOURCE_ID, FakeAcs, open_fake_acs
+
+if TYPE_CHECKING:
+    from ..control.dial import Dialer
 
 SECRET = "eventgrid-secret-for-tests"
 CALL_TOKEN_KEY = "k" * 32
@@ -44,6 +48,13 @@ class AnsweringGateway:
     server: Server
     control: ControlPlane
     public_url: str
+    environ: dict[str, str] = attrs.Factory(dict)  # the gateway's: credentials, keys, secret
+
+    def dialer(self) -> Dialer:
+        """A `Dialer` with the gateway's configuration, placing calls through the fake."""
+        from ..control.dial import Dialer  # the SDK: the control extra
+
+        return Dialer.from_config(self.control.config, self.environ, **self.acs.sdk_options)
 
 
 @asynccontextmanager
@@ -103,7 +114,7 @@ async def open_answering_gateway(
                 server: Server = await nursery.start(start)
                 try:
                     await acs.subscribe(f"{public_url}/eventgrid?secret={SECRET}")
-                    yield AnsweringGateway(acs, server, control, public_url)
+                    yield AnsweringGateway(acs, server, control, public_url, environ)
                 finally:
                     server.stop_now()
             nursery.cancel_scope.cancel()

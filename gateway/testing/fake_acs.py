@@ -2,15 +2,16 @@
 on loopback, for tests and the simulator.
 
 Owns: an HTTPS server (a throwaway CA) with the part of the Call Automation REST API the gateway
-uses (answer, get, hang up, terminate, transfer, start/stop media streaming), each request's
-HMAC signature checked as ACS checks it (401 otherwise); Event Grid delivery of `IncomingCall`
-after the subscription validation handshake; callbacks (CloudEvents, one ACS-style JWT each) to
-the `callbackUri` given in the answer; and the media WebSocket, opened with the simulated ACS
-peer to the answer's `transportUrl` when streaming starts. Knobs make it misbehave as ACS can:
-refuse answers, fail streaming (400/8581), drop callbacks, delay its REST replies, and hang up
-from the caller's side.
+uses (answer, create a call, get, hang up, terminate, transfer, start/stop media streaming),
+each request's HMAC signature checked as ACS checks it (401 otherwise); Event Grid delivery of
+`IncomingCall` after the subscription validation handshake; callbacks (CloudEvents, one
+ACS-style JWT each) to the `callbackUri` given in the answer or createCall; and the media
+WebSocket, opened with the simulated ACS peer to the request's `transportUrl` when streaming
+starts. Knobs make it misbehave as ACS can: refuse answers or calls placed, fail streaming
+(400/8581), drop callbacks, delay its REST replies, and hang up from the caller's side.
 
-Never reaches beyond loopback, never blocks Trio. The REST handlers live in `fake_acs_rest`.
+Never reaches beyond loopback, never blocks Trio. The REST handlers live in `fake_acs_rest`
+(createCall in `fake_acs_dial`), the media WebSocket in `fake_acs_media`.
 
     async with open_fake_acs() as acs:
         await acs.subscribe(webhook_url)          # Event Grid's validation handshake
@@ -37,12 +38,11 @@ import attrs
 import httpx
 import orjson
 import trio
-from trio_websocket import HandshakeError
 
 from . import acs_events
 from .acs_auth import AcsTokenIssuer, bearer
 from .http_server import serve_http
-from .peer import SimulatedCall, simulated_call
+from .peer import SimulatedCall
 
 if TYPE_CHECKING:
     import trustme  # a test dependency: imported only when a fake ACS runs
@@ -85,14 +85,15 @@ class FakeCall:
     disconnected; `answer` is the answer request's body as sent."""
 
     to: str
-    caller: str
+    caller: str  # for a call the application placed: the caller id it showed, or its source
     call_connection_id: str
     server_call_id: str
     correlation_id: str
     incoming_call_context: str
     event: dict[str, Any]
     state: str = "ringing"
-    answer: dict[str, Any] | None = None
+    answer: dict[str, Any] | None = None  # or the createCall body, for a call placed
+    direction: str = "inbound"  # "outbound": the application placed it (`fake_acs_dial`)
     delivery: Delivery | None = None  # the IncomingCall post
     callbacks: list[Delivery] = attrs.Factory(list)
     transfers: list[dict[str, Any]] = attrs.Factory(list)  # transfer request bodies
@@ -153,6 +154,8 @@ class FakeAcs:
     fail_streaming: bool = False  # MediaStreamingFailed 400/8581 instead of connecting
     drop_callbacks: bool = False
     rest_delay: float = 0.0  # seconds before each REST reply
+    dial_status: int = 201  # anything else refuses createCall with that status
+    ring_seconds: float = 0.0  # a placed call rings this long before the callee picks up
 
     @property
     def connection_string(self) -> str:
@@ -250,70 +253,10 @@ class FakeAcs:
 
     async def run_media(self, call: FakeCall) -> None:
         """Open the media WebSocket as ACS does and keep it until streaming stops, the call
-        ends, or the gateway closes it. A connection that fails earns MediaStreamingFailed."""
-        options = call.media_options
-        url = options.get("transportUrl")
-        if call.state != "connected":
-            return
-        if not url:
-            await self._streaming_failed(call, "streamUrlMissing")
-            return
-        if self.fail_streaming:
-            await self._streaming_failed(call, "streamConnectionUnsuccessful")
-            return
-        rate = 24000 if str(options.get("audioFormat", "")).lower() == "pcm24kmono" else 16000
-        token = self.issuer.token(audience=self.resource_id)
-        call.stop_media = trio.Event()
-        connected = False
-        try:
-            async with simulated_call(
-                url,
-                sample_rate=rate,
-                connection_id=call.call_connection_id,
-                correlation_id=call.correlation_id,
-                headers=[bearer(token)],
-                ssl_context=self.client_ssl if url.startswith("wss:") else None,
-            ) as media:
-                connected = True
-                call.media = media
-                call.media_sessions += 1
-                if call.media_connected_at is None:
-                    call.media_connected_at = trio.current_time()
-                call.media_connected.set()
-                await self.callback(
-                    call,
-                    "MediaStreamingStarted",
-                    result=(200, 0, "Action completed successfully."),
-                    mediaStreamingUpdate=acs_events.streaming_update(
-                        "mediaStreamingStarted", "subscriptionStarted"
-                    ),
-                )
-                async with trio.open_nursery() as watch:
-                    watch.start_soon(_cancel_when, media.closed, watch.cancel_scope)
-                    await call.stop_media.wait()
-                    watch.cancel_scope.cancel()
-        except (OSError, HandshakeError, trio.BrokenResourceError, ExceptionGroup):
-            if connected:
-                raise
-            await self._streaming_failed(call, "initialWebSocketConnectionFailed")
-            return
-        if call.state != "disconnected":
-            await self.callback(
-                call,
-                "MediaStreamingStopped",
-                result=(200, 0, "Action completed successfully."),
-                mediaStreamingUpdate=acs_events.streaming_update(
-                    "mediaStreamingStopped", "subscriptionStopped"
-                ),
-            )
+        ends, or the gateway closes it (`fake_acs_media`)."""
+        from .fake_acs_media import run_media
 
-    async def _streaming_failed(self, call: FakeCall, details: str) -> None:
-        await self.callback(
-            call,
-            "MediaStreamingFailed",
-            result=TRANSPORT_FAILED,
-            mediaStreamingUpdate=acs_events.streaming_update("mediaStreamingFailed", details),
-        )
+        await run_media(self, call)
 
     async def _post(self, url: str, kind: str, body: Any, headers: Mapping[str, str]) -> Delivery:
         delivery = Delivery(kind, body)
@@ -331,21 +274,19 @@ class FakeAcs:
         return delivery
 
 
-async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
-    await event.wait()
-    scope.cancel()
-
-
 @asynccontextmanager
 async def open_fake_acs(
     *,
     issuer: AcsTokenIssuer | None = None,
     resource_id: str = RESOURCE_ID,
     client_ssl: ssl.SSLContext | None = None,
+    port: int = 0,
+    access_key: str | None = None,
 ) -> AsyncIterator[FakeAcs]:
-    """Run a fake ACS on 127.0.0.1 (port 0) over HTTPS with a throwaway CA. `issuer` signs
-    the callback and media tokens (audience `resource_id`); `client_ssl` is what the fake
-    trusts when it calls the application over TLS (webhooks, callbacks, wss://)."""
+    """Run a fake ACS on 127.0.0.1 (`port`, 0: any free one) over HTTPS with a throwaway CA.
+    `issuer` signs the callback and media tokens (audience `resource_id`); `client_ssl` is
+    what the fake trusts when it calls the application over TLS (webhooks, callbacks, wss://);
+    `access_key` (base64; default a random one) is the key of its connection string."""
     import trustme  # the `test` extra: `import gateway.testing` must work without it
 
     from .fake_acs_rest import handler  # the REST handlers need FakeAcs defined
@@ -353,7 +294,7 @@ async def open_fake_acs(
     ca = trustme.CA()
     server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1", "localhost").configure_cert(server_ssl)
-    access_key = base64.b64encode(secrets.token_bytes(32)).decode()
+    access_key = access_key or base64.b64encode(secrets.token_bytes(32)).decode()
     with tempfile.TemporaryDirectory(prefix="fake-acs-") as folder:
         ca_path = str(Path(folder) / "ca.pem")
         ca.cert_pem.write_to_path(ca_path)
@@ -373,7 +314,7 @@ async def open_fake_acs(
                 )
                 server = await nursery.start(
                     lambda task_status: serve_http(
-                        handler(acs), ssl_context=server_ssl, task_status=task_status
+                        handler(acs), ssl_context=server_ssl, port=port, task_status=task_status
                     )
                 )
                 acs.endpoint = server.url

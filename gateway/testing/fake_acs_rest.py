@@ -18,9 +18,11 @@ import trio
 from . import acs_events
 from .acs_hmac import refusal
 from .fake_acs import FakeAcs, FakeCall, RestRequest
+from .fake_acs_dial import create_call
 from .http_server import Handler, HttpRequest, HttpResponse
 
 ANSWER = re.compile(r"^/calling/callConnections:answer$")
+CREATE = "/calling/callConnections"
 CONNECTION = re.compile(r"^/calling/callConnections/(?P<id>[^/:]+)(?::(?P<action>\w+))?$")
 
 
@@ -43,13 +45,14 @@ def properties(call: FakeCall) -> dict[str, Any]:
             "active" if call.media is not None and not call.stop_media.is_set() else "inactive"
         )
     state = {"ringing": "connecting"}.get(call.state, call.state)
+    ours, theirs = (call.to, call.caller) if call.direction == "inbound" else (call.caller, call.to)
     return {
         "callConnectionId": call.call_connection_id,
         "serverCallId": call.server_call_id,
-        "targets": [acs_events.identifier(call.caller)],
+        "targets": [acs_events.identifier(theirs)],
         "callConnectionState": state,
         "callbackUri": call.callback_uri,
-        "source": acs_events.identifier(call.to),
+        "source": acs_events.identifier(ours),
         "correlationId": call.correlation_id,
         "mediaStreamingSubscription": {
             "id": call.call_connection_id,
@@ -87,11 +90,13 @@ def _route(acs: FakeAcs, request: HttpRequest, why: str | None) -> HttpResponse:
         return _error(400, "BadRequest", "The request body must be a JSON object.")
     if request.method == "POST" and ANSWER.match(url.path):
         return _answer(acs, body)
+    if request.method == "POST" and url.path == CREATE:
+        return _json(*create_call(acs, body))
     match = CONNECTION.match(url.path)
     if match is None:
         return _error(404, "NotFound", f"No such operation: {request.method} {url.path}")
     call = acs.calls.get(match["id"])
-    if call is None or call.state == "ringing":
+    if call is None or (call.state == "ringing" and call.direction == "inbound"):
         return _error(404, "8522", "Call not found.")
     action = (request.method, match["action"])
     if action == ("GET", None):
@@ -131,11 +136,12 @@ def _answer(acs: FakeAcs, body: dict[str, Any]) -> HttpResponse:
     call.state = "connected"
     call.answered_at = trio.current_time()
     call.answered.set()
-    acs.nursery.start_soon(_connected, acs, call)
+    acs.nursery.start_soon(connected, acs, call)
     return _json(200, properties(call))
 
 
-async def _connected(acs: FakeAcs, call: FakeCall) -> None:
+async def connected(acs: FakeAcs, call: FakeCall) -> None:
+    """The call is up: CallConnected, then its media WebSocket if streaming starts with it."""
     await acs.callback(
         call, "CallConnected", operation_context=(call.answer or {}).get("operationContext")
     )

@@ -73,7 +73,10 @@ class _Stallable(trio.abc.Stream):
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         while self.model.silent:
             await self.model._unstalled.park()
-        return await self.inner.receive_some(max_bytes)
+        data = await self.inner.receive_some(max_bytes)
+        while self.model.silent:  # it went silent during the read: those bytes wait too
+            await self.model._unstalled.park()
+        return data
 
     async def aclose(self) -> None:
         await self.inner.aclose()

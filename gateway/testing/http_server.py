@@ -93,11 +93,12 @@ async def serve_http(
     handler: Handler,
     *,
     ssl_context: ssl.SSLContext | None = None,
+    port: int = 0,
     task_status: trio.TaskStatus[HttpServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve `handler` on 127.0.0.1 (port 0), over TLS when `ssl_context` is given, until
-    cancelled."""
-    sockets = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    """Serve `handler` on 127.0.0.1 (`port`, 0: any free one), over TLS when `ssl_context` is
+    given, until cancelled."""
+    sockets = await trio.open_tcp_listeners(port, host="127.0.0.1")
     port = sockets[0].socket.getsockname()[1]
     listeners: list[trio.abc.Listener[Any]] = list(sockets)
     if ssl_context is not None:

@@ -6,8 +6,9 @@ Never: parsing, I/O, or mutable state.
 A message's kind is its type (`TextMessage` or `BinaryMessage`), and its payload is `data`,
 the bytes as they came off the wire: the codec hands them to orjson without another copy.
 A `TextMessage`'s data has been checked to be UTF-8 by the frame reader, so the codec need not
-check it again. `Ping` is the ping's payload itself (a `bytes`), for the pong; pongs are
-consumed by the frame reader and never become events; `Pong` is only sent.
+check it again. `Ping` is the ping's payload itself (a `bytes`), for the pong. `Pong` is
+sent in answer to a ping; it is received only by the client side (the side that pings), where
+its payload says which ping it answers.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class Ping(bytes):
 
 
 class Pong(bytes):
-    """Our answer to a `Ping`, with its payload: `Pong(ping)`."""
+    """An answer to a `Ping`, with its payload: `Pong(ping)`."""
 
     __slots__ = ()
 
@@ -46,4 +47,4 @@ class Close:
 
 
 Message = TextMessage | BinaryMessage
-Event = TextMessage | BinaryMessage | Ping | Close
+Event = TextMessage | BinaryMessage | Ping | Pong | Close

@@ -1,26 +1,31 @@
-"""Sans-IO RFC 6455 framing for the server side of an upgraded connection.
+"""Sans-IO RFC 6455 framing for both sides of an upgraded connection.
 
 Owns: frames -> events (unmasking, fragmentation, control frames, size cap) and messages ->
-frames. Never: I/O, connection state (see `gateway.wire.connection`), the HTTP handshake (see
-`gateway.wire.handshake`), JSON.
+frames, unmasked (server to client) or masked (client to server). Never: I/O, connection state
+(see `gateway.wire.connection`), the HTTP handshake (see `gateway.wire.handshake`), JSON.
 
 Why our own: the data path is the gateway's hottest code. wsproto (a fine, general engine) spends
 more per 1 KB frame in its generic Python parser than the rest of a frame's path together;
-`bench/pieces.py` has the numbers. This module does the one thing a server needs, strictly:
+`bench/pieces.py` has the numbers. This module does the one thing each side needs, strictly:
 
-- Client frames must be masked; RSV bits must be 0 (no extensions are negotiated); opcodes are
-  continuation, text, binary, close, ping, pong; control frames are final and at most 125 bytes;
-  a continuation needs an open message and a new data frame must not interrupt one.
+- Client frames must be masked and server frames must not be (`FrameReader(masked=False)`
+  reads a server's frames, for the gateway's own client side); RSV bits must be 0 (no
+  extensions are negotiated); opcodes are continuation, text, binary, close, ping, pong;
+  control frames are final and at most 125 bytes; a continuation needs an open message and a
+  new data frame must not interrupt one.
   A violation raises `FramingError(1002)`.
 - A message over `max_message_bytes` raises `FramingError(1009)` as soon as its header says so,
   before the payload is buffered. Text that is not UTF-8 raises `FramingError(1007)`.
 - Messages are `TextMessage` (UTF-8 checked) or `BinaryMessage` values whose `data` is the
-  unmasked payload, uncopied. `Ping` and `Close` are the control events; pongs are consumed
-  here. A `Close` ends a read: bytes after it are not parsed.
+  unmasked payload, uncopied. `Ping` and `Close` are the control events; a pong is returned
+  (`Pong`) only when reading a server's frames (the client is the side that pings; the
+  gateway's server never does, so it drops them). A `Close` ends a read: bytes after it are not
+  parsed.
 """
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Callable
 from typing import Final
@@ -32,7 +37,7 @@ from ..errors import (
     CLOSE_PROTOCOL_ERROR,
     FramingError,
 )
-from .events import BinaryMessage, Close, Event, Message, Ping, TextMessage
+from .events import BinaryMessage, Close, Event, Message, Ping, Pong, TextMessage
 
 __all__ = [
     "BinaryMessage",
@@ -40,14 +45,19 @@ __all__ = [
     "Event",
     "FrameReader",
     "FramingError",
+    "MaskKeys",
     "Message",
     "Ping",
+    "Pong",
     "TextMessage",
+    "close_payload",
     "encode_close",
     "encode_pong",
     "encode_text",
     "encode_texts",
     "frame_header",
+    "masked_frame",
+    "masked_header",
     "unmask",
 ]
 
@@ -82,10 +92,18 @@ except ImportError:  # pragma: no cover - a websockets build without its C exten
 class FrameReader:
     """Feed it bytes from the socket; it returns the events those bytes completed."""
 
-    __slots__ = ("max_message_bytes", "_buffer", "_parts", "_part_bytes", "_part_opcode")
+    __slots__ = (
+        "max_message_bytes",
+        "_buffer",
+        "_mask_bytes",
+        "_parts",
+        "_part_bytes",
+        "_part_opcode",
+    )
 
-    def __init__(self, max_message_bytes: int) -> None:
+    def __init__(self, max_message_bytes: int, *, masked: bool = True) -> None:
         self.max_message_bytes = max_message_bytes
+        self._mask_bytes = 4 if masked else 0  # masked: a client's frames (we are the server)
         self._buffer = bytearray()
         self._parts: list[bytes] = []  # fragments of the open message
         self._part_bytes = 0
@@ -102,28 +120,31 @@ class FrameReader:
         events: list[Event] = []
         pos = 0
         end = len(view)
+        mask_bytes = self._mask_bytes
         try:
             while end - pos >= 2:
                 b0 = view[pos]
                 b1 = view[pos + 1]
                 length = b1 & 0x7F
-                header = 6
+                header = 2 + mask_bytes
                 if length == 126:
                     if end - pos < 4:
                         break
                     length = _U16.unpack_from(view, pos + 2)[0]
-                    header = 8
+                    header = 4 + mask_bytes
                 elif length == 127:
                     if end - pos < 10:
                         break
                     length = _U64.unpack_from(view, pos + 2)[0]
-                    header = 14
+                    header = 10 + mask_bytes
                 opcode = b0 & 0x0F
                 fin = b0 & 0x80
                 if b0 & 0x70:
                     raise FramingError(CLOSE_PROTOCOL_ERROR, "reserved bits set")
-                if not b1 & 0x80:
+                if not b1 & 0x80 and mask_bytes:
                     raise FramingError(CLOSE_PROTOCOL_ERROR, "client frame not masked")
+                if b1 & 0x80 and not mask_bytes:
+                    raise FramingError(CLOSE_PROTOCOL_ERROR, "server frame masked")
                 if opcode >= OP_CLOSE:
                     if not fin or length > 125:
                         raise FramingError(CLOSE_PROTOCOL_ERROR, "bad control frame")
@@ -131,9 +152,11 @@ class FrameReader:
                     raise FramingError(CLOSE_MESSAGE_TOO_BIG, "message too big")
                 if end - pos < header + length:
                     break
-                mask = bytes(view[pos + header - 4 : pos + header])
                 start = pos + header
-                payload = unmask(view[start : start + length], mask)
+                if mask_bytes:
+                    payload = unmask(view[start : start + length], bytes(view[start - 4 : start]))
+                else:
+                    payload = bytes(view[start : start + length])
                 pos = start + length
                 event = self._frame(opcode, fin, payload)
                 if event is not None:
@@ -173,7 +196,7 @@ class FrameReader:
         if opcode == OP_PING:
             return Ping(payload)
         if opcode == OP_PONG:
-            return None
+            return None if self._mask_bytes else Pong(payload)
         if opcode == OP_CLOSE:
             return _close(payload)
         raise FramingError(CLOSE_PROTOCOL_ERROR, f"unknown opcode {opcode}")
@@ -228,10 +251,47 @@ def encode_texts(texts: list[str]) -> bytes:
     return b"".join(parts)
 
 
+def masked_header(opcode: int, length: int, mask: bytes) -> bytes:
+    """The header of one final client frame of `length` payload bytes, ending with `mask`."""
+    head = bytearray(frame_header(opcode, length))
+    head[1] |= 0x80
+    return bytes(head) + mask
+
+
+def masked_frame(opcode: int, payload: bytes, mask: bytes) -> bytes:
+    """One final client frame. Masking is the same XOR as unmasking."""
+    return masked_header(opcode, len(payload), mask) + unmask(payload, mask)
+
+
+class MaskKeys:
+    """Masking keys for a client's frames: unpredictable, as RFC 6455 section 5.3 requires, and
+    drawn from the OS in blocks, so a frame costs a slice rather than a system call."""
+
+    __slots__ = ("_block", "_pos")
+
+    BLOCK: Final = 4096  # 1024 keys per draw
+
+    def __init__(self) -> None:
+        self._block = b""
+        self._pos = 0
+
+    def next(self) -> bytes:
+        pos = self._pos
+        if pos >= len(self._block):
+            self._block, pos = os.urandom(self.BLOCK), 0
+        self._pos = pos + 4
+        return self._block[pos : pos + 4]
+
+
 def encode_pong(payload: bytes) -> bytes:
     return frame_header(OP_PONG, len(payload)) + payload
 
 
+def close_payload(code: int, reason: str = "") -> bytes:
+    """A close frame's payload: the code, then as much of the reason as fits (123 bytes)."""
+    return _U16.pack(code) + reason.encode()[:123]
+
+
 def encode_close(code: int, reason: str = "") -> bytes:
-    data = _U16.pack(code) + reason.encode()[:123]
+    data = close_payload(code, reason)
     return frame_header(OP_CLOSE, len(data)) + data

@@ -117,14 +117,13 @@ class ServerHandshake:
 
     def accept(self) -> tuple[bytes, bytes]:
         """The 101 response, and the bytes the peer sent right behind its request (frames)."""
-        accept = base64.b64encode(hashlib.sha1(self._key + _ACCEPT_GUID).digest())
         data = self._http.send(
             h11.InformationalResponse(
                 status_code=101,
                 headers=[
                     (b"upgrade", b"websocket"),
                     (b"connection", b"Upgrade"),
-                    (b"sec-websocket-accept", accept),
+                    (b"sec-websocket-accept", accept_key(self._key)),
                 ],
             )
         )
@@ -168,6 +167,11 @@ class ServerHandshake:
             return data + (self._http.send(h11.EndOfMessage()) or b"")
         except h11.LocalProtocolError:
             return b""
+
+
+def accept_key(key: bytes) -> bytes:
+    """The `Sec-WebSocket-Accept` value that answers the key (RFC 6455 section 4.2.2)."""
+    return base64.b64encode(hashlib.sha1(key + _ACCEPT_GUID).digest())
 
 
 def check_upgrade(method: bytes, headers: dict[str, str]) -> Reject | None:

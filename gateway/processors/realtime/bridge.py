@@ -1,4 +1,4 @@
-"""The realtime bridge: one call <-> one realtime model session, over trio-websocket.
+"""The realtime bridge: one call <-> one realtime model session, over `gateway.wire.client`.
 
 Owns: the upstream connection's life (connect, session.update, keepalive, reconnect or give
 up), moving audio both ways, and acting on barge-in. Never: wire spellings (`protocol`),
@@ -6,11 +6,12 @@ option parsing (`options`), or anything that outlives the call.
 
 Tasks (all in one nursery inside the processor, so all end with the call):
 - caller -> model (the processor's own task): reads `call.packets` (in unmixed mode, whom the
-  `speakers` policy chooses, or their mix: see `speakers`); resamples to 24 kHz with
-  state (or, for a 24 kHz call, passes ACS's base64 straight through); appends to the model's
-  input buffer. Silent frames are sent too, so the model's VAD sees continuous time. While no
-  session is up, frames are dropped and counted (`upstream_audio_dropped`). When ACS hangs up
-  the `async for` ends, the nursery is cancelled and the upstream socket is closed at once.
+  `speakers` policy chooses, or their mix: see `speakers`); `uplink` resamples to 24 kHz with
+  state (or, for a 24 kHz call, passes ACS's base64 straight through) and batches frames into
+  the model's input buffer appends. Silent frames are sent too, so the model's VAD sees
+  continuous time. While no session is up, frames are dropped and counted
+  (`upstream_audio_dropped`). When ACS hangs up the `async for` ends, the nursery is cancelled
+  and the upstream socket is closed at once.
 - upstream: connects, then reads model events. Control events are handled at once, in this
   task, so a barge-in is never queued behind audio: on `input_audio_buffer.speech_started`
   (with `interruption = "pause"`: paused at once, then stopped once `interruption` confirms
@@ -36,21 +37,18 @@ the call is ended normally (`"hangup"`).
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Awaitable, Callable
 from typing import Final
-from urllib.parse import urlsplit
 
 import attrs
-import pybase64
 import trio
-import trio_websocket
 
 from ...acs.packets import AudioData
 from ...audio.resample import StreamResampler
 from ...audio.vad import WebRtcVad
 from ...call.interface import Call
-from . import protocol, tools
+from ...errors import ConnectionClosed
+from . import protocol, tools, upstream
 from .history import History
 from .interruption import Interruptions
 from .options import RealtimeOptions
@@ -71,10 +69,10 @@ from .protocol import (
 )
 from .sessions import ROLLED_OVER, Rollover, Standby, Turns, Upstream
 from .speakers import Speakers
+from .uplink import Uplink
 
 PENDING_DELTAS: Final = 4096  # model audio deltas queued for the player (each ~20-200 ms)
 CLOSE_TIMEOUT: Final = 1.0  # seconds for the upstream closing handshake when the call ends
-MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024  # a session.updated with long instructions is large
 
 
 class Bridge:
@@ -88,8 +86,7 @@ class Bridge:
         self.stats = call.stats
         self.log = call.log
         rate = call.audio.sample_rate
-        self.pass_through = rate == MODEL_RATE  # ACS's base64 goes upstream untouched
-        self.to_model = StreamResampler(rate, MODEL_RATE)
+        self.uplink = Uplink(rate)  # caller -> model: resampled (or passed through), batched
         self.to_caller = StreamResampler(MODEL_RATE, rate)
         self.vad = (
             WebRtcVad(
@@ -127,7 +124,7 @@ class Bridge:
             before_s=options.rollover_before_s,
             gap_s=options.rollover_gap_ms / 1000,
             setup_timeout_s=options.connect_timeout,
-            closed=trio_websocket.ConnectionClosed,
+            closed=ConnectionClosed,
             log_failure=self._next_session_failed,
         )
         self._reading: trio.CancelScope | None = None  # the active session's reader
@@ -165,8 +162,7 @@ class Bridge:
     # -- caller -> model --
 
     async def _forward_caller(self) -> None:
-        append = protocol.append_audio
-        b64encode = pybase64.b64encode_as_string
+        uplink = self.uplink
         # The caller's first words wait in the inbound queue (bounded, see gateway.call) while
         # the first session opens, rather than being dropped.
         await self._first_attempt.wait()
@@ -187,17 +183,19 @@ class Bridge:
             if ws is None:
                 self.stats.upstream_audio_dropped += 1
                 continue
-            if self.pass_through:
-                message = append(packet.data)
-            else:
-                pcm = self.to_model.process(packet.pcm)
-                if not pcm:
-                    continue  # the resampler holds it back until the next frame
-                message = append(b64encode(pcm))
+            message = uplink.add(packet)
+            if message is None:
+                continue  # held for the next event
             try:
                 await ws.send_message(message)
-            except trio_websocket.ConnectionClosed:
-                self.stats.upstream_audio_dropped += 1  # the upstream task sees it too
+            except ConnectionClosed:
+                self.stats.upstream_audio_dropped += uplink.frames  # the upstream task sees it
+        message, ws = uplink.flush(), self.ws  # the caller's last words, before the close
+        if message is not None and ws is not None:
+            try:
+                await ws.send_message(message)
+            except ConnectionClosed:
+                self.stats.upstream_audio_dropped += uplink.frames
 
     # -- barge-in --
 
@@ -225,7 +223,7 @@ class Bridge:
             for event in events:
                 try:
                     await ws.send_message(event)
-                except trio_websocket.ConnectionClosed:
+                except ConnectionClosed:
                     return
 
     # -- model -> caller --
@@ -247,7 +245,7 @@ class Bridge:
                     await player.play(tail, utterance=item_id)
                 player.flush()
                 continue
-            pcm = self.to_caller.process(pybase64.b64decode(audio))
+            pcm = self.to_caller.process(protocol.decode_audio(audio))
             if pcm:
                 await player.play(pcm, utterance=item_id)
 
@@ -269,9 +267,8 @@ class Bridge:
         while True:
             try:
                 message = await ws.get_message()
-            except trio_websocket.ConnectionClosed as closed:
-                code = closed.reason.code if closed.reason else None
-                return f"upstream closed the session ({code})"
+            except ConnectionClosed as closed:
+                return f"upstream closed the session ({closed.code})"
             try:
                 event = protocol.parse(message)
             except MalformedEvent as exc:
@@ -329,7 +326,7 @@ class Bridge:
         try:
             for event in protocol.function_output(call_id, output):
                 await ws.send_message(event)
-        except trio_websocket.ConnectionClosed:
+        except ConnectionClosed:
             pass  # the call ended (as end_call intends) or the session dropped
 
     # -- the upstream connection --
@@ -388,69 +385,14 @@ class Bridge:
     async def _session(self, use: Callable[[Upstream], Awaitable[str]] | None = None) -> str:
         """Run one upstream session until it fails; returns why. The socket is closed when
         this returns or is cancelled."""
-        options = self.options
-        url = urlsplit(options.url)
-        secure = url.scheme == "wss"
-        port = url.port or (443 if secure else 80)
-        resource = url.path + (f"?{url.query}" if url.query else "")
-        stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
         try:
-            with trio.fail_after(options.connect_timeout):
-                if secure:
-                    stream = await trio.open_ssl_over_tcp_stream(
-                        url.hostname or "", port, ssl_context=ssl.create_default_context()
-                    )
-                else:
-                    stream = await trio.open_tcp_stream(url.hostname or "", port)
-        except (OSError, trio.TooSlowError) as exc:
-            return f"cannot connect to {url.hostname}:{port}: {exc or 'timed out'}"
+            ws = await upstream.open_upstream(self.options)
+        except upstream.Unavailable as exc:
+            return exc.reason
         try:
-            reason = "cancelled"
-            try:
-                async with trio.open_nursery() as nursery:  # trio-websocket's reader task
-                    reason = await self._speak(
-                        nursery, stream, url.hostname or "", resource, use or self._live
-                    )
-                    nursery.cancel_scope.cancel()
-            except BaseExceptionGroup as group:  # the reader task raises a refused handshake
-                refused, rest = group.split(trio_websocket.HandshakeError)
-                if refused is None or rest is not None:
-                    raise
-                leaf: BaseException = refused
-                while isinstance(leaf, BaseExceptionGroup):
-                    leaf = leaf.exceptions[0]
-                status = getattr(leaf, "status_code", None)
-                reason = (
-                    f"upstream refused the session (HTTP {status})"
-                    if status
-                    else f"upstream handshake failed ({leaf!r})"
-                )
-            return reason
+            return await (use or self._live)(ws)
         finally:
-            await trio.aclose_forcefully(stream)  # `_active` has let go of it
-
-    async def _speak(
-        self,
-        nursery: trio.Nursery,
-        stream: trio.SocketStream | trio.SSLStream[trio.SocketStream],
-        host: str,
-        resource: str,
-        use: Callable[[Upstream], Awaitable[str]],
-    ) -> str:
-        options = self.options
-        try:
-            with trio.fail_after(options.connect_timeout):
-                ws = await trio_websocket.wrap_client_stream(
-                    nursery,
-                    stream,
-                    host,
-                    resource,
-                    extra_headers=[(k.encode(), v.encode()) for k, v in options.headers()],
-                    max_message_size=MAX_MESSAGE_BYTES,
-                )
-        except trio.TooSlowError:
-            return "upstream handshake timed out"
-        return await use(ws)
+            await ws.abort()  # `_active` has let go of it
 
     # -- one session's life, whatever the transport --
 
@@ -460,7 +402,7 @@ class Bridge:
             await ws.send_message(self.session_update)
             for event in self.history_events():
                 await ws.send_message(event)
-        except trio_websocket.ConnectionClosed:
+        except ConnectionClosed:
             return "upstream closed the session during set-up"
         return await self._active(ws)
 
@@ -471,7 +413,7 @@ class Bridge:
                 for event in self.history_events():
                     await standby.ws.send_message(event)
             return await self._active(standby.ws)
-        except trio_websocket.ConnectionClosed:
+        except ConnectionClosed:
             return "upstream closed the session during set-up"
         finally:
             standby.released.set()
@@ -493,7 +435,7 @@ class Bridge:
                     failure.append(await self._read_events(ws))
                     inner.cancel_scope.cancel()
             return failure[0] if failure else ROLLED_OVER
-        except trio_websocket.ConnectionClosed:
+        except ConnectionClosed:
             return "upstream closed the session"
         finally:
             self._reading = None
@@ -540,7 +482,7 @@ class Bridge:
             with trio.move_on_after(options.keepalive_timeout) as waiting:
                 try:
                     await ws.ping()
-                except trio_websocket.ConnectionClosed:
+                except ConnectionClosed:
                     return  # the reader reports it
             if waiting.cancelled_caught:
                 failure.append(f"upstream went silent (no pong in {options.keepalive_timeout} s)")

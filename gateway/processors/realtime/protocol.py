@@ -7,6 +7,9 @@ speak it, in both generations: the GA names (`response.output_audio.delta`, sess
 generation; outgoing ones are written in the configured `dialect`. And `Conversation`: which
 response is in flight, which assistant items have audio, and what to send the model when the
 caller barges in. Never: sockets, tasks, clocks, logging.
+
+Audio deltas are most of what a model sends: `parse` takes their base64 out of the raw bytes
+before JSON parsing, and the bridge decodes it once (`deltas`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from typing import Any, Final
 
 import attrs
 import orjson
+
+from .deltas import decode_audio as decode_audio
+from .deltas import without_delta
 
 GA: Final = "ga"
 BETA: Final = "beta"
@@ -146,15 +152,31 @@ def _str(obj: Mapping[str, Any], key: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def parse(message: str | bytes) -> ServerEvent:
-    """Parse one server event (GA or beta spelling)."""
+def _loads(message: str | bytes) -> Any:
     try:
-        event = orjson.loads(message)
+        return orjson.loads(message)
     except orjson.JSONDecodeError as exc:
         raise MalformedEvent(f"not JSON: {exc}") from None
+
+
+def parse(message: str | bytes) -> ServerEvent:
+    """Parse one server event (GA or beta spelling)."""
+    delta = None
+    event = None
+    if type(message) is bytes:
+        cut = without_delta(message)
+        if cut is not None:
+            event = _loads(cut[0])
+            delta = cut[1]
+            if type(event) is not dict or event.get("delta") != "":
+                event, delta = None, None  # that was not the event's own delta: parse it all
+    if event is None:
+        event = _loads(message)
     if not isinstance(event, dict) or not isinstance(event.get("type"), str):
         raise MalformedEvent("not an event object with a 'type'")
     kind: str = event["type"]
+    if delta is not None:
+        event["delta"] = delta  # a text delta's string, put back (an audio one's stays out)
     if kind in _AUDIO_DELTA:
         item_id, audio = event.get("item_id"), event.get("delta")
         if not isinstance(item_id, str) or not isinstance(audio, str):

@@ -1,0 +1,66 @@
+"""The caller's audio on its way to the model: 24 kHz PCM16, in `input_audio_buffer.append`
+events of `BATCH_FRAMES` ACS frames each.
+
+Owns: the caller -> model resampler's state, the frames held for the next event, and the
+24 kHz pass-through (ACS's base64 joined as it came, never decoded). Never: sockets, the
+session's life, barge-in, or which participant is heard (the bridge chooses the packets).
+
+Why batches: every event costs a resampler call, a JSON event, a masked frame and a socket
+write, and most of that is per call rather than per byte. Two 20 ms frames per event halve
+those calls for 20 ms of added delay before the model hears the caller, against the model's
+own turn detection (hundreds of ms); `bench/bridge_cpu.py` measures the difference and
+docs/performance.md has the numbers. The gateway's own barge-in (local VAD) looks at every
+frame as it comes and is not delayed.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import pybase64
+
+from ...acs.packets import AudioData
+from ...audio.resample import StreamResampler
+from . import protocol
+
+BATCH_FRAMES: Final = 2  # 20 ms ACS frames per append event
+
+
+class Uplink:
+    """`add(packet)` returns the append event to send now, or None while a batch fills;
+    `flush()` returns what is held (at the end of the call)."""
+
+    __slots__ = ("batch_frames", "frames", "pass_through", "to_model", "_b64", "_pcm")
+
+    def __init__(self, rate: int, batch_frames: int = BATCH_FRAMES) -> None:
+        self.batch_frames = batch_frames
+        self.pass_through = rate == protocol.MODEL_RATE  # ACS's base64 goes upstream untouched
+        self.to_model = StreamResampler(rate, protocol.MODEL_RATE)
+        self._b64: list[str] = []  # held frames, pass-through
+        self._pcm: list[bytes] = []  # held frames, to be resampled
+        self.frames = 0  # ACS frames in the event `add` or `flush` last returned
+
+    def add(self, packet: AudioData) -> str | None:
+        if self.pass_through:
+            data = packet.data
+            self._b64.append(data)
+            # Base64 pieces join into valid base64 only if none but the last has padding.
+            if len(self._b64) < self.batch_frames and not data.endswith("="):
+                return None
+        else:
+            self._pcm.append(packet.pcm)
+            if len(self._pcm) < self.batch_frames:
+                return None
+        return self.flush()
+
+    def flush(self) -> str | None:
+        if self.pass_through:
+            held_b64, self._b64 = self._b64, []
+            self.frames = len(held_b64)
+            return protocol.append_audio("".join(held_b64)) if held_b64 else None
+        held, self._pcm = self._pcm, []
+        self.frames = len(held)
+        pcm = self.to_model.process(b"".join(held)) if held else b""
+        if not pcm:
+            return None  # nothing held, or the resampler holds it back until the next batch
+        return protocol.append_audio(pybase64.b64encode_as_string(pcm))
