@@ -26,7 +26,7 @@ share). Calls start `--stagger` seconds apart so connection k + 1 upstream is ca
 first connection is the warm-up call's).
 
 `--mix` adds two realtime phases on unmixed streams with two participants (the conversation
-and a second voice at a quarter of its level, sent together each 20 ms):
+and a faint second voice, sent together each 20 ms):
 `speakers = "first"` (the model hears one) and `speakers = "mix"` (the model hears their
 time-aligned sum); their difference is the mixer's cost.
 """
@@ -65,10 +65,11 @@ def conversation() -> bytes:
 
 
 def second_voice(audio: bytes) -> bytes:
-    """Another participant: the same speech a second later, at a quarter of the level."""
+    """Another participant: the same speech a second later, faint (1/32 of the level: under
+    the fake model's VAD threshold, so both phases hold the same conversation)."""
     import numpy as np
 
-    pcm = np.frombuffer(bytes(RATE * 2) + audio[: -RATE * 2], dtype=np.int16) // 4
+    pcm = np.frombuffer(bytes(RATE * 2) + audio[: -RATE * 2], dtype=np.int16) // 32
     return pcm.astype(np.int16).tobytes()
 
 
