@@ -33,6 +33,11 @@ difference is within this benchmark's noise, so the gateway's own work per tool 
 event parsed, the arguments checked and converted, the tool run, its output and the request to
 go on written) is also timed in this process, for `lookup` as it is (a worker thread) and as an
 async function: `--tool-calls` of each.
+
+`--mix` adds two realtime phases on unmixed streams with two participants (the conversation
+and a faint second voice, sent together each 20 ms):
+`speakers = "first"` (the model hears one) and `speakers = "mix"` (the model hears their
+time-aligned sum); their difference is the mixer's cost.
 """
 
 from __future__ import annotations
@@ -131,11 +136,20 @@ def conversation() -> bytes:
     return speech(RATE)[: RATE * 2 * 2] + silence(1.5) + interrupt + silence(1.0)
 
 
+def second_voice(audio: bytes) -> bytes:
+    """Another participant: the same speech a second later, faint (1/32 of the level: under
+    the fake model's VAD threshold, so both phases hold the same conversation)."""
+    import numpy as np
+
+    pcm = np.frombuffer(bytes(RATE * 2) + audio[: -RATE * 2], dtype=np.int16) // 32
+    return pcm.astype(np.int16).tobytes()
+
+
 async def run_calls(
     url: str,
     n: int,
     stagger: float,
-    audio: bytes,
+    audio: bytes | dict[str | None, bytes],
     echo_lag: list[float] | None = None,
     heard: list[int] | None = None,
 ) -> list[tuple[float, list]]:
@@ -213,9 +227,12 @@ async def serve_model(tools: bool) -> None:
 
 
 async def phase(
-    args: argparse.Namespace, kind: str, one_at_a_time: bool = False
+    args: argparse.Namespace, kind: str, one_at_a_time: bool = False, speakers: str | None = None
 ) -> dict[str, float]:
-    audio = conversation()
+    voice = conversation()
+    audio: bytes | dict[str | None, bytes] = voice
+    if speakers is not None:
+        audio = {"8:acs:caller": voice, "8:acs:other": second_voice(voice)}
     tools = kind == "tools"
     async with fake_model_process(args.model_cpu, tools) as (model_url, starts):
         extra = ["--processor", "echo" if kind == "echo" else "realtime"]
@@ -224,6 +241,7 @@ async def phase(
             config.write_text(
                 f'[processors.realtime]\nendpoint = "{model_url}"\napi_key_env = "{KEY_ENV}"\n'
                 + ('tools = ["bridge_cpu:lookup"]\n' if tools else "")
+                + (f'speakers = "{speakers}"\n' if speakers else "")
             )
             extra += ["--config", str(config)]
             if tools:
@@ -232,7 +250,7 @@ async def phase(
         proc, url = start_server(cpu, extra, *([args.root] if args.root else []))
         try:
             await trio.sleep(0.5)
-            await run_calls(url, 1, 0, audio[: RATE * 2])  # warm-up: first-call imports
+            await run_calls(url, 1, 0, voice[: RATE * 2])  # warm-up: first-call imports
             await trio.sleep(0.3)
             rss0 = proc_rss_kb(proc.pid)
             rss_live: list[int] = []
@@ -274,12 +292,12 @@ async def phase(
             proc.wait()
     cpu = cpu1 - cpu0
     calls = len(results)
-    frames = calls * len(audio) / (RATE * 2 // 50)
+    frames = calls * len(voice) / (RATE * 2 // 50)  # per 20 ms of the call, all speakers
     row: dict[str, float] = {
         "calls": calls,
         "cpu_s": cpu,
         "cpu_pct": 100 * cpu / (wall1 - wall0),
-        "cpu_pct_per_call": 100 * cpu / (len(audio) / (RATE * 2)) / calls,
+        "cpu_pct_per_call": 100 * cpu / (len(voice) / (RATE * 2)) / calls,
         "us_per_frame": cpu / frames * 1e6,
         "gen_cpu_pct": 100 * (own1 - own0) / (wall1 - wall0),
         "model_cpu_pct": 100 * (model1 - model0) / (wall1 - wall0),
@@ -290,7 +308,7 @@ async def phase(
     }
     if lag:  # last frame sent -> its echo received: how far the whole loop lags real time
         row["echo_lag_max_ms"] = max(lag) * 1000
-    if kind != "echo":
+    if kind != "echo" and speakers is None:
         latencies = []
         for k, (_, stops) in enumerate(results):
             # model connection 1 was the warm-up call's
@@ -319,6 +337,9 @@ async def main(args: argparse.Namespace) -> None:
     if args.client_cpu >= 0:
         os.sched_setaffinity(0, {args.client_cpu})
     rows = {kind: await phase(args, kind) for kind in ("echo", "realtime", "tools")}
+    if args.mix:
+        for policy in ("first", "mix"):
+            rows[f"2 speakers, {policy}"] = await phase(args, "realtime", speakers=policy)
     if args.latency_runs:
         rows["realtime, 1 call at a time"] = await phase(args, "realtime", one_at_a_time=True)
     print(
@@ -355,6 +376,10 @@ async def main(args: argparse.Namespace) -> None:
     print(f"a bridged call costs {ratio:.1f}x an echo call")
     extra_ms = (rows["tools"]["cpu_s"] - rows["realtime"]["cpu_s"]) / rows["tools"]["calls"] * 1000
     print(f"a tool round trip adds {extra_ms:.1f} ms of gateway CPU per call (noisy: compare rows)")
+    if args.mix:
+        first, mix = rows["2 speakers, first"], rows["2 speakers, mix"]
+        extra_us = mix["us_per_frame"] - first["us_per_frame"]
+        print(f"mixing two speakers costs {extra_us:+.0f} us per 20 ms of call over 'first'")
 
 
 if __name__ == "__main__":
@@ -366,6 +391,7 @@ if __name__ == "__main__":
     parser.add_argument(
         "--latency-runs", type=int, default=5, help="then this many barge-ins, one call at a time"
     )
+    parser.add_argument("--mix", action="store_true", help="also measure speakers = mix")
     parser.add_argument("--server-cpu", type=int, default=0, help="-1: do not pin")
     parser.add_argument("--client-cpu", type=int, default=1, help="-1: do not pin")
     parser.add_argument("--model-cpu", type=int, default=1, help="-1: do not pin")

@@ -79,6 +79,10 @@ def test_dialect_defaults_per_provider():
         ({"keepalive_timeout": 0}, "keepalive_timeout must be greater than 0"),
         ({"endpoint": "ftp://x"}, "endpoint must be an https://"),
         ({"api_key_env": "NOPE_KEY"}, "environment variable NOPE_KEY, which is not set"),
+        ({"interruption": "ignore"}, "interruption must be one of cancel, pause"),
+        ({"interruption_confirm_ms": 0}, "interruption_confirm_ms must be greater than 0"),
+        ({"interruption_min_ms": "500"}, "interruption_min_ms: wrong type"),
+        ({"speakers": "all"}, "speakers must be one of first, mix, follow"),
     ],
 )
 def test_bad_options_are_refused_with_a_message_naming_them(opts, message):
@@ -98,6 +102,24 @@ def test_the_key_is_never_in_the_options_or_their_repr(monkeypatch):
     parsed = parse_options({}, {"OPENAI_API_KEY": "sk-secret-value"})
     assert "sk-secret-value" not in repr(parsed)
     assert "sk-secret-value" not in parsed.url
+
+
+def test_pause_keeps_the_model_from_cancelling_its_reply_unless_told():
+    assert parse_options({}, ENV).session_settings.turn_detection == {"type": "server_vad"}
+    paused = parse_options({"interruption": "pause"}, ENV).session_settings
+    assert paused.turn_detection == {
+        "type": "server_vad",
+        "interrupt_response": False,
+        "create_response": False,
+    }
+    assert parse_options({"interruption": "pause"}, ENV).gateway_responds
+    assert not parse_options({}, ENV).gateway_responds
+    told = {"type": "semantic_vad", "interrupt_response": True}
+    kept = parse_options({"interruption": "pause", "turn_detection": told}, ENV)
+    assert kept.session_settings.turn_detection == {**told, "create_response": False}
+    answering = {"type": "server_vad", "create_response": True}
+    model_answers = parse_options({"interruption": "pause", "turn_detection": answering}, ENV)
+    assert not model_answers.gateway_responds
 
 
 def test_session_limits_per_provider_and_rollover_options():

@@ -35,6 +35,9 @@ class CallStats:
     upstream_audio_discarded: int = 0  # bytes of model audio dropped after a barge-in
     barge_ins: int = 0
     tool_calls: Counter[str] = attrs.field(factory=Counter)  # the model's, by outcome (ok, ...)
+    false_interruptions: int = 0  # paused for a suspected barge-in, then resumed
+    mix_waits_expired: int = 0  # unmixed `mix`: frames mixed without a late speaker's audio
+    mix_late_frames: int = 0  # unmixed `mix`: frames too late to align: dropped
     session_rollovers: int = 0  # the next model session took over (planned, or at a failure)
     history_turns_dropped: int = 0  # turns forgotten to keep the remembered conversation bounded
 

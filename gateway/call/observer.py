@@ -18,6 +18,11 @@ Event kinds given to `note` (the fields each carries):
 - `tool_call` (`name`, `call_id`, `arguments`), `tool_result` (`name`, `call_id`, `outcome`:
   "ok", "error" or "timeout", `ms`), `reconnect` (`reason`), `session` (`state`: "open"),
   `greeting` (the bot was asked to speak first).
+- `interruption` (`state`: "paused", "confirmed" (`why`) or "resumed" (`gap_ms`); `by`): a
+  suspected barge-in paused the bot, then proved real or false.
+- `speaker` (`participant`, `policy`): who spoke on an unmixed stream (`heard=False`: one the
+  model does not hear); `mix` (`waits_expired`, `late_frames`, `held_at_end`): the mixer's
+  counts when the call ends.
 """
 
 from __future__ import annotations

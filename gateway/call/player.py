@@ -47,6 +47,9 @@ class Player:
       full (back-pressure). After `stop()`, a `play()` that was blocked returns at once and the
       rest of its audio is discarded (counted), so stale audio never follows a barge-in.
     - `stop()` (not async: barge-in must not wait) drops the queue and sends stop-audio.
+    - `pause()` (not async either) sends stop-audio but keeps the queue, with the audio ACS had
+      not yet played put back at its head; `play()` still queues (and blocks when full);
+      `resume()` plays on from where the caller stopped hearing; `stop()` ends a pause for good.
     - `released_ms(utterance)` says how much of an utterance the caller has been sent.
     """
 
@@ -161,8 +164,25 @@ class Player:
         self._sender.unpark_all()
         self._space.unpark_all()
 
+    @property
+    def paused(self) -> bool:
+        return self.playout.paused
+
+    def pause(self) -> None:
+        """A suspected barge-in: stop-audio to ACS right away, keep everything not yet played
+        (including what ACS had buffered), release nothing until `resume()` or `stop()`."""
+        self.playout.pause(self._clock())
+        self._sender.unpark_all()
+
+    def resume(self) -> None:
+        """The barge-in was false: play on from where `pause()` stopped the caller hearing."""
+        if self.playout.paused:
+            self.playout.resume()
+            self._sender.unpark_all()
+
     async def drain(self) -> None:
-        """Wait until everything queued has been released to ACS (e.g. before hanging up)."""
+        """Wait until everything queued has been released to ACS (e.g. before hanging up);
+        while paused, that is after `resume()` (or `stop()`)."""
         parked = False
         while self.playout.queued_bytes and not self.closed:
             self.flush()

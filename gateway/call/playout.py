@@ -20,10 +20,18 @@ never beyond the lead window) or when the producer calls `flush()`.
 Bounds: the queue holds at most `capacity` seconds; `Player.play()` blocks while it is full
 (back-pressure to the processor). `stop()` drops everything queued, counts it, and asks the
 send task to send stop-audio before anything else.
+
+Pausing (a suspected barge-in that may prove false): `pause(now)` asks for stop-audio like
+`stop()` but keeps the queue, and takes back the audio ACS had been sent but had not yet played
+(`position - now`, at most the lead window; the last frames released are remembered for this):
+it goes back to the head of the queue and out of `released_ms`, so the count stays what the
+caller heard and `resume()` plays on from exactly where the caller's ears stopped. Nothing is
+due while paused; `enqueue()` still queues.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Hashable
 from typing import Final
@@ -49,6 +57,8 @@ class PlayoutStats:
     unsent_at_end: int = 0  # still queued when the call ended
     frames_released: int = 0
     stops: int = 0
+    pauses: int = 0
+    recalled: int = 0  # released, then taken back by pause() before ACS played it (requeued)
 
 
 class Playout:
@@ -72,6 +82,11 @@ class Playout:
         self.stats = PlayoutStats()
         self.position: float | None = None  # playout time of the next frame; None = ACS idle
         self.stop_pending = False
+        self.paused = False
+        # The last frames released, enough to cover the lead window: what pause() takes back.
+        self._recent: deque[tuple[bytes, Hashable, float]] = deque(  # (pcm, utterance, start)
+            maxlen=math.ceil(lead_ms / FRAME_MS) + 2
+        )
         self._frames: deque[tuple[bytes, Hashable]] = deque()
         self._tail = bytearray()  # less than one frame, waiting for more of its utterance
         self._tail_utterance: Hashable = None
@@ -117,12 +132,59 @@ class Playout:
             self._tail.clear()
 
     def stop(self) -> None:
-        """Barge-in: drop everything queued; the send task must send stop-audio next."""
+        """Barge-in: drop everything queued; the send task must send stop-audio next (unless a
+        pause already stopped ACS and nothing was released since)."""
         self.stats.dropped_by_stop += self._queued
         self.stats.stops += 1
         self.drop_queue()
         self.position = None  # ACS drops its own queue on stop-audio
-        self.stop_pending = True
+        if not self.paused:
+            self.stop_pending = True
+        self.paused = False
+
+    def pause(self, now: float) -> None:
+        """Stop ACS's playback (stop-audio owed) but keep the queue, and requeue at its head
+        what ACS had been sent and not yet played; nothing is due until `resume()`."""
+        if self.paused:
+            return
+        self.paused = True
+        self.stats.pauses += 1
+        recent = self._recent
+        if self.position is not None and self.position > now:
+            self.stop_pending = True  # only ACS's own queue needs dropping
+            bps = self.bytes_per_second
+            earliest = self.position  # the start of the earliest audio taken back
+            while recent:
+                pcm, utterance, start = recent[-1]
+                if start < now:  # playing now: ACS has played its first `played` bytes
+                    played = round((now - start) * bps)
+                    played -= played % BYTES_PER_SAMPLE
+                    if played < len(pcm):
+                        self._recall(pcm[played:], utterance)
+                    break
+                recent.pop()
+                self._recall(pcm, utterance)
+                earliest = start
+            else:  # more unplayed than remembered (many short frames): ACS drops that part
+                lost = round((earliest - now) * bps)
+                lost -= lost % BYTES_PER_SAMPLE
+                self.stats.released -= lost
+                self.stats.dropped_by_stop += lost
+        self.position = None
+        recent.clear()
+
+    def _recall(self, pcm: bytes, utterance: Hashable) -> None:
+        n = len(pcm)
+        self._frames.appendleft((pcm, utterance))
+        self._queued += n
+        self.stats.released -= n
+        self.stats.recalled += n
+        if utterance in self._released:
+            self._released[utterance] -= n
+
+    def resume(self) -> None:
+        """Let the queue play again, from where `pause()` left it."""
+        self.paused = False
 
     def not_sent(self, frames: list[bytes]) -> None:
         """Released frames the connection refused (the call was ending): count them unsent."""
@@ -134,13 +196,17 @@ class Playout:
     def drop_queue(self) -> None:
         """Forget everything queued (the caller counts it)."""
         self._frames.clear()
+        self._recent.clear()
         self._tail.clear()
         self._queued = 0
 
     # -- send side --
 
     def next_due(self, now: float) -> float | None:
-        """When the next release is due (may be <= now), or None if nothing is queued."""
+        """When the next release is due (may be <= now), or None if nothing is queued (or
+        the playout is paused)."""
+        if self.paused:
+            return None
         position = now if self.position is None or self.position < now else self.position
         if self._frames:  # once released, the head must end no later than now + lead
             return position + len(self._frames[0][0]) / self.bytes_per_second - self.lead
@@ -165,6 +231,7 @@ class Playout:
             self._queued -= n
             position = now if self.position is None or self.position < now else self.position
             self.position = position + n / self.bytes_per_second
+            self._recent.append((pcm, utterance, position))
             self.stats.released += n
             self.stats.frames_released += 1
             if utterance in self._released:

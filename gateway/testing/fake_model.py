@@ -14,7 +14,9 @@ the GA names, or the beta ones (`response.audio.delta`, ...) when the client's `
 is in the beta shape. Transcripts: of each reply (`response.output_audio_transcript.done`, the
 reply's text, cut to the audio streamed if it was cancelled), and of each caller turn
 (`conversation.item.input_audio_transcription.completed`, "caller turn N") when the session asked
-for input transcription. `conversation.item.create` (user and assistant messages, function
+for input transcription: blank for a burst of sound shorter than `noise_max_ms` (a cough, a
+click: speech_started, but no words). With `turn_detection.create_response = false` it replies
+only to `response.create`. `conversation.item.create` (user and assistant messages, function
 outputs) is acknowledged and recorded per session (`items`). Sessions expire `session_max_s`
 after they open, as the service's do: an `error` event with code `session_expired`, then the
 close. On demand it refuses handshakes, drops connections, sends error events, or goes silent
@@ -113,7 +115,9 @@ class FakeModel:
         texts: Sequence[str] = (),
         shared_script: bool = False,
         session_max_s: float | None = None,
+        noise_max_ms: int = 250,
     ) -> None:
+        self.noise_max_ms = noise_max_ms
         self.responses = list(responses)
         self.api_key = api_key
         self.speed = speed
@@ -270,6 +274,8 @@ class _Session:
         self.voiced_ms = 0.0
         self.unvoiced_ms = 0.0
         self.speaking = False
+        self.auto_respond = True  # turn_detection.create_response: a reply at each turn's end
+        self.speech_ms = 0.0  # voiced time in the current caller turn
         self.window = bytearray()
         self.responding: trio.CancelScope | None = None
         self.response_id: str | None = None
@@ -315,6 +321,8 @@ class _Session:
                 audio_in = session.get("audio", {}).get("input", {}) if self.ga else session
                 key = "transcription" if self.ga else "input_audio_transcription"
                 self.transcribe = bool(audio_in.get(key))
+                vad = audio_in.get("turn_detection") or {}
+                self.auto_respond = vad.get("create_response", True) is not False
                 await self.send({"type": "session.updated", "session": session})
             case "conversation.item.create":
                 await self.create_item(event.get("item"))
@@ -401,8 +409,11 @@ class _Session:
             if rms >= self.model.vad_threshold:
                 self.voiced_ms += VAD_WINDOW_MS
                 self.unvoiced_ms = 0
+                if self.speaking:
+                    self.speech_ms += VAD_WINDOW_MS
                 if not self.speaking and self.voiced_ms >= self.model.speech_start_ms:
                     self.speaking = True
+                    self.speech_ms = self.voiced_ms
                     await self.speech_started()
             else:
                 self.unvoiced_ms += VAD_WINDOW_MS
@@ -435,17 +446,17 @@ class _Session:
         await self.send({"type": "input_audio_buffer.committed", "item_id": item_id})
         model = self.model
         if self.transcribe:
+            words = self.speech_ms >= model.noise_max_ms
             model.caller_turns += 1
             await self.send(
                 {
                     "type": "conversation.item.input_audio_transcription.completed",
                     "item_id": item_id,
                     "content_index": 0,
-                    "transcript": f"caller turn {model.caller_turns}",
+                    "transcript": f"caller turn {model.caller_turns}" if words else "",
                 }
             )
-        turn = model.turns if model.shared_script else self.turn
-        if turn < len(model.responses) and self.responding is None:
+        if self.auto_respond and self.responding is None:
             self.start_reply(None)
 
     def start_reply(self, otherwise: bytes | None) -> None:
@@ -558,6 +569,7 @@ async def open_fake_model(
     texts: Sequence[str] = (),
     shared_script: bool = False,
     session_max_s: float | None = None,
+    noise_max_ms: int = 250,
 ) -> AsyncIterator[FakeModel]:
     """Run a fake realtime model on 127.0.0.1, port 0, until the block ends.
 
@@ -568,6 +580,7 @@ async def open_fake_model(
     session goes on with the script.
     `texts`: the words of each reply, for its transcript (default "reply N").
     `session_max_s`: every session expires this long after it opened.
+    `noise_max_ms`: voiced sound shorter than this is noise: transcribed blank.
     `api_key`: if set, handshakes without it (`api-key` or `Authorization: Bearer`) get 401."""
     model = FakeModel(
         responses,
@@ -581,6 +594,7 @@ async def open_fake_model(
         texts=texts,
         shared_script=shared_script,
         session_max_s=session_max_s,
+        noise_max_ms=noise_max_ms,
     )
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(

@@ -5,17 +5,18 @@ up), moving audio both ways, and acting on barge-in. Never: wire spellings (`pro
 option parsing (`options`), or anything that outlives the call.
 
 Tasks (all in one nursery inside the processor, so all end with the call):
-- caller -> model (the processor's own task): reads `call.packets` (in unmixed mode, only the
-  first participant heard, as `echo` does); `uplink` resamples to 24 kHz with state (or, for a
-  24 kHz call, passes ACS's base64 straight through) and batches frames into the model's
-  input buffer appends. Silent frames are sent too, so the model's VAD sees continuous time.
-  While no session is up, frames are dropped and counted (`upstream_audio_dropped`). When ACS
-  hangs up the `async for` ends, the nursery is cancelled and the upstream socket is closed at
-  once.
+- caller -> model (the processor's own task): reads `call.packets` (in unmixed mode, whom the
+  `speakers` policy chooses, or their mix: see `speakers`); `uplink` resamples to 24 kHz with
+  state (or, for a 24 kHz call, passes ACS's base64 straight through) and batches frames into
+  the model's input buffer appends. Silent frames are sent too, so the model's VAD sees
+  continuous time. While no session is up, frames are dropped and counted
+  (`upstream_audio_dropped`). When ACS hangs up the `async for` ends, the nursery is cancelled
+  and the upstream socket is closed at once.
 - upstream: connects, then reads model events. Control events are handled at once, in this
-  task, so a barge-in is never queued behind audio: on `input_audio_buffer.speech_started` the
-  player is stopped (queued audio dropped, stop-audio sent to ACS) before anything is sent
-  upstream, then `response.cancel` and `conversation.item.truncate` (to the player's count of
+  task, so a barge-in is never queued behind audio: on `input_audio_buffer.speech_started`
+  (with `interruption = "pause"`: paused at once, then stopped once `interruption` confirms
+  it) the player is stopped (queued audio dropped, stop-audio sent to ACS) before anything is
+  sent upstream, then `response.cancel` and `conversation.item.truncate` (to the player's count of
   what was released of that item) or `conversation.item.delete` go to the model.
 - tool calls: each function call the model makes runs in a task of its own (`tool_calls`),
   answered on the session it came from; the reader never waits for a tool.
@@ -55,6 +56,7 @@ from ...errors import ConnectionClosed
 from . import protocol, upstream
 from .dtmf import DtmfRelay
 from .history import History
+from .interruption import Interruptions
 from .options import RealtimeOptions
 from .protocol import (
     MODEL_RATE,
@@ -72,6 +74,7 @@ from .protocol import (
     UpstreamError,
 )
 from .sessions import ROLLED_OVER, Rollover, Standby, Turns, Upstream
+from .speakers import Speakers
 from .tool_calls import ToolCalls, ToolSession
 from .tools import Toolbox
 from .uplink import Uplink
@@ -105,6 +108,18 @@ class Bridge:
             else None
         )
         self.conversation = Conversation(self.player.released_ms)
+        self.speakers = Speakers(call, options.speakers)
+        self.interruptions = Interruptions(
+            call,
+            options.interruption,
+            confirm_ms=options.interruption_confirm_ms,
+            min_ms=options.interruption_min_ms,
+            transcribed=options.transcription is not None,
+            barge_in=self._barge_in,
+            send=self._send_events if options.gateway_responds else None,
+            audible=self._bot_audible,
+            vad=self.vad,
+        )
         self.ws: Upstream | None = None  # None: no session now
         self.history = History(
             self.player.released_ms,
@@ -147,6 +162,12 @@ class Bridge:
         )
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            self.interruptions.close()
+
+    async def _run(self) -> None:
         async with trio.open_nursery() as nursery:
             self._tasks = nursery
             nursery.start_soon(self._upstream, nursery.cancel_scope)
@@ -154,6 +175,7 @@ class Bridge:
             nursery.start_soon(self._feed_player)
             if self.dtmf is not None:
                 nursery.start_soon(self.dtmf.run, self._tell)
+            nursery.start_soon(self.interruptions.watch)
             await self._forward_caller()
             # ACS hung up: close the upstream now (one round trip for the closing handshake,
             # while its reader still runs), then end every task.
@@ -171,22 +193,19 @@ class Bridge:
         # The caller's first words wait in the inbound queue (bounded, see gateway.call) while
         # the first session opens, rather than being dropped.
         await self._first_attempt.wait()
-        speaker: str | None = None  # unmixed streams: the model hears one participant
-        first = True
-        async for packet in self.call.packets:
+        speakers = self.speakers  # unmixed streams: whom the model hears (or their mix)
+        async for packet in speakers.packets(self.call.packets):
             if type(packet) is not AudioData:
                 if type(packet) is DtmfData and self.dtmf is not None:
                     await self._key_pressed(packet)
                 continue
-            if first:
-                speaker, first = packet.participant_raw_id, False
-            if packet.participant_raw_id != speaker:
+            if not speakers.hears(packet):
                 continue
             vad = self.vad
             if vad is not None and vad.feed(packet.pcm) and self._bot_audible():
                 self.log.info("local VAD: caller speaking; barge-in before the model reacts")
                 self.call.observer.note("speech_started", by="vad")
-                await self._barge_in()
+                await self.interruptions.suspected("vad")
             if vad is not None and vad.ended:
                 self.call.observer.note("turn_ended", by="vad")
             ws = self.ws
@@ -213,6 +232,7 @@ class Bridge:
         player = self.player
         return (
             self.conversation.responding
+            or player.paused
             or player.playout.queued_bytes > 0
             or player.playout.buffered_ms(trio.current_time()) > 0
         )
@@ -223,7 +243,10 @@ class Bridge:
         if self._bot_audible():
             self.player.stop()
             self.stats.barge_ins += 1
-        events = self.conversation.interrupt()
+        await self._send_events(self.conversation.interrupt())
+
+    async def _send_events(self, events: list[str]) -> None:
+        """Client events for the session, if one is up (a closed one: the reader sees it)."""
         ws = self.ws
         if ws is not None:
             for event in events:
@@ -321,15 +344,19 @@ class Bridge:
                             await self._pending_send.send(entry)
                 case SpeechStarted():
                     self.call.observer.note("speech_started", by="model")
-                    await self._barge_in()
+                    await self.interruptions.suspected("model", event)
                 case SpeechStopped():
                     self.call.observer.note("turn_ended", by="model")
+                    await self.interruptions.speech_stopped(event)
                 case Transcript(who=who, text=text, item_id=item_id):
                     self.call.observer.note("transcript", who=who, text=text, item_id=item_id)
+                    if who == "caller":
+                        await self.interruptions.caller_transcript(text, item_id)
                 case ToolCall():
                     assert self._tasks is not None
                     self.tool_calls.start(self._tasks, tool_session, event)
                 case ResponseCreated(response_id=response_id):
+                    await self.interruptions.response_created()
                     self.conversation.response_created(response_id)
                 case ResponseDone(response_id=response_id, status=status):
                     self.conversation.response_done(response_id)

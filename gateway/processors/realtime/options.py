@@ -21,7 +21,9 @@ from urllib.parse import quote, urlsplit
 import attrs
 
 from . import tools
+from .interruption import PAUSE, POLICIES
 from .protocol import BETA, DIALECTS, GA, SessionSettings
+from .speakers import SPEAKER_POLICIES
 
 
 @attrs.frozen
@@ -101,6 +103,10 @@ class RealtimeOptions:
     greeting: str | dict[str, str] | None = None  # instructions, or {text = ...} / {instructions}
     dtmf_to_model: bool = False
     dtmf_wait_ms: int = 1000  # key presses this close together go to the model as one
+    interruption: str = "cancel"  # or "pause": see .interruption
+    interruption_confirm_ms: int = 1500
+    interruption_min_ms: int = 500
+    speakers: str = "first"  # unmixed streams: "first", "mix" or "follow" (see .speakers)
     session_max_s: float | None = None  # the provider's session limit; 0: no planned rollover
     rollover_before_s: float = 120.0  # open the next session this long before the limit
     rollover_gap_ms: int = 200  # the switch must take no longer (else the next session is dropped)
@@ -155,15 +161,40 @@ class RealtimeOptions:
         return greeting["instructions"]
 
     @property
+    def gateway_responds(self) -> bool:
+        """The gateway, not the model's VAD, requests a response at the end of each caller
+        turn (`interruption = "pause"`, unless `turn_detection` says otherwise)."""
+        vad = self.session_settings.turn_detection
+        return (
+            self.interruption == PAUSE and vad is not None and vad.get("create_response") is False
+        )
+
+    @property
     def session_settings(self) -> SessionSettings:
+        turn_detection = self.turn_detection
+        if (
+            self.interruption == PAUSE
+            and turn_detection is not None
+            and turn_detection.get("type") in _INTERRUPTIBLE_VAD
+        ):
+            # The gateway decides whether the reply was really interrupted: the model must
+            # not cancel it on its own at every sound, nor answer every sound (the gateway
+            # asks for a response when a turn ends that was no false alarm).
+            turn_detection = {
+                "interrupt_response": False,
+                "create_response": False,
+                **turn_detection,
+            }
         return SessionSettings(
             instructions=self.instructions,
             voice=self.voice,
-            turn_detection=self.turn_detection,
+            turn_detection=turn_detection,
             transcription=self.transcription,
             extra=self.session,
         )
 
+
+_INTERRUPTIBLE_VAD: Final = ("server_vad", "semantic_vad")
 
 _TYPES: Final[dict[str, Any]] = {
     "provider": str,
@@ -192,6 +223,10 @@ _TYPES: Final[dict[str, Any]] = {
     "greeting": (str, dict),
     "dtmf_to_model": bool,
     "dtmf_wait_ms": int,
+    "interruption": str,
+    "interruption_confirm_ms": int,
+    "interruption_min_ms": int,
+    "speakers": str,
     "session_max_s": (int, float),
     "rollover_before_s": (int, float),
     "rollover_gap_ms": int,
@@ -229,6 +264,11 @@ def parse_options(
             f"on_upstream_failure must be one of {', '.join(FAILURE_POLICIES)}; "
             f"got {opts.on_upstream_failure!r}"
         )
+    for name, allowed in (("interruption", POLICIES), ("speakers", SPEAKER_POLICIES)):
+        if getattr(opts, name) not in allowed:
+            raise ValueError(
+                f"{name} must be one of {', '.join(allowed)}; got {getattr(opts, name)!r}"
+            )
     if opts.endpoint is None and PROVIDERS[opts.provider].endpoint is None:
         raise ValueError(f"provider {opts.provider!r} needs 'endpoint' (your resource's URL)")
     if urlsplit(opts.url).scheme not in ("ws", "wss"):
@@ -253,6 +293,8 @@ def parse_options(
         "keepalive_timeout",
         "local_vad_min_speech_ms",
         "tool_timeout_ms",
+        "interruption_confirm_ms",
+        "interruption_min_ms",
         "rollover_before_s",
         "rollover_gap_ms",
     ):
