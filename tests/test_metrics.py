@@ -366,3 +366,33 @@ async def test_the_limits_and_authentication_are_counted():
                 pass
         assert refused.value.status_code == 403  # type: ignore[attr-defined]
         assert value(scrape(server.metrics), "calls_refused_total", status="403") == 1
+
+
+def test_realtime_bridges_events_are_counted_from_live_and_ended_calls():
+    from gateway.call.outcome import EndReason
+    from gateway.server import ServerStats
+
+    stats = ServerStats()
+    metrics = Metrics()
+    metrics.follow(stats.totals)
+    ended = stats.call_started()
+    ended.barge_ins, ended.false_interruptions, ended.mix_late_frames = 2, 1, 3
+    stats.call_ended(ended, EndReason.HANGUP, failed=False)
+    live = stats.call_started()
+    live.barge_ins, live.upstream_audio_dropped, live.session_rollovers = 1, 7, 1
+    metrics.flush()
+
+    def events(event: str) -> float | None:
+        return metrics.registry.get_sample_value(
+            "acs_gateway_realtime_events_total", {"event": event}
+        )
+
+    assert events("barge_in") == 3  # the ended call's two and the live call's one
+    assert events("false_interruption") == 1
+    assert events("mix_late_frame") == 3
+    assert events("caller_frame_not_sent") == 7
+    assert events("session_rollover") == 1
+    assert events("reconnect") is None  # nothing happened: no series
+    live.barge_ins += 1
+    metrics.flush()
+    assert events("barge_in") == 4

@@ -163,6 +163,7 @@ class Totals:
     connections_refused: Mapping[str, int] = attrs.field(factory=dict)  # by reason
     accept_errors: Mapping[str, int] = attrs.field(factory=dict)  # by errno name
     tool_calls: Mapping[str, int] = attrs.field(factory=dict)  # by outcome
+    realtime: Mapping[str, int] = attrs.field(factory=dict)  # realtime bridges' events, by event
 
 
 class Metrics:
@@ -235,6 +236,14 @@ class Metrics:
         )
         self.tool_calls = counter(
             "tool_calls", "Tools a realtime model called, by outcome.", ["outcome"]
+        )
+        self.realtime_events = counter(
+            "realtime_events",
+            "What realtime bridges did, by event: barge_in, false_interruption, reconnect, "
+            "session_rollover, history_turn_dropped, and the caller's audio not heard by the "
+            "model: caller_frame_not_sent (no session), mix_late_frame (too late to mix), "
+            "mix_wait_expired (mixed without a late speaker).",
+            ["event"],
         )
         self.connections_refused = counter(
             "connections_refused",
@@ -368,6 +377,7 @@ class Metrics:
             (self.connections_refused, t.connections_refused),
             (self.accept_errors, t.accept_errors),
             (self.tool_calls, t.tool_calls),
+            (self.realtime_events, t.realtime),
         ):
             for label, value in by_label.items():
                 self._advance(family.labels(label), value)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Collection
+from typing import Final
 
 import attrs
 
@@ -45,6 +46,7 @@ class ServerStats:
     accept_errors: Counter[str] = attrs.field(factory=Counter)  # accept() failed, by errno name
     upstream_errors: Counter[str] = attrs.field(factory=Counter)  # by kind
     tool_calls: Counter[str] = attrs.field(factory=Counter)  # a model's tool calls, by outcome
+    realtime: Counter[str] = attrs.field(factory=Counter)  # realtime bridges' events (below)
     packets_unread: int = 0  # still in a call's inbound queue when it ended
     # Seconds of audio a processor played that never reached ACS, by reason.
     outbound_dropped_seconds: dict[str, float] = attrs.field(factory=dict)
@@ -75,8 +77,9 @@ class ServerStats:
             self.frames_flood_dropped,
         )
         errors, upstream = Counter(self.protocol_errors), Counter(self.upstream_errors)
-        tools = Counter(self.tool_calls)
+        tools, realtime = Counter(self.tool_calls), Counter(self.realtime)
         for s in self._live.values():
+            _count_realtime(realtime, s)
             frames_in += s.audio_frames_in
             frames_out += s.messages_out - s.stop_audio_sent  # messages_out counts stops too
             dropped += s.audio_frames_dropped
@@ -110,6 +113,7 @@ class ServerStats:
             protocol_errors=errors,
             upstream_errors=upstream,
             tool_calls=tools,
+            realtime=realtime,
             outbound_dropped=self.outbound_dropped_seconds,
             connections_refused=self.connections_refused,
             accept_errors=self.accept_errors,
@@ -140,6 +144,7 @@ class ServerStats:
         self.protocol_errors.update(stats.protocol_errors)
         self.upstream_errors.update(stats.upstream_errors)
         self.tool_calls.update(stats.tool_calls)
+        _count_realtime(self.realtime, stats)
         self.ended_by[ended_by] += 1
         if failed:
             self.calls_failed += 1
@@ -155,3 +160,23 @@ class ServerStats:
                 if n:
                     dropped = self.outbound_dropped_seconds
                     dropped[reason] = dropped.get(reason, 0.0) + n / per_second
+
+
+# CallStats' counts of a realtime bridge -> the `event` label of acs_gateway_realtime_events_total
+REALTIME_EVENTS: Final = (
+    ("barge_ins", "barge_in"),
+    ("false_interruptions", "false_interruption"),
+    ("upstream_reconnects", "reconnect"),
+    ("session_rollovers", "session_rollover"),
+    ("history_turns_dropped", "history_turn_dropped"),
+    ("upstream_audio_dropped", "caller_frame_not_sent"),
+    ("mix_late_frames", "mix_late_frame"),
+    ("mix_waits_expired", "mix_wait_expired"),
+)
+
+
+def _count_realtime(into: Counter[str], stats: CallStats) -> None:
+    for field, event in REALTIME_EVENTS:
+        n = getattr(stats, field)
+        if n:
+            into[event] += n
