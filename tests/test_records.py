@@ -498,9 +498,15 @@ def test_unmixed_audio_gets_a_channel_per_participant(tmp_path):
 
 async def test_echo_channels_stay_aligned_through_pauses(autojump_clock, tmp_path):
     """End to end: 30 s of numbered frames in bursts with pauses; the echo of frame k sits
-    within one frame of frame k on the caller's channel."""
+    within one frame of frame k on the caller's channel. The autojump clock runs far ahead of
+    the disk thread's real time, so the buffer holds the whole call: on a loaded machine the
+    default would drop audio (counted), which this test is not about."""
     async with open_gateway(
-        "echo", recording=True, call_events=True, recording_dir=str(tmp_path)
+        "echo",
+        recording=True,
+        call_events=True,
+        recording_dir=str(tmp_path),
+        recording_buffer_seconds=120,
     ) as server:
         async with simulated_call(server.urls[0]) as acs:
             first = 1
