@@ -20,7 +20,7 @@ Credentials: the connection string in `$ACS_CONNECTION_STRING` (never logged), o
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import attrs
@@ -155,35 +155,36 @@ class SdkAnswerer:
         return await trio.to_thread.run_sync(self._dial, request, abandon_on_cancel=True)
 
     def _dial(self, request: DialRequest) -> tuple[str, str]:
-        from azure.core.exceptions import AzureError, HttpResponseError
-
-        try:
-            result = self._client.create_call(
-                request.target,
-                request.callback_url,
-                source_caller_id_number=request.caller_id,
-                source_display_name=request.display_name,
-                media_streaming=media_streaming_options(request),
-                operation_context=f"route:{request.route.name}",
-                connection_timeout=self._timeout,
-                read_timeout=self._timeout,
-                retry_total=0,
-            )
-        except HttpResponseError as exc:
-            raise AnswerFailed(_first_line(exc), exc.status_code) from None
-        except AzureError as exc:
-            raise AnswerFailed(_first_line(exc)) from None
+        result = self._call(
+            self._client.create_call,
+            request.target,
+            request.callback_url,
+            source_caller_id_number=request.caller_id,
+            source_display_name=request.display_name,
+            media_streaming=media_streaming_options(request),
+            operation_context=f"route:{request.route.name}",
+        )
         return str(result.call_connection_id), str(result.correlation_id or "")
 
     def _answer(self, request: AnswerRequest) -> str:
+        result = self._call(
+            self._client.answer_call,
+            request.incoming_call_context,
+            request.callback_url,
+            media_streaming=media_streaming_options(request),
+            operation_context=f"route:{request.route.name}",
+        )
+        return str(result.call_connection_id)
+
+    def _call(self, operation: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """One SDK request with our timeouts and no retry (the plane's deadline is the
+        caller's); its failure as `AnswerFailed`."""
         from azure.core.exceptions import AzureError, HttpResponseError
 
         try:
-            result = self._client.answer_call(
-                request.incoming_call_context,
-                request.callback_url,
-                media_streaming=media_streaming_options(request),
-                operation_context=f"route:{request.route.name}",
+            return operation(
+                *args,
+                **kwargs,
                 connection_timeout=self._timeout,
                 read_timeout=self._timeout,
                 retry_total=0,
@@ -192,7 +193,6 @@ class SdkAnswerer:
             raise AnswerFailed(_first_line(exc), exc.status_code) from None
         except AzureError as exc:
             raise AnswerFailed(_first_line(exc)) from None
-        return str(result.call_connection_id)
 
 
 def _first_line(exc: BaseException) -> str:
