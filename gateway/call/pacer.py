@@ -1,40 +1,49 @@
-"""`Pacer`: one timer for the send tasks of every call in a process.
+"""`Pacer`: one timer for the send sides of every call in a process.
 
-Owns: waking a parked send task at (or up to `SLACK` after) the deadline its player asked for.
-Never: holds a call's resources. An entry only refers to the player's parking lot; if the call
-has ended, unparking an empty lot does nothing, and the entry is dropped when it falls due.
+Owns: telling each waiter, at (or up to `SLACK` after) the deadline it asked for, that its
+deadline has passed (`Waiter.deadline_passed`). Never: holds a call's resources or writes to a
+socket itself. An entry refers to its waiter only; a call that has ended, or moved its deadline
+since, ignores the call, and the entry is dropped when it falls due.
 
 Why: a Trio timeout (`move_on_at` around a park) costs about four times a plain wake-up, and a
-send task releasing paced audio (a bot's reply, or an echo after a hiccup) needs one every
-20 ms. Here a single task sleeps until the earliest deadline and wakes every send task due by
-then, so the cost of the timeout is shared, and deadlines within `SLACK` are served together.
-A late wake by at most `SLACK` is harmless: the playout lead window is tens of milliseconds.
+call releasing paced audio (a bot's reply, or an echo after a hiccup) needs one every 20 ms.
+Here a single task sleeps until the earliest deadline and serves every waiter due by then, so
+the cost of the timeout is shared, deadlines within `SLACK` are served together, and a player
+whose socket can take the frames writes them from this task without waking its send task
+(`gateway.call.player`). A late wake by at most `SLACK` is harmless: the playout lead window is
+tens of milliseconds.
 """
 
 from __future__ import annotations
 
 import heapq
 from itertools import count
-from typing import Final
+from typing import Final, Protocol
 
 import trio
 
 SLACK: Final = 0.001  # seconds; wakes due within 1 ms of each other are served by one timer
 
 
+class Waiter(Protocol):
+    def deadline_passed(self, deadline: float, now: float) -> None:
+        """`deadline` (as given to `wake_at`) has passed; `now` is the time. Must not block or
+        raise."""
+
+
 class Pacer:
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, trio.lowlevel.ParkingLot]] = []
-        self._order = count()  # ties: first come, first woken; never compare lots
+        self._heap: list[tuple[float, int, Waiter]] = []
+        self._order = count()  # ties: first come, first served; never compare waiters
         self._rescheduled = trio.lowlevel.ParkingLot()  # the pacer task waits here
 
     def __len__(self) -> int:
         return len(self._heap)
 
-    def wake_at(self, deadline: float, lot: trio.lowlevel.ParkingLot) -> None:
-        """Unpark `lot` once `deadline` has passed."""
+    def wake_at(self, deadline: float, waiter: Waiter) -> None:
+        """Tell `waiter` once `deadline` has passed."""
         earliest = self._heap[0][0] if self._heap else None
-        heapq.heappush(self._heap, (deadline, next(self._order), lot))
+        heapq.heappush(self._heap, (deadline, next(self._order), waiter))
         if earliest is None or deadline < earliest:
             self._rescheduled.unpark_all()  # the pacer must sleep less
 
@@ -44,7 +53,8 @@ class Pacer:
         while True:
             now = trio.current_time()
             while heap and heap[0][0] <= now:
-                heapq.heappop(heap)[2].unpark_all()
+                deadline, _, waiter = heapq.heappop(heap)
+                waiter.deadline_passed(deadline, now)
             if heap:
                 with trio.move_on_at(heap[0][0] + SLACK):
                     await self._rescheduled.park()

@@ -78,6 +78,8 @@ class Player:
         # one wake-up per frame, not two; audio that is not due yet it hands to the pacer
         # instead, so a call whose playout runs ahead of real time costs one wake-up too.
         self._sender_wakes_at = -math.inf
+        self._woken_for: float | None = None  # the deadline that woke the send task, if one did
+        self._failed: Exception | None = None  # raised in the send task: see deadline_passed
         self.closed = False
 
     @property
@@ -148,7 +150,7 @@ class Player:
             # runs ahead of real time, e.g. after a stall): have the pacer wake it when it is
             # due, rather than waking it now only for it to ask the pacer the same.
             self._sender_wakes_at = due
-            self._pacer.wake_at(due, self._sender)
+            self._pacer.wake_at(due, self)
             return
         self._sender.unpark_all()
 
@@ -202,13 +204,61 @@ class Player:
         self._space.unpark_all()
         self._sender.unpark_all()
 
+    # -- the pacer --
+
+    def deadline_passed(self, deadline: float, now: float) -> None:
+        """The pacer: the send task's deadline passed. What is due goes straight to the socket
+        when it can take it, and the send task sleeps on to the next deadline (a wake-up per
+        paced frame saved: every frame of a bot's reply is paced); otherwise the send task
+        wakes and sends. Never raises: a failure is raised in the call's send task."""
+        if deadline != self._sender_wakes_at:
+            return  # stale: the send task woke meanwhile and chose its own wait
+        try:
+            self._release_paced(deadline, now)
+        except Exception as exc:  # a bug must end this call, not the pacer every call shares
+            self._failed = exc
+            self._sender.unpark_all()
+
+    def _release_paced(self, deadline: float, now: float) -> None:
+        playout, direct, pacer = self.playout, self._direct, self._pacer
+        if (
+            direct is None
+            or pacer is None
+            or self.closed
+            or playout.stop_pending
+            or self._flush_pending
+            or not direct.ready()
+        ):
+            self._woken_for = deadline
+            self._sender.unpark_all()
+            return
+        start = playout.position
+        frames = playout.release_due(now)
+        if frames:
+            self.observer.bot_audio(frames, now if start is None or start < now else start)
+            self._space.unpark_all()
+            if self._on_late is not None:
+                self._on_late(now - deadline)
+            if not direct.send(frames):
+                self._flush_pending = True  # the send task writes the rest
+                self._sender.unpark_all()
+                return
+        due = playout.next_due(now)
+        if due is None:
+            self._sender_wakes_at = math.inf  # waits for audio, as if it had parked for it
+        else:
+            self._sender_wakes_at = due
+            pacer.wake_at(due, self)
+
     # -- used by the call's send task only --
 
     async def next_release(self) -> tuple[bool, list[bytes]]:
         """Wait until there is something to send: (stop-audio owed?, frames due now)."""
         playout = self.playout
-        slept_until = None  # the playout deadline the send task slept until, if it did
+        late_from = None  # the playout deadline that woke the send task, if one did
         while True:
+            if self._failed is not None:
+                raise self._failed
             now = self._clock()
             stop = playout.take_stop()
             if stop:
@@ -218,28 +268,29 @@ class Player:
             if frames:
                 self.observer.bot_audio(frames, now if start is None or start < now else start)
                 self._space.unpark_all()
-                if slept_until is not None and self._on_late is not None and now >= slept_until:
-                    self._on_late(now - slept_until)
+                if late_from is not None and self._on_late is not None and now >= late_from:
+                    self._on_late(now - late_from)
             if stop or frames or self._flush_pending:
                 self._flush_pending = False
                 return stop, frames
             if self.closed:
                 await trio.sleep_forever()
             due = playout.next_due(now)
+            self._woken_for = None
             try:
                 if due is None:
                     self._sender_wakes_at = math.inf
-                    slept_until = None
                     await self._sender.park()
-                    if self._sender_wakes_at != math.inf:  # play() set a deadline with the pacer
-                        slept_until = self._sender_wakes_at
                 elif self._pacer is not None:
-                    self._sender_wakes_at = slept_until = due
-                    self._pacer.wake_at(due, self._sender)
+                    self._sender_wakes_at = due
+                    self._pacer.wake_at(due, self)
                     await self._sender.park()
                 else:
-                    self._sender_wakes_at = slept_until = due
-                    with trio.move_on_at(due):
+                    self._sender_wakes_at = due
+                    with trio.move_on_at(due) as timer:
                         await self._sender.park()
+                    if timer.cancelled_caught:
+                        self._woken_for = due
             finally:
                 self._sender_wakes_at = -math.inf
+            late_from = self._woken_for

@@ -1,0 +1,169 @@
+"""Paced audio written by the pacer itself: when a call's deadline passes and its socket can
+take the frames at once (`DirectSink.ready()`), the shared pacer writes them and the call's
+send task sleeps on; otherwise the send task is woken as before. On the autojump clock, with a
+fake sink that records when each frame was written.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from gateway.call.observer import NoObserver
+from gateway.call.pacer import SLACK, Pacer
+from gateway.call.player import Player, Playout
+
+F16 = 640  # bytes in 20 ms at 16 kHz
+
+
+def frames(n: int) -> bytes:
+    return b"".join((k % 65536).to_bytes(2, "little") * (F16 // 2) for k in range(n))
+
+
+class FakeSink:
+    """A socket that takes everything at once, unless told otherwise."""
+
+    def __init__(self) -> None:
+        self.written: list[tuple[float, bytes]] = []
+        self.busy = False  # ready() is False: a write is in progress
+        self.short = False  # send() leaves bytes for the send task
+
+    def ready(self) -> bool:
+        return not self.busy
+
+    def send(self, frames: list[bytes]) -> bool:
+        now = trio.current_time()
+        self.written += [(now, f) for f in frames]
+        return not self.short
+
+
+class Sends:
+    """The call's send task: what it sends, and how often it woke for anything."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[float, bool, list[bytes]]] = []
+        self.returns = 0
+
+    async def run(self, player: Player) -> None:
+        while True:
+            stop, released = await player.next_release()
+            self.returns += 1
+            self.sent.append((trio.current_time(), stop, released))
+
+
+async def test_a_long_reply_goes_out_from_the_pacer_on_time_and_the_send_task_sleeps(
+    autojump_clock,
+):
+    late: list[float] = []
+    sink, sends = FakeSink(), Sends()
+    async with trio.open_nursery() as nursery:
+        pacer = Pacer()
+        await nursery.start(pacer.run)
+        player = Player(Playout(16000, lead_ms=60), pacer=pacer, direct=sink, on_late=late.append)
+        nursery.start_soon(sends.run, player)
+        await trio.sleep(0.001)  # the send task parks, waiting for audio
+        t0 = trio.current_time()
+        await player.play(frames(100))  # 2 s at once: three frames now, then one per 20 ms
+        await player.drain()
+        nursery.cancel_scope.cancel()
+    times = [t - t0 for t, _ in sink.written]
+    assert [f for _, f in sink.written] == [frames(100)[k * F16 : (k + 1) * F16] for k in range(100)]
+    for k, t in enumerate(times):
+        exact = max(0, k - 2) * 0.020
+        assert exact - 1e-9 <= t <= exact + SLACK + 1e-9  # never early, at most SLACK late
+    assert sends.returns == 0  # every frame went from play() or the pacer: no send-task wake
+    assert len(late) == 97 and max(late) <= SLACK + 1e-9  # each paced release's lateness
+    assert player.playout.stats.released == 100 * F16
+
+
+async def test_a_busy_socket_wakes_the_send_task_instead(autojump_clock):
+    sink, sends = FakeSink(), Sends()
+    async with trio.open_nursery() as nursery:
+        pacer = Pacer()
+        await nursery.start(pacer.run)
+        player = Player(Playout(16000, lead_ms=60), pacer=pacer, direct=sink)
+        nursery.start_soon(sends.run, player)
+        await trio.sleep(0.001)
+        t0 = trio.current_time()
+        await player.play(frames(10))  # three frames go from play() itself
+        sink.busy = True  # from now on, only the send task may write
+        await player.drain()
+        nursery.cancel_scope.cancel()
+    assert len(sink.written) == 3
+    by_task = [(t - t0, f) for t, _, released in sends.sent for f in released]
+    assert [f for _, f in by_task] == [frames(10)[k * F16 : (k + 1) * F16] for k in range(3, 10)]
+    for k, (t, _) in enumerate(by_task, start=3):
+        exact = (k - 2) * 0.020
+        assert exact - 1e-9 <= t <= exact + SLACK + 1e-9
+
+
+async def test_a_short_write_leaves_the_rest_to_the_send_task(autojump_clock):
+    sink, sends = FakeSink(), Sends()
+    async with trio.open_nursery() as nursery:
+        pacer = Pacer()
+        await nursery.start(pacer.run)
+        player = Player(Playout(16000, lead_ms=60), pacer=pacer, direct=sink)
+        nursery.start_soon(sends.run, player)
+        await trio.sleep(0.001)
+        await player.play(frames(4))  # three now, the fourth from the pacer at 20 ms
+        sink.short = True
+        await player.drain()
+        await trio.sleep(0.1)
+        nursery.cancel_scope.cancel()
+    assert len(sink.written) == 4
+    # The send task woke once with nothing of its own: its write sends the bytes left over.
+    assert [(stop, released) for _, stop, released in sends.sent] == [(False, [])]
+
+
+async def test_stop_while_the_pacer_holds_a_deadline_sends_stop_audio_and_nothing_after(
+    autojump_clock,
+):
+    sink, sends = FakeSink(), Sends()
+    async with trio.open_nursery() as nursery:
+        pacer = Pacer()
+        await nursery.start(pacer.run)
+        player = Player(Playout(16000, lead_ms=60), pacer=pacer, direct=sink)
+        nursery.start_soon(sends.run, player)
+        await trio.sleep(0.001)
+        t0 = trio.current_time()
+        nursery.start_soon(player.play, frames(50))
+        await trio.sleep(0.105)  # frames 0-7 written: three at once, then at 20, 40 ... 100 ms
+        player.stop()  # barge-in
+        await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    assert len(sink.written) == 8
+    assert all(t - t0 <= 0.105 for t, _ in sink.written)
+    assert [(stop, released) for _, stop, released in sends.sent] == [(True, [])]
+    assert player.playout.stats.dropped_by_stop == 42 * F16
+
+
+class Failing(NoObserver):
+    def bot_audio(self, frames: list[bytes], start: float) -> None:
+        if start > trio.current_time():  # the first paced release, not play()'s own
+            raise RuntimeError("observer bug")
+
+
+async def test_a_failure_in_a_paced_release_ends_that_call_not_the_pacer(autojump_clock):
+    sink, other = FakeSink(), FakeSink()
+    failure: list[BaseException] = []
+
+    async def send_task(player: Player) -> None:
+        try:
+            while True:
+                await player.next_release()
+        except RuntimeError as exc:
+            failure.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        pacer = Pacer()
+        await nursery.start(pacer.run)
+        bad = Player(Playout(16000, lead_ms=60), pacer=pacer, direct=sink, observer=Failing())
+        good = Player(Playout(16000, lead_ms=60), pacer=pacer, direct=other)
+        nursery.start_soon(send_task, bad)
+        nursery.start_soon(send_task, good)
+        await trio.sleep(0.001)
+        nursery.start_soon(bad.play, frames(10))
+        nursery.start_soon(good.play, frames(10))
+        await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    assert [str(e) for e in failure] == ["observer bug"]
+    assert len(other.written) == 10  # the other call, on the same pacer, played on
