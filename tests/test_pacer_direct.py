@@ -66,7 +66,8 @@ async def test_a_long_reply_goes_out_from_the_pacer_on_time_and_the_send_task_sl
         await player.drain()
         nursery.cancel_scope.cancel()
     times = [t - t0 for t, _ in sink.written]
-    assert [f for _, f in sink.written] == [frames(100)[k * F16 : (k + 1) * F16] for k in range(100)]
+    audio = frames(100)
+    assert [f for _, f in sink.written] == [audio[k * F16 : (k + 1) * F16] for k in range(100)]
     for k, t in enumerate(times):
         exact = max(0, k - 2) * 0.020
         assert exact - 1e-9 <= t <= exact + SLACK + 1e-9  # never early, at most SLACK late
