@@ -203,7 +203,10 @@ async def test_pacing_lateness_is_the_pacers_slack_on_an_idle_loop(autojump_cloc
                 await call.closed.wait()
         m = scrape(server.metrics)
     count = value(m, "pacing_lateness_seconds_count")
-    assert count == 50 - 3  # every frame after the first lead window waited for the clock
+    # Every frame after the first lead window waited for the clock, in a release of its own,
+    # but the last five (100 ms: catching up sends so short a backlog at once) went together
+    # with the one before them.
+    assert count == 50 - 3 - 5
     # On an idle loop the send task runs exactly when the shared pacer fires: SLACK late.
     assert abs(value(m, "pacing_lateness_seconds_sum") - count * SLACK) < 1e-6
 

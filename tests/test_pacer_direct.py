@@ -1,7 +1,7 @@
 """Paced audio written by the pacer itself: when a call's deadline passes and its socket can
 take the frames at once (`DirectSink.ready()`), the shared pacer writes them and the call's
 send task sleeps on; otherwise the send task is woken as before. On the autojump clock, with a
-fake sink that records when each frame was written.
+fake sink that records when each frame was written. Catching up is off: the lead alone paces.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ async def test_a_long_reply_goes_out_from_the_pacer_on_time_and_the_send_task_sl
     async with trio.open_nursery() as nursery:
         pacer = Pacer()
         await nursery.start(pacer.run)
-        player = Player(Playout(16000, lead_ms=60), pacer=pacer, direct=sink, on_late=late.append)
+        player = Player(Playout(16000, lead_ms=60, catchup_ms=0), pacer=pacer, direct=sink, on_late=late.append)
         nursery.start_soon(sends.run, player)
         await trio.sleep(0.001)  # the send task parks, waiting for audio
         t0 = trio.current_time()
@@ -81,7 +81,7 @@ async def test_a_busy_socket_wakes_the_send_task_instead(autojump_clock):
     async with trio.open_nursery() as nursery:
         pacer = Pacer()
         await nursery.start(pacer.run)
-        player = Player(Playout(16000, lead_ms=60), pacer=pacer, direct=sink)
+        player = Player(Playout(16000, lead_ms=60, catchup_ms=0), pacer=pacer, direct=sink)
         nursery.start_soon(sends.run, player)
         await trio.sleep(0.001)
         t0 = trio.current_time()
@@ -102,7 +102,7 @@ async def test_a_short_write_leaves_the_rest_to_the_send_task(autojump_clock):
     async with trio.open_nursery() as nursery:
         pacer = Pacer()
         await nursery.start(pacer.run)
-        player = Player(Playout(16000, lead_ms=60), pacer=pacer, direct=sink)
+        player = Player(Playout(16000, lead_ms=60, catchup_ms=0), pacer=pacer, direct=sink)
         nursery.start_soon(sends.run, player)
         await trio.sleep(0.001)
         await player.play(frames(4))  # three now, the fourth from the pacer at 20 ms
@@ -122,7 +122,7 @@ async def test_stop_while_the_pacer_holds_a_deadline_sends_stop_audio_and_nothin
     async with trio.open_nursery() as nursery:
         pacer = Pacer()
         await nursery.start(pacer.run)
-        player = Player(Playout(16000, lead_ms=60), pacer=pacer, direct=sink)
+        player = Player(Playout(16000, lead_ms=60, catchup_ms=0), pacer=pacer, direct=sink)
         nursery.start_soon(sends.run, player)
         await trio.sleep(0.001)
         t0 = trio.current_time()
@@ -157,8 +157,8 @@ async def test_a_failure_in_a_paced_release_ends_that_call_not_the_pacer(autojum
     async with trio.open_nursery() as nursery:
         pacer = Pacer()
         await nursery.start(pacer.run)
-        bad = Player(Playout(16000, lead_ms=60), pacer=pacer, direct=sink, observer=Failing())
-        good = Player(Playout(16000, lead_ms=60), pacer=pacer, direct=other)
+        bad = Player(Playout(16000, lead_ms=60, catchup_ms=0), pacer=pacer, direct=sink, observer=Failing())
+        good = Player(Playout(16000, lead_ms=60, catchup_ms=0), pacer=pacer, direct=other)
         nursery.start_soon(send_task, bad)
         nursery.start_soon(send_task, good)
         await trio.sleep(0.001)

@@ -50,6 +50,12 @@ def noise(n_bytes: int, seed: int = 0) -> bytes:
     return random.Random(seed).randbytes(n_bytes)
 
 
+def lead_only(rate: int, **kwargs: float) -> Playout:
+    """A playout with catching up off: the lead rule alone (catching up has its own tests, in
+    `test_playout_catchup.py`, and the state machine below runs with it on and off)."""
+    return Playout(rate, catchup_ms=0, **kwargs)
+
+
 def check_accounts(p: Playout) -> None:
     """No audio lost uncounted. (`unsent_at_end`: what a closing call still had queued.)"""
     s = p.stats
@@ -69,13 +75,13 @@ def test_lead_below_one_frame_is_refused():
 
 @pytest.mark.parametrize("rate", [16000, 24000])
 def test_frame_sizes_follow_the_sample_rate(rate):
-    p = Playout(rate)
+    p = lead_only(rate)
     assert p.frame_bytes == fb(rate)
     assert p.bytes_per_second == rate * 2
 
 
 def test_nothing_queued_nothing_due():
-    p = Playout(16000)
+    p = lead_only(16000)
     assert p.next_due(0.0) is None
     assert p.release_due(0.0) == []
     assert p.take_stop() is False
@@ -84,7 +90,7 @@ def test_nothing_queued_nothing_due():
 
 
 def test_whole_frames_are_queued_as_they_are():
-    p = Playout(16000, lead_ms=60)
+    p = lead_only(16000, lead_ms=60)
     pcm = frame(7)
     p.enqueue(pcm, "u")
     assert p.queued_bytes == F16
@@ -95,7 +101,7 @@ def test_whole_frames_are_queued_as_they_are():
 
 @pytest.mark.parametrize("odd", [1, 3, 641, 1279])
 def test_odd_length_pcm_raises_and_is_not_counted(odd):
-    p = Playout(16000)
+    p = lead_only(16000)
     p.enqueue(bytes(100))
     with pytest.raises(ValueError):
         p.enqueue(bytes(odd))
@@ -104,13 +110,13 @@ def test_odd_length_pcm_raises_and_is_not_counted(odd):
 
 
 def test_empty_pcm_is_a_no_op():
-    p = Playout(16000)
+    p = lead_only(16000)
     p.enqueue(b"", "a")
     assert p.queued_bytes == 0 and p.stats.accepted == 0 and p.next_due(0.0) is None
 
 
 def test_long_queue_three_frames_at_t0_then_one_every_20_ms_exactly():
-    p = Playout(16000, lead_ms=60)
+    p = lead_only(16000, lead_ms=60)
     n = 1000
     for k in range(n):
         p.enqueue(frame(k))
@@ -134,7 +140,7 @@ def test_long_queue_three_frames_at_t0_then_one_every_20_ms_exactly():
 
 @pytest.mark.parametrize(("lead_ms", "burst"), [(20, 1), (40, 2), (60, 3), (100, 5), (70, 3)])
 def test_the_lead_window_bounds_the_first_burst(lead_ms, burst):
-    p = Playout(16000, lead_ms=lead_ms)
+    p = lead_only(16000, lead_ms=lead_ms)
     p.enqueue(frames(20))
     assert len(p.release_due(0.0)) == burst
     assert p.buffered_ms(0.0) <= lead_ms + 1e-9
@@ -143,7 +149,7 @@ def test_the_lead_window_bounds_the_first_burst(lead_ms, burst):
 
 
 def test_a_busy_acs_queue_is_topped_up_only_to_the_lead():
-    p = Playout(16000, lead_ms=60)
+    p = lead_only(16000, lead_ms=60)
     p.enqueue(frames(3))
     assert len(p.release_due(0.0)) == 3  # position 0.060
     p.enqueue(frames(5, first=3))
@@ -154,7 +160,7 @@ def test_a_busy_acs_queue_is_topped_up_only_to_the_lead():
 
 
 def test_after_an_underrun_the_clock_restarts_at_now():
-    p = Playout(16000, lead_ms=60)
+    p = lead_only(16000, lead_ms=60)
     p.enqueue(frame(0))
     assert p.release_due(0.0) == [frame(0)]
     assert p.position == pytest.approx(0.020, abs=TIGHT)
@@ -168,7 +174,7 @@ def test_after_an_underrun_the_clock_restarts_at_now():
 
 
 def test_an_underrun_by_a_fraction_of_a_frame_restarts_at_now_too():
-    p = Playout(16000, lead_ms=20)
+    p = lead_only(16000, lead_ms=20)
     p.enqueue(frames(2))
     assert p.release_due(0.0) == [frame(0)]
     # the sender was 7 ms late: position (0.020) is behind now, so the frame starts at now
@@ -182,7 +188,7 @@ def test_pieces_are_assembled_into_exact_frames(rate, piece_ms):
     size = fb(rate)
     piece = rate * 2 * piece_ms // 1000
     audio = noise(size * 21, seed=piece_ms)  # 420 ms: a whole number of frames
-    p = Playout(rate, lead_ms=1000)
+    p = lead_only(rate, lead_ms=1000)
     for i in range(0, len(audio), piece):
         p.enqueue(audio[i : i + piece], "u")
         check_accounts(p)
@@ -196,7 +202,7 @@ def test_pieces_are_assembled_into_exact_frames(rate, piece_ms):
 @pytest.mark.parametrize("rate", [16000, 24000])
 def test_the_remainder_waits_for_more_of_its_utterance(rate):
     size = fb(rate)
-    p = Playout(rate, lead_ms=60)
+    p = lead_only(rate, lead_ms=60)
     seven_ms = rate * 2 * 7 // 1000
     audio = noise(seven_ms * 10, seed=1)  # 70 ms: three frames and 10 ms
     for i in range(0, len(audio), seven_ms):
@@ -219,7 +225,7 @@ def test_the_remainder_waits_for_more_of_its_utterance(rate):
 @pytest.mark.parametrize("rate", [16000, 24000])
 def test_the_remainder_goes_alone_when_acs_would_run_dry(rate):
     size = fb(rate)
-    p = Playout(rate, lead_ms=60)
+    p = lead_only(rate, lead_ms=60)
     tail = noise(size // 2, seed=3)  # 10 ms
     p.enqueue(frames(3, size) + tail, "a")
     assert len(p.release_due(0.0)) == 3  # position 0.060
@@ -234,7 +240,7 @@ def test_the_remainder_goes_alone_when_acs_would_run_dry(rate):
 
 
 def test_a_remainder_on_an_idle_acs_goes_at_once():
-    p = Playout(16000, lead_ms=60)
+    p = lead_only(16000, lead_ms=60)
     p.enqueue(bytes(100), "a")
     assert p.next_due(3.0) <= 3.0
     assert p.release_due(3.0) == [bytes(100)]
@@ -242,7 +248,7 @@ def test_a_remainder_on_an_idle_acs_goes_at_once():
 
 
 def test_flush_lets_the_remainder_go_by_the_lead_rule():
-    p = Playout(16000, lead_ms=60)
+    p = lead_only(16000, lead_ms=60)
     p.enqueue(frames(2) + bytes(320), "a")  # 40 ms + 10 ms
     assert len(p.release_due(0.0)) == 2  # position 0.040; the remainder waits (0.020 due)
     assert p.release_due(0.0) == []
@@ -256,7 +262,7 @@ def test_flush_lets_the_remainder_go_by_the_lead_rule():
 
 
 def test_flush_keeps_later_audio_of_the_same_utterance_apart():
-    p = Playout(16000, lead_ms=1000)
+    p = lead_only(16000, lead_ms=1000)
     p.enqueue(bytes(320), "a")
     p.flush()
     p.enqueue(frame(1), "a")
@@ -264,7 +270,7 @@ def test_flush_keeps_later_audio_of_the_same_utterance_apart():
 
 
 def test_a_new_utterance_flushes_the_previous_tail():
-    p = Playout(16000, lead_ms=200)
+    p = lead_only(16000, lead_ms=200)
     a = noise(F16 + 320, seed=4)  # 30 ms of "a"
     b = noise(F16 + 320, seed=5)  # 30 ms of "b"
     p.enqueue(a, "a")
@@ -278,7 +284,7 @@ def test_a_new_utterance_flushes_the_previous_tail():
 
 
 def test_a_new_utterance_of_whole_frames_after_a_tail():
-    p = Playout(16000, lead_ms=200)
+    p = lead_only(16000, lead_ms=200)
     p.enqueue(bytes(100), "a")
     p.enqueue(frame(9), "b")  # the whole-frame fast path must not swallow a's tail
     assert p.release_due(0.0) == [bytes(100), frame(9)]
@@ -287,7 +293,7 @@ def test_a_new_utterance_of_whole_frames_after_a_tail():
 
 
 def test_released_ms_per_utterance_is_exact():
-    p = Playout(24000, lead_ms=60)
+    p = lead_only(24000, lead_ms=60)
     p.enqueue(frames(4, F24), "r1")
     p.enqueue(frames(2, F24) + bytes(480), "r2")  # 50 ms
     assert len(p.release_due(0.0)) == 3
@@ -304,7 +310,7 @@ def test_released_ms_per_utterance_is_exact():
 
 
 def test_stop_drops_everything_counts_it_and_is_reported_once():
-    p = Playout(16000, lead_ms=60)
+    p = lead_only(16000, lead_ms=60)
     p.enqueue(frames(10) + bytes(10), "a")
     assert len(p.release_due(0.0)) == 3
     assert p.take_stop() is False
@@ -327,7 +333,7 @@ def test_stop_drops_everything_counts_it_and_is_reported_once():
 
 
 def test_stop_on_an_empty_queue_still_owes_acs_a_stop():
-    p = Playout(16000)
+    p = lead_only(16000)
     p.stop()
     p.stop()
     assert p.stats.stops == 2 and p.stats.dropped_by_stop == 0
@@ -338,7 +344,7 @@ def test_stop_on_an_empty_queue_still_owes_acs_a_stop():
 def test_a_short_remainder_never_exceeds_the_lead(lead_ms):
     """The lead bounds what ACS holds after a barge-in: a remainder sent to keep ACS from
     running dry must also fit in the lead window."""
-    p = Playout(16000, lead_ms=lead_ms)
+    p = lead_only(16000, lead_ms=lead_ms)
     p.enqueue(frame(0) + bytes(600), "a")  # 20 ms + 18.75 ms
     now = 0.0
     out = []
@@ -371,7 +377,7 @@ def test_randomized_operations_never_lose_audio_uncounted():
             for f in p.release_due(now):
                 assert 0 < len(f) <= F16
                 released += f
-            assert p.position is None or p.position - now <= 0.060 + 1e-9
+            assert p.position is None or p.position - now <= 0.060 + 0.100 + 1e-9
         elif op < 0.95:
             p.flush()
         else:
@@ -396,9 +402,14 @@ class PlayoutMachine(RuleBasedStateMachine):
     """A model of the playout queue: the audio accepted and neither released nor dropped, by
     utterance, in order. Every step checks accounting, order, framing and the clock."""
 
-    @initialize(rate=st.sampled_from([16000, 24000]), lead_ms=st.sampled_from([20, 30, 60, 100]))
-    def setup(self, rate: int, lead_ms: int) -> None:
-        self.p = Playout(rate, lead_ms=lead_ms)
+    @initialize(
+        rate=st.sampled_from([16000, 24000]),
+        lead_ms=st.sampled_from([20, 30, 60, 100]),
+        catchup_ms=st.sampled_from([0, 100]),
+    )
+    def setup(self, rate: int, lead_ms: int, catchup_ms: int) -> None:
+        self.p = Playout(rate, lead_ms=lead_ms, catchup_ms=catchup_ms)
+        self.catchup = catchup_ms / 1000
         self.fb = fb(rate)
         self.bps = rate * 2
         self.lead = lead_ms / 1000
@@ -412,6 +423,7 @@ class PlayoutMachine(RuleBasedStateMachine):
         self.released_by = Counter[str]()
         self.dropped = 0
         self.position: float | None = None  # the model's playout clock
+        self.catchup_bytes = int(self.bps * self.catchup)  # a backlog this short is not held
 
     @rule(
         samples=st.integers(0, 1500),
@@ -493,7 +505,9 @@ class PlayoutMachine(RuleBasedStateMachine):
                     end == self.enqueued and start <= now + 0.020 + 1e-9
                 ), "a remainder went out while more of its utterance could follow"
             position = start + n / self.bps
-            assert position - now <= self.lead + 1e-9, "released beyond the lead window"
+            short = len(self.pending) <= self.catchup_bytes  # a short backlog goes at once
+            ahead = self.lead + (self.catchup if short else 0.0)
+            assert position - now <= ahead + 1e-9, "released beyond the lead window"
             del self.pending[:n]
             del self.owner[: n // 2]
             self.out += n
@@ -522,7 +536,7 @@ class PlayoutMachine(RuleBasedStateMachine):
                 self.released_by[u] * 1000 / self.bps, abs=1e-9
             )
         if self.p.position is not None:
-            assert self.p.buffered_ms(self.now) <= self.lead * 1000 + 1e-6
+            assert self.p.buffered_ms(self.now) <= (self.lead + self.catchup) * 1000 + 1e-6
 
 
 PlayoutMachine.TestCase.settings = settings(
@@ -562,7 +576,7 @@ async def sender(player: Player, log: Log) -> None:
         now = trio.current_time()
         assert stop or released, "woken for nothing to send"
         log.append((now, stop, released))
-        assert p.buffered_ms(now) <= p.lead * 1000 + 1e-6, "ahead of real time beyond the lead"
+        assert p.buffered_ms(now) <= (p.lead + p.catchup) * 1000 + 1e-6, "beyond the lead"
         assert p.queued_bytes <= p.capacity_bytes, "queue over capacity"
         check_accounts(p)
 
@@ -579,7 +593,7 @@ def sent(log: Log) -> list[bytes]:
 @bounded
 async def test_one_second_at_once_exact_release_times(autojump_clock, rate):
     size = fb(rate)
-    player = Player(Playout(rate, lead_ms=60))
+    player = Player(lead_only(rate, lead_ms=60))
     log: Log = []
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sender, player, log)
@@ -603,7 +617,7 @@ async def test_one_second_at_once_exact_release_times(autojump_clock, rate):
 @pytest.mark.parametrize("lead_ms", [20, 40, 100])
 @bounded
 async def test_the_first_burst_is_the_lead_window(autojump_clock, lead_ms):
-    player = Player(Playout(16000, lead_ms=lead_ms))
+    player = Player(lead_only(16000, lead_ms=lead_ms))
     log: Log = []
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sender, player, log)
@@ -617,7 +631,7 @@ async def test_the_first_burst_is_the_lead_window(autojump_clock, lead_ms):
 
 @bounded
 async def test_no_drift_after_ten_thousand_frames(autojump_clock):
-    player = Player(Playout(16000, lead_ms=60, capacity_ms=300_000))
+    player = Player(lead_only(16000, lead_ms=60, capacity_ms=300_000))
     log: Log = []
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sender, player, log)
@@ -637,7 +651,7 @@ async def test_with_the_shared_pacer_frames_are_at_most_its_slack_late(autojump_
     async with trio.open_nursery() as nursery:
         pacer = Pacer()
         await nursery.start(pacer.run)
-        player = Player(Playout(16000, lead_ms=60), pacer=pacer)
+        player = Player(lead_only(16000, lead_ms=60), pacer=pacer)
         log: Log = []
         nursery.start_soon(sender, player, log)
         t0 = trio.current_time()
@@ -665,7 +679,7 @@ async def test_with_the_shared_pacer_frames_are_at_most_its_slack_late(autojump_
 )
 @bounded
 async def test_play_blocks_while_the_queue_is_full(autojump_clock, capacity_ms, returns_at):
-    player = Player(Playout(16000, lead_ms=60, capacity_ms=capacity_ms))
+    player = Player(lead_only(16000, lead_ms=60, capacity_ms=capacity_ms))
     log: Log = []
     audio = frames(50)
     async with trio.open_nursery() as nursery:
@@ -687,7 +701,7 @@ async def test_play_blocks_while_the_queue_is_full(autojump_clock, capacity_ms, 
 @bounded
 async def test_play_is_not_released_early_by_back_pressure(autojump_clock):
     """The blocked play() is still blocked a frame before the computed time."""
-    player = Player(Playout(16000, lead_ms=60, capacity_ms=200))
+    player = Player(lead_only(16000, lead_ms=60, capacity_ms=200))
     returned: list[float] = []
 
     async def speak() -> None:
@@ -707,7 +721,7 @@ async def test_play_is_not_released_early_by_back_pressure(autojump_clock):
 
 @bounded
 async def test_stop_while_play_is_blocked(autojump_clock):
-    player = Player(Playout(16000, lead_ms=60, capacity_ms=200))
+    player = Player(lead_only(16000, lead_ms=60, capacity_ms=200))
     log: Log = []
     returned: list[float] = []
     old = frames(50)
@@ -758,7 +772,7 @@ async def test_stop_while_play_is_blocked(autojump_clock):
 
 @bounded
 async def test_stop_is_sent_at_once_even_while_the_sender_waits_for_the_clock(autojump_clock):
-    player = Player(Playout(16000, lead_ms=60))
+    player = Player(lead_only(16000, lead_ms=60))
     log: Log = []
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sender, player, log)
@@ -776,7 +790,7 @@ async def test_stop_is_sent_at_once_even_while_the_sender_waits_for_the_clock(au
 @bounded
 async def test_stop_then_play_before_the_sender_runs(autojump_clock):
     """stop() and a new play() in the same instant: one entry, stop first, then new audio."""
-    player = Player(Playout(16000, lead_ms=60))
+    player = Player(lead_only(16000, lead_ms=60))
     log: Log = []
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sender, player, log)
@@ -792,7 +806,7 @@ async def test_stop_then_play_before_the_sender_runs(autojump_clock):
 
 @bounded
 async def test_drain(autojump_clock):
-    player = Player(Playout(16000, lead_ms=60))
+    player = Player(lead_only(16000, lead_ms=60))
     log: Log = []
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sender, player, log)
@@ -811,7 +825,7 @@ async def test_drain(autojump_clock):
 
 @bounded
 async def test_drain_returns_on_stop(autojump_clock):
-    player = Player(Playout(16000, lead_ms=60))
+    player = Player(lead_only(16000, lead_ms=60))
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sender, player, [])
         await player.play(frames(50))
@@ -831,7 +845,7 @@ async def test_drain_returns_on_stop(autojump_clock):
 
 @bounded
 async def test_close(autojump_clock):
-    player = Player(Playout(16000, lead_ms=60, capacity_ms=100))
+    player = Player(lead_only(16000, lead_ms=60, capacity_ms=100))
     log: Log = []
     returned: list[float] = []
 
@@ -875,7 +889,7 @@ async def test_close(autojump_clock):
 @bounded
 async def test_an_idle_sender_wakes_at_once(autojump_clock, pcm):
     """Latency zero: play() on an idle player is sent in the same instant, not a frame later."""
-    player = Player(Playout(16000, lead_ms=60))
+    player = Player(lead_only(16000, lead_ms=60))
     log: Log = []
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sender, player, log)
@@ -896,7 +910,7 @@ async def test_an_idle_sender_wakes_at_once(autojump_clock, pcm):
 async def test_new_audio_that_is_due_sooner_wakes_a_waiting_sender(autojump_clock):
     """The sender sleeps until a remainder is due (ACS about to run dry); audio completing the
     frame makes a whole frame due sooner, and the sender must not oversleep it."""
-    player = Player(Playout(16000, lead_ms=60))
+    player = Player(lead_only(16000, lead_ms=60))
     log: Log = []
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sender, player, log)
@@ -911,7 +925,7 @@ async def test_new_audio_that_is_due_sooner_wakes_a_waiting_sender(autojump_cloc
 
 @bounded
 async def test_play_in_small_pieces_sends_whole_frames(autojump_clock):
-    player = Player(Playout(24000, lead_ms=60))
+    player = Player(lead_only(24000, lead_ms=60))
     log: Log = []
     audio = noise(F24 * 25 + 336, seed=9)  # 500 ms and 7 ms
     async with trio.open_nursery() as nursery:
@@ -927,7 +941,7 @@ async def test_play_in_small_pieces_sends_whole_frames(autojump_clock):
 
 @bounded
 async def test_released_ms_follows_the_frames_sent(autojump_clock):
-    player = Player(Playout(16000, lead_ms=60))
+    player = Player(lead_only(16000, lead_ms=60))
     seen: list[tuple[float, float, int, int]] = []
     by_utterance: Counter[str] = Counter()
 
@@ -961,7 +975,7 @@ async def test_released_ms_follows_the_frames_sent(autojump_clock):
 
 @bounded
 async def test_odd_length_play_is_refused_before_anything_is_queued(autojump_clock):
-    player = Player(Playout(16000, lead_ms=60, capacity_ms=100))
+    player = Player(lead_only(16000, lead_ms=60, capacity_ms=100))
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sender, player, [])
         with pytest.raises(ValueError):
@@ -986,7 +1000,7 @@ async def test_the_sender_wakes_once_per_frame_with_a_backlog(autojump_clock):
             passes += 1
         return trio.current_time()
 
-    player = Player(Playout(16000, lead_ms=60, capacity_ms=10_000), clock=clock)
+    player = Player(lead_only(16000, lead_ms=60, capacity_ms=10_000), clock=clock)
     wakes = 0
 
     async def counting_sender() -> None:
@@ -1030,7 +1044,7 @@ async def test_audio_not_due_yet_wakes_the_sender_once_through_the_pacer(autojum
     async with trio.open_nursery() as nursery:
         pacer = Pacer()
         await nursery.start(pacer.run)
-        player = Player(Playout(16000, lead_ms=60), clock=clock, pacer=pacer, on_late=late.append)
+        player = Player(lead_only(16000, lead_ms=60), clock=clock, pacer=pacer, on_late=late.append)
 
         async def timing_sender() -> None:
             while True:
@@ -1057,7 +1071,7 @@ async def test_audio_not_due_yet_wakes_the_sender_once_through_the_pacer(autojum
 
 @bounded
 async def test_the_queue_never_exceeds_its_capacity_under_a_fast_producer(autojump_clock):
-    player = Player(Playout(16000, lead_ms=60, capacity_ms=100))
+    player = Player(lead_only(16000, lead_ms=60, capacity_ms=100))
     log: Log = []
     rng = random.Random(3)
     total = 0

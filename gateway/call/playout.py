@@ -12,6 +12,15 @@ release advances `position` by the frame's duration from max(position, now): abs
 accumulated, so pacing never drifts; after an underrun (nothing to play) the next frame starts
 at `now`.
 
+Catching up. Audio is held for the clock only while more than `catchup` (100 ms by default)
+waits in the queue: a reply streaming in faster than real time. A backlog of at most that much
+is what a stall of our loop or a slow call start leaves behind a real-time source (echo, audio
+relayed as it comes), and such a source never lets it shrink: held, each of its frames would
+wait for the clock, and cost the send side a timer wake-up, for the rest of the call. So the
+lead stretches by `catchup` while the queue is that short: the backlog goes to ACS at once and
+sits in ACS's queue instead of ours. The caller hears the same either way; ACS holds at most
+`lead + catchup`, and only the first and last `catchup` of a fast reply may go that early.
+
 Frames are 20 ms of the call's format. Audio is queued in whole frames; a remainder shorter than
 a frame (the end of an odd-sized chunk) waits for more audio of the same utterance and is
 released on its own only when ACS would otherwise run dry (`position <= now + one frame`, and
@@ -42,6 +51,7 @@ from ..acs.packets import BYTES_PER_SAMPLE, FRAME_MS, frame_bytes
 
 DEFAULT_LEAD_MS: Final = 60  # three frames: absorbs send jitter, bounds audio heard after barge-in
 DEFAULT_CAPACITY_MS: Final = 5000  # a model reply streams faster than real time; 5 s is ~160 KB
+DEFAULT_CATCHUP_MS: Final = 100  # a backlog this short is sent at once: see "Catching up"
 _EPSILON: Final = 1e-9  # seconds; accumulated float positions must not miss an exact due time
 _UTTERANCES_KEPT: Final = 64  # released_ms is remembered for this many recent utterances
 
@@ -70,6 +80,7 @@ class Playout:
         *,
         lead_ms: float = DEFAULT_LEAD_MS,
         capacity_ms: float = DEFAULT_CAPACITY_MS,
+        catchup_ms: float = DEFAULT_CATCHUP_MS,
     ) -> None:
         if lead_ms < FRAME_MS:
             raise ValueError(f"lead_ms must be at least one frame ({FRAME_MS} ms)")
@@ -78,6 +89,8 @@ class Playout:
         self.bytes_per_second = sample_rate * BYTES_PER_SAMPLE
         self.frame_seconds = FRAME_MS / 1000
         self.lead = lead_ms / 1000
+        self.catchup = catchup_ms / 1000
+        self.catchup_bytes = int(catchup_ms * self.bytes_per_second / 1000)
         self.capacity_bytes = int(capacity_ms * self.bytes_per_second / 1000)
         self.stats = PlayoutStats()
         self.position: float | None = None  # playout time of the next frame; None = ACS idle
@@ -85,7 +98,7 @@ class Playout:
         self.paused = False
         # The last frames released, enough to cover the lead window: what pause() takes back.
         self._recent: deque[tuple[bytes, Hashable, float]] = deque(  # (pcm, utterance, start)
-            maxlen=math.ceil(lead_ms / FRAME_MS) + 2
+            maxlen=math.ceil((lead_ms + catchup_ms) / FRAME_MS) + 2
         )
         self._frames: deque[tuple[bytes, Hashable]] = deque()
         self._tail = bytearray()  # less than one frame, waiting for more of its utterance
@@ -208,12 +221,13 @@ class Playout:
         if self.paused:
             return None
         position = now if self.position is None or self.position < now else self.position
+        lead = self.lead if self._queued > self.catchup_bytes else self.lead + self.catchup
         if self._frames:  # once released, the head must end no later than now + lead
-            return position + len(self._frames[0][0]) / self.bytes_per_second - self.lead
+            return position + len(self._frames[0][0]) / self.bytes_per_second - lead
         if self._tail:  # only to keep ACS from running dry, and never beyond the lead
             return max(
                 position - self.frame_seconds,
-                position + len(self._tail) / self.bytes_per_second - self.lead,
+                position + len(self._tail) / self.bytes_per_second - lead,
             )
         return None
 
@@ -257,7 +271,7 @@ class Playout:
         return self._released.get(utterance, 0) * 1000 / self.bytes_per_second
 
     def buffered_ms(self, now: float) -> float:
-        """Milliseconds released but not yet played by ACS (at most `lead`)."""
+        """Milliseconds released but not yet played by ACS (at most `lead` plus `catchup`)."""
         if self.position is None or self.position <= now:
             return 0.0
         return (self.position - now) * 1000

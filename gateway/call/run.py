@@ -87,6 +87,7 @@ async def run_call(
             audio.sample_rate,
             lead_ms=settings.playout_lead_ms,
             capacity_ms=settings.playout_queue_ms,
+            catchup_ms=settings.playout_catchup_ms,
         )
         on_late = None if timings is None else timings.pacing_lateness
         state.player = Player(

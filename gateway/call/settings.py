@@ -56,6 +56,14 @@ class CallSettings:
             "How far ahead of real time audio is sent to ACS (bounds audio after barge-in)."
         ),
     )
+    playout_catchup_ms: int = attrs.field(
+        default=100,
+        validator=attrs.validators.ge(0),
+        metadata=hot(
+            "After ACS ran dry for at most this long (a stall), the lead stretches by that gap: "
+            "the late audio goes at once instead of being held. 0: never."
+        ),
+    )
     playout_queue_ms: int = attrs.field(
         default=5000,
         validator=at_least_one_frame,
