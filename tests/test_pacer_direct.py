@@ -58,7 +58,9 @@ async def test_a_long_reply_goes_out_from_the_pacer_on_time_and_the_send_task_sl
     async with trio.open_nursery() as nursery:
         pacer = Pacer()
         await nursery.start(pacer.run)
-        player = Player(Playout(16000, lead_ms=60, catchup_ms=0), pacer=pacer, direct=sink, on_late=late.append)
+        player = Player(
+            Playout(16000, lead_ms=60, catchup_ms=0), pacer=pacer, direct=sink, on_late=late.append
+        )
         nursery.start_soon(sends.run, player)
         await trio.sleep(0.001)  # the send task parks, waiting for audio
         t0 = trio.current_time()
@@ -157,7 +159,9 @@ async def test_a_failure_in_a_paced_release_ends_that_call_not_the_pacer(autojum
     async with trio.open_nursery() as nursery:
         pacer = Pacer()
         await nursery.start(pacer.run)
-        bad = Player(Playout(16000, lead_ms=60, catchup_ms=0), pacer=pacer, direct=sink, observer=Failing())
+        bad = Player(
+            Playout(16000, lead_ms=60, catchup_ms=0), pacer=pacer, direct=sink, observer=Failing()
+        )
         good = Player(Playout(16000, lead_ms=60, catchup_ms=0), pacer=pacer, direct=other)
         nursery.start_soon(send_task, bad)
         nursery.start_soon(send_task, good)
