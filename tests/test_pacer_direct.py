@@ -6,6 +6,10 @@ fake sink that records when each frame was written. Catching up is off: the lead
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
 import trio
 
 from gateway.call.observer import NoObserver
@@ -50,23 +54,31 @@ class Sends:
             self.sent.append((trio.current_time(), stop, released))
 
 
+@asynccontextmanager
+async def paced_call(
+    sink: FakeSink, sends: Sends, **player: Any
+) -> AsyncIterator[tuple[trio.Nursery, Player]]:
+    """A pacer, a player writing to `sink` (the lead alone paces) and its send task, parked
+    waiting for audio; cancelled on exit."""
+    async with trio.open_nursery() as nursery:
+        pacer = Pacer()
+        await nursery.start(pacer.run)
+        call = Player(Playout(16000, lead_ms=60, catchup_ms=0), pacer=pacer, direct=sink, **player)
+        nursery.start_soon(sends.run, call)
+        await trio.sleep(0.001)
+        yield nursery, call
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_long_reply_goes_out_from_the_pacer_on_time_and_the_send_task_sleeps(
     autojump_clock,
 ):
     late: list[float] = []
     sink, sends = FakeSink(), Sends()
-    async with trio.open_nursery() as nursery:
-        pacer = Pacer()
-        await nursery.start(pacer.run)
-        player = Player(
-            Playout(16000, lead_ms=60, catchup_ms=0), pacer=pacer, direct=sink, on_late=late.append
-        )
-        nursery.start_soon(sends.run, player)
-        await trio.sleep(0.001)  # the send task parks, waiting for audio
+    async with paced_call(sink, sends, on_late=late.append) as (_, player):
         t0 = trio.current_time()
         await player.play(frames(100))  # 2 s at once: three frames now, then one per 20 ms
         await player.drain()
-        nursery.cancel_scope.cancel()
     times = [t - t0 for t, _ in sink.written]
     audio = frames(100)
     assert [f for _, f in sink.written] == [audio[k * F16 : (k + 1) * F16] for k in range(100)]
@@ -80,17 +92,11 @@ async def test_a_long_reply_goes_out_from_the_pacer_on_time_and_the_send_task_sl
 
 async def test_a_busy_socket_wakes_the_send_task_instead(autojump_clock):
     sink, sends = FakeSink(), Sends()
-    async with trio.open_nursery() as nursery:
-        pacer = Pacer()
-        await nursery.start(pacer.run)
-        player = Player(Playout(16000, lead_ms=60, catchup_ms=0), pacer=pacer, direct=sink)
-        nursery.start_soon(sends.run, player)
-        await trio.sleep(0.001)
+    async with paced_call(sink, sends) as (_, player):
         t0 = trio.current_time()
         await player.play(frames(10))  # three frames go from play() itself
         sink.busy = True  # from now on, only the send task may write
         await player.drain()
-        nursery.cancel_scope.cancel()
     assert len(sink.written) == 3
     by_task = [(t - t0, f) for t, _, released in sends.sent for f in released]
     assert [f for _, f in by_task] == [frames(10)[k * F16 : (k + 1) * F16] for k in range(3, 10)]
@@ -101,17 +107,11 @@ async def test_a_busy_socket_wakes_the_send_task_instead(autojump_clock):
 
 async def test_a_short_write_leaves_the_rest_to_the_send_task(autojump_clock):
     sink, sends = FakeSink(), Sends()
-    async with trio.open_nursery() as nursery:
-        pacer = Pacer()
-        await nursery.start(pacer.run)
-        player = Player(Playout(16000, lead_ms=60, catchup_ms=0), pacer=pacer, direct=sink)
-        nursery.start_soon(sends.run, player)
-        await trio.sleep(0.001)
+    async with paced_call(sink, sends) as (_, player):
         await player.play(frames(4))  # three now, the fourth from the pacer at 20 ms
         sink.short = True
         await player.drain()
         await trio.sleep(0.1)
-        nursery.cancel_scope.cancel()
     assert len(sink.written) == 4
     # The send task woke once with nothing of its own: its write sends the bytes left over.
     assert [(stop, released) for _, stop, released in sends.sent] == [(False, [])]
@@ -121,18 +121,12 @@ async def test_stop_while_the_pacer_holds_a_deadline_sends_stop_audio_and_nothin
     autojump_clock,
 ):
     sink, sends = FakeSink(), Sends()
-    async with trio.open_nursery() as nursery:
-        pacer = Pacer()
-        await nursery.start(pacer.run)
-        player = Player(Playout(16000, lead_ms=60, catchup_ms=0), pacer=pacer, direct=sink)
-        nursery.start_soon(sends.run, player)
-        await trio.sleep(0.001)
+    async with paced_call(sink, sends) as (nursery, player):
         t0 = trio.current_time()
         nursery.start_soon(player.play, frames(50))
         await trio.sleep(0.105)  # frames 0-7 written: three at once, then at 20, 40 ... 100 ms
         player.stop()  # barge-in
         await trio.sleep(1)
-        nursery.cancel_scope.cancel()
     assert len(sink.written) == 8
     assert all(t - t0 <= 0.105 for t, _ in sink.written)
     assert [(stop, released) for _, stop, released in sends.sent] == [(True, [])]
