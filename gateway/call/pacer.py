@@ -1,9 +1,10 @@
 """`Pacer`: one timer for the send sides of every call in a process.
 
 Owns: telling each waiter, at (or up to `SLACK` after) the deadline it asked for, that its
-deadline has passed (`Waiter.deadline_passed`). Never: holds a call's resources or writes to a
-socket itself. An entry refers to its waiter only; a call that has ended, or moved its deadline
-since, ignores the call, and the entry is dropped when it falls due.
+deadline has passed (`Waiter.deadline_passed`). Never: holds a call's resources, or knows what
+a waiter does when told (a player writes its due frames, on this task). An entry refers to its
+waiter only; a call that has ended, or moved its deadline since, ignores the news, and the
+entry is dropped when it falls due.
 
 Why: a Trio timeout (`move_on_at` around a park) costs about four times a plain wake-up, and a
 call releasing paced audio (a bot's reply, or an echo after a hiccup) needs one every 20 ms.
