@@ -57,7 +57,13 @@ from pathlib import Path
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from echo_load import proc_cpu_seconds, proc_rss_kb, start_server  # noqa: E402
+from echo_load import (  # noqa: E402
+    free_port,
+    lateness_p99_ms,
+    proc_cpu_seconds,
+    proc_rss_kb,
+    start_server,
+)
 
 from gateway.testing import (  # noqa: E402
     FunctionCall,
@@ -247,6 +253,8 @@ async def phase(
             if tools:
                 extra += ["--app-dir", BENCH_DIR]
         cpu = None if args.server_cpu < 0 else args.server_cpu
+        health = free_port()  # the gateway's /metrics: its pacing lateness
+        os.environ.update(ACS_GATEWAY_HEALTH_PORT=str(health), ACS_GATEWAY_HEALTH_HOST="127.0.0.1")
         proc, url = start_server(cpu, extra, *([args.root] if args.root else []))
         try:
             await trio.sleep(0.5)
@@ -287,6 +295,7 @@ async def phase(
             cpu1, wall1 = proc_cpu_seconds(proc.pid), time.monotonic()
             own1 = time.process_time()
             model1 = proc_cpu_seconds(model_pid)
+            late_p99, paced = await trio.to_thread.run_sync(lateness_p99_ms, health)
         finally:
             proc.terminate()
             proc.wait()
@@ -305,6 +314,10 @@ async def phase(
         "rss_kb_per_call_bot": (rss_live[1] - rss0) / calls if rss_live[1:] else float("nan"),
         # audio the calls heard (echo: their own; realtime: the bot's, until the barge-in)
         "heard_s": sum(heard) / len(heard) / (RATE * 2) if heard else float("nan"),
+        # releases that waited for a playout deadline, and how late the p99 of them ran (the
+        # upper bound of its histogram bucket); the warm-up call's included
+        "late_p99_ms": late_p99,
+        "paced": paced,
     }
     if lag:  # last frame sent -> its echo received: how far the whole loop lags real time
         row["echo_lag_max_ms"] = max(lag) * 1000
@@ -344,7 +357,8 @@ async def main(args: argparse.Namespace) -> None:
         rows["realtime, 1 call at a time"] = await phase(args, "realtime", one_at_a_time=True)
     print(
         f"{'processor':>10} {'calls':>5} {'srv cpu%':>8} {'%/call':>7} {'us/frame':>8} "
-        f"{'gen cpu%':>8} {'model%':>6} {'KB/call':>7} {'KB, bot':>7} {'heard s':>7}  barge-in"
+        f"{'gen cpu%':>8} {'model%':>6} {'KB/call':>7} {'KB, bot':>7} {'heard s':>7} "
+        f"{'paced':>6} {'late p99':>8}  barge-in"
     )
     for kind, row in rows.items():
         if kind not in ("echo", "realtime", "tools"):
@@ -363,7 +377,7 @@ async def main(args: argparse.Namespace) -> None:
             f"{row['cpu_pct_per_call']:>7.2f} {row['us_per_frame']:>8.0f} "
             f"{row['gen_cpu_pct']:>8.0f} {row['model_cpu_pct']:>6.0f} "
             f"{row['rss_kb_per_call']:>7.0f} {row['rss_kb_per_call_bot']:>7.0f} "
-            f"{row['heard_s']:>7.2f}  {latency}"
+            f"{row['heard_s']:>7.2f} {row['paced']:>6.0f} {row['late_p99_ms']:>8.1f}  {latency}"
         )
     if args.tool_calls:
         threaded = await tool_call_us("bridge_cpu:lookup", args.tool_calls)

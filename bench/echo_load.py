@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 from gateway.acs import client as wire  # the simulator's client side: frames and packets
@@ -306,6 +307,30 @@ class Generator:
 
 def masked_close() -> bytes:
     return wire.masked_close(1000, MASK)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def lateness_p99_ms(port: int) -> tuple[float, int]:
+    """The upper bound of the bucket holding the 99th percentile of pacing lateness, and how
+    many paced releases it was measured on."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    buckets = []
+    for line in text.splitlines():
+        if line.startswith("acs_gateway_pacing_lateness_seconds_bucket"):
+            le = line.split('le="')[1].split('"')[0]
+            buckets.append((float(le), float(line.rsplit(" ", 1)[1])))
+    total = int(buckets[-1][1]) if buckets else 0
+    if not total:
+        return 0.0, 0
+    for bound, count in buckets:
+        if count >= 0.99 * total:
+            return bound * 1000, total
+    return float("inf"), total
 
 
 def proc_cpu_seconds(pid: int) -> float:

@@ -17,12 +17,10 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,33 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import echo_load  # noqa: E402
+from echo_load import free_port, lateness_p99_ms  # noqa: E402
 
 from gateway.call.interface import CallStats  # noqa: E402
 from gateway.call.outcome import CallOutcome, EndReason  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def lateness_p99_ms(port: int) -> tuple[float, int]:
-    """The upper bound of the bucket holding the 99th percentile of pacing lateness, and how
-    many paced releases it was measured on."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    buckets = []
-    for line in text.splitlines():
-        if line.startswith("acs_gateway_pacing_lateness_seconds_bucket"):
-            le = line.split('le="')[1].split('"')[0]
-            buckets.append((float(le), float(line.rsplit(" ", 1)[1])))
-    total = int(buckets[-1][1]) if buckets else 0
-    if not total:
-        return 0.0, 0
-    for bound, count in buckets:
-        if count >= 0.99 * total:
-            return bound * 1000, total
-    return float("inf"), total
 
 
 def threads(pid: int) -> tuple[float, int, int]:

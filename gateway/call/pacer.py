@@ -1,6 +1,6 @@
 """`Pacer`: one timer for the send sides of every call in a process.
 
-Owns: telling each waiter, at (or up to `SLACK` after) the deadline it asked for, that its
+Owns: telling each waiter, at (or up to `coalesce` after) the deadline it asked for, that its
 deadline has passed (`Waiter.deadline_passed`). Never: holds a call's resources, or knows what
 a waiter does when told (a player writes its due frames, on this task). An entry refers to its
 waiter only; a call that has ended, or moved its deadline since, ignores the news, and the
@@ -8,11 +8,12 @@ entry is dropped when it falls due.
 
 Why: a Trio timeout (`move_on_at` around a park) costs about four times a plain wake-up, and a
 call releasing paced audio (a bot's reply, or an echo after a hiccup) needs one every 20 ms.
-Here a single task sleeps until the earliest deadline and serves every waiter due by then, so
-the cost of the timeout is shared, deadlines within `SLACK` are served together, and a player
-whose socket can take the frames writes them from this task without waking its send task
-(`gateway.call.player`). A late wake by at most `SLACK` is harmless: the playout lead window is
-tens of milliseconds.
+Here a single task sleeps until the earliest deadline (plus `coalesce`) and serves every waiter
+due by then, so the cost of the timeout is shared, and a player whose socket can take the
+frames writes them from this task without waking its send task (`gateway.call.player`).
+Deadlines close together are served by one wake-up even with `coalesce` at 0: epoll's timeout
+is whole milliseconds, rounded up. A wake is late by that rounding, plus `coalesce`, plus
+whatever else the loop was doing; each waiter measures its own lateness.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from typing import Final, Protocol
 
 import trio
 
-SLACK: Final = 0.001  # seconds; wakes due within 1 ms of each other are served by one timer
+SLACK: Final = 0.001  # seconds; on an idle loop a wake is at most this late (epoll's rounding)
+COALESCE: Final = 0.0  # seconds the pacer sleeps past the earliest deadline: see pacer_wakes.py
 
 
 class Waiter(Protocol):
@@ -33,7 +35,8 @@ class Waiter(Protocol):
 
 
 class Pacer:
-    def __init__(self) -> None:
+    def __init__(self, coalesce: float = COALESCE) -> None:
+        self.coalesce = coalesce
         self._heap: list[tuple[float, int, Waiter]] = []
         self._order = count()  # ties: first come, first served; never compare waiters
         self._rescheduled = trio.lowlevel.ParkingLot()  # the pacer task waits here
@@ -59,7 +62,7 @@ class Pacer:
                 # milliseconds, and each waiter's lateness and release are measured on the clock.
                 waiter.deadline_passed(deadline, trio.current_time())
             if heap:
-                with trio.move_on_at(heap[0][0] + SLACK):
+                with trio.move_on_at(heap[0][0] + self.coalesce):
                     await self._rescheduled.park()
             else:
                 await self._rescheduled.park()
