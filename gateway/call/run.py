@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import deque
 
 import trio
 
@@ -101,7 +100,7 @@ async def run_call(
     inbound_send, inbound_receive = trio.open_memory_channel[InboundPacket](audio_slots)
     packets: trio.abc.ReceiveChannel[InboundPacket] = inbound_receive
     if timings is not None:
-        state.arrivals = deque()
+        state.arrivals = []
         packets = TimedPackets(inbound_receive, state.arrivals, timings.processing)
     call = Call(
         connection_id=handshake.headers.get("x-ms-call-connection-id"),
