@@ -161,7 +161,13 @@ def wait_for(path: Path, timeout: float = 120.0) -> None:
 
 
 def one_run(args: argparse.Namespace, base: int, calls: int, traced: bool) -> dict[str, float]:
-    folder = Path(tempfile.mkdtemp(prefix="call-memory-"))
+    with tempfile.TemporaryDirectory(prefix="call-memory-") as snapshots:
+        return measure(args, base, calls, traced, Path(snapshots))
+
+
+def measure(
+    args: argparse.Namespace, base: int, calls: int, traced: bool, folder: Path
+) -> dict[str, float]:
     env = {SNAPSHOTS_ENV: str(folder), FRAMES_ENV: str(args.frames)}
     root = Path(args.gateway_root or ROOT)
     proc, url = echo_load.start_process(serve_cmd(traced), args.server_cpu, root, env)
