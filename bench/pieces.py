@@ -17,6 +17,7 @@ from wsproto.events import AcceptConnection, Request, TextMessage
 from wsproto.frame_protocol import FrameProtocol
 
 from gateway.acs import codec
+from gateway.call.playout import Playout
 from gateway.wire import framing
 
 N = 20000
@@ -54,6 +55,14 @@ def main() -> None:
     decoder = codec.InboundDecoder()
     decoder.decode('{"kind":"AudioMetadata","audioMetadata":{"sampleRate":16000}}')
     out = codec.encode_audio(PCM)
+    playout = Playout(16000)
+    clock = [0.0]
+
+    def play_one() -> None:  # an echo's frame, 20 ms after the last: queued and released
+        clock[0] += 0.020
+        playout.enqueue(PCM)
+        playout.release_due(clock[0])
+
     rows = [
         ("frame in: wsproto receive_data + events()", wsproto_receive),
         ("frame in: gateway.framing.FrameReader.receive", lambda: reader.receive(FRAME)),
@@ -61,6 +70,7 @@ def main() -> None:
             "decode: codec InboundDecoder.decode (orjson + pybase64 + attrs)",
             lambda: decoder.decode(MESSAGE.encode()),
         ),
+        ("playout: Playout.enqueue + release_due, 20 ms apart", play_one),
         ("encode: codec.encode_audio (pybase64 + concatenation)", lambda: codec.encode_audio(PCM)),
         ("frame out: wsproto send(TextMessage)", lambda: ws.send(TextMessage(data=out))),
         ("frame out: gateway.framing.encode_texts", lambda: framing.encode_texts([out])),

@@ -53,6 +53,23 @@ class Player:
     - `released_ms(utterance)` says how much of an utterance the caller has been sent.
     """
 
+    __slots__ = (  # one per call
+        "playout",
+        "observer",
+        "_on_late",
+        "_direct",
+        "_flush_pending",
+        "_clock",
+        "_pacer",
+        "_sender",
+        "_space",
+        "_generation",
+        "_sender_wakes_at",
+        "_woken_for",
+        "_failed",
+        "closed",
+    )
+
     def __init__(
         self,
         playout: Playout,

@@ -74,6 +74,28 @@ class PlayoutStats:
 class Playout:
     """Sans-IO playout clock and bounded outbound queue for one call."""
 
+    __slots__ = (  # one per call
+        "sample_rate",
+        "frame_bytes",
+        "bytes_per_second",
+        "frame_seconds",
+        "lead",
+        "catchup",
+        "catchup_bytes",
+        "capacity_bytes",
+        "stats",
+        "position",
+        "stop_pending",
+        "paused",
+        "_recent",
+        "_recent_max",
+        "_frames",
+        "_tail",
+        "_tail_utterance",
+        "_queued",
+        "_released",
+    )
+
     def __init__(
         self,
         sample_rate: int,
@@ -96,10 +118,11 @@ class Playout:
         self.position: float | None = None  # playout time of the next frame; None = ACS idle
         self.stop_pending = False
         self.paused = False
-        # The last frames released, enough to cover the lead window: what pause() takes back.
-        self._recent: deque[tuple[bytes, Hashable, float]] = deque(  # (pcm, utterance, start)
-            maxlen=math.ceil((lead_ms + catchup_ms) / FRAME_MS) + 2
-        )
+        # The last frames released, enough to cover the lead window: what pause() takes back,
+        # (pcm, utterance, start), oldest first. A short list rather than a deque (whose first
+        # block alone is ~0.6 KB a call); release_due() keeps it short (see there).
+        self._recent: list[tuple[bytes, Hashable, float]] = []
+        self._recent_max = math.ceil((lead_ms + catchup_ms) / FRAME_MS) + 2
         self._frames: deque[tuple[bytes, Hashable]] = deque()
         self._tail = bytearray()  # less than one frame, waiting for more of its utterance
         self._tail_utterance: Hashable = None
@@ -245,7 +268,16 @@ class Playout:
             self._queued -= n
             position = now if self.position is None or self.position < now else self.position
             self.position = position + n / self.bytes_per_second
-            self._recent.append((pcm, utterance, position))
+            recent = self._recent
+            recent.append((pcm, utterance, position))
+            # pause() walks back from the newest frame and stops at the first that started
+            # before its `now` (which is no earlier than this one): frames older than the
+            # newest one that started before `now` are never reached, so they are let go
+            # here rather than held (with their PCM) until they fall out of the window.
+            while len(recent) > 1 and recent[1][2] < now:
+                del recent[0]
+            if len(recent) > self._recent_max:
+                del recent[0]
             self.stats.released += n
             self.stats.frames_released += 1
             if utterance in self._released:

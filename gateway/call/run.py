@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import deque
 
 import trio
 
@@ -57,6 +56,12 @@ from .state import CallState
 from .tasks import process, receive, send, wait_for_metadata, watch
 
 __all__ = ["CallOutcome", "CallSettings", "CallTimings", "EndReason", "run_call"]
+
+# The tasks' names, as trio would make them, made once: trio formats a new string for every
+# task it starts without one (~80 bytes a task, held for the call).
+_NAMES = {
+    task: f"{task.__module__}.{task.__qualname__}" for task in (receive, watch, send, process)
+}
 
 
 async def run_call(
@@ -101,7 +106,7 @@ async def run_call(
     inbound_send, inbound_receive = trio.open_memory_channel[InboundPacket](audio_slots)
     packets: trio.abc.ReceiveChannel[InboundPacket] = inbound_receive
     if timings is not None:
-        state.arrivals = deque()
+        state.arrivals = []
         packets = TimedPackets(inbound_receive, state.arrivals, timings.processing)
     call = Call(
         connection_id=handshake.headers.get("x-ms-call-connection-id"),
@@ -123,11 +128,11 @@ async def run_call(
     try:
         with state.scope:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(receive, state, inbound_send)
-                nursery.start_soon(watch, state)
+                nursery.start_soon(receive, state, inbound_send, name=_NAMES[receive])
+                nursery.start_soon(watch, state, name=_NAMES[watch])
                 if state.player is not None:
-                    nursery.start_soon(send, state, state.player)
-                nursery.start_soon(process, state, processor, call)
+                    nursery.start_soon(send, state, state.player, name=_NAMES[send])
+                nursery.start_soon(process, state, processor, call, name=_NAMES[process])
     finally:
         state.stats.packets_unread = inbound_receive.statistics().current_buffer_used
         inbound_receive.close()

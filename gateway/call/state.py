@@ -9,7 +9,6 @@ Never: starts tasks (that is `gateway.call.run`) or decides a channel policy (`t
 from __future__ import annotations
 
 import logging
-from collections import deque
 from typing import Final
 
 import attrs
@@ -46,7 +45,7 @@ class CallState:
     early: list[tuple[InboundPacket, float]] = attrs.field(init=False, factory=list)
     player: Player | None = attrs.field(init=False, default=None)  # None: transcription only
     # Arrival times of the packets in the inbound channel, in channel order (timings only).
-    arrivals: deque[float] | None = attrs.field(init=False, default=None)
+    arrivals: list[float] | None = attrs.field(init=False, default=None)
     scope: trio.CancelScope = attrs.field(init=False, factory=trio.CancelScope)  # the call
     sending: trio.CancelScope = attrs.field(init=False, factory=trio.CancelScope)  # send task
     ended_by: EndReason | None = attrs.field(init=False, default=None)

@@ -68,6 +68,9 @@ log = logging.getLogger("gateway.server")
 # trio's serve_listeners waits and retries on the same set.
 ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 ACCEPT_RETRY_SLEEP: Final = 0.1  # seconds; long enough for a call to end and free an fd
+# Each connection's task name, as trio would make it, made once rather than once a connection
+# (a string held for the life of each call).
+_CONNECTION_TASK: Final = f"{serve_connection.__module__}.{serve_connection.__qualname__}"
 
 
 class Server:
@@ -224,7 +227,9 @@ class Server:
             return
         if isinstance(stream, trio.SocketStream):
             stream = SocketTransport.from_socket_stream(stream)
-        calls.start_soon(partial(serve_connection, stream, self.context, pending=True))
+        calls.start_soon(
+            partial(serve_connection, stream, self.context, pending=True), name=_CONNECTION_TASK
+        )
 
     async def _out_of_descriptors(
         self, listener: trio.abc.Listener[Any], exc: OSError, spare: _SpareDescriptor

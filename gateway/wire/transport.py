@@ -34,6 +34,8 @@ DEFAULT_RECEIVE_BYTES: Final = 65536
 
 
 class SocketTransport(trio.abc.HalfCloseableStream):
+    __slots__ = ("socket", "_closed", "_drained", "_sending", "_receiving")  # one per call
+
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         self.socket = sock

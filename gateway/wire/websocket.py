@@ -79,6 +79,22 @@ class MessageCounts(Protocol):
 
 
 class ServerWebSocket:
+    # One per connection, so slots: a call's memory is what limits calls per process.
+    __slots__ = (
+        "stream",
+        "send_timeout",
+        "connection",
+        "_handshake",
+        "_unread",
+        "_reading",
+        "_writing",
+        "_unsent",
+        "_ended",
+        "_send_nowait",
+        "closed",
+        "pings_received",
+    )
+
     def __init__(
         self,
         stream: trio.abc.Stream,
@@ -91,7 +107,9 @@ class ServerWebSocket:
         self.send_timeout = send_timeout
         self.connection = Connection(max_message_bytes)
         # With max_body_bytes, plain HTTP requests come back from read_handshake (webhooks).
-        self._handshake = ServerHandshake(max_body_bytes)
+        # None once the 101 went out: the HTTP parser (h11's state, the request's raw headers,
+        # ~3 KB) is not kept for the life of the call.
+        self._handshake: ServerHandshake | None = ServerHandshake(max_body_bytes)
         self._unread: bytes | bytearray = b""  # came with the upgrade request, not yet parsed
         self._reading = False  # a task is reading the socket: only it may (see above)
         self._writing = trio.StrictFIFOLock()
@@ -108,6 +126,8 @@ class ServerWebSocket:
         """Read the HTTP upgrade request. A request that is not a WebSocket upgrade is answered
         (400 or 426) and raises ConnectionClosed, as does a connection that ends first."""
         handshake = self._handshake
+        if handshake is None:
+            raise RuntimeError("the handshake is over: the connection was accepted")
         while True:
             try:
                 request = handshake.next_request()
@@ -121,7 +141,10 @@ class ServerWebSocket:
             handshake.receive_data(await self._receive_some())
 
     async def accept(self) -> None:
-        data, trailing = self._handshake.accept()
+        handshake, self._handshake = self._handshake, None
+        if handshake is None:
+            raise RuntimeError("the connection was accepted already")
+        data, trailing = handshake.accept()
         # Frames sent right behind the request are parsed by receive_messages like any read,
         # so a framing error there closes the call with its code instead of escaping from the
         # handshake.
@@ -133,7 +156,13 @@ class ServerWebSocket:
     ) -> None:
         """Answer a plain HTTP request (`Handshake.upgrade` false); the connection then ends."""
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra]
-        data = self._handshake.respond(status, body, headers, content_type.encode("latin-1"))
+        handshake = self._handshake
+        # After the 101 there is no HTTP response to send (h11 refused one then, too).
+        data = (
+            b""
+            if handshake is None
+            else handshake.respond(status, body, headers, content_type.encode("latin-1"))
+        )
         try:
             if data:
                 await self._send_raw(data)
@@ -295,7 +324,8 @@ class ServerWebSocket:
         return ConnectionClosed(CLOSE_ABNORMAL, why) if closed is None else closed.fresh()
 
     async def _refuse(self, refusal: Reject) -> None:
-        data = self._handshake.reject(refusal)
+        handshake = self._handshake
+        data = b"" if handshake is None else handshake.reject(refusal)
         if data:
             try:
                 await self._send_raw(data)
