@@ -4,7 +4,8 @@ Owns: telling each waiter, at (or up to `coalesce` after) the deadline it asked 
 deadline has passed (`Waiter.deadline_passed`). Never: holds a call's resources, or knows what
 a waiter does when told (a player writes its due frames, on this task). An entry refers to its
 waiter only; a call that has ended, or moved its deadline since, ignores the news, and the
-entry is dropped when it falls due.
+entry is dropped when it falls due (a player's deadline is never more than its playout lead
+and catch-up ahead: an ended call's objects outlive it here by at most that, closed).
 
 Why: a Trio timeout (`move_on_at` around a park) costs about four times a plain wake-up, and a
 call releasing paced audio (a bot's reply, or an echo after a hiccup) needs one every 20 ms.
