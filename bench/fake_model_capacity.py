@@ -2,8 +2,8 @@
 core, in real time: the load generator of the bridged benchmarks (`bridge_cpu.py`,
 `yardstick.py`) must not be their bottleneck.
 
-    python bench/fake_model_capacity.py --sweep 20,40,60,80,100 --duration 10
-    python bench/fake_model_capacity.py --calls 40 --duration 10
+    python bench/fake_model_capacity.py --sweep 60,100,140,180,220,260,300 --duration 8 --stop
+    python bench/fake_model_capacity.py --calls 100 --duration 8
 
 The fake model runs in a process of its own pinned to `--model-cpu` (a fresh one per load);
 this process, pinned to `--client-cpu`, opens N sessions with the gateway's own WebSocket client
@@ -17,7 +17,8 @@ has not read yet, so it shows the model falling behind.
 
 Per load it prints the model's CPU (% of a core, and per session) over the measured window,
 the probe round trip (p50, p99, max ms), reply deltas received per session per second, this
-process's CPU, and whether the model kept up: probe p99 within `--max-lag-ms` and no session
+process's CPU and how late it sent its appends (p99 ms: a late generator delays the probes
+too), and whether the model kept up: probe p99 within `--max-lag-ms` and no session
 lost. The last line is the largest load that kept up.
 """
 
@@ -81,6 +82,7 @@ class Stats:
     def __init__(self) -> None:
         self.measuring = False
         self.rtts: list[float] = []
+        self.late: list[float] = []  # how late this process sent each append
         self.deltas = 0
         self.failed = 0
 
@@ -112,6 +114,8 @@ async def session(
             n = 0
             while tick < end:
                 await trio.sleep_until(tick)
+                if stats.measuring:
+                    stats.late.append(trio.current_time() - tick)
                 await ws.send_message(SPEECH if n % chunks_per_turn < speech_chunks else SILENCE)
                 if n % (1000 // CHUNK_MS) == 0:
                     probe = f"probe-{n}"
@@ -146,6 +150,7 @@ async def load(args: argparse.Namespace, port: int, calls: int, model_pid: int) 
         stats.measuring = False
         await trio.sleep(0.5)  # the last probes' answers
     rtts = sorted(stats.rtts) or [float("inf")]
+    late = sorted(stats.late) or [0.0]
     wall = t1 - t0
     return {
         "calls": calls,
@@ -156,6 +161,7 @@ async def load(args: argparse.Namespace, port: int, calls: int, model_pid: int) 
         "probes": len(stats.rtts) / (calls * wall),
         "deltas": stats.deltas / (calls * wall),
         "gen_cpu": 100 * (own1 - own0) / wall,
+        "gen_late": 1000 * late[int(len(late) * 0.99)],
         "failed": stats.failed,
     }
 
@@ -180,7 +186,7 @@ def main(args: argparse.Namespace) -> None:
     loads = [int(n) for n in args.sweep.split(",")] if args.sweep else [args.calls]
     print(
         f"{'calls':>5} {'model%':>7} {'%/call':>6} {'probe p50':>9} {'p99':>7} {'max':>7} "
-        f"{'deltas/s':>8} {'gen%':>5} {'lost':>4}  kept up"
+        f"{'deltas/s':>8} {'gen%':>5} {'late p99':>8} {'lost':>4}  kept up"
     )
     best = 0
     for calls in loads:
@@ -190,11 +196,11 @@ def main(args: argparse.Namespace) -> None:
         print(
             f"{calls:5d} {r['model_cpu']:7.1f} {r['model_cpu'] / calls:6.2f} {r['p50']:9.1f} "
             f"{r['p99']:7.1f} {r['max']:7.1f} {r['deltas']:8.1f} {r['gen_cpu']:5.1f} "
-            f"{r['failed']:4.0f}  {'yes' if ok else 'NO'}",
+            f"{r['gen_late']:8.1f} {r['failed']:4.0f}  {'yes' if ok else 'NO'}",
             flush=True,
         )
-        if r["gen_cpu"] > 85:
-            print("  warning: this process may be the bottleneck (gen% near a core)")
+        if r["gen_cpu"] > 85 or r["gen_late"] > args.max_lag_ms / 2:
+            print("  warning: this process may be the bottleneck (gen% near a core, or late)")
         if not ok and args.stop:
             break
     print(f"largest load kept up: {best or '<' + str(loads[0])} sessions")
@@ -204,7 +210,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=40)
     parser.add_argument("--sweep", default="", help="loads to try, e.g. 20,40,60")
-    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
+    parser.add_argument("--duration", type=float, default=8.0, help="measured seconds")
     parser.add_argument("--turn-s", type=float, default=4.0, help="a turn: 1 s speech, silence")
     parser.add_argument("--reply-s", type=float, default=3.0, help="each reply's audio")
     parser.add_argument("--max-lag-ms", type=float, default=100.0)

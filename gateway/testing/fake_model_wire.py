@@ -21,6 +21,7 @@ bytes (UTF-8 JSON for a text message), which `orjson.loads` takes as they are.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable
 from http import HTTPStatus
@@ -83,7 +84,10 @@ class ModelSocket:
 
     def __init__(self, stream: trio.SocketStream, model: FakeModel) -> None:
         self.stream = Stallable(SocketTransport.from_socket_stream(stream), model)
-        self._ws = ServerWebSocket(self.stream, max_message_bytes=MAX_MESSAGE_BYTES)
+        # A write waits for a client that stopped reading however long, as with trio-websocket.
+        self._ws = ServerWebSocket(
+            self.stream, max_message_bytes=MAX_MESSAGE_BYTES, send_timeout=math.inf
+        )
         self._unread: deque[bytes] = deque()
 
     async def accept(self, refusal: Callable[[str, dict[str, str]], Reject | None]) -> bool:
