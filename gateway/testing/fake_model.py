@@ -21,7 +21,9 @@ outputs) is acknowledged and recorded per session (`items`). Sessions expire `se
 after they open, as the service's do: an `error` event with code `session_expired`, then the
 close. On demand it refuses handshakes, drops connections, sends error events, or goes silent
 (stops reading, so pings go unanswered). Everything it receives is recorded (`events`) with the
-time, so tests can assert on it (truncate offsets included).
+time, so tests can assert on it (truncate offsets included). The wire under it (handshake,
+frames, pings, reads stalled while silent) is `fake_model_wire`'s: the gateway's own
+server-side WebSocket.
 
 Never: real network beyond loopback, sleeps that drift (deltas are paced on absolute deadlines),
 or anything that outlives `open_fake_model`.
@@ -41,10 +43,9 @@ import attrs
 import orjson
 import pybase64
 import trio
-import trio_websocket
-import wsproto.utilities
 
 from .fake_model_calls import FunctionCall, Reply, function_call_events
+from .fake_model_wire import ConnectionClosed, ModelSocket, Reject, refusal_reason
 
 RATE = 24000
 BYTES_PER_MS = RATE * 2 // 1000
@@ -60,31 +61,6 @@ class Recorded:
     @property
     def type(self) -> str:
         return str(self.event.get("type"))
-
-
-class _Stallable(trio.abc.Stream):
-    """A socket stream that stops reading while `stalled` (the model went silent)."""
-
-    def __init__(self, inner: trio.abc.Stream, model: FakeModel) -> None:
-        self.inner = inner
-        self.model = model
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.inner.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        while self.model.silent:
-            await self.model._unstalled.park()
-        data = await self.inner.receive_some(max_bytes)
-        while self.model.silent:  # it went silent during the read: those bytes wait too
-            await self.model._unstalled.park()
-        return data
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 class FakeModel:
@@ -220,38 +196,35 @@ class FakeModel:
     # -- the server --
 
     async def _handle(self, stream: trio.SocketStream) -> None:
-        stallable = _Stallable(stream, self)
+        socket = ModelSocket(stream, self)
         try:
-            async with trio.open_nursery() as nursery:
-                request = await trio_websocket.wrap_server_stream(nursery, stallable)
-                headers = {k.decode().lower(): v.decode() for k, v in request.headers}
-                self.requests.append((request.path, headers))
-                if self.refuse_status is not None:
-                    await request.reject(self.refuse_status)
-                    return
-                if self.api_key is not None and self.api_key not in (
-                    headers.get("api-key"),
-                    headers.get("authorization", "").removeprefix("Bearer "),
-                ):
-                    await request.reject(401, body=b"invalid api key")
-                    return
-                ws = await request.accept()
-                self.connections += 1
-                self.live += 1
-                session = _Session(self, self.connections, ws, stallable)
-                self._sessions.append(session)
+            if not await socket.accept(self._refusal):
+                return
+            self.connections += 1
+            self.live += 1
+            session = _Session(self, self.connections, socket, socket.stream)
+            self._sessions.append(session)
+            self._notify()
+            try:
+                await session.run()
+            finally:
+                self._sessions.remove(session)
+                self.live -= 1
                 self._notify()
-                try:
-                    await session.run()
-                finally:
-                    self._sessions.remove(session)
-                    self.live -= 1
-                    self._notify()
-                    nursery.cancel_scope.cancel()
-        except* wsproto.utilities.LocalProtocolError:
-            pass  # trio-websocket answered a ping that crossed our close (an expiry): it is over
         finally:
-            await trio.aclose_forcefully(stream)
+            await socket.abort()
+
+    def _refusal(self, target: str, headers: dict[str, str]) -> Reject | None:
+        """Record the handshake; how to refuse it (None: accept)."""
+        self.requests.append((target, headers))
+        if self.refuse_status is not None:
+            return Reject(self.refuse_status, refusal_reason(self.refuse_status))
+        if self.api_key is not None and self.api_key not in (
+            headers.get("api-key"),
+            headers.get("authorization", "").removeprefix("Bearer "),
+        ):
+            return Reject(401, "invalid api key")
+        return None
 
 
 class _Session:
@@ -261,7 +234,7 @@ class _Session:
         self,
         model: FakeModel,
         number: int,
-        ws: trio_websocket.WebSocketConnection,
+        ws: ModelSocket,
         stream: trio.abc.Stream,
     ) -> None:
         self.model = model
@@ -291,7 +264,7 @@ class _Session:
             self.model._notify()
         try:
             await self.ws.send_message(orjson.dumps(event).decode())
-        except trio_websocket.ConnectionClosed:
+        except ConnectionClosed:
             pass
 
     async def run(self) -> None:
@@ -308,7 +281,7 @@ class _Session:
                     self.model.events.append(Recorded(trio.current_time(), self.number, event))
                     self.model._notify()
                     await self.on_event(event)
-            except trio_websocket.ConnectionClosed:
+            except ConnectionClosed:
                 pass
             finally:
                 nursery.cancel_scope.cancel()
