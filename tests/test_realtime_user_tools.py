@@ -255,12 +255,22 @@ async def test_a_tool_that_fails_or_times_out_is_an_error_for_the_model(
         async with open_gateway(spied(opts, calls)) as server:
             async with simulated_call(server.urls[0]) as acs:
                 await model.wait_for(lambda m: m.received("session.update"))
-                broken_id = await model.call_tool("broken", {"order_id": "B2"})
-                stuck_id = await model.call_tool("stuck", {"order_id": "C3"})
-                bad_id = await model.call_tool("order_status", {"order": "A17"})
-                nobody_id = await model.call_tool("launch_rocket")
-                await model.wait_for(lambda m: len(m.tool_outputs()) == 4, timeout=5)
-                await model.wait_for(lambda m: len(m.received("response.create")) == 4)
+                ids = []
+                # One at a time: each answered, and the next response asked for, before the
+                # model calls the next (a request crossing the model's next response would be
+                # refused as overlapping it: another matter than what this test is about).
+                for k, (name, arguments) in enumerate(
+                    [
+                        ("broken", {"order_id": "B2"}),
+                        ("stuck", {"order_id": "C3"}),
+                        ("order_status", {"order": "A17"}),
+                        ("launch_rocket", None),
+                    ]
+                ):
+                    ids.append(await model.call_tool(name, arguments))
+                    await model.wait_for(lambda m, n=k + 1: len(m.tool_outputs()) == n)
+                    await model.wait_for(lambda m, n=k + 1: len(m.received("response.create")) == n)
+                broken_id, stuck_id, bad_id, nobody_id = ids
                 await acs.send_audio(bytes(640))  # the call goes on
             RELEASE.set()
             server.metrics.flush()
