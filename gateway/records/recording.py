@@ -32,7 +32,7 @@ from .wavfile import WavFile
 log = logging.getLogger("gateway.records")
 
 FLUSH_INTERVAL: Final = 1.0  # seconds between chunks handed to the disk
-SETTLE: Final = 0.25  # seconds; a caller frame lands at most CALLER_GAP back; a cut only erases ahead
+SETTLE: Final = 0.25  # seconds; a caller frame lands at most CALLER_GAP back; cuts erase ahead
 CALLER_GAP: Final = 0.04  # seconds; a caller frame later than this starts after silence
 BOT: Final = -1  # the bot's channel is the last
 
