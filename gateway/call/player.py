@@ -249,11 +249,8 @@ class Player:
             self._woken_for = deadline
             self._sender.unpark_all()
             return
-        start = playout.position
-        frames = playout.release_due(now)
+        frames = self._release(now)
         if frames:
-            self.observer.bot_audio(frames, now if start is None or start < now else start)
-            self._space.unpark_all()
             if self._on_late is not None:
                 self._on_late(now - deadline)
             if not direct.send(frames):
@@ -266,6 +263,17 @@ class Player:
         else:
             self._sender_wakes_at = due
             pacer.wake_at(due, self)
+
+    def _release(self, now: float) -> list[bytes]:
+        """The frames due at `now`, told to the observer (where ACS plays them); their room in
+        the queue goes to a blocked `play()`."""
+        playout = self.playout
+        start = playout.position
+        frames = playout.release_due(now)
+        if frames:
+            self.observer.bot_audio(frames, now if start is None or start < now else start)
+            self._space.unpark_all()
+        return frames
 
     # -- used by the call's send task only --
 
@@ -280,11 +288,8 @@ class Player:
             stop = playout.take_stop()
             if stop:
                 self.observer.bot_cut(now)
-            start = playout.position
-            frames = playout.release_due(now)
+            frames = self._release(now)
             if frames:
-                self.observer.bot_audio(frames, now if start is None or start < now else start)
-                self._space.unpark_all()
                 if late_from is not None and self._on_late is not None and now >= late_from:
                     self._on_late(now - late_from)
             if stop or frames or self._flush_pending:
