@@ -127,14 +127,28 @@ def test_both_interleavers_lay_out_the_same_samples():
     pytest.importorskip("numpy")
     from gateway.records.recording import _interleave_array, _interleave_numpy
 
-    caller = [(0, numbered_frames(1, 2)), (3 * FRAME, numbered_frames(3, 1))]
-    bot = [(FRAME // 2, numbered_frames(7, 1))]  # silence around it
+    caller = [
+        (0, [numbered_frames(1, 1), numbered_frames(2, 1)]),
+        (3 * FRAME, [numbered_frames(3, 1)]),
+    ]
+    bot = [(FRAME // 2, [numbered_frames(7, 1)])]  # silence around it
     n = 4 * FRAME
     laid = _interleave_array(n, [caller, bot])
     assert bytes(_interleave_numpy(n, [caller, bot])) == laid
     samples = array("h", laid)
     assert samples[0::2] == array("h", [1] * FRAME + [2] * FRAME + [0] * FRAME + [3] * FRAME)
     assert samples[1::2] == array("h", [0] * (FRAME // 2) + [7] * FRAME + [0] * (5 * FRAME // 2))
+
+
+def test_a_run_of_frames_splits_at_any_byte_slicing_one_frame_at_most():
+    from gateway.records.recording import split
+
+    parts = [b"ab", b"cdef", b"gh"]
+    for at in range(9):
+        head, tail = split(parts, at)
+        assert b"".join(head) == b"abcdefgh"[:at] and b"".join(tail) == b"abcdefgh"[at:]
+        assert all(p in parts for p in head[:-1]) and all(p in parts for p in tail[1:])
+    assert split(parts, 2) == ([b"ab"], [b"cdef", b"gh"])  # on a boundary: nothing sliced
 
 
 def test_a_writer_stopped_mid_call_leaves_a_playable_file(tmp_path):

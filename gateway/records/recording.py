@@ -12,7 +12,10 @@ Memory: frames wait as they came (runs of back-to-back frames: one append per fr
 path; a bot frame that starts a little after the previous one ended, as echo's frames do, joins
 its run after that much silence, so a second is laid out in a piece or two, not fifty) until
 they are `SETTLE` seconds old (no caller frame or cut can still change them); every
-`FLUSH_INTERVAL` they are laid out on the clock, interleaved and handed to the disk thread.
+`FLUSH_INTERVAL` they are handed, as they are, to the disk thread, which lays them out on the
+clock, interleaved, and writes them. Laying out a second is a burst of fresh memory (about
+130 KB a call for 16 kHz stereo); done on the event loop for each call in turn, it cost more
+than recording's own work per frame, through the caches it emptied for the frames after it.
 At most `max_pending` bytes may wait for the disk; a chunk beyond that is dropped and counted
 (the file keeps silence there). A failing disk (`failed`) ends the
 recording; the call goes on. Never: touches the disk itself or waits for it.
@@ -165,7 +168,7 @@ class AudioRecording:
         n = upto - self.base
         if n <= 0:
             return
-        chunk = interleave(n, [self._take(c, upto) for c in range(self.channels)])
+        channels = [self._take(c, upto) for c in range(self.channels)]
         first, self.base = self.base, upto
         size = 2 * n * self.channels
         if self.submitted - self.written + size > self.max_pending:
@@ -174,11 +177,12 @@ class AudioRecording:
             self.dropped_bytes += size
             return
         self.submitted += size
-        self.disk.submit(lambda: self._write(first, chunk, size))
+        self.disk.submit(lambda: self._write(first, n, channels, size))
 
-    def _take(self, channel: int, upto: int) -> list[tuple[int, bytes]]:
-        """The channel's audio from `base` to `upto`, as (sample offset from `base`, samples)
-        pieces (silence between them); a run that reaches beyond `upto` keeps its rest."""
+    def _take(self, channel: int, upto: int) -> list[Piece]:
+        """The channel's audio from `base` to `upto`, as (sample offset from `base`, frames)
+        pieces (silence between them); a run that reaches beyond `upto` keeps its rest. The
+        pieces are the disk thread's from here on: nothing on the event loop refers to them."""
         base = self.base
         pieces = []
         rest: list[Run] = []
@@ -187,16 +191,15 @@ class AudioRecording:
             if first >= upto:
                 rest.append(run)
                 continue
-            data = parts[0] if len(parts) == 1 else b"".join(parts)
             if first < base:  # its place was flushed already
-                self.late_bytes += min(len(data), 2 * (base - first))
-                data = data[2 * (base - first) :]
+                self.late_bytes += min(2 * (last - first), 2 * (base - first))
+                parts = split(parts, 2 * (base - first))[1]
                 first = base
             if last > upto:
-                split = 2 * (upto - first)
-                rest.append([upto, last, [data[split:]]])
-                data = data[:split]
-            pieces.append((first - base, data))
+                parts, after = split(parts, 2 * (upto - first))
+                rest.append([upto, last, after])
+            if parts:
+                pieces.append((first - base, parts))
         self.runs[channel] = rest
         return pieces
 
@@ -224,10 +227,10 @@ class AudioRecording:
             return
         self.disk.open_paths.add(self.path)
 
-    def _write(self, frame_index: int, chunk: bytes | memoryview, size: int) -> None:
+    def _write(self, frame_index: int, n: int, channels: list[list[Piece]], size: int) -> None:
         try:
             if self._file is not None and self.failed is None:
-                self._file.write(frame_index, chunk)
+                self._file.write(frame_index, interleave(n, channels))
         except OSError as exc:
             self.failed = f"write failed: {exc}"
         finally:
@@ -243,7 +246,23 @@ class AudioRecording:
             self._file = None
 
 
-Pieces = Sequence[tuple[int, bytes]]  # (sample offset, samples) of one channel
+Piece = tuple[int, list[bytes]]  # (sample offset, back-to-back frames) of one channel
+Pieces = Sequence[Piece]
+
+
+def split(parts: list[bytes], at: int) -> tuple[list[bytes], list[bytes]]:
+    """`parts` (back-to-back frames) cut `at` bytes in: one frame at most is sliced."""
+    head: list[bytes] = []
+    for i, part in enumerate(parts):
+        if at <= 0:
+            return head, parts[i:]
+        if len(part) <= at:
+            head.append(part)
+            at -= len(part)
+        else:
+            head.append(part[:at])
+            return head, [part[at:], *parts[i + 1 :]]
+    return head, []
 
 
 def _interleave_array(n: int, channels: Sequence[Pieces]) -> bytes:
@@ -251,7 +270,8 @@ def _interleave_array(n: int, channels: Sequence[Pieces]) -> bytes:
     out = array("h", bytes(2 * n * count))
     for c, pieces in enumerate(channels):
         pcm = bytearray(2 * n)
-        for at, data in pieces:
+        for at, parts in pieces:
+            data = b"".join(parts)
             pcm[2 * at : 2 * at + len(data)] = data
         out[c::count] = array("h", pcm)
     if sys.byteorder == "big":
@@ -262,8 +282,8 @@ def _interleave_array(n: int, channels: Sequence[Pieces]) -> bytes:
 def _interleave_numpy(n: int, channels: Sequence[Pieces]) -> memoryview:
     frames = numpy.zeros((n, len(channels)), dtype="<i2")
     for c, pieces in enumerate(channels):
-        for at, data in pieces:
-            samples = numpy.frombuffer(data, dtype="<i2")
+        for at, parts in pieces:
+            samples = numpy.frombuffer(parts[0] if len(parts) == 1 else b"".join(parts), "<i2")
             frames[at : at + len(samples), c] = samples
     return frames.data  # the disk thread writes it as it is: no copy to bytes
 
