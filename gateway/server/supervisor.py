@@ -139,7 +139,8 @@ class Supervisor:
         self.draining = False
         self.workers: list[Worker] = []
         self.changes = systemd.Changes()
-        self.all_exited = trio.Event()
+        self.all_exited = trio.Event()  # every worker's `_keep_running` has returned
+        self._keeping = 0  # `_keep_running` tasks not yet returned
         self._drained = trio.Event()  # ends every restart back-off at once
         self._lifeline_read, self._lifeline_write = os.pipe()  # both close-on-exec
         # Prometheus multiprocess mode (gateway.ops.metrics): every worker writes its metric
@@ -209,6 +210,7 @@ class Supervisor:
                         systemd.ping_watchdog, self.notifier, self.notifier.watchdog_interval
                     )
                 async with trio.open_nursery() as workers:
+                    self._keeping = len(self.workers)
                     for worker in self.workers:
                         await workers.start(self._listen_to, worker)
                         workers.start_soon(self._keep_running, worker)
@@ -336,7 +338,10 @@ class Supervisor:
                 await self._drained.wait()
             backoff = min(2 * backoff, RESTART_BACKOFF_MAX)
             worker.restarts += 1
-        if all(w.process is None or w.process.returncode is not None for w in self.workers):
+        # Not "every process has exited": a worker still being spawned has no process yet, and
+        # ending now would cancel its spawn and leave the new process behind.
+        self._keeping -= 1
+        if not self._keeping:
             self.all_exited.set()
 
     async def _listen_to(
