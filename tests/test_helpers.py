@@ -104,3 +104,22 @@ async def test_the_fake_models_wait_times_out_too():
             await model.wait_for(
                 lambda m: m.sent_of("response.created"), timeout=0.2, what="a reply"
             )
+
+
+async def test_the_fake_model_calls_a_tool_after_the_response_under_way_as_the_service_would(
+    autojump_clock,
+):
+    import orjson
+    import trio_websocket
+
+    reply = bytes(48000)  # 1 s at 24 kHz, streamed in a quarter of that
+    async with open_fake_model([reply]) as model, trio.open_nursery() as nursery:
+        async with trio_websocket.open_websocket_url(model.url) as ws:
+            await ws.send_message(orjson.dumps({"type": "response.create"}).decode())
+            await model.wait_for(lambda m: m.sent_of("response.created"))
+            nursery.start_soon(model.call_tool, "lookup")
+            await model.wait_for(lambda m: len(m.sent_of("response.done")) == 2)
+    order = [r.type for r in model.sent if r.type in ("response.created", "response.done")]
+    assert order == ["response.created", "response.done"] * 2  # one response at a time
+    call = next(r for r in model.sent if r.type == "response.output_item.done")
+    assert call.event["item"]["name"] == "lookup"

@@ -174,11 +174,19 @@ class FakeModel:
             )
 
     async def call_tool(self, name: str, arguments: dict[str, Any] | None = None) -> str:
-        """Call the client's function tool `name` now, as the model does (a response of its
-        own); the call id."""
+        """Call the client's function tool `name`, as the model does: in a response of its
+        own, so after the response under way, if one is (the service has one at a time; while
+        the call is made, a `response.create` is refused as it would be). The call id."""
         call_id = self._new_id("call")
         for session in list(self._sessions):
-            await session.call_functions((FunctionCall(name, arguments or {}),), call_id)
+            while session.responding is not None:
+                await self._changed.park()
+            session.responding = trio.CancelScope()
+            try:
+                await session.call_functions((FunctionCall(name, arguments or {}),), call_id)
+            finally:
+                session.responding = None
+                self._notify()
         return call_id
 
     def go_silent(self, silent: bool = True) -> None:
@@ -463,6 +471,7 @@ class _Session:
         if not isinstance(reply, bytes):  # the model calls functions instead of speaking
             await self.call_functions(reply if isinstance(reply, tuple) else (reply,))
             self.responding = None
+            model._notify()
             return
         response_id = model._new_id("resp")
         item_id = model._new_id("item")
