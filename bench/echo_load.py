@@ -12,6 +12,11 @@ Prints per load: calls, p50/p99/max echo round trip, frames lost (sent in the me
 never echoed) and out of order, server CPU (% of a core and microseconds per echoed frame),
 server RSS per call, and the generator's own CPU and ticker lateness (so a run where the
 generator fell behind is visible). Also a `RESULT {json}` line per load.
+
+`--busy-core` runs a spinning process at the idle scheduling class (`SCHED_IDLE`) on the
+gateway's core: it gets the core only when the gateway does not want it, so the core never
+goes idle. Comparing runs with and without it separates the gateway's own work per frame from
+what it costs the machine to wake an idle core for each frame at low load.
 """
 
 from __future__ import annotations
@@ -390,6 +395,18 @@ def start_process(
     raise SystemExit(f"the server did not start: {' '.join(cmd)}")
 
 
+def keep_core_busy(cpu: int) -> subprocess.Popen[bytes]:
+    """A process spinning on `cpu` at the idle scheduling class: it runs only when nothing
+    else there wants to, so the core never idles; the caller stops it."""
+    spin = (
+        "import os\n"
+        f"os.sched_setaffinity(0, {{{cpu}}})\n"
+        "os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\n"
+        "while True:\n    pass\n"
+    )
+    return subprocess.Popen([sys.executable, "-c", spin])
+
+
 def one_load(args: argparse.Namespace, calls: int) -> dict[str, float]:
     proc, url = (
         (None, args.url)
@@ -462,19 +479,30 @@ def main() -> None:
     parser.add_argument(
         "--gateway-root", help="serve the gateway from this source tree (default: this one)"
     )
+    parser.add_argument(
+        "--busy-core",
+        action="store_true",
+        help="keep the gateway's core from idling with a SCHED_IDLE spinner",
+    )
     args = parser.parse_args()
     os.sched_setaffinity(0, {args.client_cpu})
     loads = [int(x) for x in args.sweep.split(",")] if args.sweep else [args.calls]
-    print(" ".join(f"{title:>11}" for _, title in COLUMNS))
-    for calls in loads:
-        r = one_load(args, calls)
-        print(" ".join(f"{r.get(key, float('nan')):>11}" for key, _ in COLUMNS), flush=True)
-        print("RESULT " + json.dumps(r), file=sys.stderr, flush=True)
-        if r["client_cpu_pct"] > 80 or r["ticker_late_p99_ms"] > 5:
-            print(
-                f"WARNING: the load generator may be the bottleneck at {calls} calls "
-                f"(cpu {r['client_cpu_pct']}%, ticker p99 late {r['ticker_late_p99_ms']} ms)"
-            )
+    spinner = keep_core_busy(args.server_cpu) if args.busy_core else None
+    try:
+        print(" ".join(f"{title:>11}" for _, title in COLUMNS))
+        for calls in loads:
+            r = one_load(args, calls)
+            print(" ".join(f"{r.get(key, float('nan')):>11}" for key, _ in COLUMNS), flush=True)
+            print("RESULT " + json.dumps(r), file=sys.stderr, flush=True)
+            if r["client_cpu_pct"] > 80 or r["ticker_late_p99_ms"] > 5:
+                print(
+                    f"WARNING: the load generator may be the bottleneck at {calls} calls "
+                    f"(cpu {r['client_cpu_pct']}%, ticker p99 late {r['ticker_late_p99_ms']} ms)"
+                )
+    finally:
+        if spinner is not None:
+            spinner.kill()
+            spinner.wait()
 
 
 if __name__ == "__main__":

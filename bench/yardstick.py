@@ -28,7 +28,9 @@ bisection between `--low` and `--high` to `--resolution` calls, a fresh server (
 step; and the server's RSS growth per call.
 Loss through the resampled path is counted within 3 frames per call (its resamplers hold back a
 tail). A `RESULT {json}` line per target goes to stderr. On a machine shared with other work run
-it with priority (`nice -n -10 python bench/yardstick.py ...`) and say so.
+it with priority (`nice -n -10 python bench/yardstick.py ...`) and say so. `--busy-core` keeps
+the server's core from idling (see `bench/echo_load.py`): at low load, what each frame costs
+the machine to wake the core is then left out of the CPU per frame.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pybase64
 
@@ -281,13 +284,29 @@ def main() -> None:
     parser.add_argument("--p99-ms", type=float, default=20.0, help="the knee's p99 bound")
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--client-cpu", type=int, default=1)
+    parser.add_argument(
+        "--busy-core",
+        action="store_true",
+        help="keep the server's core from idling (echo_load.py's SCHED_IDLE spinner)",
+    )
     args = parser.parse_args()
     os.sched_setaffinity(0, {args.client_cpu})
     names = args.targets.split(",")
     unknown = set(names) - set(TARGETS)
     if unknown:
         parser.error(f"unknown targets {sorted(unknown)}; choose from {sorted(TARGETS)}")
-    rows = []
+    spinner = echo_load.keep_core_busy(args.server_cpu) if args.busy_core else None
+    try:
+        rows = run_targets(names, args)
+    finally:
+        if spinner is not None:
+            spinner.kill()
+            spinner.wait()
+    report(rows, args)
+
+
+def run_targets(names: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
     for name in names:
         target = TARGETS[name]
         print(f"{name}:", flush=True)
@@ -309,10 +328,15 @@ def main() -> None:
         }
         rows.append(row)
         print("RESULT " + json.dumps(row), file=sys.stderr, flush=True)
+    return rows
+
+
+def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     echo_us = next((r["us_low"] for r in rows if r["target"] == "echo"), None)
     print(
         f"\n{time.strftime('%Y-%m-%d %H:%M')} load {os.getloadavg()[0]:.1f}; "
         f"server on core {args.server_cpu}, generator and model on core {args.client_cpu}"
+        + ("; server's core kept busy (--busy-core)" if args.busy_core else "")
     )
     print(
         f"{'target':>10} {'knee':>6} {'p50 ms':>8} {f'us/frame@{args.cpu_at}':>13} "
