@@ -13,9 +13,8 @@ path; a bot frame that starts a little after the previous one ended, as echo's f
 its run after that much silence, so a second is laid out in a piece or two, not fifty) until
 they are `SETTLE` seconds old (no caller frame or cut can still change them); every
 `FLUSH_INTERVAL` they are handed, as they are, to the disk thread, which lays them out on the
-clock, interleaved, and writes them. Laying out a second is a burst of fresh memory (about
-130 KB a call for 16 kHz stereo); done on the event loop for each call in turn, it cost more
-than recording's own work per frame, through the caches it emptied for the frames after it.
+clock, interleaved, and writes them: laying out a second (a burst of about 130 KB of fresh
+memory a call at 16 kHz stereo) is work the calls' own frames need not wait behind.
 At most `max_pending` bytes may wait for the disk; a chunk beyond that is dropped and counted
 (the file keeps silence there). A failing disk (`failed`) ends the
 recording; the call goes on. Never: touches the disk itself or waits for it.
