@@ -11,7 +11,9 @@ gateway's own `pacing_lateness_seconds` histogram: the upper bound of the bucket
 99th percentile), RSS per call, and the bytes recorded; then the cost of recording per frame as
 the ratio of the medians, and per off/on pair with their median. At 200 calls the gateway's
 core is 70-90% busy and one run's CPU per frame differs from the next's by up to 10% with
-nothing changed: use 6 rounds or more and read the spread.
+nothing changed: use 6 rounds or more and read the spread. `--busy-core` keeps the server's core
+from idling (see `bench/echo_load.py`), which takes the machine's idle and clock states out of
+the figures.
 """
 
 from __future__ import annotations
@@ -233,6 +235,11 @@ def main() -> None:
         help="record under this directory (default: the system's temporary one); /dev/shm "
         "takes the kernel's writeback to the disk out of the picture",
     )
+    parser.add_argument(
+        "--busy-core",
+        action="store_true",
+        help="keep the server's core from idling (echo_load.py's SCHED_IDLE spinner)",
+    )
     args = parser.parse_args()
     if args.pieces:
         pieces(args.calls)
@@ -258,11 +265,17 @@ def main() -> None:
     ]
     print(" ".join(f"{title:>11}" for _, title in cols))
     runs: dict[bool, list[float]] = {False: [], True: []}
-    for _ in range(args.rounds):
-        for recording in (False, True):
-            r = one_run(args, recording)
-            runs[recording].append(r["server_us_per_frame"])
-            print(" ".join(f"{str(r.get(k, 'nan')):>11}" for k, _ in cols), flush=True)
+    spinner = echo_load.keep_core_busy(args.server_cpu) if args.busy_core else None
+    try:
+        for _ in range(args.rounds):
+            for recording in (False, True):
+                r = one_run(args, recording)
+                runs[recording].append(r["server_us_per_frame"])
+                print(" ".join(f"{str(r.get(k, 'nan')):>11}" for k, _ in cols), flush=True)
+    finally:
+        if spinner is not None:
+            spinner.kill()
+            spinner.wait()
     off, on = statistics.median(runs[False]), statistics.median(runs[True])
     print(
         f"median us/frame: off {off:.1f}, on {on:.1f}: recording costs {100 * (on / off - 1):+.1f}%"
