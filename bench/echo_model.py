@@ -18,9 +18,10 @@ from typing import Any
 import trio
 
 from gateway.testing import fake_model, open_fake_model
+from gateway.testing.fake_model_session import Session
 
 
-class EchoSession(fake_model._Session):
+class EchoSession(Session):
     """A session that streams the caller's audio back as the model's answer."""
 
     response: dict[str, Any] | None = None
@@ -64,7 +65,7 @@ class EchoSession(fake_model._Session):
 
 
 async def main() -> None:
-    fake_model._Session = EchoSession  # type: ignore[misc]  # the sessions this model opens
+    fake_model.Session = EchoSession  # type: ignore[misc]  # the sessions this model opens
     async with open_fake_model() as model:
         print(model.url, flush=True)
         await trio.to_thread.run_sync(sys.stdin.read)  # until the benchmark closes stdin
