@@ -34,6 +34,9 @@ event parsed, the arguments checked and converted, the tool run, its output and 
 go on written) is also timed in this process, for `lookup` as it is (a worker thread) and as an
 async function: `--tool-calls` of each.
 
+`--busy-core` keeps the gateway's core from idling (`bench/echo_load.py`'s `SCHED_IDLE`
+spinner), which leaves the machine's cost of waking an idle core out of both processors' CPU.
+
 `--mix` adds two realtime phases on unmixed streams with two participants (the conversation
 and a faint second voice, sent together each 20 ms):
 `speakers = "first"` (the model hears one) and `speakers = "mix"` (the model hears their
@@ -59,6 +62,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from echo_load import (  # noqa: E402
     free_port,
+    keep_core_busy,
     lateness_p99_ms,
     proc_cpu_seconds,
     proc_rss_kb,
@@ -349,12 +353,18 @@ async def main(args: argparse.Namespace) -> None:
     os.environ[KEY_ENV] = "bench-key"
     if args.client_cpu >= 0:
         os.sched_setaffinity(0, {args.client_cpu})
-    rows = {kind: await phase(args, kind) for kind in ("echo", "realtime", "tools")}
-    if args.mix:
-        for policy in ("first", "mix"):
-            rows[f"2 speakers, {policy}"] = await phase(args, "realtime", speakers=policy)
-    if args.latency_runs:
-        rows["realtime, 1 call at a time"] = await phase(args, "realtime", one_at_a_time=True)
+    spinner = keep_core_busy(args.server_cpu) if args.busy_core else None
+    try:
+        rows = {kind: await phase(args, kind) for kind in ("echo", "realtime", "tools")}
+        if args.mix:
+            for policy in ("first", "mix"):
+                rows[f"2 speakers, {policy}"] = await phase(args, "realtime", speakers=policy)
+        if args.latency_runs:
+            rows["realtime, 1 call at a time"] = await phase(args, "realtime", one_at_a_time=True)
+    finally:
+        if spinner is not None:
+            spinner.kill()
+            spinner.wait()
     print(
         f"{'processor':>10} {'calls':>5} {'srv cpu%':>8} {'%/call':>7} {'us/frame':>8} "
         f"{'gen cpu%':>8} {'model%':>6} {'KB/call':>7} {'KB, bot':>7} {'heard s':>7} "
@@ -414,6 +424,11 @@ if __name__ == "__main__":
     )
     parser.add_argument(
         "--tool-calls", type=int, default=2000, help="tool calls timed in-process (0: none)"
+    )
+    parser.add_argument(
+        "--busy-core",
+        action="store_true",
+        help="keep the server's core from idling (echo_load.py's SCHED_IDLE spinner)",
     )
     parser.add_argument("--serve-model", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--tools", action="store_true", help=argparse.SUPPRESS)
