@@ -537,6 +537,24 @@ async def test_echo_channels_stay_aligned_through_pauses(autojump_clock, tmp_pat
     assert max(abs(where_bot[k] - where_said[k]) for k in where_bot) <= FRAME
 
 
+def test_bot_audio_placed_before_the_flushed_point_keeps_only_what_is_still_ahead(tmp_path):
+    """A bot run that starts before what was already handed to the disk: its part there is
+    counted late and left out, the rest lands where it belongs."""
+    rec = AudioRecording(str(tmp_path / "late.wav"), 16000, 0.0, max_pending=10**8)
+    for k in range(51):  # the caller's first second: the flush at 1.0 s settles 0-0.75 s
+        rec.caller(bytes(2 * FRAME), None, k * 0.02)
+    assert rec.base == 12000
+    rec.bot([numbered_frames(101, 3)], 0.70)  # samples 11200-12159: 800 of them are settled
+    for k in range(51, 100):
+        rec.caller(bytes(2 * FRAME), None, k * 0.02)
+    rec.close(2.0)
+    DISK.wait_idle(10.0)
+    (_, bot), _ = read_channels(tmp_path / "late.wav")
+    assert rec.late_bytes == 2 * 800
+    assert not any(bot[:12000]) and not any(bot[12160:])
+    assert list(bot[12000:12160]) == [103] * 160  # the third frame's second half
+
+
 def test_bot_audio_alone_is_flushed_as_it_goes(tmp_path):
     rec = AudioRecording(str(tmp_path / "bot.wav"), 16000, 0.0, max_pending=10**8)
     for k in range(500):  # 10 s of bot audio, and not a frame from the caller
