@@ -11,7 +11,9 @@ gateway's own `pacing_lateness_seconds` histogram: the upper bound of the bucket
 99th percentile), RSS per call, and the bytes recorded; then the cost of recording per frame as
 the ratio of the medians, and per off/on pair with their median. At 200 calls the gateway's
 core is 70-90% busy and one run's CPU per frame differs from the next's by up to 10% with
-nothing changed: use 6 rounds or more and read the spread. `--busy-core` keeps the server's core
+nothing changed: use 6 rounds or more and read the spread. `--disk-cpu 1` runs the disk thread
+on core 1 (with the load generator) while the event loop stays on core 0, as an unpinned gateway
+may have it. `--busy-core` keeps the server's core
 from idling (see `bench/echo_load.py`), which takes the machine's idle and clock states out of
 the figures.
 """
@@ -19,6 +21,7 @@ the figures.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import shutil
 import statistics
@@ -54,6 +57,31 @@ def threads(pid: int) -> tuple[float, int, int]:
         else:
             woke += int(status["voluntary_ctxt_switches"])
     return cpu, woke, preempted
+
+
+DISK_CPU_HOOK = """\
+import os, sys
+if "serve" in sys.argv[1:2]:
+    from gateway.records import disk
+
+    run = disk.DiskThread._run
+
+    def _run(self):
+        os.sched_setaffinity(0, {%d})  # the disk thread only: 0 is the calling thread
+        return run(self)
+
+    disk.DiskThread._run = _run
+"""
+
+
+def disk_cpu_root(root: Path, cpu: int) -> Path:
+    """A tree serving `root`'s gateway with its disk thread pinned to `cpu` (a `sitecustomize`
+    beside a link to the package): the gateway's code is unchanged."""
+    tree = Path(tempfile.mkdtemp(prefix="records-disk-cpu-"))
+    atexit.register(shutil.rmtree, tree, True)
+    (tree / "gateway").symlink_to(root / "gateway")
+    (tree / "sitecustomize.py").write_text(DISK_CPU_HOOK % cpu)
+    return tree
 
 
 def one_run(args: argparse.Namespace, recording: bool) -> dict[str, float]:
@@ -236,6 +264,12 @@ def main() -> None:
         "takes the kernel's writeback to the disk out of the picture",
     )
     parser.add_argument(
+        "--disk-cpu",
+        type=int,
+        help="pin the gateway's disk thread to this core (the event loop stays on --server-cpu), "
+        "as an unpinned gateway may run",
+    )
+    parser.add_argument(
         "--busy-core",
         action="store_true",
         help="keep the server's core from idling (echo_load.py's SCHED_IDLE spinner)",
@@ -246,6 +280,11 @@ def main() -> None:
         return
     args.url = None
     args.server_arg = []
+    if args.disk_cpu is not None:
+        root = (
+            Path(args.gateway_root) if args.gateway_root else Path(__file__).resolve().parent.parent
+        )
+        args.gateway_root = str(disk_cpu_root(root.resolve(), args.disk_cpu))
     os.sched_setaffinity(0, {args.client_cpu})
     cols = [
         ("recording", "recording"),
