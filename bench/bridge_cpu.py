@@ -61,8 +61,8 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from echo_load import (  # noqa: E402
+    core_kept_busy,
     free_port,
-    keep_core_busy,
     lateness_p99_ms,
     proc_cpu_seconds,
     proc_rss_kb,
@@ -353,18 +353,13 @@ async def main(args: argparse.Namespace) -> None:
     os.environ[KEY_ENV] = "bench-key"
     if args.client_cpu >= 0:
         os.sched_setaffinity(0, {args.client_cpu})
-    spinner = keep_core_busy(args.server_cpu) if args.busy_core else None
-    try:
+    with core_kept_busy(args.server_cpu if args.busy_core else None):
         rows = {kind: await phase(args, kind) for kind in ("echo", "realtime", "tools")}
         if args.mix:
             for policy in ("first", "mix"):
                 rows[f"2 speakers, {policy}"] = await phase(args, "realtime", speakers=policy)
         if args.latency_runs:
             rows["realtime, 1 call at a time"] = await phase(args, "realtime", one_at_a_time=True)
-    finally:
-        if spinner is not None:
-            spinner.kill()
-            spinner.wait()
     print(
         f"{'processor':>10} {'calls':>5} {'srv cpu%':>8} {'%/call':>7} {'us/frame':>8} "
         f"{'gen cpu%':>8} {'model%':>6} {'KB/call':>7} {'KB, bot':>7} {'heard s':>7} "

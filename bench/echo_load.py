@@ -35,6 +35,8 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from gateway.acs import client as wire  # the simulator's client side: frames and packets
@@ -395,16 +397,25 @@ def start_process(
     raise SystemExit(f"the server did not start: {' '.join(cmd)}")
 
 
-def keep_core_busy(cpu: int) -> subprocess.Popen[bytes]:
-    """A process spinning on `cpu` at the idle scheduling class: it runs only when nothing
-    else there wants to, so the core never idles; the caller stops it."""
+@contextmanager
+def core_kept_busy(cpu: int | None) -> Iterator[None]:
+    """While the block runs, a process spins on `cpu` at the idle scheduling class: it runs
+    only when nothing else there wants to, so the core never idles. None: nothing."""
+    if cpu is None:
+        yield
+        return
     spin = (
         "import os\n"
         f"os.sched_setaffinity(0, {{{cpu}}})\n"
         "os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\n"
         "while True:\n    pass\n"
     )
-    return subprocess.Popen([sys.executable, "-c", spin])
+    spinner = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        yield
+    finally:
+        spinner.kill()
+        spinner.wait()
 
 
 def one_load(args: argparse.Namespace, calls: int) -> dict[str, float]:
@@ -487,8 +498,7 @@ def main() -> None:
     args = parser.parse_args()
     os.sched_setaffinity(0, {args.client_cpu})
     loads = [int(x) for x in args.sweep.split(",")] if args.sweep else [args.calls]
-    spinner = keep_core_busy(args.server_cpu) if args.busy_core else None
-    try:
+    with core_kept_busy(args.server_cpu if args.busy_core else None):
         print(" ".join(f"{title:>11}" for _, title in COLUMNS))
         for calls in loads:
             r = one_load(args, calls)
@@ -499,10 +509,6 @@ def main() -> None:
                     f"WARNING: the load generator may be the bottleneck at {calls} calls "
                     f"(cpu {r['client_cpu_pct']}%, ticker p99 late {r['ticker_late_p99_ms']} ms)"
                 )
-    finally:
-        if spinner is not None:
-            spinner.kill()
-            spinner.wait()
 
 
 if __name__ == "__main__":

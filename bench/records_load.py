@@ -304,17 +304,12 @@ def main() -> None:
     ]
     print(" ".join(f"{title:>11}" for _, title in cols))
     runs: dict[bool, list[float]] = {False: [], True: []}
-    spinner = echo_load.keep_core_busy(args.server_cpu) if args.busy_core else None
-    try:
+    with echo_load.core_kept_busy(args.server_cpu if args.busy_core else None):
         for _ in range(args.rounds):
             for recording in (False, True):
                 r = one_run(args, recording)
                 runs[recording].append(r["server_us_per_frame"])
                 print(" ".join(f"{str(r.get(k, 'nan')):>11}" for k, _ in cols), flush=True)
-    finally:
-        if spinner is not None:
-            spinner.kill()
-            spinner.wait()
     off, on = statistics.median(runs[False]), statistics.median(runs[True])
     print(
         f"median us/frame: off {off:.1f}, on {on:.1f}: recording costs {100 * (on / off - 1):+.1f}%"

@@ -295,13 +295,8 @@ def main() -> None:
     unknown = set(names) - set(TARGETS)
     if unknown:
         parser.error(f"unknown targets {sorted(unknown)}; choose from {sorted(TARGETS)}")
-    spinner = echo_load.keep_core_busy(args.server_cpu) if args.busy_core else None
-    try:
+    with echo_load.core_kept_busy(args.server_cpu if args.busy_core else None):
         rows = run_targets(names, args)
-    finally:
-        if spinner is not None:
-            spinner.kill()
-            spinner.wait()
     report(rows, args)
 
 
