@@ -39,7 +39,6 @@ import math
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -199,11 +198,7 @@ def measure(
         time.sleep(1.0)
         rss_after = proc_rss_kb(proc.pid)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        echo_load.stop_process(proc)
     if traced:
         show_trace(folder, calls - base, args)
     return {

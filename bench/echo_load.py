@@ -418,6 +418,15 @@ def core_kept_busy(cpu: int | None) -> Iterator[None]:
         spinner.wait()
 
 
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    """SIGTERM (a clean stop: the gateway drains and flushes), then a kill after `timeout`."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def one_load(args: argparse.Namespace, calls: int) -> dict[str, float]:
     proc, url = (
         (None, args.url)
@@ -446,11 +455,7 @@ def one_load(args: argparse.Namespace, calls: int) -> dict[str, float]:
         return result
     finally:
         if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_process(proc)
 
 
 COLUMNS = [

@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -79,11 +77,7 @@ def one_run(args: argparse.Namespace, workers: int, calls: int) -> dict[str, flo
         del result["_echoed_all"]
         return result
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        echo_load.stop_process(proc, 15)
 
 
 COLUMNS = [
