@@ -12,6 +12,7 @@ from gateway.acs.packets import AudioData
 from gateway.audio.resample import StreamResampler
 from gateway.processors.realtime import protocol
 from gateway.processors.realtime.uplink import Uplink
+from gateway.testing import speech
 
 
 def packet(pcm: bytes) -> AudioData:
@@ -54,6 +55,28 @@ def test_16khz_batches_are_resampled_as_one_stream():
     n = min(len(out), len(whole))
     assert n > 0.8 * len(pcm) * 3 / 2
     got, want = np.frombuffer(out[:n], np.int16), np.frombuffer(whole[:n], np.int16)
+    assert int(np.max(np.abs(got.astype(np.int32) - want))) <= 2
+
+
+def test_a_silent_caller_costs_one_shared_event_and_keeps_time():
+    """Once the resampler has settled, each 40 ms of digital silence is the same 40 ms of
+    24 kHz zeros, as one event object built once; the words after it are resampled as ever."""
+    uplink, other = Uplink(16000), Uplink(16000)
+    words = speech(16000)[: 16000 * 2]
+    sent = [uplink.add(packet(words[i : i + 640])) for i in range(0, len(words), 640)]
+    quiet = [uplink.add(packet(bytes(640))) for _ in range(50)]  # a second of silence
+    settled = [e for e in quiet[20:] if e is not None]  # past SETTLED_MS
+    assert len(settled) == 15 and all(appended(e) == bytes(1920) for e in settled)
+    assert all(e is settled[0] for e in settled)
+    other.add(packet(bytes(640)))  # another call, silent from the start: the same object
+    assert other.add(packet(bytes(640))) is settled[0]
+    after = [uplink.add(packet(words[i : i + 640])) for i in range(0, 6400, 640)]
+    out = b"".join(appended(e) for e in sent + quiet + after if e is not None)
+    out += uplink.to_model.flush()  # what the filter still holds, to compare whole streams
+    whole = StreamResampler(16000, 24000)
+    expected = whole.process(words + bytes(640 * 50) + words[:6400]) + whole.flush()
+    assert len(out) == len(expected)  # nothing lost or added: the words after keep their time
+    got, want = np.frombuffer(out, np.int16), np.frombuffer(expected, np.int16)
     assert int(np.max(np.abs(got.astype(np.int32) - want))) <= 2
 
 

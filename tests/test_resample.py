@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import soxr
 
-from gateway.audio.resample import StreamResampler
+from gateway.audio.resample import SETTLED_MS, StreamResampler
 from gateway.testing import speech
 
 
@@ -60,3 +60,55 @@ def test_reset_forgets_held_back_audio():
 def test_odd_length_is_refused():
     with pytest.raises(ValueError):
         StreamResampler(16000, 24000).process(b"\x00\x01\x02")
+
+
+def talk_with_pauses(rate: int) -> bytes:
+    """Speech, a pause of digital silence long enough to settle, speech, a short pause, speech."""
+    words = speech(rate)
+    second = rate * 2  # bytes per second
+    return (
+        words[:second]
+        + bytes(second * 3 // 2)
+        + words[second : second * 2]
+        + bytes(second // 10)  # shorter than SETTLED_MS: soxr sees all of it
+        + words[second * 2 : second * 3]
+        + bytes(second)
+    )
+
+
+@pytest.mark.parametrize(
+    "src, dst, size",
+    [(16000, 24000, 640), (16000, 24000, 1280), (24000, 16000, 1920), (24000, 16000, 4800 + 2)],
+)
+def test_silence_that_skips_soxr_leaves_the_stream_as_soxr_makes_it(src, dst, size):
+    """Skipping soxr for settled silence keeps every sample where soxr would put it (the words
+    after a pause come out at the same instant, as the same samples) and the length exact."""
+    pcm = talk_with_pauses(src)
+    out = np.frombuffer(chunked(StreamResampler(src, dst), pcm, size), dtype=np.int16)
+    whole = soxr.resample(np.frombuffer(pcm, dtype=np.int16), src, dst, quality="HQ")
+    assert len(out) == len(whole) == len(pcm) // 2 * dst // src
+    assert np.max(np.abs(out.astype(np.int32) - whole.astype(np.int32))) <= 2  # rounding, dither
+
+
+class NoSoxr:
+    def resample_chunk(self, x: object, last: bool = False) -> object:
+        raise AssertionError("soxr was called")
+
+
+def test_settled_silence_does_not_call_soxr_and_is_exact_zeros():
+    resampler = StreamResampler(16000, 24000)
+    resampler.process(speech(16000)[:6400])
+    settling = [resampler.process(bytes(640)) for _ in range(SETTLED_MS // 20)]  # soxr sees these
+    assert any(any(chunk) for chunk in settling)  # the words' tail came out of the filter
+    real = resampler._stream
+    resampler._stream = NoSoxr()  # type: ignore[assignment]
+    for _ in range(50):  # a second of silence, frame by frame
+        assert resampler.process(bytes(640)) == bytes(960)
+    resampler._stream = real  # the next words go through soxr again
+    assert resampler.process(speech(16000)[6400:7040]) != bytes(960)
+
+
+def test_silence_before_any_sound_never_opens_soxr():
+    resampler = StreamResampler(16000, 24000)
+    assert resampler.process(bytes(640)) == bytes(960)
+    assert resampler._stream is None  # no 50 KB stream for a caller who has not spoken yet

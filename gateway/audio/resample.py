@@ -8,10 +8,20 @@ stream at once; it holds back a few milliseconds (the filter delay) until more i
 stream is flushed. The output is time-aligned with the input: millisecond t of the output is
 millisecond t of the input, which is what lets the realtime bridge count what the caller heard
 in the model's own milliseconds.
+
+Digital silence costs nothing once the filter has settled. A call to soxr costs 40-60 us in a
+live gateway (its ~50 KB of state is cold after the core idled between frames; 10-20 us in a
+tight loop), and a caller is silent for much of a call: all of it while the bot speaks. So once
+`SETTLED_MS` of all-zero input has gone through soxr, further all-zero chunks skip it and come out
+as the zeros it would have made, of the same length; soxr sees the next sound as if it came
+straight after the silence it had seen, which its all-zero history cannot tell apart. The output
+stays aligned to the sample, and differs only in soxr's dither (+-1 LSB) during the silence,
+which becomes exact zeros.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Final, Protocol
 
 from ..acs.packets import BYTES_PER_SAMPLE
@@ -21,6 +31,16 @@ if TYPE_CHECKING:  # numpy is imported only when resampling is used (the `realti
     from numpy.typing import NDArray
 
 QUALITY: Final = "HQ"  # soxr "high quality": ~37 ms of delay, 5-7 us per 20 ms (resample_cost.py)
+# All-zero input soxr must have seen before more of it may skip soxr: its filter reaches back
+# ~37 ms and it holds back up to a 30 ms output block; after 40 ms of zeros everything it holds
+# is exactly zero (tests/test_resample.py checks the whole output against soxr's own).
+SETTLED_MS: Final = 200
+
+
+@functools.lru_cache(maxsize=16)
+def silence(n_bytes: int) -> bytes:
+    """`n_bytes` of digital silence; one shared object per length (frames come in few sizes)."""
+    return bytes(n_bytes)
 
 
 class _SoxrStream(Protocol):
@@ -38,6 +58,8 @@ class StreamResampler:
     the next `process()` it holds no soxr state at all.
     """
 
+    __slots__ = ("src_rate", "dst_rate", "_identity", "_stream", "_quiet", "_settled")
+
     def __init__(self, src_rate: int, dst_rate: int) -> None:
         self.src_rate = src_rate
         self.dst_rate = dst_rate
@@ -45,6 +67,10 @@ class StreamResampler:
         # Opened at first use and dropped at flush or reset: an open soxr stream holds about
         # 50 KB, and a bot's voice is silent between its replies.
         self._stream: _SoxrStream | None = None
+        # Samples of all-zero input since the last sound (a stream not yet opened has heard
+        # only silence); from `_settled` on, all-zero chunks skip soxr.
+        self._settled = SETTLED_MS * src_rate // 1000
+        self._quiet = self._settled
 
     def _open(self) -> _SoxrStream:
         import soxr  # optional: the `realtime` extra
@@ -59,6 +85,15 @@ class StreamResampler:
             return pcm
         if len(pcm) % BYTES_PER_SAMPLE:
             raise ValueError(f"PCM16 must be whole samples; got {len(pcm)} bytes")
+        if pcm == silence(len(pcm)):  # compared in C; stops at the first non-zero byte
+            samples = len(pcm) // BYTES_PER_SAMPLE
+            out_samples, fraction = divmod(samples * self.dst_rate, self.src_rate)
+            settled = self._quiet >= self._settled
+            self._quiet += samples
+            if settled and not fraction:  # a fraction: soxr carries it; let it
+                return silence(out_samples * BYTES_PER_SAMPLE)
+        else:
+            self._quiet = 0
         import numpy as np
 
         stream = self._stream
@@ -69,6 +104,7 @@ class StreamResampler:
     def flush(self) -> bytes:
         """End of the stream: everything still held back; the next `process` starts afresh."""
         stream, self._stream = self._stream, None
+        self._quiet = self._settled
         if stream is None:
             return b""
         import numpy as np
@@ -78,3 +114,4 @@ class StreamResampler:
     def reset(self) -> None:
         """Forget what is held back (it is stale: the caller interrupted)."""
         self._stream = None
+        self._quiet = self._settled
