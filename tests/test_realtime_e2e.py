@@ -8,6 +8,7 @@ import pybase64
 import trio
 
 from gateway.processors import Call, load
+from gateway.processors.realtime import bridge
 from gateway.testing import open_fake_model, open_gateway, simulated_call, speech
 from tests.conftest import open_fds, task_count
 
@@ -288,3 +289,35 @@ async def test_unmixed_stream_sends_one_participant_upstream(autojump_clock, mon
 
 def upstream_errors(call) -> int:
     return sum(call.stats.upstream_errors.values())
+
+
+async def test_a_reply_far_ahead_of_the_caller_waits_in_the_models_socket(
+    autojump_clock, monkeypatch
+):
+    """A model streaming far faster than real time: past the cap, the bridge stops reading it
+    (the rest waits in the socket), so the call's memory stays bounded; all of the reply still
+    plays, in order, nothing dropped."""
+    monkeypatch.setenv(KEY_ENV, "k")
+    cap = 24000 * 2  # one second of model audio
+    monkeypatch.setattr(bridge, "PENDING_AUDIO_BYTES", cap)
+    queued: list[int] = []
+    queue = bridge.Bridge._queue_for_player
+
+    async def watched(self: bridge.Bridge, entry: tuple[int, str, str | None]) -> None:
+        await queue(self, entry)
+        queued.append(self._pending_bytes)
+
+    monkeypatch.setattr(bridge.Bridge, "_queue_for_player", watched)
+    reply = speech(24000)  # 7.6 s, sent in 100 ms deltas 40 times faster than real time
+    calls: list[Call] = []
+    async with open_fake_model([reply], speed=40.0) as model:
+        async with open_gateway(spied(options(model.url), calls)) as server:
+            async with simulated_call(server.urls[0], sample_rate=16000) as acs:
+                await acs.stream(speech(16000)[: 16000 * 2 * 2] + silence(16000, 10.0))
+    delta = 24000 * 2 // 10
+    assert cap <= max(queued) <= cap + delta  # the cap was reached, and held
+    [call] = calls
+    assert call.player is not None
+    heard = len(acs.received_pcm)
+    assert abs(heard - len(reply) * 2 // 3) <= 640  # the whole reply, at 16 kHz
+    assert call.stats.upstream_audio_discarded == 0 and call.player.playout.stats.discarded == 0

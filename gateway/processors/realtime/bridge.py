@@ -22,10 +22,15 @@ Tasks (all in one nursery inside the processor, so all end with the call):
   answered on the session it came from; the reader never waits for a tool.
 - greeting and keys: when the call's first session is ready, the `greeting` response is asked
   for; with `dtmf_to_model`, a key press stops the bot like speech and `dtmf` tells the model.
-- feeder: audio deltas reach the player through a bounded channel (`PENDING_DELTAS`; the
-  upstream reader waits only when that many deltas are queued, minutes of audio), because
-  `play()` blocks while the player's queue is full and the reader must stay free for barge-in.
-  Deltas queued before a barge-in are discarded (counted in `upstream_audio_discarded`).
+- feeder: audio deltas reach the player through a bounded channel, because `play()` blocks
+  while the player's queue is full and the reader must stay free for barge-in. The upstream
+  reader waits only when `PENDING_AUDIO_S` of model audio (or `PENDING_DELTAS` deltas) wait
+  for the player: the rest of a reply streamed that far ahead of the caller's ears stays in
+  the model's socket, so one call holds at most ~8 MB of it, whatever size the model's deltas
+  are. The price, for such a reply only: the model's `speech_started` is read once the audio
+  sent before it has been taken (the local VAD, which reads the caller's audio, still stops
+  the bot at once, and then the rest is discarded as fast as it is read). Deltas queued
+  before a barge-in are discarded (counted in `upstream_audio_discarded`).
 
 - rollover planner (`sessions.Rollover`): before a session reaches `session_max_s` it opens the
   next one in its own task and, between turns, switches the caller's audio to it; `_upstream`
@@ -80,6 +85,8 @@ from .tools import Toolbox
 from .uplink import Uplink
 
 PENDING_DELTAS: Final = 4096  # model audio deltas queued for the player (each ~20-200 ms)
+PENDING_AUDIO_S: Final = 120  # and seconds of model audio queued for it, at most
+PENDING_AUDIO_BYTES: Final = PENDING_AUDIO_S * protocol.MODEL_RATE * 2  # decoded PCM16
 CLOSE_TIMEOUT: Final = 1.0  # seconds for the upstream closing handshake when the call ends
 
 
@@ -160,6 +167,8 @@ class Bridge:
         self._pending_send, self._pending = trio.open_memory_channel[tuple[int, str, str | None]](
             PENDING_DELTAS
         )
+        self._pending_bytes = 0  # decoded bytes of the audio in `_pending`
+        self._pending_room = trio.lowlevel.ParkingLot()  # the reader waits here past the cap
 
     async def run(self) -> None:
         try:
@@ -286,6 +295,10 @@ class Bridge:
         player = self.player
         generation = 0
         async for gen, item_id, audio in self._pending:
+            if audio is not None:  # room for the reader, if it waits for some
+                self._pending_bytes -= protocol.audio_bytes(audio)
+                if self._pending_bytes < PENDING_AUDIO_BYTES:
+                    self._pending_room.unpark_all()
             if gen != self.conversation.generation:
                 if audio is not None:
                     self.stats.upstream_audio_discarded += protocol.audio_bytes(audio)
@@ -315,6 +328,19 @@ class Bridge:
         self.stats.upstream_audio_discarded += protocol.audio_bytes(event.audio)
         return None
 
+    async def _queue_for_player(self, entry: tuple[int, str, str | None]) -> None:
+        """Hand model audio to the feeder; past `PENDING_AUDIO_S` (or `PENDING_DELTAS`) queued,
+        wait for the player to take some, which leaves the rest in the model's socket."""
+        audio = entry[2]
+        if audio is not None:
+            while self._pending_bytes >= PENDING_AUDIO_BYTES:
+                await self._pending_room.park()
+            self._pending_bytes += protocol.audio_bytes(audio)
+        try:
+            self._pending_send.send_nowait(entry)
+        except trio.WouldBlock:
+            await self._pending_send.send(entry)
+
     async def _read_events(self, ws: Upstream) -> str:
         """Read the model until the session fails; returns why."""
         conversation_ready = False
@@ -338,10 +364,7 @@ class Bridge:
                 case AudioDelta() | AudioDone():
                     entry = self._audio_entry(event)
                     if entry is not None:
-                        try:
-                            self._pending_send.send_nowait(entry)
-                        except trio.WouldBlock:  # back-pressure past PENDING_DELTAS only
-                            await self._pending_send.send(entry)
+                        await self._queue_for_player(entry)
                 case SpeechStarted():
                     self.call.observer.note("speech_started", by="model")
                     await self.interruptions.suspected("model", event)
