@@ -37,9 +37,17 @@ QUALITY: Final = "HQ"  # soxr "high quality": ~37 ms of delay, 5-7 us per 20 ms 
 SETTLED_MS: Final = 200
 
 
-@functools.lru_cache(maxsize=16)
 def silence(n_bytes: int) -> bytes:
-    """`n_bytes` of digital silence; one shared object per length (frames come in few sizes)."""
+    """`n_bytes` of digital silence: for a frame's or a batch's size, one object shared by
+    every call (they come in few sizes); a larger one (a model's delta) is made anew."""
+    return _shared_silence(n_bytes) if n_bytes <= _SHARED_SILENCE_MAX else bytes(n_bytes)
+
+
+_SHARED_SILENCE_MAX: Final = 8192  # bytes: 100 ms at 24 kHz is 4800
+
+
+@functools.lru_cache(maxsize=16)
+def _shared_silence(n_bytes: int) -> bytes:
     return bytes(n_bytes)
 
 
