@@ -34,6 +34,10 @@ event parsed, the arguments checked and converted, the tool run, its output and 
 go on written) is also timed in this process, for `lookup` as it is (a worker thread) and as an
 async function: `--tool-calls` of each.
 
+`--pairs N` runs N - 1 more echo and realtime phases, alternated, after the rows above and
+prints the bridged / echo ratio of each pair and their median: at 20 calls one pair's ratio
+moves by 0.2-0.3x from run to run on this kind of machine, so judge the goal by the median.
+
 `--busy-core` keeps the gateway's core from idling (`bench/echo_load.py`'s `SCHED_IDLE`
 spinner), which leaves the machine's cost of waking an idle core out of both processors' CPU.
 
@@ -49,6 +53,7 @@ import argparse
 import json
 import logging
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -360,6 +365,10 @@ async def main(args: argparse.Namespace) -> None:
                 rows[f"2 speakers, {policy}"] = await phase(args, "realtime", speakers=policy)
         if args.latency_runs:
             rows["realtime, 1 call at a time"] = await phase(args, "realtime", one_at_a_time=True)
+        ratios = [rows["realtime"]["cpu_s"] / rows["echo"]["cpu_s"]]
+        for _ in range(args.pairs - 1):  # more echo, realtime pairs, alternated
+            echo, bridged = await phase(args, "echo"), await phase(args, "realtime")
+            ratios.append(bridged["cpu_s"] / echo["cpu_s"])
     print(
         f"{'processor':>10} {'calls':>5} {'srv cpu%':>8} {'%/call':>7} {'us/frame':>8} "
         f"{'gen cpu%':>8} {'model%':>6} {'KB/call':>7} {'KB, bot':>7} {'heard s':>7} "
@@ -391,8 +400,14 @@ async def main(args: argparse.Namespace) -> None:
             f"the gateway's work per tool call ({args.tool_calls} calls, in this process): "
             f"{threaded:.0f} us for a plain function (a worker thread), {direct:.0f} us async"
         )
-    ratio = rows["realtime"]["cpu_s"] / rows["echo"]["cpu_s"]
-    print(f"a bridged call costs {ratio:.1f}x an echo call")
+    if len(ratios) == 1:
+        print(f"a bridged call costs {ratios[0]:.1f}x an echo call")
+    else:
+        each = ", ".join(f"{r:.2f}" for r in ratios)
+        print(
+            f"a bridged call costs {statistics.median(ratios):.2f}x an echo call "
+            f"(median of {len(ratios)} pairs: {each})"
+        )
     extra_ms = (rows["tools"]["cpu_s"] - rows["realtime"]["cpu_s"]) / rows["tools"]["calls"] * 1000
     print(f"a tool round trip adds {extra_ms:.1f} ms of gateway CPU per call (noisy: compare rows)")
     if args.mix:
@@ -411,6 +426,9 @@ if __name__ == "__main__":
         "--latency-runs", type=int, default=5, help="then this many barge-ins, one call at a time"
     )
     parser.add_argument("--mix", action="store_true", help="also measure speakers = mix")
+    parser.add_argument(
+        "--pairs", type=int, default=1, help="echo, realtime pairs for the ratio (median)"
+    )
     parser.add_argument("--server-cpu", type=int, default=0, help="-1: do not pin")
     parser.add_argument("--client-cpu", type=int, default=1, help="-1: do not pin")
     parser.add_argument("--model-cpu", type=int, default=1, help="-1: do not pin")
