@@ -5,6 +5,7 @@ assertions below are exact, not luck)."""
 from __future__ import annotations
 
 import pybase64
+import pytest
 import trio
 
 from gateway.processors import Call, load
@@ -291,14 +292,9 @@ def upstream_errors(call) -> int:
     return sum(call.stats.upstream_errors.values())
 
 
-async def test_a_reply_far_ahead_of_the_caller_waits_in_the_models_socket(
-    autojump_clock, monkeypatch
-):
-    """A model streaming far faster than real time: past the cap, the bridge stops reading it
-    (the rest waits in the socket), so the call's memory stays bounded; all of the reply still
-    plays, in order, nothing dropped."""
-    monkeypatch.setenv(KEY_ENV, "k")
-    cap = 24000 * 2  # one second of model audio
+def capped(monkeypatch: pytest.MonkeyPatch, cap: int) -> list[int]:
+    """Cap the model audio a call may queue at `cap` bytes; returns the queued bytes after each
+    delta was queued, as the test goes."""
     monkeypatch.setattr(bridge, "PENDING_AUDIO_BYTES", cap)
     queued: list[int] = []
     queue = bridge.Bridge._queue_for_player
@@ -308,6 +304,18 @@ async def test_a_reply_far_ahead_of_the_caller_waits_in_the_models_socket(
         queued.append(self._pending_bytes)
 
     monkeypatch.setattr(bridge.Bridge, "_queue_for_player", watched)
+    return queued
+
+
+async def test_a_reply_far_ahead_of_the_caller_waits_in_the_models_socket(
+    autojump_clock, monkeypatch
+):
+    """A model streaming far faster than real time: past the cap, the bridge stops reading it
+    (the rest waits in the socket), so the call's memory stays bounded; all of the reply still
+    plays, in order, nothing dropped."""
+    monkeypatch.setenv(KEY_ENV, "k")
+    cap = 24000 * 2  # one second of model audio
+    queued = capped(monkeypatch, cap)
     reply = speech(24000)  # 7.6 s, sent in 100 ms deltas 40 times faster than real time
     calls: list[Call] = []
     async with open_fake_model([reply], speed=40.0) as model:
@@ -321,3 +329,29 @@ async def test_a_reply_far_ahead_of_the_caller_waits_in_the_models_socket(
     heard = len(acs.received_pcm)
     assert abs(heard - len(reply) * 2 // 3) <= 640  # the whole reply, at 16 kHz
     assert call.stats.upstream_audio_discarded == 0 and call.player.playout.stats.discarded == 0
+
+
+async def test_the_local_vad_stops_a_reply_held_back_in_the_models_socket(
+    autojump_clock, monkeypatch
+):
+    """With a reply far ahead of the caller (past the cap, part of it still in the model's
+    socket), the model's `speech_started` waits behind that audio; the local VAD, which hears
+    the caller directly, still stops the bot at once, and the held audio is then discarded."""
+    monkeypatch.setenv(KEY_ENV, "k")
+    queued = capped(monkeypatch, 24000 * 2)  # one second
+    calls: list[Call] = []
+    async with open_fake_model([speech(24000)], speed=40.0, speech_start_ms=200) as model:
+        opts = options(model.url, local_vad=True)
+        async with open_gateway(spied(opts, calls)) as server:
+            async with simulated_call(server.urls[0], sample_rate=16000) as acs:
+                await acs.stream(conversation(16000))
+    assert max(queued) >= 24000 * 2  # the reader did wait with the rest left in the socket
+    starts = model.sent_of("input_audio_buffer.speech_started")
+    assert len(starts) == 2
+    [stop_at] = acs.stop_times
+    assert stop_at < starts[1].time  # before the model itself heard the interruption
+    assert [r for r in acs.received if r.kind == "audioData" and r.time > stop_at] == []
+    [call] = calls
+    assert call.stats.barge_ins == 1
+    assert call.stats.upstream_audio_discarded > 0  # read after the stop, and dropped
+    assert model.received("conversation.item.truncate")
