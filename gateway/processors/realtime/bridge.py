@@ -22,15 +22,10 @@ Tasks (all in one nursery inside the processor, so all end with the call):
   answered on the session it came from; the reader never waits for a tool.
 - greeting and keys: when the call's first session is ready, the `greeting` response is asked
   for; with `dtmf_to_model`, a key press stops the bot like speech and `dtmf` tells the model.
-- feeder: audio deltas reach the player through a bounded channel, because `play()` blocks
-  while the player's queue is full and the reader must stay free for barge-in. The upstream
-  reader waits only when `PENDING_AUDIO_S` of model audio (or `PENDING_DELTAS` deltas) wait
-  for the player: the rest of a reply streamed that far ahead of the caller's ears stays in
-  the model's socket, so one call holds at most ~8 MB of it, whatever size the model's deltas
-  are. The price, for such a reply only: the model's `speech_started` is read once the audio
-  sent before it has been taken (the local VAD, which reads the caller's audio, still stops
-  the bot at once, and then the rest is discarded as fast as it is read). Deltas queued
-  before a barge-in are discarded (counted in `upstream_audio_discarded`).
+- feeder (`downlink`): audio deltas reach the player through a queue bounded in seconds of
+  audio, because `play()` blocks while the player's queue is full and the reader must stay
+  free for barge-in. Deltas queued before a barge-in are discarded (counted in
+  `upstream_audio_discarded`).
 
 - rollover planner (`sessions.Rollover`): before a session reaches `session_max_s` it opens the
   next one in its own task and, between turns, switches the caller's audio to it; `_upstream`
@@ -54,17 +49,16 @@ import attrs
 import trio
 
 from ...acs.packets import AudioData, DtmfData
-from ...audio.resample import StreamResampler
 from ...audio.vad import WebRtcVad
 from ...call.interface import Call, CallStats
 from ...errors import ConnectionClosed
 from . import protocol, upstream
+from .downlink import Downlink
 from .dtmf import DtmfRelay
 from .history import History
 from .interruption import Interruptions
 from .options import RealtimeOptions
 from .protocol import (
-    MODEL_RATE,
     AudioDelta,
     AudioDone,
     Conversation,
@@ -84,9 +78,6 @@ from .tool_calls import ToolCalls, ToolSession
 from .tools import Toolbox
 from .uplink import Uplink
 
-PENDING_DELTAS: Final = 4096  # model audio deltas queued for the player (each ~20-200 ms)
-PENDING_AUDIO_S: Final = 120  # and seconds of model audio queued for it, at most
-PENDING_AUDIO_BYTES: Final = PENDING_AUDIO_S * protocol.MODEL_RATE * 2  # decoded PCM16
 CLOSE_TIMEOUT: Final = 1.0  # seconds for the upstream closing handshake when the call ends
 
 
@@ -104,7 +95,7 @@ class Bridge:
         self.log = call.log
         rate = call.audio.sample_rate
         self.uplink = Uplink(rate)  # caller -> model: resampled (or passed through), batched
-        self.to_caller = StreamResampler(MODEL_RATE, rate)
+        self.downlink = Downlink(self.player, rate, call.stats)  # model -> caller
         self.vad = (
             WebRtcVad(
                 rate,
@@ -164,11 +155,6 @@ class Bridge:
         )
         self.closing = False  # the call is ending: a closed upstream is not a failure
         self._first_attempt = trio.Event()  # the first session is up, or failed
-        self._pending_send, self._pending = trio.open_memory_channel[tuple[int, str, str | None]](
-            PENDING_DELTAS
-        )
-        self._pending_bytes = 0  # decoded bytes of the audio in `_pending`
-        self._pending_room = trio.lowlevel.ParkingLot()  # the reader waits here past the cap
 
     async def run(self) -> None:
         try:
@@ -181,7 +167,7 @@ class Bridge:
             self._tasks = nursery
             nursery.start_soon(self._upstream, nursery.cancel_scope)
             nursery.start_soon(self.rollover.run, nursery, self, self._next_session_failed)
-            nursery.start_soon(self._feed_player)
+            nursery.start_soon(self.downlink.feed)
             if self.dtmf is not None:
                 nursery.start_soon(self.dtmf.run, self._tell)
             nursery.start_soon(self.interruptions.watch)
@@ -252,6 +238,7 @@ class Bridge:
         if self._bot_audible():
             self.player.stop()
             self.stats.barge_ins += 1
+        self.downlink.discard()  # what the model sent before this moment never plays
         await self._send_events(self.conversation.interrupt())
 
     async def _send_events(self, events: list[str]) -> None:
@@ -291,55 +278,18 @@ class Bridge:
 
     # -- model -> caller --
 
-    async def _feed_player(self) -> None:
-        player = self.player
-        generation = 0
-        async for gen, item_id, audio in self._pending:
-            if audio is not None:  # room for the reader, if it waits for some
-                self._pending_bytes -= protocol.audio_bytes(audio)
-                if self._pending_bytes < PENDING_AUDIO_BYTES:
-                    self._pending_room.unpark_all()
-            if gen != self.conversation.generation:
-                if audio is not None:
-                    self.stats.upstream_audio_discarded += protocol.audio_bytes(audio)
-                continue
-            if gen != generation:  # first audio after a barge-in: the resampler's tail is stale
-                self.to_caller.reset()
-                generation = gen
-            if audio is None:  # the item's audio is complete
-                tail = self.to_caller.flush()
-                if tail:
-                    await player.play(tail, utterance=item_id)
-                player.flush()
-                continue
-            pcm = self.to_caller.process(protocol.decode_audio(audio))
-            if pcm:
-                await player.play(pcm, utterance=item_id)
-
-    def _audio_entry(self, event: AudioDelta | AudioDone) -> tuple[int, str, str | None] | None:
-        """Bookkeeping for the model's audio; what to queue for the feeder (None: drop it)."""
+    async def _model_audio(self, event: AudioDelta | AudioDone) -> None:
+        """Bookkeeping for the model's audio, then to the player (a cancelled response's: not)."""
         conversation = self.conversation
         if type(event) is AudioDone:
             conversation.audio_done(event.item_id)
-            return conversation.generation, event.item_id, None
+            await self.downlink.queue(event.item_id, None)
+            return
         assert type(event) is AudioDelta
         if conversation.audio(event, protocol.audio_bytes(event.audio)):
-            return conversation.generation, event.item_id, event.audio
-        self.stats.upstream_audio_discarded += protocol.audio_bytes(event.audio)
-        return None
-
-    async def _queue_for_player(self, entry: tuple[int, str, str | None]) -> None:
-        """Hand model audio to the feeder; past `PENDING_AUDIO_S` (or `PENDING_DELTAS`) queued,
-        wait for the player to take some, which leaves the rest in the model's socket."""
-        audio = entry[2]
-        if audio is not None:
-            while self._pending_bytes >= PENDING_AUDIO_BYTES:
-                await self._pending_room.park()
-            self._pending_bytes += protocol.audio_bytes(audio)
-        try:
-            self._pending_send.send_nowait(entry)
-        except trio.WouldBlock:
-            await self._pending_send.send(entry)
+            await self.downlink.queue(event.item_id, event.audio)
+        else:
+            self.stats.upstream_audio_discarded += protocol.audio_bytes(event.audio)
 
     async def _read_events(self, ws: Upstream) -> str:
         """Read the model until the session fails; returns why."""
@@ -362,9 +312,7 @@ class Bridge:
             self._remember(event)
             match event:
                 case AudioDelta() | AudioDone():
-                    entry = self._audio_entry(event)
-                    if entry is not None:
-                        await self._queue_for_player(entry)
+                    await self._model_audio(event)
                 case SpeechStarted():
                     self.call.observer.note("speech_started", by="model")
                     await self.interruptions.suspected("model", event)
@@ -399,8 +347,8 @@ class Bridge:
 
     def _new_conversation(self) -> None:
         """A fresh session has no record of the old one's items; audio already received from
-        the old one still plays (its generation is kept) unless the caller barges in."""
-        self.conversation = Conversation(self.player.released_ms, self.conversation.generation)
+        the old one still plays (it waits in `downlink`) unless the caller barges in."""
+        self.conversation = Conversation(self.player.released_ms)
 
     async def _upstream(self, call_scope: trio.CancelScope) -> None:
         options = self.options

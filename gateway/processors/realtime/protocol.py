@@ -357,17 +357,15 @@ class Conversation:
     """One session's responses and assistant audio items, for barge-in.
 
     `heard_ms(item_id)` is the player's count of that item's audio released to the caller (the
-    bridge passes `Player.released_ms`). `generation` goes up at each barge-in: audio queued
-    before it is stale.
+    bridge passes `Player.released_ms`).
     """
 
-    def __init__(self, heard_ms: Callable[[str], float], generation: int = 0) -> None:
+    def __init__(self, heard_ms: Callable[[str], float]) -> None:
         self._heard_ms = heard_ms
         self.response_id: str | None = None  # created and not yet done
         self._cancelled: str | None = None  # the response we already cancelled
         self._interrupted: dict[str, None] = {}  # responses whose later audio is stale (ordered)
         self._items: dict[str, _Item] = {}
-        self.generation = generation  # carried over from the previous session's
 
     @property
     def responding(self) -> bool:
@@ -407,7 +405,6 @@ class Conversation:
         """The caller barged in: the client events that make the model's record match what
         the caller heard (cancel the response in flight; truncate each item to what was
         released, or delete it if none was)."""
-        self.generation += 1
         events = []
         if self.response_id is not None and self._cancelled != self.response_id:
             self._cancelled = self.response_id
