@@ -143,6 +143,16 @@ class SimulatedCall:
         return [r.time for r in self.received if r.kind == "stopAudio"]
 
     @property
+    def audio_after_stop(self) -> list[Received]:
+        """Audio that came after the first stop-audio, in the order it arrived (what a barge-in
+        should have prevented): order, not time, since both may share an instant."""
+        kinds = [r.kind for r in self.received]
+        if "stopAudio" not in kinds:
+            return []
+        first = kinds.index("stopAudio")
+        return [r for r in self.received[first:] if r.kind == "audioData"]
+
+    @property
     def audio_times(self) -> list[float]:
         """When each audio message arrived (trio time)."""
         return [r.time for r in self.received if r.kind == "audioData"]
