@@ -17,13 +17,15 @@ per 20 ms inbound frame), its RSS per call twice (the server's RSS less its RSS 
 warm-up call, which loads what a first call loads: numpy and soxr for the resampler): while
 every caller speaks, and while every bot speaks, when the gateway also holds the bot's reply
 that the fake model streams 4x faster than real time; the seconds of audio each
-call heard on average (echo: its own; realtime: the bot's until the barge-in, about 1.5 s:
+call heard on average (echo: its own; realtime: the bot's until the barge-in, about 1.1 s:
 far less means the conversation went wrong and the run does not compare), and for the
 realtime phase the barge-in latency: from the fake model sending
 `input_audio_buffer.speech_started` to the simulated ACS receiving stop-audio (so it
 includes two loopback hops and this process's own scheduling: an upper bound on the gateway's
-share). Calls start `--stagger` seconds apart so connection k + 1 upstream is call k (the
-first connection is the warm-up call's).
+share), and the gateway's own share: the upper bound of the bucket of its
+`acs_gateway_barge_in_stop_latency_seconds` that holds the p99 (from the bridge taking
+`speech_started` to the send task taking stop-audio). Calls start `--stagger` seconds apart
+so connection k + 1 upstream is call k (the first connection is the warm-up call's).
 
 The `tools` row is the bridge again with one tool round trip per call: the fake model answers
 the caller's turn with a function call (`lookup`, below, a plain function run in a worker
@@ -68,6 +70,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from echo_load import (  # noqa: E402
     core_kept_busy,
     free_port,
+    histogram_p99_ms,
     lateness_p99_ms,
     proc_cpu_seconds,
     proc_rss_kb,
@@ -305,6 +308,9 @@ async def phase(
             own1 = time.process_time()
             model1 = proc_cpu_seconds(model_pid)
             late_p99, paced = await trio.to_thread.run_sync(lateness_p99_ms, health)
+            own_p99, own_stops = await trio.to_thread.run_sync(
+                histogram_p99_ms, health, "barge_in_stop_latency_seconds"
+            )
         finally:
             proc.terminate()
             proc.wait()
@@ -346,6 +352,8 @@ async def phase(
             if len(stops) == 1 and len(mine) >= 2:
                 latencies.append((stops[0] - mine[1]) * 1000)
         row.update(
+            own_p99_ms=own_p99,
+            own_stops=own_stops,
             barge_ins=len(latencies),
             lat_p50_ms=percentile(latencies, 50),
             lat_p99_ms=percentile(latencies, 99),
@@ -384,7 +392,7 @@ async def main(args: argparse.Namespace) -> None:
             latency = (
                 f"{row['barge_ins']:.0f} stops, speech_started -> stop-audio p50 "
                 f"{row['lat_p50_ms']:.1f} / p99 {row['lat_p99_ms']:.1f} / max "
-                f"{row['lat_max_ms']:.1f} ms"
+                f"{row['lat_max_ms']:.1f} ms; the gateway's own p99 <= {row['own_p99_ms']:g} ms"
             )
         print(
             f"{kind[:10]:>10} {row['calls']:>5.0f} {row['cpu_pct']:>8.1f} "

@@ -325,16 +325,22 @@ def free_port() -> int:
 def lateness_p99_ms(port: int) -> tuple[float, int]:
     """The upper bound of the bucket holding the 99th percentile of pacing lateness, and how
     many paced releases it was measured on."""
+    return histogram_p99_ms(port, "pacing_lateness_seconds")
+
+
+def histogram_p99_ms(port: int, histogram: str) -> tuple[float, int]:
+    """The upper bound (ms) of the bucket of the gateway's histogram `acs_gateway_<histogram>`
+    that holds its 99th percentile, all labels together, and how many observations it has."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    buckets = []
+    buckets: dict[float, float] = {}
     for line in text.splitlines():
-        if line.startswith("acs_gateway_pacing_lateness_seconds_bucket"):
-            le = line.split('le="')[1].split('"')[0]
-            buckets.append((float(le), float(line.rsplit(" ", 1)[1])))
-    total = int(buckets[-1][1]) if buckets else 0
+        if line.startswith(f"acs_gateway_{histogram}_bucket"):
+            le = float(line.split('le="')[1].split('"')[0])
+            buckets[le] = buckets.get(le, 0.0) + float(line.rsplit(" ", 1)[1])
+    total = int(buckets[max(buckets)]) if buckets else 0
     if not total:
         return 0.0, 0
-    for bound, count in buckets:
+    for bound, count in sorted(buckets.items()):
         if count >= 0.99 * total:
             return bound * 1000, total
     return float("inf"), total

@@ -237,6 +237,25 @@ def test_local_histogram_flush_equals_observing_one_by_one():
     assert values(batched)[("t_count", ())] == len(observations)
 
 
+def test_a_barge_in_stop_is_timed_to_the_millisecond_and_a_reply_to_the_tenth_of_a_second():
+    """The gateway's own part of a barge-in takes milliseconds (the goal is 5 ms p99): its
+    histogram must tell 3 ms from 15 ms. A reply's latency is felt in tenths of seconds."""
+    metrics = Metrics()
+    for seconds in (0.003, 0.015):
+        metrics.latency("barge_in_stop", "realtime", seconds)
+        metrics.latency("response", "realtime", seconds)
+    scraped = scrape(metrics)
+
+    def bucket(kind: str, le: str) -> float:
+        return value(scraped, f"{kind}_latency_seconds_bucket", le=le, route="realtime")
+
+    assert bucket("barge_in_stop", "0.002") == 0
+    assert bucket("barge_in_stop", "0.005") == 1
+    assert bucket("barge_in_stop", "0.02") == 2
+    assert bucket("response", "0.02") == 2  # its first bound: both the same to it
+    assert bucket("response", "0.5") == 2
+
+
 WORKER = textwrap.dedent(
     """
     import os, sys

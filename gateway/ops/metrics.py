@@ -288,12 +288,25 @@ class Metrics:
                 ["route"],
                 namespace=NAMESPACE,
                 registry=r,
-                buckets=FELT_LATENCY_BUCKETS,
+                buckets=buckets,
             )
-            for kind, doc in (
-                ("response", "From the end of the caller's turn to the first bot audio released."),
-                ("barge_in_stop", "From the caller starting to speak over the bot to stop-audio."),
-                ("first_audio", "From the start of a call to its first bot audio released."),
+            for kind, doc, buckets in (
+                (
+                    "response",
+                    "From the end of the caller's turn to the first bot audio released.",
+                    FELT_LATENCY_BUCKETS,
+                ),
+                (
+                    "barge_in_stop",
+                    "From the caller starting to speak over the bot to stop-audio.",
+                    # the gateway's own reaction: milliseconds when it keeps up
+                    LATENCY_BUCKETS,
+                ),
+                (
+                    "first_audio",
+                    "From the start of a call to its first bot audio released.",
+                    FELT_LATENCY_BUCKETS,
+                ),
             )
         }
         self.recordings_stopped = counter(
