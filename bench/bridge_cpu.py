@@ -22,10 +22,11 @@ far less means the conversation went wrong and the run does not compare), and fo
 realtime phase the barge-in latency: from the fake model sending
 `input_audio_buffer.speech_started` to the simulated ACS receiving stop-audio (so it
 includes two loopback hops and this process's own scheduling: an upper bound on the gateway's
-share), and the gateway's own share: the upper bound of the bucket of its
-`acs_gateway_barge_in_stop_latency_seconds` that holds the p99 (from the bridge taking
-`speech_started` to the send task taking stop-audio). Calls start `--stagger` seconds apart
-so connection k + 1 upstream is call k (the first connection is the warm-up call's).
+share), and the gateway's own share: the upper bounds of the buckets of its
+`acs_gateway_barge_in_stop_latency_seconds` that hold the p50 and the p99 (from the bridge
+taking `speech_started` to stop-audio written, or taken by the send task). Calls start
+`--stagger` seconds apart so connection k + 1 upstream is call k (the first connection is the
+warm-up call's).
 
 The `tools` row is the bridge again with one tool round trip per call: the fake model answers
 the caller's turn with a function call (`lookup`, below, a plain function run in a worker
@@ -70,7 +71,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from echo_load import (  # noqa: E402
     core_kept_busy,
     free_port,
-    histogram_p99_ms,
+    histogram_bound_ms,
     lateness_p99_ms,
     proc_cpu_seconds,
     proc_rss_kb,
@@ -308,9 +309,14 @@ async def phase(
             own1 = time.process_time()
             model1 = proc_cpu_seconds(model_pid)
             late_p99, paced = await trio.to_thread.run_sync(lateness_p99_ms, health)
-            own_p99, own_stops = await trio.to_thread.run_sync(
-                histogram_p99_ms, health, "barge_in_stop_latency_seconds"
-            )
+            stop_p50, stop_p99 = [
+                (
+                    await trio.to_thread.run_sync(
+                        histogram_bound_ms, health, "barge_in_stop_latency_seconds", q
+                    )
+                )[0]
+                for q in (0.5, 0.99)
+            ]
         finally:
             proc.terminate()
             proc.wait()
@@ -352,8 +358,8 @@ async def phase(
             if len(stops) == 1 and len(mine) >= 2:
                 latencies.append((stops[0] - mine[1]) * 1000)
         row.update(
-            own_p99_ms=own_p99,
-            own_stops=own_stops,
+            own_p50_ms=stop_p50,
+            own_p99_ms=stop_p99,
             barge_ins=len(latencies),
             lat_p50_ms=percentile(latencies, 50),
             lat_p99_ms=percentile(latencies, 99),
@@ -392,7 +398,8 @@ async def main(args: argparse.Namespace) -> None:
             latency = (
                 f"{row['barge_ins']:.0f} stops, speech_started -> stop-audio p50 "
                 f"{row['lat_p50_ms']:.1f} / p99 {row['lat_p99_ms']:.1f} / max "
-                f"{row['lat_max_ms']:.1f} ms; the gateway's own p99 <= {row['own_p99_ms']:g} ms"
+                f"{row['lat_max_ms']:.1f} ms; the gateway's own p50 <= "
+                f"{row['own_p50_ms']:g} / p99 <= {row['own_p99_ms']:g} ms"
             )
         print(
             f"{kind[:10]:>10} {row['calls']:>5.0f} {row['cpu_pct']:>8.1f} "

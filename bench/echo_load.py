@@ -325,12 +325,12 @@ def free_port() -> int:
 def lateness_p99_ms(port: int) -> tuple[float, int]:
     """The upper bound of the bucket holding the 99th percentile of pacing lateness, and how
     many paced releases it was measured on."""
-    return histogram_p99_ms(port, "pacing_lateness_seconds")
+    return histogram_bound_ms(port, "pacing_lateness_seconds")
 
 
-def histogram_p99_ms(port: int, histogram: str) -> tuple[float, int]:
+def histogram_bound_ms(port: int, histogram: str, quantile: float = 0.99) -> tuple[float, int]:
     """The upper bound (ms) of the bucket of the gateway's histogram `acs_gateway_<histogram>`
-    that holds its 99th percentile, all labels together, and how many observations it has."""
+    that holds its `quantile`, all labels together, and how many observations it has."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     buckets: dict[float, float] = {}
     for line in text.splitlines():
@@ -341,7 +341,7 @@ def histogram_p99_ms(port: int, histogram: str) -> tuple[float, int]:
     if not total:
         return 0.0, 0
     for bound, count in sorted(buckets.items()):
-        if count >= 0.99 * total:
+        if count >= quantile * total:
             return bound * 1000, total
     return float("inf"), total
 

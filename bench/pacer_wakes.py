@@ -37,6 +37,9 @@ class Sink:
     def send(self, frames: list[bytes]) -> bool:
         return True
 
+    def send_stop(self) -> bool:
+        return True
+
 
 async def one_run(players: int, coalesce: float) -> list[float]:
     late: list[float] = []

@@ -69,7 +69,7 @@ async def adapter() -> None:
     async def send() -> None:
         await ws.send_messages([codec.encode_audio(PCM)])
 
-    sink = ws.direct_sink(codec.encode_audio, CallStats())
+    sink = ws.direct_sink(codec.encode_audio, codec.STOP_AUDIO_MESSAGE, CallStats())
     assert sink is not None
     print(f"in:  ServerWebSocket.receive_messages + decode {await per_await_us(receive):6.2f} us")
     print(f"out: ServerWebSocket.send_messages(encode)     {await per_await_us(send):6.2f} us")

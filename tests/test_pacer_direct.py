@@ -28,6 +28,7 @@ class FakeSink:
 
     def __init__(self) -> None:
         self.written: list[tuple[float, bytes]] = []
+        self.stops: list[float] = []  # when stop-audio was written
         self.busy = False  # ready() is False: a write is in progress
         self.short = False  # send() leaves bytes for the send task
 
@@ -37,6 +38,10 @@ class FakeSink:
     def send(self, frames: list[bytes]) -> bool:
         now = trio.current_time()
         self.written += [(now, f) for f in frames]
+        return not self.short
+
+    def send_stop(self) -> bool:
+        self.stops.append(trio.current_time())
         return not self.short
 
 
@@ -126,11 +131,59 @@ async def test_stop_while_the_pacer_holds_a_deadline_sends_stop_audio_and_nothin
         nursery.start_soon(player.play, frames(50))
         await trio.sleep(0.105)  # frames 0-7 written: three at once, then at 20, 40 ... 100 ms
         player.stop()  # barge-in
+        assert sink.stops == [t0 + 0.105]  # written by stop() itself, before it returned
         await trio.sleep(1)
     assert len(sink.written) == 8
     assert all(t - t0 <= 0.105 for t, _ in sink.written)
-    assert [(stop, released) for _, stop, released in sends.sent] == [(True, [])]
+    assert sink.stops == [t0 + 0.105]
+    assert sends.sent == []  # the send task never woke: neither for the stop nor for frames
     assert player.playout.stats.dropped_by_stop == 42 * F16
+
+
+async def test_stop_while_a_write_is_in_progress_wakes_the_send_task_for_it(autojump_clock):
+    sink, sends = FakeSink(), Sends()
+    async with paced_call(sink, sends) as (nursery, player):
+        nursery.start_soon(player.play, frames(50))
+        await trio.sleep(0.105)
+        sink.busy = True  # stop-audio must not overtake the bytes being written
+        player.stop()
+        await trio.sleep(1)
+    assert sink.stops == []
+    assert [(stop, released) for _, stop, released in sends.sent] == [(True, [])]
+
+
+async def test_a_stop_audio_the_socket_took_part_of_is_finished_by_the_send_task(autojump_clock):
+    sink, sends = FakeSink(), Sends()
+    async with paced_call(sink, sends) as (nursery, player):
+        nursery.start_soon(player.play, frames(50))
+        await trio.sleep(0.105)
+        sink.short = True
+        player.stop()
+        await trio.sleep(1)
+    assert len(sink.stops) == 1
+    # Woken once, with nothing of its own: its write sends the bytes left over.
+    assert [(stop, released) for _, stop, released in sends.sent] == [(False, [])]
+
+
+async def test_a_pause_stops_acs_at_once_and_a_resume_plays_on_from_the_pacer(autojump_clock):
+    sink, sends = FakeSink(), Sends()
+    async with paced_call(sink, sends) as (nursery, player):
+        t0 = trio.current_time()
+        nursery.start_soon(player.play, frames(20))
+        await trio.sleep(0.105)  # frames 0-7 out; ACS holds 60 ms of them not yet played
+        player.pause()  # a suspected barge-in
+        assert sink.stops == [t0 + 0.105]  # written by pause() itself
+        await trio.sleep(0.5)
+        assert len(sink.written) == 8 and sends.sent == []  # nothing while paused
+        player.resume()
+        await player.drain()
+    # What ACS had not played when it stopped goes again, then the rest, all in order.
+    again = [f for _, stop, released in sends.sent for f in released]
+    audio = b"".join(f for _, f in sink.written[8:])
+    recalled = player.playout.stats.recalled  # ACS's unplayed 55 ms: part of frame 5, 6, 7
+    assert recalled == 1760
+    assert b"".join(again) + audio == frames(8)[-recalled:] + frames(20)[8 * F16 :]
+    assert [stop for _, stop, _ in sends.sent] == [False]  # woken by resume(), not for a stop
 
 
 class Failing(NoObserver):

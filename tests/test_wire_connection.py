@@ -203,26 +203,35 @@ class NowaitStream(trio.abc.Stream):
 
 class Counts:
     messages_out = 0
+    stop_audio_sent = 0
 
 
 async def test_the_direct_path_leftover_goes_first_and_blocks_direct_writes_until_sent():
     stream = NowaitStream(room=5)
     ws = ServerWebSocket(stream, max_message_bytes=1000)
     counts = Counts()
-    sink = ws.direct_sink(lambda pcm: pcm.decode(), counts)
+    sink = ws.direct_sink(lambda pcm: pcm.decode(), "stop", counts)
     assert sink is not None
     assert sink.ready()
     assert not sink.send([b"frame-one"])  # the kernel took 5 bytes: the rest is owed
     assert counts.messages_out == 1
     assert not sink.ready()  # nothing may overtake the owed bytes
     stream.room = 1 << 20
-    await ws.send_messages(["stop"])
-    assert bytes(stream.written) == framing.encode_texts(["frame-one", "stop"])
+    await ws.send_messages(["next"])
     assert sink.ready()
+    assert sink.send_stop()  # the kernel takes it whole
+    assert (counts.messages_out, counts.stop_audio_sent) == (2, 1)
+    assert bytes(stream.written) == framing.encode_texts(["frame-one", "next", "stop"])
+    stream.room = 3
+    assert not sink.send_stop()  # a stop-audio the kernel took only part of: the rest is owed
+    assert not sink.ready()
+    stream.room = 1 << 20
+    await ws.send_messages([])  # what the send task does when woken for the rest
+    assert bytes(stream.written) == framing.encode_texts(["frame-one", "next", "stop", "stop"])
     await ws.close()
     assert not sink.ready()  # nothing follows our close frame
     memory = ServerWebSocket(trio.testing.MemorySendStream(), max_message_bytes=10)
-    assert memory.direct_sink(str, counts) is None  # it cannot write without waiting
+    assert memory.direct_sink(str, "stop", counts) is None  # it cannot write without waiting
 
 
 async def test_close_waits_for_the_reader_to_see_the_reply_and_raises_fresh_copies(

@@ -39,6 +39,9 @@ class DirectSink(Protocol):
     def send(self, frames: list[bytes]) -> bool:
         """Write the frames without waiting; False if some bytes were left for the send task."""
 
+    def send_stop(self) -> bool:
+        """Write stop-audio without waiting; False if some bytes were left for the send task."""
+
 
 class Player:
     """What a processor uses to speak into the call. One per call; not shared between calls.
@@ -132,7 +135,7 @@ class Player:
                 and direct.ready()
             ):
                 # Release what is due from this task: one wake-up per frame fewer. The send
-                # task still paces whatever is left, and owns stop-audio and blocking writes.
+                # task still writes whatever would block.
                 now = self._clock()
                 start = playout.position
                 frames = playout.release_due(now)
@@ -180,7 +183,7 @@ class Player:
         """Barge-in: drop all queued audio and send stop-audio to ACS right away."""
         self.playout.stop()
         self._generation += 1
-        self._sender.unpark_all()
+        self._stop_audio_now()
         self._space.unpark_all()
 
     @property
@@ -191,6 +194,26 @@ class Player:
         """A suspected barge-in: stop-audio to ACS right away, keep everything not yet played
         (including what ACS had buffered), release nothing until `resume()` or `stop()`."""
         self.playout.pause(self._clock())
+        self._stop_audio_now()
+
+    def _stop_audio_now(self) -> None:
+        """The stop-audio a stop or pause owes goes out from this task when the socket takes it
+        at once without overtaking anything: a barge-in then waits for no other task (the
+        send task would run after every task already runnable, milliseconds under load).
+        Otherwise the send task is woken to send it."""
+        playout, direct = self.playout, self._direct
+        if (
+            playout.stop_pending
+            and direct is not None
+            and not self.closed
+            and not self._flush_pending
+            and direct.ready()
+        ):
+            playout.take_stop()
+            self.observer.bot_cut(self._clock())
+            if direct.send_stop():
+                return
+            self._flush_pending = True  # the send task writes the rest
         self._sender.unpark_all()
 
     def resume(self) -> None:

@@ -98,7 +98,7 @@ async def run_call(
         state.player = Player(
             playout,
             pacer=pacer,
-            direct=ws.direct_sink(codec.encode_audio, state.stats),
+            direct=ws.direct_sink(codec.encode_audio, codec.STOP_AUDIO_MESSAGE, state.stats),
             on_late=on_late,
             observer=observer,
         )

@@ -76,6 +76,7 @@ class MessageCounts(Protocol):
     """Where the direct path counts the messages it wrote (the call's `CallStats`)."""
 
     messages_out: int
+    stop_audio_sent: int
 
 
 class ServerWebSocket:
@@ -240,14 +241,14 @@ class ServerWebSocket:
         await self._send_raw(data)
 
     def direct_sink(
-        self, encode: Callable[[bytes], str], counts: MessageCounts
+        self, encode: Callable[[bytes], str], stop: str, counts: MessageCounts
     ) -> DirectSink | None:
-        """A writer for the player's direct path: each frame is `encode(frame)`, and every
-        message it writes is counted in `counts.messages_out`. None if the stream cannot
-        write without waiting (then the send task writes everything)."""
+        """A writer for the player's direct path: each frame is `encode(frame)`, stop-audio is
+        the message `stop`, and every message it writes is counted in `counts`. None if the
+        stream cannot write without waiting (then the send task writes everything)."""
         if self._send_nowait is None:
             return None
-        return DirectSink(self, self._send_nowait, encode, counts)
+        return DirectSink(self, self._send_nowait, encode, stop, counts)
 
     async def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
         """Send a close frame and wait (briefly) for the peer's; never raises."""
@@ -370,22 +371,25 @@ class ServerWebSocket:
 
 
 class DirectSink:
-    """The player's direct path to the socket (see `Player.play`): audio frames, written from
-    the processor's task without waiting, in order with everything else this socket writes."""
+    """The player's direct path to the socket (see `Player`): audio frames and stop-audio,
+    written from the processor's task (or the pacer's) without waiting, in order with
+    everything else this socket writes."""
 
-    __slots__ = ("_ws", "_connection", "_send_nowait", "_encode", "_counts")
+    __slots__ = ("_ws", "_connection", "_send_nowait", "_encode", "_stop", "_counts")
 
     def __init__(
         self,
         ws: ServerWebSocket,
         send_nowait: Callable[[bytes], bytes],
         encode: Callable[[bytes], str],
+        stop: str,
         counts: MessageCounts,
     ) -> None:
         self._ws = ws
         self._connection = ws.connection
         self._send_nowait = send_nowait
         self._encode = encode
+        self._stop = stop
         self._counts = counts
 
     def ready(self) -> bool:
@@ -399,7 +403,17 @@ class DirectSink:
         for the next write, which sends them first."""
         self._counts.messages_out += len(frames)
         encode = self._encode
-        rest = self._send_nowait(self._connection.send_texts([encode(pcm) for pcm in frames]))
+        return self._write(self._connection.send_texts([encode(pcm) for pcm in frames]))
+
+    def send_stop(self) -> bool:
+        """Write stop-audio now (only right after `ready()`); False as for `send`."""
+        counts = self._counts
+        counts.messages_out += 1
+        counts.stop_audio_sent += 1
+        return self._write(self._connection.send_texts([self._stop]))
+
+    def _write(self, data: bytes) -> bool:
+        rest = self._send_nowait(data)
         if rest:
             self._ws._unsent = bytes(rest)
             return False
