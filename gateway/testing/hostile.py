@@ -276,9 +276,11 @@ class RawPeer:
 
     @classmethod
     async def connect(cls, url: str, *headers: tuple[str, str]) -> RawPeer:
-        """Connected and the upgrade request sent (the reply is left unread)."""
+        """Connected and the upgrade request sent (the reply is left unread). A connection the
+        gateway refused at once (at its bound on pending handshakes) may be reset before the
+        request is written: then the peer's writes find it closed, as they would later."""
         peer = await cls.open(url)
-        await peer.stream.send_all(upgrade_request(*headers))
+        await peer.send(upgrade_request(*headers))
         return peer
 
     async def send(self, data: bytes) -> bool:
