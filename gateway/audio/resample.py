@@ -30,7 +30,9 @@ if TYPE_CHECKING:  # numpy is imported only when resampling is used (the `realti
     import numpy as np
     from numpy.typing import NDArray
 
-QUALITY: Final = "HQ"  # soxr "high quality": ~37 ms of delay, 5-7 us per 20 ms (resample_cost.py)
+# soxr "high quality": holds back 6-37 ms (21 on average) of a stream fed 20-40 ms at a time,
+# 5-7 us per 20 ms in a tight loop (bench/resample_cost.py)
+QUALITY: Final = "HQ"
 # All-zero input soxr must have seen before more of it may skip soxr: its filter reaches back
 # ~37 ms and it holds back up to a 30 ms output block; after 40 ms of zeros everything it holds
 # is exactly zero (tests/test_resample.py checks the whole output against soxr's own).
