@@ -138,7 +138,10 @@ class Route:
     name: str = attrs.field(validator=_route_name)
     processor: str | None = None  # None: the top-level `processor`
     options: dict[str, Any] | None = None  # None: the processor's `[processors.NAME]` table
-    audio_format: str = attrs.field(default="pcm16KMono", validator=_one_of(*AUDIO_FORMATS))
+    # None: the processor's own rate (gateway.control.routes.audio_format)
+    audio_format: str | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_one_of(*AUDIO_FORMATS))
+    )
     channel_type: str = attrs.field(default="mixed", validator=_one_of(*CHANNEL_TYPES))
     bidirectional: bool = True
     dtmf: bool = False

@@ -64,7 +64,9 @@ async def test_a_call_is_answered_with_the_routes_options_and_echoes_byte_exact(
         sent = call.answer["mediaStreamingOptions"]
         url = urlsplit(sent["transportUrl"])
         assert (url.scheme, url.netloc, url.path) == ("wss", gw.public_url[8:], "/ws/sales")
-        request = AnswerRequest("ctx", call.callback_uri or "", sent["transportUrl"], routes[0])
+        request = AnswerRequest(
+            "ctx", call.callback_uri or "", sent["transportUrl"], routes[0], "pcm16KMono"
+        )
         expected = media_streaming_options(request)
         assert sent == expected._to_generated().serialize()  # field by field, as the SDK puts it
         assert sent["enableDtmfTones"] is True and sent["audioFormat"] == "pcm16KMono"
@@ -144,23 +146,33 @@ async def test_routes_by_callee_caller_and_custom_context_each_run_their_process
         Route(name="sales", callee=("+18005550100",), processor="sales"),
         Route(name="vip", caller=("+14255550999",), processor="vip", audio_format="pcm24KMono"),
         Route(name="queue", headers={"X-Queue": "agents"}, processor="queue"),
+        Route(name="bot", callee=("+18005550111",), processor="realtime"),
     ]
     processors = {name: recording(name, seen) for name in ("sales", "vip", "queue", "default")}
+    processors["realtime"] = recording("bot", seen)  # by its name: not the bridge itself
     async with open_answering_gateway(routes, processors, processor="default") as gw:
         calls = {
             "sales": await gw.acs.ring(to="+18005550100"),
             "vip": await gw.acs.ring(to=OTHER, caller="+14255550999"),
             "queue": await gw.acs.ring(to=OTHER, voip_headers={"X-Queue": "agents"}),
             "default": await gw.acs.ring(to=OTHER),
+            "bot": await gw.acs.ring(to="+18005550111"),
         }
         with trio.fail_after(10):
             for call in calls.values():
                 await call.media_connected.wait()
         for route, call in calls.items():
             assert urlsplit(call.media_options["transportUrl"]).path == f"/ws/{route}"
-        assert calls["vip"].media_options["audioFormat"] == "pcm24KMono"
+        formats = {route: call.media_options["audioFormat"] for route, call in calls.items()}
+        assert formats == {  # as the route says, else the processor's own rate
+            "sales": "pcm16KMono",
+            "vip": "pcm24KMono",
+            "queue": "pcm16KMono",
+            "default": "pcm16KMono",
+            "bot": "pcm24KMono",  # the realtime bridge's model runs at 24 kHz
+        }
         with trio.fail_after(5):
-            while len(seen) < 4:  # noqa: ASYNC110  (processors start as their media connects)
+            while len(seen) < 5:  # noqa: ASYNC110  (processors start as their media connects)
                 await trio.sleep(0.01)
         by_call = {c.correlation_id: name for name, c in seen}
         assert by_call == {call.correlation_id: route for route, call in calls.items()}

@@ -23,7 +23,7 @@ import trustme
 from gateway.config import Config, Route
 from gateway.control import AnswerFailed, AnswerRequest, CallTokens, ControlPlane, SdkAnswerer
 from gateway.control.events import IncomingCall
-from gateway.control.routes import choose, media_target
+from gateway.control.routes import audio_format, choose, media_target
 from gateway.control.tokens import TokenRefused
 from gateway.processors import load
 from gateway.server.serve import Server, serve
@@ -523,7 +523,7 @@ async def test_the_sdk_answer_carries_the_routes_media_streaming_options(acs_stu
     config = Config(public_url="https://gw.example.com", answer_timeout=5.0, routes=ROUTES)
     answerer = SdkAnswerer.from_config(config, environ, connection_verify=ca_file)
     request = AnswerRequest(
-        "ctx-1", "https://gw/cb?token=t1", "wss://gw/ws/vip?token=t2", ROUTES[1]
+        "ctx-1", "https://gw/cb?token=t1", "wss://gw/ws/vip?token=t2", ROUTES[1], "pcm16KMono"
     )
     assert await answerer.answer(request) == "conn-sdk"
     ((path, headers, body),) = _Stub.requests
@@ -571,3 +571,12 @@ def test_a_media_only_install_imports_without_the_azure_packages():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "pip install 'acs-media-gateway[control]'" in out.stdout
+
+
+def test_a_route_asks_acs_for_its_processors_own_rate_unless_it_names_one():
+    assert audio_format(Route(name="a"), "echo") == "pcm16KMono"  # ACS's default
+    assert audio_format(Route(name="a"), "realtime") == "pcm24KMono"  # the top-level processor
+    assert audio_format(Route(name="a", processor="realtime"), "echo") == "pcm24KMono"
+    assert audio_format(Route(name="a", processor="echo"), "realtime") == "pcm16KMono"
+    named = Route(name="a", processor="realtime", audio_format="pcm16KMono")
+    assert audio_format(named, "echo") == "pcm16KMono"  # the route's own word wins

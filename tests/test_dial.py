@@ -75,7 +75,7 @@ async def test_a_dialled_call_streams_to_the_gateway_and_echoes_byte_exact():
 
 
 def placed_request(transport_url: str, route: Route) -> DialRequest:
-    return DialRequest(None, "", transport_url, route)
+    return DialRequest(None, "", transport_url, route, "pcm24KMono")
 
 
 async def test_a_processor_hangs_up_a_call_it_dialled():

@@ -18,7 +18,7 @@ from gateway.cli import main
 pytest.importorskip("azure.communication.callautomation")
 trustme = pytest.importorskip("trustme")
 
-from gateway.config import Config  # noqa: E402
+from gateway.config import Config, Route  # noqa: E402
 from gateway.control import plane  # noqa: E402
 from gateway.processors import load  # noqa: E402
 from gateway.server.serve import serve  # noqa: E402
@@ -92,9 +92,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def test_against_a_running_gateway(tmp_path: Path):
+@pytest.mark.parametrize("audio_format", [None, "pcm24KMono"])
+async def test_against_a_running_gateway(tmp_path: Path, audio_format: str | None):
     """`--gateway URL`: the fake serves where the gateway's $ACS_CONNECTION_STRING says, and
-    writes its CA where the gateway's SDK looks for it."""
+    writes its CA where the gateway's SDK looks for it. The callers speak at the rate the
+    gateway's answer asked for (its route's audio format)."""
     ca = trustme.CA()
     cert, key, ca_file, acs_ca = (tmp_path / n for n in ("c.pem", "k.pem", "ca.pem", "acs.pem"))
     issued = ca.issue_cert("127.0.0.1")
@@ -119,6 +121,7 @@ async def test_against_a_running_gateway(tmp_path: Path):
         tls_keyfile=str(key),
         processor="gateway.simulate.control_bot:make",
         log_level="warning",
+        routes=() if audio_format is None else (Route(name="main", audio_format=audio_format),),
     )
     control_plane = plane.from_config(config, environ, load, connection_verify=str(acs_ca))
     assert control_plane is not None
@@ -134,5 +137,6 @@ async def test_against_a_running_gateway(tmp_path: Path):
         server.stop_now()
     assert control_report.problems(outcome) == []
     assert [c.ended for c in outcome.calls] == ["caller", "bot", "transfer"]
+    assert [(c.result.frames_sent, c.result.echoed) for c in outcome.calls] == [(10, 10)] * 3
     assert control_plane.stats.answers == {"answered": 3}
     assert control_report.totals(outcome)["gateway_answer_p99_ms"] is None  # not in this process

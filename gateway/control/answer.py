@@ -42,6 +42,7 @@ class AnswerRequest:
     callback_url: str = attrs.field(repr=False)  # carries the call's token
     transport_url: str = attrs.field(repr=False)  # likewise
     route: Route
+    audio_format: str  # the route's, or its processor's own (`routes.audio_format`)
 
 
 @attrs.frozen
@@ -52,6 +53,7 @@ class DialRequest:
     callback_url: str = attrs.field(repr=False)  # carries the call's token
     transport_url: str = attrs.field(repr=False)  # likewise
     route: Route
+    audio_format: str  # the route's, or its processor's own (`routes.audio_format`)
     caller_id: Any = None  # a PhoneNumberIdentifier: what a phone shows (PSTN needs one)
     display_name: str | None = None
 
@@ -64,6 +66,9 @@ class StreamingTarget(Protocol):
 
     @property
     def route(self) -> Route: ...
+
+    @property
+    def audio_format(self) -> str: ...
 
 
 class AnswerFailed(Exception):
@@ -97,7 +102,7 @@ def media_streaming_options(request: StreamingTarget) -> Any:
         audio_channel_type=route.channel_type,
         start_media_streaming=True,
         enable_bidirectional=route.bidirectional,
-        audio_format=route.audio_format,
+        audio_format=request.audio_format,
         enable_dtmf_tones=route.dtmf,
     )
 

@@ -173,7 +173,8 @@ class Answering:
     def _request(self, call: IncomingCall, route: Route) -> AnswerRequest:
         home = self.config.replica_url  # the replica that remembers the call
         callback, media = call_urls(self.config, self.tokens, route.name, call.correlation_id, home)
-        return AnswerRequest(call.incoming_call_context, callback, media, route)
+        audio = routing.audio_format(route, self.config.processor)
+        return AnswerRequest(call.incoming_call_context, callback, media, route, audio)
 
     def _remember(self, correlation_id: str, incoming: IncomingCallData | None) -> _Answered:
         answered = self.answered[correlation_id] = _Answered(incoming)

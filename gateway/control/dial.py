@@ -115,6 +115,7 @@ class Dialer:
             callback,
             media,
             routes[route],
+            routing.audio_format(routes[route], self.config.processor),
             caller_id=None if caller is None else PhoneNumberIdentifier(caller),
             display_name=display_name,
         )

@@ -1,7 +1,8 @@
 """Routes: which `[[routes]]` table a call belongs to.
 
-Owns: matching an `IncomingCall` against the configured routes, and reading the route from a
-media WebSocket's path (`/ws/<route>`). Never: I/O, processors (the plane holds one per route).
+Owns: matching an `IncomingCall` against the configured routes, the audio format a route asks
+ACS for, and reading the route from a media WebSocket's path (`/ws/<route>`). Never: I/O,
+processors (the plane holds one per route).
 
 A route matches when every criterion it gives holds: `callee` (the IncomingCall's `to`) and
 `caller` (its `from`) list identifiers, any of which may equal the rawId, the phone number or
@@ -22,6 +23,18 @@ from .events import Identifier, IncomingCall
 
 DEFAULT_ROUTE: Final = "default"
 MEDIA_PREFIX: Final = "/ws/"
+# ACS's audio format for a route that names none: the model's own rate for the realtime bridge
+# (no resampling either way: less delay and CPU), else ACS's default.
+NATIVE_FORMATS: Final = {"realtime": "pcm24KMono"}
+ACS_DEFAULT_FORMAT: Final = "pcm16KMono"
+
+
+def audio_format(route: Route, processor: str) -> str:
+    """The `audioFormat` to ask ACS for on `route`, whose processor is `route.processor` or
+    else `processor` (the top-level one)."""
+    if route.audio_format is not None:
+        return route.audio_format
+    return NATIVE_FORMATS.get(route.processor or processor, ACS_DEFAULT_FORMAT)
 
 
 def implicit_default(routes: Sequence[Route]) -> Route:

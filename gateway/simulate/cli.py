@@ -249,7 +249,6 @@ def _control(
         calls=args.calls,
         duration=args.duration,
         ramp=args.ramp,
-        sample_rate=args.sample_rate,
         end=args.end,
         expect=args.expect,
         gateway=args.gateway,

@@ -46,7 +46,6 @@ class ControlOptions:
     calls: int = 1
     duration: float = 2.0  # seconds of the caller's speech per call
     ramp: float = 0.0  # seconds over which calls ring, evenly
-    sample_rate: int = 16000
     end: str = "mix"  # one of ENDS, or "mix": caller, bot, transfer in turn
     expect: str = "auto"  # "echo": the caller's audio must come back byte for byte
     gateway: str | None = None  # a running gateway's public https:// URL
@@ -108,7 +107,8 @@ async def run(options: ControlOptions, environ: Mapping[str, str] | None = None)
     from .control_call import call_through  # it reads this module's records
 
     environ = os.environ if environ is None else environ
-    pcm = _speech(options.sample_rate, options.duration)
+    # The gateway's answer sets the stream's rate (its route's audio format): speech for both
+    pcm = {rate: _speech(rate, options.duration) for rate in (16000, 24000)}
     calls = [ControlCall(i, options.end_of(i), CallResult(i, "")) for i in range(options.calls)]
     cpu, wall = _cpu_seconds(), trio.current_time()
     own = Histogram() if options.gateway is None else None

@@ -9,6 +9,8 @@ up: the caller hangs up in the end, whatever happened.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import trio
 import trio_websocket
 
@@ -24,9 +26,10 @@ ECHO_WAIT = 2.0  # seconds an echo may lag behind the end of the caller's speech
 
 
 async def call_through(
-    acs: FakeAcs, options: ControlOptions, record: ControlCall, pcm: bytes
+    acs: FakeAcs, options: ControlOptions, record: ControlCall, pcm: Mapping[int, bytes]
 ) -> None:
-    """One whole call; a fault ends it (`ControlCall.fail`) and is never raised."""
+    """One whole call; a fault ends it (`ControlCall.fail`) and is never raised. The caller
+    speaks `pcm[rate]`, at the rate the gateway's answer asked ACS for."""
     call = await acs.ring(caller=f"+1425555{record.index % 10000:04d}")
     record.result.connection_id = call.call_connection_id
     try:
@@ -37,7 +40,11 @@ async def call_through(
 
 
 async def _follow(
-    acs: FakeAcs, options: ControlOptions, record: ControlCall, call: FakeCall, pcm: bytes
+    acs: FakeAcs,
+    options: ControlOptions,
+    record: ControlCall,
+    call: FakeCall,
+    speech: Mapping[int, bytes],
 ) -> None:
     delivery = call.delivery
     if delivery is None or delivery.status != 200:
@@ -60,6 +67,7 @@ async def _follow(
     record.media_s = call.media_connected_at - call.answered_at
     record.result.connected = True
     media = call.media
+    pcm = speech[media.sample_rate]
     began, first = trio.current_time(), len(media.transcript)
     try:
         await media.stream(pcm)
