@@ -64,6 +64,8 @@ def test_flags_that_do_not_go_with_control(capsys):
     assert "--gateway must be the gateway's https:// public_url" in capsys.readouterr().err
     assert main(["simulate"]) == 2
     assert "give the gateway's ws:// URL, or --control" in capsys.readouterr().err
+    assert main(["simulate", "--control", "--rate", "24000"]) == 2
+    assert "--control takes no --rate" in capsys.readouterr().err
 
 
 def test_a_gateway_that_cannot_be_subscribed_is_named(capsys, monkeypatch):

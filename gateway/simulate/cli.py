@@ -39,7 +39,11 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     load.add_argument("--seed", type=int, help="seed for random hang-ups (repeatable runs)")
     audio = p.add_argument_group("what the callers send")
     audio.add_argument(
-        "--rate", dest="sample_rate", type=int, default=16000, choices=(16000, 24000)
+        "--rate",
+        dest="sample_rate",
+        type=int,
+        choices=(16000, 24000),
+        help="16000 (default) or 24000; not with --control (the gateway's answer chooses it)",
     )
     audio.add_argument("--unmixed", action="store_true", help="unmixed audio (participant ids)")
     audio.add_argument("--speakers", type=int, default=1, help="speakers per call (--unmixed)")
@@ -193,6 +197,11 @@ def run(args: argparse.Namespace) -> int:
                     "--control takes no URL, --replay or --processes (--gateway URL names a "
                     "running gateway by its public https:// URL)"
                 )
+            if args.sample_rate is not None:
+                raise ValueError(
+                    "--control takes no --rate: the gateway's answer chooses the stream's rate "
+                    "(its route's audio_format)"
+                )
             return _control(args, maxima, minima)
         if args.url is None:
             raise ValueError("give the gateway's ws:// URL, or --control")
@@ -202,6 +211,7 @@ def run(args: argparse.Namespace) -> int:
             "dtmf": tuple(_dtmf(d) for d in args.dtmf),
             "token": args.token or os.environ.get(TOKEN_ENV) or None,
             "timeline_calls": args.plot_calls if args.plot else 0,
+            "sample_rate": args.sample_rate or 16000,
         }
         fields = {f.name for f in attrs.fields(runner.Options)} & set(vars(args)) - set(worked)
         options = runner.Options(**{name: getattr(args, name) for name in fields}, **worked)
