@@ -211,8 +211,9 @@ def run(args: argparse.Namespace) -> int:
             "dtmf": tuple(_dtmf(d) for d in args.dtmf),
             "token": args.token or os.environ.get(TOKEN_ENV) or None,
             "timeline_calls": args.plot_calls if args.plot else 0,
-            "sample_rate": args.sample_rate or 16000,
         }
+        if args.sample_rate is None:  # the Options default (None only marks "not given")
+            del args.sample_rate
         fields = {f.name for f in attrs.fields(runner.Options)} & set(vars(args)) - set(worked)
         options = runner.Options(**{name: getattr(args, name) for name in fields}, **worked)
         if options.calls < 1 or options.processes < 1 or options.duration <= 0:
