@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import attrs
 import trio
 
+from ..acs.packets import SUPPORTED_SAMPLE_RATES
 from ..testing.audio import speech
 from ..testing.fake_acs import FakeAcs, open_fake_acs
 from . import control_bot
@@ -108,7 +109,7 @@ async def run(options: ControlOptions, environ: Mapping[str, str] | None = None)
 
     environ = os.environ if environ is None else environ
     # The gateway's answer sets the stream's rate (its route's audio format): speech for both
-    pcm = {rate: _speech(rate, options.duration) for rate in (16000, 24000)}
+    pcm = {rate: _speech(rate, options.duration) for rate in SUPPORTED_SAMPLE_RATES}
     calls = [ControlCall(i, options.end_of(i), CallResult(i, "")) for i in range(options.calls)]
     cpu, wall = _cpu_seconds(), trio.current_time()
     own = Histogram() if options.gateway is None else None

@@ -26,14 +26,14 @@ ECHO_WAIT = 2.0  # seconds an echo may lag behind the end of the caller's speech
 
 
 async def call_through(
-    acs: FakeAcs, options: ControlOptions, record: ControlCall, pcm: Mapping[int, bytes]
+    acs: FakeAcs, options: ControlOptions, record: ControlCall, speech: Mapping[int, bytes]
 ) -> None:
     """One whole call; a fault ends it (`ControlCall.fail`) and is never raised. The caller
-    speaks `pcm[rate]`, at the rate the gateway's answer asked ACS for."""
+    speaks `speech[rate]`, at the rate the gateway's answer asked ACS for."""
     call = await acs.ring(caller=f"+1425555{record.index % 10000:04d}")
     record.result.connection_id = call.call_connection_id
     try:
-        await _follow(acs, options, record, call, pcm)
+        await _follow(acs, options, record, call, speech)
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(options.timeout):
             await acs.hang_up(call)  # a no-op for a call already over
