@@ -22,9 +22,10 @@ Tasks (all in one nursery inside the processor, so all end with the call):
   answered on the session it came from; the reader never waits for a tool.
 - greeting and keys: when the call's first session is ready, the `greeting` response is asked
   for; with `dtmf_to_model`, a key press stops the bot like speech and `dtmf` tells the model.
-- feeder (`downlink`): audio deltas reach the player through a queue bounded in seconds of
-  audio, because `play()` blocks while the player's queue is full and the reader must stay
-  free for barge-in. Deltas queued before a barge-in are discarded (counted in
+- feeder (`downlink`): the reader plays a delta itself when the player has room and nothing
+  waits ahead of it; otherwise the delta goes through a queue bounded in seconds of audio, to
+  the feeder task, because `play()` blocks while the player's queue is full and the reader
+  must stay free for barge-in. Deltas queued before a barge-in are discarded (counted in
   `upstream_audio_discarded`).
 
 - rollover planner (`sessions.Rollover`): before a session reaches `session_max_s` it opens the

@@ -6,8 +6,12 @@ barge-in makes all of it so), and the model -> caller resampler's state. Never: 
 which response's audio is current (the bridge's `Conversation` says, before queueing), sockets.
 
 Why a queue and a feeder: `Player.play()` blocks while the player's queue is full, and the
-upstream reader must stay free to read a barge-in. So the reader queues each delta as the model
-sent it (base64, not decoded) and goes on; the feeder decodes, resamples and plays. The reader
+upstream reader must stay free to read a barge-in. So when the feeder is busy, or the player
+has no room for a delta, the reader queues the delta as the model sent it (base64, not decoded)
+and goes on; the feeder decodes, resamples and plays. Otherwise, which is most of the time (the
+player holds seconds), the reader plays the delta itself: it cannot wait, nothing is ahead of
+it, and the caller's audio leaves without a hop to the feeder task (a task switch per delta,
+and the first audio of a reply one round of the event loop sooner). The reader
 waits only when `PENDING_AUDIO_S` of model audio (or `PENDING_DELTAS` deltas) wait for the
 player: the rest of a reply streamed that far ahead of the caller's ears stays in the model's
 socket, so one call holds at most ~8 MB of it, whatever size the model's deltas are. The price,
@@ -34,6 +38,10 @@ PENDING_AUDIO_BYTES: Final = PENDING_AUDIO_S * protocol.MODEL_RATE * 2  # decode
 # (generation, item id, base64 audio; None: the item's audio is complete)
 Entry = tuple[int, str, str | None]
 
+# Output the model -> caller resampler may add to a delta's own length: what it held back
+# (see gateway.audio.resample). The reader plays a delta itself only with this much room spare.
+HELD_BACK_MS: Final = 100
+
 
 class Downlink:
     """`await queue(item_id, audio)` from the reader, `feed()` as a task of the call, and
@@ -44,8 +52,11 @@ class Downlink:
         self.stats = stats  # upstream_audio_discarded
         self.to_caller = StreamResampler(protocol.MODEL_RATE, rate)
         self.generation = 0  # goes up at each barge-in: what was queued before is stale
+        self._converting = 0  # the generation the resampler's state belongs to
         self._send, self._receive = trio.open_memory_channel[Entry](PENDING_DELTAS)
+        self._pending = 0  # entries queued or being fed: while any, the reader may not play
         self._bytes = 0  # decoded bytes of the audio queued
+        self._held_back = HELD_BACK_MS * rate * 2 // 1000
         self._room = trio.lowlevel.ParkingLot()  # the reader waits here past the cap
 
     def discard(self) -> None:
@@ -55,37 +66,59 @@ class Downlink:
         """Hand a delta (`audio` None: the item's audio is complete) to the feeder; past the
         cap, wait for the player to take some, which leaves the rest in the model's socket.
         A barge-in while it waits makes this delta stale too: its generation is taken first."""
+        if not self._pending and self._room_for(audio):  # nothing ahead, and it cannot wait
+            await self._play(item_id, audio)
+            return
         entry = (self.generation, item_id, audio)
-        if audio is not None:
-            while self._bytes >= PENDING_AUDIO_BYTES:
-                await self._room.park()
-            self._bytes += protocol.audio_bytes(audio)
+        n_bytes = 0 if audio is None else protocol.audio_bytes(audio)
+        self._pending += 1
+        counted = 0
         try:
-            self._send.send_nowait(entry)
-        except trio.WouldBlock:
-            await self._send.send(entry)
+            while n_bytes and self._bytes >= PENDING_AUDIO_BYTES:
+                await self._room.park()
+            self._bytes += n_bytes
+            counted = n_bytes
+            try:
+                self._send.send_nowait(entry)
+            except trio.WouldBlock:
+                await self._send.send(entry)
+        except BaseException:  # cancelled (a rollover cancels the reader): it was never queued
+            self._bytes -= counted
+            self._pending -= 1
+            raise
+
+    def _room_for(self, audio: str | None) -> bool:
+        """The player takes this delta (None: the item's held-back tail) without waiting."""
+        n_bytes = 0 if audio is None else protocol.audio_bytes(audio)
+        resampled = n_bytes * self.to_caller.dst_rate // self.to_caller.src_rate
+        return resampled + self._held_back <= self.player.playout.space_bytes
+
+    async def _play(self, item_id: str, audio: str | None) -> None:
+        """Decode, resample and play one entry of the current generation, in order."""
+        player = self.player
+        if self._converting != self.generation:  # a barge-in since: the resampler's tail is stale
+            self.to_caller.reset()
+            self._converting = self.generation
+        if audio is None:  # the item's audio is complete
+            tail = self.to_caller.flush()
+            if tail:
+                await player.play(tail, utterance=item_id)
+            player.flush()
+            return
+        pcm = self.to_caller.process(protocol.decode_audio(audio))
+        if pcm:
+            await player.play(pcm, utterance=item_id)
 
     async def feed(self) -> None:
-        player = self.player
-        generation = 0
         async for gen, item_id, audio in self._receive:
             if audio is not None:  # room for the reader, if it waits for some
                 self._bytes -= protocol.audio_bytes(audio)
                 if self._bytes < PENDING_AUDIO_BYTES:
                     self._room.unpark_all()
-            if gen != self.generation:
-                if audio is not None:
+            try:
+                if gen == self.generation:
+                    await self._play(item_id, audio)
+                elif audio is not None:
                     self.stats.upstream_audio_discarded += protocol.audio_bytes(audio)
-                continue
-            if gen != generation:  # first audio after a barge-in: the resampler's tail is stale
-                self.to_caller.reset()
-                generation = gen
-            if audio is None:  # the item's audio is complete
-                tail = self.to_caller.flush()
-                if tail:
-                    await player.play(tail, utterance=item_id)
-                player.flush()
-                continue
-            pcm = self.to_caller.process(protocol.decode_audio(audio))
-            if pcm:
-                await player.play(pcm, utterance=item_id)
+            finally:
+                self._pending -= 1
