@@ -18,14 +18,8 @@ from wsproto.events import AcceptConnection, Request, TextMessage
 
 from gateway.acs.packets import AudioData, DtmfData
 from gateway.call.pacer import COALESCE
-from gateway.ops.metrics import (
-    LATENCY_BUCKETS,
-    LocalHistogram,
-    Metrics,
-    multiprocess_registry,
-    render,
-    worker_exited,
-)
+from gateway.ops.metrics import LATENCY_BUCKETS, LocalHistogram, Metrics
+from gateway.ops.registry import multiprocess_registry, render, worker_exited
 from gateway.processors import Call
 from gateway.testing import (
     AcsTokenIssuer,

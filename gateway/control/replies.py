@@ -1,9 +1,9 @@
 """What the control plane's webhooks answer, and what it counts.
 
 Owns: `HttpAnswer` (a plain HTTP reply the server sends as is), `ControlStats` (the one owner
-of the control plane's counts: `gateway.ops.metrics.ControlMetrics` derives its counters from
-`ControlStats.totals` at each flush) and `refused`, which counts and logs every refusal.
-Never: I/O.
+of the control plane's counts: `gateway.ops.control_metrics.ControlMetrics` derives its
+counters from `ControlStats.totals` at each flush) and `refused`, which counts and logs every
+refusal. Never: I/O.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Final
 import attrs
 import orjson
 
-from ..ops.metrics import ControlTotals
+from ..ops.control_metrics import ControlTotals
 
 log = logging.getLogger("gateway.control")
 

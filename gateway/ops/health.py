@@ -36,7 +36,7 @@ from ..wire.request_head import HeadTooLarge, RequestHeadLimit
 from ..wire.sockets import bytes_waiting, peer_host
 from .health_limits import Connections, HealthLimits, Phase, Slot
 from .health_lobby import Admit, Lobby
-from .metrics import render
+from .registry import render
 
 log = logging.getLogger("gateway.health")
 

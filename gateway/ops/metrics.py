@@ -1,10 +1,11 @@
-"""Prometheus metrics: the gateway's counts as Prometheus series, brought up to date cheaply.
+"""Prometheus metrics: the media server's counts as Prometheus series, brought up to date cheaply.
 
-Owns: every metric object (names, help, labels, buckets), the flush that brings them up to date,
-and the aggregating registry for several worker processes. Never: counts an event itself (the
-server's `ServerStats` is the one owner of every count: the counters here are derived from it),
-a per-call label (unbounded cardinality), a Prometheus call per frame, or the event loop's time
-for I/O.
+Owns: the media server's metric objects (names, help, labels, buckets), the flush that brings
+them up to date (the control plane's series, `gateway.ops.control_metrics`, included), and what
+every metrics module shares: the `NAMESPACE` and `LocalHistogram`. Never: counts an event itself
+(the server's `ServerStats` is the one owner of every count: the counters here are derived from
+it), a per-call label (unbounded cardinality), a Prometheus call per frame, or the event loop's
+time for I/O.
 
 Derived, not counted twice. `follow(totals)` names where the counts come from; `flush()` reads
 the `Totals` (ended calls plus the live calls' own `CallStats`) and advances each Prometheus
@@ -22,11 +23,9 @@ Process figures (`process_*`) come from `gateway.ops.process_metrics`, which sur
 shipped unit's sandboxing: a collector in the one-process daemon, and in a worker gauges written
 at each flush, labelled `worker`, that the supervisor serves with its own figures beside them.
 
-Several processes. With `PROMETHEUS_MULTIPROC_DIR` set (the supervisor sets it for its
-workers), prometheus-client writes every value to files in that directory, and
-`multiprocess_registry()` sums them for the supervisor's `/metrics`. Live calls is a `livesum`
-gauge: the supervisor calls `worker_exited(pid)` when a worker ends, so a dead worker's calls
-stop counting; its counters stay in the totals.
+Several processes. In a worker (`PROMETHEUS_MULTIPROC_DIR` set), every value written here goes
+to that directory's files, which the supervisor sums (`gateway.ops.registry`); live calls is a
+`livesum` gauge there, so an exited worker's calls stop counting.
 """
 
 from __future__ import annotations
@@ -34,14 +33,18 @@ from __future__ import annotations
 import os
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import attrs
 import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ..call.outcome import EndReason
 from . import process_metrics
+from .registry import multiprocess_dir, render
+
+if TYPE_CHECKING:
+    from .control_metrics import ControlMetrics
 
 NAMESPACE: Final = "acs_gateway"
 WORKER_INDEX_ENV: Final = "ACS_MEDIA_GATEWAY_WORKER"  # set by the supervisor in each worker
@@ -339,6 +342,9 @@ class Metrics:
     def add_control(self) -> ControlMetrics:
         """The control plane's series (registered once, on first use)."""
         if self.control is None:
+            # imported late: it imports this module's shared pieces (NAMESPACE, LocalHistogram)
+            from .control_metrics import ControlMetrics
+
             self.control = ControlMetrics(self.registry)
         return self.control
 
@@ -418,116 +424,3 @@ class Metrics:
         flush: what it shows is exact at the moment of the scrape."""
         self.flush()
         return render(self.registry, accept)
-
-
-INF: Final = float("inf")
-
-# -- the control plane (answering calls): its own counts' owner is `ControlPlane.stats` --
-
-# Seconds: the gateway's part of answering is milliseconds; a media connection after the answer
-# waits for ACS, usually well under a second.
-ANSWER_LATENCY_BUCKETS: Final = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, INF)
-
-
-@attrs.frozen
-class ControlTotals:
-    """The control plane's counts, each a total since the start
-    (`gateway.control.stats.ControlStats.totals`)."""
-
-    incoming_calls: int
-    answers: Mapping[str, int]  # by result: answered, failed, timeout, duplicate
-    callbacks: Mapping[str, int]  # by event type (short name)
-    refused: Mapping[str, int]  # webhook and media refusals, by reason
-    # requests to other replicas, by "operation:outcome" (`gateway.control.replicas`)
-    replica_requests: Mapping[str, int] = attrs.Factory(dict)
-
-
-class ControlMetrics:
-    """The control plane's series: counters derived from `ControlTotals` at each flush, and
-    its two latencies kept in `LocalHistogram`s until then."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        def counter(name: str, doc: str, labels: Iterable[str] = ()) -> Counter:
-            return Counter(name, doc, tuple(labels), namespace=NAMESPACE, registry=registry)
-
-        def histogram(name: str, doc: str) -> Histogram:
-            return Histogram(
-                name, doc, namespace=NAMESPACE, registry=registry, buckets=ANSWER_LATENCY_BUCKETS
-            )
-
-        self.incoming_calls = counter("incoming_calls", "IncomingCall events with the secret.")
-        self.answers = counter("answers", "Answers to incoming calls, by result.", ["result"])
-        self.callbacks = counter("callbacks", "Call Automation callbacks, by event type.", ["type"])
-        self.refused = counter(
-            "control_refused", "Webhooks and media connections refused, by reason.", ["reason"]
-        )
-        self.replica_requests = counter(
-            "replica_requests",
-            "Requests to the replica holding or answering a call, by operation and outcome.",
-            ["operation", "outcome"],
-        )
-        self.answer_latency = histogram(
-            "answer_latency_seconds",
-            "IncomingCall: from the Event Grid post read to the answer request handed to the SDK.",
-        )
-        self.media_connect_latency = histogram(
-            "media_connect_latency_seconds",
-            "Answered calls: from ACS's answer reply to the call's media WebSocket accepted.",
-        )
-        for result in ("answered", "failed", "timeout", "duplicate"):
-            self.answers.labels(result)
-        self.answering = LocalHistogram(ANSWER_LATENCY_BUCKETS)
-        self.media_connecting = LocalHistogram(ANSWER_LATENCY_BUCKETS)
-        self._totals: Callable[[], ControlTotals] | None = None
-        self._shown: dict[object, float] = {}
-
-    def follow(self, totals: Callable[[], ControlTotals]) -> None:
-        self._totals = totals
-
-    def flush(self) -> None:
-        if self._totals is not None:
-            t = self._totals()
-            self._advance(self.incoming_calls, t.incoming_calls)
-            for family, by_label in (
-                (self.answers, t.answers),
-                (self.callbacks, t.callbacks),
-                (self.refused, t.refused),
-            ):
-                for label, value in by_label.items():
-                    self._advance(family.labels(label), value)
-            for key, value in t.replica_requests.items():
-                operation, _, outcome = key.partition(":")
-                self._advance(self.replica_requests.labels(operation, outcome), value)
-        self.answering.flush_into(self.answer_latency)
-        self.media_connecting.flush_into(self.media_connect_latency)
-
-    def _advance(self, counter: Counter, total: float) -> None:
-        shown = self._shown.get(counter, 0.0)
-        if total > shown:
-            counter.inc(total - shown)
-            self._shown[counter] = total
-
-
-def render(registry: CollectorRegistry, accept: str | None = None) -> tuple[bytes, str]:
-    """`(body, content_type)` for a scrape of `registry`."""
-    encoder, content_type = prometheus_client.exposition.choose_encoder(accept or "")
-    return encoder(registry), content_type
-
-
-def multiprocess_dir() -> str | None:
-    """The directory of multiprocess mode, if this process is in it."""
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
-
-
-def multiprocess_registry(path: str | None = None) -> CollectorRegistry:
-    """A registry that sums every worker's values from the multiprocess directory (for the
-    supervisor's `/metrics`). Never register metric objects in it."""
-    registry = CollectorRegistry()
-    workers = multiprocess.MultiProcessCollector(None, path=path)  # type: ignore[no-untyped-call]  # untyped upstream
-    registry.register(process_metrics.WithSupervisor(workers))
-    return registry
-
-
-def worker_exited(pid: int, path: str | None = None) -> None:
-    """A worker process ended: its live gauge values no longer count (its counters still do)."""
-    multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]  # untyped upstream

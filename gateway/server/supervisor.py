@@ -58,7 +58,7 @@ import trio
 from ..config import Config
 from ..ops import metrics, systemd
 from ..ops.health import serve_health
-from ..ops.metrics import multiprocess_registry, worker_exited
+from ..ops.registry import multiprocess_registry, worker_exited
 from .serve import ssl_context
 from .shared_calls import CALLS_FILE_ENV, SharedCalls
 
@@ -143,7 +143,7 @@ class Supervisor:
         self._keeping = 0  # `_keep_running` tasks not yet returned
         self._drained = trio.Event()  # ends every restart back-off at once
         self._lifeline_read, self._lifeline_write = os.pipe()  # both close-on-exec
-        # Prometheus multiprocess mode (gateway.ops.metrics): every worker writes its metric
+        # Prometheus multiprocess mode (gateway.ops.registry): every worker writes its metric
         # files here, and the supervisor aggregates them. Fresh and private for each run.
         self.metrics_dir = tempfile.mkdtemp(prefix="acs-media-gateway-metrics-")
         self.shared_calls = SharedCalls.create(self.metrics_dir, config.workers)
