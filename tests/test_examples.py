@@ -20,7 +20,7 @@ import pytest
 import trio
 
 from gateway.simulate import workers
-from gateway.simulate.runner import Options
+from gateway.simulate.options import Options
 from gateway.testing import open_gateway
 
 ROOT = Path(__file__).resolve().parent.parent

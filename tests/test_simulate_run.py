@@ -13,9 +13,9 @@ import trustme
 
 from gateway.acs.packets import DtmfData
 from gateway.simulate import workers
+from gateway.simulate.options import Options
 from gateway.simulate.recording import Recording, compare, replay
 from gateway.simulate.report import Report
-from gateway.simulate.runner import Options
 from gateway.testing import open_gateway
 from gateway.testing.processors import barge_in_bot, sink
 

@@ -183,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
     import trio
 
     from . import checks, runner, workers
+    from .options import Options
 
     def fail(message: str) -> int:
         print(f"acs-media-gateway simulate: {message}", file=sys.stderr)
@@ -214,8 +215,8 @@ def run(args: argparse.Namespace) -> int:
         }
         if args.sample_rate is None:  # the Options default (None only marks "not given")
             del args.sample_rate
-        fields = {f.name for f in attrs.fields(runner.Options)} & set(vars(args)) - set(worked)
-        options = runner.Options(**{name: getattr(args, name) for name in fields}, **worked)
+        fields = {f.name for f in attrs.fields(Options)} & set(vars(args)) - set(worked)
+        options = Options(**{name: getattr(args, name) for name in fields}, **worked)
         if options.calls < 1 or options.processes < 1 or options.duration <= 0:
             raise ValueError("--calls, --processes and --duration must be positive")
         runner.Engine(options, [])  # checks the URL, the WAV files and the scenario

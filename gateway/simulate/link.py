@@ -1,8 +1,9 @@
 """The simulator's connection to a gateway: a non-blocking socket, with TLS through memory
-BIOs for wss://. `gateway.simulate.runner` drives one `Link` per simulated call.
+BIOs for wss://. `gateway.simulate.runner` opens one `Link` per simulated call, which
+`gateway.simulate.sim_call` sends and reads on.
 
 Owns: connecting (TCP, TLS), non-blocking writes with a backlog, reads, abort (a TCP reset) and
-close. Never: WebSocket framing or what a call sends (`gateway.acs.client`, `runner`).
+close. Never: WebSocket framing or what a call sends (`gateway.acs.client`, `sim_call`).
 """
 
 from __future__ import annotations

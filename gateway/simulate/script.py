@@ -2,14 +2,14 @@
 script (speech, silence, scripted barge-in, DTMF, an abrupt hang-up).
 
 Owns: deciding what each call sends at each 20 ms tick, given the time and what the gateway
-has sent so far. Never: I/O or clocks (the runner passes the time in), so it is tested without
-sockets.
+has sent so far. Never: I/O or clocks (the simulated call, `sim_call`, passes the time in), so
+it is tested without sockets.
 
 Turns, as a caller takes them: speak `turn` seconds of the clip, then be quiet (ACS keeps
 sending frames, flagged silent) for `pause` seconds, long enough for a voice-activity detector
 to end the turn, then wait while the bot answers (at most `reply_timeout`), and speak again,
 where the clip left off. `pause` 0 is one unbroken stream of speech. Echoed audio is not the bot
-talking (the runner reports only audio that is not an echo of the caller's own frames).
+talking (`sim_call` reports only audio that is not an echo of the caller's own frames).
 
 Barge-in, as a caller does it: the caller is quiet until the bot's audio has been arriving for
 `barge_in_after` seconds, then speaks the barge-in clip once while the bot is still talking; the
@@ -119,8 +119,8 @@ def _load(path: str | Path, sample_rate: int) -> bytes:
 
 
 class CallScript:
-    """One call's script. The runner calls `tick(k, now)` every 20 ms (k counts ticks from the
-    call's start) and reports what the gateway sent with `bot_audio` / `stop_audio`."""
+    """One call's script. `sim_call.SimCall` calls `tick(k, now)` every 20 ms (k counts ticks
+    from the call's start) and reports what the gateway sent with `bot_audio` / `stop_audio`."""
 
     def __init__(self, scenario: Scenario, rng: random.Random, *, keep_timeline: bool) -> None:
         self.scenario = scenario

@@ -23,8 +23,9 @@ from typing import Any, TextIO
 import orjson
 import trio
 
+from .options import Options
 from .report import CallResult, Report, SimulatorHealth
-from .runner import Options, run_in_process
+from .runner import run_in_process
 
 SPAWN_ALLOWANCE = 1.5  # seconds for workers to start Python and import before call 0 starts
 
