@@ -33,6 +33,7 @@ import trio
 
 from . import __version__, logs, processors, show
 from . import config as configuration
+from .config_settings import LOG_FORMATS, LOG_LEVELS
 from .control import command as dial_command
 from .control import plane
 from .errors import ConfigError
@@ -81,8 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--host", help="address to listen on (default 0.0.0.0)")
     run.add_argument("--port", type=int, help="port to listen on (default 8080; 0: any free port)")
     run.add_argument("--processor", help="processor for every call (default echo)")
-    run.add_argument("--log-level", choices=configuration.LOG_LEVELS)
-    run.add_argument("--log-format", choices=configuration.LOG_FORMATS)
+    run.add_argument("--log-level", choices=LOG_LEVELS)
+    run.add_argument("--log-format", choices=LOG_FORMATS)
     run.add_argument("--max-calls", type=int, help="live calls at most (default 1000)")
     run.add_argument("--shutdown-grace", type=float, help="seconds calls may go on after SIGTERM")
     run.add_argument("--workers", type=int, help="worker processes sharing the port (default 1)")

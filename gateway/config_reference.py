@@ -2,7 +2,8 @@
 
 Owns: how a setting is shown in `docs/configuration.md` (name, default, environment variable,
 whether SIGHUP applies it, meaning). Never: states a setting's default or meaning itself; it
-only reads `gateway.config`'s public names, so the page cannot say what the code does not.
+only reads the public names of `gateway.config_settings` and `gateway.config`, so the page
+cannot say what the code does not.
 
 Regenerate the page's table (between its two marker comments) from the repository root:
 
@@ -21,7 +22,8 @@ from typing import Any, Final
 
 import attrs
 
-from .config import FILE_ONLY, RELOADABLE, Config, env_name
+from .config import env_name
+from .config_settings import FILE_ONLY, RELOADABLE, Config
 
 START: Final = "<!-- config-reference:start (generated: python -m gateway.config_reference) -->"
 END: Final = "<!-- config-reference:end -->"

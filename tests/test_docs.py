@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from gateway.config import FILE_ONLY, RELOADABLE, SETTINGS, env_name
+from gateway.config import env_name
 from gateway.config_reference import END, START, reference_markdown, table_on_page
+from gateway.config_settings import FILE_ONLY, RELOADABLE, SETTINGS
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

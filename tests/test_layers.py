@@ -20,6 +20,7 @@ LAYERS = {
     "processors": 5,
     "config": 6,
     "config_reference": 6,
+    "config_settings": 6,
     "logs": 6,
     "ops": 7,
     "server": 8,

@@ -13,7 +13,8 @@ import trio_websocket
 import trustme
 
 from gateway import config as configuration
-from gateway.config import RELOADABLE, SETTINGS, Config
+from gateway.config import Config
+from gateway.config_settings import RELOADABLE, SETTINGS
 from gateway.ops.reload import plan, reload
 from gateway.testing import open_gateway, simulated_call
 from tests.test_cli import Daemon, daemon

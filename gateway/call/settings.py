@@ -1,9 +1,10 @@
 """The per-call settings: each one's name, type, default, validator and documentation, once.
 
 Owns: `CallSettings`, the validators its fields use, and the field metadata helpers (`doc`,
-`hot`) that the configuration reference is generated from. `gateway.config.Config` subclasses
-`CallSettings`, so these fields are config keys (`ACS_GATEWAY_<NAME>`) without a second copy.
-Never: reads files or the environment, or imports the layers above the call (config, server).
+`hot`) that the configuration reference is generated from. `gateway.config_settings.Config`
+subclasses `CallSettings`, so these fields are config keys (`ACS_GATEWAY_<NAME>`) without a
+second copy. Never: reads files or the environment, or imports the layers above the call
+(config, server).
 """
 
 from __future__ import annotations

@@ -26,7 +26,8 @@ from typing import Any
 
 import attrs
 
-from ..config import PHONE_NUMBER, Config
+from ..config import Config
+from ..config_settings import PHONE_NUMBER
 from ..errors import ConfigError, GatewayError
 from . import routes as routing
 from .answer import AnswerFailed, DialRequest, SdkAnswerer

@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from typing import Final
 from urllib.parse import parse_qs, urlsplit
 
-from ..config import ROUTE_NAME, Route
+from ..config import Route
+from ..config_settings import ROUTE_NAME
 from .events import Identifier, IncomingCall
 
 DEFAULT_ROUTE: Final = "default"

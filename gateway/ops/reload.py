@@ -8,11 +8,11 @@ keeps the settings it started with; new calls get the new ones), or runs on a ha
 configuration: a bad file is rejected whole, with a log line naming the setting, and the running
 configuration stays.
 
-Which settings may change is declared once, in `gateway.config` (`_hot` fields, `RELOADABLE`).
-A changed setting that needs a restart (host, port, processor, ...) is named in the log and
-left as it was. A gateway serving wss:// reads its certificate and key again on every reload
-(renewed certificates are usually written over the same files): new TLS handshakes get the new
-certificate, live calls keep their sessions. Turning TLS on or off needs a restart.
+Which settings may change is declared once, in `gateway.config_settings` (`hot` fields,
+`RELOADABLE`). A changed setting that needs a restart (host, port, processor, ...) is named in
+the log and left as it was. A gateway serving wss:// reads its certificate and key again on
+every reload (renewed certificates are usually written over the same files): new TLS handshakes
+get the new certificate, live calls keep their sessions. Turning TLS on or off needs a restart.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import attrs
 import trio
 
 from .. import logs
-from ..config import RELOADABLE, SETTINGS, Config
+from ..config import Config
+from ..config_settings import RELOADABLE, SETTINGS
 from ..errors import ConfigError
 from .metrics import Metrics
 

@@ -24,7 +24,7 @@ import orjson
 import trio
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from ..config import ACS_TOKEN_ISSUER
+from ..config_settings import ACS_TOKEN_ISSUER
 
 
 class AcsTokenIssuer:
