@@ -24,7 +24,8 @@ import trio
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from gateway.call.intake import TimedPackets
-from gateway.ops.metrics import LATENCY_BUCKETS, LocalHistogram, Metrics
+from gateway.ops.metrics import LATENCY_BUCKETS, Metrics
+from gateway.ops.series import LocalHistogram
 from gateway.server import ServerStats
 
 N = 200_000

@@ -18,8 +18,9 @@ from wsproto.events import AcceptConnection, Request, TextMessage
 
 from gateway.acs.packets import AudioData, DtmfData
 from gateway.call.pacer import COALESCE
-from gateway.ops.metrics import LATENCY_BUCKETS, LocalHistogram, Metrics
+from gateway.ops.metrics import LATENCY_BUCKETS, Metrics
 from gateway.ops.registry import multiprocess_registry, render, worker_exited
+from gateway.ops.series import LocalHistogram
 from gateway.processors import Call
 from gateway.testing import (
     AcsTokenIssuer,

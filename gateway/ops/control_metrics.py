@@ -18,7 +18,7 @@ from typing import Final
 import attrs
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from .metrics import NAMESPACE, LocalHistogram
+from .series import NAMESPACE, LocalHistogram
 
 INF: Final = float("inf")
 

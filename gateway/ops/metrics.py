@@ -1,8 +1,8 @@
 """Prometheus metrics: the media server's counts as Prometheus series, brought up to date cheaply.
 
 Owns: the media server's metric objects (names, help, labels, buckets), the flush that brings
-them up to date (the control plane's series, `gateway.ops.control_metrics`, included), and what
-every metrics module shares: the `NAMESPACE` and `LocalHistogram`. Never: counts an event itself
+them up to date (the control plane's series, `gateway.ops.control_metrics`, included; what both
+build their series with is `gateway.ops.series`). Never: counts an event itself
 (the server's `ServerStats` is the one owner of every count: the counters here are derived from
 it), a per-call label (unbounded cardinality), a Prometheus call per frame, or the event loop's
 time for I/O.
@@ -31,9 +31,8 @@ to that directory's files, which the supervisor sums (`gateway.ops.registry`); l
 from __future__ import annotations
 
 import os
-from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import attrs
 import prometheus_client
@@ -41,12 +40,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ..call.outcome import EndReason
 from . import process_metrics
+from .control_metrics import ControlMetrics
 from .registry import multiprocess_dir, render
+from .series import NAMESPACE, LocalHistogram
 
-if TYPE_CHECKING:
-    from .control_metrics import ControlMetrics
-
-NAMESPACE: Final = "acs_gateway"
 WORKER_INDEX_ENV: Final = "ACS_MEDIA_GATEWAY_WORKER"  # set by the supervisor in each worker
 FLUSH_INTERVAL: Final = 1.0  # seconds; how far live calls' counters may lag between scrapes
 
@@ -105,40 +102,6 @@ FELT_LATENCY_BUCKETS: Final = (
     float("inf"),
 )
 _ENDED_BY: Final = tuple(EndReason)  # every label value, exported at 0 from the start
-
-
-class LocalHistogram:
-    """Observations kept in this process until `flush_into` a Prometheus histogram with the
-    same buckets: `observe` costs a bisect and two adds, no lock, no mmap write."""
-
-    __slots__ = ("bounds", "counts", "total")
-
-    def __init__(self, bounds: Iterable[float]) -> None:
-        self.bounds = tuple(bounds)
-        if not self.bounds or self.bounds[-1] != float("inf"):
-            raise ValueError("the last bucket must be +Inf")
-        self.counts = [0] * len(self.bounds)
-        self.total = 0.0
-
-    def observe(self, seconds: float) -> None:
-        # Prometheus buckets are `le` (value <= bound): bisect_left finds the first such bound.
-        self.counts[bisect_left(self.bounds, seconds)] += 1
-        self.total += seconds
-
-    def flush_into(self, histogram: Histogram) -> None:
-        """Move what was observed into `histogram` (its buckets must be `self.bounds`)."""
-        if not any(self.counts):
-            return
-        # prometheus-client has no public way to add n observations at once; its histogram
-        # keeps one value per bucket (not cumulative) and one for the sum. A test checks that
-        # this gives exactly what `observe()` one by one gives.
-        buckets = histogram._buckets  # noqa: SLF001
-        for i, n in enumerate(self.counts):
-            if n:
-                buckets[i].inc(n)
-                self.counts[i] = 0
-        histogram._sum.inc(self.total)  # noqa: SLF001
-        self.total = 0.0
 
 
 @attrs.frozen
@@ -342,9 +305,6 @@ class Metrics:
     def add_control(self) -> ControlMetrics:
         """The control plane's series (registered once, on first use)."""
         if self.control is None:
-            # imported late: it imports this module's shared pieces (NAMESPACE, LocalHistogram)
-            from .control_metrics import ControlMetrics
-
             self.control = ControlMetrics(self.registry)
         return self.control
 
