@@ -6,10 +6,10 @@ import orjson
 import pytest
 
 from gateway.processors.realtime import protocol
+from gateway.processors.realtime.conversation import Conversation
 from gateway.processors.realtime.protocol import (
     AudioDelta,
     AudioDone,
-    Conversation,
     MalformedEvent,
     ResponseCreated,
     ResponseDone,

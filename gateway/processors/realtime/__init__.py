@@ -2,8 +2,9 @@
 
 Providers: OpenAI, Azure OpenAI (GA and preview URL forms), Azure AI Voice Live; options in
 `[processors.realtime]` (see `options`, and docs/realtime.md).
-`protocol` is the sans-IO wire and barge-in logic, `bridge` the per-call async part; `tools`
-(with `tool_schema` and `tool_calls`) the function tools, `dtmf` key presses told to the model.
+`protocol` is the sans-IO wire, `conversation` what a barge-in tells the model, `bridge` the
+per-call async part; `tools` (with `tool_schema` and `tool_calls`) the function tools, `dtmf`
+key presses told to the model.
 `tool` marks a user's function as a tool (optional: type hints are enough).
 Needs the `realtime` extra (soxr, numpy) for 16 kHz calls, and `vad` for `local_vad`.
 """

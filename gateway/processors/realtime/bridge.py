@@ -54,6 +54,7 @@ from ...audio.vad import WebRtcVad
 from ...call.interface import Call, CallStats
 from ...errors import ConnectionClosed
 from . import protocol, upstream
+from .conversation import Conversation
 from .downlink import Downlink
 from .dtmf import DtmfRelay
 from .history import History
@@ -62,7 +63,6 @@ from .options import RealtimeOptions
 from .protocol import (
     AudioDelta,
     AudioDone,
-    Conversation,
     MalformedEvent,
     ResponseCreated,
     ResponseDone,

@@ -1,12 +1,12 @@
-"""The OpenAI Realtime protocol, sans-IO: client events out, server events in, barge-in rules.
+"""The OpenAI Realtime protocol, sans-IO: client events out, server events in.
 
 Owns: every wire spelling of the Realtime API as OpenAI, Azure OpenAI and Azure AI Voice Live
 speak it, in both generations: the GA names (`response.output_audio.delta`, session
 `{"type": "realtime", "audio": {...}}`) and the earlier beta/preview names (`response.audio.delta`,
 `input_audio_format`, ...). Incoming events are parsed into frozen values whatever their
-generation; outgoing ones are written in the configured `dialect`. And `Conversation`: which
-response is in flight, which assistant items have audio, and what to send the model when the
-caller barges in. Never: sockets, tasks, clocks, logging.
+generation; outgoing ones are written in the configured `dialect`. Never: sockets, tasks,
+clocks, logging, or which events a barge-in sends (`conversation` decides, with the client
+events built here).
 
 Audio deltas are most of what a model sends: `parse` takes their base64 out of the raw bytes
 before JSON parsing, and the bridge decodes it once (`deltas`).
@@ -14,7 +14,7 @@ before JSON parsing, and the bridge decodes it once (`deltas`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Final
 
 import attrs
@@ -27,7 +27,6 @@ GA: Final = "ga"
 BETA: Final = "beta"
 DIALECTS: Final = (GA, BETA)
 MODEL_RATE: Final = 24000  # the Realtime API's PCM16 is 24 kHz mono
-_ITEMS_KEPT: Final = 16  # assistant items remembered for truncation (older ones were heard)
 
 # -- server events -----------------------------------------------------------------------------
 
@@ -341,84 +340,3 @@ def _merge(into: dict[str, Any], extra: Mapping[str, Any]) -> None:
 def audio_bytes(b64: str) -> int:
     """Decoded length of padded base64, without decoding it."""
     return len(b64) * 3 // 4 - (2 if b64.endswith("==") else 1 if b64.endswith("=") else 0)
-
-
-# -- barge-in ----------------------------------------------------------------------------------
-
-
-@attrs.define(slots=True)
-class _Item:
-    content_index: int
-    received_ms: float = 0.0  # model audio received for it
-    done: bool = False  # the model sent all of its audio
-
-
-class Conversation:
-    """One session's responses and assistant audio items, for barge-in.
-
-    `heard_ms(item_id)` is the player's count of that item's audio released to the caller (the
-    bridge passes `Player.released_ms`).
-    """
-
-    def __init__(self, heard_ms: Callable[[str], float]) -> None:
-        self._heard_ms = heard_ms
-        self.response_id: str | None = None  # created and not yet done
-        self._cancelled: str | None = None  # the response we already cancelled
-        self._interrupted: dict[str, None] = {}  # responses whose later audio is stale (ordered)
-        self._items: dict[str, _Item] = {}
-
-    @property
-    def responding(self) -> bool:
-        return self.response_id is not None
-
-    def response_created(self, response_id: str | None) -> None:
-        self.response_id = response_id
-        for item_id in [i for i, item in self._items.items() if self._fully_heard(i, item)]:
-            del self._items[item_id]
-
-    def response_done(self, response_id: str | None) -> None:
-        if response_id == self.response_id or response_id is None:
-            self.response_id = None
-
-    def audio(self, delta: AudioDelta, n_bytes: int) -> bool:
-        """Count a delta; False if it belongs to an interrupted response (drop it)."""
-        if delta.response_id in self._interrupted:
-            return False
-        item = self._items.get(delta.item_id)
-        if item is None:
-            item = self._items[delta.item_id] = _Item(delta.content_index)
-            if len(self._items) > _ITEMS_KEPT:
-                del self._items[next(iter(self._items))]
-        item.received_ms += n_bytes * 1000 / (MODEL_RATE * 2)
-        return True
-
-    def audio_done(self, item_id: str) -> None:
-        item = self._items.get(item_id)
-        if item is not None:
-            item.done = True
-
-    def _fully_heard(self, item_id: str, item: _Item) -> bool:
-        # 1 ms of slack: resampling may round the item's length by a sample
-        return item.done and self._heard_ms(item_id) + 1 >= item.received_ms
-
-    def interrupt(self) -> list[str]:
-        """The caller barged in: the client events that make the model's record match what
-        the caller heard (cancel the response in flight; truncate each item to what was
-        released, or delete it if none was)."""
-        events = []
-        if self.response_id is not None and self._cancelled != self.response_id:
-            self._cancelled = self.response_id
-            self._interrupted[self.response_id] = None
-            if len(self._interrupted) > _ITEMS_KEPT:
-                del self._interrupted[next(iter(self._interrupted))]
-            events.append(cancel_response(self.response_id))
-        for item_id, item in self._items.items():
-            if self._fully_heard(item_id, item):
-                continue
-            heard = int(self._heard_ms(item_id))  # never claim more than was released
-            if heard <= 0:
-                events.append(delete_item(item_id))
-            else:
-                events.append(truncate_item(item_id, item.content_index, heard))
-        self._items.clear()
-        return events
