@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from .records.timeline import RecordTimeline, load_record
 from .simulate import plot as simulate_plot
-from .simulate.report import CallResult, Timeline
+from .simulate.results import CallResult, Timeline
 
 TRANSCRIPT_LINES: Final = 14  # at most this many transcript lines under the timeline
 

@@ -13,7 +13,7 @@ import trio
 from gateway.cli import main
 from gateway.simulate import plot
 from gateway.simulate.recording import Recording
-from gateway.simulate.report import CallResult
+from gateway.simulate.results import CallResult
 from gateway.testing import open_gateway
 from gateway.testing.processors import barge_in_bot
 

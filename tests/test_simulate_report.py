@@ -6,13 +6,8 @@ import orjson
 import pytest
 
 from gateway.simulate.checks import checks, missed, parse_threshold
-from gateway.simulate.report import (
-    CallResult,
-    Histogram,
-    Report,
-    SimulatorHealth,
-    Timeline,
-)
+from gateway.simulate.report import Report
+from gateway.simulate.results import CallResult, Histogram, SimulatorHealth, Timeline
 
 
 def test_histogram_percentiles_and_merge():

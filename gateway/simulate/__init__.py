@@ -5,8 +5,9 @@
 Modules: `options` (what a run is asked to do), `tagging` (the echo tag, fast tagged audio
 frames), `script` (what each caller says), `sim_call` (one call: its frames, what it reads, its
 result), `runner` (the engine: one process, one ticker), `workers` (several processes,
-progress), `report` (numbers, table, JSON), `checks` (thresholds, the default checks), `plot` (a
-timeline PNG), `recording` (save and replay a call), `cli` (the subcommand). Nothing is imported
-here, so `acs-media-gateway serve` does not pay for it. The client side of the wire is
-`gateway.acs.client`; the library for tests is `gateway.testing`.
+progress), `results` (what each call and the simulator measured), `report` (totals, table,
+JSON), `checks` (thresholds, the default checks), `plot` (a timeline PNG), `recording` (save and
+replay a call), `cli` (the subcommand). Nothing is imported here, so `acs-media-gateway serve`
+does not pay for it. The client side of the wire is `gateway.acs.client`; the library for tests
+is `gateway.testing`.
 """

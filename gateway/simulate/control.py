@@ -34,7 +34,7 @@ from ..acs.packets import SUPPORTED_SAMPLE_RATES
 from ..testing.audio import speech
 from ..testing.fake_acs import FakeAcs, open_fake_acs
 from . import control_bot
-from .report import CallResult, Histogram, SimulatorHealth
+from .results import CallResult, Histogram, SimulatorHealth
 
 ENDS: Final = ("caller", "bot", "transfer")
 FAULTS: Final = ("refuse-answer", "fail-streaming", "drop-callbacks")

@@ -20,7 +20,7 @@ from ..testing.fake_acs import FakeAcs, FakeCall
 from ..testing.peer import SimulatedCall, WaitFailed
 from . import control_bot
 from .control import ControlCall, ControlOptions
-from .report import CallResult
+from .results import CallResult
 
 ECHO_WAIT = 2.0  # seconds an echo may lag behind the end of the caller's speech
 

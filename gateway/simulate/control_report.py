@@ -15,7 +15,8 @@ from typing import Any, Final
 
 from .checks import checks
 from .control import ENDS, ControlRun
-from .report import Histogram, Report
+from .report import Report
+from .results import Histogram
 
 
 def media_report(run: ControlRun) -> Report:

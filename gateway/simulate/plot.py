@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .report import CallResult
+from .results import CallResult
 
 INSTALL_HINT = "--plot needs matplotlib: pip install 'acs-media-gateway[plot]'"
 

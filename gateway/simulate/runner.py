@@ -41,7 +41,7 @@ from ..acs.packets import FRAME_MS
 from .link import ConnectFailed, Link
 from .options import Options
 from .recording import Entry
-from .report import CallResult, SimulatorHealth
+from .results import CallResult, SimulatorHealth
 from .sim_call import SimCall
 from .tagging import AudioFrames
 

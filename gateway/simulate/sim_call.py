@@ -37,7 +37,7 @@ from ..wire import framing
 from .link import Link
 from .options import Options
 from .recording import Entry, Recording
-from .report import CallResult, Histogram, Timeline
+from .results import CallResult, Histogram, Timeline
 from .script import CallScript, Scenario
 from .tagging import AudioFrames, b64_pcm_bytes, read_tag
 

@@ -24,7 +24,8 @@ import orjson
 import trio
 
 from .options import Options
-from .report import CallResult, Report, SimulatorHealth
+from .report import Report
+from .results import CallResult, SimulatorHealth
 from .runner import run_in_process
 
 SPAWN_ALLOWANCE = 1.5  # seconds for workers to start Python and import before call 0 starts
