@@ -66,11 +66,11 @@ class Downlink:
         """Hand a delta (`audio` None: the item's audio is complete) to the feeder; past the
         cap, wait for the player to take some, which leaves the rest in the model's socket.
         A barge-in while it waits makes this delta stale too: its generation is taken first."""
-        if not self._pending and self._room_for(audio):  # nothing ahead, and it cannot wait
+        n_bytes = 0 if audio is None else protocol.audio_bytes(audio)
+        if not self._pending and self._room_for(n_bytes):  # nothing ahead, and it cannot wait
             await self._play(item_id, audio)
             return
         entry = (self.generation, item_id, audio)
-        n_bytes = 0 if audio is None else protocol.audio_bytes(audio)
         self._pending += 1
         counted = 0
         try:
@@ -87,9 +87,9 @@ class Downlink:
             self._pending -= 1
             raise
 
-    def _room_for(self, audio: str | None) -> bool:
-        """The player takes this delta (None: the item's held-back tail) without waiting."""
-        n_bytes = 0 if audio is None else protocol.audio_bytes(audio)
+    def _room_for(self, n_bytes: int) -> bool:
+        """The player takes a delta of `n_bytes` of model audio (0: the item's held-back tail)
+        without waiting."""
         resampled = n_bytes * self.to_caller.dst_rate // self.to_caller.src_rate
         return resampled + self._held_back <= self.player.playout.space_bytes
 
