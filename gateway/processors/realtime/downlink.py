@@ -63,9 +63,10 @@ class Downlink:
         self.generation += 1
 
     async def queue(self, item_id: str, audio: str | None) -> None:
-        """Hand a delta (`audio` None: the item's audio is complete) to the feeder; past the
-        cap, wait for the player to take some, which leaves the rest in the model's socket.
-        A barge-in while it waits makes this delta stale too: its generation is taken first."""
+        """Play a delta (`audio` None: the item's audio is complete) now if nothing waits
+        ahead of it and the player has room; else hand it to the feeder, and past the cap wait
+        for the player to take some, which leaves the rest in the model's socket. A barge-in
+        while it waits makes this delta stale too: its generation is taken first."""
         n_bytes = 0 if audio is None else protocol.audio_bytes(audio)
         if not self._pending and self._room_for(n_bytes):  # nothing ahead, and it cannot wait
             await self._play(item_id, audio)
