@@ -39,9 +39,13 @@ import httpx
 import trio
 import trustme
 
-from gateway.testing import AcsTokenIssuer, open_fake_acs, serve_key_set, speech
-from gateway.testing.fake_acs import RESOURCE_ID
+# This tree's gateway, not what the virtualenv has installed (it may be another checkout's).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from gateway.testing import AcsTokenIssuer, open_fake_acs, serve_key_set, speech  # noqa: E402
+from gateway.testing.fake_acs import RESOURCE_ID  # noqa: E402
+
+ROOT = str(Path(__file__).resolve().parent.parent)
 SECOND = speech(16000)[:32000]
 SECRET = "bench-eventgrid-secret"
 
@@ -104,6 +108,7 @@ async def run(calls: int, within: float, per_call: float) -> dict[str, object]:
                 )
                 env = {
                     **os.environ,
+                    "PYTHONPATH": ROOT,  # `serve` from this tree
                     "ACS_CONNECTION_STRING": acs.connection_string,
                     "ACS_GATEWAY_CALL_TOKEN_KEY": "b" * 32,
                     "ACS_GATEWAY_EVENTGRID_SECRET": SECRET,

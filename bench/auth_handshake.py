@@ -16,14 +16,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import trio
 
-from gateway.server.auth import TokenChecker
-from gateway.server.serve import Server
-from gateway.testing import AcsTokenIssuer, open_gateway, serve_key_set
+# This tree's gateway, not what the virtualenv has installed (it may be another checkout's).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gateway.server.auth import TokenChecker  # noqa: E402
+from gateway.server.serve import Server  # noqa: E402
+from gateway.testing import AcsTokenIssuer, open_gateway, serve_key_set  # noqa: E402
 
 RESOURCE = "3d20e1de-0f28-41c5-84c4-4a7e0a6c1b3e"
 

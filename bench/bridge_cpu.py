@@ -67,6 +67,8 @@ from pathlib import Path
 
 import trio
 
+# This tree's gateway, not what the virtualenv has installed (it may be another checkout's).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from echo_load import (  # noqa: E402
     core_kept_busy,

@@ -39,7 +39,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from gateway.acs import client as wire  # the simulator's client side: frames and packets
+# This tree's gateway, not what the virtualenv has installed (it may be another checkout's).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# the simulator's client side: frames and packets
+from gateway.acs import client as wire  # noqa: E402
 
 FRAME_S = 0.020  # ACS sends one frame every 20 ms
 RING = 50  # distinct frames per call (1 s); an echo later than 1 s would be mis-matched

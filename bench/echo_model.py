@@ -13,12 +13,16 @@ or recording the audio events (a long run at hundreds of calls would keep them a
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import trio
 
-from gateway.testing import fake_model, open_fake_model
-from gateway.testing.fake_model_session import Session
+# This tree's gateway, not what the virtualenv has installed (it may be another checkout's).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gateway.testing import fake_model, open_fake_model  # noqa: E402
+from gateway.testing.fake_model_session import Session  # noqa: E402
 
 
 class EchoSession(Session):

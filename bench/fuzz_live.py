@@ -30,13 +30,17 @@ import logging
 import random
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import trio
 
-from gateway.testing import open_gateway, simulated_call
-from gateway.testing.census import open_fds, rss_kb, task_count
-from gateway.testing.hostile import (
+# This tree's gateway, not what the virtualenv has installed (it may be another checkout's).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gateway.testing import open_gateway, simulated_call  # noqa: E402
+from gateway.testing.census import open_fds, rss_kb, task_count  # noqa: E402
+from gateway.testing.hostile import (  # noqa: E402
     RawPeer,
     Session,
     canary_frame,

@@ -24,10 +24,14 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import trio
 
-from gateway.ops.health_limits import HealthLimits
+# This tree's gateway, not what the virtualenv has installed (it may be another checkout's).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gateway.ops.health_limits import HealthLimits  # noqa: E402
 
 SERVER = """
 import sys, trio
@@ -145,7 +149,10 @@ def main() -> None:
         trio.run(hostile, args.hostile_only, args.hostile, args.seconds + 6, sources)
         return
     server = subprocess.Popen(
-        [sys.executable, "-c", SERVER, str(args.max_connections)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", SERVER, str(args.max_connections)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
     )
     assert server.stdout is not None
     port = int(server.stdout.readline())

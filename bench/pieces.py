@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import os
 import statistics
+import sys
 import timeit
+from pathlib import Path
 
 import pybase64
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request, TextMessage
 from wsproto.frame_protocol import FrameProtocol
 
-from gateway.acs import codec
-from gateway.call.playout import Playout
-from gateway.wire import framing
+# This tree's gateway, not what the virtualenv has installed (it may be another checkout's).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gateway.acs import codec  # noqa: E402
+from gateway.call.playout import Playout  # noqa: E402
+from gateway.wire import framing  # noqa: E402
 
 N = 20000
 PCM = os.urandom(640)

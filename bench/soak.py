@@ -39,16 +39,25 @@ import subprocess
 import sys
 import time
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import trio
 
-from gateway.config import Config
-from gateway.ops.health import serve_health
-from gateway.processors import load as load_processor
-from gateway.server.serve import Server, raise_descriptor_limit, serve
-from gateway.testing import AcsTokenIssuer, KeySetServer, serve_key_set, simulated_call
-from gateway.testing.census import open_fds, rss_kb, task_count
+# This tree's gateway, not what the virtualenv has installed (it may be another checkout's).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gateway.config import Config  # noqa: E402
+from gateway.ops.health import serve_health  # noqa: E402
+from gateway.processors import load as load_processor  # noqa: E402
+from gateway.server.serve import Server, raise_descriptor_limit, serve  # noqa: E402
+from gateway.testing import (  # noqa: E402
+    AcsTokenIssuer,
+    KeySetServer,
+    serve_key_set,
+    simulated_call,
+)
+from gateway.testing.census import open_fds, rss_kb, task_count  # noqa: E402
 
 SETTLE_TIMEOUT = 30.0  # seconds for the last calls to end after the load stops
 RESET_SHARE = 0.05  # calls that end with a TCP reset instead of a close handshake

@@ -6,17 +6,23 @@ Run: python bench/wire_frames.py (medians of 7 runs of 20,000)."""
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 import timeit
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import trio
-from pieces import FRAME, PCM  # the same frame bench/pieces.py measures
 
-from gateway.acs import codec
-from gateway.call.interface import CallStats
-from gateway.wire.connection import Connection
-from gateway.wire.websocket import ServerWebSocket
+# This tree's gateway, not what the virtualenv has installed (it may be another checkout's).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pieces import FRAME, PCM  # noqa: E402  (the frame bench/pieces.py measures)
+
+from gateway.acs import codec  # noqa: E402
+from gateway.call.interface import CallStats  # noqa: E402
+from gateway.wire.connection import Connection  # noqa: E402
+from gateway.wire.websocket import ServerWebSocket  # noqa: E402
 
 N = 20000
 METADATA = '{"kind":"AudioMetadata","audioMetadata":{"sampleRate":16000}}'

@@ -48,6 +48,8 @@ from typing import Any
 
 import pybase64
 
+# This tree's gateway, not what the virtualenv has installed (it may be another checkout's).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import echo_load  # noqa: E402
 from echo_load import RING, Call, Generator, proc_cpu_seconds, proc_rss_kb  # noqa: E402
