@@ -100,3 +100,21 @@ async def test_a_reader_cancelled_while_waiting_at_the_cap_leaves_the_queue_as_i
         await link.queue("b", delta(3))
         assert player.played == [("a", bytes([1]) * DELTA), ("b", bytes([3]) * DELTA)]
         nursery.cancel_scope.cancel()
+
+
+async def test_a_delta_that_ends_on_half_a_sample_completes_it_with_the_next():
+    link, player, stats = make(space_bytes=10 * DELTA)
+    await link.queue("item", pybase64.b64encode_as_string(b"\x01\x02\x03"))
+    await link.queue("item", pybase64.b64encode_as_string(b"\x04\x05\x06"))
+    await link.queue("item", None)
+    assert player.played == [("item", b"\x01\x02"), ("item", b"\x03\x04\x05\x06"), ("flush", None)]
+    assert stats.upstream_audio_discarded == 0
+
+
+async def test_a_stray_byte_at_the_end_of_an_item_is_dropped_and_counted():
+    link, player, stats = make(space_bytes=10 * DELTA)
+    await link.queue("a", pybase64.b64encode_as_string(b"\x01\x02\x03"))
+    await link.queue("b", pybase64.b64encode_as_string(b"\x04\x05"))  # another item: not glued
+    await link.queue("b", None)
+    assert player.played == [("a", b"\x01\x02"), ("b", b"\x04\x05"), ("flush", None)]
+    assert stats.upstream_audio_discarded == 1

@@ -355,3 +355,23 @@ async def test_the_local_vad_stops_a_reply_held_back_in_the_models_socket(
     assert call.stats.barge_ins == 1
     assert call.stats.upstream_audio_discarded > 0  # read after the stop, and dropped
     assert model.received("conversation.item.truncate")
+
+
+async def test_a_model_that_sends_half_a_sample_does_not_end_the_call(autojump_clock, monkeypatch):
+    """PCM16 is whole samples; a reply with one stray byte (its last delta odd) plays without
+    it, the byte is counted, and the call goes on to the next reply."""
+    monkeypatch.setenv(KEY_ENV, "k")
+    calls: list[Call] = []
+    first, second = speech(24000)[: 24000 * 2] + b"\x01", speech(24000)[: 24000 * 2]
+    turn = speech(16000)[: 16000 * 2 * 2] + silence(16000, 3.0)
+    async with open_fake_model([first, second]) as model:
+        async with open_gateway(spied(options(model.url), calls)) as server:
+            async with simulated_call(server.urls[0], sample_rate=16000) as acs:
+                await acs.stream(turn + turn)
+            await idle(server)
+    assert len(model.sent_of("response.done")) == 2
+    assert acs.close_code == 1000  # the caller hung up: no processor error (1011)
+    [call] = calls
+    assert call.stats.upstream_audio_discarded == 1
+    heard = len(acs.received_pcm)
+    assert abs(heard - 2 * 16000 * 2) <= 1280  # both replies, 1 s each at 16 kHz

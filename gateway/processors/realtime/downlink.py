@@ -57,6 +57,9 @@ class Downlink:
         self._pending = 0  # entries queued or being fed: while any, the reader may not play
         self._bytes = 0  # decoded bytes of the audio queued
         self._held_back = HELD_BACK_MS * rate * 2 // 1000
+        # A delta that ends on half a sample: its last byte, and its item, wait for the next
+        # delta (PCM16 is whole samples; one stray byte must not cost the call).
+        self._odd: tuple[str, bytes] | None = None
         self._room = trio.lowlevel.ParkingLot()  # the reader waits here past the cap
 
     def discard(self) -> None:
@@ -100,15 +103,36 @@ class Downlink:
         if self._converting != self.generation:  # a barge-in since: the resampler's tail is stale
             self.to_caller.reset()
             self._converting = self.generation
+            self._drop_odd()
         if audio is None:  # the item's audio is complete
+            self._drop_odd()
             tail = self.to_caller.flush()
             if tail:
                 await player.play(tail, utterance=item_id)
             player.flush()
             return
-        pcm = self.to_caller.process(protocol.decode_audio(audio))
+        pcm = self.to_caller.process(self._whole_samples(item_id, protocol.decode_audio(audio)))
         if pcm:
             await player.play(pcm, utterance=item_id)
+
+    def _whole_samples(self, item_id: str, pcm: bytes) -> bytes:
+        odd = self._odd
+        if odd is not None:
+            if odd[0] == item_id:
+                pcm = odd[1] + pcm
+                self._odd = None
+            else:
+                self._drop_odd()
+        if len(pcm) % 2:
+            self._odd = (item_id, pcm[-1:])
+            pcm = pcm[:-1]
+        return pcm
+
+    def _drop_odd(self) -> None:
+        """Half a sample no delta completed: counted with the audio that never plays."""
+        if self._odd is not None:
+            self._odd = None
+            self.stats.upstream_audio_discarded += 1
 
     async def feed(self) -> None:
         async for gen, item_id, audio in self._receive:
