@@ -3,6 +3,8 @@ ahead of it and the player has room, handed to the feeder otherwise, always in o
 
 from __future__ import annotations
 
+import logging
+
 import pybase64
 import pytest
 import trio
@@ -40,7 +42,8 @@ def delta(fill: int) -> str:
 
 def make(space_bytes: int) -> tuple[Downlink, RecordingPlayer, CallStats]:
     player, stats = RecordingPlayer(space_bytes), CallStats()
-    return Downlink(player, 24000, stats), player, stats  # type: ignore[arg-type]
+    log = logging.LoggerAdapter(logging.getLogger("test"))
+    return Downlink(player, 24000, stats, log), player, stats  # type: ignore[arg-type]
 
 
 async def test_with_room_the_reader_plays_a_delta_itself_before_queue_returns():

@@ -3,6 +3,8 @@ delta parse that cuts the base64 out before JSON parsing (`protocol.parse`)."""
 
 from __future__ import annotations
 
+import binascii
+
 import numpy as np
 import orjson
 import pybase64
@@ -128,3 +130,6 @@ def test_broken_messages_are_malformed_not_crashes(message):
 def test_decode_audio_validates_fast_and_falls_back_leniently():
     assert protocol.decode_audio("AAECAw==") == b"\x00\x01\x02\x03"
     assert protocol.decode_audio("AAEC\nAw==") == b"\x00\x01\x02\x03"  # skipped, as before
+    assert protocol.decode_audio("AAEC\u00e9Aw==") == b"\x00\x01\x02\x03"  # not ASCII: skipped
+    with pytest.raises(binascii.Error):  # not base64 at all: the downlink counts and skips it
+        protocol.decode_audio("AAE")

@@ -96,7 +96,7 @@ class Bridge:
         self.log = call.log
         rate = call.audio.sample_rate
         self.uplink = Uplink(rate)  # caller -> model: resampled (or passed through), batched
-        self.downlink = Downlink(self.player, rate, call.stats)  # model -> caller
+        self.downlink = Downlink(self.player, rate, call.stats, call.log)  # model -> caller
         self.vad = (
             WebRtcVad(
                 rate,

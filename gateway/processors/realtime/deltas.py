@@ -9,7 +9,6 @@ Never: the event's meaning (`protocol.parse` checks what the rest says), sockets
 
 from __future__ import annotations
 
-import binascii
 from typing import Final
 
 import pybase64
@@ -38,8 +37,10 @@ def without_delta(message: bytes) -> tuple[bytes, str] | None:
 
 def decode_audio(b64: str) -> bytes:
     """A delta's PCM. Validating is pybase64's fast mode; anything it refuses is decoded
-    leniently (characters outside the alphabet skipped), as a non-validating decoder would."""
+    leniently (characters outside the alphabet, non-ASCII ones too, skipped), as a
+    non-validating decoder would. Raises `binascii.Error` if even that is not base64 (a wrong
+    number of characters)."""
     try:
         return pybase64.b64decode(b64, validate=True)
-    except binascii.Error:
-        return pybase64.b64decode(b64)
+    except ValueError:  # binascii.Error, or text that is not ASCII
+        return pybase64.b64decode(b64.encode("ascii", "ignore"))

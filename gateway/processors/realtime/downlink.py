@@ -22,6 +22,8 @@ the rest is discarded as fast as it is read).
 
 from __future__ import annotations
 
+import binascii
+import logging
 from typing import Final
 
 import trio
@@ -47,9 +49,16 @@ class Downlink:
     """`await queue(item_id, audio)` from the reader, `feed()` as a task of the call, and
     `discard()` at a barge-in (the player has been stopped): nothing queued before it plays."""
 
-    def __init__(self, player: Player, rate: int, stats: CallStats) -> None:
+    def __init__(
+        self,
+        player: Player,
+        rate: int,
+        stats: CallStats,
+        log: logging.LoggerAdapter[logging.Logger],
+    ) -> None:
         self.player = player
-        self.stats = stats  # upstream_audio_discarded
+        self.stats = stats  # upstream_audio_discarded, upstream_errors
+        self.log = log
         self.to_caller = StreamResampler(protocol.MODEL_RATE, rate)
         self.generation = 0  # goes up at each barge-in: what was queued before is stale
         self._converting = 0  # the generation the resampler's state belongs to
@@ -111,7 +120,13 @@ class Downlink:
                 await player.play(tail, utterance=item_id)
             player.flush()
             return
-        pcm = self.to_caller.process(self._whole_samples(item_id, protocol.decode_audio(audio)))
+        try:
+            pcm = protocol.decode_audio(audio)
+        except binascii.Error:  # not base64: nothing of it can play, and the call goes on
+            self.stats.upstream_errors["malformed_event"] += 1
+            self.log.warning("the model sent audio that is not base64 (item %r)", item_id)
+            return
+        pcm = self.to_caller.process(self._whole_samples(item_id, pcm))
         if pcm:
             await player.play(pcm, utterance=item_id)
 
