@@ -3,8 +3,6 @@ ahead of it and the player has room, handed to the feeder otherwise, always in o
 
 from __future__ import annotations
 
-import logging
-
 import pybase64
 import pytest
 import trio
@@ -40,10 +38,13 @@ def delta(fill: int) -> str:
     return pybase64.b64encode_as_string(bytes([fill]) * DELTA)
 
 
-def make(space_bytes: int) -> tuple[Downlink, RecordingPlayer, CallStats]:
+def make(
+    space_bytes: int, reported: list[str] | None = None
+) -> tuple[Downlink, RecordingPlayer, CallStats]:
+    """A downlink into a recording player; what it reports as not audio goes to `reported`."""
     player, stats = RecordingPlayer(space_bytes), CallStats()
-    log = logging.LoggerAdapter(logging.getLogger("test"))
-    return Downlink(player, 24000, stats, log), player, stats  # type: ignore[arg-type]
+    report = (reported if reported is not None else []).append
+    return Downlink(player, 24000, stats, report), player, stats  # type: ignore[arg-type]
 
 
 async def test_with_room_the_reader_plays_a_delta_itself_before_queue_returns():
@@ -121,3 +122,12 @@ async def test_a_stray_byte_at_the_end_of_an_item_is_dropped_and_counted():
     await link.queue("b", None)
     assert player.played == [("a", b"\x01\x02"), ("b", b"\x04\x05"), ("flush", None)]
     assert stats.upstream_audio_discarded == 1
+
+
+async def test_audio_that_is_not_base64_is_reported_and_the_next_delta_plays():
+    reported: list[str] = []
+    link, player, _ = make(space_bytes=10 * DELTA, reported=reported)
+    await link.queue("item", "AAE")  # three characters: not base64, even read leniently
+    await link.queue("item", pybase64.b64encode_as_string(b"\x01\x02"))
+    assert player.played == [("item", b"\x01\x02")]
+    assert len(reported) == 1 and "not base64" in reported[0]

@@ -4,6 +4,8 @@ the call is never ended by a processor error, and it ends as the caller ends it.
 
 from __future__ import annotations
 
+import logging
+
 import orjson
 import pybase64
 import pytest
@@ -130,3 +132,27 @@ async def test_whatever_the_model_sends_the_call_ends_as_the_caller_ends_it(
     [outcome] = mc.outcome
     assert outcome.error is None, outcome.error
     assert outcome.ended_by is EndReason.HANGUP, outcome
+
+
+async def test_a_model_sending_garbage_is_counted_every_time_and_logged_once_as_a_warning(
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setenv(KEY_ENV, "k")
+    delta = b'{"type":"response.output_audio.delta","item_id":"i1","delta":"AAE"}'  # not base64
+    script = [b"not json", delta, b"[]", delta]
+
+    async def scripted(options: object, ssl_context: object = None) -> ScriptedModel:
+        return ScriptedModel(script)
+
+    monkeypatch.setattr(upstream, "open_upstream", scripted)
+    processor = load("realtime", {"endpoint": "ws://127.0.0.1:9/", "api_key_env": KEY_ENV})
+    with caplog.at_level(logging.DEBUG, logger="gateway"):
+        async with memory_call(processor, sample_rate=24000) as mc:
+            await mc.peer.stream(speech(24000)[:24000])
+    [outcome] = mc.outcome
+    assert outcome.ended_by is EndReason.HANGUP
+    assert outcome.stats.upstream_errors["malformed_event"] == 4
+    levels = [r.levelno for r in caplog.records if r.getMessage().startswith("the model sent")]
+    assert levels == [logging.WARNING, logging.DEBUG, logging.DEBUG, logging.DEBUG]

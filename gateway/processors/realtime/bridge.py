@@ -43,6 +43,7 @@ the call is ended normally (`"hangup"`).
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Final
 
@@ -96,7 +97,9 @@ class Bridge:
         self.log = call.log
         rate = call.audio.sample_rate
         self.uplink = Uplink(rate)  # caller -> model: resampled (or passed through), batched
-        self.downlink = Downlink(self.player, rate, call.stats, call.log)  # model -> caller
+        # not a method of self: no cycle (see `history` below)
+        self._malformed = functools.partial(_malformed, call.stats, call.log)
+        self.downlink = Downlink(self.player, rate, call.stats, self._malformed)  # model -> caller
         self.vad = (
             WebRtcVad(
                 rate,
@@ -307,8 +310,7 @@ class Bridge:
             try:
                 event = protocol.parse(message)
             except MalformedEvent as exc:
-                self.stats.upstream_errors["malformed_event"] += 1
-                self.log.warning("upstream sent a malformed event: %s", exc)
+                self._malformed(f"a malformed event: {exc}")
                 continue
             self._remember(event)
             match event:
@@ -500,6 +502,15 @@ class Bridge:
                 failure.append(f"upstream went silent (no pong in {options.keepalive_timeout} s)")
                 scope.cancel()
                 return
+
+
+def _malformed(stats: CallStats, log: logging.LoggerAdapter[logging.Logger], what: str) -> None:
+    """Counted every time; logged at WARNING the first time in a call, then at DEBUG, so a
+    model in a bad state cannot flood the log (and the event loop) of every call."""
+    errors = stats.upstream_errors
+    level = logging.DEBUG if errors["malformed_event"] else logging.WARNING
+    errors["malformed_event"] += 1
+    log.log(level, "the model sent %s", what)
 
 
 def _turn_forgotten(stats: CallStats) -> None:

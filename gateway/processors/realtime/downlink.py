@@ -23,7 +23,7 @@ the rest is discarded as fast as it is read).
 from __future__ import annotations
 
 import binascii
-import logging
+from collections.abc import Callable
 from typing import Final
 
 import trio
@@ -54,11 +54,11 @@ class Downlink:
         player: Player,
         rate: int,
         stats: CallStats,
-        log: logging.LoggerAdapter[logging.Logger],
+        malformed: Callable[[str], None],
     ) -> None:
         self.player = player
-        self.stats = stats  # upstream_audio_discarded, upstream_errors
-        self.log = log
+        self.stats = stats  # upstream_audio_discarded
+        self.malformed = malformed  # counts and logs what the model sent that is not audio
         self.to_caller = StreamResampler(protocol.MODEL_RATE, rate)
         self.generation = 0  # goes up at each barge-in: what was queued before is stale
         self._converting = 0  # the generation the resampler's state belongs to
@@ -123,8 +123,7 @@ class Downlink:
         try:
             pcm = protocol.decode_audio(audio)
         except binascii.Error:  # not base64: nothing of it can play, and the call goes on
-            self.stats.upstream_errors["malformed_event"] += 1
-            self.log.warning("the model sent audio that is not base64 (item %r)", item_id)
+            self.malformed(f"audio that is not base64 (item {item_id!r})")
             return
         pcm = self.to_caller.process(self._whole_samples(item_id, pcm))
         if pcm:
