@@ -44,6 +44,9 @@ moves by 0.2-0.3x from run to run on this kind of machine, so judge the goal by 
 `--busy-core` keeps the gateway's core from idling (`bench/echo_load.py`'s `SCHED_IDLE`
 spinner), which leaves the machine's cost of waking an idle core out of both processors' CPU.
 
+`--uplink-batch-ms N` sets the realtime option of that name: how much of the caller's audio
+goes to the model per event (CPU against the delay before the model hears the end of a turn).
+
 `--mix` adds two realtime phases on unmixed streams with two participants (the conversation
 and a faint second voice, sent together each 20 ms):
 `speakers = "first"` (the model hears one) and `speakers = "mix"` (the model hears their
@@ -263,6 +266,7 @@ async def phase(
                 f'[processors.realtime]\nendpoint = "{model_url}"\napi_key_env = "{KEY_ENV}"\n'
                 + ('tools = ["bridge_cpu:lookup"]\n' if tools else "")
                 + (f'speakers = "{speakers}"\n' if speakers else "")
+                + (f"uplink_batch_ms = {args.uplink_batch_ms}\n" if args.uplink_batch_ms else "")
             )
             extra += ["--config", str(config)]
             if tools:
@@ -459,6 +463,11 @@ if __name__ == "__main__":
         "--busy-core",
         action="store_true",
         help="keep the server's core from idling (echo_load.py's SCHED_IDLE spinner)",
+    )
+    parser.add_argument(
+        "--uplink-batch-ms",
+        type=int,
+        help="the realtime option uplink_batch_ms (default: the gateway's, 40)",
     )
     parser.add_argument("--serve-model", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--tools", action="store_true", help=argparse.SUPPRESS)

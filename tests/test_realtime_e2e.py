@@ -133,6 +133,30 @@ async def test_24khz_passes_base64_through_and_beta_names_work(autojump_clock, m
     assert len(acs.stop_times) == 1
 
 
+async def test_uplink_batch_ms_sets_how_much_caller_audio_each_event_carries(
+    autojump_clock, monkeypatch
+):
+    """Each append event carries `uplink_batch_ms` of the caller (the last may carry less),
+    the audio whole and in order; at the default, 40 ms."""
+    monkeypatch.setenv(KEY_ENV, "k")
+    caller = speech(24000)[: 24000 * 2 * 2] + silence(24000, 0.34)  # 2.34 s: no whole batches
+    for batch_ms in (40, 100):
+        extra = {} if batch_ms == 40 else {"uplink_batch_ms": batch_ms}
+        async with open_fake_model([]) as model:
+            async with open_gateway(spied(options(model.url, **extra), [])) as server:
+                async with simulated_call(server.urls[0], sample_rate=24000) as acs:
+                    await acs.stream(caller)
+            with trio.fail_after(5):
+                await model.wait_for(lambda m: m.live == 0)
+        appended = [
+            pybase64.b64decode(e["audio"]) for e in model.received("input_audio_buffer.append")
+        ]
+        batch_bytes = batch_ms * 48  # 24 kHz PCM16: 48 bytes a ms
+        assert {len(a) for a in appended[:-1]} == {batch_bytes}
+        assert 0 < len(appended[-1]) < batch_bytes
+        assert b"".join(appended) == bytes(acs.sent[None]) == caller
+
+
 async def test_local_vad_stops_playback_before_the_model_reacts(autojump_clock, monkeypatch):
     monkeypatch.setenv(KEY_ENV, "k")
     calls: list[Call] = []

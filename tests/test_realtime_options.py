@@ -83,6 +83,9 @@ def test_dialect_defaults_per_provider():
         ({"interruption_confirm_ms": 0}, "interruption_confirm_ms must be greater than 0"),
         ({"interruption_min_ms": "500"}, "interruption_min_ms: wrong type"),
         ({"speakers": "all"}, "speakers must be one of first, mix, follow"),
+        ({"uplink_batch_ms": 30}, "uplink_batch_ms must be a multiple of 20 (ACS's frame) from"),
+        ({"uplink_batch_ms": 0}, "uplink_batch_ms must be a multiple of 20"),
+        ({"uplink_batch_ms": 220}, "from 20 to 200; got 220"),
     ],
 )
 def test_bad_options_are_refused_with_a_message_naming_them(opts, message):

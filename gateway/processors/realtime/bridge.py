@@ -96,7 +96,8 @@ class Bridge:
         self.stats = call.stats
         self.log = call.log
         rate = call.audio.sample_rate
-        self.uplink = Uplink(rate)  # caller -> model: resampled (or passed through), batched
+        # caller -> model: resampled (or passed through), batched
+        self.uplink = Uplink(rate, options.uplink_batch_frames)
         # not a method of self: no cycle (see `history` below)
         self._malformed = functools.partial(_malformed, call.stats, call.log)
         self.downlink = Downlink(self.player, rate, call.stats, self._malformed)  # model -> caller

@@ -20,10 +20,12 @@ from urllib.parse import quote, urlsplit
 
 import attrs
 
+from ...acs.packets import FRAME_MS
 from . import tools
 from .interruption import PAUSE, POLICIES
 from .protocol import BETA, DIALECTS, GA, SessionSettings
 from .speakers import SPEAKER_POLICIES
+from .uplink import BATCH_FRAMES
 
 
 @attrs.frozen
@@ -63,6 +65,9 @@ PROVIDERS: Final = {
     ),
 }
 FAILURE_POLICIES: Final = ("reconnect", "hangup")
+# The model hears the end of every caller turn up to a batch later (less a frame): past this,
+# that delay is a reply's worth of latency for little CPU (bench/bridge_cpu.py --uplink-batch-ms).
+UPLINK_BATCH_MAX_MS: Final = 200
 
 
 def _table(value: Any, name: str) -> dict[str, Any] | None:
@@ -112,6 +117,11 @@ class RealtimeOptions:
     rollover_gap_ms: int = 200  # the switch must take no longer (else the next session is dropped)
     history_max_items: int = 200  # turns remembered for the next session (oldest forgotten)
     history_max_bytes: int = 32768  # and their text, UTF-8
+    uplink_batch_ms: int = BATCH_FRAMES * FRAME_MS  # caller audio per append event: CPU vs delay
+
+    @property
+    def uplink_batch_frames(self) -> int:
+        return self.uplink_batch_ms // FRAME_MS
 
     @property
     def dialect(self) -> str:
@@ -232,6 +242,7 @@ _TYPES: Final[dict[str, Any]] = {
     "rollover_gap_ms": int,
     "history_max_items": int,
     "history_max_bytes": int,
+    "uplink_batch_ms": int,
 }
 _TABLES: Final = ("turn_detection", "transcription")
 KNOWN: Final = tuple(a.name for a in attrs.fields(RealtimeOptions))
@@ -300,6 +311,12 @@ def parse_options(
     ):
         if getattr(opts, name) <= 0:
             raise ValueError(f"{name} must be greater than 0")
+    batch = opts.uplink_batch_ms
+    if batch % FRAME_MS or not FRAME_MS <= batch <= UPLINK_BATCH_MAX_MS:
+        raise ValueError(
+            f"uplink_batch_ms must be a multiple of {FRAME_MS} (ACS's frame) from {FRAME_MS} to "
+            f"{UPLINK_BATCH_MAX_MS}; got {batch}"
+        )
     if not 0 <= opts.local_vad_aggressiveness <= 3:
         raise ValueError("local_vad_aggressiveness must be 0-3")
     env = os.environ if environ is None else environ

@@ -1,14 +1,15 @@
 """The caller's audio on its way to the model: 24 kHz PCM16, in `input_audio_buffer.append`
-events of `BATCH_FRAMES` ACS frames each.
+events of `batch_frames` ACS frames each (`BATCH_FRAMES` by default).
 
 Owns: the caller -> model resampler's state, the frames held for the next event, and the
 24 kHz pass-through (ACS's base64 joined as it came, never decoded). Never: sockets, the
 session's life, barge-in, or which participant is heard (the bridge chooses the packets).
 
 Why batches: every event costs a resampler call, a JSON event, a masked frame and a socket
-write, and most of that is per call rather than per byte. Two 20 ms frames per event halve
-those calls for 20 ms of added delay before the model hears the caller, against the model's
-own turn detection (hundreds of ms); `bench/bridge_cpu.py` measures the difference and
+write, and most of that is per call rather than per byte. Two 20 ms frames per event (the
+default) halve those calls for 20 ms of added delay before the model hears the caller, against
+the model's own turn detection (hundreds of ms); the `uplink_batch_ms` option trades more of
+one for the other. `bench/bridge_cpu.py --uplink-batch-ms` measures it and
 docs/performance.md has the numbers. The gateway's own barge-in (local VAD) looks at every
 frame as it comes and is not delayed. A caller's digital silence, once the resampler has
 settled, costs neither soxr nor base64: its event is built once for all calls.
