@@ -54,6 +54,9 @@ class FramingError(PeerError):
         super().__init__(f"{close_code}: {reason}")
         self.close_code = close_code
         self.reason = reason
+        # What the same read completed before the violation: whole messages the peer sent
+        # before it broke the protocol still count (set by the frame reader).
+        self.events: list[object] = []
 
 
 class BadUpgrade(PeerError):

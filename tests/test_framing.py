@@ -110,6 +110,28 @@ def test_protocol_violations_name_the_close_code(data, code):
     assert error.value.close_code == code
 
 
+@pytest.mark.parametrize("code", [1000, 1001, 1002, 1003, 1007, 1011, 1012, 1013, 1014, 3000, 4999])
+def test_close_codes_a_peer_may_send(code):
+    (event,) = framing.FrameReader(100).receive(masked(framing.OP_CLOSE, struct.pack("!H", code)))
+    assert isinstance(event, framing.Close) and event.code == code
+
+
+@pytest.mark.parametrize("code", [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535])
+def test_close_codes_a_peer_may_not_send_are_a_protocol_error(code):
+    """1004 is reserved; 1005, 1006 and 1015 only report what happened locally; the rest are
+    unassigned (RFC 6455 section 7.4)."""
+    with pytest.raises(framing.FramingError) as error:
+        framing.FrameReader(100).receive(masked(framing.OP_CLOSE, struct.pack("!H", code)))
+    assert error.value.close_code == 1002
+
+
+def test_a_violation_carries_the_events_the_same_bytes_completed_before_it():
+    data = masked(framing.OP_TEXT, b"a") + masked(framing.OP_PING, b"p") + masked(0x3, b"x")
+    with pytest.raises(framing.FramingError) as error:
+        framing.FrameReader(100).receive(data)
+    assert error.value.events == [framing.TextMessage(b"a"), framing.Ping(b"p")]
+
+
 def test_a_huge_declared_length_fails_before_the_payload_arrives():
     header = bytes((0x81, 0xFF)) + struct.pack("!Q", 2**40) + b"mask"
     with pytest.raises(framing.FramingError) as error:

@@ -261,3 +261,18 @@ async def test_close_waits_for_the_reader_to_see_the_reply_and_raises_fresh_copi
     assert ws.closed is not None and received[1] is not ws.closed  # raised: a fresh copy
     assert ws.connection.state is ConnectionState.CLOSED
     assert trio.current_time() < 2  # did not wait for the close reply timeout
+
+
+async def test_messages_before_a_violation_in_the_same_read_are_delivered_then_it_fails(
+    autojump_clock,
+):
+    stream = NowaitStream(room=1 << 20)
+    ws = ServerWebSocket(stream, max_message_bytes=1000)
+    stream.incoming.put_data(
+        masked(framing.OP_TEXT, b"first") + masked(framing.OP_TEXT, b"second") + b"\x81\x01x"
+    )  # the last frame is not masked: a protocol error
+    assert await ws.receive_messages() == [TextMessage(b"first"), TextMessage(b"second")]
+    with pytest.raises(ConnectionClosed) as failed:
+        await ws.receive_messages()
+    assert failed.value.code == 1002
+    assert bytes(stream.written).startswith(framing.encode_close(1002, "client frame not masked"))

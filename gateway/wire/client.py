@@ -164,8 +164,13 @@ class ClientWebSocket:
         finally:
             self._reading = False
         if failure is not None:
+            for event in failure.events:  # messages that came whole before the violation
+                if type(event) is TextMessage or type(event) is BinaryMessage:
+                    self._messages.append(event.data)
             await self._fail(failure.close_code, failure.reason)
-            raise self._closed_error()
+            if not self._messages:
+                raise self._closed_error()
+            return  # get_message() returns them; the next read raises
         ping = None
         for event in events:
             if type(event) is TextMessage or type(event) is BinaryMessage:

@@ -12,8 +12,9 @@ more per 1 KB frame in its generic Python parser than the rest of a frame's path
   reads a server's frames, for the gateway's own client side); RSV bits must be 0 (no
   extensions are negotiated); opcodes are continuation, text, binary, close, ping, pong;
   control frames are final and at most 125 bytes; a continuation needs an open message and a
-  new data frame must not interrupt one.
-  A violation raises `FramingError(1002)`.
+  new data frame must not interrupt one; a close frame's code is one a peer may send.
+  A violation raises `FramingError(1002)`, with the events the same bytes completed before it
+  (`FramingError.events`: messages that arrived whole still count).
 - A message over `max_message_bytes` raises `FramingError(1009)` as soon as its header says so,
   before the payload is buffered. Text that is not UTF-8 raises `FramingError(1007)`.
 - Messages are `TextMessage` (UTF-8 checked) or `BinaryMessage` values whose `data` is the
@@ -67,6 +68,10 @@ OP_BINARY: Final = 0x2
 OP_CLOSE: Final = 0x8
 OP_PING: Final = 0x9
 OP_PONG: Final = 0xA
+
+# Close codes a peer may send (RFC 6455 section 7.4 and IANA's registry): 1004 is reserved,
+# 1005, 1006 and 1015 only report what happened locally, the rest below 3000 are unassigned.
+_SENDABLE_CODES: Final = frozenset((1000, 1001, 1002, 1003, *range(1007, 1015)))
 
 _U16: Final = struct.Struct("!H")
 _U64: Final = struct.Struct("!Q")
@@ -163,9 +168,10 @@ class FrameReader:
                     events.append(event)
                     if type(event) is Close:
                         break
-        except FramingError:
+        except FramingError as error:
             if view is data:  # keep the read: parsing it again fails again (a failed reader)
                 buffer += data
+            error.events = list(events)
             raise
         if view is buffer:
             del buffer[:pos]
@@ -219,6 +225,8 @@ def _close(payload: bytes) -> Close:
     if len(payload) == 1:
         raise FramingError(CLOSE_PROTOCOL_ERROR, "one-byte close payload")
     code = _U16.unpack_from(payload)[0]
+    if not (code in _SENDABLE_CODES or 3000 <= code <= 4999):
+        raise FramingError(CLOSE_PROTOCOL_ERROR, f"close code {code} may not be sent")
     try:
         reason = payload[2:].decode("utf-8")
     except UnicodeDecodeError:

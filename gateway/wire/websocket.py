@@ -210,6 +210,11 @@ class ServerWebSocket:
                     events = connection.receive_data(data)
                 except FramingError as exc:
                     failure = exc.close_code, exc.reason
+                    messages += [  # whole messages before the violation still count
+                        event
+                        for event in exc.events
+                        if type(event) is TextMessage or type(event) is BinaryMessage
+                    ]
                     break
                 ping = None
                 for event in events:
@@ -230,6 +235,8 @@ class ServerWebSocket:
         if failure is None:
             return messages
         await self.close(*failure)  # we no longer read: close() reads the reply
+        if messages:
+            return messages  # the next call raises
         raise ConnectionClosed(*failure)
 
     async def send_messages(self, messages: list[str]) -> None:
