@@ -238,6 +238,38 @@ async def test_a_dropped_upstream_is_replaced_by_a_fresh_session(autojump_clock,
     assert call.stats.upstream_audio_dropped > 0  # frames during the outage, counted
 
 
+async def test_audio_held_for_a_failed_session_is_counted_not_sent_late_to_the_next(
+    autojump_clock, monkeypatch
+):
+    """With 200 ms events the uplink holds up to 180 ms of the caller when a session fails:
+    those frames are counted as dropped, and the next session hears the caller in order,
+    without a jump back to before the gap."""
+    monkeypatch.setenv(KEY_ENV, "k")
+    frames = [bytes([k]) * 960 for k in range(1, 151)]  # 3 s at 24 kHz, each frame its own
+    calls: list[Call] = []
+    async with open_fake_model() as model:
+        opts = options(model.url, uplink_batch_ms=200, backoff_initial_ms=50)
+        async with open_gateway(spied(opts, calls)) as server:
+            async with simulated_call(server.urls[0], sample_rate=24000) as acs:
+                await acs.stream(b"".join(frames[:53]))  # 1.06 s: 3 frames past an event
+                await model.drop()
+                await acs.stream(b"".join(frames[53:]))
+            await idle(server)
+    assert model.connections == 2
+    heard: dict[int, list[int]] = {1: [], 2: []}
+    for r in model.events:
+        if r.type == "input_audio_buffer.append":
+            pcm = pybase64.b64decode(r.event["audio"])
+            heard[r.connection] += [pcm[i] for i in range(0, len(pcm), 960)]
+    assert heard[1] == list(range(1, len(heard[1]) + 1))  # from the start, in order
+    second = heard[2]
+    assert second and second == list(range(second[0], second[0] + len(second)))  # no jump
+    [call] = calls
+    # every frame the caller sent reached a session or was counted
+    assert len(heard[1]) + len(second) + call.stats.upstream_audio_dropped >= len(frames)
+    assert second[0] > len(heard[1]) + 3  # the held frames were not sent late
+
+
 async def test_error_events_fatal_or_not(autojump_clock, monkeypatch):
     monkeypatch.setenv(KEY_ENV, "k")
     calls: list[Call] = []

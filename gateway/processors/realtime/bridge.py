@@ -459,6 +459,9 @@ class Bridge:
             self._reading = None
             if self.ws is ws:
                 self.ws = None  # the socket's owner closes it
+                # The caller's audio held for this session's next event never reaches it, and
+                # must not reach the next one late, after the gap.
+                self.stats.upstream_audio_dropped += self.uplink.discard()
 
     # -- rollover's host: see `sessions` --
 

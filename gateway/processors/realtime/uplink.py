@@ -56,6 +56,14 @@ class Uplink:
                 return None
         return self.flush()
 
+    def discard(self) -> int:
+        """Forget what is held (its session failed: the next one must not hear it late, after
+        the gap); returns how many ACS frames that was."""
+        held = len(self._b64) + len(self._pcm)
+        self._b64, self._pcm = [], []
+        self.to_model.reset()
+        return held
+
     def flush(self) -> str | None:
         if self.pass_through:
             held_b64, self._b64 = self._b64, []
