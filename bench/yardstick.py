@@ -25,7 +25,8 @@ fixed delay of its own when it starts; the resamplers add ~75 ms at 16 kHz bridg
 load: about 0.7 ms for echo, 20 ms for a bridged call's 40 ms uplink events, 40 ms more through
 the 16 kHz resamplers: the `p99 bound` column), with nothing lost and no errors, found by
 bisection between `--low` and `--high` to `--resolution` calls, a fresh server (and model) per
-step; and the server's RSS growth per call.
+step, the targets' steps alternating round by round (so that the machine's drift falls on all
+of them alike); and the server's RSS growth per call.
 Loss through the resampled path is counted within 3 frames per call (its resamplers hold back a
 tail). A `RESULT {json}` line per target goes to stderr. On a machine shared with other work run
 it with priority (`nice -n -10 python bench/yardstick.py ...`) and say so. `--busy-core` keeps
@@ -245,31 +246,44 @@ def show(target: Target, r: dict[str, float]) -> None:
         )
 
 
-def knee(
-    target: Target, args: argparse.Namespace, base_ms: float
-) -> tuple[str, dict[str, float] | None]:
-    """Bisection over calls; returns the knee (as text: '<low' or '>=high' at the ends) and the
-    run at it."""
-    low, high = args.low, args.high
-    runs: dict[int, dict[str, float]] = {}
+class Bisection:
+    """One target's knee, found a step at a time (so that the targets' steps can alternate):
+    the most calls that pass, between `low` (which must pass) and `high`, to `resolution`."""
 
-    def probe(calls: int) -> bool:
-        runs[calls] = measure(target, calls, args, base_ms)
-        show(target, runs[calls])
-        return bool(runs[calls]["ok"])
+    def __init__(self, low: int, high: int, resolution: int) -> None:
+        self.low, self.bad, self.high, self.resolution = low, high, high, resolution
+        self.runs: dict[int, dict[str, float]] = {}
+        self.knee: str | None = None  # when found: calls, or '<low' / '>=high' at the ends
 
-    if not probe(low):
-        return f"<{low}", None
-    bad = high
-    while bad - low > args.resolution:
-        mid = (low + bad) // 2
-        if probe(mid):
-            low = mid
-        else:
-            bad = mid
-    if bad == high and probe(high):
-        return f">={high}", runs[high]
-    return str(low), runs[low]
+    def next_calls(self) -> int | None:
+        if self.knee is not None:
+            return None
+        if not self.runs:
+            return self.low
+        if self.bad - self.low > self.resolution:
+            return (self.low + self.bad) // 2
+        return self.high  # narrowed to the top: does the top itself pass?
+
+    def record(self, calls: int, run: dict[str, float]) -> None:
+        ok = bool(run["ok"])
+        first = not self.runs
+        self.runs[calls] = run
+        if first and not ok:
+            self.knee = f"<{self.low}"
+        elif calls == self.high:
+            self.knee = f">={self.high}" if ok else str(self.low)
+        elif not first:
+            self.low, self.bad = (calls, self.bad) if ok else (self.low, calls)
+        narrowed = self.bad - self.low <= self.resolution
+        if self.knee is None and narrowed and self.bad != self.high:
+            self.knee = str(self.low)
+
+    @property
+    def run(self) -> dict[str, float] | None:
+        """The step at the knee (None below `low`)."""
+        if self.knee is None or self.knee.startswith("<"):
+            return None
+        return self.runs[self.high if self.knee.startswith(">=") else self.low]
 
 
 def main() -> None:
@@ -303,25 +317,40 @@ def main() -> None:
 
 
 def run_targets(names: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every target's low-load step, then the bisections' steps, round by round, alternating
+    between the targets (the order reversed each round): what the machine does meanwhile
+    falls on every target alike, not on the one measured at the time."""
+    targets = [TARGETS[name] for name in names]
+    low_runs: dict[str, dict[str, float]] = {}
+    for target in targets:
+        low_runs[target.name] = measure(target, args.cpu_at, args)
+        show(target, low_runs[target.name])
+    searches = {t.name: Bisection(args.low, args.high, args.resolution) for t in targets}
+    order = list(targets)
+    while any(search.knee is None for search in searches.values()):
+        for target in order:
+            calls = searches[target.name].next_calls()
+            if calls is None:
+                continue
+            # What load adds to the round trip's jitter, not what the path has at any load: the
+            # bridged paths carry the uplink's 40 ms events and (16 kHz) the resamplers' chunking.
+            run = measure(target, calls, args, low_runs[target.name]["excess_p99_ms"])
+            show(target, run)
+            searches[target.name].record(calls, run)
+        order.reverse()
     rows: list[dict[str, Any]] = []
-    for name in names:
-        target = TARGETS[name]
-        print(f"{name}:", flush=True)
-        low_run = measure(target, args.cpu_at, args)
-        show(target, low_run)
-        # What load adds to the round trip's jitter, not what the path has at any load: the
-        # bridged paths carry the uplink's 40 ms events and (16 kHz) the resamplers' chunking.
-        base_ms = low_run["excess_p99_ms"]
-        at, run = knee(target, args, base_ms)
+    for target in targets:
+        low_run, search = low_runs[target.name], searches[target.name]
+        run = search.run
         row = {
-            "target": name,
-            "knee": at,
+            "target": target.name,
+            "knee": search.knee,
             "p50_low_ms": low_run["rtt_p50_ms"],
             "us_low": low_run["us_per_frame"],
             "us_knee": run["us_per_frame"] if run else float("nan"),
             "kb_call": run["rss_per_call_kb"] if run else low_run["rss_per_call_kb"],
             "model_pct": (run or low_run).get("model_cpu_pct", float("nan")),
-            "p99_bound_ms": round(base_ms + args.p99_ms, 2),
+            "p99_bound_ms": round(low_run["excess_p99_ms"] + args.p99_ms, 2),
         }
         rows.append(row)
         print("RESULT " + json.dumps(row), file=sys.stderr, flush=True)
