@@ -29,7 +29,9 @@ step, the targets' steps alternating round by round (so that the machine's drift
 of them alike); and the server's RSS growth per call.
 Loss through the resampled path is counted within 3 frames per call (its resamplers hold back a
 tail). A `RESULT {json}` line per target goes to stderr. On a machine shared with other work run
-it with priority (`nice -n -10 python bench/yardstick.py ...`) and say so. `--busy-core` keeps
+it with priority (`nice -n -10 python bench/yardstick.py ...`) and say so. `--root TREE` runs
+the gateway's targets from another checkout (an A/B; the yardstick and the fake model stay this
+tree's). `--busy-core` keeps
 the server's core from idling (see `bench/echo_load.py`): at low load, what each frame costs
 the machine to wake the core is then left out of the CPU per frame.
 """
@@ -177,7 +179,10 @@ def measure(
         model, model_url = start_model(args.client_cpu)
     try:
         env = {KEY_ENV: "bench-key"}
-        proc, url = echo_load.start_process(target.start(model_url), args.server_cpu, ROOT, env)
+        # The gateway's targets from `--root` (an A/B against another checkout); the yardstick
+        # and the fake model always from this tree.
+        root = args.root if args.root and target.name != "asyncio" else ROOT
+        proc, url = echo_load.start_process(target.start(model_url), args.server_cpu, root, env)
         try:
             gen = LevelGenerator(url, calls, target.rate)
             rss_idle = proc_rss_kb(proc.pid)
@@ -300,6 +305,9 @@ def main() -> None:
     parser.add_argument("--p99-ms", type=float, default=20.0, help="the knee's p99 bound")
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--client-cpu", type=int, default=1)
+    parser.add_argument(
+        "--root", type=Path, help="run the gateway's targets from this source tree (A/B)"
+    )
     parser.add_argument(
         "--busy-core",
         action="store_true",
