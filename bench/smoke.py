@@ -40,6 +40,7 @@ BENCHES: list[tuple[str, list[str], float]] = [
     ("metrics_overhead", [], 90),
     ("resample_cost", ["--seconds", "1", "--repeat", "1"], 60),
     ("resample_cold", ["--seconds", "0.5", "--repeat", "1"], 60),
+    ("uplink_turn_delay", ["--batches", "40", "--rates", "24000"], 60),
     ("pacer_wakes", ["--players", "10", "--coalesce", "0", "--rounds", "1"], 60),
     ("auth_handshake", ["--handshakes", "200"], 60),
     ("upstream_client", ["--messages", "2000", "--rounds", "1"], 60),
