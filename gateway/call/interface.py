@@ -10,7 +10,7 @@ from typing import Protocol, TypeAlias
 import attrs
 import trio
 
-from ..acs.packets import AudioMetadata, InboundPacket, TranscriptionMetadata
+from ..acs.packets import AudioData, AudioMetadata, InboundPacket, TranscriptionMetadata
 from .observer import NO_OBSERVER, CallObserver
 from .player import Player
 
@@ -21,7 +21,8 @@ class CallStats:
 
     packets_in: int = 0
     audio_frames_in: int = 0
-    audio_frames_dropped: int = 0  # processor fell behind: inbound audio queue full
+    # the processor fell behind: inbound audio queue full, or its audio handler refused them
+    audio_frames_dropped: int = 0
     packets_unread: int = 0  # still in the inbound queue when the call ended
     protocol_errors: Counter[str] = attrs.field(factory=Counter)  # by ProtocolError.reason
     messages_out: int = 0
@@ -73,7 +74,9 @@ class Call:
     - `audio`: the stream's `AudioMetadata` (None on a transcription-only stream).
     - `packets`: inbound packets after the first metadata, in arrival order; iteration ends when
       ACS hangs up. Audio frames are dropped (and counted in `stats`) if the processor falls
-      more than `inbound_queue_ms` behind; other packets are never dropped.
+      more than `inbound_queue_ms` behind; other packets are never dropped. A processor with
+      an inline audio handler (`AudioHandler`) hears the audio frames there instead: they
+      are not in `packets`.
     - `player`: the call's `Player` (None on a transcription-only stream).
     - `log`: a logger that tags every line with the call's ids.
     - `observer`: where the call's record is kept; a processor tells it of turns, barge-ins,
@@ -102,3 +105,21 @@ class Call:
 
 Processor: TypeAlias = Callable[[Call], Awaitable[None]]
 """A processor: an async function that runs one call and returns when it is done with it."""
+
+AudioHandler: TypeAlias = Callable[[AudioData], bool]
+"""A processor's inline audio handler: hears each of the caller's audio frames in the call's
+receive task, as the read returns, instead of the processor reading it from `Call.packets`
+(one task switch and one channel hop fewer per frame). It must not block, await or take long:
+while it runs the call reads nothing. True: the frame was taken. False: the processor cannot
+take it now (e.g. `Player.play_nowait` found the queue full); the frame is dropped and counted
+in `CallStats.audio_frames_dropped`, as a full inbound queue would. An exception it raises is
+the processor's failure: the call ends with 1011.
+
+A processor offers one by having an `audio_handler(call)` method that returns the handler for
+that call, or None to read audio from `packets` as usual (see `inline_audio_handler`)."""
+
+
+def inline_audio_handler(processor: Processor, call: Call) -> AudioHandler | None:
+    """The processor's inline audio handler for `call`, if it offers one."""
+    make: Callable[[Call], AudioHandler | None] | None = getattr(processor, "audio_handler", None)
+    return None if make is None else make(call)

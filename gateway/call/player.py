@@ -49,6 +49,8 @@ class Player:
     - `await play(pcm, utterance=...)` queues audio of any length; it blocks while the queue is
       full (back-pressure). After `stop()`, a `play()` that was blocked returns at once and the
       rest of its audio is discarded (counted), so stale audio never follows a barge-in.
+    - `play_nowait(pcm, utterance=...)` queues audio only if all of it fits now (False if
+      not): for code that must not wait, such as an inline audio handler.
     - `stop()` (not async: barge-in must not wait) drops the queue and sends stop-audio.
     - `pause()` (not async either) sends stop-audio but keeps the queue, with the audio ACS had
       not yet played put back at its head; `play()` still queues (and blocks when full);
@@ -116,36 +118,14 @@ class Player:
     async def play(self, pcm: bytes, utterance: Hashable = None) -> None:
         """Queue PCM16 mono at the call's sample rate; blocks while the queue is full."""
         await trio.lowlevel.checkpoint_if_cancelled()
-        if len(pcm) % BYTES_PER_SAMPLE:  # refuse it whole, not after queueing (playing) a part
-            raise ValueError(f"PCM16 must be whole samples; got {len(pcm)} bytes")
+        if self.play_nowait(pcm, utterance):
+            if self.closed:
+                # A schedule point: a processor looping on play() after hang-up must not
+                # starve the event loop (and with it every other call, and its own hang-up
+                # deadline).
+                await trio.lowlevel.checkpoint()
+            return
         playout = self.playout
-        if self.closed:
-            playout.stats.discarded += len(pcm)
-            # A schedule point: a processor looping on play() after hang-up must not starve
-            # the event loop (and with it every other call, and its own hang-up deadline).
-            await trio.lowlevel.checkpoint()
-            return
-        if len(pcm) <= playout.space_bytes:  # fast path: fits, no copy
-            playout.enqueue(pcm, utterance)
-            direct = self._direct
-            if (
-                direct is not None
-                and self._sender_wakes_at == math.inf  # the send task is idle: nothing queued
-                and not playout.stop_pending
-                and direct.ready()
-            ):
-                # Release what is due from this task: one wake-up per frame fewer. The send
-                # task still writes whatever would block.
-                now = self._clock()
-                start = playout.position
-                frames = playout.release_due(now)
-                if frames:
-                    self.observer.bot_audio(frames, now if start is None or start < now else start)
-                    if not direct.send(frames):
-                        self._flush_pending = True
-                        self._sender.unpark_all()
-            self._wake_sender_if_due()
-            return
         generation = self._generation
         view = memoryview(pcm)
         while view:
@@ -159,6 +139,41 @@ class Player:
             playout.enqueue(bytes(view[:space]), utterance)
             self._wake_sender_if_due()
             view = view[space:]
+
+    def play_nowait(self, pcm: bytes, utterance: Hashable = None) -> bool:
+        """Queue PCM16 mono whole if the queue has room for all of it now, without waiting;
+        False, with nothing queued, if it has not. For an inline audio handler, which runs in
+        the receive task and must not block (`gateway.call.interface.AudioHandler`). After
+        the call has ended the audio is discarded and counted, as `play()` does, and this
+        returns True."""
+        if len(pcm) % BYTES_PER_SAMPLE:  # refuse it whole, not after queueing (playing) a part
+            raise ValueError(f"PCM16 must be whole samples; got {len(pcm)} bytes")
+        playout = self.playout
+        if self.closed:
+            playout.stats.discarded += len(pcm)
+            return True
+        if len(pcm) > playout.space_bytes:
+            return False
+        playout.enqueue(pcm, utterance)  # no copy
+        direct = self._direct
+        if (
+            direct is not None
+            and self._sender_wakes_at == math.inf  # the send task is idle: nothing queued
+            and not playout.stop_pending
+            and direct.ready()
+        ):
+            # Release what is due from this task: one wake-up per frame fewer. The send task
+            # still writes whatever would block.
+            now = self._clock()
+            start = playout.position
+            frames = playout.release_due(now)
+            if frames:
+                self.observer.bot_audio(frames, now if start is None or start < now else start)
+                if not direct.send(frames):
+                    self._flush_pending = True
+                    self._sender.unpark_all()
+        self._wake_sender_if_due()
+        return True
 
     def _wake_sender_if_due(self) -> None:
         now = self._clock()

@@ -2,6 +2,7 @@
 what each task does is in `gateway.call.tasks`, what they share in `gateway.call.state`.
 
     receive task: ws messages -> InboundDecoder -> packets --[inbound channel]--> process task
+                  (audio frames to the processor's inline audio handler instead, if it has one)
     process task: processor(call): reads packets, calls call.player.play() / stop()
     send task: player releases frames on the playout clock -> codec -> ws (one write per batch)
     watch task: closes the call when it is idle or has lasted too long
@@ -107,6 +108,7 @@ async def run_call(
     packets: trio.abc.ReceiveChannel[InboundPacket] = inbound_receive
     if timings is not None:
         state.arrivals = []
+        state.processing = timings.processing
         packets = TimedPackets(inbound_receive, state.arrivals, timings.processing)
     call = Call(
         connection_id=handshake.headers.get("x-ms-call-connection-id"),
@@ -128,7 +130,9 @@ async def run_call(
     try:
         with state.scope:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(receive, state, inbound_send, name=_NAMES[receive])
+                nursery.start_soon(
+                    receive, state, inbound_send, processor, call, name=_NAMES[receive]
+                )
                 nursery.start_soon(watch, state, name=_NAMES[watch])
                 if state.player is not None:
                     nursery.start_soon(send, state, state.player, name=_NAMES[send])

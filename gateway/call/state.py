@@ -9,6 +9,7 @@ Never: starts tasks (that is `gateway.call.run`) or decides a channel policy (`t
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Final
 
 import attrs
@@ -46,6 +47,8 @@ class CallState:
     player: Player | None = attrs.field(init=False, default=None)  # None: transcription only
     # Arrival times of the packets in the inbound channel, in channel order (timings only).
     arrivals: list[float] | None = attrs.field(init=False, default=None)
+    # Told each packet's processing latency (`CallTimings.processing`), if timings are kept.
+    processing: Callable[[float], None] | None = attrs.field(init=False, default=None)
     scope: trio.CancelScope = attrs.field(init=False, factory=trio.CancelScope)  # the call
     sending: trio.CancelScope = attrs.field(init=False, factory=trio.CancelScope)  # send task
     ended_by: EndReason | None = attrs.field(init=False, default=None)

@@ -15,7 +15,7 @@ from ..acs.packets import AudioData, AudioMetadata, InboundPacket, Transcription
 from ..errors import CLOSE_ABNORMAL, CLOSE_INTERNAL_ERROR, CLOSE_INVALID_PAYLOAD, CLOSE_NORMAL
 from ..wire.websocket import ConnectionClosed, SendTimeout
 from .intake import Flooded, TooManyErrors
-from .interface import Call, Processor
+from .interface import Call, Processor, inline_audio_handler
 from .outcome import EndReason
 from .player import Player
 from .state import CallState, refusal
@@ -54,18 +54,42 @@ async def wait_for_metadata(state: CallState) -> AudioMetadata | TranscriptionMe
     return None
 
 
-async def receive(state: CallState, inbound: trio.MemorySendChannel[InboundPacket]) -> None:
+async def receive(
+    state: CallState,
+    inbound: trio.MemorySendChannel[InboundPacket],
+    processor: Processor,
+    call: Call,
+) -> None:
     """Read ACS until it hangs up; route packets by the inbound channel policy: audio that
-    does not fit is dropped and counted, every other packet waits for room."""
-    stats, intake, arrivals, log = state.stats, state.intake, state.arrivals, state.log
-    observer = state.observer
+    does not fit is dropped and counted, every other packet waits for room. Audio goes to the
+    processor's inline handler instead, if it offers one; what that refuses is dropped and
+    counted too."""
+    stats, intake, arrivals = state.stats, state.intake, state.arrivals
+    observer, processing = state.observer, state.processing
+    now = trio.lowlevel.current_clock().current_time
     talk_is_life = state.player is None  # a transcription stream is alive while it talks
     packet: InboundPacket | None = None
     async with inbound:  # closing it ends the processor's `async for`
         try:
+            hear = inline_audio_handler(processor, call)
+        except Exception as exc:  # the processor's bug, as if its coroutine had raised it
+            await processor_failed(state, exc)
+            return
+        try:
             for packet, arrived in state.early:
                 if type(packet) is AudioData:
                     observer.caller_audio(packet, arrived)
+                    if hear is not None:
+                        try:
+                            taken = hear(packet)
+                        except Exception as exc:  # the processor's bug
+                            await processor_failed(state, exc)
+                            return
+                        if not taken:
+                            dropped(state)
+                        if processing is not None:
+                            processing(now() - arrived)
+                        continue
                 else:
                     observer.caller_packet(packet, arrived)
                 if arrivals is not None:
@@ -79,12 +103,21 @@ async def receive(state: CallState, inbound: trio.MemorySendChannel[InboundPacke
                         intake.heard = intake.now
                         stats.audio_frames_in += 1
                         observer.caller_audio(packet, intake.now)  # what was said, even if dropped
+                        if hear is not None:
+                            try:
+                                taken = hear(packet)
+                            except Exception as exc:  # the processor's bug
+                                await processor_failed(state, exc)
+                                return
+                            if not taken:
+                                dropped(state)
+                            if processing is not None:
+                                processing(now() - intake.now)
+                            continue
                         try:
                             inbound.send_nowait(packet)
                         except trio.WouldBlock:
-                            stats.audio_frames_dropped += 1
-                            if stats.audio_frames_dropped == 1:
-                                log.warning("processor is behind: dropping inbound audio")
+                            dropped(state)
                             continue
                         if arrivals is not None:
                             arrivals.append(intake.now)  # when the read returned
@@ -107,6 +140,13 @@ async def receive(state: CallState, inbound: trio.MemorySendChannel[InboundPacke
             state.end(by, code)
             await state.close(code, why)
             state.scope.cancel()
+
+
+def dropped(state: CallState) -> None:
+    """An inbound audio frame the processor could not take: counted, and told once."""
+    state.stats.audio_frames_dropped += 1
+    if state.stats.audio_frames_dropped == 1:
+        state.log.warning("processor is behind: dropping inbound audio")
 
 
 def hung_up(state: CallState, closed: ConnectionClosed) -> None:
@@ -182,13 +222,22 @@ async def process(state: CallState, processor: Processor, call: Call) -> None:
     try:
         await processor(call)
     except Exception as exc:  # the processor's bug ends its own call, nothing else
-        state.log.exception("processor failed: %r", exc)
-        state.error = exc
-        if state.end(EndReason.PROCESSOR_ERROR, CLOSE_INTERNAL_ERROR):
-            await state.close(CLOSE_INTERNAL_ERROR, "processor error")
-    else:
-        state.log.debug("processor returned")
-        if state.end(EndReason.PROCESSOR, CLOSE_NORMAL):
-            await state.close(CLOSE_NORMAL, "")
+        await processor_failed(state, exc)
+        state.processor_returned = True
+        return
+    state.log.debug("processor returned")
+    if state.end(EndReason.PROCESSOR, CLOSE_NORMAL):
+        await state.close(CLOSE_NORMAL, "")
     state.processor_returned = True
+    state.scope.cancel()
+
+
+async def processor_failed(state: CallState, exc: Exception) -> None:
+    """The processor raised (from its coroutine, or its inline audio handler in the receive
+    task): its call ends with 1011, and nothing else is harmed."""
+    state.log.exception("processor failed: %r", exc)
+    if state.error is None:
+        state.error = exc
+    if state.end(EndReason.PROCESSOR_ERROR, CLOSE_INTERNAL_ERROR):
+        await state.close(CLOSE_INTERNAL_ERROR, "processor error")
     state.scope.cancel()

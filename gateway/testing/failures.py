@@ -8,9 +8,12 @@ from a gateway's URL to its record. Never: changes what the gateway does with th
 
 from __future__ import annotations
 
-import functools
 from urllib.parse import urlsplit
 
+import attrs
+
+from ..acs.packets import AudioData
+from ..call.interface import AudioHandler, inline_audio_handler
 from ..processors import Call, Processor
 
 
@@ -30,14 +33,38 @@ class ProcessorFailures:
         self.errors: dict[str | None, Exception] = {}
 
     def watch(self, processor: Processor) -> Processor:
-        """`processor`, recording what it raises (and raising it on, unchanged)."""
+        """`processor`, recording what it raises (and raising it on, unchanged), from its
+        coroutine and from its inline audio handler, which it keeps."""
+        return _Watched(processor, self.errors)
 
-        @functools.wraps(processor)
-        async def watched(call: Call) -> None:
+
+@attrs.frozen
+class _Watched:
+    processor: Processor
+    errors: dict[str | None, Exception]
+
+    async def __call__(self, call: Call) -> None:
+        try:
+            await self.processor(call)
+        except Exception as exc:
+            self.errors.setdefault(call.connection_id, exc)
+            raise
+
+    def audio_handler(self, call: Call) -> AudioHandler | None:
+        errors = self.errors
+        try:
+            hear = inline_audio_handler(self.processor, call)
+        except Exception as exc:
+            errors.setdefault(call.connection_id, exc)
+            raise
+        if hear is None:
+            return None
+
+        def watched(frame: AudioData) -> bool:
             try:
-                await processor(call)
+                return hear(frame)
             except Exception as exc:
-                self.errors.setdefault(call.connection_id, exc)
+                errors.setdefault(call.connection_id, exc)
                 raise
 
         return watched
