@@ -6,8 +6,10 @@ that turns a configured name into a processor. Never: WebSockets, encoding, task
 
 A processor is an async function that receives one `Call` and returns when it is done with the
 call. It reads `call.packets` (an async iterator of inbound packets, ending when ACS hangs up)
-and speaks with `call.player`. It runs inside the call's nursery, so any task it starts in a
-nursery of its own, and any socket it opens with `async with`, ends with the call.
+and speaks with `call.player`. One that does little per audio frame may hear the frames in the
+call's receive task instead, through an `audio_handler(call)` method (`AudioHandler`). It
+runs inside the call's nursery, so any task it starts in a nursery of its own, and any socket
+it opens with `async with`, ends with the call.
 
 A *factory* builds a processor from its options (the `[processors.NAME]` table of the
 configuration) once, at start-up, so bad options fail before the first call:
@@ -25,7 +27,7 @@ from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 from typing import Any, TypeAlias, cast
 
-from ..call.interface import Call, CallStats, Processor
+from ..call.interface import AudioHandler, Call, CallStats, Processor
 from ..errors import ConfigError, ProcessorNotFound
 
 ProcessorFactory: TypeAlias = Callable[[Mapping[str, Any]], Processor]
@@ -37,7 +39,7 @@ _BUILTIN: dict[str, str] = {
     "realtime": "gateway.processors.realtime:make",
 }
 
-__all__ = ["Call", "CallStats", "Processor", "ProcessorFactory", "load", "register"]
+__all__ = ["AudioHandler", "Call", "CallStats", "Processor", "ProcessorFactory", "load", "register"]
 
 _registered: dict[str, ProcessorFactory] = {}
 

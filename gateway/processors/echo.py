@@ -21,8 +21,7 @@ from typing import Any
 import attrs
 
 from ..acs.packets import AudioData
-from ..call.interface import AudioHandler
-from . import Call, Processor
+from . import AudioHandler, Call, Processor
 
 
 def make(options: Mapping[str, Any]) -> Processor:
