@@ -49,6 +49,10 @@ class CallState:
     arrivals: list[float] | None = attrs.field(init=False, default=None)
     # Told each packet's processing latency (`CallTimings.processing`), if timings are kept.
     processing: Callable[[float], None] | None = attrs.field(init=False, default=None)
+    # The run's clock, read directly (not through `trio.current_time`'s run-context lookup).
+    clock: Callable[[], float] = attrs.field(
+        init=False, factory=lambda: trio.lowlevel.current_clock().current_time
+    )
     scope: trio.CancelScope = attrs.field(init=False, factory=trio.CancelScope)  # the call
     sending: trio.CancelScope = attrs.field(init=False, factory=trio.CancelScope)  # send task
     ended_by: EndReason | None = attrs.field(init=False, default=None)

@@ -15,7 +15,7 @@ from ..acs.packets import AudioData, AudioMetadata, InboundPacket, Transcription
 from ..errors import CLOSE_ABNORMAL, CLOSE_INTERNAL_ERROR, CLOSE_INVALID_PAYLOAD, CLOSE_NORMAL
 from ..wire.websocket import ConnectionClosed, SendTimeout
 from .intake import Flooded, TooManyErrors
-from .interface import Call, Processor, inline_audio_handler
+from .interface import AudioHandler, Call, Processor, inline_audio_handler
 from .outcome import EndReason
 from .player import Player
 from .state import CallState, refusal
@@ -65,8 +65,7 @@ async def receive(
     processor's inline handler instead, if it offers one; what that refuses is dropped and
     counted too."""
     stats, intake, arrivals = state.stats, state.intake, state.arrivals
-    observer, processing = state.observer, state.processing
-    now = trio.lowlevel.current_clock().current_time
+    observer = state.observer
     talk_is_life = state.player is None  # a transcription stream is alive while it talks
     packet: InboundPacket | None = None
     async with inbound:  # closing it ends the processor's `async for`
@@ -80,15 +79,10 @@ async def receive(
                 if type(packet) is AudioData:
                     observer.caller_audio(packet, arrived)
                     if hear is not None:
-                        try:
-                            taken = hear(packet)
-                        except Exception as exc:  # the processor's bug
-                            await processor_failed(state, exc)
+                        failure = give(state, hear, packet, arrived)
+                        if failure is not None:
+                            await processor_failed(state, failure)
                             return
-                        if not taken:
-                            dropped(state)
-                        if processing is not None:
-                            processing(now() - arrived)
                         continue
                 else:
                     observer.caller_packet(packet, arrived)
@@ -104,15 +98,10 @@ async def receive(
                         stats.audio_frames_in += 1
                         observer.caller_audio(packet, intake.now)  # what was said, even if dropped
                         if hear is not None:
-                            try:
-                                taken = hear(packet)
-                            except Exception as exc:  # the processor's bug
-                                await processor_failed(state, exc)
+                            failure = give(state, hear, packet, intake.now)
+                            if failure is not None:
+                                await processor_failed(state, failure)
                                 return
-                            if not taken:
-                                dropped(state)
-                            if processing is not None:
-                                processing(now() - intake.now)
                             continue
                         try:
                             inbound.send_nowait(packet)
@@ -140,6 +129,23 @@ async def receive(
             state.end(by, code)
             await state.close(code, why)
             state.scope.cancel()
+
+
+def give(
+    state: CallState, hear: AudioHandler, frame: AudioData, arrived: float
+) -> Exception | None:
+    """Give a frame to the processor's inline audio handler, timed like a packet the
+    processor takes from the inbound channel; a refused frame is dropped and counted. Returns
+    what the handler raised (the processor's bug), if it raised."""
+    try:
+        taken = hear(frame)
+    except Exception as exc:
+        return exc
+    if not taken:
+        dropped(state)
+    if state.processing is not None:
+        state.processing(state.clock() - arrived)
+    return None
 
 
 def dropped(state: CallState) -> None:
