@@ -139,6 +139,7 @@ async def test_a_handler_bug_ends_its_call_with_1011_and_no_other(autojump_clock
     assert str(bad.result.error) == f"{where} bug"
     failures = [r for r in caplog.records if "processor failed" in r.getMessage()]
     assert len(failures) == 1 and failures[0].call_connection_id == "conn-7"
+    assert failures[0].exc_info and failures[0].exc_info[1] is bad.result.error  # its traceback
     assert good.result.ended_by == EndReason.HANGUP
 
 

@@ -241,7 +241,7 @@ async def process(state: CallState, processor: Processor, call: Call) -> None:
 async def processor_failed(state: CallState, exc: Exception) -> None:
     """The processor raised (from its coroutine, or its inline audio handler in the receive
     task): its call ends with 1011, and nothing else is harmed."""
-    state.log.exception("processor failed: %r", exc)
+    state.log.error("processor failed: %r", exc, exc_info=exc)  # also outside its except
     if state.error is None:
         state.error = exc
     if state.end(EndReason.PROCESSOR_ERROR, CLOSE_INTERNAL_ERROR):
