@@ -55,6 +55,7 @@ BENCHES: list[tuple[str, list[str], float]] = [
     ),
     ("echo_model", [], 30),  # prints its URL and stops: stdin is closed
     ("echo_load", ["--calls", "5", "--duration", "2"], 60),
+    ("inline_audio", ["--calls", "5", "--rounds", "1", "--duration", "2"], 60),
     ("metrics_load", ["--calls", "5", "--duration", "2"], 60),
     ("records_load", ["--calls", "5", "--duration", "2", "--rounds", "1"], 90),
     ("records_load:pieces", ["--pieces"], 60),
