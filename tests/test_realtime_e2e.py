@@ -21,15 +21,19 @@ def options(model_url: str, **extra: object) -> dict[str, object]:
     return {"endpoint": model_url, "api_key_env": KEY_ENV, "keepalive_interval": 5.0, **extra}
 
 
-def spied(opts: dict[str, object], calls: list[Call]):  # type: ignore[no-untyped-def]
-    """The realtime processor, remembering each Call so tests can read its player."""
-    inner = load("realtime", opts)
+class spied:
+    """The realtime processor, remembering each Call so tests can read its player. Its inline
+    audio handler is passed on (`inline=False`: not, so the audio comes through `packets`)."""
 
-    async def processor(call: Call) -> None:
-        calls.append(call)
-        await inner(call)
+    def __init__(self, opts: dict[str, object], calls: list[Call], *, inline: bool = True):
+        self.inner = load("realtime", opts)
+        self.calls = calls
+        if inline:
+            self.audio_handler = self.inner.audio_handler  # type: ignore[attr-defined]
 
-    return processor
+    async def __call__(self, call: Call) -> None:
+        self.calls.append(call)
+        await self.inner(call)
 
 
 async def idle(server) -> None:  # type: ignore[no-untyped-def]
@@ -108,14 +112,19 @@ async def test_barge_in_truncates_to_what_was_released(autojump_clock, monkeypat
     assert call.player.playout.stats.dropped_by_stop > 0  # the rest of the reply, counted
 
 
-async def test_24khz_passes_base64_through_and_beta_names_work(autojump_clock, monkeypatch):
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "via packets"])
+async def test_24khz_passes_base64_through_and_beta_names_work(
+    autojump_clock, monkeypatch, inline
+):
     """Azure OpenAI preview URL form: beta event names (response.audio.delta), api-key header;
-    a 24 kHz call's audio goes upstream as ACS sent it, byte for byte, silence included."""
+    a 24 kHz call's audio goes upstream as ACS sent it, byte for byte, silence included,
+    whether the bridge hears it inline or (wrapped by a processor that does not pass its
+    handler on) through `packets`."""
     monkeypatch.setenv(KEY_ENV, "azure-key")
     calls: list[Call] = []
     async with open_fake_model([speech(24000)], api_key="azure-key") as model:
         opts = options(model.url, provider="azure-preview", model="my-deployment")
-        async with open_gateway(spied(opts, calls)) as server:
+        async with open_gateway(spied(opts, calls, inline=inline)) as server:
             async with simulated_call(server.urls[0], sample_rate=24000) as acs:
                 await acs.stream(conversation(24000))
     [(resource, headers)] = model.requests

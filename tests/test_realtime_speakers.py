@@ -17,7 +17,7 @@ import trio
 from gateway.acs.client import audio_packet
 from gateway.audio.mix import Mixer
 from gateway.call.observer import NoObserver
-from gateway.processors import Call, load
+from gateway.processors import AudioHandler, Call, load
 from gateway.testing import open_fake_model, open_gateway, simulated_call
 from tests.test_realtime_e2e import KEY_ENV, idle, options
 
@@ -151,17 +151,29 @@ class Control:
         self.caller = caller
 
 
-def spied(opts: dict[str, object], calls: list[Call], caller: str | None = None):  # type: ignore[no-untyped-def]
-    inner = load("realtime", opts)
+class spied:
+    """The realtime processor, with a record and (`caller`) the answered call's caller: set
+    before the bridge is made, by whichever of the handler and the coroutine asks first."""
 
-    async def processor(call: Call) -> None:
-        call.observer = Notes()
-        if caller is not None:
-            call.control = Control(caller)  # type: ignore[assignment]  # a stub: caller only
-        calls.append(call)
-        await inner(call)
+    def __init__(self, opts: dict[str, object], calls: list[Call], caller: str | None = None):
+        self.inner = load("realtime", opts)
+        self.calls = calls
+        self.caller = caller
 
-    return processor
+    def _prepare(self, call: Call) -> None:
+        if call not in self.calls:
+            call.observer = Notes()
+            if self.caller is not None:
+                call.control = Control(self.caller)  # type: ignore[assignment]  # a stub
+            self.calls.append(call)
+
+    def audio_handler(self, call: Call) -> AudioHandler | None:
+        self._prepare(call)
+        return self.inner.audio_handler(call)  # type: ignore[attr-defined,no-any-return]
+
+    async def __call__(self, call: Call) -> None:
+        self._prepare(call)
+        await self.inner(call)
 
 
 def packet(pcm: bytes, who: str, k: int) -> str:

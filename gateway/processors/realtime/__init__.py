@@ -11,17 +11,19 @@ Needs the `realtime` extra (soxr, numpy) for 16 kHz calls, and `vad` for `local_
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
 from ...errors import ConfigError
-from .. import Call, Processor
+from .. import AudioHandler, Call, Processor
 from .bridge import Bridge
 from .options import RealtimeOptions, parse_options
+from .speakers import MIX
 from .tool_schema import tool
 from .tools import Toolbox
 
-__all__ = ["Bridge", "RealtimeOptions", "make", "parse_options", "tool"]
+__all__ = ["Bridge", "Realtime", "RealtimeOptions", "make", "parse_options", "tool"]
 
 
 def make(options: Mapping[str, Any]) -> Processor:
@@ -47,12 +49,39 @@ def make(options: Mapping[str, Any]) -> Processor:
                 "pip install 'acs-media-gateway[vad]'"
             ) from None
 
-    async def realtime(call: Call) -> None:
+    return Realtime(parsed, toolbox)
+
+
+class Realtime:
+    """The processor: a `Bridge` per call. It hears the caller's audio inline (the call's
+    receive task gives each frame to `Bridge.hear`), except with `speakers = "mix"`, whose
+    mixer releases frames on the call's clock in the processor's own task."""
+
+    def __init__(self, options: RealtimeOptions, toolbox: Toolbox) -> None:
+        self.options = options
+        self.toolbox = toolbox
+        # The call's handler and its coroutine start in either order: whichever asks first
+        # makes the call's bridge. Weak: a call that never ran its coroutine leaves nothing.
+        self._bridges: weakref.WeakKeyDictionary[Call, Bridge] = weakref.WeakKeyDictionary()
+
+    def audio_handler(self, call: Call) -> AudioHandler | None:
+        if call.player is None or self.options.speakers == MIX:
+            return None
+        return self._bridge(call).hear
+
+    async def __call__(self, call: Call) -> None:
         if call.player is None:  # a transcription-only stream: nothing to bridge
             call.log.warning("realtime: the stream carries no audio; nothing to bridge")
             async for _ in call.packets:
                 pass
             return
-        await Bridge(call, parsed, toolbox).run()
+        try:
+            await self._bridge(call).run()
+        finally:
+            self._bridges.pop(call, None)
 
-    return realtime
+    def _bridge(self, call: Call) -> Bridge:
+        bridge = self._bridges.get(call)
+        if bridge is None:
+            bridge = self._bridges[call] = Bridge(call, self.options, self.toolbox)
+        return bridge

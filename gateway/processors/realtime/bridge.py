@@ -44,13 +44,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Final, TypeAlias
 
 import attrs
 import trio
 
-from ...acs.packets import AudioData, DtmfData
+from ...acs.packets import FRAME_MS, AudioData, DtmfData
 from ...audio.vad import WebRtcVad
 from ...call.interface import Call, CallStats
 from ...errors import ConnectionClosed
@@ -81,6 +82,11 @@ from .tools import Toolbox
 from .uplink import Uplink
 
 CLOSE_TIMEOUT: Final = 1.0  # seconds for the upstream closing handshake when the call ends
+OUTBOX_MS: Final = 1000  # the caller's audio that may wait for the model (the first session)
+
+_Outgoing: TypeAlias = tuple[str, int] | None
+"""In the outbox: an append event and the ACS frames in it, or None: the local VAD heard the
+caller over the bot."""
 
 
 class Bridge:
@@ -160,6 +166,10 @@ class Bridge:
         )
         self.closing = False  # the call is ending: a closed upstream is not a failure
         self._first_attempt = trio.Event()  # the first session is up, or failed
+        # caller -> model: `hear` batches, `_send_caller` sends (see `hear`)
+        slots = max(2, math.ceil(OUTBOX_MS / (FRAME_MS * options.uplink_batch_frames)))
+        self._outbox, self._outbox_out = trio.open_memory_channel[_Outgoing](slots)
+        self._overdue_barge_in = False  # the VAD's suspicion found the outbox full
 
     async def run(self) -> None:
         try:
@@ -188,43 +198,82 @@ class Bridge:
 
     # -- caller -> model --
 
-    async def _forward_caller(self) -> None:
-        uplink = self.uplink
-        # The caller's first words wait in the inbound queue (bounded, see gateway.call) while
-        # the first session opens, rather than being dropped.
-        await self._first_attempt.wait()
-        speakers = self.speakers  # unmixed streams: whom the model hears (or their mix)
-        async for packet in speakers.packets(self.call.packets):
-            if type(packet) is not AudioData:
-                if type(packet) is DtmfData and self.dtmf is not None:
-                    await self._key_pressed(packet)
-                continue
-            if not speakers.hears(packet):
-                continue
-            vad = self.vad
-            if vad is not None and vad.feed(packet.pcm) and self._bot_audible():
+    def hear(self, packet: AudioData) -> bool:
+        """One frame of the caller's audio, as it comes: from the call's receive task (the
+        inline audio handler) or from `call.packets`. Chosen (`speakers`), watched by the local
+        VAD and batched here, without waiting; each append event, and each suspected barge-in,
+        goes to the outbox for `_send_caller` to act on in order. Always True: a frame the
+        bridge cannot send is counted in `upstream_audio_dropped`."""
+        if not self.speakers.hears(packet):
+            return True
+        vad = self.vad
+        if vad is not None:
+            if vad.feed(packet.pcm) and self._bot_audible():
                 self.log.info("local VAD: caller speaking; barge-in before the model reacts")
                 self.call.observer.note("speech_started", by="vad")
-                await self.interruptions.suspected("vad")
-            if vad is not None and vad.ended:
+                self._post(None)
+            if vad.ended:
                 self.call.observer.note("turn_ended", by="vad")
-            ws = self.ws
-            if ws is None:
-                self.stats.upstream_audio_dropped += 1
-                continue
-            message = uplink.add(packet)
-            if message is None:
-                continue  # held for the next event
-            try:
-                await ws.send_message(message)
-            except ConnectionClosed:
-                self.stats.upstream_audio_dropped += uplink.frames  # the upstream task sees it
-        message, ws = uplink.flush(), self.ws  # the caller's last words, before the close
-        if message is not None and ws is not None:
-            try:
-                await ws.send_message(message)
-            except ConnectionClosed:
-                self.stats.upstream_audio_dropped += uplink.frames
+        if self.ws is None and self._first_attempt.is_set():  # between sessions
+            self.stats.upstream_audio_dropped += 1
+            return True
+        message = self.uplink.add(packet)
+        if message is not None:
+            self._post((message, self.uplink.frames))
+        return True
+
+    def _post(self, item: _Outgoing) -> None:
+        try:
+            self._outbox.send_nowait(item)
+        except trio.WouldBlock:  # the model has not taken a second of the caller's audio
+            if item is None:
+                self._overdue_barge_in = True  # acted on before the next event is sent
+            else:
+                self.stats.upstream_audio_dropped += item[1]
+        except trio.ClosedResourceError:  # the call has ended
+            if item is not None:
+                self.stats.upstream_audio_dropped += item[1]
+
+    async def _forward_caller(self) -> None:
+        """The processor's own task: the call's packets until ACS hangs up (audio, unless it
+        came inline, and keys), while `_send_caller` sends what `hear` batched."""
+        speakers = self.speakers  # unmixed streams: whom the model hears (or their mix)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._send_caller)
+            with self._outbox:  # closed when ACS hangs up: what is queued goes, then the rest
+                async for packet in speakers.packets(self.call.packets):
+                    if type(packet) is AudioData:
+                        self.hear(packet)
+                    elif type(packet) is DtmfData and self.dtmf is not None:
+                        # Keys wait for the first session, as the caller's first words do.
+                        await self._first_attempt.wait()
+                        await self._key_pressed(packet)
+
+    async def _send_caller(self) -> None:
+        """The caller's audio to the model, in the order `hear` batched it. The first words
+        wait in the outbox (bounded: `OUTBOX_MS`) while the first session opens."""
+        await self._first_attempt.wait()
+        async for item in self._outbox_out:
+            if self._overdue_barge_in:
+                self._overdue_barge_in = False
+                await self.interruptions.suspected("vad")
+            if item is None:
+                await self.interruptions.suspected("vad")
+            else:
+                await self._send_audio(*item)
+        message = self.uplink.flush()  # the caller's last words, before the close
+        if message is not None:
+            await self._send_audio(message, self.uplink.frames)
+
+    async def _send_audio(self, message: str, frames: int) -> None:
+        ws = self.ws
+        if ws is None:
+            self.stats.upstream_audio_dropped += frames
+            return
+        try:
+            await ws.send_message(message)
+        except ConnectionClosed:
+            self.stats.upstream_audio_dropped += frames  # the upstream task sees it
 
     # -- barge-in --
 
