@@ -386,9 +386,11 @@ async def main(args: argparse.Namespace) -> None:
         if args.latency_runs:
             rows["realtime, 1 call at a time"] = await phase(args, "realtime", one_at_a_time=True)
         ratios = [rows["realtime"]["cpu_s"] / rows["echo"]["cpu_s"]]
+        per_frame = [(rows["echo"]["us_per_frame"], rows["realtime"]["us_per_frame"])]
         for _ in range(args.pairs - 1):  # more echo, realtime pairs, alternated
             echo, bridged = await phase(args, "echo"), await phase(args, "realtime")
             ratios.append(bridged["cpu_s"] / echo["cpu_s"])
+            per_frame.append((echo["us_per_frame"], bridged["us_per_frame"]))
     print(
         f"{'processor':>10} {'calls':>5} {'srv cpu%':>8} {'%/call':>7} {'us/frame':>8} "
         f"{'gen cpu%':>8} {'model%':>6} {'KB/call':>7} {'KB, bot':>7} {'heard s':>7} "
@@ -429,6 +431,10 @@ async def main(args: argparse.Namespace) -> None:
             f"a bridged call costs {statistics.median(ratios):.2f}x an echo call "
             f"(median of {len(ratios)} pairs: {each})"
         )
+        for name, side in (("echo", 0), ("bridged", 1)):
+            us = [pair[side] for pair in per_frame]
+            listed = ", ".join(f"{u:.0f}" for u in us)
+            print(f"{name} us per frame: median {statistics.median(us):.0f} ({listed})")
     extra_ms = (rows["tools"]["cpu_s"] - rows["realtime"]["cpu_s"]) / rows["tools"]["calls"] * 1000
     print(f"a tool round trip adds {extra_ms:.1f} ms of gateway CPU per call (noisy: compare rows)")
     if args.mix:

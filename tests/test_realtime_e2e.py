@@ -4,6 +4,7 @@ assertions below are exact, not luck)."""
 
 from __future__ import annotations
 
+import gc
 import pybase64
 import pytest
 import trio
@@ -124,9 +125,11 @@ async def test_24khz_passes_base64_through_and_beta_names_work(
     calls: list[Call] = []
     async with open_fake_model([speech(24000)], api_key="azure-key") as model:
         opts = options(model.url, provider="azure-preview", model="my-deployment")
-        async with open_gateway(spied(opts, calls, inline=inline)) as server:
+        processor = spied(opts, calls, inline=inline)
+        async with open_gateway(processor) as server:
             async with simulated_call(server.urls[0], sample_rate=24000) as acs:
                 await acs.stream(conversation(24000))
+            await idle(server)
     [(resource, headers)] = model.requests
     assert resource == "/openai/realtime?api-version=2025-04-01-preview&deployment=my-deployment"
     assert headers["api-key"] == "azure-key"
@@ -140,6 +143,9 @@ async def test_24khz_passes_base64_through_and_beta_names_work(
     assert call.player is not None
     assert abs(truncate["audio_end_ms"] - call.player.released_ms(truncate["item_id"])) <= 20
     assert len(acs.stop_times) == 1
+    del call, calls[:]
+    gc.collect()
+    assert not processor.inner._bridges  # the call's bridge went with the call
 
 
 async def test_uplink_batch_ms_sets_how_much_caller_audio_each_event_carries(
@@ -203,6 +209,34 @@ async def test_refused_upstream_with_hangup_policy_ends_the_call(
     failed = [r for r in caplog.records if "refused the session (HTTP 401)" in r.getMessage()]
     assert failed and failed[0].call_connection_id == "conn-7"
     assert "wrong-key" not in caplog.text
+
+
+async def test_with_no_session_every_frame_of_the_caller_is_counted(autojump_clock, monkeypatch):
+    """A model that takes the connection and never answers the upgrade: the caller's first
+    second waits for the session in the bridge's outbox, the rest does not fit, then every
+    attempt times out. Every frame the caller sent is counted as not sent upstream, and the
+    call still ends cleanly when ACS hangs up."""
+    monkeypatch.setenv(KEY_ENV, "k")
+    calls: list[Call] = []
+    accepted: list[trio.SocketStream] = []
+
+    async def mute(stream: trio.SocketStream) -> None:
+        accepted.append(stream)
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        [listener] = await nursery.start(trio.serve_tcp, mute, 0, "127.0.0.1")
+        port = listener.socket.getsockname()[1]
+        opts = options(f"ws://127.0.0.1:{port}", connect_timeout=1.5, backoff_initial_ms=100)
+        async with open_gateway(spied(opts, calls)) as server:
+            async with simulated_call(server.urls[0], sample_rate=24000) as acs:
+                await acs.stream(speech(24000)[: 24000 * 2 * 4])  # 4 s: 200 frames
+            await idle(server)
+        nursery.cancel_scope.cancel()
+    [call] = calls
+    assert len(accepted) >= 2  # the first attempt timed out, and a second was made
+    assert call.stats.upstream_audio_dropped == 200
+    assert call.stats.audio_frames_dropped == 0  # the gateway's own queue dropped nothing
 
 
 async def test_refusals_are_retried_with_back_off_then_the_call_ends(autojump_clock, monkeypatch):

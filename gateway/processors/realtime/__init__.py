@@ -61,8 +61,10 @@ class Realtime:
         self.options = options
         self.toolbox = toolbox
         # The call's handler and its coroutine start in either order: whichever asks first
-        # makes the call's bridge. Weak: a call that never ran its coroutine leaves nothing.
-        self._bridges: weakref.WeakKeyDictionary[Call, Bridge] = weakref.WeakKeyDictionary()
+        # makes the call's bridge, and the other finds it here while the first holds it.
+        # Weak values: a bridge leaves with the last task that holds it (a bridge refers to
+        # its call, so a table keyed weakly by the call would keep both forever).
+        self._bridges: weakref.WeakValueDictionary[int, Bridge] = weakref.WeakValueDictionary()
 
     def audio_handler(self, call: Call) -> AudioHandler | None:
         if call.player is None or self.options.speakers == MIX:
@@ -75,13 +77,10 @@ class Realtime:
             async for _ in call.packets:
                 pass
             return
-        try:
-            await self._bridge(call).run()
-        finally:
-            self._bridges.pop(call, None)
+        await self._bridge(call).run()
 
     def _bridge(self, call: Call) -> Bridge:
-        bridge = self._bridges.get(call)
+        bridge = self._bridges.get(id(call))
         if bridge is None:
-            bridge = self._bridges[call] = Bridge(call, self.options, self.toolbox)
+            bridge = self._bridges[id(call)] = Bridge(call, self.options, self.toolbox)
         return bridge

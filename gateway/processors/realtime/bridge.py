@@ -5,13 +5,20 @@ up), moving audio both ways, and acting on barge-in. Never: wire spellings (`pro
 option parsing (`options`), or anything that outlives the call.
 
 Tasks (all in one nursery inside the processor, so all end with the call):
-- caller -> model (the processor's own task): reads `call.packets` (in unmixed mode, whom the
-  `speakers` policy chooses, or their mix: see `speakers`); `uplink` resamples to 24 kHz with
-  state (or, for a 24 kHz call, passes ACS's base64 straight through) and batches frames into
-  the model's input buffer appends. Silent frames are sent too, so the model's VAD sees
-  continuous time. While no session is up, frames are dropped and counted
-  (`upstream_audio_dropped`). When ACS hangs up the `async for` ends, the nursery is cancelled
-  and the upstream socket is closed at once.
+- caller -> model: `hear` takes each of the caller's frames as it comes, without waiting: in
+  the call's receive task (the processor's inline audio handler), or, with `speakers = "mix"`
+  or when a wrapping processor does not pass the handler on, from `call.packets` in the
+  processor's own task (which also reads the keys). It chooses whom the model hears
+  (`speakers`), feeds the local VAD, and `uplink` resamples to 24 kHz with state (or, for a
+  24 kHz call, passes ACS's base64 straight through) and batches frames into the model's input
+  buffer appends. Each append, and each barge-in the VAD suspects, goes through a bounded
+  outbox (`OUTBOX_MS` of audio) to the sender task, which sends them in order: so the task
+  that sends wakes once per event, not once per frame. The caller's first words wait there
+  while the first session opens; what does not fit is dropped and counted. Silent frames
+  are sent too, so the model's VAD sees continuous time. Between sessions frames are dropped
+  and counted (`upstream_audio_dropped`). When ACS hangs up, the packets end, the sender sends
+  what is queued and the uplink's last frames, then the nursery is cancelled and the upstream
+  socket closed.
 - upstream: connects, then reads model events. Control events are handled at once, in this
   task, so a barge-in is never queued behind audio: on `input_audio_buffer.speech_started`
   (with `interruption = "pause"`: paused at once, then stopped once `interruption` confirms
