@@ -4,7 +4,9 @@ assertions below are exact, not luck)."""
 
 from __future__ import annotations
 
+import functools
 import gc
+
 import pybase64
 import pytest
 import trio
@@ -225,7 +227,8 @@ async def test_with_no_session_every_frame_of_the_caller_is_counted(autojump_clo
         await trio.sleep_forever()
 
     async with trio.open_nursery() as nursery:
-        [listener] = await nursery.start(trio.serve_tcp, mute, 0, "127.0.0.1")
+        serve = functools.partial(trio.serve_tcp, mute, 0, host="127.0.0.1")
+        [listener] = await nursery.start(serve)
         port = listener.socket.getsockname()[1]
         opts = options(f"ws://127.0.0.1:{port}", connect_timeout=1.5, backoff_initial_ms=100)
         async with open_gateway(spied(opts, calls)) as server:
