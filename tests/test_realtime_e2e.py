@@ -116,9 +116,7 @@ async def test_barge_in_truncates_to_what_was_released(autojump_clock, monkeypat
 
 
 @pytest.mark.parametrize("inline", [True, False], ids=["inline", "via packets"])
-async def test_24khz_passes_base64_through_and_beta_names_work(
-    autojump_clock, monkeypatch, inline
-):
+async def test_24khz_passes_base64_through_and_beta_names_work(autojump_clock, monkeypatch, inline):
     """Azure OpenAI preview URL form: beta event names (response.audio.delta), api-key header;
     a 24 kHz call's audio goes upstream as ACS sent it, byte for byte, silence included,
     whether the bridge hears it inline or (wrapped by a processor that does not pass its
