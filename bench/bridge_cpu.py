@@ -38,8 +38,10 @@ go on written) is also timed in this process, for `lookup` as it is (a worker th
 async function: `--tool-calls` of each.
 
 `--pairs N` runs N - 1 more echo and realtime phases, alternated, after the rows above and
-prints the bridged / echo ratio of each pair and their median: at 20 calls one pair's ratio
-moves by 0.2-0.3x from run to run on this kind of machine, so judge the goal by the median.
+prints the bridged / echo ratio of each pair and their median, and each side's µs per frame
+by pair and their median (for A/B runs of one processor with `--root`): at 20 calls one
+pair's ratio moves by 0.2-0.3x from run to run on this kind of machine, so judge the goal by
+the median.
 
 `--busy-core` keeps the gateway's core from idling (`bench/echo_load.py`'s `SCHED_IDLE`
 spinner), which leaves the machine's cost of waking an idle core out of both processors' CPU.
