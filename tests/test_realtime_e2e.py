@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import functools
 import gc
+import socket
 
 import pybase64
 import pytest
 import trio
 
 from gateway.processors import Call, load
-from gateway.processors.realtime import downlink
+from gateway.processors.realtime import downlink, upstream
 from gateway.testing import open_fake_model, open_gateway, simulated_call, speech
 from tests.conftest import open_fds, task_count
 
@@ -189,6 +190,51 @@ async def test_local_vad_stops_playback_before_the_model_reacts(autojump_clock, 
     assert call.player is not None
     assert abs(truncate["audio_end_ms"] - call.player.released_ms(truncate["item_id"])) <= 20
     assert acs.audio_after_stop == []
+
+
+class SmallSendBuffer(upstream.SocketTransport):
+    """The gateway's upstream socket with a small kernel send buffer, so a model that stops
+    reading blocks the gateway's sends within a few seconds of the caller's audio (the
+    default grows to megabytes)."""
+
+    @classmethod
+    def from_socket_stream(cls, stream: trio.SocketStream) -> upstream.SocketTransport:
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        return super().from_socket_stream(stream)
+
+
+async def test_the_local_vad_stops_the_bot_while_sending_to_the_model_waits(
+    autojump_clock, monkeypatch
+):
+    """The model stops reading while its reply plays; the caller's audio fills the sockets
+    between them, so sending it upstream waits. When the caller then talks over the bot, the
+    local VAD stops the bot at once: it acts where it hears the frame, not behind the
+    model's socket."""
+    monkeypatch.setenv(KEY_ENV, "k")
+    monkeypatch.setattr(upstream, "SocketTransport", SmallSendBuffer)
+    calls: list[Call] = []
+    async with open_fake_model([speech(24000) * 2]) as model:  # a 15 s reply
+        opts = options(model.url, local_vad=True, keepalive_interval=600.0)
+        async with open_gateway(spied(opts, calls)) as server:
+            async with simulated_call(server.urls[0], sample_rate=16000) as acs:
+                await acs.stream(speech(16000)[: 16000 * 2 * 2] + silence(16000, 1.0))
+                with trio.fail_after(5):  # the reply has begun
+                    await model.wait_for(lambda m: m.sent_of("response.output_item.added"))
+                model.go_silent()
+                await acs.stream(silence(16000, 6.0))  # the caller listens
+                [call] = calls
+                unsent = call.stats.upstream_audio_dropped
+                assert unsent > 0  # the outbox overflowed: sending upstream was stuck
+                talked_at = trio.current_time()
+                await acs.stream(speech(16000, "interrupt")[: 16000 * 2])
+                assert acs.stop_times and acs.stop_times[0] - talked_at <= 0.2
+                model.go_silent(False)  # it reads again: then it is told what was heard
+                await acs.stream(silence(16000, 1.0))
+    assert call.stats.barge_ins == 1
+    assert acs.audio_after_stop == []
+    [truncate] = model.received("conversation.item.truncate")
+    assert call.player is not None
+    assert abs(truncate["audio_end_ms"] - call.player.released_ms(truncate["item_id"])) <= 20
 
 
 async def test_refused_upstream_with_hangup_policy_ends_the_call(

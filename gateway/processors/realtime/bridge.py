@@ -11,14 +11,15 @@ Tasks (all in one nursery inside the processor, so all end with the call):
   processor's own task (which also reads the keys). It chooses whom the model hears
   (`speakers`), feeds the local VAD, and `uplink` resamples to 24 kHz with state (or, for a
   24 kHz call, passes ACS's base64 straight through) and batches frames into the model's input
-  buffer appends. Each append, and each barge-in the VAD suspects, goes through a bounded
-  outbox (`OUTBOX_MS` of audio) to the sender task, which sends them in order: so the task
-  that sends wakes once per event, not once per frame. The caller's first words wait there
-  while the first session opens; what does not fit is dropped and counted. Silent frames
-  are sent too, so the model's VAD sees continuous time. Between sessions frames are dropped
-  and counted (`upstream_audio_dropped`). When ACS hangs up, the packets end, the sender sends
-  what is queued and the uplink's last frames, then the nursery is cancelled and the upstream
-  socket closed.
+  buffer appends. A barge-in the VAD suspects stops (or pauses) the bot right there, so
+  stop-audio never waits behind the model's socket. Each append, and each barge-in the model
+  must be told of, goes through a bounded outbox (`OUTBOX_MS` of audio) to the sender task,
+  which sends them in order: so the task that sends wakes once per event, not per frame.
+  The caller's first words wait there while the first session opens; what does not fit is
+  dropped and counted. Silent frames are sent too, so the model's VAD sees continuous time.
+  Between sessions frames are dropped and counted (`upstream_audio_dropped`). When ACS hangs
+  up, the packets end, the sender sends what is queued and the uplink's last frames, then
+  the nursery is cancelled and the upstream socket closed.
 - upstream: connects, then reads model events. Control events are handled at once, in this
   task, so a barge-in is never queued behind audio: on `input_audio_buffer.speech_started`
   (with `interruption = "pause"`: paused at once, then stopped once `interruption` confirms
@@ -93,7 +94,7 @@ OUTBOX_MS: Final = 1000  # the caller's audio that may wait for the model (the f
 
 _Outgoing: TypeAlias = tuple[str, int] | None
 """In the outbox: an append event and the ACS frames in it, or None: the local VAD heard the
-caller over the bot."""
+caller over the bot, which has been stopped; the model is to be told."""
 
 
 class Bridge:
@@ -132,6 +133,7 @@ class Bridge:
             min_ms=options.interruption_min_ms,
             transcribed=options.transcription is not None,
             barge_in=self._barge_in,
+            stop=self._stop_bot,
             send=self._send_events if options.gateway_responds else None,
             audible=self._bot_audible,
             vad=self.vad,
@@ -176,7 +178,7 @@ class Bridge:
         # caller -> model: `hear` batches, `_send_caller` sends (see `hear`)
         slots = max(2, math.ceil(OUTBOX_MS / (FRAME_MS * options.uplink_batch_frames)))
         self._outbox, self._outbox_out = trio.open_memory_channel[_Outgoing](slots)
-        self._overdue_barge_in = False  # the VAD's suspicion found the outbox full
+        self._overdue_barge_in = False  # a VAD barge-in to tell the model found the outbox full
 
     async def run(self) -> None:
         try:
@@ -208,9 +210,10 @@ class Bridge:
     def hear(self, packet: AudioData) -> bool:
         """One frame of the caller's audio, as it comes: from the call's receive task (the
         inline audio handler) or from `call.packets`. Chosen (`speakers`), watched by the local
-        VAD and batched here, without waiting; each append event, and each suspected barge-in,
-        goes to the outbox for `_send_caller` to act on in order. Always True: a frame the
-        bridge cannot send is counted in `upstream_audio_dropped`."""
+        VAD (which stops or pauses the bot here) and batched, without waiting; each append
+        event, and each barge-in the model must be told of, goes to the outbox for
+        `_send_caller` to send in order. Always True: a frame the bridge cannot send is
+        counted in `upstream_audio_dropped`."""
         if not self.speakers.hears(packet):
             return True
         vad = self.vad
@@ -218,7 +221,8 @@ class Bridge:
             if vad.feed(packet.pcm) and self._bot_audible():
                 self.log.info("local VAD: caller speaking; barge-in before the model reacts")
                 self.call.observer.note("speech_started", by="vad")
-                self._post(None)
+                if self.interruptions.heard_now():
+                    self._post(None)
             if vad.ended:
                 self.call.observer.note("turn_ended", by="vad")
         if self.ws is None and self._first_attempt.is_set():  # between sessions
@@ -263,9 +267,9 @@ class Bridge:
         async for item in self._outbox_out:
             if self._overdue_barge_in:
                 self._overdue_barge_in = False
-                await self.interruptions.suspected("vad")
+                await self._tell_interrupted()
             if item is None:
-                await self.interruptions.suspected("vad")
+                await self._tell_interrupted()
             else:
                 await self._send_audio(*item)
         message = self.uplink.flush()  # the caller's last words, before the close
@@ -296,10 +300,17 @@ class Bridge:
     async def _barge_in(self) -> None:
         """Stop the player first (stop-audio to ACS is owed from this instant), then tell the
         model what the caller heard."""
+        self._stop_bot()
+        await self._tell_interrupted()
+
+    def _stop_bot(self) -> None:
         if self._bot_audible():
             self.player.stop()
             self.stats.barge_ins += 1
         self.downlink.discard()  # what the model sent before this moment never plays
+
+    async def _tell_interrupted(self) -> None:
+        """The model's response is cancelled and its item cut to what the caller heard."""
         await self._send_events(self.conversation.interrupt())
 
     async def _send_events(self, events: list[str]) -> None:

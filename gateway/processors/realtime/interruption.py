@@ -52,6 +52,7 @@ class Interruptions:
         min_ms: int,
         transcribed: bool,
         barge_in: Callable[[], Awaitable[None]],
+        stop: Callable[[], None],
         send: Callable[[list[str]], Awaitable[None]] | None,
         audible: Callable[[], bool],
         vad: WebRtcVad | None,
@@ -63,7 +64,8 @@ class Interruptions:
         self.confirm_s = confirm_ms / 1000
         self.min_ms = min_ms
         self.transcribed = transcribed  # a transcript of the caller's words will follow
-        self._barge_in = barge_in
+        self._barge_in = barge_in  # the bot stopped, then the model told
+        self._stop = stop  # the bot stopped: `barge_in`'s first half, which never waits
         self._send = send  # None: the model answers each turn itself (create_response)
         self._resumed_item: str | None = None  # the caller's item of the last false alarm
         self._committed = False  # the model's speech_stopped came for the current item
@@ -81,6 +83,7 @@ class Interruptions:
         """The call has ended: drop the bridge's callbacks, so no reference cycle keeps the
         bridge (and its resamplers) alive until the cyclic GC runs."""
         self._barge_in = _nothing
+        self._stop = _stay
         self._send = None
         self._audible = _silent
 
@@ -99,6 +102,21 @@ class Interruptions:
         if not self.pausing or not self._audible():
             await self._barge_in()
             return
+        self._pause(by, event)
+
+    def heard_now(self) -> bool:
+        """The local VAD suspects the caller, in the task that read the frame: the bot is
+        paused or stopped at once, never behind the model's socket. True: a barge-in the
+        model must now be told of (the bridge's `tell`), in order with the caller's audio."""
+        if self.paused_at is not None:
+            return False
+        if not self.pausing or not self._audible():
+            self._stop()
+            return True
+        self._pause("vad", None)
+        return False
+
+    def _pause(self, by: str, event: SpeechStarted | None) -> None:
         self.player.pause()
         self.paused_at = trio.current_time()
         self._by = by
@@ -204,6 +222,10 @@ class Interruptions:
 
 
 async def _nothing() -> None:
+    pass
+
+
+def _stay() -> None:
     pass
 
 
