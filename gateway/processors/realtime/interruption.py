@@ -107,7 +107,7 @@ class Interruptions:
     def heard_now(self) -> bool:
         """The local VAD suspects the caller, in the task that read the frame: the bot is
         paused or stopped at once, never behind the model's socket. True: a barge-in the
-        model must now be told of (the bridge's `tell`), in order with the caller's audio."""
+        model must now be told of (the bridge does, in order with the caller's audio)."""
         if self.paused_at is not None:
             return False
         if not self.pausing or not self._audible():
