@@ -195,7 +195,9 @@ async def test_local_vad_stops_playback_before_the_model_reacts(autojump_clock, 
 class SmallSendBuffer(upstream.SocketTransport):
     """The gateway's upstream socket with a small kernel send buffer, so a model that stops
     reading blocks the gateway's sends within a few seconds of the caller's audio (the
-    default grows to megabytes)."""
+    default grows to megabytes). Not smaller: with a few KB the sender's wake-up after the
+    model reads again can wait for the kernel's delayed ACK, which runs on real time while
+    the test's clock is virtual."""
 
     @classmethod
     def from_socket_stream(cls, stream: trio.SocketStream) -> upstream.SocketTransport:
