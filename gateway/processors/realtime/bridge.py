@@ -386,7 +386,7 @@ class Bridge:
                     await self._model_audio(event)
                 case SpeechStarted():
                     self.call.observer.note("speech_started", by="model")
-                    await self.interruptions.suspected("model", event)
+                    await self.interruptions.suspected(event)
                 case SpeechStopped():
                     self.call.observer.note("turn_ended", by="model")
                     await self.interruptions.speech_stopped(event)

@@ -89,20 +89,20 @@ class Interruptions:
 
     # -- what the bridge reports --
 
-    async def suspected(self, by: str, event: SpeechStarted | None = None) -> None:
-        """The caller may be talking over the bot (`by`: "model" or "vad")."""
-        if event is not None:
-            self._model_speaking = True
-            self._speech_start_ms = event.audio_start_ms
-            self._item_id = event.item_id
-            self._ended_short = False
-            self._committed = False
+    async def suspected(self, event: SpeechStarted) -> None:
+        """The model heard the caller start speaking: maybe over the bot (the local VAD's
+        suspicion is `heard_now`)."""
+        self._model_speaking = True
+        self._speech_start_ms = event.audio_start_ms
+        self._item_id = event.item_id
+        self._ended_short = False
+        self._committed = False
         if self.paused_at is not None:
             return  # already paused: this is the same (or a longer) interruption
         if not self.pausing or not self._audible():
             await self._barge_in()
             return
-        self._pause(by, event)
+        self._pause("model")
 
     def heard_now(self) -> bool:
         """The local VAD suspects the caller, in the task that read the frame: the bot is
@@ -113,15 +113,14 @@ class Interruptions:
         if not self.pausing or not self._audible():
             self._stop()
             return True
-        self._pause("vad", None)
+        self._model_speaking = None  # until the model says what it heard
+        self._pause("vad")
         return False
 
-    def _pause(self, by: str, event: SpeechStarted | None) -> None:
+    def _pause(self, by: str) -> None:
         self.player.pause()
         self.paused_at = trio.current_time()
         self._by = by
-        if event is None:
-            self._model_speaking = None
         self.call.observer.note("interruption", state="paused", by=by)
         self._changed.unpark_all()
 
