@@ -265,12 +265,10 @@ class Bridge:
         wait in the outbox (bounded: `OUTBOX_MS`) while the first session opens."""
         await self._first_attempt.wait()
         async for item in self._outbox_out:
-            if self._overdue_barge_in:
+            if item is None or self._overdue_barge_in:  # the model hears of it once
                 self._overdue_barge_in = False
                 await self._tell_interrupted()
-            if item is None:
-                await self._tell_interrupted()
-            else:
+            if item is not None:
                 await self._send_audio(*item)
         message = self.uplink.flush()  # the caller's last words, before the close
         if message is not None:
