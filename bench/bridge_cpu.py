@@ -17,8 +17,9 @@ per 20 ms inbound frame), its RSS per call twice (the server's RSS less its RSS 
 warm-up call, which loads what a first call loads: numpy and soxr for the resampler): while
 every caller speaks, and while every bot speaks, when the gateway also holds the bot's reply
 that the fake model streams 4x faster than real time; the seconds of audio each
-call heard on average (echo: its own; realtime: the bot's until the barge-in, about 1.1 s:
-far less means the conversation went wrong and the run does not compare), and for the
+call heard on average, by ACS's playback queue: what the server sent, less what stop-audio
+dropped before it played (echo: its own; realtime: the bot's until the barge-in, about 1.1 s:
+far less means the conversation went wrong and the run does not compare); and for the
 realtime phase the barge-in latency: from the fake model sending
 `input_audio_buffer.speech_started` to the simulated ACS receiving stop-audio (so it
 includes two loopback hops and this process's own scheduling: an upper bound on the gateway's
@@ -48,6 +49,14 @@ spinner), which leaves the machine's cost of waking an idle core out of both pro
 
 `--uplink-batch-ms N` sets the realtime option of that name: how much of the caller's audio
 goes to the model per event (CPU against the delay before the model hears the end of a turn).
+
+`--yardstick` adds two servers to every pair, alternated with the gateway's phases: the
+minimal asyncio + `websockets` echo of `bench/asyncio_echo.py`, and `bench/asyncio_bridge.py`,
+a minimal asyncio bridge to the same fake model in the shape of Microsoft's samples (the
+caller's audio in events of the gateway's batch, each model delta straight to ACS unpaced,
+stop-audio and `response.cancel` on `speech_started`). It prints their µs per frame and two
+more ratios: the asyncio bridge over the asyncio echo (what bridging costs a server that does
+nothing else), and this gateway's bridged call over the asyncio bridge's.
 
 `--mix` adds two realtime phases on unmixed streams with two participants (the conversation
 and a faint second voice, sent together each 20 ms):
@@ -82,6 +91,7 @@ from echo_load import (  # noqa: E402
     lateness_p99_ms,
     proc_cpu_seconds,
     proc_rss_kb,
+    start_process,
     start_server,
 )
 
@@ -93,6 +103,7 @@ from gateway.testing import (  # noqa: E402
 )
 
 RATE = 16000  # the calls' sample rate (--rate)
+UPLINK_BATCH_MS: int | None = None  # --uplink-batch-ms: the asyncio bridge's too
 BENCH_DIR = str(Path(__file__).resolve().parent)  # where the gateway finds `lookup`
 KEY_ENV = "BENCH_REALTIME_KEY"
 LOG = logging.getLogger("bench.tools")
@@ -194,7 +205,7 @@ async def run_calls(
             if echo_lag is not None and call.received:
                 echo_lag.append(call.received[-1].time - streamed)
             if heard is not None:
-                heard.append(len(call.received_pcm))
+                heard.append(len(call.playback.heard()))
             results[i] = (started, [t + to_perf for t in call.stop_times])
 
     async with trio.open_nursery() as nursery:
@@ -208,6 +219,18 @@ def percentile(values: list[float], p: float) -> float:
     if not ordered:
         return float("nan")
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+YARDSTICKS = ("asyncio echo", "asyncio bridge")
+
+
+def yardstick_cmd(kind: str, model_url: str) -> list[str]:
+    """The command of a yardstick server: `bench/asyncio_echo.py` or `bench/asyncio_bridge.py`."""
+    if kind == "asyncio echo":
+        return [sys.executable, str(Path(BENCH_DIR) / "asyncio_echo.py")]
+    script = str(Path(BENCH_DIR) / "asyncio_bridge.py")
+    batch = ["--append-ms", str(UPLINK_BATCH_MS)] if UPLINK_BATCH_MS else []
+    return [sys.executable, script, "--model", model_url, "--rate", str(RATE), *batch]
 
 
 def _spawn(cmd: list[str]) -> subprocess.Popen[bytes]:
@@ -260,9 +283,10 @@ async def phase(
     if speakers is not None:
         audio = {"8:acs:caller": voice, "8:acs:other": second_voice(voice)}
     tools = kind == "tools"
+    bridged = kind not in ("echo", "asyncio echo")
     async with fake_model_process(args.model_cpu, tools) as (model_url, starts):
         extra = ["--processor", "echo" if kind == "echo" else "realtime"]
-        if kind != "echo":
+        if bridged and not kind.startswith("asyncio"):
             config = Path(tempfile.mkdtemp()) / "bench.toml"
             config.write_text(
                 f'[processors.realtime]\nendpoint = "{model_url}"\napi_key_env = "{KEY_ENV}"\n'
@@ -276,7 +300,10 @@ async def phase(
         cpu = None if args.server_cpu < 0 else args.server_cpu
         health = free_port()  # the gateway's /metrics: its pacing lateness
         os.environ.update(ACS_GATEWAY_HEALTH_PORT=str(health), ACS_GATEWAY_HEALTH_HOST="127.0.0.1")
-        proc, url = start_server(cpu, extra, *([args.root] if args.root else []))
+        if kind.startswith("asyncio"):
+            proc, url = start_process(yardstick_cmd(kind, model_url), cpu)
+        else:
+            proc, url = start_server(cpu, extra, *([args.root] if args.root else []))
         try:
             await trio.sleep(0.5)
             await run_calls(url, 1, 0, voice[: RATE * 2])  # warm-up: first-call imports
@@ -310,21 +337,23 @@ async def phase(
                         args.calls,
                         args.stagger,
                         audio,
-                        lag if kind == "echo" else None,
+                        lag if not bridged else None,
                         heard,
                     )
             cpu1, wall1 = proc_cpu_seconds(proc.pid), time.monotonic()
             own1 = time.process_time()
             model1 = proc_cpu_seconds(model_pid)
-            late_p99, paced = await trio.to_thread.run_sync(lateness_p99_ms, health)
-            stop_p50, stop_p99 = [
-                (
-                    await trio.to_thread.run_sync(
-                        histogram_bound_ms, health, "barge_in_stop_latency_seconds", q
-                    )
-                )[0]
-                for q in (0.5, 0.99)
-            ]
+            late_p99, paced, stop_p50, stop_p99 = (float("nan"),) * 4
+            if not kind.startswith("asyncio"):  # the yardsticks have no /metrics
+                late_p99, paced = await trio.to_thread.run_sync(lateness_p99_ms, health)
+                stop_p50, stop_p99 = [
+                    (
+                        await trio.to_thread.run_sync(
+                            histogram_bound_ms, health, "barge_in_stop_latency_seconds", q
+                        )
+                    )[0]
+                    for q in (0.5, 0.99)
+                ]
         finally:
             proc.terminate()
             proc.wait()
@@ -350,7 +379,7 @@ async def phase(
     }
     if lag:  # last frame sent -> its echo received: how far the whole loop lags real time
         row["echo_lag_max_ms"] = max(lag) * 1000
-    if kind != "echo" and speakers is None:
+    if bridged and speakers is None:
         latencies = []
         for k, (_, stops) in enumerate(results):
             # model connection 1 was the warm-up call's
@@ -363,8 +392,11 @@ async def phase(
                     "stop-audio",
                     [round(t - results[k][0], 3) for t in stops],
                 )
-            if len(stops) == 1 and len(mine) >= 2:
-                latencies.append((stops[0] - mine[1]) * 1000)
+            # the barge-in's stop-audio (the asyncio bridge also sends one when the caller's
+            # first turn starts, with nothing playing)
+            barge_in = [t for t in stops if len(mine) >= 2 and t >= mine[1]]
+            if barge_in:
+                latencies.append((barge_in[0] - mine[1]) * 1000)
         row.update(
             own_p50_ms=stop_p50,
             own_p99_ms=stop_p99,
@@ -380,26 +412,25 @@ async def main(args: argparse.Namespace) -> None:
     os.environ[KEY_ENV] = "bench-key"
     if args.client_cpu >= 0:
         os.sched_setaffinity(0, {args.client_cpu})
+    pair = ("echo", "realtime", *(YARDSTICKS if args.yardstick else ()))
     with core_kept_busy(args.server_cpu if args.busy_core else None):
-        rows = {kind: await phase(args, kind) for kind in ("echo", "realtime", "tools")}
+        rows = {kind: await phase(args, kind) for kind in (*pair, "tools")}
         if args.mix:
             for policy in ("first", "mix"):
                 rows[f"2 speakers, {policy}"] = await phase(args, "realtime", speakers=policy)
         if args.latency_runs:
             rows["realtime, 1 call at a time"] = await phase(args, "realtime", one_at_a_time=True)
-        ratios = [rows["realtime"]["cpu_s"] / rows["echo"]["cpu_s"]]
-        per_frame = [(rows["echo"]["us_per_frame"], rows["realtime"]["us_per_frame"])]
-        for _ in range(args.pairs - 1):  # more echo, realtime pairs, alternated
-            echo, bridged = await phase(args, "echo"), await phase(args, "realtime")
-            ratios.append(bridged["cpu_s"] / echo["cpu_s"])
-            per_frame.append((echo["us_per_frame"], bridged["us_per_frame"]))
+        per_frame = [[rows[kind]["us_per_frame"] for kind in pair]]
+        for _ in range(args.pairs - 1):  # more pairs (or fours), alternated
+            per_frame.append([(await phase(args, kind))["us_per_frame"] for kind in pair])
+    ratios = [us[1] / us[0] for us in per_frame]
     print(
-        f"{'processor':>10} {'calls':>5} {'srv cpu%':>8} {'%/call':>7} {'us/frame':>8} "
+        f"{'processor':>14} {'calls':>5} {'srv cpu%':>8} {'%/call':>7} {'us/frame':>8} "
         f"{'gen cpu%':>8} {'model%':>6} {'KB/call':>7} {'KB, bot':>7} {'heard s':>7} "
         f"{'paced':>6} {'late p99':>8}  barge-in"
     )
     for kind, row in rows.items():
-        if kind not in ("echo", "realtime", "tools"):
+        if kind not in ("echo", "realtime", "tools", *YARDSTICKS):
             print(f"{kind}:")
         latency = ""
         if "echo_lag_max_ms" in row:
@@ -408,11 +439,15 @@ async def main(args: argparse.Namespace) -> None:
             latency = (
                 f"{row['barge_ins']:.0f} stops, speech_started -> stop-audio p50 "
                 f"{row['lat_p50_ms']:.1f} / p99 {row['lat_p99_ms']:.1f} / max "
-                f"{row['lat_max_ms']:.1f} ms; the gateway's own p50 <= "
-                f"{row['own_p50_ms']:g} / p99 <= {row['own_p99_ms']:g} ms"
+                f"{row['lat_max_ms']:.1f} ms"
             )
+            if row["own_p50_ms"] == row["own_p50_ms"]:  # not NaN: the gateway's /metrics
+                latency += (
+                    f"; the gateway's own p50 <= {row['own_p50_ms']:g} / "
+                    f"p99 <= {row['own_p99_ms']:g} ms"
+                )
         print(
-            f"{kind[:10]:>10} {row['calls']:>5.0f} {row['cpu_pct']:>8.1f} "
+            f"{kind[:14]:>14} {row['calls']:>5.0f} {row['cpu_pct']:>8.1f} "
             f"{row['cpu_pct_per_call']:>7.2f} {row['us_per_frame']:>8.0f} "
             f"{row['gen_cpu_pct']:>8.0f} {row['model_cpu_pct']:>6.0f} "
             f"{row['rss_kb_per_call']:>7.0f} {row['rss_kb_per_call_bot']:>7.0f} "
@@ -433,10 +468,19 @@ async def main(args: argparse.Namespace) -> None:
             f"a bridged call costs {statistics.median(ratios):.2f}x an echo call "
             f"(median of {len(ratios)} pairs: {each})"
         )
-        for name, side in (("echo", 0), ("bridged", 1)):
-            us = [pair[side] for pair in per_frame]
+        for side, name in enumerate(("echo", "bridged", *YARDSTICKS[: len(pair) - 2])):
+            us = [each[side] for each in per_frame]
             listed = ", ".join(f"{u:.0f}" for u in us)
             print(f"{name} us per frame: median {statistics.median(us):.0f} ({listed})")
+    if args.yardstick:
+        theirs = [us[3] / us[2] for us in per_frame]
+        against = [us[1] / us[3] for us in per_frame]
+        print(
+            f"the asyncio bridge costs {statistics.median(theirs):.2f}x the asyncio echo "
+            f"({', '.join(f'{r:.2f}' for r in theirs)}); this gateway's bridged call costs "
+            f"{statistics.median(against):.2f}x the asyncio bridge's "
+            f"({', '.join(f'{r:.2f}' for r in against)})"
+        )
     extra_ms = (rows["tools"]["cpu_s"] - rows["realtime"]["cpu_s"]) / rows["tools"]["calls"] * 1000
     print(f"a tool round trip adds {extra_ms:.1f} ms of gateway CPU per call (noisy: compare rows)")
     if args.mix:
@@ -477,10 +521,16 @@ if __name__ == "__main__":
         type=int,
         help="the realtime option uplink_batch_ms (default: the gateway's, 40)",
     )
+    parser.add_argument(
+        "--yardstick",
+        action="store_true",
+        help="also measure bench/asyncio_echo.py and bench/asyncio_bridge.py, alternated",
+    )
     parser.add_argument("--serve-model", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--tools", action="store_true", help=argparse.SUPPRESS)
     parsed = parser.parse_args()
     RATE = parsed.rate
+    UPLINK_BATCH_MS = parsed.uplink_batch_ms
     if parsed.serve_model:
         trio.run(serve_model, parsed.tools)
     else:

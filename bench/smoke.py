@@ -81,14 +81,22 @@ BENCHES: list[tuple[str, list[str], float]] = [
     ("answer_load", ["--calls", "3", "--within", "1"], 90),
     ("bridge_cpu", ["--calls", "2", "--latency-runs", "1", "--tool-calls", "10"], 150),
     (
+        "bridge_cpu:yardstick",
+        ["--calls", "2", "--latency-runs", "0", "--tool-calls", "0", "--yardstick"],
+        150,
+    ),
+    (
         "yardstick",
         ["--low", "5", "--high", "10", "--resolution", "5", "--cpu-at", "5"]
         + ["--duration", "1", "--warmup", "1"],
-        180,
+        270,
     ),
 ]
 # Scripts that are servers run by another benchmark, not benchmarks to run on their own.
-RUN_BY = {"asyncio_echo": "yardstick (its asyncio target)"}
+RUN_BY = {
+    "asyncio_echo": "yardstick (its asyncio target), bridge_cpu --yardstick",
+    "asyncio_bridge": "yardstick (its asyncio-bridged targets), bridge_cpu --yardstick",
+}
 
 TAIL = 8  # lines of stderr shown for a failure
 

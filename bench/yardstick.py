@@ -1,6 +1,6 @@
 """The gateway next to a minimal asyncio server: per-frame CPU, knee and RSS per call, one run.
 
-    python bench/yardstick.py                                   # everything (about 10-15 minutes)
+    python bench/yardstick.py                                   # everything (about 15-25 minutes)
     python bench/yardstick.py --targets echo,asyncio --duration 5 --low 100 --high 700
 
 Every target is measured on the same pinned cores: the server on core 0 (`--server-cpu`), this
@@ -9,10 +9,14 @@ the fake model on core 1 (`--client-cpu`). Targets:
 
 - `echo`: `python -m gateway serve` with the echo processor.
 - `asyncio`: the yardstick, `bench/asyncio_echo.py` (asyncio + `websockets`, as Microsoft's
-  samples are built; needs the `bench` extra).
+  samples are built).
 - `bridged16`, `bridged24`: the gateway's realtime processor at 16 kHz (resampled both ways) and
   24 kHz (passed through), against `gateway.testing`'s fake model in its own process
   (`bench/echo_model.py`: it answers every appended chunk at once, so audio flows both ways).
+- `asyncio-bridged16`, `asyncio-bridged24`: the bridged yardstick, `bench/asyncio_bridge.py`
+  (a minimal asyncio + `websockets` bridge in the shape of Microsoft's samples), against the
+  same fake model. Their `x echo` column is against the `asyncio` target, the gateway's against
+  `echo`.
 
 Every frame's PCM is one constant level that says its sequence number, read back from every
 returned packet (a resampled path returns packets of any length), so a round trip is timed the
@@ -126,6 +130,10 @@ def gateway_cmd(processor: str, config: Path | None = None) -> list[str]:
     return cmd + (["--config", str(config)] if config else [])
 
 
+def asyncio_bridge_cmd(url: str, rate: int) -> list[str]:
+    return [sys.executable, str(BENCH / "asyncio_bridge.py"), "--model", url, "--rate", str(rate)]
+
+
 def model_config(url: str) -> Path:
     config = Path(tempfile.mkdtemp(prefix="yardstick-")) / "realtime.toml"
     config.write_text(f'[processors.realtime]\nendpoint = "{url}"\napi_key_env = "{KEY_ENV}"\n')
@@ -142,6 +150,12 @@ TARGETS = {
     ),
     "bridged24": Target(
         "bridged24", 24000, True, lambda url: gateway_cmd("realtime", model_config(url))
+    ),
+    "asyncio-bridged16": Target(
+        "asyncio-bridged16", 16000, False, lambda url: asyncio_bridge_cmd(url, 16000)
+    ),
+    "asyncio-bridged24": Target(
+        "asyncio-bridged24", 24000, True, lambda url: asyncio_bridge_cmd(url, 24000)
     ),
 }
 
@@ -175,13 +189,13 @@ def measure(
     `base_ms` (the target's own at low load) plus `--p99-ms`."""
     model = None
     model_url = ""
-    if target.name.startswith("bridged"):
+    if "bridged" in target.name:
         model, model_url = start_model(args.client_cpu)
     try:
         env = {KEY_ENV: "bench-key"}
         # The gateway's targets from `--root` (an A/B against another checkout); the yardstick
         # and the fake model always from this tree.
-        root = args.root if args.root and target.name != "asyncio" else ROOT
+        root = args.root if args.root and not target.name.startswith("asyncio") else ROOT
         proc, url = echo_load.start_process(target.start(model_url), args.server_cpu, root, env)
         try:
             gen = LevelGenerator(url, calls, target.rate)
@@ -295,7 +309,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--targets", default="echo,asyncio,bridged16,bridged24")
+    parser.add_argument(
+        "--targets",
+        default="echo,asyncio,bridged16,bridged24,asyncio-bridged16,asyncio-bridged24",
+    )
     parser.add_argument("--low", type=int, default=50, help="bisection's lower bound (calls)")
     parser.add_argument("--high", type=int, default=900, help="bisection's upper bound (calls)")
     parser.add_argument("--resolution", type=int, default=25, help="stop within this many calls")
@@ -366,14 +383,14 @@ def run_targets(names: list[str], args: argparse.Namespace) -> list[dict[str, An
 
 
 def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    echo_us = next((r["us_low"] for r in rows if r["target"] == "echo"), None)
+    echo_us = {r["target"]: r["us_low"] for r in rows if r["target"] in ("echo", "asyncio")}
     print(
         f"\n{time.strftime('%Y-%m-%d %H:%M')} load {os.getloadavg()[0]:.1f}; "
         f"server on core {args.server_cpu}, generator and model on core {args.client_cpu}"
         + ("; server's core kept busy (--busy-core)" if args.busy_core else "")
     )
     print(
-        f"{'target':>10} {'knee':>6} {'p50 ms':>8} {f'us/frame@{args.cpu_at}':>13} "
+        f"{'target':>17} {'knee':>6} {'p50 ms':>8} {f'us/frame@{args.cpu_at}':>13} "
         f"{'us/frame@knee':>13} {'flat':>6} {'KB/call':>8} {'x echo':>7} {'model%':>7} "
         f"{'p99 bound':>9}"
     )
@@ -383,9 +400,11 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
             if r["us_knee"] == r["us_knee"]
             else ""
         )
-        ratio = f"{r['us_low'] / echo_us:.2f}" if echo_us else ""
+        # against the same server's echo: the gateway's, or the asyncio yardstick's
+        echo = echo_us.get("asyncio" if r["target"].startswith("asyncio") else "echo")
+        ratio = f"{r['us_low'] / echo:.2f}" if echo else ""
         print(
-            f"{r['target']:>10} {r['knee']:>6} {r['p50_low_ms']:>8} {r['us_low']:>13} "
+            f"{r['target']:>17} {r['knee']:>6} {r['p50_low_ms']:>8} {r['us_low']:>13} "
             f"{r['us_knee']:>13} {flat:>6} "
             f"{r['kb_call']:>8} {ratio:>7} {r['model_pct']:>7} {r['p99_bound_ms']:>9}"
         )
