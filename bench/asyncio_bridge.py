@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import sys
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 import orjson
@@ -112,7 +113,9 @@ async def from_model(acs: ServerConnection, model: ClientConnection, rate: int) 
             await model.send(CANCEL)
 
 
-def handler(model_url: str, rate: int, frames: int):  # type: ignore[no-untyped-def]
+def handler(
+    model_url: str, rate: int, frames: int
+) -> Callable[[ServerConnection], Awaitable[None]]:
     async def bridge(acs: ServerConnection) -> None:
         async with connect(model_url, compression=None, max_size=2**24) as model:
             await model.send(SESSION_UPDATE)
