@@ -3,6 +3,7 @@
     python bench/bridge_cpu.py --calls 20
     python bench/bridge_cpu.py --calls 50 --stagger 0.04
     python bench/bridge_cpu.py --root /tmp/main-checkout   # the gateway of another tree
+    python bench/bridge_cpu.py --latency-runs 0 --pairs 4 --yardstick  # beside asyncio servers
 
 One run measures both processors, each against a fresh `python -m gateway serve` pinned to core
 0 (`--server-cpu`); this process (the simulated ACS calls) and the fake model server from
