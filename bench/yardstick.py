@@ -1,6 +1,6 @@
 """The gateway next to a minimal asyncio server: per-frame CPU, knee and RSS per call, one run.
 
-    python bench/yardstick.py                                   # everything (about 15-25 minutes)
+    python bench/yardstick.py                                   # everything (about 12-20 minutes)
     python bench/yardstick.py --targets echo,asyncio --duration 5 --low 100 --high 700
 
 Every target is measured on the same pinned cores: the server on core 0 (`--server-cpu`), this
