@@ -18,8 +18,9 @@ coroutines.
 At 24 kHz, the model's own rate, the audio passes through as base64 and is never decoded (a
 20 ms frame is 960 bytes, a multiple of 3, so frames' base64 strings join). At 16 kHz it is
 resampled both ways with soxr (HQ, streaming, one resampler per direction per call, as the
-gateway does). orjson, as in `asyncio_echo.py`. Never: anything a real deployment needs (keys,
-reconnects, truncation of what was not heard, DTMF, limits, metrics).
+gateway does). ACS's packets are read, and its connections served, by `asyncio_echo.py`'s
+code. Never: anything a real deployment needs (keys, reconnects, truncation of what was not
+heard, DTMF, limits, metrics).
 """
 
 from __future__ import annotations
@@ -27,15 +28,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import sys
 from collections.abc import Awaitable, Callable
 
 import numpy as np
 import orjson
 import pybase64
 import soxr
+from asyncio_echo import audio_data, listen
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 MODEL_RATE = 24000
@@ -64,14 +65,6 @@ class Resampler:
     def __call__(self, pcm: bytes) -> bytes:
         out: bytes = self.stream.resample_chunk(np.frombuffer(pcm, dtype=np.int16)).tobytes()
         return out
-
-
-def audio_data(packet: dict[str, object]) -> str | None:
-    if (packet.get("kind") or packet.get("Kind")) != "AudioData":
-        return None
-    audio = packet.get("audioData") or packet.get("AudioData") or {}
-    data = audio.get("data") or audio.get("Data") if isinstance(audio, dict) else None
-    return data if isinstance(data, str) else None
 
 
 async def from_acs(acs: ServerConnection, model: ClientConnection, rate: int, frames: int) -> None:
@@ -130,15 +123,6 @@ def handler(
     return bridge
 
 
-async def main(args: argparse.Namespace) -> None:
-    frames = max(1, args.append_ms // 20)
-    bridge = handler(args.model, args.rate, frames)
-    async with serve(bridge, args.host, args.port, compression=None, max_size=2**20) as server:
-        bound = next(iter(server.sockets)).getsockname()
-        print(f"listening on ws://{bound[0]}:{bound[1]}", file=sys.stderr, flush=True)
-        await server.serve_forever()
-
-
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -146,7 +130,9 @@ if __name__ == "__main__":
     parser.add_argument("--model", required=True, help="the realtime model's ws:// URL")
     parser.add_argument("--rate", type=int, default=16000, choices=(16000, 24000))
     parser.add_argument("--append-ms", type=int, default=40, help="caller audio per event")
+    args = parser.parse_args()
+    bridge = handler(args.model, args.rate, max(1, args.append_ms // 20))
     try:
-        asyncio.run(main(parser.parse_args()))
+        asyncio.run(listen(bridge, args.host, args.port))
     except KeyboardInterrupt:
         pass

@@ -15,28 +15,38 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 from websockets.asyncio.server import ServerConnection, serve
+
+
+def audio_data(packet: dict[str, Any]) -> str | None:
+    """An `AudioData` packet's base64 audio (either casing ACS uses); None for other packets."""
+    if (packet.get("kind") or packet.get("Kind")) != "AudioData":
+        return None
+    audio = packet.get("audioData") or packet.get("AudioData") or {}
+    data = audio.get("data") or audio.get("Data")
+    return data if isinstance(data, str) else None
 
 
 async def echo(websocket: ServerConnection) -> None:
     async for message in websocket:
         if not isinstance(message, str):
             continue
-        packet = orjson.loads(message)
-        kind = packet.get("kind") or packet.get("Kind")
-        if kind != "AudioData":
-            continue
-        audio = packet.get("audioData") or packet.get("AudioData") or {}
-        data = audio.get("data") or audio.get("Data")
-        if isinstance(data, str):
+        data = audio_data(orjson.loads(message))
+        if data is not None:
             outbound = {"kind": "audioData", "audioData": {"data": data}, "stopAudio": None}
             await websocket.send(orjson.dumps(outbound).decode())
 
 
-async def main(host: str, port: int) -> None:
-    async with serve(echo, host, port, compression=None, max_size=2**20) as server:
+async def listen(
+    handler: Callable[[ServerConnection], Awaitable[None]], host: str, port: int
+) -> None:
+    """Serve `handler` per connection until killed; says where on stderr, as the benchmarks
+    expect."""
+    async with serve(handler, host, port, compression=None, max_size=2**20) as server:
         bound = next(iter(server.sockets)).getsockname()
         print(f"listening on ws://{bound[0]}:{bound[1]}", file=sys.stderr, flush=True)
         await server.serve_forever()
@@ -48,6 +58,6 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
     try:
-        asyncio.run(main(args.host, args.port))
+        asyncio.run(listen(echo, args.host, args.port))
     except KeyboardInterrupt:
         pass
