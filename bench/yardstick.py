@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -88,6 +89,21 @@ class LevelGenerator(Generator):
         """Each round trip above its call's fastest: the queueing, without the fixed delay a
         call's playout clock settled at when it started (it differs from call to call)."""
         return sorted(t - min(ts) for ts in self.per_call.values() for t in ts)
+
+    def excess_by_quarter(self) -> tuple[list[float], list[float]]:
+        """Each call's median excess in each quarter of the window, in ms: the median call's
+        and the worst call's, quarter by quarter. Rising: the server falls further behind.
+        Level: a delay taken once (a stall) and held since."""
+        calls = []
+        for ts in self.per_call.values():
+            fastest, n = min(ts), len(ts)
+            if n >= 4:
+                quarters = [ts[i * n // 4 : (i + 1) * n // 4] for i in range(4)]
+                calls.append([(statistics.median(q) - fastest) * 1000 for q in quarters])
+        if not calls:
+            return [], []
+        by_quarter = list(zip(*calls, strict=True))
+        return [statistics.median(q) for q in by_quarter], [max(q) for q in by_quarter]
 
     def frames_for(self, index: int) -> list[bytes]:
         size = self.rate * 2 // 50
@@ -183,7 +199,7 @@ def stop(proc: subprocess.Popen[bytes], graceful: Callable[[], None]) -> None:
 
 def measure(
     target: Target, calls: int, args: argparse.Namespace, base_ms: float = 0.0
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """One load against a fresh server (and model): the generator's figures plus CPU and RSS.
     `ok`: nothing lost, no errors, and the round trip's p99 above each call's fastest at most
     `base_ms` (the target's own at low load) plus `--p99-ms`."""
@@ -200,7 +216,7 @@ def measure(
         try:
             gen = LevelGenerator(url, calls, target.rate)
             rss_idle = proc_rss_kb(proc.pid)
-            marks: dict[str, float] = {}
+            marks: dict[str, Any] = {}
 
             def begin() -> None:
                 marks.update(cpu0=proc_cpu_seconds(proc.pid), rss=proc_rss_kb(proc.pid))
@@ -213,11 +229,12 @@ def measure(
                     marks.update(model1=proc_cpu_seconds(model.pid))
 
             gen.server_start, gen.server_stop = begin, end  # type: ignore[method-assign]  # the hooks
-            result = gen.run(args.warmup, args.duration)
+            result: dict[str, Any] = dict(gen.run(args.warmup, args.duration))
             excess = gen.excess()
             rtts = sorted(gen.rtts)
             floor = rtts[0] * 1000 if rtts else 0.0
             jitter = excess[min(len(excess) - 1, len(excess) * 99 // 100)] * 1000 if excess else 0.0
+            median_call, worst_call = gen.excess_by_quarter()
             gen.close()
         finally:
             stop(proc, proc.terminate)
@@ -230,6 +247,8 @@ def measure(
     result.pop("_echoed_all", None)
     result["rtt_min_ms"] = round(floor, 2)
     result["excess_p99_ms"] = round(jitter, 2)
+    result["median_call_quarters_ms"] = [round(q, 1) for q in median_call]
+    result["worst_call_quarters_ms"] = [round(q, 1) for q in worst_call]
     result["server_cpu_pct"] = round(100 * cpu / window, 1)
     # per inbound frame, as the gateway's own goals count it (echo: one in and one out)
     result["us_per_frame"] = round(cpu / max(1, result["frames_sent"]) * 1e6, 1)
@@ -246,19 +265,28 @@ def measure(
     return result
 
 
-def show(target: Target, r: dict[str, float]) -> None:
+def show(target: Target, r: dict[str, Any], judged: bool = True) -> None:
+    """One step. `judged` False: the low-load step, which sets the target's p99 bound and is
+    not itself passed or failed."""
     model = f", model {r['model_cpu_pct']}%" if "model_cpu_pct" in r else ""
+    verdict = ("ok  " if r["ok"] else "FAIL") if judged else "base"
     print(
-        f"  {target.name:>9} {r['calls']:>4} calls: {'ok  ' if r['ok'] else 'FAIL'} "
+        f"  {target.name:>9} {r['calls']:>4} calls: {verdict} "
         f"p99 {r['excess_p99_ms']} ms over each call's fastest (all: p50 {r['rtt_p50_ms']}, "
         f"p99 {r['rtt_p99_ms']}), lost {r['frames_lost']}, "
         f"{r['us_per_frame']} us/frame, cpu {r['server_cpu_pct']}%, "
         f"{r['rss_per_call_kb']} KB/call, gen {r['client_cpu_pct']}%{model}",
         flush=True,
     )
+    failed = judged and not r["ok"]
+    if failed and r.get("worst_call_quarters_ms"):
+        print(
+            "    above each call's fastest, median by quarter of the window: median call "
+            f"{r['median_call_quarters_ms']} ms, worst call {r['worst_call_quarters_ms']} ms"
+        )
     if r["client_cpu_pct"] > 80 or r["ticker_late_p99_ms"] > 5 or r.get("model_cpu_pct", 0) > 80:
         print("    WARNING: the generator or the fake model may be the bottleneck here")
-    if not r["ok"] and r["server_cpu_pct"] < 70:
+    if failed and r["server_cpu_pct"] < 70:
         print(
             f"    WARNING: the server failed at {r['server_cpu_pct']}% of its core: other work on"
             " the machine, not the server, limited this step"
@@ -271,7 +299,7 @@ class Bisection:
 
     def __init__(self, low: int, high: int, resolution: int) -> None:
         self.low, self.bad, self.high, self.resolution = low, high, high, resolution
-        self.runs: dict[int, dict[str, float]] = {}
+        self.runs: dict[int, dict[str, Any]] = {}
         self.knee: str | None = None  # when found: calls, or '<low' / '>=high' at the ends
 
     def next_calls(self) -> int | None:
@@ -283,7 +311,7 @@ class Bisection:
             return (self.low + self.bad) // 2
         return self.high  # narrowed to the top: does the top itself pass?
 
-    def record(self, calls: int, run: dict[str, float]) -> None:
+    def record(self, calls: int, run: dict[str, Any]) -> None:
         ok = bool(run["ok"])
         first = not self.runs
         self.runs[calls] = run
@@ -298,7 +326,7 @@ class Bisection:
             self.knee = str(self.low)
 
     @property
-    def run(self) -> dict[str, float] | None:
+    def run(self) -> dict[str, Any] | None:
         """The step at the knee (None below `low`)."""
         if self.knee is None or self.knee.startswith("<"):
             return None
@@ -346,10 +374,10 @@ def run_targets(names: list[str], args: argparse.Namespace) -> list[dict[str, An
     between the targets (the order reversed each round): what the machine does meanwhile
     falls on every target alike, not on the one measured at the time."""
     targets = [TARGETS[name] for name in names]
-    low_runs: dict[str, dict[str, float]] = {}
+    low_runs: dict[str, dict[str, Any]] = {}
     for target in targets:
         low_runs[target.name] = measure(target, args.cpu_at, args)
-        show(target, low_runs[target.name])
+        show(target, low_runs[target.name], judged=False)
     searches = {t.name: Bisection(args.low, args.high, args.resolution) for t in targets}
     order = list(targets)
     while any(search.knee is None for search in searches.values()):
