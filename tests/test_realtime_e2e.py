@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import gc
 import socket
+import ssl
 
 import pybase64
 import pytest
@@ -16,6 +17,7 @@ from gateway.processors import Call, load
 from gateway.processors.realtime import downlink, upstream
 from gateway.testing import open_fake_model, open_gateway, simulated_call, speech
 from tests.conftest import open_fds, task_count
+from tests.daemons import throwaway_tls
 
 KEY_ENV = "TEST_REALTIME_KEY"
 FRAME_S = 0.020
@@ -114,6 +116,41 @@ async def test_barge_in_truncates_to_what_was_released(autojump_clock, monkeypat
     assert call.stats.barge_ins == 1 and upstream_errors(call) == 0
     assert call.stats.upstream_audio_dropped == 0  # the first words waited for the session
     assert call.player.playout.stats.dropped_by_stop > 0  # the rest of the reply, counted
+
+
+async def test_a_model_served_over_tls(autojump_clock, monkeypatch, tmp_path):
+    """The model over wss://, as the real service is: the bridge verifies its certificate,
+    the caller's audio reaches the model byte for byte (24 kHz, passed through), the reply
+    plays, a barge-in stops it, and the TLS connection closes when ACS hangs up."""
+    monkeypatch.setenv(KEY_ENV, "secret-key")
+    certfile, keyfile, client_context = throwaway_tls(tmp_path)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(certfile, keyfile)
+    monkeypatch.setattr(upstream, "_tls_context", lambda: client_context)  # trusts the test CA
+    calls: list[Call] = []
+    reply = speech(24000)
+    async with open_fake_model([reply], api_key="secret-key", ssl_context=server_context) as model:
+        assert model.url.startswith("wss://127.0.0.1:")
+        async with open_gateway(spied(options(model.url), calls)) as server:
+            tasks, fds = task_count(), open_fds()
+            async with simulated_call(server.urls[0], sample_rate=24000) as acs:
+                await acs.stream(conversation(24000))
+                hung_up_at = trio.current_time()
+            with trio.fail_after(5):
+                await model.wait_for(lambda m: m.live == 0)
+            closed_at = trio.current_time()
+            await idle(server)
+            await trio.sleep(0.1)
+            assert task_count() == tasks
+            assert open_fds() <= fds
+    appended = [e["audio"] for e in model.received("input_audio_buffer.append")]
+    assert b"".join(pybase64.b64decode(a) for a in appended) == bytes(acs.sent[None])
+    assert len(model.sent_of("input_audio_buffer.speech_started")) == 2
+    assert len(acs.received_pcm) > 24000 * 2 // 2  # over half a second of the reply played
+    assert len(acs.stop_times) == 1  # the barge-in
+    [call] = calls
+    assert call.stats.barge_ins == 1 and upstream_errors(call) == 0
+    assert closed_at - hung_up_at <= 0.1
 
 
 @pytest.mark.parametrize("inline", [True, False], ids=["inline", "via packets"])

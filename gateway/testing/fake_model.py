@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -47,7 +48,8 @@ from .fake_model_wire import ModelSocket, Reject, refusal_reason
 class FakeModel:
     """The server; create it with `open_fake_model(...)`. Attributes tests read:
 
-    - `url`: ws://127.0.0.1:PORT (give it as the realtime processor's `endpoint`)
+    - `url`: ws://127.0.0.1:PORT, or wss:// when it serves TLS (give it as the realtime
+      processor's `endpoint`)
     - `events`: every client event received, `Recorded(time, connection, event)`
     - `sent`: every server event sent except audio deltas (`Recorded` too)
     - `requests`: (resource, headers) of each handshake; `connections` opened, `live` now open
@@ -73,8 +75,10 @@ class FakeModel:
         shared_script: bool = False,
         session_max_s: float | None = None,
         noise_max_ms: int = 250,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.noise_max_ms = noise_max_ms
+        self.ssl_context = ssl_context  # None: plain ws://
         self.responses = list(responses)
         self.api_key = api_key
         self.speed = speed
@@ -185,7 +189,7 @@ class FakeModel:
     # -- the server --
 
     async def _handle(self, stream: trio.SocketStream) -> None:
-        socket = ModelSocket(stream, self)
+        socket = ModelSocket(stream, self, self.ssl_context)
         try:
             if not await socket.accept(self._refusal):
                 return
@@ -231,6 +235,7 @@ async def open_fake_model(
     shared_script: bool = False,
     session_max_s: float | None = None,
     noise_max_ms: int = 250,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[FakeModel]:
     """Run a fake realtime model on 127.0.0.1, port 0, until the block ends.
 
@@ -242,7 +247,10 @@ async def open_fake_model(
     `texts`: the words of each reply, for its transcript (default "reply N").
     `session_max_s`: every session expires this long after it opened.
     `noise_max_ms`: voiced sound shorter than this is noise: transcribed blank.
-    `api_key`: if set, handshakes without it (`api-key` or `Authorization: Bearer`) get 401."""
+    `api_key`: if set, handshakes without it (`api-key` or `Authorization: Bearer`) get 401.
+    `ssl_context`: a server-side context: serve TLS (`wss://`), as the real service does, so a
+    benchmark's bridged calls pay for TLS as in production (a test's client trusts the context's
+    certificate through its own CA)."""
     model = FakeModel(
         responses,
         api_key=api_key,
@@ -256,13 +264,14 @@ async def open_fake_model(
         shared_script=shared_script,
         session_max_s=session_max_s,
         noise_max_ms=noise_max_ms,
+        ssl_context=ssl_context,
     )
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(
             functools.partial(trio.serve_tcp, model._handle, 0, host="127.0.0.1")
         )
         host, port = listeners[0].socket.getsockname()[:2]
-        model.url = f"ws://{host}:{port}"
+        model.url = f"{'ws' if ssl_context is None else 'wss'}://{host}:{port}"
         try:
             yield model
         finally:

@@ -1,6 +1,6 @@
 """The fake realtime model's side of the wire: each client's WebSocket, accepted and served on
 the gateway's own server-side classes (`gateway.wire`: `SocketTransport`, `ServerWebSocket`),
-as the gateway accepts ACS's.
+as the gateway accepts ACS's; over TLS (`trio.SSLStream`) when the model serves `wss://`.
 
 Owns: the handshake's outcome (the model's `refusal` decides: a status, 401 for a wrong API
 key, or accepted), the socket a session reads and writes (`ModelSocket`), and reads that stall
@@ -22,6 +22,7 @@ bytes (UTF-8 JSON for a text message), which `orjson.loads` takes as they are.
 from __future__ import annotations
 
 import math
+import ssl
 from collections import deque
 from collections.abc import Callable
 from http import HTTPStatus
@@ -82,12 +83,18 @@ class ModelSocket:
     """One client's connection: `accept()` the handshake, then the session's verbs. `stream` is
     the `Stallable` under it (`FakeModel.drop()` closes it abruptly)."""
 
-    def __init__(self, stream: trio.SocketStream, model: FakeModel) -> None:
+    def __init__(
+        self, stream: trio.SocketStream, model: FakeModel, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self.stream = Stallable(SocketTransport.from_socket_stream(stream), model)
-        # A write waits for a client that stopped reading however long, as with trio-websocket.
-        self._ws = ServerWebSocket(
-            self.stream, max_message_bytes=MAX_MESSAGE_BYTES, send_timeout=math.inf
+        # TLS over the stallable socket: a silent model stops reading the encrypted bytes too.
+        wire: trio.abc.Stream = (
+            self.stream
+            if ssl_context is None
+            else trio.SSLStream(self.stream, ssl_context, server_side=True)
         )
+        # A write waits for a client that stopped reading however long, as with trio-websocket.
+        self._ws = ServerWebSocket(wire, max_message_bytes=MAX_MESSAGE_BYTES, send_timeout=math.inf)
         self._unread: deque[bytes] = deque()
 
     async def accept(self, refusal: Callable[[str, dict[str, str]], Reject | None]) -> bool:
