@@ -29,6 +29,7 @@ import re
 import selectors
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -318,6 +319,19 @@ class Generator:
 
 def masked_close() -> bytes:
     return wire.masked_close(1000, MASK)
+
+
+def model_tls(ca_path: str) -> ssl.SSLContext:
+    """A server-side TLS context for a fake model, from a throwaway CA whose certificate is
+    written to `ca_path`. The servers under test trust it as they would a real CA: started with
+    `SSL_CERT_FILE=ca_path`, which `ssl.create_default_context()` reads."""
+    import trustme  # the `test` extra
+
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    ca.cert_pem.write_to_path(ca_path)
+    return context
 
 
 def free_port() -> int:

@@ -1,6 +1,7 @@
 """The fake realtime model from `gateway.testing`, answering every appended chunk at once.
 
-    python bench/echo_model.py          # prints its ws:// URL, runs until stdin closes
+    python bench/echo_model.py                      # prints its ws:// URL, runs until stdin closes
+    python bench/echo_model.py --tls-ca /tmp/ca.pem # wss://, its CA's certificate written there
 
 For `bench/yardstick.py`'s bridged runs: the gateway's realtime processor connects to it as to
 the real service (handshake, `session.update`), and every `input_audio_buffer.append` comes
@@ -12,6 +13,7 @@ or recording the audio events (a long run at hundreds of calls would keep them a
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,9 @@ import trio
 
 # This tree's gateway, not what the virtualenv has installed (it may be another checkout's).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import echo_load  # noqa: E402
 
 from gateway.testing import fake_model, open_fake_model  # noqa: E402
 from gateway.testing.fake_model_session import Session  # noqa: E402
@@ -69,8 +74,12 @@ class EchoSession(Session):
 
 
 async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tls-ca", help="serve wss://; write the throwaway CA's certificate here")
+    args = parser.parse_args()
+    context = echo_load.model_tls(args.tls_ca) if args.tls_ca else None
     fake_model.Session = EchoSession  # type: ignore[misc]  # the sessions this model opens
-    async with open_fake_model() as model:
+    async with open_fake_model(ssl_context=context) as model:
         print(model.url, flush=True)
         await trio.to_thread.run_sync(sys.stdin.read)  # until the benchmark closes stdin
 

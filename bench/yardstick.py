@@ -176,13 +176,15 @@ TARGETS = {
 }
 
 
-def start_model(cpu: int) -> tuple[subprocess.Popen[bytes], str]:
+def start_model(cpu: int, ca_path: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """The fake model on `cpu`; with `ca_path`, over TLS (its CA's certificate written there)."""
     cmd = ["taskset", "-c", str(cpu), sys.executable, str(BENCH / "echo_model.py")]
+    cmd += ["--tls-ca", ca_path] if ca_path else []
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
     assert proc.stdout is not None
     url = proc.stdout.readline().decode().strip()
-    if not url.startswith("ws://"):
+    if not url.startswith(("ws://", "wss://")):
         proc.kill()
         raise SystemExit("the fake model did not start")
     return proc, url
@@ -205,10 +207,13 @@ def measure(
     `base_ms` (the target's own at low load) plus `--p99-ms`."""
     model = None
     model_url = ""
+    env = {KEY_ENV: "bench-key"}
     if "bridged" in target.name:
-        model, model_url = start_model(args.client_cpu)
+        ca_path = str(Path(tempfile.mkdtemp(prefix="yardstick-")) / "ca.pem")
+        model, model_url = start_model(args.client_cpu, ca_path if args.model_tls else None)
+        if args.model_tls:  # the server trusts the fake model's CA as it would a real one
+            env["SSL_CERT_FILE"] = ca_path
     try:
-        env = {KEY_ENV: "bench-key"}
         # The gateway's targets from `--root` (an A/B against another checkout); the yardstick
         # and the fake model always from this tree.
         root = args.root if args.root and not target.name.startswith("asyncio") else ROOT
@@ -352,6 +357,11 @@ def main() -> None:
     parser.add_argument("--client-cpu", type=int, default=1)
     parser.add_argument(
         "--root", type=Path, help="run the gateway's targets from this source tree (A/B)"
+    )
+    parser.add_argument(
+        "--model-tls",
+        action="store_true",
+        help="the fake model serves wss://, as the real service does (the bridged targets)",
     )
     parser.add_argument(
         "--busy-core",
