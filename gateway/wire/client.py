@@ -3,7 +3,8 @@ the model). It drives the sans-IO client handshake (`gateway.wire.client_handsha
 client-role `Connection` (masked frames out, unmasked frames in) over any Trio stream.
 
 Owns: every read and every write on the stream once `connect()` has opened it. Never: TCP, TLS
-or URLs (the caller opens the stream: plain, or `trio.SSLStream`), JSON, or tasks of its own.
+or URLs (the caller opens the stream: plain, or `gateway.wire.tls.TLSStream`), JSON, or tasks of
+its own.
 
 Why not trio-websocket: it puts a reader task and a channel in front of every message, so each
 model event made a task hop before the bridge saw it. Here the task that calls `get_message()`

@@ -18,6 +18,7 @@ import trio
 
 from ...errors import ConnectionClosed
 from ...wire.client import ClientWebSocket, UpgradeRefused, connect
+from ...wire.tls import TLSStream
 from ...wire.transport import SocketTransport
 from .options import RealtimeOptions
 
@@ -55,7 +56,7 @@ async def open_upstream(
             stream = SocketTransport.from_socket_stream(await trio.open_tcp_stream(host, port))
             if secure:
                 context = ssl_context or _tls_context()
-                stream = trio.SSLStream(stream, context, server_hostname=host)
+                stream = TLSStream(stream, context, server_hostname=host)
                 try:
                     await stream.do_handshake()
                 except BaseException:

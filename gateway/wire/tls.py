@@ -1,0 +1,184 @@
+"""`TLSStream`: the client side of TLS over a Trio stream, with fewer trips through the scheduler
+than `trio.SSLStream`.
+
+Owns: the TLS session of one outgoing connection (the realtime bridge's to the model): the
+handshake, encrypting what is sent and decrypting what is read, in the order the TLS library
+produced its records. Never: the TCP socket (the transport under it), certificates or trust
+(the `ssl.SSLContext` given), or framing.
+
+Why: a bridged call writes to the model every 40 ms and reads a model event about as often,
+and the model's connection is TLS. `trio.SSLStream` pays about three scheduler trips for each of
+those: a checkpoint when it starts, one to take its inner lock, and one before it returns, so
+a 24 kHz bridged call cost about 1.35x the minimal asyncio bridge's per frame over TLS, against
+0.95x over plain TCP (docs/performance.md, "The model's connection over TLS"). Here, as in
+`gateway.wire.transport`, a read parks only when the TLS library needs bytes the socket has not
+brought yet (the transport's read yields), and a write does not yield when the socket takes it
+at once. The work is the same `ssl.SSLObject` over two `ssl.MemoryBIO`s that `trio.SSLStream`
+drives.
+
+Ordering: records must reach the socket in the order the TLS library wrote them to the outgoing
+buffer. Both a write and a read can produce records (a read may owe the peer an answer, such as
+a TLS 1.3 key update), so taking bytes from that buffer and sending them is done under one lock:
+uncontended, as almost always, it costs no checkpoint.
+
+Errors: a TLS failure (a certificate not trusted, a corrupt record) becomes
+`trio.BrokenResourceError` from the `ssl.SSLError`, as with `trio.SSLStream`; the peer's
+close_notify, or its closing the socket, is the end of the stream (`b""`). A write cut short
+(cancelled, or the socket failed, after records left the buffer) breaks the stream: every later
+call raises `trio.BrokenResourceError`, since the peer would read a torn record. Use after
+`aclose()` raises `trio.ClosedResourceError`; concurrent reads raise `trio.BusyResourceError`.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Final
+
+import trio
+
+RECEIVE_BYTES: Final = 65536  # what one read of the transport asks for
+
+
+class TLSStream(trio.abc.Stream):
+    """TLS over `transport_stream`, as the client of `server_hostname`. Call `do_handshake()`
+    before anything else (a read or write before it fails)."""
+
+    __slots__ = (
+        "transport_stream",
+        "_ssl",
+        "_incoming",
+        "_outgoing",
+        "_sending",
+        "_receiving",
+        "_broken",
+        "_closed",
+    )
+
+    def __init__(
+        self, transport_stream: trio.abc.Stream, context: ssl.SSLContext, server_hostname: str
+    ) -> None:
+        self.transport_stream = transport_stream
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._ssl = context.wrap_bio(
+            self._incoming, self._outgoing, server_side=False, server_hostname=server_hostname
+        )
+        self._sending = trio.StrictFIFOLock()  # the outgoing buffer to the socket, in order
+        self._receiving = False
+        self._broken = False  # a write was cut short: the peer would read a torn record
+        self._closed = False
+
+    async def do_handshake(self) -> None:
+        """Run the TLS handshake; verifies the server as the context says."""
+        while True:
+            try:
+                self._ssl.do_handshake()
+            except ssl.SSLWantReadError:
+                await self._flush()
+                await self._fill()
+                continue
+            except ssl.SSLError as exc:
+                raise trio.BrokenResourceError(exc) from exc
+            await self._flush()
+            return
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        self._check_usable()
+        if self._receiving:
+            raise trio.BusyResourceError("another task is receiving on this stream")
+        size = max_bytes or RECEIVE_BYTES
+        self._receiving = True
+        try:
+            while True:
+                try:
+                    data = self._ssl.read(size)
+                except ssl.SSLWantReadError:
+                    await self._flush()  # anything the library owes the peer before it waits
+                    if not await self._fill():
+                        return b""  # the socket ended without close_notify: the end all the same
+                    continue
+                except ssl.SSLZeroReturnError:
+                    return b""  # close_notify
+                except ssl.SSLError as exc:
+                    raise trio.BrokenResourceError(exc) from exc
+                # Whatever else has already been decrypted, in the same call: one pass through
+                # the caller's framing for a socket read, not one per TLS record.
+                while len(data) < size:
+                    try:
+                        more = self._ssl.read(size - len(data))
+                    except ssl.SSLError:  # want-read, or an end or error the next call sees
+                        break
+                    if not more:
+                        break
+                    data += more
+                if self._outgoing.pending:
+                    await self._flush()
+                return data
+        finally:
+            self._receiving = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self._check_usable()
+        try:
+            self._ssl.write(data)
+        except ssl.SSLError as exc:
+            raise trio.BrokenResourceError(exc) from exc
+        await self._flush()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.transport_stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        """Send close_notify if the socket takes it at once, then close the socket (the peer's
+        close_notify is not waited for: the WebSocket's closing handshake came before)."""
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        try:
+            try:
+                self._ssl.unwrap()
+            except (ssl.SSLError, ValueError):
+                pass  # close_notify is in the outgoing buffer (or cannot be sent)
+            if self._outgoing.pending and not self._sending.locked() and not self._broken:
+                with trio.move_on_after(0):  # never wait for a peer that stopped reading
+                    await self._flush()
+        finally:
+            self._closed = True
+            await self.transport_stream.aclose()
+
+    async def _fill(self) -> bool:
+        """Read the socket into the library's incoming buffer; False at the socket's end."""
+        data = await self.transport_stream.receive_some(RECEIVE_BYTES)
+        if not data:
+            self._incoming.write_eof()
+            return False
+        self._incoming.write(data)
+        return True
+
+    async def _flush(self) -> None:
+        """Send what the library has written to the outgoing buffer, in order."""
+        lock = self._sending
+        if not lock.locked():  # the usual case: no checkpoint for the lock
+            lock.acquire_nowait()
+            try:
+                await self._send_pending()
+            finally:
+                lock.release()
+            return
+        async with lock:
+            await self._send_pending()
+
+    async def _send_pending(self) -> None:
+        while self._outgoing.pending:
+            self._check_usable()
+            try:
+                await self.transport_stream.send_all(self._outgoing.read())
+            except BaseException:
+                self._broken = True
+                raise
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("the stream is closed")
+        if self._broken:
+            raise trio.BrokenResourceError("a write to this stream was cut short")

@@ -1,0 +1,173 @@
+"""`gateway.wire.tls.TLSStream`, the client side of the model's TLS connection, against
+`trio.SSLStream` serving on 127.0.0.1: the handshake and its refusal, data both ways in order
+(records larger and smaller than a read), the ends of a stream, and a write cut short."""
+
+from __future__ import annotations
+
+import functools
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from gateway.wire.tls import TLSStream
+from gateway.wire.transport import SocketTransport
+from tests.daemons import throwaway_tls
+
+Handler = Callable[[trio.SSLStream[trio.SocketStream]], Awaitable[None]]
+
+
+@asynccontextmanager
+async def tls_server(
+    handler: Handler, directory: Path
+) -> AsyncIterator[tuple[int, ssl.SSLContext]]:
+    """`handler` serves each connection over TLS (trio's own server side); yields the port and
+    a client context that trusts the server's certificate."""
+    certfile, keyfile, client_context = throwaway_tls(directory)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(certfile, keyfile)
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            functools.partial(trio.serve_ssl_over_tcp, host="127.0.0.1"), handler, 0, server_context
+        )
+        yield listeners[0].transport_listener.socket.getsockname()[1], client_context
+        nursery.cancel_scope.cancel()
+
+
+async def connect(port: int, context: ssl.SSLContext) -> TLSStream:
+    tcp = await trio.open_tcp_stream("127.0.0.1", port)
+    stream = TLSStream(SocketTransport.from_socket_stream(tcp), context, "127.0.0.1")
+    await stream.do_handshake()
+    return stream
+
+
+async def echo(stream: trio.SSLStream[trio.SocketStream]) -> None:
+    try:
+        async for data in stream:
+            await stream.send_all(data)
+    except trio.BrokenResourceError:
+        pass
+
+
+async def receive_exactly(stream: TLSStream, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        more = await stream.receive_some()
+        assert more, f"the stream ended after {len(data)} of {n} bytes"
+        data += more
+    return data
+
+
+async def test_data_goes_both_ways_in_order(tmp_path):
+    """Messages from a byte to several TLS records (16 KB each) come back whole and in order,
+    one after another and several at once."""
+    async with tls_server(echo, tmp_path) as (port, context):
+        stream = await connect(port, context)
+        sizes = [1, 100, 2600, 16384, 16385, 100_000]
+        messages = [bytes([i]) * size for i, size in enumerate(sizes)]
+        with trio.fail_after(10):
+            for message in messages:
+                await stream.send_all(message)
+                assert await receive_exactly(stream, len(message)) == message
+            for message in messages:  # all sent before any is read back
+                await stream.send_all(message)
+            assert await receive_exactly(stream, sum(sizes)) == b"".join(messages)
+        await stream.aclose()
+
+
+async def test_a_read_returns_at_most_max_bytes(tmp_path):
+    async with tls_server(echo, tmp_path) as (port, context):
+        stream = await connect(port, context)
+        await stream.send_all(b"x" * 5000)
+        got = b""
+        with trio.fail_after(10):
+            while len(got) < 5000:
+                piece = await stream.receive_some(700)
+                assert 0 < len(piece) <= 700
+                got += piece
+        assert got == b"x" * 5000
+        await stream.aclose()
+
+
+async def test_a_server_the_context_does_not_trust_is_refused(tmp_path):
+    async with tls_server(echo, tmp_path) as (port, _):
+        tcp = await trio.open_tcp_stream("127.0.0.1", port)
+        stream = TLSStream(
+            SocketTransport.from_socket_stream(tcp), ssl.create_default_context(), "127.0.0.1"
+        )
+        with pytest.raises(trio.BrokenResourceError) as refused:
+            await stream.do_handshake()
+        assert isinstance(refused.value.__cause__, ssl.SSLCertVerificationError)
+        await stream.aclose()
+
+
+@pytest.mark.parametrize("how", ["close_notify", "socket closed"])
+async def test_the_peer_ending_the_stream_is_its_end(tmp_path, how):
+    async def say_and_end(stream: trio.SSLStream[trio.SocketStream]) -> None:
+        await stream.send_all(b"bye")
+        if how == "close_notify":
+            await stream.aclose()
+        else:
+            await stream.transport_stream.aclose()
+
+    async with tls_server(say_and_end, tmp_path) as (port, context):
+        stream = await connect(port, context)
+        with trio.fail_after(10):
+            assert await receive_exactly(stream, 3) == b"bye"
+            assert await stream.receive_some() == b""
+        await stream.aclose()
+
+
+async def test_after_aclose_the_stream_is_closed(tmp_path):
+    async with tls_server(echo, tmp_path) as (port, context):
+        stream = await connect(port, context)
+        await stream.aclose()
+        await stream.aclose()  # twice is fine
+        with pytest.raises(trio.ClosedResourceError):
+            await stream.send_all(b"x")
+        with pytest.raises(trio.ClosedResourceError):
+            await stream.receive_some()
+
+
+async def test_concurrent_reads_are_refused(tmp_path):
+    async with tls_server(echo, tmp_path) as (port, context):
+        stream = await connect(port, context)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stream.receive_some)
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(trio.BusyResourceError):
+                await stream.receive_some()
+            nursery.cancel_scope.cancel()
+        await stream.aclose()
+
+
+async def test_a_write_cut_short_breaks_the_stream(tmp_path):
+    """A peer that stops reading fills the socket; a write cancelled while it waits has sent
+    part of its records, so the stream refuses every later write and read."""
+    stalled = trio.Event()
+
+    async def never_read(stream: trio.SSLStream[trio.SocketStream]) -> None:
+        await stream.do_handshake()
+        await stalled.wait()
+
+    async with tls_server(never_read, tmp_path) as (port, context):
+        stream = await connect(port, context)
+
+        async def fill() -> None:
+            while True:
+                await stream.send_all(b"x" * 65536)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fill)
+            await trio.testing.wait_all_tasks_blocked()  # the socket is full: the write waits
+            nursery.cancel_scope.cancel()
+        with pytest.raises(trio.BrokenResourceError):
+            await stream.send_all(b"more")
+        with pytest.raises(trio.BrokenResourceError):
+            await stream.receive_some()
+        stalled.set()
+        await stream.aclose()
