@@ -90,32 +90,41 @@ class TLSStream(trio.abc.Stream):
         self._receiving = True
         try:
             while True:
-                try:
-                    data = self._ssl.read(size)
-                except ssl.SSLWantReadError:
-                    await self._flush()  # anything the library owes the peer before it waits
-                    if not await self._fill():
-                        return b""  # the socket ended without close_notify: the end all the same
-                    continue
-                except ssl.SSLZeroReturnError:
-                    return b""  # close_notify
-                except ssl.SSLError as exc:
-                    raise trio.BrokenResourceError(exc) from exc
-                # Whatever else has already been decrypted, in the same call: one pass through
-                # the caller's framing for a socket read, not one per TLS record.
-                while len(data) < size:
-                    try:
-                        more = self._ssl.read(size - len(data))
-                    except ssl.SSLError:  # want-read, or an end or error the next call sees
-                        break
-                    if not more:
-                        break
-                    data += more
-                if self._outgoing.pending:
-                    await self._flush()
-                return data
+                # Without ciphertext or plaintext at hand, a read would only fail (an exception
+                # and a buffer: microseconds), so go to the socket first.
+                if self._incoming.pending or self._ssl.pending():
+                    data = self._read(size)
+                    if data is not None:
+                        if self._outgoing.pending:  # the library owes the peer an answer
+                            await self._flush()
+                        return data
+                await self._flush()
+                if not await self._fill():
+                    return b""  # the socket ended without close_notify: the end all the same
         finally:
             self._receiving = False
+
+    def _read(self, size: int) -> bytes | None:
+        """What has been decrypted, up to `size`: every whole record at hand, so the caller's
+        framing takes one pass per socket read, not one per record. None: a record is only
+        partly here."""
+        try:
+            data = self._ssl.read(size)
+        except ssl.SSLWantReadError:
+            return None
+        except ssl.SSLZeroReturnError:
+            return b""  # close_notify
+        except ssl.SSLError as exc:
+            raise trio.BrokenResourceError(exc) from exc
+        while len(data) < size and (self._ssl.pending() or self._incoming.pending):
+            try:
+                more = self._ssl.read(size - len(data))
+            except ssl.SSLError:  # want-read, or an end or error the next call sees
+                break
+            if not more:
+                break
+            data += more
+        return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         self._check_usable()
