@@ -90,6 +90,7 @@ from echo_load import (  # noqa: E402
     free_port,
     histogram_bound_ms,
     lateness_p99_ms,
+    model_tls,
     proc_cpu_seconds,
     proc_rss_kb,
     start_process,
@@ -240,11 +241,17 @@ def _spawn(cmd: list[str]) -> subprocess.Popen[bytes]:
 
 @asynccontextmanager
 async def fake_model_process(
-    cpu: int, tools: bool = False
+    cpu: int, tools: bool = False, tls: bool = False
 ) -> AsyncIterator[tuple[str, list[dict[str, float]]]]:
     """The fake model in a process of its own (so it is not starved by the simulated calls);
-    yields its URL and, after the block, its speech_started events on the perf_counter clock."""
+    yields its URL and, after the block, its speech_started events on the perf_counter clock.
+    `tls`: it serves wss:// from a throwaway CA, which servers started meanwhile trust
+    (`SSL_CERT_FILE`, as they would a real CA)."""
     cmd = [sys.executable, __file__, "--serve-model", *(["--tools"] if tools else [])]
+    if tls:
+        ca_path = str(Path(tempfile.mkdtemp(prefix="bridge-cpu-")) / "ca.pem")
+        cmd += ["--tls-ca", ca_path]
+        os.environ["SSL_CERT_FILE"] = ca_path
     if cpu >= 0:
         cmd = ["taskset", "-c", str(cpu), *cmd]
     proc = _spawn(cmd)
@@ -261,11 +268,12 @@ async def fake_model_process(
         starts += json.loads(report or b"[]")
 
 
-async def serve_model(tools: bool) -> None:
+async def serve_model(tools: bool, tls_ca: str | None) -> None:
     script: list[bytes | FunctionCall] = [speech(24000)]
     if tools:  # the turn is a tool call; the reply comes after its output
         script.insert(0, FunctionCall("lookup", {"order_id": "A17"}))
-    async with open_fake_model(script, speed=4.0) as model:
+    context = model_tls(tls_ca) if tls_ca else None
+    async with open_fake_model(script, speed=4.0, ssl_context=context) as model:
         print(model.url, flush=True)
         await trio.to_thread.run_sync(sys.stdin.read)  # until the benchmark closes stdin
         offset = trio.current_time() - time.perf_counter()
@@ -285,7 +293,7 @@ async def phase(
         audio = {"8:acs:caller": voice, "8:acs:other": second_voice(voice)}
     tools = kind == "tools"
     bridged = kind not in ("echo", "asyncio echo")
-    async with fake_model_process(args.model_cpu, tools) as (model_url, starts):
+    async with fake_model_process(args.model_cpu, tools, args.model_tls) as (model_url, starts):
         extra = ["--processor", "echo" if kind == "echo" else "realtime"]
         if bridged and not kind.startswith("asyncio"):
             config = Path(tempfile.mkdtemp()) / "bench.toml"
@@ -527,12 +535,18 @@ if __name__ == "__main__":
         action="store_true",
         help="also measure bench/asyncio_echo.py and bench/asyncio_bridge.py, alternated",
     )
+    parser.add_argument(
+        "--model-tls",
+        action="store_true",
+        help="the fake model serves wss://, as the real service does",
+    )
     parser.add_argument("--serve-model", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--tls-ca", help=argparse.SUPPRESS)
     parser.add_argument("--tools", action="store_true", help=argparse.SUPPRESS)
     parsed = parser.parse_args()
     RATE = parsed.rate
     UPLINK_BATCH_MS = parsed.uplink_batch_ms
     if parsed.serve_model:
-        trio.run(serve_model, parsed.tools)
+        trio.run(serve_model, parsed.tools, parsed.tls_ca)
     else:
         trio.run(main, parsed)

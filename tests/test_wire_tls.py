@@ -171,3 +171,33 @@ async def test_a_write_cut_short_breaks_the_stream(tmp_path):
             await stream.receive_some()
         stalled.set()
         await stream.aclose()
+
+
+async def test_writers_waiting_for_a_full_socket_keep_their_order(tmp_path):
+    """While one write waits for a peer that has stopped reading, a second write waits its
+    turn; once the peer reads again, both arrive whole and in order (a record sent out of
+    order would fail the peer's TLS)."""
+    reading, done = trio.Event(), trio.Event()
+    received: list[bytes] = []
+
+    async def read_later(stream: trio.SSLStream[trio.SocketStream]) -> None:
+        await stream.do_handshake()
+        await reading.wait()
+        data = b""
+        while len(data) < 2_000_001:
+            data += await stream.receive_some()
+        received.append(data)
+        done.set()
+
+    async with tls_server(read_later, tmp_path) as (port, context):
+        stream = await connect(port, context)
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(stream.send_all, b"a" * 2_000_000)  # more than the socket holds
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(stream.send_all, b"b")
+                await trio.testing.wait_all_tasks_blocked()
+                reading.set()
+            await done.wait()
+        assert received == [b"a" * 2_000_000 + b"b"]
+        await stream.aclose()

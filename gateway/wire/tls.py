@@ -18,8 +18,9 @@ drives.
 
 Ordering: records must reach the socket in the order the TLS library wrote them to the outgoing
 buffer. Both a write and a read can produce records (a read may owe the peer an answer, such as
-a TLS 1.3 key update), so taking bytes from that buffer and sending them is done under one lock:
-uncontended, as almost always, it costs no checkpoint.
+a TLS 1.3 key update), so taking bytes from that buffer and sending them is done by one task at a
+time; another waits its turn (only while a write waits for a full socket), and the first sends
+the second's records too, in order.
 
 Errors: a TLS failure (a certificate not trusted, a corrupt record) becomes
 `trio.BrokenResourceError` from the `ssl.SSLError`, as with `trio.SSLStream`; the peer's
@@ -48,7 +49,8 @@ class TLSStream(trio.abc.Stream):
         "_ssl",
         "_incoming",
         "_outgoing",
-        "_sending",
+        "_flushing",
+        "_flushed",
         "_receiving",
         "_broken",
         "_closed",
@@ -63,7 +65,10 @@ class TLSStream(trio.abc.Stream):
         self._ssl = context.wrap_bio(
             self._incoming, self._outgoing, server_side=False, server_hostname=server_hostname
         )
-        self._sending = trio.StrictFIFOLock()  # the outgoing buffer to the socket, in order
+        # One task at a time takes the outgoing buffer to the socket, so records keep their
+        # order. A flag and a parking lot: trio's locks record their owner at every acquire.
+        self._flushing = False
+        self._flushed = trio.lowlevel.ParkingLot()
         self._receiving = False
         self._broken = False  # a write was cut short: the peer would read a torn record
         self._closed = False
@@ -148,7 +153,7 @@ class TLSStream(trio.abc.Stream):
                 self._ssl.unwrap()
             except (ssl.SSLError, ValueError):
                 pass  # close_notify is in the outgoing buffer (or cannot be sent)
-            if self._outgoing.pending and not self._sending.locked() and not self._broken:
+            if self._outgoing.pending and not self._flushing and not self._broken:
                 with trio.move_on_after(0):  # never wait for a peer that stopped reading
                     await self._flush()
         finally:
@@ -166,25 +171,20 @@ class TLSStream(trio.abc.Stream):
 
     async def _flush(self) -> None:
         """Send what the library has written to the outgoing buffer, in order."""
-        lock = self._sending
-        if not lock.locked():  # the usual case: no checkpoint for the lock
-            lock.acquire_nowait()
-            try:
-                await self._send_pending()
-            finally:
-                lock.release()
-            return
-        async with lock:
-            await self._send_pending()
-
-    async def _send_pending(self) -> None:
-        while self._outgoing.pending:
-            self._check_usable()
-            try:
-                await self.transport_stream.send_all(self._outgoing.read())
-            except BaseException:
-                self._broken = True
-                raise
+        while self._flushing:  # rare: another task's write waits for a full socket
+            await self._flushed.park()
+        self._flushing = True
+        try:
+            while self._outgoing.pending:
+                self._check_usable()
+                try:
+                    await self.transport_stream.send_all(self._outgoing.read())
+                except BaseException:
+                    self._broken = True
+                    raise
+        finally:
+            self._flushing = False
+            self._flushed.unpark_all()
 
     def _check_usable(self) -> None:
         if self._closed:
