@@ -15,7 +15,14 @@ import trio
 
 from gateway.processors import Call, load
 from gateway.processors.realtime import downlink, upstream
-from gateway.testing import open_fake_model, open_gateway, simulated_call, speech
+from gateway.testing import (
+    FakeModel,
+    SimulatedCall,
+    open_fake_model,
+    open_gateway,
+    simulated_call,
+    speech,
+)
 from tests.conftest import open_fds, task_count
 from tests.daemons import throwaway_tls
 
@@ -65,23 +72,33 @@ def conversation(rate: int) -> bytes:
     return speech(rate)[: rate * 2 * 2] + silence(rate, 1.5) + interrupt + silence(rate, 1.0)
 
 
+async def call_and_hang_up(
+    model: FakeModel, processor: spied, rate: int
+) -> tuple[SimulatedCall, float]:
+    """One `conversation` through a gateway running `processor`. After ACS hangs up, the
+    model's connection must close and the call must leave no task or socket behind. Returns
+    the simulated ACS, and how long after the hang-up the model's connection closed."""
+    async with open_gateway(processor) as server:
+        tasks, fds = task_count(), open_fds()
+        async with simulated_call(server.urls[0], sample_rate=rate) as acs:
+            await acs.stream(conversation(rate))
+            hung_up_at = trio.current_time()
+        with trio.fail_after(5):
+            await model.wait_for(lambda m: m.live == 0)
+        closed_after = trio.current_time() - hung_up_at
+        await idle(server)
+        await trio.sleep(0.1)
+        assert task_count() == tasks
+        assert open_fds() <= fds  # a socket an earlier test left to the GC may close now
+    return acs, closed_after
+
+
 async def test_barge_in_truncates_to_what_was_released(autojump_clock, monkeypatch):
     monkeypatch.setenv(KEY_ENV, "secret-key")
     reply = speech(24000)  # 7.6 s: still playing when the caller interrupts
     calls: list[Call] = []
     async with open_fake_model([reply], api_key="secret-key") as model:
-        async with open_gateway(spied(options(model.url), calls)) as server:
-            tasks, fds = task_count(), open_fds()
-            async with simulated_call(server.urls[0], sample_rate=16000) as acs:
-                await acs.stream(conversation(16000))
-                hung_up_at = trio.current_time()
-            with trio.fail_after(5):
-                await model.wait_for(lambda m: m.live == 0)
-            closed_at = trio.current_time()
-            await idle(server)
-            await trio.sleep(0.1)
-            assert task_count() == tasks
-            assert open_fds() <= fds  # a socket an earlier test left to the GC may close now
+        acs, closed_after = await call_and_hang_up(model, spied(options(model.url), calls), 16000)
 
     [call] = calls
     assert call.player is not None
@@ -112,7 +129,7 @@ async def test_barge_in_truncates_to_what_was_released(autojump_clock, monkeypat
     assert done.event["response"]["status"] == "cancelled"
     assert [r.type for r in model.sent if r.type == "error"] == []
     # the upstream was closed when ACS hung up, not later
-    assert closed_at - hung_up_at <= 0.1
+    assert closed_after <= 0.1
     assert call.stats.barge_ins == 1 and upstream_errors(call) == 0
     assert call.stats.upstream_audio_dropped == 0  # the first words waited for the session
     assert call.player.playout.stats.dropped_by_stop > 0  # the rest of the reply, counted
@@ -131,18 +148,7 @@ async def test_a_model_served_over_tls(autojump_clock, monkeypatch, tmp_path):
     reply = speech(24000)
     async with open_fake_model([reply], api_key="secret-key", ssl_context=server_context) as model:
         assert model.url.startswith("wss://127.0.0.1:")
-        async with open_gateway(spied(options(model.url), calls)) as server:
-            tasks, fds = task_count(), open_fds()
-            async with simulated_call(server.urls[0], sample_rate=24000) as acs:
-                await acs.stream(conversation(24000))
-                hung_up_at = trio.current_time()
-            with trio.fail_after(5):
-                await model.wait_for(lambda m: m.live == 0)
-            closed_at = trio.current_time()
-            await idle(server)
-            await trio.sleep(0.1)
-            assert task_count() == tasks
-            assert open_fds() <= fds
+        acs, closed_after = await call_and_hang_up(model, spied(options(model.url), calls), 24000)
     appended = [e["audio"] for e in model.received("input_audio_buffer.append")]
     assert b"".join(pybase64.b64decode(a) for a in appended) == bytes(acs.sent[None])
     assert len(model.sent_of("input_audio_buffer.speech_started")) == 2
@@ -150,7 +156,7 @@ async def test_a_model_served_over_tls(autojump_clock, monkeypatch, tmp_path):
     assert len(acs.stop_times) == 1  # the barge-in
     [call] = calls
     assert call.stats.barge_ins == 1 and upstream_errors(call) == 0
-    assert closed_at - hung_up_at <= 0.1
+    assert closed_after <= 0.1
 
 
 @pytest.mark.parametrize("inline", [True, False], ids=["inline", "via packets"])
