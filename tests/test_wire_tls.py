@@ -201,3 +201,51 @@ async def test_writers_waiting_for_a_full_socket_keep_their_order(tmp_path):
             await done.wait()
         assert received == [b"a" * 2_000_000 + b"b"]
         await stream.aclose()
+
+
+async def test_the_server_side_runs_the_handshake_on_its_first_read(tmp_path):
+    """As the gateway serves `wss://`: the server's first read runs the handshake; then data
+    goes both ways, and a client that is not TLS at all breaks the stream, not the server."""
+    certfile, keyfile, client_context = throwaway_tls(tmp_path)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(certfile, keyfile)
+    results: list[bytes | Exception] = []
+    both_served = trio.Event()
+
+    async def serve(tcp: trio.SocketStream) -> None:
+        stream = TLSStream(
+            SocketTransport.from_socket_stream(tcp), server_context, server_side=True
+        )
+        try:
+            data = await stream.receive_some()
+            await stream.send_all(data.upper())
+            results.append(data)
+        except trio.BrokenResourceError as exc:
+            results.append(exc)
+        finally:
+            await stream.aclose()
+            if len(results) == 2:
+                both_served.set()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            functools.partial(trio.serve_tcp, host="127.0.0.1"), serve, 0
+        )
+        port = listeners[0].socket.getsockname()[1]
+        with trio.fail_after(10):
+            client = trio.SSLStream(
+                await trio.open_tcp_stream("127.0.0.1", port),
+                client_context,
+                server_hostname="127.0.0.1",
+            )
+            await client.send_all(b"hello")
+            assert await client.receive_some() == b"HELLO"
+            await client.aclose()
+            plain = await trio.open_tcp_stream("127.0.0.1", port)
+            await plain.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert await plain.receive_some() == b""  # closed: no answer in the clear
+            await plain.aclose()
+            await both_served.wait()
+        nursery.cancel_scope.cancel()
+    assert results[0] == b"hello"
+    assert isinstance(results[1], trio.BrokenResourceError)

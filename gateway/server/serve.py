@@ -54,6 +54,7 @@ from ..processors import Processor
 from ..records import Records
 from ..records.tracing import tracer_from_environment
 from ..wire.sockets import peer_address, refuse_at_once
+from ..wire.tls import TLSStream
 from ..wire.transport import SocketTransport
 from .admission import Admission
 from .auth import KeySet, TokenChecker
@@ -227,6 +228,8 @@ class Server:
             return
         if isinstance(stream, trio.SocketStream):
             stream = SocketTransport.from_socket_stream(stream)
+            if self.tls_context is not None:  # its first read runs the TLS handshake
+                stream = TLSStream(stream, self.tls_context, server_side=True)
         calls.start_soon(
             partial(serve_connection, stream, self.context, pending=True), name=_CONNECTION_TASK
         )
@@ -355,8 +358,7 @@ async def serve(
         listeners = list(await trio.open_tcp_listeners(config.port, host=config.host))
     scheme = "ws"
     if config.tls_certfile is not None:
-        context = server.tls_context = ssl_context(config)
-        listeners = [trio.SSLListener(ln, context, https_compatible=True) for ln in listeners]
+        server.tls_context = ssl_context(config)  # each accepted socket is wrapped in TLS
         scheme = "wss"
     server.urls.extend(_url(scheme, listener) for listener in listeners)
     try:
@@ -382,9 +384,8 @@ async def serve(
 
 
 def _url(scheme: str, listener: trio.abc.Listener[Any]) -> str:
-    inner = listener.transport_listener if isinstance(listener, trio.SSLListener) else listener
-    assert isinstance(inner, trio.SocketListener)  # what open_tcp_listeners and sockets= make
-    host, port = inner.socket.getsockname()[:2]
+    assert isinstance(listener, trio.SocketListener)  # what open_tcp_listeners and sockets= make
+    host, port = listener.socket.getsockname()[:2]
     host = f"[{host}]" if ":" in host else host
     return f"{scheme}://{host}:{port}"
 

@@ -1,6 +1,7 @@
 """The socket under a connection's stream: the peer's address, a reset on close, and a refusal.
 
-Owns: reaching through TLS to the TCP socket of a stream (trio's `SocketStream` or our
+Owns: reaching through TLS (trio's `SSLStream` or our `TLSStream`: each has a
+`transport_stream`) to the TCP socket of a stream (trio's `SocketStream` or our
 `SocketTransport`). Never: reads or writes data; fails for a stream with no socket (memory
 streams in tests): it answers "-" or does nothing.
 """
@@ -18,8 +19,7 @@ import trio
 
 def _socket_of(stream: trio.abc.Stream) -> socket.socket | trio.socket.SocketType | None:
     """The TCP socket under `stream` (through TLS), if it has one (memory streams do not)."""
-    if isinstance(stream, trio.SSLStream):
-        stream = stream.transport_stream
+    stream = getattr(stream, "transport_stream", stream)  # under TLS
     sock = getattr(stream, "socket", None)  # trio's SocketStream, or our SocketTransport
     return sock if isinstance(sock, socket.socket | trio.socket.SocketType) else None
 
@@ -56,7 +56,7 @@ def refuse_at_once(stream: trio.abc.Stream) -> None:
     """Close a just-accepted connection at once, unread, with a reset (no FIN handshake, no
     TIME_WAIT): the cheapest answer to a connection over a limit, with no task and no await."""
     reset_on_close(stream)
-    inner = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    inner = getattr(stream, "transport_stream", stream)  # under TLS
     if isinstance(inner, trio.SocketStream):  # what our listeners accept
         inner.socket.close()
 

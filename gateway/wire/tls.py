@@ -1,7 +1,8 @@
-"""`TLSStream`: the client side of TLS over a Trio stream, with fewer trips through the scheduler
-than `trio.SSLStream`.
+"""`TLSStream`: TLS over a Trio stream, with fewer trips through the scheduler than
+`trio.SSLStream`.
 
-Owns: the TLS session of one outgoing connection (the realtime bridge's to the model): the
+Owns: the TLS session of one connection, either side: the realtime bridge's to the model (the
+client), and ACS's to the gateway when the gateway serves `wss://` itself (the server): the
 handshake, encrypting what is sent and decrypting what is read, in the order the TLS library
 produced its records. Never: the TCP socket (the transport under it), certificates or trust
 (the `ssl.SSLContext` given), or framing.
@@ -41,8 +42,10 @@ RECEIVE_BYTES: Final = 65536  # what one read of the transport asks for
 
 
 class TLSStream(trio.abc.Stream):
-    """TLS over `transport_stream`, as the client of `server_hostname`. Call `do_handshake()`
-    before anything else (a read or write before it fails)."""
+    """TLS over `transport_stream`: as the client of `server_hostname`, or with `server_side`
+    as the server (its certificate in `context`). A client calls `do_handshake()` before
+    anything else (a write before it fails); a server's first read runs the handshake, as
+    the client's hello is what it reads first."""
 
     __slots__ = (
         "transport_stream",
@@ -57,13 +60,18 @@ class TLSStream(trio.abc.Stream):
     )
 
     def __init__(
-        self, transport_stream: trio.abc.Stream, context: ssl.SSLContext, server_hostname: str
+        self,
+        transport_stream: trio.abc.Stream,
+        context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        *,
+        server_side: bool = False,
     ) -> None:
         self.transport_stream = transport_stream
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._ssl = context.wrap_bio(
-            self._incoming, self._outgoing, server_side=False, server_hostname=server_hostname
+            self._incoming, self._outgoing, server_side=server_side, server_hostname=server_hostname
         )
         # One task at a time takes the outgoing buffer to the socket, so records keep their
         # order. A flag and a parking lot: trio's locks record their owner at every acquire.
