@@ -249,3 +249,46 @@ async def test_the_server_side_runs_the_handshake_on_its_first_read(tmp_path):
         nursery.cancel_scope.cancel()
     assert results[0] == b"hello"
     assert isinstance(results[1], trio.BrokenResourceError)
+
+
+async def test_send_nowait_writes_at_once_or_owes_the_rest_to_the_next_write(tmp_path):
+    """The server's direct path: what it encrypted goes now, or (the kernel full) waits as
+    the stream's backlog; meanwhile a further write is handed back untouched, and the next
+    `send_all` sends the backlog first. The peer reads everything, whole and in order."""
+    reading, done = trio.Event(), trio.Event()
+    received: list[bytes] = []
+
+    async def read_later(stream: trio.SSLStream[trio.SocketStream]) -> None:
+        await stream.do_handshake()
+        data = await stream.receive_some()
+        received.append(data)
+        await reading.wait()
+        async for more in stream:
+            data += more
+            if data.endswith(b"end"):
+                break
+        received.append(data)
+        done.set()
+
+    async with tls_server(read_later, tmp_path) as (port, context):
+        stream = await connect(port, context)
+        with trio.fail_after(10):
+            assert stream.send_nowait(b"first") == b""
+            assert not stream.backlogged()
+            while received != [b"first"]:
+                await trio.testing.wait_all_tasks_blocked()
+            accepted = [b"first"]
+            chunk = 0
+            while not stream.backlogged():  # until the kernel's buffers are full
+                piece = bytes([65 + chunk % 26]) * 65536
+                assert stream.send_nowait(piece) == b""
+                accepted.append(piece)
+                chunk += 1
+            assert stream.send_nowait(b"later") == b"later"  # not taken: it would overtake
+            reading.set()
+            await stream.send_all(b"")  # what is owed
+            assert not stream.backlogged()
+            await stream.send_all(b"later" + b"end")
+            await done.wait()
+        assert received[1] == b"".join(accepted) + b"later" + b"end"
+        await stream.aclose()

@@ -17,6 +17,12 @@ brought yet (the transport's read yields), and a write does not yield when the s
 at once. The work is the same `ssl.SSLObject` over two `ssl.MemoryBIO`s that `trio.SSLStream`
 drives.
 
+Writing without waiting (`send_nowait`, for the server's direct path, when the transport has
+one): the bytes are encrypted and written as far as the kernel takes them now; encrypted bytes
+the kernel did not take (`backlogged()`) go first in the next write, which the caller owes
+(`send_all`, even of nothing). Once encrypted they are no longer the caller's bytes, so unlike
+the transport's `send_nowait` this one never hands back part of what it took.
+
 Ordering: records must reach the socket in the order the TLS library wrote them to the outgoing
 buffer. Both a write and a read can produce records (a read may owe the peer an answer, such as
 a TLS 1.3 key update), so taking bytes from that buffer and sending them is done by one task at a
@@ -34,6 +40,7 @@ call raises `trio.BrokenResourceError`, since the peer would read a torn record.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from typing import Final
 
 import trio
@@ -54,6 +61,8 @@ class TLSStream(trio.abc.Stream):
         "_outgoing",
         "_flushing",
         "_flushed",
+        "_backlog",
+        "_transport_nowait",
         "_receiving",
         "_broken",
         "_closed",
@@ -77,6 +86,12 @@ class TLSStream(trio.abc.Stream):
         # order. A flag and a parking lot: trio's locks record their owner at every acquire.
         self._flushing = False
         self._flushed = trio.lowlevel.ParkingLot()
+        self._backlog = b""  # encrypted by send_nowait, not taken by the kernel: sent first
+        # The transport's own write without waiting (SocketTransport's); without one,
+        # send_nowait writes nothing.
+        self._transport_nowait: Callable[[bytes], bytes] | None = getattr(
+            transport_stream, "send_nowait", None
+        )
         self._receiving = False
         self._broken = False  # a write was cut short: the peer would read a torn record
         self._closed = False
@@ -140,12 +155,39 @@ class TLSStream(trio.abc.Stream):
         return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Encrypt and send `data` after anything owed (`send_all(b"")` sends only that)."""
         self._check_usable()
+        if data:
+            try:
+                self._ssl.write(data)
+            except ssl.SSLError as exc:
+                raise trio.BrokenResourceError(exc) from exc
+        await self._flush()
+
+    def send_nowait(self, data: bytes) -> bytes:
+        """Encrypt `data` and write what the kernel takes now; b"" once it is encrypted (what
+        the kernel left is `backlogged()`, for the next `send_all`), or all of `data`, not
+        encrypted, when it cannot be written now without overtaking (a write in progress, or
+        an earlier backlog the kernel still does not take). Errors are left for `send_all`."""
+        write = self._transport_nowait
+        if write is None or self._flushing or self._closed or self._broken:
+            return data
+        if self._backlog:
+            self._backlog = write(self._backlog)
+            if self._backlog:
+                return data
+        if not data:
+            return b""
         try:
             self._ssl.write(data)
-        except ssl.SSLError as exc:
-            raise trio.BrokenResourceError(exc) from exc
-        await self._flush()
+        except ssl.SSLError:
+            return data
+        self._backlog = write(self._outgoing.read())
+        return b""
+
+    def backlogged(self) -> bool:
+        """Encrypted bytes wait for the next write (see `send_nowait`)."""
+        return bool(self._backlog)
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.transport_stream.wait_send_all_might_not_block()
@@ -161,7 +203,8 @@ class TLSStream(trio.abc.Stream):
                 self._ssl.unwrap()
             except (ssl.SSLError, ValueError):
                 pass  # close_notify is in the outgoing buffer (or cannot be sent)
-            if self._outgoing.pending and not self._flushing and not self._broken:
+            owed = self._backlog or self._outgoing.pending
+            if owed and not self._flushing and not self._broken:
                 with trio.move_on_after(0):  # never wait for a peer that stopped reading
                     await self._flush()
         finally:
@@ -183,10 +226,11 @@ class TLSStream(trio.abc.Stream):
             await self._flushed.park()
         self._flushing = True
         try:
-            while self._outgoing.pending:
+            while self._backlog or self._outgoing.pending:
                 self._check_usable()
+                data, self._backlog = self._backlog or self._outgoing.read(), b""
                 try:
-                    await self.transport_stream.send_all(self._outgoing.read())
+                    await self.transport_stream.send_all(data)
                 except BaseException:
                     self._broken = True
                     raise

@@ -92,6 +92,7 @@ class ServerWebSocket:
         "_unsent",
         "_ended",
         "_send_nowait",
+        "_backlogged",
         "closed",
         "pings_received",
     )
@@ -118,6 +119,9 @@ class ServerWebSocket:
         self._ended = trio.Event()  # the connection reached CLOSED: close() may stop waiting
         # A stream that can write without waiting (SocketTransport): the hot path uses it.
         self._send_nowait: Callable[[bytes], bytes] | None = getattr(stream, "send_nowait", None)
+        # TLS (gateway.wire.tls): bytes the direct path encrypted that the kernel has not taken
+        # yet; they are the stream's, not `_unsent`, and the next write must send them.
+        self._backlogged: Callable[[], bool] = getattr(stream, "backlogged", _never)
         self.closed: ConnectionClosed | None = None  # how the connection ended, once it has
         self.pings_received = 0  # the call's flood gate counts them with the messages
 
@@ -365,7 +369,7 @@ class ServerWebSocket:
             # Hot path: the kernel takes the whole write at once, so no timer is needed (a
             # cancel scope costs more than the write itself). Errors surface in send_all below.
             data = send_nowait(data)
-            if not data:
+            if not data and not self._backlogged():
                 return
         with trio.move_on_at(trio.current_time() + self.send_timeout):
             await self.stream.send_all(data)
@@ -375,6 +379,10 @@ class ServerWebSocket:
         self._ended.set()
         self.closed = SendTimeout(self.send_timeout)
         raise self._closed_error()
+
+
+def _never() -> bool:
+    return False
 
 
 class DirectSink:
@@ -403,7 +411,12 @@ class DirectSink:
         """True if a write now would neither wait nor overtake anything: the connection is
         open, no write is in progress, and none is owed."""
         ws = self._ws
-        return self._connection.state is _OPEN and not ws._unsent and not ws._writing.locked()
+        return (
+            self._connection.state is _OPEN
+            and not ws._unsent
+            and not ws._writing.locked()
+            and not ws._backlogged()
+        )
 
     def send(self, frames: list[bytes]) -> bool:
         """Write the frames now (only right after `ready()`); False if some bytes were left
@@ -424,4 +437,4 @@ class DirectSink:
         if rest:
             self._ws._unsent = bytes(rest)
             return False
-        return True
+        return not self._ws._backlogged()
