@@ -410,7 +410,7 @@ def start_process(
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         line = proc.stderr.readline().decode()
-        found = re.search(r"listening on (ws://\S+)", line)
+        found = re.search(r"listening on (wss?://\S+)", line)
         if found:
             # keep draining so the server never blocks on a full pipe
             threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()

@@ -91,6 +91,13 @@ BENCHES: list[tuple[str, list[str], float]] = [
         + ["--duration", "1", "--warmup", "1"],
         270,
     ),
+    (
+        "yardstick:model-tls",
+        ["--targets", "bridged24,asyncio-bridged24", "--model-tls", "--low", "5", "--high", "10"]
+        + ["--resolution", "5", "--cpu-at", "5", "--duration", "1", "--warmup", "1"],
+        150,
+    ),
+    ("tls_echo", ["--calls", "2", "--rounds", "1", "--window", "1", "--settle", "1"], 90),
 ]
 # Scripts that are servers run by another benchmark, not benchmarks to run on their own.
 RUN_BY = {

@@ -7,11 +7,14 @@ handshake, encrypting what is sent and decrypting what is read, in the order the
 produced its records. Never: the TCP socket (the transport under it), certificates or trust
 (the `ssl.SSLContext` given), or framing.
 
-Why: a bridged call writes to the model every 40 ms and reads a model event about as often,
-and the model's connection is TLS. `trio.SSLStream` pays about three scheduler trips for each of
-those: a checkpoint when it starts, one to take its inner lock, and one before it returns, so
-a 24 kHz bridged call cost about 1.35x the minimal asyncio bridge's per frame over TLS, against
-0.95x over plain TCP (docs/performance.md, "The model's connection over TLS"). Here, as in
+Why: `trio.SSLStream` pays about three scheduler trips for every read and every write: a
+checkpoint when it starts, one to take its inner lock, and one before it returns. A bridged call
+writes to the model every 40 ms and reads a model event about as often, and the model's
+connection is TLS: a 24 kHz bridged call cost about 1.35x the minimal asyncio bridge's per frame
+over TLS, against 0.95x over plain TCP. An ACS call served over `wss://` reads and writes a frame
+every 20 ms, and over `trio.SSLStream` it could not use the direct path (`send_nowait`): an echo
+frame cost 2.5x one over `ws://` (docs/performance.md, "The model's connection over TLS" and
+"ACS over wss:// served by the gateway"). Here, as in
 `gateway.wire.transport`, a read parks only when the TLS library needs bytes the socket has not
 brought yet (the transport's read yields), and a write does not yield when the socket takes it
 at once. The work is the same `ssl.SSLObject` over two `ssl.MemoryBIO`s that `trio.SSLStream`

@@ -1,9 +1,8 @@
 """`SocketTransport`: a Trio stream over a plain non-blocking TCP socket, with fewer trips
 through the scheduler than `trio.SocketStream` on the per-frame path.
 
-Owns: the two socket calls of every frame (one recv, one send). Never: framing, TLS (ACS's
-`wss://` connections use trio's `SSLStream` over `SocketStream`; the model's, `gateway.wire.tls`
-over this class).
+Owns: the two socket calls of every frame (one recv, one send). Never: framing, TLS
+(`gateway.wire.tls` runs over this class, for ACS's `wss://` and for the model's connection).
 
 Why: at 100 calls, profiling showed trio's generic socket path as the gateway's largest cost
 (docs/performance.md, "What moved the knee"). For each read, `SocketStream.receive_some` first
