@@ -234,6 +234,52 @@ async def test_the_direct_path_leftover_goes_first_and_blocks_direct_writes_unti
     assert memory.direct_sink(str, "stop", counts) is None  # it cannot write without waiting
 
 
+class BackloggingStream(NowaitStream):
+    """Like `gateway.wire.tls.TLSStream`: `send_nowait` takes all it is given (encrypted, the
+    bytes are no longer the caller's) and keeps what the kernel (`room`) did not take as its
+    backlog, which the next `send_all` writes first."""
+
+    def __init__(self, room: int) -> None:
+        super().__init__(room)
+        self.backlog = bytearray()
+
+    def send_nowait(self, data: bytes) -> bytes:
+        if self.backlog:
+            self.written += self.backlog[: self.room]
+            del self.backlog[: self.room]
+            if self.backlog:
+                return data  # not taken: it would overtake the backlog
+        self.written += data[: self.room]
+        self.backlog += data[self.room :]
+        return b""
+
+    def backlogged(self) -> bool:
+        return bool(self.backlog)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint()
+        self.written += self.backlog + data
+        self.backlog.clear()
+
+
+async def test_the_direct_path_over_tls_owes_the_streams_backlog_to_the_next_write():
+    stream = BackloggingStream(room=5)
+    ws = ServerWebSocket(stream, max_message_bytes=1000)
+    counts = Counts()
+    sink = ws.direct_sink(lambda pcm: pcm.decode(), "stop", counts)
+    assert sink is not None and sink.ready()
+    assert not sink.send([b"frame-one"])  # all taken, part of it still the stream's backlog
+    assert not sink.ready()  # nothing may overtake the backlog
+    await ws.send_messages([])  # what the send task does when woken for the rest
+    assert sink.ready()
+    assert sink.send([b"frame-two"]) is False  # room 5 again: a backlog again
+    stream.room = 1 << 20
+    await ws.send_messages(["next"])  # the backlog first, then the message
+    assert sink.send_stop()  # the kernel takes it whole: nothing owed
+    assert sink.ready()
+    assert bytes(stream.written) == framing.encode_texts(["frame-one", "frame-two", "next", "stop"])
+
+
 async def test_close_waits_for_the_reader_to_see_the_reply_and_raises_fresh_copies(
     autojump_clock,
 ):
