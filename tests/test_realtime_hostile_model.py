@@ -89,6 +89,15 @@ class ScriptedModel:
     async def send_message(self, message: str) -> None:
         await trio.lowlevel.checkpoint()
 
+    def send_message_nowait(self, message: str) -> bool:
+        return True
+
+    def owes(self) -> bool:
+        return False
+
+    async def flush(self) -> None:
+        await trio.lowlevel.checkpoint()
+
     async def get_message(self) -> bytes:
         if not self.messages:
             await trio.sleep_forever()

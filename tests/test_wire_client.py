@@ -5,6 +5,8 @@ bridge's upstream opened over TLS."""
 
 from __future__ import annotations
 
+import socket
+
 import pybase64
 import pytest
 import trio
@@ -20,6 +22,7 @@ from gateway.wire.client import ClientWebSocket, UpgradeRefused, connect
 from gateway.wire.client_handshake import upgrade_request
 from gateway.wire.connection import Connection, ConnectionState
 from gateway.wire.events import Ping, Pong, TextMessage
+from gateway.wire.transport import SocketTransport
 from gateway.wire.websocket import Reject, ServerWebSocket
 from tests.daemons import throwaway_tls
 
@@ -289,3 +292,103 @@ def test_masked_frames_of_every_size_read_back(size):
     frame = Connection(1 << 20, client=True).send_text(payload.decode("latin-1"))
     [message] = Connection(1 << 20).receive_data(frame)
     assert message == TextMessage(payload.decode("latin-1").encode())
+
+
+def socket_pair() -> tuple[ClientWebSocket, socket.socket]:
+    """A client WebSocket over a `SocketTransport` with small kernel buffers, and the raw
+    socket of its peer (which reads the masked frames with a server-side `Connection`)."""
+    ours, theirs = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    theirs.setblocking(False)
+    return ClientWebSocket(SocketTransport(ours), CAP * 1000), theirs
+
+
+async def read_messages(
+    peer: socket.socket, count: int, connection: Connection | None = None
+) -> list[bytes]:
+    """The next `count` messages; a frame torn or out of order fails, a missing one times out."""
+    connection = connection or Connection(CAP * 1000)
+    messages: list[bytes] = []
+    with trio.fail_after(10):  # real sockets: a generous bound, never reached when it works
+        while len(messages) < count:
+            await trio.lowlevel.wait_readable(peer)
+            events = connection.receive_data(peer.recv(65536))
+            messages += [e.data for e in events if isinstance(e, TextMessage)]
+    return messages
+
+
+async def test_send_message_nowait_writes_at_once_when_nothing_is_ahead():
+    client, peer = socket_pair()
+    with peer:
+        assert client.send_message_nowait("first") and not client.owes()
+        await client.send_message("second")
+        assert await read_messages(peer, 2) == [b"first", b"second"]
+        await client.abort()
+
+
+async def test_what_the_kernel_did_not_take_goes_first_in_the_next_write():
+    """A direct write the kernel takes part of is taken whole: the rest is owed, no further
+    direct write may overtake it, and the next write (a flush, or any message) sends it first.
+    The peer reads every message whole and in order."""
+    client, peer = socket_pair()
+    with peer:
+        big = "x" * 200_000
+        assert client.send_message_nowait(big)
+        assert client.owes()
+        peer_side = Connection(CAP * 1000)
+        assert peer_side.receive_data(peer.recv(65536)) == []  # room in the kernel again
+        assert not client.send_message_nowait("overtaking")  # nothing sent: it must wait
+        async with trio.open_nursery() as nursery:
+
+            async def peer_reads() -> None:
+                messages = await read_messages(peer, 2, peer_side)
+                assert messages == [big.encode(), b"after"]
+
+            nursery.start_soon(peer_reads)
+            await client.send_message("after")
+            assert not client.owes()
+        assert client.send_message_nowait("last")  # the peer has read all: direct again
+        assert await read_messages(peer, 1) == [b"last"]
+        await client.abort()
+
+
+async def test_send_message_nowait_never_overtakes_a_write_in_progress():
+    client, peer = socket_pair()
+    with peer:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.send_message, "y" * 200_000)  # waits for the peer
+            await trio.testing.wait_all_tasks_blocked()
+            assert not client.send_message_nowait("overtaking")
+            assert await read_messages(peer, 1) == [b"y" * 200_000]
+        assert client.send_message_nowait("then")
+        assert await read_messages(peer, 1) == [b"then"]
+        await client.abort()
+
+
+async def test_flush_sends_what_is_owed_and_nothing_else():
+    client, peer = socket_pair()
+    with peer:
+        assert client.send_message_nowait("z" * 200_000) and client.owes()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.flush)
+            assert await read_messages(peer, 1) == [b"z" * 200_000]
+        assert not client.owes()
+        await client.flush()  # nothing owed: nothing written
+        peer.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            peer.recv(1)
+        await client.abort()
+
+
+async def test_send_message_nowait_declines_without_a_socket_or_once_closing():
+    async with trio.open_nursery() as nursery:
+        client, server, _ = await open_pair(nursery)  # memory streams: no direct write
+        assert not client.send_message_nowait("no") and not client.owes()
+        await client.send_message("yes")
+        assert [m.data for m in await server.receive_messages()] == [b"yes"]
+        nursery.cancel_scope.cancel()
+    client, peer = socket_pair()
+    with peer:
+        await client.abort()
+        assert not client.send_message_nowait("after the end")

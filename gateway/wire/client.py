@@ -16,6 +16,8 @@ Ordering rules:
   the pong `ping()` waits for, so `ping()` needs that task to be reading. `aclose()` reads the
   peer's close frame itself only when nobody else reads; otherwise it waits for the reader.
 - Writers take turns (`_writing`): messages, pings, pongs, the close frame.
+  `send_message_nowait` writes only when no write is in progress or owed, and what the kernel
+  did not take of it (`_unsent`, or the TLS stream's backlog) goes first in the next write.
 
 Errors: a peer that breaks the protocol, resets the socket, closes or stops answering raises
 `ConnectionClosed` (with the close code, 1006 when there was no close frame) from
@@ -42,6 +44,7 @@ from ..errors import (
 from .client_handshake import UpgradeRefused, parse_upgrade_response, upgrade_request
 from .connection import Connection, ConnectionState
 from .events import BinaryMessage, Close, Ping, Pong, TextMessage
+from .transport import direct_writes
 
 __all__ = ["ClientWebSocket", "ConnectionClosed", "UpgradeRefused", "connect"]
 
@@ -87,6 +90,8 @@ class ClientWebSocket:
         self._messages: deque[bytes] = deque()  # completed by the last read, not yet taken
         self._reading = False
         self._writing = trio.StrictFIFOLock()
+        self._unsent = b""  # the end of a `send_message_nowait` the kernel did not take
+        self._write_nowait, self._backlogged = direct_writes(stream)
         self._pings = 0
         self._pongs: dict[bytes, trio.Event] = {}  # ping payload -> its waiter, oldest first
         self._ended = trio.Event()  # the connection is over: waiters stop waiting
@@ -105,6 +110,34 @@ class ClientWebSocket:
         except LocalProtocolError:  # we or the peer began closing: no message may follow
             raise self._closed_error() from None
         await self._send(data)
+
+    def send_message_nowait(self, message: str) -> bool:
+        """Write a message now, without waiting, if that overtakes nothing. True: it is taken,
+        though part of it may be owed (`owes()`) to the next write, which sends that first.
+        False: nothing was sent (a write is in progress or owed, the stream cannot write
+        without waiting, or the connection is not open); `send_message` sends it."""
+        write = self._write_nowait
+        if (
+            write is None
+            or self.connection.state is not _OPEN
+            or self._writing.locked()
+            or self.owes()
+        ):
+            return False
+        data = self.connection.send_text(message)
+        rest = write(data)
+        if len(rest) == len(data):
+            return False
+        self._unsent = bytes(rest)
+        return True
+
+    def owes(self) -> bool:
+        """Bytes of a message already taken wait for the next write (`flush()` sends them)."""
+        return bool(self._unsent) or self._backlogged()
+
+    async def flush(self) -> None:
+        """Send what `send_message_nowait` left owed, if anything."""
+        await self._send(b"")
 
     async def ping(self) -> None:
         """Send a ping and wait for its pong (or a later one's), which the reading task sees."""
@@ -247,15 +280,22 @@ class ClientWebSocket:
         try:
             if lock.locked():
                 async with lock:
-                    await self.stream.send_all(data)
+                    await self._send_all(data)
             else:  # uncontended, the usual case: skip the lock's extra checkpoint
                 lock.acquire_nowait()
                 try:
-                    await self.stream.send_all(data)
+                    await self._send_all(data)
                 finally:
                     lock.release()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise self._lost(f"connection lost ({exc})") from None
+
+    async def _send_all(self, data: bytes) -> None:
+        """One write, holding `_writing`: what is owed first (a TLS backlog the stream sends
+        itself, ahead of anything it is given)."""
+        if self._unsent:
+            data, self._unsent = self._unsent + data, b""
+        await self.stream.send_all(data)
 
     def _lost(self, why: str) -> ConnectionClosed:
         self._finish(ConnectionClosed(CLOSE_ABNORMAL, why))

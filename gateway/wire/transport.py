@@ -26,6 +26,7 @@ raises `trio.ClosedResourceError`; concurrent use of one direction raises
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from typing import Final
 
 import trio
@@ -136,3 +137,16 @@ class SocketTransport(trio.abc.HalfCloseableStream):
     def _check_open(self) -> None:
         if self._closed:
             raise trio.ClosedResourceError("the stream is closed")
+
+
+def direct_writes(
+    stream: trio.abc.Stream,
+) -> tuple[Callable[[bytes], bytes] | None, Callable[[], bool]]:
+    """What writing without waiting needs of a stream: its `send_nowait` (this class's, or
+    `TLSStream`'s over it), None if it has none; and its `backlogged()` (TLS: encrypted bytes
+    the next write sends first), always False for a stream without one."""
+    return getattr(stream, "send_nowait", None), getattr(stream, "backlogged", _never)
+
+
+def _never() -> bool:
+    return False

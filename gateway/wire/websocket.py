@@ -52,6 +52,7 @@ from ..errors import (
 from .connection import Connection, ConnectionState
 from .events import BinaryMessage, Close, Message, Ping, Pong, TextMessage
 from .handshake import Handshake, Reject, ServerHandshake
+from .transport import direct_writes
 
 __all__ = [
     "ConnectionClosed",
@@ -118,10 +119,9 @@ class ServerWebSocket:
         self._unsent = b""  # written by the direct path, not yet taken by the kernel
         self._ended = trio.Event()  # the connection reached CLOSED: close() may stop waiting
         # A stream that can write without waiting (SocketTransport): the hot path uses it.
-        self._send_nowait: Callable[[bytes], bytes] | None = getattr(stream, "send_nowait", None)
         # TLS (gateway.wire.tls): bytes the direct path encrypted that the kernel has not taken
-        # yet; they are the stream's, not `_unsent`, and the next write must send them.
-        self._backlogged: Callable[[], bool] = getattr(stream, "backlogged", _never)
+        # yet are the stream's backlog, not `_unsent`, and the next write must send them.
+        self._send_nowait, self._backlogged = direct_writes(stream)
         self.closed: ConnectionClosed | None = None  # how the connection ended, once it has
         self.pings_received = 0  # the call's flood gate counts them with the messages
 
@@ -379,10 +379,6 @@ class ServerWebSocket:
         self._ended.set()
         self.closed = SendTimeout(self.send_timeout)
         raise self._closed_error()
-
-
-def _never() -> bool:
-    return False
 
 
 class DirectSink:

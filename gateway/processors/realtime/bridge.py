@@ -12,14 +12,17 @@ Tasks (all in one nursery inside the processor, so all end with the call):
   (`speakers`), feeds the local VAD, and `uplink` resamples to 24 kHz with state (or, for a
   24 kHz call, passes ACS's base64 straight through) and batches frames into the model's input
   buffer appends. A barge-in the VAD suspects stops (or pauses) the bot right there, so
-  stop-audio never waits behind the model's socket. Each append, and each barge-in the model
-  must be told of, goes through a bounded outbox (`OUTBOX_MS` of audio) to the sender task,
-  which sends them in order: so the task that sends wakes once per event, not per frame.
-  The caller's first words wait there while the first session opens; what does not fit is
-  dropped and counted. Silent frames are sent too, so the model's VAD sees continuous time.
-  Between sessions frames are dropped and counted (`upstream_audio_dropped`). When ACS hangs
-  up, the packets end, the sender sends what is queued and the uplink's last frames, then
-  the nursery is cancelled and the upstream socket closed.
+  stop-audio never waits behind the model's socket. An append is written to the model's
+  socket right there too, when that overtakes nothing (`ClientWebSocket.send_message_nowait`:
+  nothing waits in the outbox, no write is in progress or owed). Otherwise it, and each
+  barge-in the model must be told of, goes through a bounded outbox (`OUTBOX_MS` of audio) to
+  the sender task, which sends them in order; so does a note that a direct write left bytes
+  owed, for the sender to flush them. The caller's first words wait there while the first
+  session opens; what does not fit is dropped and counted. Silent frames are sent too, so the
+  model's VAD sees continuous time. Between sessions frames are dropped and counted
+  (`upstream_audio_dropped`). When ACS hangs up, the packets end, the sender sends what is
+  queued and the uplink's last frames, then the nursery is cancelled and the upstream socket
+  closed.
 - upstream: connects, then reads model events. Control events are handled at once, in this
   task, so a barge-in is never queued behind audio: on `input_audio_buffer.speech_started`
   (with `interruption = "pause"`: paused at once, then stopped once `interruption` confirms
@@ -92,9 +95,10 @@ from .uplink import Uplink
 CLOSE_TIMEOUT: Final = 1.0  # seconds for the upstream closing handshake when the call ends
 OUTBOX_MS: Final = 1000  # the caller's audio that may wait for the model (the first session)
 
-_Outgoing: TypeAlias = tuple[str, int] | None
-"""In the outbox: an append event and the ACS frames in it, or None: the local VAD heard the
-caller over the bot, which has been stopped; the model is to be told."""
+_Outgoing: TypeAlias = tuple[str, int] | Upstream | None
+"""In the outbox: an append event and the ACS frames in it; a session whose socket owes the
+rest of an append `hear` wrote itself (to be flushed); or None: the local VAD heard the caller
+over the bot, which has been stopped; the model is to be told."""
 
 
 class Bridge:
@@ -178,6 +182,7 @@ class Bridge:
         # caller -> model: `hear` batches, `_send_caller` sends (see `hear`)
         slots = max(2, math.ceil(OUTBOX_MS / (FRAME_MS * options.uplink_batch_frames)))
         self._outbox, self._outbox_out = trio.open_memory_channel[_Outgoing](slots)
+        self._posted = 0  # items in the outbox or being sent: `hear` may not overtake them
         self._overdue_barge_in = False  # a VAD barge-in to tell the model found the outbox full
 
     async def run(self) -> None:
@@ -212,8 +217,9 @@ class Bridge:
         inline audio handler) or from `call.packets`. Chosen (`speakers`), watched by the local
         VAD (which stops or pauses the bot here) and batched, without waiting; each append
         event, and each barge-in the model must be told of, goes to the outbox for
-        `_send_caller` to send in order. Always True: a frame the bridge cannot send is
-        counted in `upstream_audio_dropped`."""
+        `_send_caller` to send in order, unless an append can be written at once without
+        overtaking anything. Always True: a frame the bridge cannot send is counted in
+        `upstream_audio_dropped`."""
         if not self.speakers.hears(packet):
             return True
         vad = self.vad
@@ -229,20 +235,28 @@ class Bridge:
             self.stats.upstream_audio_dropped += 1
             return True
         message = self.uplink.add(packet)
-        if message is not None:
+        if message is None:
+            return True
+        ws = self.ws
+        # Nothing posted (an overdue barge-in implies something is) may be overtaken.
+        if ws is not None and not self._posted and ws.send_message_nowait(message):
+            if ws.owes():  # the kernel took part: the sender sends the rest before what follows
+                self._post(ws)
+        else:
             self._post((message, self.uplink.frames))
         return True
 
     def _post(self, item: _Outgoing) -> None:
         try:
             self._outbox.send_nowait(item)
+            self._posted += 1
         except trio.WouldBlock:  # the model has not taken a second of the caller's audio
             if item is None:
                 self._overdue_barge_in = True  # acted on before the next event is sent
-            else:
+            elif type(item) is tuple:
                 self.stats.upstream_audio_dropped += item[1]
         except trio.ClosedResourceError:  # the call has ended
-            if item is not None:
+            if type(item) is tuple:
                 self.stats.upstream_audio_dropped += item[1]
 
     async def _forward_caller(self) -> None:
@@ -268,8 +282,11 @@ class Bridge:
             if item is None or self._overdue_barge_in:  # the model hears of it once
                 self._overdue_barge_in = False
                 await self._tell_interrupted()
-            if item is not None:
+            if isinstance(item, tuple):
                 await self._send_audio(*item)
+            elif item is not None:
+                await _flush(item)
+            self._posted -= 1
         message = self.uplink.flush()  # the caller's last words, before the close
         if message is not None:
             await self._send_audio(message, self.uplink.frames)
@@ -584,6 +601,13 @@ def _malformed(stats: CallStats, log: logging.LoggerAdapter[logging.Logger], wha
 
 def _turn_forgotten(stats: CallStats) -> None:
     stats.history_turns_dropped += 1
+
+
+async def _flush(ws: Upstream) -> None:
+    try:
+        await ws.flush()
+    except ConnectionClosed:
+        pass  # the reader sees it
 
 
 async def send_events(ws: Upstream, events: list[str]) -> bool:
