@@ -95,17 +95,19 @@ class NoSoxr:
         raise AssertionError("soxr was called")
 
 
-def test_settled_silence_does_not_call_soxr_and_is_exact_zeros():
+def test_settled_silence_drops_soxr_and_is_exact_zeros(monkeypatch):
     resampler = StreamResampler(16000, 24000)
     resampler.process(speech(16000)[:6400])
     settling = [resampler.process(bytes(640)) for _ in range(SETTLED_MS // 20)]  # soxr sees these
     assert any(any(chunk) for chunk in settling)  # the words' tail came out of the filter
-    real = resampler._stream
     resampler._stream = NoSoxr()  # type: ignore[assignment]
+    out = resampler.process(bytes(640))  # settled: the stream is dropped, unasked
+    assert resampler._stream is None  # its state (about 90 KB) goes with it
+    assert out == bytes(len(out)) and len(out) >= 960  # this frame, and maybe a held sample
     for _ in range(50):  # a second of silence, frame by frame
         assert resampler.process(bytes(640)) == bytes(960)
-    resampler._stream = real  # the next words go through soxr again
-    assert resampler.process(speech(16000)[6400:7040]) != bytes(960)
+    assert resampler.process(speech(16000)[6400:7040]) != bytes(960)  # a fresh stream
+    assert resampler._stream is not None
 
 
 def test_silence_before_any_sound_never_opens_soxr():
