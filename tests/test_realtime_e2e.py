@@ -135,10 +135,25 @@ async def test_barge_in_truncates_to_what_was_released(autojump_clock, monkeypat
     assert call.player.playout.stats.dropped_by_stop > 0  # the rest of the reply, counted
 
 
+class TaskSteps(trio.abc.Instrument):
+    """Counts the steps of the tasks whose name ends with `suffix`."""
+
+    def __init__(self, suffix: str) -> None:
+        self.suffix = suffix
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name.endswith(self.suffix):
+            self.steps += 1
+
+
 async def test_a_model_served_over_tls(autojump_clock, monkeypatch, tmp_path):
     """The model over wss://, as the real service is: the bridge verifies its certificate,
     the caller's audio reaches the model byte for byte (24 kHz, passed through), the reply
-    plays, a barge-in stops it, and the TLS connection closes when ACS hangs up."""
+    plays, a barge-in stops it, and the TLS connection closes when ACS hangs up. The appends
+    are written from the call's receive task: the task that sends to the model hardly runs."""
+    sender = TaskSteps("Bridge._send_caller")
+    trio.lowlevel.add_instrument(sender)
     monkeypatch.setenv(KEY_ENV, "secret-key")
     certfile, keyfile, client_context = throwaway_tls(tmp_path)
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -149,8 +164,10 @@ async def test_a_model_served_over_tls(autojump_clock, monkeypatch, tmp_path):
     async with open_fake_model([reply], api_key="secret-key", ssl_context=server_context) as model:
         assert model.url.startswith("wss://127.0.0.1:")
         acs, closed_after = await call_and_hang_up(model, spied(options(model.url), calls), 24000)
+    trio.lowlevel.remove_instrument(sender)
     appended = [e["audio"] for e in model.received("input_audio_buffer.append")]
     assert b"".join(pybase64.b64decode(a) for a in appended) == bytes(acs.sent[None])
+    assert len(appended) > 100 and sender.steps < len(appended) // 10
     assert len(model.sent_of("input_audio_buffer.speech_started")) == 2
     assert len(acs.received_pcm) > 24000 * 2 // 2  # over half a second of the reply played
     assert len(acs.stop_times) == 1  # the barge-in
