@@ -13,11 +13,12 @@ from gateway.processors import load
 from gateway.processors.realtime import upstream
 from gateway.testing import speech
 from tests.conftest import memory_call
+from tests.test_realtime_hostile_model import ScriptedModel
 
 KEY_ENV = "TEST_UPLINK_ORDER_KEY"
 
 
-class CongestedModel:
+class CongestedModel(ScriptedModel):
     """A model session whose socket fills up now and then. `received` is what the model reads,
     in order. Every `every`-th direct write is taken in part (the rest owed, as the kernel
     leaves it) and the socket then stays full for `full_s`: writes wait, direct writes are
@@ -26,6 +27,7 @@ class CongestedModel:
     another write waits: the bridge itself must not let an append overtake those queued."""
 
     def __init__(self, every: int, full_s: float) -> None:
+        super().__init__([])  # it sends nothing
         self.every = every
         self.full_s = full_s
         self.received: list[str] = []
@@ -61,19 +63,6 @@ class CongestedModel:
         if self._owed is not None:
             self.received.append(self._owed)
             self._owed = None
-
-    async def get_message(self) -> bytes:
-        await trio.sleep_forever()
-        raise AssertionError
-
-    async def ping(self) -> None:
-        await trio.lowlevel.checkpoint()
-
-    async def aclose(self) -> None:
-        await trio.lowlevel.checkpoint()
-
-    async def abort(self) -> None:
-        await trio.lowlevel.checkpoint()
 
 
 @pytest.mark.parametrize("full_s", [0.0, 0.1, 0.3])
