@@ -98,6 +98,7 @@ BENCHES: list[tuple[str, list[str], float]] = [
         150,
     ),
     ("tls_echo", ["--calls", "2", "--rounds", "1", "--window", "1", "--settle", "1"], 90),
+    ("pacing_shape", ["--seconds", "2"], 60),
 ]
 # Scripts that are servers run by another benchmark, not benchmarks to run on their own.
 RUN_BY = {
