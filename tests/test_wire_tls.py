@@ -14,6 +14,9 @@ import pytest
 import trio
 import trio.testing
 
+from gateway.wire.client import ClientWebSocket
+from gateway.wire.connection import Connection
+from gateway.wire.events import TextMessage
 from gateway.wire.tls import TLSStream
 from gateway.wire.transport import SocketTransport
 from tests.daemons import throwaway_tls
@@ -292,3 +295,38 @@ async def test_send_nowait_writes_at_once_or_owes_the_rest_to_the_next_write(tmp
             await done.wait()
         assert received[1] == b"".join(accepted) + b"later" + b"end"
         await stream.aclose()
+
+
+async def test_a_client_websocket_owes_a_tls_backlog_to_its_next_write(tmp_path):
+    """The bridge's direct write over TLS: messages go at once until the kernel is full; then
+    the encrypted rest is owed, no direct write may overtake it, and the next write (a flush)
+    sends it first. The peer reads every message whole and in order."""
+    reading, done = trio.Event(), trio.Event()
+    received: list[bytes] = []
+
+    async def read_frames(stream: trio.SSLStream[trio.SocketStream]) -> None:
+        await stream.do_handshake()
+        await reading.wait()
+        connection = Connection(1 << 24)  # the server's side: masked frames in
+        async for data in stream:
+            received.extend(e.data for e in connection.receive_data(data) if type(e) is TextMessage)
+            if received and received[-1] == b"last":
+                break
+        done.set()
+
+    async with tls_server(read_frames, tmp_path) as (port, context):
+        ws = ClientWebSocket(await connect(port, context), 1 << 24)
+        with trio.fail_after(10):
+            accepted: list[bytes] = []
+            while not ws.owes():  # until the kernel's buffers are full
+                message = chr(65 + len(accepted) % 26) * 65536
+                assert ws.send_message_nowait(message)
+                accepted.append(message.encode())
+            assert not ws.send_message_nowait("overtaking")  # nothing sent: it must wait
+            reading.set()
+            await ws.flush()
+            assert not ws.owes()
+            await ws.send_message("last")
+            await done.wait()
+        assert received == [*accepted, b"last"]
+        await ws.abort()
