@@ -823,6 +823,39 @@ async def test_drain(autojump_clock):
         nursery.cancel_scope.cancel()
 
 
+class StepsOf(trio.abc.Instrument):
+    """Counts the steps of one task."""
+
+    def __init__(self) -> None:
+        self.task: trio.lowlevel.Task | None = None
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self.steps += 1
+
+
+@bounded
+async def test_drain_sleeps_until_the_queue_is_empty_not_per_frame(autojump_clock):
+    """A second of audio drains in 50 paced releases; the task in drain() wakes once for
+    them, when the last has gone, not at every release."""
+    player = Player(lead_only(16000, lead_ms=60))
+    steps = StepsOf()
+    trio.lowlevel.add_instrument(steps)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sender, player, [])
+            await player.play(frames(50))
+            steps.task = trio.lowlevel.current_task()
+            await player.drain()
+            assert player.playout.queued_bytes == 0
+            assert trio.current_time() == pytest.approx(0.940, abs=EPS)
+            nursery.cancel_scope.cancel()
+    finally:
+        trio.lowlevel.remove_instrument(steps)
+    assert steps.steps <= 3
+
+
 @bounded
 async def test_drain_returns_on_stop(autojump_clock):
     player = Player(lead_only(16000, lead_ms=60))

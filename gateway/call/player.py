@@ -68,6 +68,7 @@ class Player:
         "_pacer",
         "_sender",
         "_space",
+        "_drained",
         "_generation",
         "_sender_wakes_at",
         "_woken_for",
@@ -93,6 +94,7 @@ class Player:
         self._pacer = pacer  # a shared timer (see gateway.pacer); None: a timeout of our own
         self._sender = trio.lowlevel.ParkingLot()  # the send task waits here for work
         self._space = trio.lowlevel.ParkingLot()  # play() waits here for queue space
+        self._drained = trio.lowlevel.ParkingLot()  # drain() waits here for an empty queue
         self._generation = 0  # bumped by stop(): cuts short any play() in progress
         # When the parked send task will next look at the queue: +inf when it waits for audio,
         # its deadline when it waits for the clock, -inf while it runs (it re-checks anyway).
@@ -200,6 +202,7 @@ class Player:
         self._generation += 1
         self._stop_audio_now()
         self._space.unpark_all()
+        self._drained.unpark_all()
 
     @property
     def paused(self) -> bool:
@@ -243,7 +246,7 @@ class Player:
         parked = False
         while self.playout.queued_bytes and not self.closed:
             self.flush()
-            await self._space.park()
+            await self._drained.park()
             parked = True
         if not parked:  # always a schedule point, so a `while: play(); drain()` loop yields
             await trio.lowlevel.checkpoint()
@@ -257,6 +260,7 @@ class Player:
             playout.drop_queue()
         self.closed = True
         self._space.unpark_all()
+        self._drained.unpark_all()
         self._sender.unpark_all()
 
     # -- the pacer --
@@ -311,6 +315,8 @@ class Player:
         if frames:
             self.observer.bot_audio(frames, now if start is None or start < now else start)
             self._space.unpark_all()
+            if not playout.queued_bytes:
+                self._drained.unpark_all()
         return frames
 
     # -- used by the call's send task only --
