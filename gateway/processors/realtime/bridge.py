@@ -12,13 +12,11 @@ Tasks (all in one nursery inside the processor, so all end with the call):
   (`speakers`), feeds the local VAD, and `uplink` resamples to 24 kHz with state (or, for a
   24 kHz call, passes ACS's base64 straight through) and batches frames into the model's input
   buffer appends. A barge-in the VAD suspects stops (or pauses) the bot right there, so
-  stop-audio never waits behind the model's socket. An append is written to the model's
-  socket right there too, when that overtakes nothing (`ClientWebSocket.send_message_nowait`:
-  nothing waits in the outbox, no write is in progress or owed). Otherwise it, and each
-  barge-in the model must be told of, goes through a bounded outbox (`OUTBOX_MS` of audio) to
-  the sender task, which sends them in order; so does a note that a direct write left bytes
-  owed, for the sender to flush them. The caller's first words wait there while the first
-  session opens; what does not fit is dropped and counted. Silent frames are sent too, so the
+  stop-audio never waits behind the model's socket. Each append goes to the `outbox`, which
+  writes it to the model's socket right there when that overtakes nothing, and otherwise
+  queues it (bounded), with each barge-in the model must be told of, for the sender task to
+  send in order. The caller's first words wait there while the first session opens; what
+  does not fit is dropped and counted. Silent frames are sent too, so the
   model's VAD sees continuous time. Between sessions frames are dropped and counted
   (`upstream_audio_dropped`). When ACS hangs up, the packets end, the sender sends what is
   queued and the uplink's last frames, then the nursery is cancelled and the upstream socket
@@ -55,14 +53,13 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 from collections.abc import Awaitable, Callable
-from typing import Final, TypeAlias
+from typing import Final
 
 import attrs
 import trio
 
-from ...acs.packets import FRAME_MS, AudioData, DtmfData
+from ...acs.packets import AudioData, DtmfData
 from ...audio.vad import WebRtcVad
 from ...call.interface import Call, CallStats
 from ...errors import ConnectionClosed
@@ -73,6 +70,7 @@ from .dtmf import DtmfRelay
 from .history import History
 from .interruption import Interruptions
 from .options import RealtimeOptions
+from .outbox import Outbox
 from .protocol import (
     AudioDelta,
     AudioDone,
@@ -93,12 +91,6 @@ from .tools import Toolbox
 from .uplink import Uplink
 
 CLOSE_TIMEOUT: Final = 1.0  # seconds for the upstream closing handshake when the call ends
-OUTBOX_MS: Final = 1000  # the caller's audio that may wait for the model (the first session)
-
-_Outgoing: TypeAlias = tuple[str, int] | Upstream | None
-"""In the outbox: an append event and the ACS frames in it; a session whose socket owes the
-rest of an append `hear` wrote itself (to be flushed); or None: the local VAD heard the caller
-over the bot, which has been stopped; the model is to be told."""
 
 
 class Bridge:
@@ -179,11 +171,8 @@ class Bridge:
         )
         self.closing = False  # the call is ending: a closed upstream is not a failure
         self._first_attempt = trio.Event()  # the first session is up, or failed
-        # caller -> model: `hear` batches, `_send_caller` sends (see `hear`)
-        slots = max(2, math.ceil(OUTBOX_MS / (FRAME_MS * options.uplink_batch_frames)))
-        self._outbox, self._outbox_out = trio.open_memory_channel[_Outgoing](slots)
-        self._posted = 0  # items in the outbox or being sent: `hear` may not overtake them
-        self._overdue_barge_in = False  # a VAD barge-in to tell the model found the outbox full
+        # caller -> model: `hear` batches and writes or queues, `_send_caller` sends the queue
+        self.outbox = Outbox(options.uplink_batch_frames, call.stats)
 
     async def run(self) -> None:
         try:
@@ -216,10 +205,9 @@ class Bridge:
         """One frame of the caller's audio, as it comes: from the call's receive task (the
         inline audio handler) or from `call.packets`. Chosen (`speakers`), watched by the local
         VAD (which stops or pauses the bot here) and batched, without waiting; each append
-        event, and each barge-in the model must be told of, goes to the outbox for
-        `_send_caller` to send in order, unless an append can be written at once without
-        overtaking anything. Always True: a frame the bridge cannot send is counted in
-        `upstream_audio_dropped`."""
+        event, and each barge-in the model must be told of, goes to the outbox (written at
+        once, or sent in order by `_send_caller`). Always True: a frame the bridge cannot send
+        is counted in `upstream_audio_dropped`."""
         if not self.speakers.hears(packet):
             return True
         vad = self.vad
@@ -228,36 +216,16 @@ class Bridge:
                 self.log.info("local VAD: caller speaking; barge-in before the model reacts")
                 self.call.observer.note("speech_started", by="vad")
                 if self.interruptions.heard_now():
-                    self._post(None)
+                    self.outbox.barge_in()
             if vad.ended:
                 self.call.observer.note("turn_ended", by="vad")
         if self.ws is None and self._first_attempt.is_set():  # between sessions
             self.stats.upstream_audio_dropped += 1
             return True
         message = self.uplink.add(packet)
-        if message is None:
-            return True
-        ws = self.ws
-        # Nothing posted (an overdue barge-in implies something is) may be overtaken.
-        if ws is not None and not self._posted and ws.send_message_nowait(message):
-            if ws.owes():  # the kernel took part: the sender sends the rest before what follows
-                self._post(ws)
-        else:
-            self._post((message, self.uplink.frames))
+        if message is not None:
+            self.outbox.append(self.ws, message, self.uplink.frames)
         return True
-
-    def _post(self, item: _Outgoing) -> None:
-        try:
-            self._outbox.send_nowait(item)
-            self._posted += 1
-        except trio.WouldBlock:  # the model has not taken a second of the caller's audio
-            if item is None:
-                self._overdue_barge_in = True  # acted on before the next event is sent
-            elif type(item) is tuple:
-                self.stats.upstream_audio_dropped += item[1]
-        except trio.ClosedResourceError:  # the call has ended
-            if type(item) is tuple:
-                self.stats.upstream_audio_dropped += item[1]
 
     async def _forward_caller(self) -> None:
         """The processor's own task: the call's packets until ACS hangs up (audio, unless it
@@ -265,7 +233,7 @@ class Bridge:
         speakers = self.speakers  # unmixed streams: whom the model hears (or their mix)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._send_caller)
-            with self._outbox:  # closed when ACS hangs up: what is queued goes, then the rest
+            with self.outbox:  # closed when ACS hangs up: what is queued goes, then the rest
                 async for packet in speakers.packets(self.call.packets):
                     if type(packet) is AudioData:
                         self.hear(packet)
@@ -275,18 +243,10 @@ class Bridge:
                         await self._key_pressed(packet)
 
     async def _send_caller(self) -> None:
-        """The caller's audio to the model, in the order `hear` batched it. The first words
-        wait in the outbox (bounded: `OUTBOX_MS`) while the first session opens."""
+        """The caller's audio that the outbox queued, to the model in the order `hear` batched
+        it. The first words wait there while the first session opens."""
         await self._first_attempt.wait()
-        async for item in self._outbox_out:
-            if item is None or self._overdue_barge_in:  # the model hears of it once
-                self._overdue_barge_in = False
-                await self._tell_interrupted()
-            if isinstance(item, tuple):
-                await self._send_audio(*item)
-            elif item is not None:
-                await _flush(item)
-            self._posted -= 1
+        await self.outbox.send(self._send_audio, self._tell_interrupted)
         message = self.uplink.flush()  # the caller's last words, before the close
         if message is not None:
             await self._send_audio(message, self.uplink.frames)
@@ -601,13 +561,6 @@ def _malformed(stats: CallStats, log: logging.LoggerAdapter[logging.Logger], wha
 
 def _turn_forgotten(stats: CallStats) -> None:
     stats.history_turns_dropped += 1
-
-
-async def _flush(ws: Upstream) -> None:
-    try:
-        await ws.flush()
-    except ConnectionClosed:
-        pass  # the reader sees it
 
 
 async def send_events(ws: Upstream, events: list[str]) -> bool:
