@@ -16,11 +16,10 @@ Tasks (all in one nursery inside the processor, so all end with the call):
   writes it to the model's socket right there when that overtakes nothing, and otherwise
   queues it (bounded), with each barge-in the model must be told of, for the sender task to
   send in order. The caller's first words wait there while the first session opens; what
-  does not fit is dropped and counted. Silent frames are sent too, so the
-  model's VAD sees continuous time. Between sessions frames are dropped and counted
-  (`upstream_audio_dropped`). When ACS hangs up, the packets end, the sender sends what is
-  queued and the uplink's last frames, then the nursery is cancelled and the upstream socket
-  closed.
+  does not fit is dropped and counted. Silent frames are sent too, so the model's VAD sees
+  continuous time. Between sessions frames are dropped and counted (`upstream_audio_dropped`).
+  When ACS hangs up, the packets end, the sender sends what is queued and the uplink's last
+  frames, then the nursery is cancelled and the upstream socket closed.
 - upstream: connects, then reads model events. Control events are handled at once, in this
   task, so a barge-in is never queued behind audio: on `input_audio_buffer.speech_started`
   (with `interruption = "pause"`: paused at once, then stopped once `interruption` confirms
