@@ -2,13 +2,16 @@
 
     taskset -c 0 python bench/pacer_wakes.py
     taskset -c 0 python bench/pacer_wakes.py --players 200 --coalesce 0,0.0005,0.001 --rounds 3
+    taskset -c 0 python bench/pacer_wakes.py --players 50 --coalesce 0.0005 --reply-s 10
 
 Each player (one call's `Player`, writing to a socket that always takes the frames) plays three
 2 s replies at once, so every frame after the first lead window waits for the pacer; players
-start 0.7 ms apart, as calls would. Prints, per `coalesce` (seconds the pacer sleeps past the
-earliest deadline, so that nearby deadlines share a wake-up) and round, the lateness of the
-paced releases (p50, p99, max: what the gateway's `pacing_lateness_seconds` histogram holds) and
-the process's CPU time. Rounds alternate the settings; read the spread.
+start 0.7 ms apart, as calls would. `--reply-s` longer than the player's queue (5 s) has each
+speaker blocked in `play()` for the rest of each reply, as a model's long reply streamed faster
+than real time leaves the bridge's feeder task. Prints, per `coalesce` (seconds the pacer sleeps
+past the earliest deadline, so that nearby deadlines share a wake-up) and round, the lateness of
+the paced releases (p50, p99, max: what the gateway's `pacing_lateness_seconds` histogram holds)
+and the process's CPU time. Rounds alternate the settings; read the spread.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ class Sink:
         return True
 
 
-async def one_run(players: int, coalesce: float) -> list[float]:
+async def one_run(players: int, coalesce: float, reply_s: float) -> list[float]:
     late: list[float] = []
     async with trio.open_nursery() as nursery:
         pacer = Pacer(coalesce)
@@ -58,7 +61,7 @@ async def one_run(players: int, coalesce: float) -> list[float]:
         async def speak(player: Player, k: int) -> None:
             await trio.sleep(k * 0.0007)
             for _ in range(3):
-                await player.play(bytes(FRAME * 100))
+                await player.play(bytes(FRAME * round(reply_s * 50)))
                 await player.drain()
 
         async with trio.open_nursery() as speakers:
@@ -74,13 +77,14 @@ def main() -> None:
     parser.add_argument("--players", type=int, default=100)
     parser.add_argument("--coalesce", default="0,0.001", help="seconds, comma-separated")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--reply-s", type=float, default=2.0, help="seconds of each reply")
     args = parser.parse_args()
     settings = [float(c) for c in args.coalesce.split(",")]
     print(f"{args.players} players; lateness of paced releases in ms, CPU of the whole run")
     for round_ in range(args.rounds):
         for coalesce in settings:
             started = time.process_time()
-            late = trio.run(one_run, args.players, coalesce)
+            late = trio.run(one_run, args.players, coalesce, args.reply_s)
             cpu = time.process_time() - started
 
             def q(p: float, late: list[float] = late) -> float:

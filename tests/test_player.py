@@ -720,6 +720,48 @@ async def test_play_is_not_released_early_by_back_pressure(autojump_clock):
 
 
 @bounded
+async def test_a_blocked_play_refills_a_tenth_of_the_queue_at_a_time(autojump_clock):
+    """A reply longer than the queue: once play() has filled it, it wakes when a tenth of the
+    queue (here 100 ms, five frames) has been released, not at every frame, and tops the queue
+    up again; the pacing and the audio are as if it woke for every frame."""
+    player = Player(lead_only(16000, lead_ms=60, capacity_ms=1000))
+    log: Log = []
+    audio = frames(250)  # 5 s
+    steps = StepsOf()
+    lowest: list[float] = []  # the queue at each release while play() has audio left
+    returned: list[float] = []
+
+    async def speak() -> None:
+        steps.task = trio.lowlevel.current_task()
+        await player.play(audio)
+        returned.append(trio.current_time())
+
+    trio.lowlevel.add_instrument(steps)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sender, player, log)
+            t0 = trio.current_time()
+            nursery.start_soon(speak)
+            while not returned:
+                await trio.sleep(0.020)
+                lowest.append(player.queued_ms)
+            await player.drain()
+            nursery.cancel_scope.cancel()
+    finally:
+        trio.lowlevel.remove_instrument(steps)
+    assert b"".join(sent(log)) == audio
+    assert frame_times(log, t0) == pytest.approx(
+        [max(0, k - 2) * 0.020 for k in range(250)], abs=EPS
+    )
+    # 250 frames: 53 go before play() first blocks, the other 197 wake it every 5 releases
+    assert steps.steps <= 197 // 5 + 3
+    assert min(lowest) >= 900 - 20 - EPS  # topped up before it runs a tenth (and a frame) low
+    # it returns when the rest fits and a tenth is free: between 4.0 s (all would fit) and a
+    # tenth later
+    assert 3.94 - EPS <= returned[0] - t0 <= 3.94 + 0.100 + EPS
+
+
+@bounded
 async def test_stop_while_play_is_blocked(autojump_clock):
     player = Player(lead_only(16000, lead_ms=60, capacity_ms=200))
     log: Log = []

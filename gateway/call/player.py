@@ -47,8 +47,10 @@ class Player:
     """What a processor uses to speak into the call. One per call; not shared between calls.
 
     - `await play(pcm, utterance=...)` queues audio of any length; it blocks while the queue is
-      full (back-pressure). After `stop()`, a `play()` that was blocked returns at once and the
-      rest of its audio is discarded (counted), so stale audio never follows a barge-in.
+      full (back-pressure), and once blocked it goes on when a tenth of the queue is free, or
+      all its rest fits (not at every frame released: one wake-up per tenth of the queue). After
+      `stop()`, a `play()` that was blocked returns at once and the rest of its audio is
+      discarded (counted), so stale audio never follows a barge-in.
     - `play_nowait(pcm, utterance=...)` queues audio only if all of it fits now (False if
       not): for code that must not wait, such as an inline audio handler.
     - `stop()` (not async: barge-in must not wait) drops the queue and sends stop-audio.
@@ -68,6 +70,7 @@ class Player:
         "_pacer",
         "_sender",
         "_space",
+        "_refill",
         "_drained",
         "_generation",
         "_sender_wakes_at",
@@ -94,6 +97,10 @@ class Player:
         self._pacer = pacer  # a shared timer (see gateway.pacer); None: a timeout of our own
         self._sender = trio.lowlevel.ParkingLot()  # the send task waits here for work
         self._space = trio.lowlevel.ParkingLot()  # play() waits here for queue space
+        # Space for which a blocked play() is woken: a tenth of the queue. A reply longer than
+        # the queue (a model streams faster than real time) would otherwise cost its producer a
+        # wake-up per frame released for the rest of the reply.
+        self._refill = max(BYTES_PER_SAMPLE, playout.capacity_bytes // 10)
         self._drained = trio.lowlevel.ParkingLot()  # drain() waits here for an empty queue
         self._generation = 0  # bumped by stop(): cuts short any play() in progress
         # When the parked send task will next look at the queue: +inf when it waits for audio,
@@ -130,10 +137,14 @@ class Player:
         playout = self.playout
         generation = self._generation
         view = memoryview(pcm)
+        parked = False
         while view:
             space = playout.space_bytes - playout.space_bytes % BYTES_PER_SAMPLE
-            if space <= 0:
+            # Once blocked, it fills the queue again only a tenth at a time (or with all its
+            # rest), as `_release` wakes it; another play() may have taken the space meanwhile.
+            if space <= 0 or (parked and space < min(len(view), self._refill)):
                 await self._space.park()
+                parked = True
                 if self.closed or generation != self._generation:
                     playout.stats.discarded += len(view)
                     return
@@ -314,7 +325,8 @@ class Player:
         frames = playout.release_due(now)
         if frames:
             self.observer.bot_audio(frames, now if start is None or start < now else start)
-            self._space.unpark_all()
+            if playout.space_bytes >= self._refill:
+                self._space.unpark_all()
             if not playout.queued_bytes:
                 self._drained.unpark_all()
         return frames
