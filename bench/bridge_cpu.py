@@ -4,6 +4,7 @@
     python bench/bridge_cpu.py --calls 50 --stagger 0.04
     python bench/bridge_cpu.py --root /tmp/main-checkout   # the gateway of another tree
     python bench/bridge_cpu.py --latency-runs 0 --pairs 4 --yardstick  # beside asyncio servers
+    python bench/bridge_cpu.py --latency-runs 0 --pairs 5 --turns 4    # longer calls
 
 One run measures both processors, each against a fresh `python -m gateway serve` pinned to core
 0 (`--server-cpu`); this process (the simulated ACS calls) and the fake model server from
@@ -13,31 +14,38 @@ goes upstream undecoded): 2 s of speech, 1.5 s of silence while the model answer
 1 s of interruption, 1 s of silence. The fake model answers the first turn with 7.6 s of speech
 streamed 4x faster than real time, so the caller interrupts it mid-answer.
 
+`--turns N` makes each call that conversation N times over (the fake model answers every
+interruption but the last with an empty response, so each conversation goes as the first did).
+A call's setup and teardown cost the same however long it lasts, and more for a bridged call
+(the model's connection, its handshake and session) than for an echo call: over a 5.5 s call
+they are a visible part of the CPU per frame, over minutes they are not. Comparing `--turns 1`
+with `--turns 4` separates the two.
+
 Prints, per processor: the gateway's CPU over the run (% of a core, per call, and microseconds
 per 20 ms inbound frame), its RSS per call twice (the server's RSS less its RSS after one
 warm-up call, which loads what a first call loads: numpy and soxr for the resampler): while
 every caller speaks, and while every bot speaks, when the gateway also holds the bot's reply
-that the fake model streams 4x faster than real time; the seconds of audio each
-call heard on average, by ACS's playback queue: what the server sent, less what stop-audio
-dropped before it played (echo: its own; realtime: the bot's until the barge-in, about 1.1 s:
-far less means the conversation went wrong and the run does not compare); and for the
-realtime phase the barge-in latency: from the fake model sending
-`input_audio_buffer.speech_started` to the simulated ACS receiving stop-audio (so it
-includes two loopback hops and this process's own scheduling: an upper bound on the gateway's
-share), and the gateway's own share: the upper bounds of the buckets of its
+that the fake model streams 4x faster than real time; the seconds of audio each call heard on
+average in each conversation, by ACS's playback queue: what the server sent, less what
+stop-audio dropped before it played (echo: its own; realtime: the bot's until the barge-in,
+about 1.1 s: far less means the conversation went wrong and the run does not compare); and for
+the realtime phase the barge-in latency: from the fake model sending
+`input_audio_buffer.speech_started` to the simulated ACS receiving stop-audio (so it includes
+two loopback hops and this process's own scheduling: an upper bound on the gateway's share), and
+the gateway's own share: the upper bounds of the buckets of its
 `acs_gateway_barge_in_stop_latency_seconds` that hold the p50 and the p99 (from the bridge
 taking `speech_started` to stop-audio written, or taken by the send task). Calls start
 `--stagger` seconds apart so connection k + 1 upstream is call k (the first connection is the
 warm-up call's).
 
-The `tools` row is the bridge again with one tool round trip per call: the fake model answers
-the caller's turn with a function call (`lookup`, below, a plain function run in a worker
-thread), the gateway runs it, returns its output and asks for the next response, which is the
-same 7.6 s reply; the difference from the `realtime` row is what a tool call costs. That
-difference is within this benchmark's noise, so the gateway's own work per tool call (the
-event parsed, the arguments checked and converted, the tool run, its output and the request to
-go on written) is also timed in this process, for `lookup` as it is (a worker thread) and as an
-async function: `--tool-calls` of each.
+The `tools` row is the bridge again with one tool round trip per conversation: the fake model
+answers the caller's turn with a function call (`lookup`, below, a plain function run in a
+worker thread), the gateway runs it, returns its output and asks for the next response, which is
+the same 7.6 s reply; the difference from the `realtime` row is what a tool call costs. That
+difference is within this benchmark's noise, so the gateway's own work per tool call (the event
+parsed, the arguments checked and converted, the tool run, its output and the request to go on
+written) is also timed in this process, for `lookup` as it is (a worker thread) and as an async
+function: `--tool-calls` of each.
 
 `--pairs N` runs N - 1 more echo and realtime phases, alternated, after the rows above and
 prints the bridged / echo ratio of each pair and their median, and each side's µs per frame
@@ -105,6 +113,7 @@ from gateway.testing import (  # noqa: E402
 )
 
 RATE = 16000  # the calls' sample rate (--rate)
+TURNS = 1  # --turns: the conversation, this many times per call
 UPLINK_BATCH_MS: int | None = None  # --uplink-batch-ms: the asyncio bridge's too
 BENCH_DIR = str(Path(__file__).resolve().parent)  # where the gateway finds `lookup`
 KEY_ENV = "BENCH_REALTIME_KEY"
@@ -247,7 +256,8 @@ async def fake_model_process(
     yields its URL and, after the block, its speech_started events on the perf_counter clock.
     `tls`: it serves wss:// from a throwaway CA, which servers started meanwhile trust
     (`SSL_CERT_FILE`, as they would a real CA)."""
-    cmd = [sys.executable, __file__, "--serve-model", *(["--tools"] if tools else [])]
+    cmd = [sys.executable, __file__, "--serve-model", "--turns", str(TURNS)]
+    cmd += ["--tools"] if tools else []
     if tls:
         ca_path = str(Path(tempfile.mkdtemp(prefix="bridge-cpu-")) / "ca.pem")
         cmd += ["--tls-ca", ca_path]
@@ -269,9 +279,11 @@ async def fake_model_process(
 
 
 async def serve_model(tools: bool, tls_ca: str | None) -> None:
-    script: list[bytes | FunctionCall] = [speech(24000)]
+    conversation: list[bytes | FunctionCall] = [speech(24000)]
     if tools:  # the turn is a tool call; the reply comes after its output
-        script.insert(0, FunctionCall("lookup", {"order_id": "A17"}))
+        conversation.insert(0, FunctionCall("lookup", {"order_id": "A17"}))
+    # the interruption's turn: an empty response, but after the last conversation no response
+    script = (conversation + [b""]) * (TURNS - 1) + conversation
     context = model_tls(tls_ca) if tls_ca else None
     async with open_fake_model(script, speed=4.0, ssl_context=context) as model:
         print(model.url, flush=True)
@@ -287,7 +299,7 @@ async def serve_model(tools: bool, tls_ca: str | None) -> None:
 async def phase(
     args: argparse.Namespace, kind: str, one_at_a_time: bool = False, speakers: str | None = None
 ) -> dict[str, float]:
-    voice = conversation()
+    voice = conversation() * args.turns
     audio: bytes | dict[str | None, bytes] = voice
     if speakers is not None:
         audio = {"8:acs:caller": voice, "8:acs:other": second_voice(voice)}
@@ -380,7 +392,7 @@ async def phase(
         "rss_kb_per_call": (rss_live[0] - rss0) / calls if rss_live else float("nan"),
         "rss_kb_per_call_bot": (rss_live[1] - rss0) / calls if rss_live[1:] else float("nan"),
         # audio the calls heard (echo: their own; realtime: the bot's, until the barge-in)
-        "heard_s": sum(heard) / len(heard) / (RATE * 2) if heard else float("nan"),
+        "heard_s": sum(heard) / len(heard) / (RATE * 2) / args.turns if heard else float("nan"),
         # releases that waited for a playout deadline, and how late the p99 of them ran (the
         # upper bound of its histogram bucket); the warm-up call's included
         "late_p99_ms": late_p99,
@@ -491,7 +503,8 @@ async def main(args: argparse.Namespace) -> None:
             f"({', '.join(f'{r:.2f}' for r in against)})"
         )
     extra_ms = (rows["tools"]["cpu_s"] - rows["realtime"]["cpu_s"]) / rows["tools"]["calls"] * 1000
-    print(f"a tool round trip adds {extra_ms:.1f} ms of gateway CPU per call (noisy: compare rows)")
+    extra_ms /= args.turns  # one round trip per conversation
+    print(f"a tool round trip adds {extra_ms:.1f} ms of gateway CPU (noisy: compare rows)")
     if args.mix:
         first, mix = rows["2 speakers, first"], rows["2 speakers, mix"]
         extra_us = mix["us_per_frame"] - first["us_per_frame"]
@@ -506,6 +519,9 @@ if __name__ == "__main__":
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument(
         "--latency-runs", type=int, default=5, help="then this many barge-ins, one call at a time"
+    )
+    parser.add_argument(
+        "--turns", type=int, default=1, help="the conversation this many times in each call"
     )
     parser.add_argument("--mix", action="store_true", help="also measure speakers = mix")
     parser.add_argument(
@@ -545,6 +561,7 @@ if __name__ == "__main__":
     parser.add_argument("--tools", action="store_true", help=argparse.SUPPRESS)
     parsed = parser.parse_args()
     RATE = parsed.rate
+    TURNS = parsed.turns
     UPLINK_BATCH_MS = parsed.uplink_batch_ms
     if parsed.serve_model:
         trio.run(serve_model, parsed.tools, parsed.tls_ca)
