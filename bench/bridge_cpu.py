@@ -19,7 +19,9 @@ interruption but the last with an empty response, so each conversation goes as t
 A call's setup and teardown cost the same however long it lasts, and more for a bridged call
 (the model's connection, its handshake and session) than for an echo call: over a 5.5 s call
 they are a visible part of the CPU per frame, over minutes they are not. Comparing `--turns 1`
-with `--turns 4` separates the two.
+with `--turns 4` separates the two; `--setup N` measures the first directly: after the pairs,
+N calls of 0.2 s of silence (10 frames) per processor, three rounds alternated, and prints the
+gateway's CPU per such call.
 
 Prints, per processor: the gateway's CPU over the run (% of a core, per call, and microseconds
 per 20 ms inbound frame), its RSS per call twice (the server's RSS less its RSS after one
@@ -114,6 +116,7 @@ from gateway.testing import (  # noqa: E402
 
 RATE = 16000  # the calls' sample rate (--rate)
 TURNS = 1  # --turns: the conversation, this many times per call
+SETUP_ROUNDS = 3  # --setup: alternated rounds of short calls, echo then realtime
 UPLINK_BATCH_MS: int | None = None  # --uplink-batch-ms: the asyncio bridge's too
 BENCH_DIR = str(Path(__file__).resolve().parent)  # where the gateway finds `lookup`
 KEY_ENV = "BENCH_REALTIME_KEY"
@@ -297,9 +300,15 @@ async def serve_model(tools: bool, tls_ca: str | None) -> None:
 
 
 async def phase(
-    args: argparse.Namespace, kind: str, one_at_a_time: bool = False, speakers: str | None = None
+    args: argparse.Namespace,
+    kind: str,
+    one_at_a_time: bool = False,
+    speakers: str | None = None,
+    calls: int | None = None,
+    voice: bytes | None = None,
 ) -> dict[str, float]:
-    voice = conversation() * args.turns
+    if voice is None:
+        voice = conversation() * args.turns
     audio: bytes | dict[str | None, bytes] = voice
     if speakers is not None:
         audio = {"8:acs:caller": voice, "8:acs:other": second_voice(voice)}
@@ -355,7 +364,7 @@ async def phase(
                     nursery.start_soon(sample_rss)
                     results = await run_calls(
                         url,
-                        args.calls,
+                        calls or args.calls,
                         args.stagger,
                         audio,
                         lag if not bridged else None,
@@ -444,6 +453,11 @@ async def main(args: argparse.Namespace) -> None:
         per_frame = [[rows[kind]["us_per_frame"] for kind in pair]]
         for _ in range(args.pairs - 1):  # more pairs (or fours), alternated
             per_frame.append([(await phase(args, kind))["us_per_frame"] for kind in pair])
+        setup: dict[str, list[float]] = {"echo": [], "realtime": []}
+        for _ in range(SETUP_ROUNDS if args.setup else 0):  # calls of 0.2 s of silence
+            for kind, ms in setup.items():
+                row = await phase(args, kind, calls=args.setup, voice=bytes(RATE * 2 // 5))
+                ms.append(row["cpu_s"] / row["calls"] * 1000)
     ratios = [us[1] / us[0] for us in per_frame]
     print(
         f"{'processor':>14} {'calls':>5} {'srv cpu%':>8} {'%/call':>7} {'us/frame':>8} "
@@ -493,6 +507,13 @@ async def main(args: argparse.Namespace) -> None:
             us = [each[side] for each in per_frame]
             listed = ", ".join(f"{u:.0f}" for u in us)
             print(f"{name} us per frame: median {statistics.median(us):.0f} ({listed})")
+    if args.setup:
+        print(
+            f"a call of 0.2 s of silence ({args.setup} calls, {args.stagger * 1000:.0f} ms apart):"
+        )
+        for kind, ms in setup.items():
+            each = ", ".join(f"{m:.2f}" for m in ms)
+            print(f"  {kind}: median {statistics.median(ms):.2f} ms of CPU per call ({each})")
     if args.yardstick:
         theirs = [us[3] / us[2] for us in per_frame]
         against = [us[1] / us[3] for us in per_frame]
@@ -522,6 +543,12 @@ if __name__ == "__main__":
     )
     parser.add_argument(
         "--turns", type=int, default=1, help="the conversation this many times in each call"
+    )
+    parser.add_argument(
+        "--setup",
+        type=int,
+        default=0,
+        help="then this many calls of 0.2 s of silence per processor, three rounds: CPU per call",
     )
     parser.add_argument("--mix", action="store_true", help="also measure speakers = mix")
     parser.add_argument(
