@@ -11,9 +11,10 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
+from pytest import approx
 
 from gateway.call.observer import NoObserver
-from gateway.call.pacer import SLACK, Pacer
+from gateway.call.pacer import EARLY, SLACK, Pacer
 from gateway.call.player import Player, Playout
 
 F16 = 640  # bytes in 20 ms at 16 kHz
@@ -31,8 +32,12 @@ class FakeSink:
         self.stops: list[float] = []  # when stop-audio was written
         self.busy = False  # ready() is False: a write is in progress
         self.short = False  # send() leaves bytes for the send task
+        self.asked = 0  # ready() calls
+        self.max_asked = 10_000  # more: the player spins (the autojump clock would not move)
 
     def ready(self) -> bool:
+        self.asked += 1
+        assert self.asked <= self.max_asked, "asked again and again: the player spins"
         return not self.busy
 
     def send(self, frames: list[bytes]) -> bool:
@@ -219,3 +224,71 @@ async def test_a_failure_in_a_paced_release_ends_that_call_not_the_pacer(autojum
         nursery.cancel_scope.cancel()
     assert [str(e) for e in failure] == ["observer bug"]
     assert len(other.written) == 10  # the other call, on the same pacer, played on
+
+
+async def _two_calls_3_ms_apart(
+    first: FakeSink, second: FakeSink, sends: Sends, late: list[float]
+) -> tuple[float, float, Player]:
+    """Two calls on one pacer, each playing 1 s at once, the second 3 ms after the first: its
+    deadlines fall 3 ms after the first's, within the pacer's `early`. Returns when each
+    started and the second's player."""
+    async with trio.open_nursery() as nursery:
+        pacer = Pacer()
+        await nursery.start(pacer.run)
+        a = Player(Playout(16000, lead_ms=60, catchup_ms=0), pacer=pacer, direct=first)
+        b = Player(
+            Playout(16000, lead_ms=60, catchup_ms=0),
+            pacer=pacer,
+            direct=second,
+            on_late=late.append,
+        )
+        nursery.start_soon(Sends().run, a)
+        nursery.start_soon(sends.run, b)
+        await trio.sleep(0.001)
+        t_a = trio.current_time()
+        await a.play(frames(50))
+        await trio.sleep(0.003)
+        t_b = trio.current_time()
+        await b.play(frames(50))
+        await a.drain()
+        await b.drain()
+        nursery.cancel_scope.cancel()
+    return t_a, t_b, b
+
+
+async def test_a_deadline_just_after_a_wake_is_served_by_it_and_plays_as_it_would_have(
+    autojump_clock,
+):
+    """The second call's frames go out with the first's, 3 ms before their deadlines: one
+    wake-up of the pacer for both. What ACS plays, and when, is unchanged: the second call's
+    playout clock ends exactly 1 s after it started, and its releases count as on time."""
+    first, second, late = FakeSink(), FakeSink(), []
+    t_a, t_b, b = await _two_calls_3_ms_apart(first, second, Sends(), late)
+    paced_a = [t for t, _ in first.written[3:]]
+    paced_b = [t for t, _ in second.written[3:]]
+    assert paced_b == paced_a  # the same wake-ups
+    for k, t in enumerate(paced_b, start=3):
+        deadline = t_b + (k - 2) * 0.020
+        assert deadline - EARLY - 1e-9 <= t <= deadline  # early, by at most `early`
+    assert [f for _, f in second.written] == [
+        frames(50)[k * F16 : (k + 1) * F16] for k in range(50)
+    ]
+    assert b.playout.position == approx(t_b + 1.0)  # ACS plays the last frame when it would have
+    assert len(late) == 47 and set(late) == {0.0}
+
+
+async def test_told_early_with_a_busy_socket_the_send_task_sends_at_once_and_sleeps_on(
+    autojump_clock,
+):
+    """The same, with the second call's socket busy: its send task is woken early and sends
+    what is due at the deadline then, once per frame, rather than waking again and again
+    until the deadline comes."""
+    first, second, sends = FakeSink(), FakeSink(), Sends()
+    second.busy = True
+    t_a, t_b, _ = await _two_calls_3_ms_apart(first, second, sends, [])
+    by_task = [t for t, _, released in sends.sent for _ in released]
+    assert len(by_task) == 50  # its first three frames too: the socket was busy from the start
+    assert sends.returns == 48  # three at once, then one wake per paced frame
+    for k, t in enumerate(by_task[3:], start=3):
+        deadline = t_b + (k - 2) * 0.020
+        assert deadline - EARLY - 1e-9 <= t <= deadline + SLACK + 1e-9

@@ -1,11 +1,12 @@
 """`Pacer`: one timer for the send sides of every call in a process.
 
-Owns: telling each waiter, at (or up to `coalesce` after) the deadline it asked for, that its
-deadline has passed (`Waiter.deadline_passed`). Never: holds a call's resources, or knows what
-a waiter does when told (a player writes its due frames, on this task). An entry refers to its
-waiter only; a call that has ended, or moved its deadline since, ignores the news, and the
-entry is dropped when it falls due (a player's deadline is never more than its playout lead
-and catch-up ahead: an ended call's objects outlive it here by at most that, closed).
+Owns: telling each waiter, at the deadline it asked for (or up to `coalesce` after it, or up to
+`early` before it), that its deadline has come (`Waiter.deadline_passed`). Never: holds a call's
+resources, or knows what a waiter does when told (a player writes its due frames, on this task).
+An entry refers to its waiter only; a call that has ended, or moved its deadline since, ignores
+the news, and the entry is dropped when it falls due (a player's deadline is never more than its
+playout lead and catch-up ahead: an ended call's objects outlive it here by at most that,
+closed).
 
 Why: a Trio timeout (`move_on_at` around a park) costs about four times a plain wake-up, and a
 call releasing paced audio (a bot's reply, or an echo after a hiccup) needs one every 20 ms.
@@ -15,6 +16,12 @@ frames writes them from this task without waking its send task (`gateway.call.pl
 Deadlines close together are served by one wake-up even with `coalesce` at 0: epoll's timeout
 is whole milliseconds, rounded up. A wake is late by that rounding, plus `coalesce`, plus
 whatever else the loop was doing; each waiter measures its own lateness.
+
+Early. Once awake, the pacer also serves the deadlines of the next `early` seconds (5 ms). A
+player told early releases what is due at its deadline, as it would then: its playout clock is
+absolute, so what ACS plays, and when, does not change, and ACS holds at most `early` more
+than the lead (65 ms rather than 60). With few calls, whose deadlines are a millisecond or more
+apart, each of them otherwise cost a wake-up of its own (`bench/pacer_wakes.py --early`).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import trio
 
 SLACK: Final = 0.001  # seconds; on an idle loop a wake is at most this late (epoll's rounding)
 COALESCE: Final = 0.0  # seconds the pacer sleeps past the earliest deadline: see pacer_wakes.py
+EARLY: Final = 0.005  # seconds before its deadline a waiter may be told: see "Early", above
 
 
 class Waiter(Protocol):
@@ -36,8 +44,9 @@ class Waiter(Protocol):
 
 
 class Pacer:
-    def __init__(self, coalesce: float = COALESCE) -> None:
+    def __init__(self, coalesce: float = COALESCE, early: float = EARLY) -> None:
         self.coalesce = coalesce
+        self.early = early
         self._heap: list[tuple[float, int, Waiter]] = []
         self._order = count()  # ties: first come, first served; never compare waiters
         self._rescheduled = trio.lowlevel.ParkingLot()  # the pacer task waits here
@@ -57,7 +66,7 @@ class Pacer:
         heap = self._heap
         while True:
             now = trio.current_time()
-            while heap and heap[0][0] <= now:
+            while heap and heap[0][0] <= now + self.early:  # see "Early", above
                 deadline, _, waiter = heapq.heappop(heap)
                 # The time now, not at the top of the loop: serving many calls' frames takes
                 # milliseconds, and each waiter's lateness and release are measured on the clock.

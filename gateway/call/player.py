@@ -302,15 +302,16 @@ class Player:
             self._woken_for = deadline
             self._sender.unpark_all()
             return
-        frames = self._release(now)
+        at = deadline if deadline > now else now  # told early: what is due at the deadline
+        frames = self._release(at)
         if frames:
             if self._on_late is not None:
-                self._on_late(now - deadline)
+                self._on_late(now - deadline if now > deadline else 0.0)
             if not direct.send(frames):
                 self._flush_pending = True  # the send task writes the rest
                 self._sender.unpark_all()
                 return
-        due = playout.next_due(now)
+        due = playout.next_due(at)
         if due is None:
             self._sender_wakes_at = math.inf  # waits for audio, as if it had parked for it
         else:
@@ -344,7 +345,9 @@ class Player:
             stop = playout.take_stop()
             if stop:
                 self.observer.bot_cut(now)
-            frames = self._release(now)
+            # Woken by the pacer up to `Pacer.early` before a deadline: what is due at it goes.
+            at = late_from if late_from is not None and late_from > now else now
+            frames = self._release(at)
             if frames:
                 if late_from is not None and self._on_late is not None and now >= late_from:
                     self._on_late(now - late_from)
@@ -353,7 +356,7 @@ class Player:
                 return stop, frames
             if self.closed:
                 await trio.sleep_forever()
-            due = playout.next_due(now)
+            due = playout.next_due(at)
             self._woken_for = None
             try:
                 if due is None:
