@@ -7,7 +7,8 @@ encoding, tasks, reading the clock (it is given `now`), or drifting sleeps.
 The playout clock. ACS plays what we send at real-time rate from its own queue. `position` is
 the time at which the next frame we release would start playing there. A frame is due when,
 once released, it would end no later than `now + lead`: we stay at most `lead` seconds ahead
-of real time, so a barge-in leaves at most `lead` of audio already in ACS's hands. Each
+of real time, so a barge-in leaves at most `lead` of audio already in ACS's hands (plus the
+shared pacer's `early`, 5 ms, when it serves a deadline early: `gateway.call.pacer`). Each
 release advances `position` by the frame's duration from max(position, now): absolute times,
 accumulated, so pacing never drifts; after an underrun (nothing to play) the next frame starts
 at `now`.
@@ -303,7 +304,8 @@ class Playout:
         return self._released.get(utterance, 0) * 1000 / self.bytes_per_second
 
     def buffered_ms(self, now: float) -> float:
-        """Milliseconds released but not yet played by ACS (at most `lead` plus `catchup`)."""
+        """Milliseconds released but not yet played by ACS (at most `lead` plus `catchup`, and
+        the pacer's `early`)."""
         if self.position is None or self.position <= now:
             return 0.0
         return (self.position - now) * 1000
