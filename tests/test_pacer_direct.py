@@ -292,3 +292,47 @@ async def test_told_early_with_a_busy_socket_the_send_task_sends_at_once_and_sle
     for k, t in enumerate(by_task[3:], start=3):
         deadline = t_b + (k - 2) * 0.020
         assert deadline - EARLY - 1e-9 <= t <= deadline + SLACK + 1e-9
+
+
+async def test_a_pause_just_after_an_early_release_takes_back_exactly_what_acs_had_not_played(
+    autojump_clock,
+):
+    """A frame released early has not started playing: a pause then takes back everything ACS
+    held, more than the lead by as much as the release was early, and the resume plays on
+    from exactly where the caller stopped hearing, nothing counted as dropped."""
+    first, second, sends = FakeSink(), FakeSink(), Sends()
+    audio = frames(50)
+    async with trio.open_nursery() as nursery:
+        pacer = Pacer()
+        await nursery.start(pacer.run)
+        a = Player(Playout(16000, lead_ms=60, catchup_ms=0), pacer=pacer, direct=first)
+        b = Player(Playout(16000, lead_ms=60, catchup_ms=0), pacer=pacer, direct=second)
+        nursery.start_soon(Sends().run, a)
+        nursery.start_soon(sends.run, b)
+        await trio.sleep(0.001)
+        await a.play(audio)
+        await trio.sleep(0.003)
+        await b.play(audio)
+        # Its tenth frame's deadline is 140 ms on; it went with the first call's, 3 ms early.
+        await trio.sleep(0.138)
+        assert len(second.written) == 10
+        buffered = b.playout.buffered_ms(trio.current_time())
+        sent_before = len(second.written)
+        assert not sends.sent  # so far every frame went from play() or the pacer
+        b.pause()
+        held = b.playout.stats.recalled
+        await trio.sleep(0.2)
+        b.resume()
+        await b.drain()
+        await a.drain()
+        nursery.cancel_scope.cancel()
+    assert 60 < buffered <= 60 + EARLY * 1000  # ACS held more than the lead: it went early
+    assert held == round(buffered * 32)  # 32 bytes a millisecond at 16 kHz
+    stats = b.playout.stats
+    assert stats.dropped_by_stop == 0
+    assert stats.released == len(audio)
+    # At the resume the send task sends what is due at once (ACS was stopped), then the pacer
+    # the rest.
+    by_task = b"".join(f for _, stop, released in sends.sent if not stop for f in released)
+    after = by_task + b"".join(f for _, f in second.written[sent_before:])
+    assert after == audio[sent_before * F16 - held :]

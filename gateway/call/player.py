@@ -302,8 +302,7 @@ class Player:
             self._woken_for = deadline
             self._sender.unpark_all()
             return
-        at = deadline if deadline > now else now  # told early: what is due at the deadline
-        frames = self._release(at)
+        frames = self._release(now, deadline)  # told early: what is due at the deadline
         if frames:
             if self._on_late is not None:
                 self._on_late(now - deadline if now > deadline else 0.0)
@@ -311,19 +310,19 @@ class Player:
                 self._flush_pending = True  # the send task writes the rest
                 self._sender.unpark_all()
                 return
-        due = playout.next_due(at)
+        due = playout.next_due(now)
         if due is None:
             self._sender_wakes_at = math.inf  # waits for audio, as if it had parked for it
         else:
             self._sender_wakes_at = due
             pacer.wake_at(due, self)
 
-    def _release(self, now: float) -> list[bytes]:
-        """The frames due at `now`, told to the observer (where ACS plays them); their room in
-        the queue goes to a blocked `play()`."""
+    def _release(self, now: float, until: float | None = None) -> list[bytes]:
+        """The frames due at `now` (or by `until`: see `Playout.release_due`), told to the
+        observer (where ACS plays them); their room in the queue goes to a blocked `play()`."""
         playout = self.playout
         start = playout.position
-        frames = playout.release_due(now)
+        frames = playout.release_due(now, until)
         if frames:
             self.observer.bot_audio(frames, now if start is None or start < now else start)
             if playout.space_bytes >= self._refill:
@@ -346,8 +345,7 @@ class Player:
             if stop:
                 self.observer.bot_cut(now)
             # Woken by the pacer up to `Pacer.early` before a deadline: what is due at it goes.
-            at = late_from if late_from is not None and late_from > now else now
-            frames = self._release(at)
+            frames = self._release(now, late_from)
             if frames:
                 if late_from is not None and self._on_late is not None and now >= late_from:
                     self._on_late(now - late_from)
@@ -356,7 +354,7 @@ class Player:
                 return stop, frames
             if self.closed:
                 await trio.sleep_forever()
-            due = playout.next_due(at)
+            due = playout.next_due(now)
             self._woken_for = None
             try:
                 if due is None:

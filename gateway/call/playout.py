@@ -255,12 +255,14 @@ class Playout:
             )
         return None
 
-    def release_due(self, now: float) -> list[bytes]:
-        """Take every frame due at `now`, in order, advancing the playout clock."""
+    def release_due(self, now: float, until: float | None = None) -> list[bytes]:
+        """Take every frame due at `now` (or by `until`, a deadline a little later: the shared
+        pacer's `early`), in order, advancing the playout clock."""
         released: list[bytes] = []
+        limit = now if until is None or until < now else until
         while True:
             due = self.next_due(now)
-            if due is None or due > now + _EPSILON:
+            if due is None or due > limit + _EPSILON:
                 return released
             if not self._frames:
                 self.flush()

@@ -54,7 +54,8 @@ class CallSettings:
         default=60,
         validator=at_least_one_frame,
         metadata=hot(
-            "How far ahead of real time audio is sent to ACS (bounds audio after barge-in)."
+            "How far ahead of real time audio is sent to ACS (bounds audio after barge-in); "
+            "a paced frame may go up to 5 ms sooner, when the pacer is awake for another call's."
         ),
     )
     playout_catchup_ms: int = attrs.field(
