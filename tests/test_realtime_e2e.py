@@ -269,13 +269,14 @@ async def test_the_local_vad_stops_the_bot_while_sending_to_the_model_waits(
     autojump_clock, monkeypatch
 ):
     """The model stops reading while its reply plays; the caller's audio fills the sockets
-    between them, so sending it upstream waits. When the caller then talks over the bot, the
-    local VAD stops the bot at once: it acts where it hears the frame, not behind the
-    model's socket."""
+    between them, so sending it upstream waits. Both kernel buffers are fixed: the model's
+    receive buffer, left to the kernel, grew with the first turn's reads, at times enough to
+    take the caller's six seconds. When the caller then talks over the bot, the local VAD
+    stops the bot at once: it acts where it hears the frame, not behind the model's socket."""
     monkeypatch.setenv(KEY_ENV, "k")
     monkeypatch.setattr(upstream, "SocketTransport", SmallSendBuffer)
     calls: list[Call] = []
-    async with open_fake_model([speech(24000) * 2]) as model:  # a 15 s reply
+    async with open_fake_model([speech(24000) * 2], receive_buffer=65536) as model:  # 15 s
         opts = options(model.url, local_vad=True, keepalive_interval=600.0)
         async with open_gateway(spied(opts, calls)) as server:
             async with simulated_call(server.urls[0], sample_rate=16000) as acs:

@@ -36,6 +36,7 @@ import itertools
 import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from socket import SO_RCVBUF, SOL_SOCKET
 from typing import Any
 
 import trio
@@ -76,7 +77,9 @@ class FakeModel:
         session_max_s: float | None = None,
         noise_max_ms: int = 250,
         ssl_context: ssl.SSLContext | None = None,
+        receive_buffer: int | None = None,
     ) -> None:
+        self.receive_buffer = receive_buffer  # None: the kernel's own, which grows
         self.noise_max_ms = noise_max_ms
         self.ssl_context = ssl_context  # None: plain ws://
         self.responses = list(responses)
@@ -189,6 +192,8 @@ class FakeModel:
     # -- the server --
 
     async def _handle(self, stream: trio.SocketStream) -> None:
+        if self.receive_buffer is not None:
+            stream.socket.setsockopt(SOL_SOCKET, SO_RCVBUF, self.receive_buffer)
         socket = ModelSocket(stream, self, self.ssl_context)
         try:
             if not await socket.accept(self._refusal):
@@ -236,6 +241,7 @@ async def open_fake_model(
     session_max_s: float | None = None,
     noise_max_ms: int = 250,
     ssl_context: ssl.SSLContext | None = None,
+    receive_buffer: int | None = None,
 ) -> AsyncIterator[FakeModel]:
     """Run a fake realtime model on 127.0.0.1, port 0, until the block ends.
 
@@ -250,7 +256,11 @@ async def open_fake_model(
     `api_key`: if set, handshakes without it (`api-key` or `Authorization: Bearer`) get 401.
     `ssl_context`: a server-side context: serve TLS (`wss://`), as the real service does, so a
     benchmark's bridged calls pay for TLS as in production (a test's client trusts the context's
-    certificate through its own CA)."""
+    certificate through its own CA).
+    `receive_buffer`: the kernel receive buffer (`SO_RCVBUF`) of each connection it accepts.
+    By default the kernel's own, which grows to megabytes as the model reads, so a test of a
+    model that stops reading sets it: then how much the kernel holds does not depend on how
+    fast the model read before."""
     model = FakeModel(
         responses,
         api_key=api_key,
@@ -265,6 +275,7 @@ async def open_fake_model(
         session_max_s=session_max_s,
         noise_max_ms=noise_max_ms,
         ssl_context=ssl_context,
+        receive_buffer=receive_buffer,
     )
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(
