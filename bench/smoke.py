@@ -116,6 +116,7 @@ BENCHES: list[tuple[str, list[str], float]] = [
     ),
     ("tls_echo", ["--calls", "2", "--rounds", "1", "--window", "1", "--settle", "1"], 90),
     ("pacing_shape", ["--seconds", "2"], 60),
+    ("reply_pacing", ["--calls", "3", "--seconds", "3", "--rounds", "1"], 90),
 ]
 # Scripts that are servers run by another benchmark, not benchmarks to run on their own.
 RUN_BY = {

@@ -223,6 +223,37 @@ async def test_barge_in_stops_queued_audio_at_once(autojump_clock):
     assert stats.stop_audio_sent == 1
 
 
+@pytest.mark.parametrize(("step_ms", "released_ms"), [(20, 1080), (40, 1060)])
+async def test_the_playout_step_sets_how_far_ahead_acs_is_topped_up(
+    autojump_clock, step_ms, released_ms
+):
+    """With a lead of 60 ms, a barge-in 1.03 s into a reply: a frame per write has the lead
+    ahead of the last release (at 1.02 s); two frames per write topped ACS up at 1.00 s, so it
+    was sent 20 ms less. Either way the caller heard 1.03 s and nothing after the stop."""
+    bot = b"\x10\x00" * 16000 * 5
+    released: list[float] = []
+
+    async def bot_speaks(call: Call) -> None:
+        player = call.player
+        assert player is not None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(player.play, bot, "reply-1")
+            async for packet in call.packets:
+                if isinstance(packet, DtmfData):
+                    player.stop()
+                    released.append(player.released_ms("reply-1"))
+
+    settings = CallSettings(playout_lead_ms=60, playout_step_ms=step_ms)
+    async with memory_call(bot_speaks, settings) as mc:
+        await trio.sleep(1.03)
+        await mc.peer.send_dtmf("1")
+        await mc.peer.wait_for(lambda p: p.stop_times)
+        assert released == [pytest.approx(released_ms)]
+        assert mc.peer.audio_after_stop == []
+        assert len(mc.peer.playback.heard()) == 1030 * 32
+        await mc.peer.hang_up()
+
+
 async def test_many_calls_leave_no_tasks_behind(autojump_clock):
     before = task_count()
     for _ in range(20):

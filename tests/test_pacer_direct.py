@@ -6,10 +6,12 @@ fake sink that records when each frame was written. Catching up is off: the lead
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 import trio
 from pytest import approx
 
@@ -33,6 +35,7 @@ class FakeSink:
         self.busy = False  # ready() is False: a write is in progress
         self.short = False  # send() leaves bytes for the send task
         self.asked = 0  # ready() calls
+        self.writes: list[int] = []  # frames in each send()
         self.max_asked = 10_000  # more: the player spins (the autojump clock would not move)
 
     def ready(self) -> bool:
@@ -43,6 +46,7 @@ class FakeSink:
     def send(self, frames: list[bytes]) -> bool:
         now = trio.current_time()
         self.written += [(now, f) for f in frames]
+        self.writes.append(len(frames))
         return not self.short
 
     def send_stop(self) -> bool:
@@ -66,14 +70,15 @@ class Sends:
 
 @asynccontextmanager
 async def paced_call(
-    sink: FakeSink, sends: Sends, **player: Any
+    sink: FakeSink, sends: Sends, step_ms: int = 20, **player: Any
 ) -> AsyncIterator[tuple[trio.Nursery, Player]]:
     """A pacer, a player writing to `sink` (the lead alone paces) and its send task, parked
     waiting for audio; cancelled on exit."""
     async with trio.open_nursery() as nursery:
         pacer = Pacer()
         await nursery.start(pacer.run)
-        call = Player(Playout(16000, lead_ms=60, catchup_ms=0), pacer=pacer, direct=sink, **player)
+        playout = Playout(16000, lead_ms=60, catchup_ms=0, step_ms=step_ms)
+        call = Player(playout, pacer=pacer, direct=sink, **player)
         nursery.start_soon(sends.run, call)
         await trio.sleep(0.001)
         yield nursery, call
@@ -100,9 +105,38 @@ async def test_a_long_reply_goes_out_from_the_pacer_on_time_and_the_send_task_sl
     assert player.playout.stats.released == 100 * F16
 
 
-async def test_a_busy_socket_wakes_the_send_task_instead(autojump_clock):
+async def test_a_step_of_two_frames_writes_them_in_pairs_on_the_same_playout_clock(
+    autojump_clock,
+):
+    """`step_ms=40`: the pacer wakes when ACS holds 20 ms (the lead less the step) and tops it
+    up to the lead: two frames a write, half the wake-ups. What ACS plays, and when, is what
+    a step of one frame gives."""
+    late: list[float] = []
     sink, sends = FakeSink(), Sends()
-    async with paced_call(sink, sends) as (_, player):
+    async with paced_call(sink, sends, step_ms=40, on_late=late.append) as (_, player):
+        t0 = trio.current_time()
+        await player.play(frames(100))
+        await player.drain()
+        assert player.playout.position == approx(t0 + 2.0)  # the clock ends where it would
+    audio = frames(100)
+    assert [f for _, f in sink.written] == [audio[k * F16 : (k + 1) * F16] for k in range(100)]
+    assert sink.writes == [3] + [2] * 48 + [1]  # the lead at once, then pairs
+    for k, (t, _) in enumerate(sink.written):
+        written = t - t0
+        exact = math.ceil(max(0, k - 2) / 2) * 0.040  # when ACS holds 20 ms
+        assert exact - 1e-9 <= written <= exact + SLACK + 1e-9
+        plays_at = k * 0.020  # the playout clock: the frame's start in ACS
+        if k >= 3:  # after the first lead: ACS had at least 20 ms still to play
+            assert plays_at - written >= 0.020 - SLACK - 1e-9
+        assert plays_at - written <= 0.040 + 1e-9  # and was topped up to the lead
+    assert sends.returns == 0
+    assert len(late) == 49 and max(late) <= SLACK + 1e-9  # a step of one frame: 97
+
+
+@pytest.mark.parametrize("step_ms", [20, 40])
+async def test_a_busy_socket_wakes_the_send_task_instead(autojump_clock, step_ms):
+    sink, sends = FakeSink(), Sends()
+    async with paced_call(sink, sends, step_ms=step_ms) as (_, player):
         t0 = trio.current_time()
         await player.play(frames(10))  # three frames go from play() itself
         sink.busy = True  # from now on, only the send task may write
@@ -110,8 +144,11 @@ async def test_a_busy_socket_wakes_the_send_task_instead(autojump_clock):
     assert len(sink.written) == 3
     by_task = [(t - t0, f) for t, _, released in sends.sent for f in released]
     assert [f for _, f in by_task] == [frames(10)[k * F16 : (k + 1) * F16] for k in range(3, 10)]
+    step = step_ms // 20  # frames a wake-up of the send task takes
+    expected = [step] * (7 // step) + ([7 % step] if 7 % step else [])
+    assert [len(released) for _, _, released in sends.sent] == expected
     for k, (t, _) in enumerate(by_task, start=3):
-        exact = (k - 2) * 0.020
+        exact = math.ceil((k - 2) / step) * step * 0.020
         assert exact - 1e-9 <= t <= exact + SLACK + 1e-9
 
 

@@ -44,6 +44,16 @@ def test_a_bad_value_names_the_setting_its_source_and_the_value(tmp_path):
     )
 
 
+def test_a_playout_step_must_leave_acs_a_frame_to_play_on():
+    assert refused(environ={"ACS_GATEWAY_PLAYOUT_STEP_MS": "60"}) == (
+        "invalid configuration: playout_step_ms (environment variable "
+        "ACS_GATEWAY_PLAYOUT_STEP_MS) = '60': must be whole 20 ms frames, from 20 to "
+        "playout_lead_ms less a frame (40); got 60"
+    )
+    assert config.load(environ={"ACS_GATEWAY_PLAYOUT_STEP_MS": "40"}).playout_step_ms == 40
+    assert refused(environ={"ACS_GATEWAY_PLAYOUT_STEP_MS": "30"}).endswith("got 30")
+
+
 def test_a_misspelt_key_gets_the_close_one(tmp_path):
     path = tmp_path / "gateway.toml"
     path.write_text("max_call = 3\n")

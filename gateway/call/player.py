@@ -190,7 +190,7 @@ class Player:
 
     def _wake_sender_if_due(self) -> None:
         now = self._clock()
-        due = self.playout.next_due(now)
+        due = self.playout.next_wake(now)
         if due is None or due >= self._sender_wakes_at:
             return
         if self._sender_wakes_at == math.inf and due > now and self._pacer is not None:
@@ -310,7 +310,7 @@ class Player:
                 self._flush_pending = True  # the send task writes the rest
                 self._sender.unpark_all()
                 return
-        due = playout.next_due(now)
+        due = playout.next_wake(now)
         if due is None:
             self._sender_wakes_at = math.inf  # waits for audio, as if it had parked for it
         else:
@@ -354,7 +354,7 @@ class Player:
                 return stop, frames
             if self.closed:
                 await trio.sleep_forever()
-            due = playout.next_due(now)
+            due = playout.next_wake(now)
             self._woken_for = None
             try:
                 if due is None:

@@ -22,6 +22,13 @@ lead stretches by `catchup` while the queue is that short: the backlog goes to A
 sits in ACS's queue instead of ours. The caller hears the same either way; ACS holds at most
 `lead + catchup`, and only the first and last `catchup` of a fast reply may go that early.
 
+Steps. The send side wakes when ACS holds `lead - step` and tops it up to `lead`: with `step` one
+frame (the default) that is a frame per wake-up and per write. A longer step (40 ms: two frames)
+halves a paced reply's wake-ups and socket writes, and leaves ACS as little as `lead - step`
+to play on through a late wake-up. `next_wake` is when the send side next has to look;
+`next_due` and `release_due` are the pacing itself, unchanged by the step, so a release woken at
+its step's time takes every frame due by then, in one write.
+
 Frames are 20 ms of the call's format. Audio is queued in whole frames; a remainder shorter than
 a frame (the end of an odd-sized chunk) waits for more audio of the same utterance and is
 released on its own only when ACS would otherwise run dry (`position <= now + one frame`, and
@@ -53,8 +60,19 @@ from ..acs.packets import BYTES_PER_SAMPLE, FRAME_MS, frame_bytes
 DEFAULT_LEAD_MS: Final = 60  # three frames: absorbs send jitter, bounds audio heard after barge-in
 DEFAULT_CAPACITY_MS: Final = 5000  # a model reply streams faster than real time; 5 s is ~160 KB
 DEFAULT_CATCHUP_MS: Final = 100  # a backlog this short is sent at once: see "Catching up"
+DEFAULT_STEP_MS: Final = FRAME_MS  # a paced frame per wake-up: see "Steps"
 _EPSILON: Final = 1e-9  # seconds; accumulated float positions must not miss an exact due time
 _UTTERANCES_KEPT: Final = 64  # released_ms is remembered for this many recent utterances
+
+
+def check_step(step_ms: int, lead_ms: float) -> None:
+    """A step is whole frames, and leaves ACS at least a frame to play on at each wake-up (one
+    frame's step is allowed with any lead, as it always was)."""
+    if step_ms % FRAME_MS or not FRAME_MS <= step_ms <= max(FRAME_MS, lead_ms - FRAME_MS):
+        raise ValueError(
+            f"playout_step_ms must be whole {FRAME_MS} ms frames, from {FRAME_MS} to "
+            f"playout_lead_ms less a frame ({lead_ms - FRAME_MS:g}); got {step_ms}"
+        )
 
 
 @attrs.define(slots=True)
@@ -81,6 +99,7 @@ class Playout:
         "bytes_per_second",
         "frame_seconds",
         "lead",
+        "step_extra",
         "catchup",
         "catchup_bytes",
         "capacity_bytes",
@@ -104,14 +123,17 @@ class Playout:
         lead_ms: float = DEFAULT_LEAD_MS,
         capacity_ms: float = DEFAULT_CAPACITY_MS,
         catchup_ms: float = DEFAULT_CATCHUP_MS,
+        step_ms: int = DEFAULT_STEP_MS,
     ) -> None:
         if lead_ms < FRAME_MS:
             raise ValueError(f"lead_ms must be at least one frame ({FRAME_MS} ms)")
+        check_step(step_ms, lead_ms)
         self.sample_rate = sample_rate
         self.frame_bytes = frame_bytes(sample_rate)
         self.bytes_per_second = sample_rate * BYTES_PER_SAMPLE
         self.frame_seconds = FRAME_MS / 1000
         self.lead = lead_ms / 1000
+        self.step_extra = (step_ms - FRAME_MS) / 1000  # a wake-up waits this long past a due
         self.catchup = catchup_ms / 1000
         self.catchup_bytes = int(catchup_ms * self.bytes_per_second / 1000)
         self.capacity_bytes = int(capacity_ms * self.bytes_per_second / 1000)
@@ -254,6 +276,15 @@ class Playout:
                 position + len(self._tail) / self.bytes_per_second - lead,
             )
         return None
+
+    def next_wake(self, now: float) -> float | None:
+        """When the send side next has to release (see "Steps"): when the head frame is due,
+        or a step later, once ACS holds `lead - step` (the remainder shorter than a frame goes
+        when it is due)."""
+        due = self.next_due(now)
+        if due is None or not self._frames:
+            return due
+        return due + self.step_extra
 
     def release_due(self, now: float, until: float | None = None) -> list[bytes]:
         """Take every frame due at `now` (or by `until`, a deadline a little later: the shared

@@ -94,6 +94,7 @@ async def run_call(
             lead_ms=settings.playout_lead_ms,
             capacity_ms=settings.playout_queue_ms,
             catchup_ms=settings.playout_catchup_ms,
+            step_ms=settings.playout_step_ms,
         )
         on_late = None if timings is None else timings.pacing_lateness
         state.player = Player(
