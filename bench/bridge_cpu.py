@@ -55,6 +55,10 @@ by pair and their median (for A/B runs of one processor with `--root`): at 20 ca
 pair's ratio moves by 0.2-0.3x from run to run on this kind of machine, so judge the goal by
 the median.
 
+This process and the fake model's run with garbage collection off during a phase: they keep
+every message and event of it, and a full collection would stall the clock at one end of each
+barge-in's latency.
+
 `--busy-core` keeps the gateway's core from idling (`bench/echo_load.py`'s `SCHED_IDLE`
 spinner), which leaves the machine's cost of waking an idle core out of both processors' CPU.
 
@@ -78,6 +82,7 @@ time-aligned sum); their difference is the mixer's cost.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -288,6 +293,9 @@ async def serve_model(tools: bool, tls_ca: str | None) -> None:
     # the interruption's turn: an empty response, but after the last conversation no response
     script = (conversation + [b""]) * (TURNS - 1) + conversation
     context = model_tls(tls_ca) if tls_ca else None
+    # It records every event of every session, and lives for one phase: collecting all that
+    # would stall it, and the speech_started times it reports with it.
+    gc.disable()
     async with open_fake_model(script, speed=4.0, ssl_context=context) as model:
         print(model.url, flush=True)
         await trio.to_thread.run_sync(sys.stdin.read)  # until the benchmark closes stdin
@@ -355,21 +363,27 @@ async def phase(
             model0 = proc_cpu_seconds(model_pid)
             lag: list[float] = []
             heard: list[int] = []
-            if one_at_a_time:  # a fresh model connection per call: connection k is call k
-                results = []
-                for _ in range(args.latency_runs):
-                    results += await run_calls(url, 1, 0, audio)
-            else:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(sample_rss)
-                    results = await run_calls(
-                        url,
-                        calls or args.calls,
-                        args.stagger,
-                        audio,
-                        lag if not bridged else None,
-                        heard,
-                    )
+            # The simulated calls keep every message they exchange; a full collection of all
+            # that stalls this process, and with it the barge-in latency it measures.
+            gc.disable()
+            try:
+                if one_at_a_time:  # a fresh model connection per call: connection k is call k
+                    results = []
+                    for _ in range(args.latency_runs):
+                        results += await run_calls(url, 1, 0, audio)
+                else:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(sample_rss)
+                        results = await run_calls(
+                            url,
+                            calls or args.calls,
+                            args.stagger,
+                            audio,
+                            lag if not bridged else None,
+                            heard,
+                        )
+            finally:
+                gc.enable()
             cpu1, wall1 = proc_cpu_seconds(proc.pid), time.monotonic()
             own1 = time.process_time()
             model1 = proc_cpu_seconds(model_pid)
