@@ -2,6 +2,7 @@
 
     python bench/echo_model.py                      # prints its ws:// URL, runs until stdin closes
     python bench/echo_model.py --tls-ca /tmp/ca.pem # wss://, its CA's certificate written there
+    python bench/echo_model.py --burst-ms 400       # answers in bursts of 400 ms of audio
 
 For `bench/yardstick.py`'s bridged runs: the gateway's realtime processor connects to it as to
 the real service (handshake, `session.update`), and every `input_audio_buffer.append` comes
@@ -9,6 +10,12 @@ straight back as a `response.output_audio.delta` of one long response, the base6
 So a bridged call carries audio both ways at the caller's real-time rate, like an echo call,
 and the load generator can time the round trip through the model. Never: VAD, scripted replies
 or recording the audio events (a long run at hundreds of calls would keep them all).
+
+`--burst-ms N`: hold the answers until N ms of audio waits (the appends are the gateway's 40 ms
+batches, counted), then send them all at once, each append its own delta, as a real model
+streams a reply faster than real time. The audio still flows at the caller's rate on average,
+but each burst arrives faster than ACS plays it: the gateway paces it out frame by frame, and a
+bridge that does not pace sends it on as it comes.
 """
 
 from __future__ import annotations
@@ -29,11 +36,15 @@ import echo_load  # noqa: E402
 from gateway.testing import fake_model, open_fake_model  # noqa: E402
 from gateway.testing.fake_model_session import Session  # noqa: E402
 
+APPEND_MS = 40  # the caller's audio per append: the bridges' batch
+
 
 class EchoSession(Session):
     """A session that streams the caller's audio back as the model's answer."""
 
     response: dict[str, Any] | None = None
+    burst = 1  # appends answered together (`--burst-ms`)
+    held: list[str] | None = None
 
     async def run(self) -> None:
         import orjson
@@ -69,15 +80,26 @@ class EchoSession(Session):
                     "item": item,
                 }
             )
+        if self.burst > 1:
+            held = self.held = self.held or []
+            held.append(audio)
+            if len(held) < self.burst:
+                return
+            self.held = None
+        else:
+            held = [audio]
         kind = "response.output_audio.delta" if self.ga else "response.audio.delta"
-        await self.send({"type": kind, **self.response, "delta": audio})
+        for delta in held:
+            await self.send({"type": kind, **self.response, "delta": delta})
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tls-ca", help="serve wss://; write the throwaway CA's certificate here")
+    parser.add_argument("--burst-ms", type=int, default=0, help="answer in bursts of this much")
     args = parser.parse_args()
     context = echo_load.model_tls(args.tls_ca) if args.tls_ca else None
+    EchoSession.burst = max(1, args.burst_ms // APPEND_MS)
     fake_model.Session = EchoSession  # type: ignore[misc]  # the sessions this model opens
     async with open_fake_model(ssl_context=context) as model:
         print(model.url, flush=True)

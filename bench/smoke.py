@@ -114,6 +114,12 @@ BENCHES: list[tuple[str, list[str], float]] = [
         + ["--resolution", "5", "--cpu-at", "5", "--duration", "1", "--warmup", "1"],
         150,
     ),
+    (
+        "yardstick:burst",
+        ["--targets", "bridged24", "--model-burst-ms", "400", "--low", "5", "--high", "10"]
+        + ["--resolution", "5", "--cpu-at", "5", "--duration", "1", "--warmup", "1"],
+        120,
+    ),
     ("tls_echo", ["--calls", "2", "--rounds", "1", "--window", "1", "--settle", "1"], 90),
     ("pacing_shape", ["--seconds", "2"], 60),
     ("reply_pacing", ["--calls", "3", "--seconds", "3", "--rounds", "1"], 90),

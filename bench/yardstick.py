@@ -35,9 +35,12 @@ Loss through the resampled path is counted within 3 frames per call (its resampl
 tail). A `RESULT {json}` line per target goes to stderr. On a machine shared with other work run
 it with priority (`nice -n -10 python bench/yardstick.py ...`) and say so. `--root TREE` runs
 the gateway's targets from another checkout (an A/B; the yardstick and the fake model stay this
-tree's). `--busy-core` keeps
-the server's core from idling (see `bench/echo_load.py`): at low load, what each frame costs
-the machine to wake the core is then left out of the CPU per frame.
+tree's). `--model-burst-ms N` has the fake model answer in bursts of N ms of audio, as a real
+model streams a reply faster than real time: the gateway then paces each burst out frame by
+frame (knowing what the caller heard), where the asyncio bridge sends it on as it comes; the
+round trip then includes the wait for the burst, so read the CPU rather than the knee.
+`--busy-core` keeps the server's core from idling (see `bench/echo_load.py`): at low load, what
+each frame costs the machine to wake the core is then left out of the CPU per frame.
 """
 
 from __future__ import annotations
@@ -176,10 +179,14 @@ TARGETS = {
 }
 
 
-def start_model(cpu: int, ca_path: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    """The fake model on `cpu`; with `ca_path`, over TLS (its CA's certificate written there)."""
+def start_model(
+    cpu: int, ca_path: str | None = None, burst_ms: int = 0
+) -> tuple[subprocess.Popen[bytes], str]:
+    """The fake model on `cpu`; with `ca_path`, over TLS (its CA's certificate written there);
+    `burst_ms`: it answers in bursts of that much audio (`bench/echo_model.py`)."""
     cmd = ["taskset", "-c", str(cpu), sys.executable, str(BENCH / "echo_model.py")]
     cmd += ["--tls-ca", ca_path] if ca_path else []
+    cmd += ["--burst-ms", str(burst_ms)] if burst_ms else []
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
     assert proc.stdout is not None
@@ -210,7 +217,9 @@ def measure(
     env = {KEY_ENV: "bench-key"}
     if "bridged" in target.name:
         ca_path = str(Path(tempfile.mkdtemp(prefix="yardstick-")) / "ca.pem")
-        model, model_url = start_model(args.client_cpu, ca_path if args.model_tls else None)
+        model, model_url = start_model(
+            args.client_cpu, ca_path if args.model_tls else None, args.model_burst_ms
+        )
         if args.model_tls:  # the server trusts the fake model's CA as it would a real one
             env["SSL_CERT_FILE"] = ca_path
     try:
@@ -362,6 +371,12 @@ def main() -> None:
         "--model-tls",
         action="store_true",
         help="the fake model serves wss://, as the real service does (the bridged targets)",
+    )
+    parser.add_argument(
+        "--model-burst-ms",
+        type=int,
+        default=0,
+        help="the fake model answers in bursts of this much audio, faster than real time",
     )
     parser.add_argument(
         "--busy-core",
