@@ -14,7 +14,7 @@ from gateway.call.interface import CallStats
 from gateway.call.state import CallState
 from gateway.call.tasks import wait_for_metadata, watch
 from gateway.logs import call_logger
-from gateway.processors import Call
+from gateway.processors import Call, Processor
 from gateway.testing import frames, speech
 from gateway.wire.websocket import ConnectionClosed
 from tests.conftest import memory_call, task_count
@@ -189,8 +189,9 @@ async def test_no_metadata_closes_after_the_timeout(autojump_clock):
     assert mc.result.ended_by == EndReason.TIMEOUT
 
 
-async def test_barge_in_stops_queued_audio_at_once(autojump_clock):
-    """The processor queues 5 s of bot audio; DTMF stands in for the caller speaking."""
+def bot_stopped_by_a_key(released_ms: list[float]) -> Processor:
+    """Queues 5 s of bot audio at once; a key (standing in for the caller speaking) stops it,
+    and what had been released of it goes to `released_ms`."""
     bot = b"\x10\x00" * 16000 * 5
 
     async def bot_speaks(call: Call) -> None:
@@ -201,9 +202,14 @@ async def test_barge_in_stops_queued_audio_at_once(autojump_clock):
             async for packet in call.packets:
                 if isinstance(packet, DtmfData):
                     player.stop()
-                    heard_ms.append(player.released_ms("reply-1"))
+                    released_ms.append(player.released_ms("reply-1"))
 
+    return bot_speaks
+
+
+async def test_barge_in_stops_queued_audio_at_once(autojump_clock):
     heard_ms: list[float] = []
+    bot_speaks = bot_stopped_by_a_key(heard_ms)
     async with memory_call(bot_speaks, CallSettings(playout_lead_ms=60)) as mc:
         await trio.sleep(1.0)
         barge_in = trio.current_time()
@@ -230,21 +236,9 @@ async def test_the_playout_step_sets_how_far_ahead_acs_is_topped_up(
     """With a lead of 60 ms, a barge-in 1.03 s into a reply: a frame per write has the lead
     ahead of the last release (at 1.02 s); two frames per write topped ACS up at 1.00 s, so it
     was sent 20 ms less. Either way the caller heard 1.03 s and nothing after the stop."""
-    bot = b"\x10\x00" * 16000 * 5
     released: list[float] = []
-
-    async def bot_speaks(call: Call) -> None:
-        player = call.player
-        assert player is not None
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(player.play, bot, "reply-1")
-            async for packet in call.packets:
-                if isinstance(packet, DtmfData):
-                    player.stop()
-                    released.append(player.released_ms("reply-1"))
-
     settings = CallSettings(playout_lead_ms=60, playout_step_ms=step_ms)
-    async with memory_call(bot_speaks, settings) as mc:
+    async with memory_call(bot_stopped_by_a_key(released), settings) as mc:
         await trio.sleep(1.03)
         await mc.peer.send_dtmf("1")
         await mc.peer.wait_for(lambda p: p.stop_times)
