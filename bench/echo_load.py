@@ -346,15 +346,22 @@ def lateness_p99_ms(port: int) -> tuple[float, int]:
     return histogram_bound_ms(port, "pacing_lateness_seconds")
 
 
-def histogram_bound_ms(port: int, histogram: str, quantile: float = 0.99) -> tuple[float, int]:
-    """The upper bound (ms) of the bucket of the gateway's histogram `acs_gateway_<histogram>`
-    that holds its `quantile`, all labels together, and how many observations it has."""
+def histogram_buckets(port: int, histogram: str) -> dict[float, float]:
+    """The gateway's histogram `acs_gateway_<histogram>`, all labels together: the cumulative
+    count of each bucket, by its upper bound in seconds."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     buckets: dict[float, float] = {}
     for line in text.splitlines():
         if line.startswith(f"acs_gateway_{histogram}_bucket"):
             le = float(line.split('le="')[1].split('"')[0])
             buckets[le] = buckets.get(le, 0.0) + float(line.rsplit(" ", 1)[1])
+    return buckets
+
+
+def histogram_bound_ms(port: int, histogram: str, quantile: float = 0.99) -> tuple[float, int]:
+    """The upper bound (ms) of the bucket of the gateway's histogram `acs_gateway_<histogram>`
+    that holds its `quantile`, all labels together, and how many observations it has."""
+    buckets = histogram_buckets(port, histogram)
     total = int(buckets[max(buckets)]) if buckets else 0
     if not total:
         return 0.0, 0

@@ -16,10 +16,13 @@ core 0 (`--server-cpu`) per step (`ACS_GATEWAY_PLAYOUT_STEP_MS`), alternated; th
 calls (`gateway.testing.simulated_call`) run in this process on core 1. Prints, per run: the
 gateway's CPU per 20 ms frame of the bot's audio that the calls received (the caller's frames,
 the same in every run, are in it too: compare runs, not absolute figures), the pacing lateness
-p99 (the upper bound of the bucket of the gateway's `pacing_lateness_seconds` that holds it),
-and the times ACS ran dry within a reply (a gap in a call's playback shorter than half the
-pause between replies: an underrun the caller would hear; the simulated ACS's own delays in
-taking the audio count too, so at loads where this process is busy it is an upper bound).
+p99 (the upper bound of the bucket of the gateway's `pacing_lateness_seconds` that holds it) and
+how many paced releases were more than 20 ms and 50 ms late (with the default 60 ms lead, ACS
+has 20 ms left at a deadline with a 40 ms step and 40 ms with a 20 ms one: a release later than
+that is a gap the caller hears, whatever the simulated ACS saw), and the times ACS ran dry
+within a reply (a gap in a call's playback shorter than half the pause between replies: an
+underrun the caller would hear; the simulated ACS's own delays in taking the audio count too, so
+at loads where this process is busy it is an upper bound).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from echo_load import (  # noqa: E402
     free_port,
+    histogram_buckets,
     lateness_p99_ms,
     proc_cpu_seconds,
     start_server,
@@ -135,6 +139,7 @@ def one_run(args: argparse.Namespace, step_ms: int) -> dict[str, float]:
             gc.enable()
         cpu1, own1, wall1 = proc_cpu_seconds(proc.pid), time.process_time(), time.monotonic()
         late_p99, paced = lateness_p99_ms(health)
+        lateness = histogram_buckets(health, "pacing_lateness_seconds")
     finally:
         proc.terminate()
         proc.wait()
@@ -148,6 +153,10 @@ def one_run(args: argparse.Namespace, step_ms: int) -> dict[str, float]:
         "late_p99_ms": late_p99,
         "paced": paced,
         "underruns": sum(underruns(c) for c in calls),
+        # Paced releases later than ACS had audio to cover: with a 60 ms lead, ACS holds 20 ms
+        # at a deadline with a step of 40, 40 ms with a step of 20 (the nearest bucket: 50).
+        "late_20ms": lateness[float("inf")] - lateness[0.02],
+        "late_50ms": lateness[float("inf")] - lateness[0.05],
     }
 
 
@@ -177,7 +186,8 @@ def main() -> None:
                 f"round {r + 1} step {step} ms: {row['us_per_bot_frame']:.1f} us per bot frame, "
                 f"gateway {row['cpu_pct']:.1f}% of a core, generator {row['gen_cpu_pct']:.1f}%, "
                 f"bot heard {row['bot_s_per_call']:.1f} s a call, lateness p99 "
-                f"{row['late_p99_ms']:g} ms ({row['paced']:.0f} paced), "
+                f"{row['late_p99_ms']:g} ms ({row['paced']:.0f} paced; over 20 ms late "
+                f"{row['late_20ms']:.0f}, over 50 ms {row['late_50ms']:.0f}), "
                 f"underruns {row['underruns']}",
                 flush=True,
             )
