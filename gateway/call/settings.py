@@ -72,7 +72,8 @@ class CallSettings:
         metadata=hot(
             "Paced audio goes to ACS in writes of this much: the send side wakes when ACS holds "
             "`playout_lead_ms` less this, and tops it up to the lead. Whole frames, at most the "
-            "lead less one. 40 halves a reply's wake-ups and socket writes."
+            "lead less one. 40 halves a reply's wake-ups and socket writes; raise the lead by "
+            "20 with it to keep ACS's margin for late frames."
         ),
     )
     playout_catchup_ms: int = attrs.field(
