@@ -22,6 +22,7 @@ from wsproto.frame_protocol import FrameProtocol
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.acs import codec  # noqa: E402
+from gateway.call.player import Player  # noqa: E402
 from gateway.call.playout import Playout  # noqa: E402
 from gateway.wire import framing  # noqa: E402
 
@@ -48,6 +49,28 @@ def wsproto_server() -> WSConnection:
     return server
 
 
+class NullSink:
+    """A socket that takes every write at once."""
+
+    def ready(self) -> bool:
+        return True
+
+    def send(self, frames: list[bytes]) -> bool:
+        return True
+
+    def send_stop(self) -> bool:
+        return True
+
+
+class Deadlines:
+    """The shared pacer's side of a paced release: the next deadline the player asks for."""
+
+    next = 0.0
+
+    def wake_at(self, deadline: float, waiter: object) -> None:
+        self.next = deadline
+
+
 def main() -> None:
     ws = wsproto_server()
 
@@ -68,6 +91,19 @@ def main() -> None:
         playout.enqueue(PCM)
         playout.release_due(clock[0])
 
+    pacer = Deadlines()
+    now = [0.0]
+    paced = Player(
+        Playout(16000, catchup_ms=0), clock=lambda: now[0], pacer=pacer, direct=NullSink()
+    )  # type: ignore[arg-type]  # Deadlines stands in for the pacer
+    paced.playout.enqueue(PCM * 100)  # 2 s of a reply, kept topped up: the queue has room
+    paced._sender_wakes_at = 0.0  # the send task sleeps until the pacer tells it, at 0
+
+    def release_one() -> None:  # a bot's frame, released at its deadline by the pacer's call
+        now[0] = pacer.next
+        paced.deadline_passed(pacer.next, pacer.next)
+        paced.playout.enqueue(PCM)
+
     rows = [
         ("frame in: wsproto receive_data + events()", wsproto_receive),
         ("frame in: gateway.framing.FrameReader.receive", lambda: reader.receive(FRAME)),
@@ -76,6 +112,7 @@ def main() -> None:
             lambda: decoder.decode(MESSAGE.encode()),
         ),
         ("playout: Playout.enqueue + release_due, 20 ms apart", play_one),
+        ("paced: Player.deadline_passed, a frame (no socket)", release_one),
         ("encode: codec.encode_audio (pybase64 + concatenation)", lambda: codec.encode_audio(PCM)),
         ("frame out: wsproto send(TextMessage)", lambda: ws.send(TextMessage(data=out))),
         ("frame out: gateway.framing.encode_texts", lambda: framing.encode_texts([out])),
