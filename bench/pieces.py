@@ -21,6 +21,8 @@ from wsproto.frame_protocol import FrameProtocol
 # This tree's gateway, not what the virtualenv has installed (it may be another checkout's).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pacer_wakes import Sink  # noqa: E402  # a socket that takes every write at once
+
 from gateway.acs import codec  # noqa: E402
 from gateway.call.player import Player  # noqa: E402
 from gateway.call.playout import Playout  # noqa: E402
@@ -47,19 +49,6 @@ def wsproto_server() -> WSConnection:
     next(server.events())
     server.send(AcceptConnection())
     return server
-
-
-class NullSink:
-    """A socket that takes every write at once."""
-
-    def ready(self) -> bool:
-        return True
-
-    def send(self, frames: list[bytes]) -> bool:
-        return True
-
-    def send_stop(self) -> bool:
-        return True
 
 
 class Deadlines:
@@ -93,9 +82,7 @@ def main() -> None:
 
     pacer = Deadlines()
     now = [0.0]
-    paced = Player(
-        Playout(16000, catchup_ms=0), clock=lambda: now[0], pacer=pacer, direct=NullSink()
-    )  # type: ignore[arg-type]  # Deadlines stands in for the pacer
+    paced = Player(Playout(16000, catchup_ms=0), clock=lambda: now[0], pacer=pacer, direct=Sink())  # type: ignore[arg-type]  # Deadlines stands in for the pacer
     paced.playout.enqueue(PCM * 100)  # 2 s of a reply, kept topped up: the queue has room
     paced._sender_wakes_at = 0.0  # the send task sleeps until the pacer tells it, at 0
 
