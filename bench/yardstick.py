@@ -130,7 +130,8 @@ class LevelGenerator(Generator):
             if not seen[seq]:
                 seen[seq] = True
                 call.echoed += 1
-                if self.measuring:
+                if call.counted[seq]:  # sent in the window: timed once
+                    call.counted[seq] = 0
                     self.rtts.append(now - call.sent_at[seq])
                     self.per_call.setdefault(call.index, []).append(now - call.sent_at[seq])
 
