@@ -114,7 +114,9 @@ DATA_MARK = b'"data":"'
 
 
 class Generator:
-    def __init__(self, url: str, calls: int, rate: int, phases: int = 20) -> None:
+    def __init__(
+        self, url: str, calls: int, rate: int, phases: int = 20, flush_s: float = FLUSH_S
+    ) -> None:
         host, port = url.removeprefix("ws://").split("/")[0].rsplit(":", 1)
         self.host, self.port = host, int(port)
         self.n = calls
@@ -131,6 +133,7 @@ class Generator:
         # period: call i sends in sub-tick i % phases. phases=1 sends every call's frame in one
         # burst (the worst case for round-trip percentiles).
         self.phases = phases
+        self.flush_s = flush_s  # the calls talk on, uncounted, this long after the window
 
     def open_call(self, index: int) -> None:
         sock = socket.create_connection((self.host, self.port))
@@ -251,13 +254,13 @@ class Generator:
                     self.server_start()
                 if measure_start is not None and now >= measure_start + duration:
                     measure_end = now
-                    stop_at = now + 1.0
+                    stop_at = now + 1.0 + self.flush_s
                     self.window_frames = (seq - self.measure_seq0) * self.n
                     t = os.times()
                     client_cpu = t.user + t.system - client_cpu0
                     self.server_stop()
                     self.measuring_until = now
-            if stop_at is None or now < measure_end + FLUSH_S:
+            if stop_at is None or now < measure_end + self.flush_s:
                 slot = seq % RING
                 counted = self.measuring and stop_at is None
                 for call in self.calls[phase :: self.phases]:

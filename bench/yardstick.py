@@ -83,8 +83,8 @@ class LevelGenerator(Generator):
 
     seen: dict[int, list[bool]]
 
-    def __init__(self, url: str, calls: int, rate: int) -> None:
-        super().__init__(url, calls, rate)
+    def __init__(self, url: str, calls: int, rate: int, flush_s: float = echo_load.FLUSH_S) -> None:
+        super().__init__(url, calls, rate, flush_s=flush_s)
         self.seen = {}
         self.per_call: dict[int, list[float]] = {}
 
@@ -229,7 +229,10 @@ def measure(
         root = args.root if args.root and not target.name.startswith("asyncio") else ROOT
         proc, url = echo_load.start_process(target.start(model_url), args.server_cpu, root, env)
         try:
-            gen = LevelGenerator(url, calls, target.rate)
+            # A model answering in bursts holds up to a burst of each call's last audio: the
+            # calls talk on (uncounted) until it has sent the window's.
+            held = args.model_burst_ms / 1000 if model is not None else 0.0
+            gen = LevelGenerator(url, calls, target.rate, echo_load.FLUSH_S + held)
             rss_idle = proc_rss_kb(proc.pid)
             marks: dict[str, Any] = {}
 
