@@ -126,7 +126,6 @@ class Generator:
         self.rtts: list[float] = []
         self.measuring = False
         self.sent = 0
-        self.lost_window_sent = 0
         self.errors = 0
         self.lateness: list[float] = []
         # Real calls start at independent times, so their frames are spread over the 20 ms
@@ -247,7 +246,6 @@ class Generator:
                 if measure_start is None and now >= all_up + warmup:
                     measure_start = now
                     self.measuring = True
-                    self.measure_seq0 = seq
                     t = os.times()
                     client_cpu0 = t.user + t.system
                     window_echoed0 = sum(c.echoed for c in self.calls)
@@ -255,11 +253,9 @@ class Generator:
                 if measure_start is not None and now >= measure_start + duration:
                     measure_end = now
                     stop_at = now + 1.0 + self.flush_s
-                    self.window_frames = (seq - self.measure_seq0) * self.n
                     t = os.times()
                     client_cpu = t.user + t.system - client_cpu0
                     self.server_stop()
-                    self.measuring_until = now
             if stop_at is None or now < measure_end + self.flush_s:
                 slot = seq % RING
                 counted = self.measuring and stop_at is None
