@@ -120,6 +120,7 @@ from gateway.testing import (  # noqa: E402
 )
 
 RATE = 16000  # the calls' sample rate (--rate)
+PROVIDER = "openai"  # the gateway's realtime provider (--provider)
 TURNS = 1  # --turns: the conversation, this many times per call
 SETUP_ROUNDS = 3  # --setup: alternated rounds of short calls, echo then realtime
 UPLINK_BATCH_MS: int | None = None  # --uplink-batch-ms: the asyncio bridge's too
@@ -265,6 +266,7 @@ async def fake_model_process(
     `tls`: it serves wss:// from a throwaway CA, which servers started meanwhile trust
     (`SSL_CERT_FILE`, as they would a real CA)."""
     cmd = [sys.executable, __file__, "--serve-model", "--turns", str(TURNS)]
+    cmd += ["--rate", str(RATE), "--provider", PROVIDER]
     cmd += ["--tools"] if tools else []
     if tls:
         ca_path = str(Path(tempfile.mkdtemp(prefix="bridge-cpu-")) / "ca.pem")
@@ -287,7 +289,8 @@ async def fake_model_process(
 
 
 async def serve_model(tools: bool, tls_ca: str | None) -> None:
-    conversation: list[bytes | FunctionCall] = [speech(24000)]
+    # the reply at the rate the session will ask for: Voice Live's is the call's own
+    conversation: list[bytes | FunctionCall] = [speech(RATE if PROVIDER == "voice-live" else 24000)]
     if tools:  # the turn is a tool call; the reply comes after its output
         conversation.insert(0, FunctionCall("lookup", {"order_id": "A17"}))
     # the interruption's turn: an empty response, but after the last conversation no response
@@ -328,6 +331,7 @@ async def phase(
             config = Path(tempfile.mkdtemp()) / "bench.toml"
             config.write_text(
                 f'[processors.realtime]\nendpoint = "{model_url}"\napi_key_env = "{KEY_ENV}"\n'
+                + f'provider = "{PROVIDER}"\n'
                 + ('tools = ["bridge_cpu:lookup"]\n' if tools else "")
                 + (f'speakers = "{speakers}"\n' if speakers else "")
                 + (f"uplink_batch_ms = {args.uplink_batch_ms}\n" if args.uplink_batch_ms else "")
@@ -597,11 +601,19 @@ if __name__ == "__main__":
         action="store_true",
         help="the fake model serves wss://, as the real service does",
     )
+    parser.add_argument(
+        "--provider",
+        default="openai",
+        choices=("openai", "voice-live"),
+        help="the realtime provider the gateway is configured for (voice-live: 16 kHz calls "
+        "are not resampled)",
+    )
     parser.add_argument("--serve-model", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--tls-ca", help=argparse.SUPPRESS)
     parser.add_argument("--tools", action="store_true", help=argparse.SUPPRESS)
     parsed = parser.parse_args()
     RATE = parsed.rate
+    PROVIDER = parsed.provider
     TURNS = parsed.turns
     UPLINK_BATCH_MS = parsed.uplink_batch_ms
     if parsed.serve_model:

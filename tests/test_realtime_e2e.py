@@ -209,6 +209,37 @@ async def test_24khz_passes_base64_through_and_beta_names_work(autojump_clock, m
     assert not processor.inner._bridges  # the call's bridge went with the call
 
 
+async def test_16khz_with_voice_live_is_not_resampled_either_way(autojump_clock, monkeypatch):
+    """Voice Live takes and gives 16 kHz PCM16: the session asks for it, the caller's audio
+    goes upstream as ACS sent it (base64 and all), and the model's reply reaches the caller
+    byte for byte, cut where the caller barged in; the truncation is in the model's own ms."""
+    monkeypatch.setenv(KEY_ENV, "vl-key")
+    reply = speech(16000)  # still playing when the caller interrupts
+    calls: list[Call] = []
+    async with open_fake_model([reply], api_key="vl-key") as model:
+        opts = options(model.url, provider="voice-live")
+        async with open_gateway(spied(opts, calls)) as server:
+            async with simulated_call(server.urls[0], sample_rate=16000) as acs:
+                await acs.stream(conversation(16000))
+            await idle(server)
+    [(resource, headers)] = model.requests
+    assert resource.startswith("/voice-live/realtime?api-version=")
+    assert headers["api-key"] == "vl-key"
+    [update] = model.received("session.update")
+    assert update["session"]["input_audio_sampling_rate"] == 16000
+    assert update["session"]["output_audio_format"] == "pcm16_16000hz"
+    appended = [e["audio"] for e in model.received("input_audio_buffer.append")]
+    assert b"".join(pybase64.b64decode(a) for a in appended) == bytes(acs.sent[None])
+    heard = acs.received_pcm
+    assert len(heard) > 16000 * 2 // 2 and reply.startswith(heard)  # not resampled, cut short
+    [truncate] = model.received("conversation.item.truncate")
+    [call] = calls
+    assert call.player is not None
+    released_ms = call.player.released_ms(truncate["item_id"])
+    assert abs(truncate["audio_end_ms"] - released_ms) <= 20
+    assert released_ms * 32 >= len(heard)  # 16 kHz: 32 bytes a ms; ACS dropped the rest
+
+
 async def test_uplink_batch_ms_sets_how_much_caller_audio_each_event_carries(
     autojump_clock, monkeypatch
 ):

@@ -86,6 +86,12 @@ def test_dialect_defaults_per_provider():
         ({"uplink_batch_ms": 30}, "uplink_batch_ms must be a multiple of 20 (ACS's frame) from"),
         ({"uplink_batch_ms": 0}, "uplink_batch_ms must be a multiple of 20"),
         ({"uplink_batch_ms": 220}, "from 20 to 200; got 220"),
+        (
+            {"model_rate": 16000},
+            'model_rate must be "auto" or one of the rates openai takes (24000)',
+        ),
+        ({"model_rate": "fast"}, "got 'fast'"),
+        ({"model_rate": 16000.0}, "model_rate: wrong type"),
     ],
 )
 def test_bad_options_are_refused_with_a_message_naming_them(opts, message):
@@ -140,3 +146,17 @@ def test_session_limits_per_provider_and_rollover_options():
     ]:
         with pytest.raises(ValueError, match=message):
             parse_options(bad, ENV)
+
+
+def test_model_rate_is_the_calls_own_where_the_provider_takes_it():
+    """Voice Live takes 16 and 24 kHz PCM16: a call's audio goes as it is, either way. The
+    OpenAI and Azure OpenAI APIs take 24 kHz only: a 16 kHz call is resampled to it."""
+    voice_live = {"provider": "voice-live", "endpoint": "https://res.services.ai.azure.com"}
+    assert parse_options(voice_live, ENV).model_rate_for(16000) == 16000
+    assert parse_options(voice_live, ENV).model_rate_for(24000) == 24000
+    forced = parse_options({**voice_live, "model_rate": 24000}, ENV)
+    assert forced.model_rate_for(16000) == 24000  # resampled, as to the other providers
+    azure = {"endpoint": "https://r.openai.azure.com"}
+    for opts in ({}, {"provider": "azure", **azure}, {"provider": "azure-preview", **azure}):
+        assert parse_options(opts, ENV).model_rate_for(16000) == 24000
+        assert parse_options(opts, ENV).model_rate_for(24000) == 24000

@@ -95,6 +95,19 @@ def test_session_update_beta_shape():
     assert session["input_audio_transcription"] == {"model": "whisper-1"}
 
 
+def test_session_update_at_16khz_in_voice_lives_spelling():
+    """Another rate than 24 kHz: Voice Live's `input_audio_sampling_rate`, and its output
+    format's name for the rate; at 24 kHz neither is written (the default)."""
+    settings = SessionSettings()
+    session = orjson.loads(protocol.session_update(settings, protocol.BETA, 16000))["session"]
+    assert session["input_audio_format"] == "pcm16"
+    assert session["input_audio_sampling_rate"] == 16000
+    assert session["output_audio_format"] == "pcm16_16000hz"
+    default = orjson.loads(protocol.session_update(settings, protocol.BETA, 24000))["session"]
+    assert "input_audio_sampling_rate" not in default
+    assert default["output_audio_format"] == "pcm16"
+
+
 def test_audio_bytes_counts_without_decoding():
     import base64
 

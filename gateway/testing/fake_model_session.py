@@ -69,6 +69,8 @@ class Session:
         self.nursery: trio.Nursery | None = None
         self.transcribe = False  # the client asked for transcripts of its audio
         self.turn_item: str | None = None  # the user item the caller's current speech makes
+        # PCM16 in and out, as the last session.update set them (24 kHz unless it said else)
+        self.in_bytes_per_ms = self.out_bytes_per_ms = BYTES_PER_MS
 
     async def send(self, event: dict[str, Any]) -> None:
         event.setdefault("event_id", self.model._new_id("event"))
@@ -110,6 +112,9 @@ class Session:
                 self.transcribe = bool(audio_in.get(key))
                 vad = audio_in.get("turn_detection") or {}
                 self.auto_respond = vad.get("create_response", True) is not False
+                now = (self.in_bytes_per_ms * 500, self.out_bytes_per_ms * 500)
+                rate_in, rate_out = _rates(session, self.ga, now)
+                self.in_bytes_per_ms, self.out_bytes_per_ms = rate_in // 500, rate_out // 500
                 await self.send({"type": "session.updated", "session": session})
             case "conversation.item.create":
                 await self.create_item(event.get("item"))
@@ -187,7 +192,7 @@ class Session:
     async def on_audio(self, pcm: bytes) -> None:
         """Server VAD by energy, in 20 ms windows of the appended audio."""
         self.window += pcm
-        window_bytes = VAD_WINDOW_MS * BYTES_PER_MS
+        window_bytes = VAD_WINDOW_MS * self.in_bytes_per_ms
         while len(self.window) >= window_bytes:
             samples = array("h", bytes(self.window[:window_bytes]))[::4]  # energy: 6 kHz is plenty
             del self.window[:window_bytes]
@@ -311,14 +316,14 @@ class Session:
         model.audio_sent_ms[item_id] = 0.0
         model.transcripts[item_id] = text
         with scope:
-            step = model.delta_ms * BYTES_PER_MS
+            step = model.delta_ms * self.out_bytes_per_ms
             deadline = trio.current_time()
             for start in range(0, len(reply), step):
                 chunk = reply[start : start + step]
                 await self.send(
                     {"type": audio_delta, **where, "delta": pybase64.b64encode_as_string(chunk)}
                 )
-                model.audio_sent_ms[item_id] += len(chunk) / BYTES_PER_MS
+                model.audio_sent_ms[item_id] += len(chunk) / self.out_bytes_per_ms
                 deadline += model.delta_ms / 1000 / model.speed
                 await trio.sleep_until(deadline)
             await self.send({"type": audio_done, **where})
@@ -326,7 +331,9 @@ class Session:
             status = "cancelled"
             # the transcript runs ahead of the audio; what was generated was about this much
             text = text[
-                : round(len(text) * model.audio_sent_ms[item_id] * BYTES_PER_MS / len(reply))
+                : round(
+                    len(text) * model.audio_sent_ms[item_id] * self.out_bytes_per_ms / len(reply)
+                )
             ]
         await self.send(
             {
@@ -341,3 +348,23 @@ class Session:
         await self.send(
             {"type": "response.done", "response": {"id": response_id, "status": status}}
         )
+
+
+def _rates(session: dict[str, Any], ga: bool, now: tuple[int, int]) -> tuple[int, int]:
+    """The input and output sample rates after a session.update (a partial update: what it
+    leaves out stays `now`): GA's `format.rate`, or Voice Live's `input_audio_sampling_rate`
+    and `output_audio_format` (`"pcm16"` is 24 kHz, `"pcm16_16000hz"` 16 kHz)."""
+    if ga:
+        audio = session.get("audio", {})
+        rate_in, rate_out = (
+            int(audio.get(side, {}).get("format", {}).get("rate", default))
+            for side, default in zip(("input", "output"), now, strict=True)
+        )
+        return rate_in, rate_out
+    rate_out = now[1]
+    out = session.get("output_audio_format")
+    if out == "pcm16":
+        rate_out = RATE
+    elif isinstance(out, str) and out.startswith("pcm16_"):
+        rate_out = int(out.removeprefix("pcm16_").removesuffix("hz"))
+    return int(session.get("input_audio_sampling_rate", now[0])), rate_out

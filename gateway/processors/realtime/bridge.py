@@ -105,11 +105,15 @@ class Bridge:
         self.stats = call.stats
         self.log = call.log
         rate = call.audio.sample_rate
+        # the call's own where the provider takes it: no resampling either way
+        self.model_rate = model_rate = options.model_rate_for(rate)
         # caller -> model: resampled (or passed through), batched
-        self.uplink = Uplink(rate, options.uplink_batch_frames)
+        self.uplink = Uplink(rate, options.uplink_batch_frames, model_rate)
         # not a method of self: no cycle (see `history` below)
         self._malformed = functools.partial(_malformed, call.stats, call.log)
-        self.downlink = Downlink(self.player, rate, call.stats, self._malformed)  # model -> caller
+        self.downlink = Downlink(  # model -> caller
+            self.player, rate, call.stats, self._malformed, model_rate
+        )
         self.vad = (
             WebRtcVad(
                 rate,
@@ -119,7 +123,7 @@ class Bridge:
             if options.local_vad
             else None
         )
-        self.conversation = Conversation(self.player.released_ms)
+        self.conversation = Conversation(self.player.released_ms, model_rate)
         self.speakers = Speakers(call, options.speakers)
         self.interruptions = Interruptions(
             call,
@@ -139,6 +143,7 @@ class Bridge:
             max_items=options.history_max_items,
             max_bytes=options.history_max_bytes,
             on_drop=functools.partial(_turn_forgotten, call.stats),  # not self: no cycle
+            model_rate=model_rate,
         )
         self.turns = Turns()
         self.rollover = Rollover(
@@ -162,7 +167,7 @@ class Bridge:
         )
         if self.tool_calls.offered:  # the user's tools, or call control on an answered call
             settings = attrs.evolve(settings, extra={**self.tool_calls.offered, **settings.extra})
-        self.session_update = protocol.session_update(settings, options.dialect)
+        self.session_update = protocol.session_update(settings, options.dialect, model_rate)
         self._tasks: trio.Nursery | None = None  # the bridge's nursery, for tool calls
         self.greeting = options.greeting_instructions  # None: the caller speaks first
         self.dtmf = (
@@ -393,7 +398,7 @@ class Bridge:
     def _new_conversation(self) -> None:
         """A fresh session has no record of the old one's items; audio already received from
         the old one still plays (it waits in `downlink`) unless the caller barges in."""
-        self.conversation = Conversation(self.player.released_ms)
+        self.conversation = Conversation(self.player.released_ms, self.model_rate)
 
     async def _upstream(self, call_scope: trio.CancelScope) -> None:
         options = self.options

@@ -38,8 +38,9 @@ class Conversation:
     bridge passes `Player.released_ms`).
     """
 
-    def __init__(self, heard_ms: Callable[[str], float]) -> None:
+    def __init__(self, heard_ms: Callable[[str], float], model_rate: int = MODEL_RATE) -> None:
         self._heard_ms = heard_ms
+        self._bytes_per_ms = model_rate * 2 / 1000  # the model's PCM16
         self.response_id: str | None = None  # created and not yet done
         self._cancelled: str | None = None  # the response we already cancelled
         self._interrupted: dict[str, None] = {}  # responses whose later audio is stale (ordered)
@@ -67,7 +68,7 @@ class Conversation:
             item = self._items[delta.item_id] = _Item(delta.content_index)
             if len(self._items) > _ITEMS_KEPT:
                 del self._items[next(iter(self._items))]
-        item.received_ms += n_bytes * 1000 / (MODEL_RATE * 2)
+        item.received_ms += n_bytes / self._bytes_per_ms
         return True
 
     def audio_done(self, item_id: str) -> None:

@@ -34,7 +34,7 @@ from ...call.player import Player
 from . import protocol
 
 PENDING_DELTAS: Final = 4096  # model audio deltas queued for the player (each ~20-200 ms)
-PENDING_AUDIO_S: Final = 120  # and seconds of model audio queued for it, at most
+PENDING_AUDIO_S: Final = 120  # and seconds of 24 kHz model audio queued for it, at most
 PENDING_AUDIO_BYTES: Final = PENDING_AUDIO_S * protocol.MODEL_RATE * 2  # decoded PCM16
 
 # (generation, item id, base64 audio; None: the item's audio is complete)
@@ -55,11 +55,12 @@ class Downlink:
         rate: int,
         stats: CallStats,
         malformed: Callable[[str], None],
+        model_rate: int = protocol.MODEL_RATE,
     ) -> None:
         self.player = player
         self.stats = stats  # upstream_audio_discarded
         self.malformed = malformed  # counts and logs what the model sent that is not audio
-        self.to_caller = StreamResampler(protocol.MODEL_RATE, rate)
+        self.to_caller = StreamResampler(model_rate, rate)
         self.generation = 0  # goes up at each barge-in: what was queued before is stale
         self._converting = 0  # the generation the resampler's state belongs to
         self._send, self._receive = trio.open_memory_channel[Entry](PENDING_DELTAS)

@@ -36,7 +36,6 @@ from .protocol import (
 
 CUT_MARK: Final = "…"  # a reply the caller interrupted ends with this
 _FULLY_HEARD: Final = 0.995  # heard this much of an item's audio: all of its words were heard
-_BYTES_PER_MS: Final = MODEL_RATE * 2 / 1000
 
 
 @attrs.define(slots=True)
@@ -64,8 +63,10 @@ class History:
         max_items: int,
         max_bytes: int,
         on_drop: Callable[[], None] = lambda: None,
+        model_rate: int = MODEL_RATE,
     ) -> None:
         self._heard_ms = heard_ms
+        self._bytes_per_ms = model_rate * 2 / 1000  # the model's PCM16
         self._on_drop = on_drop
         self.max_items = max_items
         self.max_bytes = max_bytes
@@ -83,7 +84,7 @@ class History:
             if turn is None:
                 turn = self._add(event.item_id, "assistant")
                 self._unsettled[event.item_id] = turn
-            turn.audio_ms += audio_bytes(event.audio) / _BYTES_PER_MS
+            turn.audio_ms += audio_bytes(event.audio) / self._bytes_per_ms
         elif kind is SpeechStarted:
             assert isinstance(event, SpeechStarted)
             if event.item_id is not None and event.item_id not in self.turns:

@@ -23,7 +23,7 @@ import attrs
 from ...acs.packets import FRAME_MS
 from . import tools
 from .interruption import PAUSE, POLICIES
-from .protocol import BETA, DIALECTS, GA, SessionSettings
+from .protocol import BETA, DIALECTS, GA, MODEL_RATE, SessionSettings
 from .speakers import SPEAKER_POLICIES
 from .uplink import BATCH_FRAMES
 
@@ -37,6 +37,7 @@ class _Provider:
     api_version: str | None = None
     endpoint: str | None = None
     session_max_s: float = 1800.0  # the service ends a session this long after it opened
+    rates: tuple[int, ...] = (MODEL_RATE,)  # the PCM16 sample rates its sessions take and give
 
 
 PROVIDERS: Final = {
@@ -62,6 +63,7 @@ PROVIDERS: Final = {
         "api-key",
         BETA,
         api_version="2025-10-01",
+        rates=(16000, MODEL_RATE),  # `input_audio_sampling_rate`, `output_audio_format`
     ),
 }
 FAILURE_POLICIES: Final = ("reconnect", "hangup")
@@ -118,10 +120,18 @@ class RealtimeOptions:
     history_max_items: int = 200  # turns remembered for the next session (oldest forgotten)
     history_max_bytes: int = 32768  # and their text, UTF-8
     uplink_batch_ms: int = BATCH_FRAMES * FRAME_MS  # caller audio per append event: CPU vs delay
+    model_rate: str | int = "auto"  # the session's audio rate; "auto": the call's, if taken
 
     @property
     def uplink_batch_frames(self) -> int:
         return self.uplink_batch_ms // FRAME_MS
+
+    def model_rate_for(self, call_rate: int) -> int:
+        """The sample rate of the audio exchanged with the model on a call at `call_rate`: the
+        call's own where the provider takes it (no resampling either way), else 24 kHz."""
+        if self.model_rate != "auto":
+            return int(self.model_rate)
+        return call_rate if call_rate in PROVIDERS[self.provider].rates else MODEL_RATE
 
     @property
     def dialect(self) -> str:
@@ -243,6 +253,7 @@ _TYPES: Final[dict[str, Any]] = {
     "history_max_items": int,
     "history_max_bytes": int,
     "uplink_batch_ms": int,
+    "model_rate": (str, int),
 }
 _TABLES: Final = ("turn_detection", "transcription")
 KNOWN: Final = tuple(a.name for a in attrs.fields(RealtimeOptions))
@@ -316,6 +327,12 @@ def parse_options(
         raise ValueError(
             f"uplink_batch_ms must be a multiple of {FRAME_MS} (ACS's frame) from {FRAME_MS} to "
             f"{UPLINK_BATCH_MAX_MS}; got {batch}"
+        )
+    rates = PROVIDERS[opts.provider].rates
+    if opts.model_rate != "auto" and opts.model_rate not in rates:
+        raise ValueError(
+            f'model_rate must be "auto" or one of the rates {opts.provider} takes '
+            f"({', '.join(map(str, rates))}); got {opts.model_rate!r}"
         )
     if not 0 <= opts.local_vad_aggressiveness <= 3:
         raise ValueError("local_vad_aggressiveness must be 0-3")

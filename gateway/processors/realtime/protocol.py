@@ -296,11 +296,12 @@ class SessionSettings:
     extra: dict[str, Any] = attrs.field(factory=dict)  # merged last, as given
 
 
-def session_update(settings: SessionSettings, dialect: str) -> str:
-    """The session.update that configures audio in and out as 24 kHz PCM16, in `dialect`."""
+def session_update(settings: SessionSettings, dialect: str, rate: int = MODEL_RATE) -> str:
+    """The session.update that configures audio in and out as PCM16 at `rate` (24 kHz unless
+    the provider takes the call's own: Voice Live's 16 kHz), in `dialect`."""
     session: dict[str, Any]
     if dialect == GA:
-        pcm = {"type": "audio/pcm", "rate": MODEL_RATE}
+        pcm = {"type": "audio/pcm", "rate": rate}
         audio_in: dict[str, Any] = {"format": pcm, "turn_detection": settings.turn_detection}
         if settings.transcription is not None:
             audio_in["transcription"] = settings.transcription
@@ -319,6 +320,9 @@ def session_update(settings: SessionSettings, dialect: str) -> str:
             "output_audio_format": "pcm16",
             "turn_detection": settings.turn_detection,
         }
+        if rate != MODEL_RATE:  # Voice Live's spelling of another rate, in and out
+            session["input_audio_sampling_rate"] = rate
+            session["output_audio_format"] = f"pcm16_{rate}hz"
         if settings.voice is not None:
             session["voice"] = settings.voice
         if settings.transcription is not None:

@@ -35,10 +35,12 @@ class Uplink:
 
     __slots__ = ("batch_frames", "frames", "pass_through", "to_model", "_b64", "_pcm")
 
-    def __init__(self, rate: int, batch_frames: int = BATCH_FRAMES) -> None:
+    def __init__(
+        self, rate: int, batch_frames: int = BATCH_FRAMES, model_rate: int = protocol.MODEL_RATE
+    ) -> None:
         self.batch_frames = batch_frames
-        self.pass_through = rate == protocol.MODEL_RATE  # ACS's base64 goes upstream untouched
-        self.to_model = StreamResampler(rate, protocol.MODEL_RATE)
+        self.pass_through = rate == model_rate  # ACS's base64 goes upstream untouched
+        self.to_model = StreamResampler(rate, model_rate)
         self._b64: list[str] = []  # held frames, pass-through
         self._pcm: list[bytes] = []  # held frames, to be resampled
         self.frames = 0  # ACS frames in the event `add` or `flush` last returned
