@@ -69,6 +69,16 @@ def test_heard_part_is_fixed_when_the_next_response_starts():
     assert text == "one two three" + CUT_MARK
 
 
+def test_a_16khz_models_audio_is_counted_in_its_own_milliseconds():
+    """With Voice Live at 16 kHz, 4800 bytes are 150 ms, not 100: 700 ms heard of a reply of
+    1500 ms is under half of it (at 24 kHz's rate it would read as more than all of it)."""
+    heard = {"b1": 700.0}
+    history = History(lambda i: heard.get(i, 0.0), max_items=10, max_bytes=1000, model_rate=16000)
+    reply(history, "b1", 1000, "one two three four five six seven eight nine ten")
+    [(_, _, text)] = items(history)
+    assert text == "one two three four" + CUT_MARK
+
+
 def test_bounded_by_count_and_bytes_oldest_first():
     forgotten: list[None] = []
     history = History(
