@@ -87,6 +87,11 @@ BENCHES: list[tuple[str, list[str], float]] = [
         150,
     ),
     (
+        "bridge_cpu:voicelive",
+        ["--calls", "2", "--latency-runs", "0", "--tool-calls", "0", "--provider", "voice-live"],
+        150,
+    ),
+    (
         "bridge_cpu:turns",
         [
             "--calls",
@@ -113,6 +118,12 @@ BENCHES: list[tuple[str, list[str], float]] = [
         ["--targets", "bridged24,asyncio-bridged24", "--model-tls", "--low", "5", "--high", "10"]
         + ["--resolution", "5", "--cpu-at", "5", "--duration", "1", "--warmup", "1"],
         150,
+    ),
+    (
+        "yardstick:voicelive",
+        ["--targets", "bridged16-voicelive", "--low", "5", "--high", "10", "--resolution", "5"]
+        + ["--cpu-at", "5", "--duration", "1", "--warmup", "1"],
+        120,
     ),
     (
         "yardstick:burst",

@@ -13,6 +13,8 @@ the fake model on core 1 (`--client-cpu`). Targets:
 - `bridged16`, `bridged24`: the gateway's realtime processor at 16 kHz (resampled both ways) and
   24 kHz (passed through), against `gateway.testing`'s fake model in its own process
   (`bench/echo_model.py`: it answers every appended chunk at once, so audio flows both ways).
+- `bridged16-voicelive` (only when named in `--targets`): the realtime processor at 16 kHz
+  configured for Azure AI Voice Live, which takes and gives 16 kHz, so nothing is resampled.
 - `asyncio-bridged16`, `asyncio-bridged24`: the bridged yardstick, `bench/asyncio_bridge.py`
   (a minimal asyncio + `websockets` bridge in the shape of Microsoft's samples), against the
   same fake model. Their `x echo` column is against the `asyncio` target, the gateway's against
@@ -155,9 +157,12 @@ def asyncio_bridge_cmd(url: str, rate: int) -> list[str]:
     return [sys.executable, str(BENCH / "asyncio_bridge.py"), "--model", url, "--rate", str(rate)]
 
 
-def model_config(url: str) -> Path:
+def model_config(url: str, provider: str = "openai") -> Path:
     config = Path(tempfile.mkdtemp(prefix="yardstick-")) / "realtime.toml"
-    config.write_text(f'[processors.realtime]\nendpoint = "{url}"\napi_key_env = "{KEY_ENV}"\n')
+    config.write_text(
+        f'[processors.realtime]\nendpoint = "{url}"\napi_key_env = "{KEY_ENV}"\n'
+        f'provider = "{provider}"\n'
+    )
     return config
 
 
@@ -168,6 +173,11 @@ TARGETS = {
     ),
     "bridged16": Target("bridged16", 16000, lambda url: gateway_cmd("realtime", model_config(url))),
     "bridged24": Target("bridged24", 24000, lambda url: gateway_cmd("realtime", model_config(url))),
+    "bridged16-voicelive": Target(  # not in the default run: Voice Live takes 16 kHz as it is
+        "bridged16-voicelive",
+        16000,
+        lambda url: gateway_cmd("realtime", model_config(url, "voice-live")),
+    ),
     "asyncio-bridged16": Target(
         "asyncio-bridged16", 16000, lambda url: asyncio_bridge_cmd(url, 16000)
     ),
