@@ -244,24 +244,29 @@ async def test_uplink_batch_ms_sets_how_much_caller_audio_each_event_carries(
     autojump_clock, monkeypatch
 ):
     """Each append event carries `uplink_batch_ms` of the caller (the last may carry less),
-    the audio whole and in order; at the default, 40 ms."""
+    the audio whole and in order; at the default, 40 ms. Also where the call's audio goes up
+    unresampled at 16 kHz (Voice Live), whose frames' base64 cannot simply be joined."""
     monkeypatch.setenv(KEY_ENV, "k")
-    caller = speech(24000)[: 24000 * 2 * 2] + silence(24000, 0.34)  # 2.34 s: no whole batches
-    for batch_ms in (40, 100):
-        extra = {} if batch_ms == 40 else {"uplink_batch_ms": batch_ms}
-        async with open_fake_model([]) as model:
-            async with open_gateway(spied(options(model.url, **extra), [])) as server:
-                async with simulated_call(server.urls[0], sample_rate=24000) as acs:
-                    await acs.stream(caller)
-            with trio.fail_after(5):
-                await model.wait_for(lambda m: m.live == 0)
-        appended = [
-            pybase64.b64decode(e["audio"]) for e in model.received("input_audio_buffer.append")
-        ]
-        batch_bytes = batch_ms * 48  # 24 kHz PCM16: 48 bytes a ms
-        assert {len(a) for a in appended[:-1]} == {batch_bytes}
-        assert 0 < len(appended[-1]) < batch_bytes
-        assert b"".join(appended) == bytes(acs.sent[None]) == caller
+    for rate, provider in ((24000, "openai"), (16000, "voice-live")):
+        # 2.34 s: no whole batches
+        caller = speech(rate)[: rate * 2 * 2] + silence(rate, 0.34)
+        for batch_ms in (40, 100):
+            extra = {} if batch_ms == 40 else {"uplink_batch_ms": batch_ms}
+            opts = options(model_url="", provider=provider, **extra)
+            async with open_fake_model([]) as model:
+                opts["endpoint"] = model.url
+                async with open_gateway(spied(opts, [])) as server:
+                    async with simulated_call(server.urls[0], sample_rate=rate) as acs:
+                        await acs.stream(caller)
+                with trio.fail_after(5):
+                    await model.wait_for(lambda m: m.live == 0)
+            appended = [
+                pybase64.b64decode(e["audio"]) for e in model.received("input_audio_buffer.append")
+            ]
+            batch_bytes = batch_ms * rate * 2 // 1000  # PCM16
+            assert {len(a) for a in appended[:-1]} == {batch_bytes}, (rate, batch_ms)
+            assert 0 < len(appended[-1]) < batch_bytes
+            assert b"".join(appended) == bytes(acs.sent[None]) == caller
 
 
 async def test_local_vad_stops_playback_before_the_model_reacts(autojump_clock, monkeypatch):

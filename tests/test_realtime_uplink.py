@@ -39,11 +39,23 @@ def test_24khz_frames_are_joined_as_base64_two_at_a_time():
     assert uplink.flush() is None and uplink.frames == 0
 
 
-def test_padded_base64_closes_a_batch_so_the_join_stays_valid():
+def test_padded_base64_is_joined_as_pcm_so_batches_stay_whole():
+    """Base64 that ends with padding cannot be joined as base64: a 16 kHz frame's (640 bytes)
+    at a model that takes 16 kHz, or an odd frame's. Its PCM is joined instead, in order with
+    what was held, and the batch holds as many frames as ever."""
+    uplink = Uplink(16000, model_rate=16000)
+    frames = [bytes([i + 1]) * 640 for i in range(5)]
+    events = [uplink.add(packet(f)) for f in frames]
+    assert [e is None for e in events] == [True, False, True, False, True]
+    assert appended(events[1]) == frames[0] + frames[1] and uplink.frames == 2
+    assert appended(events[3]) == frames[2] + frames[3]
+    assert appended(uplink.flush()) == frames[4] and uplink.frames == 1
     uplink = Uplink(24000)
-    odd = b"\x01\x02" * 250  # 500 bytes: its base64 ends with padding
-    assert appended(uplink.add(packet(odd))) == odd  # sent at once, not joined
-    assert uplink.add(packet(bytes(960))) is None
+    whole, odd = bytes([7]) * 960, b"\x01\x02" * 250  # 500 bytes: padded base64
+    assert uplink.add(packet(whole)) is None
+    assert appended(uplink.add(packet(odd))) == whole + odd and uplink.frames == 2
+    assert uplink.add(packet(bytes([9]) * 960)) is None  # the next batch, as before
+    assert appended(uplink.flush()) == bytes([9]) * 960
 
 
 def test_16khz_batches_are_resampled_as_one_stream():

@@ -42,20 +42,26 @@ class Uplink:
         self.pass_through = rate == model_rate  # ACS's base64 goes upstream untouched
         self.to_model = StreamResampler(rate, model_rate)
         self._b64: list[str] = []  # held frames, pass-through
-        self._pcm: list[bytes] = []  # held frames, to be resampled
+        self._pcm: list[bytes] = []  # held frames as PCM: to be resampled, or joined
         self.frames = 0  # ACS frames in the event `add` or `flush` last returned
 
     def add(self, packet: AudioData) -> str | None:
         if self.pass_through:
             data = packet.data
-            self._b64.append(data)
-            # Base64 pieces join into valid base64 only if none but the last has padding.
-            if len(self._b64) < self.batch_frames and not data.endswith("="):
-                return None
-        else:
-            self._pcm.append(packet.pcm)
-            if len(self._pcm) < self.batch_frames:
-                return None
+            # Base64 pieces join into valid base64 only if none but the last has padding: a
+            # 24 kHz frame (960 bytes) has none; a 16 kHz one (640) has, so its PCM is joined
+            # and encoded once, and the batch holds as many frames either way.
+            if not data.endswith("=") and not self._pcm:
+                self._b64.append(data)
+                if len(self._b64) < self.batch_frames:
+                    return None
+                return self.flush()
+            if self._b64:  # frames of another size before this one: keep them, in order
+                self._pcm = [pybase64.b64decode(b) for b in self._b64]
+                self._b64 = []
+        self._pcm.append(packet.pcm)
+        if len(self._pcm) < self.batch_frames:
+            return None
         return self.flush()
 
     def discard(self) -> int:
@@ -67,13 +73,15 @@ class Uplink:
         return held
 
     def flush(self) -> str | None:
-        if self.pass_through:
+        if self._b64:
             held_b64, self._b64 = self._b64, []
             self.frames = len(held_b64)
-            return protocol.append_audio("".join(held_b64)) if held_b64 else None
+            return protocol.append_audio("".join(held_b64))
         held, self._pcm = self._pcm, []
         self.frames = len(held)
-        pcm = self.to_model.process(b"".join(held)) if held else b""
+        pcm = b"".join(held)
+        if held and not self.pass_through:
+            pcm = self.to_model.process(pcm)
         if not pcm:
             return None  # nothing held, or the resampler holds it back until the next batch
         if pcm == silence(len(pcm)):  # the caller is silent (see gateway.audio.resample)
