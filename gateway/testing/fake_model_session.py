@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from .fake_model import FakeModel
 
 RATE = 24000
-BYTES_PER_MS = RATE * 2 // 1000
 VAD_WINDOW_MS = 20
 
 
@@ -70,7 +69,7 @@ class Session:
         self.transcribe = False  # the client asked for transcripts of its audio
         self.turn_item: str | None = None  # the user item the caller's current speech makes
         # PCM16 in and out, as the last session.update set them (24 kHz unless it said else)
-        self.in_bytes_per_ms = self.out_bytes_per_ms = BYTES_PER_MS
+        self.rate_in = self.rate_out = RATE
 
     async def send(self, event: dict[str, Any]) -> None:
         event.setdefault("event_id", self.model._new_id("event"))
@@ -112,9 +111,8 @@ class Session:
                 self.transcribe = bool(audio_in.get(key))
                 vad = audio_in.get("turn_detection") or {}
                 self.auto_respond = vad.get("create_response", True) is not False
-                now = (self.in_bytes_per_ms * 500, self.out_bytes_per_ms * 500)
-                rate_in, rate_out = _rates(session, self.ga, now)
-                self.in_bytes_per_ms, self.out_bytes_per_ms = rate_in // 500, rate_out // 500
+                now = (self.rate_in, self.rate_out)
+                self.rate_in, self.rate_out = _rates(session, self.ga, now)
                 await self.send({"type": "session.updated", "session": session})
             case "conversation.item.create":
                 await self.create_item(event.get("item"))
@@ -192,7 +190,7 @@ class Session:
     async def on_audio(self, pcm: bytes) -> None:
         """Server VAD by energy, in 20 ms windows of the appended audio."""
         self.window += pcm
-        window_bytes = VAD_WINDOW_MS * self.in_bytes_per_ms
+        window_bytes = VAD_WINDOW_MS * self.rate_in * 2 // 1000
         while len(self.window) >= window_bytes:
             samples = array("h", bytes(self.window[:window_bytes]))[::4]  # energy: 6 kHz is plenty
             del self.window[:window_bytes]
@@ -315,15 +313,16 @@ class Session:
         )
         model.audio_sent_ms[item_id] = 0.0
         model.transcripts[item_id] = text
+        bytes_per_ms = self.rate_out * 2 // 1000
         with scope:
-            step = model.delta_ms * self.out_bytes_per_ms
+            step = model.delta_ms * bytes_per_ms
             deadline = trio.current_time()
             for start in range(0, len(reply), step):
                 chunk = reply[start : start + step]
                 await self.send(
                     {"type": audio_delta, **where, "delta": pybase64.b64encode_as_string(chunk)}
                 )
-                model.audio_sent_ms[item_id] += len(chunk) / self.out_bytes_per_ms
+                model.audio_sent_ms[item_id] += len(chunk) / bytes_per_ms
                 deadline += model.delta_ms / 1000 / model.speed
                 await trio.sleep_until(deadline)
             await self.send({"type": audio_done, **where})
@@ -331,9 +330,7 @@ class Session:
             status = "cancelled"
             # the transcript runs ahead of the audio; what was generated was about this much
             text = text[
-                : round(
-                    len(text) * model.audio_sent_ms[item_id] * self.out_bytes_per_ms / len(reply)
-                )
+                : round(len(text) * model.audio_sent_ms[item_id] * bytes_per_ms / len(reply))
             ]
         await self.send(
             {
