@@ -91,6 +91,15 @@ def test_dialect_defaults_per_provider():
             'model_rate must be "auto" or one of the rates openai takes (24000)',
         ),
         ({"model_rate": "fast"}, "got 'fast'"),
+        (
+            {"session": {"output_audio_format": "g711_ulaw"}},
+            "session.output_audio_format: the gateway sets the audio formats itself",
+        ),
+        (
+            {"session": {"audio": {"input": {"format": {"type": "audio/pcmu"}}}}},
+            "session.audio.input.format: the gateway sets",
+        ),
+        ({"session": {"input_audio_sampling_rate": 16000}}, "session.input_audio_sampling_rate"),
         ({"model_rate": 16000.0}, "model_rate: wrong type"),
     ],
 )

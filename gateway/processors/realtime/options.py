@@ -328,6 +328,7 @@ def parse_options(
             f"uplink_batch_ms must be a multiple of {FRAME_MS} (ACS's frame) from {FRAME_MS} to "
             f"{UPLINK_BATCH_MAX_MS}; got {batch}"
         )
+    _check_no_audio_format(opts.session)
     rates = PROVIDERS[opts.provider].rates
     if opts.model_rate != "auto" and opts.model_rate not in rates:
         raise ValueError(
@@ -343,6 +344,30 @@ def parse_options(
             "(set it, or name another one with api_key_env)"
         )
     return opts
+
+
+# What the gateway sends and expects (PCM16 at `model_rate`): set in `session`, the audio would
+# be taken for PCM16 at the wrong rate, or not PCM16 at all.
+_AUDIO_FORMAT_FIELDS: Final = (
+    "input_audio_format",
+    "output_audio_format",
+    "input_audio_sampling_rate",
+)
+
+
+def _check_no_audio_format(session: Mapping[str, Any]) -> None:
+    audio = session.get("audio")
+    sides = audio if isinstance(audio, Mapping) else {}
+    given = [f"session.{name}" for name in _AUDIO_FORMAT_FIELDS if name in session] + [
+        f"session.audio.{side}.format"
+        for side in ("input", "output")
+        if isinstance(sides.get(side), Mapping) and "format" in sides[side]
+    ]
+    if given:
+        raise ValueError(
+            f"{', '.join(given)}: the gateway sets the audio formats itself (PCM16 at the "
+            "call's rate or 24 kHz: see model_rate); leave them out of session"
+        )
 
 
 def _check_greeting(greeting: str | Mapping[str, Any] | None) -> None:
