@@ -4,6 +4,10 @@
     python bench/echo_model.py --tls-ca /tmp/ca.pem # wss://, its CA's certificate written there
     python bench/echo_model.py --burst-ms 400       # answers in bursts of 400 ms of audio
 
+When stdin closes it prints `MODEL {json}` (sessions opened, and still open) and exits: a
+benchmark that ends its calls first can check that none left its upstream connection open.
+`start()` and `finish()` run it so from another benchmark.
+
 For `bench/yardstick.py`'s bridged runs: the gateway's realtime processor connects to it as to
 the real service (handshake, `session.update`), and every `input_audio_buffer.append` comes
 straight back as a `response.output_audio.delta` of one long response, the base64 untouched.
@@ -21,6 +25,9 @@ bridge that does not pace sends it on as it comes.
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,6 +44,38 @@ from gateway.testing import fake_model, open_fake_model  # noqa: E402
 from gateway.testing.fake_model_session import Session  # noqa: E402
 
 APPEND_MS = 40  # the caller's audio per append: the bridges' batch
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start(
+    cpu: int | None = None, tls_ca: str | None = None, burst_ms: int = 0
+) -> tuple[subprocess.Popen[bytes], str]:
+    """This model in a process of its own (on core `cpu`, if given); its URL. With `tls_ca`,
+    over TLS (its CA's certificate written there); `burst_ms`: it answers in bursts."""
+    cmd = [sys.executable, __file__]
+    cmd = ["taskset", "-c", str(cpu), *cmd] if cpu is not None else cmd
+    cmd += ["--tls-ca", tls_ca] if tls_ca else []
+    cmd += ["--burst-ms", str(burst_ms)] if burst_ms else []
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    assert proc.stdout is not None
+    url = proc.stdout.readline().decode().strip()
+    if not url.startswith(("ws://", "wss://")):
+        proc.kill()
+        raise SystemExit("the fake model did not start")
+    return proc, url
+
+
+def finish(proc: subprocess.Popen[bytes]) -> dict[str, Any]:
+    """Close its stdin; its report (`connections` opened, `live` still open)."""
+    try:
+        out = proc.communicate(timeout=10)[0].decode()  # closes stdin first
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return {"exit": "killed: no report in 10 s"}
+    lines = [ln for ln in out.splitlines() if ln.startswith("MODEL ")]
+    return json.loads(lines[-1][6:]) if lines else {"exit": proc.returncode}
 
 
 class EchoSession(Session):
@@ -104,6 +143,8 @@ async def main() -> None:
     async with open_fake_model(ssl_context=context) as model:
         print(model.url, flush=True)
         await trio.to_thread.run_sync(sys.stdin.read)  # until the benchmark closes stdin
+        report = {"connections": model.connections, "live": model.live}
+        print("MODEL " + json.dumps(report), flush=True)
 
 
 if __name__ == "__main__":

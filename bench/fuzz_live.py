@@ -20,6 +20,13 @@ the gateway's default bound of 100 pending handshakes per source more than half 
 be refused at accept at this pace, unread (12,923 of 23,198 with `--seed 1`), so the gateway
 here has no per-source bound unless `--per-source N` gives one.
 Also a `RESULT {json}` line. The same `--seed` replays the same inputs.
+
+`--bridged`: the gateway runs the realtime processor instead (OpenAI's dialect: 24 kHz to the
+model), against `bench/echo_model.py` in a process of its own, which sends each appended chunk
+straight back as the model's audio. Every hostile call that gets as far as its metadata opens
+a model session, and a 16 kHz one resamples both ways; the canary talks at 24 kHz, which
+passes through unresampled, so its echo is still exact. Also checked: every model session
+the calls opened was closed (the model's count).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import random
 import sys
 import time
@@ -38,6 +46,10 @@ import trio
 # This tree's gateway, not what the virtualenv has installed (it may be another checkout's).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import echo_model  # noqa: E402
+
+from gateway.acs.packets import frame_bytes  # noqa: E402
 from gateway.testing import open_gateway, simulated_call  # noqa: E402
 from gateway.testing.census import open_fds, rss_kb, task_count  # noqa: E402
 from gateway.testing.hostile import (  # noqa: E402
@@ -51,22 +63,33 @@ from gateway.testing.hostile import (  # noqa: E402
 
 SETTLE_TIMEOUT = 30.0  # seconds for the hostile calls to end after the last input
 CUT_SHARE = 0.2  # connections sent as a cut or spliced good connection
+KEY_ENV = "FUZZ_REALTIME_KEY"  # the fake model takes any key
 
 
-async def fuzz(args: argparse.Namespace) -> dict[str, Any]:
+async def fuzz(args: argparse.Namespace, model_url: str | None) -> dict[str, Any]:
     rng = random.Random(args.seed)
     counts = {"inputs": 0, "connections": 0, "by_ending": dict.fromkeys(
         ("close", "fin", "reset", "reset_mid_frame", "fin_mid_frame", "verbatim"), 0)}  # fmt: skip
+    processor: dict[str, Any] = {}
+    if model_url is not None:
+        options = {"endpoint": model_url, "api_key_env": KEY_ENV, "provider": "openai"}
+        processor = {"processor": "realtime", "processors": {"realtime": options}}
+    rate = 24000 if model_url is not None else 16000
+    frame = frame_bytes(rate)
     async with open_gateway(
+        **processor,
         handshake_timeout=args.timeout,
         metadata_timeout=args.timeout,
         max_pending_handshakes_per_source=args.per_source,
     ) as server:
         url = server.urls[0]
-        async with simulated_call(url, connection_id="canary") as canary:
-            await canary.send_audio(canary_frame(0))  # the canary is up before the census
+        async with simulated_call(url, connection_id="canary", sample_rate=rate) as canary:
+            # the canary is up before the census (a bridge sends the caller's audio up in
+            # 40 ms events: two frames)
+            for k in range(2):
+                await canary.send_audio(canary_frame(k, rate))
             with trio.fail_after(10):
-                await canary.wait_for_audio(640)
+                await canary.wait_for_audio(frame)
             tasks, fds, rss0 = task_count(), open_fds(), rss_kb()
             started = time.monotonic()
             sent_inputs = trio.Event()
@@ -99,6 +122,8 @@ async def fuzz(args: argparse.Namespace) -> dict[str, Any]:
                         attackers.start_soon(hostile, worker)
                 sent_inputs.set()
             elapsed = time.monotonic() - started
+            if len(canary.sent[None]) // frame % 2:  # a bridge holds an odd last frame
+                await canary.send_audio(canary_frame(len(canary.sent[None]) // frame, rate))
             with trio.fail_after(SETTLE_TIMEOUT):
                 await canary.wait_for_audio(len(canary.sent[None]))
             with trio.move_on_after(SETTLE_TIMEOUT):
@@ -117,8 +142,8 @@ async def fuzz(args: argparse.Namespace) -> dict[str, Any]:
                 "crashes": server.stats.calls_failed,
                 "calls_failed": server.stats.calls_failed,
                 "cross_call_effects": cross_call,
-                "canary_frames_sent": len(sent) // 640,
-                "canary_frames_echoed_exactly": _exact_frames(canary.received_pcm, sent),
+                "canary_frames_sent": len(sent) // frame,
+                "canary_frames_echoed_exactly": _exact_frames(canary.received_pcm, sent, frame),
                 "leaked_fds": open_fds() - fds,
                 "leaked_tasks": task_count() - tasks,
                 "live_hostile_calls_left": server.live - 1,
@@ -140,9 +165,9 @@ async def fuzz(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def _exact_frames(received: bytes, sent: bytes) -> int:
+def _exact_frames(received: bytes, sent: bytes, frame: int) -> int:
     """Frames of the canary's echo that match what it sent, position by position."""
-    return sum(received[i : i + 640] == sent[i : i + 640] for i in range(0, len(sent), 640))
+    return sum(received[i : i + frame] == sent[i : i + frame] for i in range(0, len(sent), frame))
 
 
 def main() -> None:
@@ -162,9 +187,22 @@ def main() -> None:
         metavar="N",
         help="the gateway's max_pending_handshakes_per_source (default: none, see above)",
     )
+    parser.add_argument(
+        "--bridged", action="store_true", help="the realtime processor, against a fake model"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr)  # a gateway failure shows here
-    r = trio.run(fuzz, args)
+    model = None
+    model_url = None
+    if args.bridged:
+        os.environ[KEY_ENV] = "fuzz-key"
+        model, model_url = echo_model.start()
+    try:
+        r = trio.run(fuzz, args, model_url)
+    finally:
+        report = echo_model.finish(model) if model is not None else None
+    if report is not None:
+        r["model"] = report
     print("RESULT " + json.dumps(r))
     print(
         f"inputs {r['inputs']} over {r['connections']} connections in {r['seconds']} s "
@@ -176,6 +214,8 @@ def main() -> None:
         f"uncounted connections {r['uncounted_connections']} (refused at accept: "
         f"{r['refused_at_accept']})"
     )
+    if "model" in r:
+        print(f"model sessions: {r['model']} (live: still open once the calls had ended)")
 
 
 if __name__ == "__main__":

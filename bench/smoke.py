@@ -47,11 +47,18 @@ BENCHES: list[tuple[str, list[str], float]] = [
     ("upstream_client", ["--messages", "2000", "--rounds", "1"], 60),
     ("replica_forwarding", ["--calls", "5", "--callbacks", "20"], 60),
     ("fuzz_live", ["--inputs", "2000"], 60),
+    ("fuzz_live:bridged", ["--inputs", "2000", "--bridged"], 60),
     ("health_abuse", ["--hostile", "50", "--seconds", "2"], 60),
     (
         "soak",
         ["--concurrency", "4", "--duration", "5", "--warmup", "2", "--sample-every", "2"]
         + ["--call-seconds", "1,2", "--hostile"],
+        90,
+    ),
+    (
+        "soak:bridged",
+        ["--concurrency", "4", "--duration", "5", "--warmup", "2", "--sample-every", "2"]
+        + ["--call-seconds", "1,2", "--bridged"],
         90,
     ),
     ("echo_model", [], 30),  # prints its URL and stops: stdin is closed

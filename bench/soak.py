@@ -19,6 +19,14 @@ with bad tokens, bursts of connections beyond the pending-handshake bounds, idle
 keep-alive request spam on the health port, and a call that floods frames as fast as it can.
 Each sample also times a well-behaved `/readyz` probe (a fresh connection, 1 s to answer).
 
+`--bridged`: the gateway runs the realtime processor instead (OpenAI's dialect: 24 kHz to the
+model) against `bench/echo_model.py` in a process of its own, which sends each appended chunk
+straight back as the model's audio, so every call opens, uses and closes a model session. Each
+call talks at 24 kHz (passed through: its echo must be byte-exact) or 16 kHz (resampled both
+ways: its echo must be all but the resamplers' last `RESAMPLED_HELD_MS`, time-aligned with what
+was said, correlation at least `RESAMPLED_MIN_CORRELATION`), chosen at random. The verdict adds
+the model's count of sessions still open once the calls have ended (goal: none).
+
 Prints a sample table every `--sample-every` seconds (elapsed, RSS, fds, tasks, live calls,
 calls accepted and failed, inbound frames dropped, connections refused at accept, the probe)
 and a verdict: RSS growth from the end of the warm-up to the end of the load (the goal is
@@ -47,6 +55,10 @@ import trio
 # This tree's gateway, not what the virtualenv has installed (it may be another checkout's).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import echo_model  # noqa: E402
+
+from gateway.acs.packets import frame_bytes  # noqa: E402
 from gateway.config import Config  # noqa: E402
 from gateway.ops.health import serve_health  # noqa: E402
 from gateway.processors import load as load_processor  # noqa: E402
@@ -64,6 +76,13 @@ RESET_SHARE = 0.05  # calls that end with a TCP reset instead of a close handsha
 RESOURCE_ID = "soak-acs-resource"
 ATTACKER = "127.0.0.2"  # the hostile process's source address (loopback is all of 127/8)
 PROBE_TIMEOUT = 1.0  # seconds a well-behaved probe may take
+KEY_ENV = "SOAK_REALTIME_KEY"  # the fake model takes any key
+# A 16 kHz bridged call's echo: what the two resamplers may still hold when the caller stops
+# (each holds back up to ~37 ms; the model's answer never ends, so the last is never flushed),
+# and how alike it must be to what was said (the 24 -> 16 kHz filter takes off the top of
+# the band: random noise keeps a correlation of about 0.97).
+RESAMPLED_HELD_MS = 200
+RESAMPLED_MIN_CORRELATION = 0.9
 RECONNECT_PAUSE = 0.2  # seconds an attacking task waits before its next connection
 
 
@@ -77,6 +96,7 @@ async def place_calls(
     lengths: tuple[float, float],
     seed: int,
     token: str | None = None,
+    bridged: bool = False,
 ) -> dict[str, int]:
     headers = [("Authorization", f"Bearer {token}")] if token else []
     counts = {"calls": 0, "exact": 0, "mismatched": 0, "errors": 0, "resets": 0}
@@ -88,17 +108,26 @@ async def place_calls(
         await trio.sleep(rng.uniform(0, lengths[0]))
         while trio.current_time() < deadline:
             seconds = rng.uniform(*lengths)
-            pcm = rng.randbytes(int(seconds * 50) * 640)
+            rate = rng.choice((16000, 24000)) if bridged else 16000
+            # a bridge sends the caller's audio up two frames an event: an even count of them
+            frames = int(seconds * 25) * 2
+            pcm = rng.randbytes(frames * frame_bytes(rate))
+            # through a resampler: all but what it holds back, and not byte for byte
+            resampled = bridged and rate == 16000
+            expected = len(pcm) - (RESAMPLED_HELD_MS * rate * 2 // 1000 if resampled else 0)
             reset = rng.random() < RESET_SHARE
             counts["calls"] += 1
             try:
                 async with simulated_call(
-                    url, connection_id=f"soak-{index}", headers=headers
+                    url, connection_id=f"soak-{index}", headers=headers, sample_rate=rate
                 ) as call:
                     await call.stream(pcm)
                     with trio.fail_after(10):
-                        await call.wait_for_audio(len(pcm))
-                    exact = call.received_pcm == pcm
+                        await call.wait_for_audio(expected)
+                    if resampled:
+                        exact = alike(call.received_pcm, pcm)
+                    else:
+                        exact = call.received_pcm == pcm
                     counts["exact" if exact else "mismatched"] += 1
                     if reset:
                         counts["resets"] += 1
@@ -112,6 +141,17 @@ async def place_calls(
         for index in range(concurrency):
             nursery.start_soon(worker, index)
     return counts
+
+
+def alike(heard: bytes, said: bytes) -> bool:
+    """The echo is what was said, in time (the resampler keeps it aligned to the sample),
+    bar the top of the band and what was still held back."""
+    import numpy as np
+
+    n = min(len(heard), len(said)) // 2
+    a = np.frombuffer(heard, dtype=np.int16, count=n).astype(np.float64)
+    b = np.frombuffer(said, dtype=np.int16, count=n).astype(np.float64)
+    return bool(np.corrcoef(a, b)[0, 1] >= RESAMPLED_MIN_CORRELATION)
 
 
 def _reset(stream: Any) -> None:
@@ -278,8 +318,12 @@ def show(row: dict[str, Any]) -> None:
     print(" ".join(f"{row[c]:>9}" for c in COLUMNS), flush=True)
 
 
-async def soak(args: argparse.Namespace) -> dict[str, Any]:
-    processor = load_processor("echo")
+async def soak(args: argparse.Namespace, model_url: str | None) -> dict[str, Any]:
+    if model_url is None:
+        processor = load_processor("echo")
+    else:
+        options = {"endpoint": model_url, "api_key_env": KEY_ENV, "provider": "openai"}
+        processor = load_processor("realtime", options)
     async with trio.open_nursery() as nursery:
         settings: dict[str, Any] = {}
         token = None
@@ -307,6 +351,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             "--concurrency", str(args.concurrency), "--duration", str(args.duration),
             "--call-seconds", args.call_seconds, "--seed", str(args.seed),
         ]  # fmt: skip
+        load_cmd += ["--bridged"] if args.bridged else []
         env = {**os.environ, "SOAK_TOKEN": token or ""}
         done = trio.Event()
         result: list[subprocess.CompletedProcess[bytes]] = []
@@ -422,6 +467,9 @@ def main() -> None:
     parser.add_argument(
         "--hostile", action="store_true", help="token checks, health port, and the attack beside"
     )
+    parser.add_argument(
+        "--bridged", action="store_true", help="the realtime processor, against a fake model"
+    )
     parser.add_argument("--load", metavar="URL", help=argparse.SUPPRESS)  # the child process
     parser.add_argument("--attack", metavar="PORTS", help=argparse.SUPPRESS)  # the other child
     args = parser.parse_args()
@@ -429,7 +477,14 @@ def main() -> None:
     if args.load:
         token = os.environ.get("SOAK_TOKEN") or None
         counts = trio.run(
-            place_calls, args.load, args.concurrency, args.duration, (low, high), args.seed, token
+            place_calls,
+            args.load,
+            args.concurrency,
+            args.duration,
+            (low, high),
+            args.seed,
+            token,
+            args.bridged,
         )
         print("LOAD " + json.dumps(counts), flush=True)
         return
@@ -441,11 +496,22 @@ def main() -> None:
         print("ATTACK " + json.dumps(counts), flush=True)
         return
     logging.basicConfig(level=logging.ERROR)
-    r = trio.run(soak, args)
+    model = None
+    model_url = None
+    if args.bridged:
+        os.environ[KEY_ENV] = "soak-key"
+        model, model_url = echo_model.start()
+    try:
+        r = trio.run(soak, args, model_url)
+    finally:
+        report = echo_model.finish(model) if model is not None else None
+    if report is not None:
+        r["model"] = report
     print("RESULT " + json.dumps(r), flush=True)
     fds_ok = r["fds_after_calls_ended"] == r["fds_baseline"]
     tasks_ok = r["tasks_after_calls_ended"] == r["tasks_baseline"]
     flat = abs(r["rss_growth_after_warmup_pct"]) <= 5.0
+    model_verdict = "all closed" if report is None or report.get("live") == 0 else "LEFT OPEN"
     print(
         f"calls: {r['load']}, accepted {r['calls_accepted']}, failed {r['calls_failed']}\n"
         f"attack: {r['attack']}\nrefused at accept: {r['connections_refused']}, "
@@ -459,6 +525,7 @@ def main() -> None:
         f"VERDICT: RSS {'flat' if flat else 'GREW'} (goal: within 5%), "
         f"fds {'back to baseline' if fds_ok else 'LEAKED'}, "
         f"tasks {'back to baseline' if tasks_ok else 'LEAKED'}"
+        + ("" if report is None else f", model sessions {model_verdict} ({report})")
     )
 
 

@@ -66,6 +66,7 @@ import pybase64
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import echo_load  # noqa: E402
+import echo_model  # noqa: E402
 from echo_load import RING, Call, Generator, proc_cpu_seconds, proc_rss_kb  # noqa: E402
 
 from gateway.acs import client as wire  # noqa: E402
@@ -187,24 +188,6 @@ TARGETS = {
 }
 
 
-def start_model(
-    cpu: int, ca_path: str | None = None, burst_ms: int = 0
-) -> tuple[subprocess.Popen[bytes], str]:
-    """The fake model on `cpu`; with `ca_path`, over TLS (its CA's certificate written there);
-    `burst_ms`: it answers in bursts of that much audio (`bench/echo_model.py`)."""
-    cmd = ["taskset", "-c", str(cpu), sys.executable, str(BENCH / "echo_model.py")]
-    cmd += ["--tls-ca", ca_path] if ca_path else []
-    cmd += ["--burst-ms", str(burst_ms)] if burst_ms else []
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-    assert proc.stdout is not None
-    url = proc.stdout.readline().decode().strip()
-    if not url.startswith(("ws://", "wss://")):
-        proc.kill()
-        raise SystemExit("the fake model did not start")
-    return proc, url
-
-
 def stop(proc: subprocess.Popen[bytes], graceful: Callable[[], None]) -> None:
     graceful()
     try:
@@ -225,7 +208,7 @@ def measure(
     env = {KEY_ENV: "bench-key"}
     if "bridged" in target.name:
         ca_path = str(Path(tempfile.mkdtemp(prefix="yardstick-")) / "ca.pem")
-        model, model_url = start_model(
+        model, model_url = echo_model.start(
             args.client_cpu, ca_path if args.model_tls else None, args.model_burst_ms
         )
         if args.model_tls:  # the server trusts the fake model's CA as it would a real one

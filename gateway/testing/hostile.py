@@ -22,7 +22,7 @@ import attrs
 import trio
 
 from ..acs import client
-from ..acs.packets import FRAME_MS
+from ..acs.packets import FRAME_MS, frame_bytes
 from ..wire.framing import OP_BINARY, OP_CLOSE, OP_PING, OP_TEXT, frame_header
 from .peer import SimulatedCall
 
@@ -243,9 +243,10 @@ def cut_or_spliced(rng: random.Random) -> bytes:
 # -- the canary: a good call beside the hostile ones --
 
 
-def canary_frame(k: int) -> bytes:
-    """20 ms of audio at 16 kHz that says which frame it is, so a lost or swapped frame shows."""
-    return (k & 0xFFFFFFFF).to_bytes(4, "big") * 160
+def canary_frame(k: int, sample_rate: int = 16000) -> bytes:
+    """20 ms of audio at `sample_rate` that says which frame it is, so a lost or swapped frame
+    shows."""
+    return (k & 0xFFFFFFFF).to_bytes(4, "big") * (frame_bytes(sample_rate) // 4)
 
 
 async def keep_talking(call: SimulatedCall, stop: trio.Event) -> None:
@@ -253,7 +254,7 @@ async def keep_talking(call: SimulatedCall, stop: trio.Event) -> None:
     between frames only, so the call's record of what it sent is always exact."""
     start, k = trio.current_time(), 0
     while not stop.is_set():
-        await call.send_audio(canary_frame(k))
+        await call.send_audio(canary_frame(k, call.sample_rate))
         k += 1
         with trio.move_on_at(start + k * FRAME_MS / 1000):
             await stop.wait()
