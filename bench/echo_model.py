@@ -8,8 +8,9 @@ When stdin closes it prints `MODEL {json}` (sessions opened, and still open) and
 benchmark that ends its calls first can check that none left its upstream connection open.
 `start()` and `finish()` run it so from another benchmark.
 
-For `bench/yardstick.py`'s bridged runs: the gateway's realtime processor connects to it as to
-the real service (handshake, `session.update`), and every `input_audio_buffer.append` comes
+The fake model's echo mode (`open_fake_model(echo=True)`), for `bench/yardstick.py`'s bridged
+runs and the bridged soak and fuzz: the gateway's realtime processor connects to it as to the
+real service (handshake, `session.update`), and every `input_audio_buffer.append` comes
 straight back as a `response.output_audio.delta` of one long response, the base64 untouched.
 So a bridged call carries audio both ways at the caller's real-time rate, like an echo call,
 and the load generator can time the round trip through the model. Never: VAD, scripted replies
@@ -40,10 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import echo_load  # noqa: E402
 
-from gateway.testing import fake_model, open_fake_model  # noqa: E402
-from gateway.testing.fake_model_session import Session  # noqa: E402
+from gateway.testing import open_fake_model  # noqa: E402
 
-APPEND_MS = 40  # the caller's audio per append: the bridges' batch
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -78,69 +77,15 @@ def finish(proc: subprocess.Popen[bytes]) -> dict[str, Any]:
     return json.loads(lines[-1][6:]) if lines else {"exit": proc.returncode}
 
 
-class EchoSession(Session):
-    """A session that streams the caller's audio back as the model's answer."""
-
-    response: dict[str, Any] | None = None
-    burst = 1  # appends answered together (`--burst-ms`)
-    held: list[str] | None = None
-
-    async def run(self) -> None:
-        import orjson
-        import trio_websocket
-
-        await self.send({"type": "session.created", "session": {"id": "sess-bench"}})
-        try:
-            while True:
-                event = orjson.loads(await self.ws.get_message())
-                if event.get("type") == "input_audio_buffer.append":
-                    await self.echo(event["audio"])
-                else:
-                    await self.on_event(event)
-        except trio_websocket.ConnectionClosed:
-            pass
-
-    async def echo(self, audio: str) -> None:
-        if self.response is None:
-            number = self.number
-            self.response = {
-                "response_id": f"resp-{number}",
-                "item_id": f"item-{number}",
-                "output_index": 0,
-                "content_index": 0,
-            }
-            item = {"id": f"item-{number}", "type": "message", "role": "assistant"}
-            await self.send({"type": "response.created", "response": {"id": f"resp-{number}"}})
-            await self.send(
-                {
-                    "type": "response.output_item.added",
-                    "response_id": f"resp-{number}",
-                    "output_index": 0,
-                    "item": item,
-                }
-            )
-        if self.burst > 1:
-            held = self.held = self.held or []
-            held.append(audio)
-            if len(held) < self.burst:
-                return
-            self.held = None
-        else:
-            held = [audio]
-        kind = "response.output_audio.delta" if self.ga else "response.audio.delta"
-        for delta in held:
-            await self.send({"type": kind, **self.response, "delta": delta})
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tls-ca", help="serve wss://; write the throwaway CA's certificate here")
     parser.add_argument("--burst-ms", type=int, default=0, help="answer in bursts of this much")
     args = parser.parse_args()
     context = echo_load.model_tls(args.tls_ca) if args.tls_ca else None
-    EchoSession.burst = max(1, args.burst_ms // APPEND_MS)
-    fake_model.Session = EchoSession  # type: ignore[misc]  # the sessions this model opens
-    async with open_fake_model(ssl_context=context) as model:
+    async with open_fake_model(
+        ssl_context=context, echo=True, echo_burst_ms=args.burst_ms
+    ) as model:
         print(model.url, flush=True)
         await trio.to_thread.run_sync(sys.stdin.read)  # until the benchmark closes stdin
         report = {"connections": model.connections, "live": model.live}

@@ -10,21 +10,30 @@ real packets, raw RFC 6455 garbage, and connections closed, FIN'd or reset at an
 - nothing outlives its call: once the hostile calls end, the gateway holds exactly the tasks
   and file descriptors it held before them.
 
+The bridged variants run the realtime processor against the fake model's echo mode, so every
+hostile call that gets as far as its metadata opens a model session (and a 16 kHz one resamples
+both ways): no model session outlives its call either, and the canary, at 24 kHz (passed
+through), still hears exactly what it said.
+
 Modest and deterministic (`derandomize=True`) for CI; `bench/fuzz_live.py` runs 100,000+ inputs.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections.abc import Sequence
+from typing import Any
+from unittest import mock
 
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.acs.packets import frame_bytes
 from gateway.server.serve import ServerStats
-from gateway.testing import open_gateway, simulated_call
+from gateway.testing import open_fake_model, open_gateway, simulated_call
 from gateway.testing.hostile import (
     OP_BINARY,
     OP_TEXT,
@@ -46,20 +55,42 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 SETTLE_TIMEOUT = 10.0  # seconds; a safety net, the hostile calls end at once
+KEY_ENV = "TEST_REALTIME_KEY"  # the bridged variants' (the fake model takes any key)
 
 
-async def _run_hostile(sessions: Sequence[Session], raw: Sequence[bytes] = ()) -> ServerStats:
+async def _run_hostile(
+    sessions: Sequence[Session], raw: Sequence[bytes] = (), bridged: bool = False
+) -> ServerStats:
     """Play `sessions` (and `raw` byte streams, sent verbatim from the first byte, upgrade
-    included) concurrently beside a canary call; assert the invariants; return the counters."""
+    included) concurrently beside a canary call; assert the invariants; return the counters.
+    `bridged`: through the realtime processor and the fake model's echo mode."""
+    if not bridged:
+        return await _hostile_beside_canary(sessions, raw, {"processor": "echo"}, 16000)
+    async with open_fake_model(echo=True) as model:
+        options = {"endpoint": model.url, "api_key_env": KEY_ENV}
+        processor = {"processor": "realtime", "processors": {"realtime": options}}
+        with mock.patch.dict(os.environ, {KEY_ENV: "fuzz-key"}):  # read as the gateway starts
+            stats = await _hostile_beside_canary(sessions, raw, processor, 24000)
+        assert model.live == 0  # no model session outlived its call
+        assert 1 <= model.connections <= stats.calls_accepted
+        return stats
+
+
+async def _hostile_beside_canary(
+    sessions: Sequence[Session], raw: Sequence[bytes], processor: dict[str, Any], rate: int
+) -> ServerStats:
+    frame = frame_bytes(rate)
     # A long playout lead: the echo comes back at once instead of at real-time pace.
     async with open_gateway(
-        handshake_timeout=2.0, metadata_timeout=2.0, playout_lead_ms=5000
+        **processor, handshake_timeout=2.0, metadata_timeout=2.0, playout_lead_ms=5000
     ) as server:
         url = server.urls[0]
-        async with simulated_call(url, connection_id="canary") as canary:
-            await canary.send_audio(canary_frame(0))
+        async with simulated_call(url, connection_id="canary", sample_rate=rate) as canary:
+            # two frames: a bridge sends the caller's audio up two frames an event
+            for k in range(2):
+                await canary.send_audio(canary_frame(k, rate))
             with trio.fail_after(SETTLE_TIMEOUT):
-                await canary.wait_for_audio(640)
+                await canary.wait_for_audio(frame)
             tasks, fds = task_count(), open_fds()
 
             async def hostile(session: Session) -> None:
@@ -75,11 +106,11 @@ async def _run_hostile(sessions: Sequence[Session], raw: Sequence[bytes] = ()) -
                     nursery.start_soon(hostile, session)
                 for data in raw:
                     nursery.start_soon(verbatim, data)
-                for k in range(1, 6):  # the canary keeps talking while they run
-                    await canary.send_audio(canary_frame(k))
+                for k in range(2, 8):  # the canary keeps talking while they run
+                    await canary.send_audio(canary_frame(k, rate))
                     await trio.lowlevel.checkpoint()
             with trio.fail_after(SETTLE_TIMEOUT):
-                await canary.wait_for_audio(640 * 6)
+                await canary.wait_for_audio(frame * 8)
                 while server.live > 1 or task_count() != tasks or open_fds() != fds:  # noqa: ASYNC110
                     await trio.sleep(0.005)
             assert canary.received_pcm == bytes(canary.sent[None])
@@ -146,3 +177,25 @@ def test_connections_reset_at_any_byte(cut_points):
 @given(st.integers(0, len(GOOD)), st.binary(min_size=1, max_size=64))
 def test_garbage_spliced_into_a_good_connection(at, garbage):
     trio.run(_run_hostile, [], [GOOD[:at] + garbage + GOOD[at:]])
+
+
+BRIDGED = settings(FUZZ, max_examples=15)
+
+
+@BRIDGED
+@given(st.lists(st.randoms(use_true_random=False).map(random_session), min_size=1, max_size=6))
+def test_bridged_calls_mutated_packets_frame_garbage_and_random_endings(sessions):
+    trio.run(_run_hostile, sessions, (), True)
+
+
+@BRIDGED
+@given(
+    st.lists(
+        st.tuples(st.lists(message, max_size=12), st.sampled_from(["close", "fin", "reset"])),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_bridged_calls_arbitrary_messages(connections):
+    sessions = [Session((METADATA, *msgs), ending) for msgs, ending in connections]
+    trio.run(_run_hostile, sessions, (), True)

@@ -620,3 +620,38 @@ async def test_a_model_that_sends_half_a_sample_does_not_end_the_call(autojump_c
     assert call.stats.upstream_audio_discarded == 1
     heard = len(acs.received_pcm)
     assert abs(heard - 2 * 16000 * 2) <= 1280  # both replies, 1 s each at 16 kHz
+
+
+async def test_the_fake_models_echo_mode_answers_each_append_with_its_audio(
+    autojump_clock, monkeypatch
+):
+    """`open_fake_model(echo=True)`: each append comes straight back as a delta of one long
+    response, so where nothing is resampled the caller hears exactly what it said, in either
+    dialect; with `echo_burst_ms` the deltas come in bursts, the same audio in the end."""
+    monkeypatch.setenv(KEY_ENV, "k")
+    for rate, provider, burst_ms in (
+        (24000, "openai", 0),
+        (16000, "voice-live", 0),
+        (24000, "azure-preview", 200),
+    ):
+        said = speech(rate)[: rate * 2 * 108 // 100]  # 1.08 s: 27 appends of 40 ms
+        async with open_fake_model(echo=True, echo_burst_ms=burst_ms) as model:
+            opts = options(model.url, provider=provider)
+            async with open_gateway(spied(opts, [])) as server:
+                async with simulated_call(server.urls[0], sample_rate=rate) as acs:
+                    await acs.stream(said)
+                    held = 0 if not burst_ms else len(said) % (burst_ms * rate * 2 // 1000)
+                    await acs.wait_for_audio(len(said) - held)
+                    await trio.sleep(0.5)  # a part burst is held until it fills
+                    assert acs.received_pcm == said[: len(said) - held], (provider, burst_ms)
+            with trio.fail_after(5):
+                await model.wait_for(lambda m: m.live == 0)
+        [update] = model.received("session.update")
+        assert ("type" in update["session"]) == (provider == "openai")  # GA, or the beta shape
+        assert [e.type for e in model.sent] == [
+            "session.created",
+            "session.updated",
+            "response.created",
+            "response.output_item.added",
+        ]
+        assert not model.received("input_audio_buffer.append")  # not kept: runs are long

@@ -27,6 +27,9 @@ stalled while silent) is `fake_model_wire`'s: the gateway's own server-side WebS
 
 Never: real network beyond loopback, sleeps that drift (deltas are paced on absolute deadlines),
 or anything that outlives `open_fake_model`.
+
+With `echo` it is a different model: every appended chunk comes straight back as the model's
+audio (`fake_model_echo`), for checking and loading a bridged call's audio path.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from typing import Any
 import trio
 
 from .fake_model_calls import FunctionCall, Reply
+from .fake_model_echo import EchoSession
 from .fake_model_session import Recorded, Session
 from .fake_model_wire import ModelSocket, Reject, refusal_reason
 
@@ -78,8 +82,12 @@ class FakeModel:
         noise_max_ms: int = 250,
         ssl_context: ssl.SSLContext | None = None,
         receive_buffer: int | None = None,
+        echo: bool = False,
+        echo_burst_ms: int = 0,
     ) -> None:
         self.receive_buffer = receive_buffer  # None: the kernel's own, which grows
+        self.session_type = EchoSession if echo else Session
+        self.echo_burst_ms = echo_burst_ms
         self.noise_max_ms = noise_max_ms
         self.ssl_context = ssl_context  # None: plain ws://
         self.responses = list(responses)
@@ -200,7 +208,7 @@ class FakeModel:
                 return
             self.connections += 1
             self.live += 1
-            session = Session(self, self.connections, socket, socket.stream)
+            session = self.session_type(self, self.connections, socket, socket.stream)
             self._sessions.append(session)
             self._notify()
             try:
@@ -242,6 +250,8 @@ async def open_fake_model(
     noise_max_ms: int = 250,
     ssl_context: ssl.SSLContext | None = None,
     receive_buffer: int | None = None,
+    echo: bool = False,
+    echo_burst_ms: int = 0,
 ) -> AsyncIterator[FakeModel]:
     """Run a fake realtime model on 127.0.0.1, port 0, until the block ends.
 
@@ -260,7 +270,13 @@ async def open_fake_model(
     `receive_buffer`: the kernel receive buffer (`SO_RCVBUF`) of each connection it accepts.
     By default the kernel's own, which grows to megabytes as the model reads, so a test of a
     model that stops reading sets it: then how much the kernel holds does not depend on how
-    fast the model read before."""
+    fast the model read before.
+    `echo`: instead of all the above, answer every `input_audio_buffer.append` at once with its
+    own audio, as the deltas of one long response (`fake_model_echo`): a bridged call then
+    carries audio both ways at the caller's rate, and where nothing is resampled hears exactly
+    what it said. `echo_burst_ms`: hold those answers until that much audio (in the gateway's
+    40 ms appends) waits, then send them at once, as a real model streams a reply faster than
+    real time."""
     model = FakeModel(
         responses,
         api_key=api_key,
@@ -276,6 +292,8 @@ async def open_fake_model(
         noise_max_ms=noise_max_ms,
         ssl_context=ssl_context,
         receive_buffer=receive_buffer,
+        echo=echo,
+        echo_burst_ms=echo_burst_ms,
     )
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(
