@@ -30,6 +30,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ import echo_load  # noqa: E402
 from gateway.testing import open_fake_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+KEY_ENV = "BENCH_REALTIME_KEY"  # the gateway's `api_key_env`
 
 
 def start(
@@ -63,6 +65,28 @@ def start(
         proc.kill()
         raise SystemExit("the fake model did not start")
     return proc, url
+
+
+def realtime_options(url: str) -> dict[str, str]:
+    """The realtime processor's options for this model at `url` (any key will do)."""
+    os.environ.setdefault(KEY_ENV, "bench-key")
+    return {"endpoint": url, "api_key_env": KEY_ENV, "provider": "openai"}
+
+
+def run_beside(
+    bridged: bool, main: Callable[..., Awaitable[dict[str, Any]]], *args: Any
+) -> dict[str, Any]:
+    """`trio.run(main, *args, url)`: with `bridged`, this model in a process of its own at
+    `url` and its report in the result's "model"; else `url` is None."""
+    if not bridged:
+        return trio.run(main, *args, None)
+    proc, url = start()
+    try:
+        result = trio.run(main, *args, url)
+    finally:
+        report = finish(proc)
+    result["model"] = report
+    return result
 
 
 def finish(proc: subprocess.Popen[bytes]) -> dict[str, Any]:

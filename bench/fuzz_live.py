@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import random
 import sys
 import time
@@ -63,7 +62,6 @@ from gateway.testing.hostile import (  # noqa: E402
 
 SETTLE_TIMEOUT = 30.0  # seconds for the hostile calls to end after the last input
 CUT_SHARE = 0.2  # connections sent as a cut or spliced good connection
-KEY_ENV = "FUZZ_REALTIME_KEY"  # the fake model takes any key
 
 
 async def fuzz(args: argparse.Namespace, model_url: str | None) -> dict[str, Any]:
@@ -72,7 +70,7 @@ async def fuzz(args: argparse.Namespace, model_url: str | None) -> dict[str, Any
         ("close", "fin", "reset", "reset_mid_frame", "fin_mid_frame", "verbatim"), 0)}  # fmt: skip
     processor: dict[str, Any] = {}
     if model_url is not None:
-        options = {"endpoint": model_url, "api_key_env": KEY_ENV, "provider": "openai"}
+        options = echo_model.realtime_options(model_url)
         processor = {"processor": "realtime", "processors": {"realtime": options}}
     rate = 24000 if model_url is not None else 16000
     frame = frame_bytes(rate)
@@ -192,17 +190,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr)  # a gateway failure shows here
-    model = None
-    model_url = None
-    if args.bridged:
-        os.environ[KEY_ENV] = "fuzz-key"
-        model, model_url = echo_model.start()
-    try:
-        r = trio.run(fuzz, args, model_url)
-    finally:
-        report = echo_model.finish(model) if model is not None else None
-    if report is not None:
-        r["model"] = report
+    r = echo_model.run_beside(args.bridged, fuzz, args)
     print("RESULT " + json.dumps(r))
     print(
         f"inputs {r['inputs']} over {r['connections']} connections in {r['seconds']} s "

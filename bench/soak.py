@@ -76,7 +76,6 @@ RESET_SHARE = 0.05  # calls that end with a TCP reset instead of a close handsha
 RESOURCE_ID = "soak-acs-resource"
 ATTACKER = "127.0.0.2"  # the hostile process's source address (loopback is all of 127/8)
 PROBE_TIMEOUT = 1.0  # seconds a well-behaved probe may take
-KEY_ENV = "SOAK_REALTIME_KEY"  # the fake model takes any key
 # A 16 kHz bridged call's echo: what the two resamplers may still hold when the caller stops
 # (each holds back up to ~37 ms; the model's answer never ends, so the last is never flushed),
 # and how alike it must be to what was said (the 24 -> 16 kHz filter takes off the top of
@@ -322,7 +321,7 @@ async def soak(args: argparse.Namespace, model_url: str | None) -> dict[str, Any
     if model_url is None:
         processor = load_processor("echo")
     else:
-        options = {"endpoint": model_url, "api_key_env": KEY_ENV, "provider": "openai"}
+        options = echo_model.realtime_options(model_url)
         processor = load_processor("realtime", options)
     async with trio.open_nursery() as nursery:
         settings: dict[str, Any] = {}
@@ -496,17 +495,8 @@ def main() -> None:
         print("ATTACK " + json.dumps(counts), flush=True)
         return
     logging.basicConfig(level=logging.ERROR)
-    model = None
-    model_url = None
-    if args.bridged:
-        os.environ[KEY_ENV] = "soak-key"
-        model, model_url = echo_model.start()
-    try:
-        r = trio.run(soak, args, model_url)
-    finally:
-        report = echo_model.finish(model) if model is not None else None
-    if report is not None:
-        r["model"] = report
+    r = echo_model.run_beside(args.bridged, soak, args)
+    report = r.get("model")
     print("RESULT " + json.dumps(r), flush=True)
     fds_ok = r["fds_after_calls_ended"] == r["fds_baseline"]
     tasks_ok = r["tasks_after_calls_ended"] == r["tasks_baseline"]

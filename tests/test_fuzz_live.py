@@ -141,23 +141,26 @@ message = st.one_of(
     ),
 )
 METADATA = client_frame(encode(metadata_packet()))
+# connections of messages after a real metadata packet, each with an ending
+message_connections = st.lists(
+    st.tuples(st.lists(message, max_size=12), st.sampled_from(["close", "fin", "reset"])),
+    min_size=1,
+    max_size=4,
+)
+random_sessions = st.lists(
+    st.randoms(use_true_random=False).map(random_session), min_size=1, max_size=6
+)
 
 
 @FUZZ
-@given(
-    st.lists(
-        st.tuples(st.lists(message, max_size=12), st.sampled_from(["close", "fin", "reset"])),
-        min_size=1,
-        max_size=4,
-    )
-)
+@given(message_connections)
 def test_arbitrary_messages_on_live_connections(connections):
     sessions = [Session((METADATA, *msgs), ending) for msgs, ending in connections]
     trio.run(_run_hostile, sessions)
 
 
 @FUZZ
-@given(st.lists(st.randoms(use_true_random=False).map(random_session), min_size=1, max_size=6))
+@given(random_sessions)
 def test_mutated_packets_frame_garbage_and_random_endings(sessions):
     trio.run(_run_hostile, sessions)
 
@@ -183,19 +186,13 @@ BRIDGED = settings(FUZZ, max_examples=15)
 
 
 @BRIDGED
-@given(st.lists(st.randoms(use_true_random=False).map(random_session), min_size=1, max_size=6))
+@given(random_sessions)
 def test_bridged_calls_mutated_packets_frame_garbage_and_random_endings(sessions):
     trio.run(_run_hostile, sessions, (), True)
 
 
 @BRIDGED
-@given(
-    st.lists(
-        st.tuples(st.lists(message, max_size=12), st.sampled_from(["close", "fin", "reset"])),
-        min_size=1,
-        max_size=4,
-    )
-)
+@given(message_connections)
 def test_bridged_calls_arbitrary_messages(connections):
     sessions = [Session((METADATA, *msgs), ending) for msgs, ending in connections]
     trio.run(_run_hostile, sessions, (), True)
