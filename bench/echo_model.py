@@ -16,6 +16,11 @@ So a bridged call carries audio both ways at the caller's real-time rate, like a
 and the load generator can time the round trip through the model. Never: VAD, scripted replies
 or recording the audio events (a long run at hundreds of calls would keep them all).
 
+Faults, for a soak of the bridge's failure paths: `--session-max-s S` ends every session S
+seconds after it opened, as the service does (an `error` event `session_expired`, then the
+close); `--drop-share P` aborts a session's connection at an append with probability P
+(`--seed`), as a network fault would.
+
 `--burst-ms N`: hold the answers until N ms of audio waits (the appends are the gateway's 40 ms
 batches, counted), then send them all at once, each append its own delta, as a real model
 streams a reply faster than real time. The audio still flows at the caller's rate on average,
@@ -28,9 +33,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,17 +49,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import echo_load  # noqa: E402
 
 from gateway.testing import open_fake_model  # noqa: E402
+from gateway.testing.fake_model_echo import EchoSession  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY_ENV = "BENCH_REALTIME_KEY"  # the gateway's `api_key_env`
 
 
+class DroppingEchoSession(EchoSession):
+    """An echo session that, at each append, is dropped with probability `share` (its TCP
+    connection aborted: no close handshake), as a network fault would end it."""
+
+    share = 0.0
+    rng = random.Random(1)
+
+    async def echo(self, audio: str, burst: int) -> None:
+        if self.rng.random() < self.share:
+            await self.ws.abort()
+            return
+        await super().echo(audio, burst)
+
+
 def start(
-    cpu: int | None = None, tls_ca: str | None = None, burst_ms: int = 0
+    cpu: int | None = None, tls_ca: str | None = None, burst_ms: int = 0, extra: Sequence[str] = ()
 ) -> tuple[subprocess.Popen[bytes], str]:
     """This model in a process of its own (on core `cpu`, if given); its URL. With `tls_ca`,
-    over TLS (its CA's certificate written there); `burst_ms`: it answers in bursts."""
-    cmd = [sys.executable, __file__]
+    over TLS (its CA's certificate written there); `burst_ms`: it answers in bursts; `extra`:
+    more of its options (faults)."""
+    cmd = [sys.executable, __file__, *extra]
     cmd = ["taskset", "-c", str(cpu), *cmd] if cpu is not None else cmd
     cmd += ["--tls-ca", tls_ca] if tls_ca else []
     cmd += ["--burst-ms", str(burst_ms)] if burst_ms else []
@@ -74,13 +96,16 @@ def realtime_options(url: str) -> dict[str, str]:
 
 
 def run_beside(
-    bridged: bool, main: Callable[..., Awaitable[dict[str, Any]]], *args: Any
+    bridged: bool,
+    main: Callable[..., Awaitable[dict[str, Any]]],
+    *args: Any,
+    model_args: Sequence[str] = (),
 ) -> dict[str, Any]:
     """`trio.run(main, *args, url)`: with `bridged`, this model in a process of its own at
-    `url` and its report in the result's "model"; else `url` is None."""
+    `url` (with `model_args`) and its report in the result's "model"; else `url` is None."""
     if not bridged:
         return trio.run(main, *args, None)
-    proc, url = start()
+    proc, url = start(extra=model_args)
     try:
         result = trio.run(main, *args, url)
     finally:
@@ -105,11 +130,18 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tls-ca", help="serve wss://; write the throwaway CA's certificate here")
     parser.add_argument("--burst-ms", type=int, default=0, help="answer in bursts of this much")
+    parser.add_argument("--session-max-s", type=float, help="sessions expire this long after")
+    parser.add_argument("--drop-share", type=float, default=0.0, help="of appends: drop instead")
+    parser.add_argument("--seed", type=int, default=1, help="of the drops")
     args = parser.parse_args()
     context = echo_load.model_tls(args.tls_ca) if args.tls_ca else None
-    async with open_fake_model(
-        ssl_context=context, echo=True, echo_burst_ms=args.burst_ms
-    ) as model:
+    DroppingEchoSession.share = args.drop_share
+    DroppingEchoSession.rng = random.Random(args.seed)
+    echo = {"echo": True, "echo_burst_ms": args.burst_ms}  # `gateway.testing.fake_model_echo`
+    faults = {"session_max_s": args.session_max_s}
+    async with open_fake_model(ssl_context=context, **echo, **faults) as model:
+        if args.drop_share:
+            model.session_type = DroppingEchoSession
         print(model.url, flush=True)
         await trio.to_thread.run_sync(sys.stdin.read)  # until the benchmark closes stdin
         report = {"connections": model.connections, "live": model.live}

@@ -61,6 +61,12 @@ BENCHES: list[tuple[str, list[str], float]] = [
         + ["--call-seconds", "1,2", "--bridged"],
         90,
     ),
+    (
+        "soak:model-faults",
+        ["--concurrency", "4", "--duration", "6", "--warmup", "2", "--sample-every", "2"]
+        + ["--call-seconds", "2,5", "--bridged", "--model-faults", "--drop-share", "0.02"],
+        90,
+    ),
     ("echo_model", [], 30),  # prints its URL and stops: stdin is closed
     ("echo_load", ["--calls", "5", "--duration", "2"], 60),
     ("inline_audio", ["--calls", "5", "--rounds", "1", "--duration", "2"], 60),

@@ -27,6 +27,14 @@ ways: its echo must be all but the resamplers' last `RESAMPLED_HELD_MS`, time-al
 was said, correlation at least `RESAMPLED_MIN_CORRELATION`), chosen at random. The verdict adds
 the model's count of sessions still open once the calls have ended (goal: none).
 
+`--model-faults` (with `--bridged`) soaks the bridge's failure paths instead: the model's
+sessions expire `MODEL_SESSION_S` after they open (the gateway, told so, opens the next one
+halfway and takes it over at the expiry at the latest) and each append drops its session's
+connection with probability `--drop-share` (the gateway reconnects after a back-off, the
+caller's audio in between dropped and counted). A call then need not hear all it said: it
+waits `FAULTS_WAIT_S` for it, and is counted whole or short; the verdict is about leaks,
+failed calls and sessions left open.
+
 Prints a sample table every `--sample-every` seconds (elapsed, RSS, fds, tasks, live calls,
 calls accepted and failed, inbound frames dropped, connections refused at accept, the probe)
 and a verdict: RSS growth from the end of the warm-up to the end of the load (the goal is
@@ -82,6 +90,8 @@ PROBE_TIMEOUT = 1.0  # seconds a well-behaved probe may take
 # the band: random noise keeps a correlation of about 0.97).
 RESAMPLED_HELD_MS = 200
 RESAMPLED_MIN_CORRELATION = 0.9
+MODEL_SESSION_S = 4.0  # `--model-faults`: a session's life, so most calls roll over
+FAULTS_WAIT_S = 3.0  # `--model-faults`: how long a call waits for the rest of its echo
 RECONNECT_PAUSE = 0.2  # seconds an attacking task waits before its next connection
 
 
@@ -96,9 +106,10 @@ async def place_calls(
     seed: int,
     token: str | None = None,
     bridged: bool = False,
+    faults: bool = False,
 ) -> dict[str, int]:
     headers = [("Authorization", f"Bearer {token}")] if token else []
-    counts = {"calls": 0, "exact": 0, "mismatched": 0, "errors": 0, "resets": 0}
+    counts = {"calls": 0, "exact": 0, "mismatched": 0, "short": 0, "errors": 0, "resets": 0}
     deadline = trio.current_time() + duration
 
     async def worker(index: int) -> None:
@@ -121,13 +132,20 @@ async def place_calls(
                     url, connection_id=f"soak-{index}", headers=headers, sample_rate=rate
                 ) as call:
                     await call.stream(pcm)
-                    with trio.fail_after(10):
-                        await call.wait_for_audio(expected)
-                    if resampled:
-                        exact = alike(call.received_pcm, pcm)
+                    if faults:
+                        with trio.move_on_after(FAULTS_WAIT_S):
+                            await call.wait_for_audio(expected)
                     else:
-                        exact = call.received_pcm == pcm
-                    counts["exact" if exact else "mismatched"] += 1
+                        with trio.fail_after(10):
+                            await call.wait_for_audio(expected)
+                    heard = call.received_pcm
+                    if len(heard) < expected:  # `faults`: audio lost to them
+                        verdict = "short"
+                    elif resampled:
+                        verdict = "exact" if alike(heard, pcm) else "mismatched"
+                    else:
+                        verdict = "exact" if heard == pcm else "mismatched"
+                    counts[verdict] += 1
                     if reset:
                         counts["resets"] += 1
                         _reset(call.ws.stream)
@@ -321,7 +339,9 @@ async def soak(args: argparse.Namespace, model_url: str | None) -> dict[str, Any
     if model_url is None:
         processor = load_processor("echo")
     else:
-        options = echo_model.realtime_options(model_url)
+        options: dict[str, Any] = {**echo_model.realtime_options(model_url)}
+        if args.model_faults:
+            options |= {"session_max_s": MODEL_SESSION_S, "rollover_before_s": MODEL_SESSION_S / 2}
         processor = load_processor("realtime", options)
     async with trio.open_nursery() as nursery:
         settings: dict[str, Any] = {}
@@ -351,6 +371,7 @@ async def soak(args: argparse.Namespace, model_url: str | None) -> dict[str, Any
             "--call-seconds", args.call_seconds, "--seed", str(args.seed),
         ]  # fmt: skip
         load_cmd += ["--bridged"] if args.bridged else []
+        load_cmd += ["--model-faults"] if args.model_faults else []
         env = {**os.environ, "SOAK_TOKEN": token or ""}
         done = trio.Event()
         result: list[subprocess.CompletedProcess[bytes]] = []
@@ -432,6 +453,8 @@ async def soak(args: argparse.Namespace, model_url: str | None) -> dict[str, Any
             "max_ms": answered[-1] if answered else None,
         },
         "calls_accepted": stats.calls_accepted,
+        "upstream_errors": dict(stats.upstream_errors),  # the model's side (bridged)
+        "realtime": dict(stats.realtime),  # rollovers, reconnects, audio dropped (bridged)
         "calls_failed": stats.calls_failed,
         "audio_frames_dropped": stats.audio_frames_dropped,  # inbound queue full
         "frames_flood_dropped": stats.frames_flood_dropped,
@@ -469,6 +492,12 @@ def main() -> None:
     parser.add_argument(
         "--bridged", action="store_true", help="the realtime processor, against a fake model"
     )
+    parser.add_argument(
+        "--model-faults", action="store_true", help="with --bridged: sessions expire and drop"
+    )
+    parser.add_argument(
+        "--drop-share", type=float, default=0.003, help="with --model-faults: of appends"
+    )
     parser.add_argument("--load", metavar="URL", help=argparse.SUPPRESS)  # the child process
     parser.add_argument("--attack", metavar="PORTS", help=argparse.SUPPRESS)  # the other child
     args = parser.parse_args()
@@ -484,6 +513,7 @@ def main() -> None:
             args.seed,
             token,
             args.bridged,
+            args.model_faults,
         )
         print("LOAD " + json.dumps(counts), flush=True)
         return
@@ -495,7 +525,12 @@ def main() -> None:
         print("ATTACK " + json.dumps(counts), flush=True)
         return
     logging.basicConfig(level=logging.ERROR)
-    r = echo_model.run_beside(args.bridged, soak, args)
+    faults = [
+        *("--session-max-s", str(MODEL_SESSION_S)),
+        *("--drop-share", str(args.drop_share), "--seed", str(args.seed)),
+    ]
+    model_args = faults if args.model_faults else []
+    r = echo_model.run_beside(args.bridged, soak, args, model_args=model_args)
     report = r.get("model")
     print("RESULT " + json.dumps(r), flush=True)
     fds_ok = r["fds_after_calls_ended"] == r["fds_baseline"]
@@ -507,7 +542,8 @@ def main() -> None:
         f"attack: {r['attack']}\nrefused at accept: {r['connections_refused']}, "
         f"handshakes failed: {r['handshakes_failed']}, tokens refused: {r['auth_failed']}\n"
         f"health probes: {r['probes']}\n"
-        f"RSS: idle {r['rss_idle_mb']} MB, after warm-up {r['rss_after_warmup_mb']} MB, "
+        + (f"model side: {r['upstream_errors']}, {r['realtime']}\n" if report else "")
+        + f"RSS: idle {r['rss_idle_mb']} MB, after warm-up {r['rss_after_warmup_mb']} MB, "
         f"end of load {r['rss_at_end_mb']} MB ({r['rss_growth_after_warmup_pct']:+.2f}%), "
         f"after the calls ended {r['rss_after_calls_ended_mb']} MB\n"
         f"fds: baseline {r['fds_baseline']}, after {r['fds_after_calls_ended']}; "

@@ -271,12 +271,12 @@ async def open_fake_model(
     By default the kernel's own, which grows to megabytes as the model reads, so a test of a
     model that stops reading sets it: then how much the kernel holds does not depend on how
     fast the model read before.
-    `echo`: instead of all the above, answer every `input_audio_buffer.append` at once with its
-    own audio, as the deltas of one long response (`fake_model_echo`): a bridged call then
-    carries audio both ways at the caller's rate, and where nothing is resampled hears exactly
-    what it said. `echo_burst_ms`: hold those answers until that much audio (in the gateway's
-    40 ms appends) waits, then send them at once, as a real model streams a reply faster than
-    real time."""
+    `echo`: instead of the VAD, the script and the transcripts (sessions still expire at
+    `session_max_s`), answer every `input_audio_buffer.append` at once with its own audio, as
+    the deltas of one long response (`fake_model_echo`): a bridged call then carries audio
+    both ways at the caller's rate, and where nothing is resampled hears exactly what it said.
+    `echo_burst_ms`: hold those answers until that much audio (in the gateway's 40 ms appends)
+    waits, then send them at once, as a real model streams a reply faster than real time."""
     model = FakeModel(
         responses,
         api_key=api_key,

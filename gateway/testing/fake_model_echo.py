@@ -12,7 +12,8 @@ model streams a reply faster than real time.
 
 Never: VAD, turns, scripted replies, transcripts, or recording the appended audio (a long run
 of hundreds of calls would keep it all): the events other than appends go to the scripted
-session's handling, and are recorded as there. It echoes what it gets at the rate it gets it,
+session's handling, and are recorded as there; like it, a session expires `session_max_s`
+after it opened, if that is set. It echoes what it gets at the rate it gets it,
 so a session must ask for the same rate both ways (the gateway always does).
 """
 
@@ -39,16 +40,21 @@ class EchoSession(Session):
     async def run(self) -> None:
         await self.send({"type": "session.created", "session": {"id": self.model._new_id("sess")}})
         burst = max(1, self.model.echo_burst_ms // APPEND_MS)
-        try:
-            while True:
-                event = orjson.loads(await self.ws.get_message())
-                if event.get("type") == "input_audio_buffer.append":
-                    await self.echo(event["audio"], burst)
-                else:
-                    self.model.events.append(Recorded(trio.current_time(), self.number, event))
-                    await self.on_event(event)
-        except ConnectionClosed:
-            pass
+        async with trio.open_nursery() as nursery:
+            if self.model.session_max_s is not None:  # it expires as the scripted one does
+                nursery.start_soon(self.expire, self.model.session_max_s)
+            try:
+                while True:
+                    event = orjson.loads(await self.ws.get_message())
+                    if event.get("type") == "input_audio_buffer.append":
+                        await self.echo(event["audio"], burst)
+                    else:
+                        self.model.events.append(Recorded(trio.current_time(), self.number, event))
+                        await self.on_event(event)
+            except ConnectionClosed:
+                pass
+            finally:
+                nursery.cancel_scope.cancel()
 
     async def echo(self, audio: str, burst: int) -> None:
         if self.response is None:
