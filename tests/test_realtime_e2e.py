@@ -655,3 +655,25 @@ async def test_the_fake_models_echo_mode_answers_each_append_with_its_audio(
             "response.output_item.added",
         ]
         assert not model.received("input_audio_buffer.append")  # not kept: runs are long
+
+
+async def test_the_fake_models_echo_sessions_expire_at_session_max_s(autojump_clock, monkeypatch):
+    """Echo mode keeps the service's session limit: the session ends with `session_expired`
+    at `session_max_s`, and the gateway goes on with the next session (the caller still heard
+    its audio after the switch)."""
+    monkeypatch.setenv(KEY_ENV, "k")
+    rate = 24000
+    said = speech(rate)[: rate * 2 * 3]  # 3 s: the session lasts 1
+    async with open_fake_model(echo=True, session_max_s=1.0) as model:
+        async with open_gateway(spied(options(model.url), [])) as server:
+            async with simulated_call(server.urls[0], sample_rate=rate) as acs:
+                await acs.stream(said)
+                await trio.sleep(0.5)
+        with trio.fail_after(5):
+            await model.wait_for(lambda m: m.live == 0)
+    expired = [r for r in model.sent if r.type == "error"]
+    assert {r.event["error"]["code"] for r in expired} == {"session_expired"}
+    assert model.connections >= 3 and len(expired) >= 2
+    # the audio after the last switch came through, up to the caller's last words (what was
+    # said during each gap was dropped, counted: the audio before and after does not join)
+    assert said.endswith(acs.received_pcm[-rate * 2 // 5 :])
