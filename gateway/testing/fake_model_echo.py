@@ -6,15 +6,15 @@ dialect and rates, as `fake_model_session.Session` keeps them), and one long res
 audio deltas are the appended chunks, base64 untouched. So a bridged call carries audio both
 ways at the caller's own rate, as an echo call does: where nothing is resampled the caller hears
 exactly what it said, which makes the bridge's whole audio path checkable end to end (and
-loadable: benchmarks and soaks of many bridged calls use it). With `burst_ms` the answers are
-held until that much audio waits and then sent at once, each chunk its own delta, as a real
-model streams a reply faster than real time.
+loadable: benchmarks and soaks of many bridged calls use it). With `echo_burst_ms` the answers
+are held until that much audio waits and then sent at once, each chunk its own delta, as a
+real model streams a reply faster than real time.
 
 Never: VAD, turns, scripted replies, transcripts, or recording the appended audio (a long run
 of hundreds of calls would keep it all): the events other than appends go to the scripted
 session's handling, and are recorded as there; like it, a session expires `session_max_s`
-after it opened, if that is set. It echoes what it gets at the rate it gets it,
-so a session must ask for the same rate both ways (the gateway always does).
+after it opened, if that is set. It echoes what it gets at the rate it gets it, so a session
+must ask for the same rate both ways (the gateway always does).
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ class EchoSession(Session):
                         await self.echo(event["audio"], burst)
                     else:
                         self.model.events.append(Recorded(trio.current_time(), self.number, event))
+                        self.model._notify()
                         await self.on_event(event)
             except ConnectionClosed:
                 pass
