@@ -71,7 +71,8 @@ async def _run_hostile(
         processor = {"processor": "realtime", "processors": {"realtime": options}}
         with mock.patch.dict(os.environ, {KEY_ENV: "fuzz-key"}):  # read as the gateway starts
             stats = await _hostile_beside_canary(sessions, raw, processor, 24000)
-        assert model.live == 0  # no model session outlived its call
+        # no model session outlives its call
+        await model.wait_for(lambda m: m.live == 0, timeout=SETTLE_TIMEOUT)
         assert 1 <= model.connections <= stats.calls_accepted
         return stats
 
