@@ -146,6 +146,12 @@ async def place_calls(
                     else:
                         verdict = "exact" if heard == pcm else "mismatched"
                     counts[verdict] += 1
+                    if verdict == "mismatched":
+                        print(
+                            f"call mismatched: {rate} Hz, said {len(pcm)} bytes, heard "
+                            f"{len(heard)}, expected at least {expected}",
+                            file=sys.stderr,
+                        )
                     if reset:
                         counts["resets"] += 1
                         _reset(call.ws.stream)

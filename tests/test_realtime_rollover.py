@@ -135,7 +135,8 @@ async def test_rollover_waits_for_the_reply_and_leaves_no_gap(autojump_clock, mo
     of it, then moves over; the caller's next turn is answered as fast as the first."""
     monkeypatch.setenv(KEY_ENV, "k")
     gap_ms = 200
-    caller = quiet(15.0) + talk(1.5) + quiet(18.5) + talk(1.5) + quiet(8.0)
+    # ends at 39.5 s, before the third session is due (at 40 s: the second opened at 20)
+    caller = quiet(15.0) + talk(1.5) + quiet(18.5) + talk(1.5) + quiet(3.0)
     calls: list[Call] = []
     async with open_fake_model([talk(12.0), talk(2.0)], shared_script=True) as model:
         opts = options(model.url, session_max_s=40, rollover_before_s=20, rollover_gap_ms=gap_ms)
@@ -226,3 +227,33 @@ async def test_the_ready_next_session_takes_over_at_once_when_the_current_one_fa
     [user, bot] = conversation_items(model, 2)
     assert user == ("user", "caller turn 1")
     assert bot == ("assistant", "one two three four five six seven eight" + CUT_MARK)  # by 25 s
+
+
+async def test_a_session_that_waited_on_standby_is_aged_from_when_it_opened(
+    autojump_clock, monkeypatch
+):
+    """The service counts a session's life from when it opened, not from when the bridge
+    began to use it. Here a switch can rarely wait for a turn's end (the echo model answers
+    the caller all the time), so a next session, opened 8 s before the limit, often takes
+    over only when the current one expires, already 8 s old: its own next must be opened 8 s
+    before *its* limit too, not as it expires (then, with a real service's set-up time, it
+    would not be ready, and the call would fall back to a reconnect: a back-off with the
+    caller's audio dropped)."""
+    monkeypatch.setenv(KEY_ENV, "k")
+    calls: list[Call] = []
+    async with open_fake_model(echo=True, session_max_s=20) as model:
+        opts = options(model.url, session_max_s=20, rollover_before_s=8, backoff_initial_ms=2000)
+        async with open_gateway(spied(opts, calls)) as server:
+            async with simulated_call(server.urls[0], sample_rate=RATE) as acs:
+                await acs.stream((speech(RATE) * 20)[: RATE * 2 * 70])  # 70 s
+            await idle(server)
+    [call] = calls
+    opened = [
+        min(r.time for r in model.events if r.connection == c)
+        for c in range(1, model.connections + 1)
+    ]
+    assert len(opened) >= 5  # one every 12 s
+    for before, after in itertools.pairwise(opened):
+        assert after <= before + 20 - 7  # opened about 8 s before the one before expired
+    assert call.stats.session_rollovers == model.connections - 1
+    assert call.stats.upstream_reconnects == 0

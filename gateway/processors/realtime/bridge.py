@@ -449,18 +449,19 @@ class Bridge:
     async def _session(self, use: Callable[[Upstream], Awaitable[str]] | None = None) -> str:
         """Run one upstream session until it fails; returns why. The socket is closed when
         this returns or is cancelled."""
+        opened_at = trio.current_time()  # the service counts the session's life from here
         try:
             ws = await upstream.open_upstream(self.options)
         except upstream.Unavailable as exc:
             return exc.reason
         try:
-            return await (use or self._live)(ws)
+            return await (use or functools.partial(self._live, opened_at=opened_at))(ws)
         finally:
             await ws.abort()  # `_active` has let go of it
 
     # -- one session's life, whatever the transport --
 
-    async def _live(self, ws: Upstream) -> str:
+    async def _live(self, ws: Upstream, opened_at: float) -> str:
         """Set a new session up (the conversation so far re-created in it) and run it."""
         try:
             await ws.send_message(self.session_update)
@@ -468,7 +469,7 @@ class Bridge:
                 await ws.send_message(event)
         except ConnectionClosed:
             return "upstream closed the session during set-up"
-        return await self._active(ws)
+        return await self._active(ws, opened_at)
 
     async def _take_over(self, standby: Standby, *, send_history: bool) -> str:
         """Run the next session, set up in the background, as the active one."""
@@ -476,21 +477,22 @@ class Bridge:
             if send_history:
                 for event in self.history_events():
                     await standby.ws.send_message(event)
-            return await self._active(standby.ws)
+            return await self._active(standby.ws, standby.opened_at)
         except ConnectionClosed:
             return "upstream closed the session during set-up"
         finally:
             standby.released.set()
 
-    async def _active(self, ws: Upstream) -> str:
-        """Run the session the caller talks to until it fails (why) or the next one takes over."""
+    async def _active(self, ws: Upstream, opened_at: float) -> str:
+        """Run the session the caller talks to until it fails (why) or the next one takes over;
+        `opened_at`: when it began to open (a next session may have waited since)."""
         if self.ws is not ws:
             self._new_conversation()
             self.ws = ws
         self._first_attempt.set()
         self.log.info("realtime model session open: %s", self.options.url)
         self.call.observer.note("session", state="open")
-        self.rollover.session_active(trio.current_time())
+        self.rollover.session_active(opened_at)
         failure: list[str] = []
         try:
             with trio.CancelScope() as self._reading:

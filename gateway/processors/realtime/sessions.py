@@ -99,13 +99,17 @@ class Standby:
     """A next session, set up and waiting to take over."""
 
     ws: Upstream
+    # when it began to open: the service counts a session's life from then, not from the
+    # switch, which may come as late as the current session's end
+    opened_at: float
     released: trio.Event = attrs.field(factory=trio.Event)  # the bridge is done with it
     claimed: trio.CancelScope = attrs.field(factory=trio.CancelScope)  # ends its idle reading
     failure: str | None = None  # it failed after it was claimed, before it took over
 
 
 class Rollover:
-    """Plans each session's successor. `session_active(now)` at each session's start."""
+    """Plans each session's successor. `session_active(opened_at)` as each session becomes
+    the active one, with when it began to open."""
 
     def __init__(
         self,
@@ -125,8 +129,8 @@ class Rollover:
         self._active_since: float | None = None
         self._changed = trio.Event()
 
-    def session_active(self, now: float) -> None:
-        self._active_since = now
+    def session_active(self, opened_at: float) -> None:
+        self._active_since = opened_at
         self._changed.set()
 
     def claim(self) -> Standby | None:
@@ -193,16 +197,19 @@ class Rollover:
     async def _run_standby(
         self, ready: trio.Event, host: Host, log_failure: Callable[[str], None]
     ) -> None:
+        opened_at = trio.current_time()
         try:
             reason = await host.open_session(
-                lambda ws: self._stand_by(ws, ready, host.session_update)
+                lambda ws: self._stand_by(ws, ready, host.session_update, opened_at)
             )
         finally:
             ready.set()
         if reason not in (ROLLED_OVER, NOT_NEEDED):
             log_failure(reason)
 
-    async def _stand_by(self, ws: Upstream, ready: trio.Event, session_update: str) -> str:
+    async def _stand_by(
+        self, ws: Upstream, ready: trio.Event, session_update: str, opened_at: float
+    ) -> str:
         """Set `ws` up as the next session and hold it until claimed and released."""
         try:
             await ws.send_message(session_update)
@@ -214,7 +221,7 @@ class Rollover:
                 return reason
         if setting_up.cancelled_caught:
             return "the next session was not set up in time"
-        standby = self.standby = Standby(ws)
+        standby = self.standby = Standby(ws, opened_at)
         ready.set()
         with standby.claimed:
             reason = await _read_until_failure(ws, self.closed, until_ready=False)
