@@ -32,8 +32,9 @@ sessions expire `MODEL_SESSION_S` after they open (the gateway, told so, opens t
 halfway and takes it over at the expiry at the latest) and each append drops its session's
 connection with probability `--drop-share` (the gateway reconnects after a back-off, the
 caller's audio in between dropped and counted). A call then need not hear all it said: it
-waits `FAULTS_WAIT_S` for it, and is counted whole or short; the verdict is about leaks,
-failed calls and sessions left open.
+waits `FAULTS_WAIT_S` for it, and is counted exact, short (it heard less than it said, and
+not all of it lined up: audio was lost) or mismatched (it heard as much as it said, but not
+what it said); the verdict is about leaks, failed calls and sessions left open.
 
 Prints a sample table every `--sample-every` seconds (elapsed, RSS, fds, tasks, live calls,
 calls accepted and failed, inbound frames dropped, connections refused at accept, the probe)
@@ -139,12 +140,14 @@ async def place_calls(
                         with trio.fail_after(10):
                             await call.wait_for_audio(expected)
                     heard = call.received_pcm
-                    if len(heard) < expected:  # `faults`: audio lost to them
-                        verdict = "short"
-                    elif resampled:
+                    if resampled:
                         verdict = "exact" if alike(heard, pcm) else "mismatched"
                     else:
                         verdict = "exact" if heard == pcm else "mismatched"
+                    if faults and verdict == "mismatched" and len(heard) < len(pcm):
+                        # Audio lost to a fault; the rest no longer lines up with what was
+                        # said (a resampled call's echo is always a little shorter).
+                        verdict = "short"
                     counts[verdict] += 1
                     if verdict == "mismatched":
                         print(
