@@ -21,11 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-import trio
-
-from .fake_model_session import Recorded, Session
-from .fake_model_wire import ConnectionClosed
+from .fake_model_session import Session
 
 # the caller's audio per append, as the gateway batches it by default: a burst's count
 APPEND_MS = 40
@@ -37,25 +33,11 @@ class EchoSession(Session):
     response: dict[str, Any] | None = None
     held: list[str] | None = None
 
-    async def run(self) -> None:
-        await self.send({"type": "session.created", "session": {"id": self.model._new_id("sess")}})
-        burst = max(1, self.model.echo_burst_ms // APPEND_MS)
-        async with trio.open_nursery() as nursery:
-            if self.model.session_max_s is not None:  # it expires as the scripted one does
-                nursery.start_soon(self.expire, self.model.session_max_s)
-            try:
-                while True:
-                    event = orjson.loads(await self.ws.get_message())
-                    if event.get("type") == "input_audio_buffer.append":
-                        await self.echo(event["audio"], burst)
-                    else:
-                        self.model.events.append(Recorded(trio.current_time(), self.number, event))
-                        self.model._notify()
-                        await self.on_event(event)
-            except ConnectionClosed:
-                pass
-            finally:
-                nursery.cancel_scope.cancel()
+    async def receive(self, event: dict[str, Any]) -> None:
+        if event.get("type") == "input_audio_buffer.append":  # answered, not recorded
+            await self.echo(event["audio"], max(1, self.model.echo_burst_ms // APPEND_MS))
+        else:
+            await super().receive(event)
 
     async def echo(self, audio: str, burst: int) -> None:
         if self.response is None:

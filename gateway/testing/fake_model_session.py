@@ -91,15 +91,17 @@ class Session:
                 nursery.start_soon(self.expire, self.model.session_max_s)
             try:
                 while True:
-                    message = await self.ws.get_message()
-                    event = orjson.loads(message)
-                    self.model.events.append(Recorded(trio.current_time(), self.number, event))
-                    self.model._notify()
-                    await self.on_event(event)
+                    await self.receive(orjson.loads(await self.ws.get_message()))
             except ConnectionClosed:
                 pass
             finally:
                 nursery.cancel_scope.cancel()
+
+    async def receive(self, event: dict[str, Any]) -> None:
+        """One client event: recorded, then answered."""
+        self.model.events.append(Recorded(trio.current_time(), self.number, event))
+        self.model._notify()
+        await self.on_event(event)
 
     async def on_event(self, event: dict[str, Any]) -> None:
         match event.get("type"):
