@@ -19,6 +19,7 @@ from typing import Final
 
 import attrs
 
+from ...acs.packets import pcm_ms
 from .protocol import MODEL_RATE, AudioDelta, cancel_response, delete_item, truncate_item
 
 _ITEMS_KEPT: Final = 16  # assistant items remembered for truncation (older ones were heard)
@@ -40,7 +41,7 @@ class Conversation:
 
     def __init__(self, heard_ms: Callable[[str], float], model_rate: int = MODEL_RATE) -> None:
         self._heard_ms = heard_ms
-        self._bytes_per_ms = model_rate * 2 / 1000  # the model's PCM16
+        self._rate = model_rate  # the model's PCM16
         self.response_id: str | None = None  # created and not yet done
         self._cancelled: str | None = None  # the response we already cancelled
         self._interrupted: dict[str, None] = {}  # responses whose later audio is stale (ordered)
@@ -68,7 +69,7 @@ class Conversation:
             item = self._items[delta.item_id] = _Item(delta.content_index)
             if len(self._items) > _ITEMS_KEPT:
                 del self._items[next(iter(self._items))]
-        item.received_ms += n_bytes / self._bytes_per_ms
+        item.received_ms += pcm_ms(n_bytes, self._rate)
         return True
 
     def audio_done(self, item_id: str) -> None:

@@ -23,6 +23,7 @@ from typing import Final
 import attrs
 import orjson
 
+from ...acs.packets import pcm_ms
 from .protocol import (
     GA,
     MODEL_RATE,
@@ -66,7 +67,7 @@ class History:
         model_rate: int = MODEL_RATE,
     ) -> None:
         self._heard_ms = heard_ms
-        self._bytes_per_ms = model_rate * 2 / 1000  # the model's PCM16
+        self._rate = model_rate  # the model's PCM16
         self._on_drop = on_drop
         self.max_items = max_items
         self.max_bytes = max_bytes
@@ -84,7 +85,7 @@ class History:
             if turn is None:
                 turn = self._add(event.item_id, "assistant")
                 self._unsettled[event.item_id] = turn
-            turn.audio_ms += audio_bytes(event.audio) / self._bytes_per_ms
+            turn.audio_ms += pcm_ms(audio_bytes(event.audio), self._rate)
         elif kind is SpeechStarted:
             assert isinstance(event, SpeechStarted)
             if event.item_id is not None and event.item_id not in self.turns:

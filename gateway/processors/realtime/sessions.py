@@ -126,11 +126,11 @@ class Rollover:
         self.gap_s = gap_s
         self.setup_timeout_s = setup_timeout_s
         self.standby: Standby | None = None  # set up and not yet claimed
-        self._active_since: float | None = None
+        self._active_opened_at: float | None = None
         self._changed = trio.Event()
 
     def session_active(self, opened_at: float) -> None:
-        self._active_since = opened_at
+        self._active_opened_at = opened_at
         self._changed.set()
 
     def claim(self) -> Standby | None:
@@ -149,15 +149,15 @@ class Rollover:
         if self.session_max_s <= 0:
             return
         while True:
-            since = self._active_since
-            if since is None:
+            opened = self._active_opened_at
+            if opened is None:
                 await self._wait_changed()
                 continue
-            with trio.move_on_at(since + self.session_max_s - self.before_s):
+            with trio.move_on_at(opened + self.session_max_s - self.before_s):
                 await self._wait_changed()
                 continue  # a new session started meanwhile: plan for it instead
-            await self._roll_over(nursery, since, host, log_failure)
-            while self._active_since == since:  # one try per session; then its own end decides
+            await self._roll_over(nursery, opened, host, log_failure)
+            while self._active_opened_at == opened:  # one try a session; then its own end decides
                 await self._wait_changed()
 
     async def _wait_changed(self) -> None:
@@ -165,12 +165,12 @@ class Rollover:
         await self._changed.wait()
 
     async def _roll_over(
-        self, nursery: trio.Nursery, since: float, host: Host, log_failure: Callable[[str], None]
+        self, nursery: trio.Nursery, opened: float, host: Host, log_failure: Callable[[str], None]
     ) -> None:
         ready = trio.Event()
         nursery.start_soon(self._run_standby, ready, host, log_failure)
         await ready.wait()
-        while self.standby is not None and self._active_since == since:
+        while self.standby is not None and self._active_opened_at == opened:
             if not host.between_turns():
                 await trio.sleep(POLL_S)
                 continue
