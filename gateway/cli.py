@@ -234,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     log.info("acs-media-gateway %s, processor %r", __version__, config.processor)
     # Everything loaded so far lives as long as the process: keep it out of the cyclic GC's
-    # full collections, whose pauses stall every call at once (docs/performance.md,
+    # full collections, whose pauses stall every call at once (docs/performance-echo.md,
     # "Echo calls per process").
     gc.freeze()
     notifier = systemd.Notifier.from_environ()

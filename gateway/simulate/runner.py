@@ -90,7 +90,7 @@ class Engine:
 
     async def run(self) -> tuple[list[CallResult], SimulatorHealth]:
         # What exists now (clips, calls) lives until the end: keep it out of full collections,
-        # whose pauses would stall the ticker (the gateway does the same, docs/performance.md).
+        # whose pauses would stall the ticker (the gateway does the same, docs/performance-echo.md).
         gc.freeze()
         cpu0 = _cpu_seconds()
         wall0 = trio.current_time()

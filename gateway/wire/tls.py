@@ -13,9 +13,9 @@ writes to the model every 40 ms and reads a model event about as often, and the 
 connection is TLS: a 24 kHz bridged call cost about 1.35x the minimal asyncio bridge's per frame
 over TLS, against 0.95x over plain TCP. An ACS call served over `wss://` reads and writes a frame
 every 20 ms, and over `trio.SSLStream` it could not use the direct path (`send_nowait`): an echo
-frame cost 2.5x one over `ws://` (docs/performance.md, "The model's connection over TLS" and
-"ACS over wss:// served by the gateway"). Here, as in `gateway.wire.transport`, a read parks
-only when the TLS library needs bytes the socket has not brought yet (the transport's read
+frame cost 2.5x one over `ws://` (docs/performance-realtime.md, "The model's connection over
+TLS" and "ACS over wss:// served by the gateway"). Here, as in `gateway.wire.transport`, a read
+parks only when the TLS library needs bytes the socket has not brought yet (the transport's read
 yields), and a write does not yield when the socket takes it at once. The work is the same
 `ssl.SSLObject` over two `ssl.MemoryBIO`s that `trio.SSLStream` drives.
 

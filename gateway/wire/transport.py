@@ -5,7 +5,7 @@ Owns: the two socket calls of every frame (one recv, one send). Never: framing, 
 (`gateway.wire.tls` runs over this class, for ACS's `wss://` and for the model's connection).
 
 Why: at 100 calls, profiling showed trio's generic socket path as the gateway's largest cost
-(docs/performance.md, "What moved the knee"). For each read, `SocketStream.receive_some` first
+(docs/performance-echo.md, "What moved the knee"). For each read, `SocketStream.receive_some` first
 tries `recv` (which fails with EAGAIN right after we drained the socket), waits, reads, then
 yields once more; for each write `send_all` yields after a successful `send`. This class does
 the same with less:

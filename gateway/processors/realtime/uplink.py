@@ -10,7 +10,7 @@ write, and most of that is per call rather than per byte. Two 20 ms frames per e
 default) halve those calls for 20 ms of added delay before the model hears the caller, against
 the model's own turn detection (hundreds of ms); the `uplink_batch_ms` option trades more of
 one for the other. `bench/bridge_cpu.py --uplink-batch-ms` measures it and
-docs/performance.md has the numbers. The gateway's own barge-in (local VAD) looks at every
+docs/performance-realtime.md has the numbers. The gateway's own barge-in (local VAD) looks at every
 frame as it comes and is not delayed. A caller's digital silence, once the resampler has
 settled, costs neither soxr nor base64: its event is built once for all calls.
 """
