@@ -1,5 +1,5 @@
 """Command line: `acs-media-gateway serve` (also `python -m gateway serve`), `simulate`, `dial`,
-`show`.
+`show`, `fake-model`.
 
 Owns: flags, signals, and exit codes. Everything it configures goes through `gateway.config`.
 Signals: the first SIGINT/SIGTERM drains (stop accepting, live calls get `shutdown_grace`
@@ -44,6 +44,7 @@ from .ops.reload import reload_on_sighup
 from .server import supervisor
 from .server.serve import Server, serve, ssl_context
 from .simulate import cli as simulate_cli
+from .simulate import fake_model as fake_model_cli
 
 log = logging.getLogger("gateway")
 
@@ -96,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     simulate_cli.add_parser(commands)
     dial_command.add_parser(commands)
     show.add_parser(commands)
+    fake_model_cli.add_parser(commands)
     return parser
 
 
@@ -199,6 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return show.run(args)
     if args.command == "dial":
         return dial_command.run(args)
+    if args.command == "fake-model":
+        return fake_model_cli.run(args)
     overrides = {
         "host": args.host,
         "port": args.port,

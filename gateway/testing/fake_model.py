@@ -25,8 +25,8 @@ time, so tests can assert on it (truncate offsets included). Each connection's s
 protocol is a `fake_model_session.Session`; the wire under it (handshake, frames, pings, reads
 stalled while silent) is `fake_model_wire`'s: the gateway's own server-side WebSocket.
 
-Never: real network beyond loopback, sleeps that drift (deltas are paced on absolute deadlines),
-or anything that outlives `open_fake_model`.
+Never: listening beyond loopback unless told to (`host`), sleeps that drift (deltas are paced
+on absolute deadlines), or anything that outlives `open_fake_model`.
 
 With `echo` it is a different model: every appended chunk comes straight back as the model's
 audio (`fake_model_echo`), for checking and loading a bridged call's audio path.
@@ -84,7 +84,11 @@ class FakeModel:
         receive_buffer: int | None = None,
         echo: bool = False,
         echo_burst_ms: int = 0,
+        record: bool = True,
     ) -> None:
+        # False: nothing received or sent is kept (`events`, `sent`, `requests`, `items`), for
+        # a model that serves a load test for hours
+        self.record = record
         self.receive_buffer = receive_buffer  # None: the kernel's own, which grows
         self.session_type = EchoSession if echo else Session
         self.echo_burst_ms = echo_burst_ms
@@ -222,7 +226,8 @@ class FakeModel:
 
     def _refusal(self, target: str, headers: dict[str, str]) -> Reject | None:
         """Record the handshake; how to refuse it (None: accept)."""
-        self.requests.append((target, headers))
+        if self.record:
+            self.requests.append((target, headers))
         if self.refuse_status is not None:
             return Reject(self.refuse_status, refusal_reason(self.refuse_status))
         if self.api_key is not None and self.api_key not in (
@@ -252,8 +257,11 @@ async def open_fake_model(
     receive_buffer: int | None = None,
     echo: bool = False,
     echo_burst_ms: int = 0,
+    record: bool = True,
+    host: str = "127.0.0.1",
+    port: int = 0,
 ) -> AsyncIterator[FakeModel]:
-    """Run a fake realtime model on 127.0.0.1, port 0, until the block ends.
+    """Run a fake realtime model on 127.0.0.1, port 0 (or `host`, `port`), until the block ends.
 
     `responses`: the replies, one per user turn or `response.create`, in order, the same script
     for every connection: 24 kHz PCM16 audio, or a `FunctionCall` (a tuple of them: one response
@@ -276,7 +284,9 @@ async def open_fake_model(
     the deltas of one long response (`fake_model_echo`): a bridged call then carries audio
     both ways at the caller's rate, and where nothing is resampled hears exactly what it said.
     `echo_burst_ms`: hold those answers until that much audio (in the gateway's 40 ms appends)
-    waits, then send them at once, as a real model streams a reply faster than real time."""
+    waits, then send them at once, as a real model streams a reply faster than real time.
+    `record`: keep what it received and sent, for tests to read (False: keep nothing, for a
+    long load test: `acs-media-gateway fake-model`)."""
     model = FakeModel(
         responses,
         api_key=api_key,
@@ -294,13 +304,15 @@ async def open_fake_model(
         receive_buffer=receive_buffer,
         echo=echo,
         echo_burst_ms=echo_burst_ms,
+        record=record,
     )
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(
-            functools.partial(trio.serve_tcp, model._handle, 0, host="127.0.0.1")
+            functools.partial(trio.serve_tcp, model._handle, port, host=host)
         )
-        host, port = listeners[0].socket.getsockname()[:2]
-        model.url = f"{'ws' if ssl_context is None else 'wss'}://{host}:{port}"
+        bound, port = listeners[0].socket.getsockname()[:2]
+        where = f"[{bound}]:{port}" if ":" in bound else f"{bound}:{port}"
+        model.url = f"{'ws' if ssl_context is None else 'wss'}://{where}"
         try:
             yield model
         finally:

@@ -74,7 +74,7 @@ class Session:
     async def send(self, event: dict[str, Any]) -> None:
         event.setdefault("event_id", self.model._new_id("event"))
         kind = event["type"]
-        if not kind.endswith(".delta"):
+        if not kind.endswith(".delta") and self.model.record:
             self.model.sent.append(Recorded(trio.current_time(), self.number, event))
             self.model._notify()
         try:
@@ -99,8 +99,9 @@ class Session:
 
     async def receive(self, event: dict[str, Any]) -> None:
         """One client event: recorded, then answered."""
-        self.model.events.append(Recorded(trio.current_time(), self.number, event))
-        self.model._notify()
+        if self.model.record:
+            self.model.events.append(Recorded(trio.current_time(), self.number, event))
+            self.model._notify()
         await self.on_event(event)
 
     async def on_event(self, event: dict[str, Any]) -> None:
@@ -176,7 +177,8 @@ class Session:
         if item["type"] == "message" and item.get("role") not in ("user", "assistant", "system"):
             await self.error("invalid_value", f"no role: {item!r}")
             return
-        self.model.items.setdefault(self.number, []).append(item)
+        if self.model.record:
+            self.model.items.setdefault(self.number, []).append(item)
         created = {**item, "id": self.model._new_id("item")}
         kind = "conversation.item.added" if self.ga else "conversation.item.created"
         await self.send({"type": kind, "item": created})
