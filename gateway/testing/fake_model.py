@@ -37,10 +37,10 @@ from __future__ import annotations
 import functools
 import itertools
 import ssl
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from socket import SO_RCVBUF, SOL_SOCKET
-from typing import Any
+from typing import Any, Final
 
 import trio
 
@@ -48,6 +48,9 @@ from .fake_model_calls import FunctionCall, Reply
 from .fake_model_echo import EchoSession
 from .fake_model_session import Recorded, Session
 from .fake_model_wire import ModelSocket, Reject, refusal_reason
+
+# Without `record`: the replies whose audio count and text are kept (a truncate names a recent one)
+REPLIES_KEPT: Final = 1000
 
 
 class FakeModel:
@@ -85,7 +88,11 @@ class FakeModel:
         echo: bool = False,
         echo_burst_ms: int = 0,
         record: bool = True,
+        repeat: bool = False,
+        rate_scripts: Mapping[int, Sequence[Reply]] | None = None,
     ) -> None:
+        self.repeat = repeat
+        self.rate_scripts = dict(rate_scripts or {})
         # False: nothing received or sent is kept (`events`, `sent`, `requests`, `items`), for
         # a model that serves a load test for hours
         self.record = record
@@ -198,6 +205,15 @@ class FakeModel:
     def _notify(self) -> None:
         self._changed.unpark_all()
 
+    def new_reply(self, item_id: str, text: str) -> None:
+        """Start counting a reply's audio (a truncate is checked against it) and keep its
+        text; without `record`, only the latest `REPLIES_KEPT` replies are kept."""
+        self.audio_sent_ms[item_id] = 0.0
+        self.transcripts[item_id] = text
+        if not self.record and len(self.audio_sent_ms) > REPLIES_KEPT:
+            del self.audio_sent_ms[next(iter(self.audio_sent_ms))]
+            del self.transcripts[next(iter(self.transcripts))]
+
     def _new_id(self, prefix: str) -> str:
         return f"{prefix}_{next(self._ids):04d}"
 
@@ -260,6 +276,8 @@ async def open_fake_model(
     record: bool = True,
     host: str = "127.0.0.1",
     port: int = 0,
+    repeat: bool = False,
+    rate_scripts: Mapping[int, Sequence[Reply]] | None = None,
 ) -> AsyncIterator[FakeModel]:
     """Run a fake realtime model on 127.0.0.1, port 0 (or `host`, `port`), until the block ends.
 
@@ -286,7 +304,10 @@ async def open_fake_model(
     `echo_burst_ms`: hold those answers until that much audio (in the gateway's 40 ms appends)
     waits, then send them at once, as a real model streams a reply faster than real time.
     `record`: keep what it received and sent, for tests to read (False: keep nothing, for a
-    long load test: `acs-media-gateway fake-model`)."""
+    long load test: `acs-media-gateway fake-model`).
+    `repeat`: once the script is over, start it again (each connection's, or the shared one).
+    `rate_scripts`: the script for sessions whose output audio is at that rate (a key), instead
+    of `responses`: for a model that serves both 24 kHz and Voice Live's 16 kHz sessions."""
     model = FakeModel(
         responses,
         api_key=api_key,
@@ -305,6 +326,8 @@ async def open_fake_model(
         echo=echo,
         echo_burst_ms=echo_burst_ms,
         record=record,
+        repeat=repeat,
+        rate_scripts=rate_scripts,
     )
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(

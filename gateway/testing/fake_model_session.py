@@ -256,9 +256,12 @@ class Session:
     def start_reply(self, otherwise: bytes | None) -> None:
         """Stream the next scripted reply (none left: `otherwise`, or no reply if None)."""
         model = self.model
+        script = model.rate_scripts.get(self.rate_out, model.responses)
         turn = model.turns if model.shared_script else self.turn
-        if turn < len(model.responses):
-            reply: Reply = model.responses[turn]
+        if model.repeat and script:
+            turn %= len(script)
+        if turn < len(script):
+            reply: Reply = script[turn]
             text = model.texts[turn] if turn < len(model.texts) else f"reply {turn + 1}"
             self.turn += 1
             model.turns += 1
@@ -315,8 +318,7 @@ class Session:
                 "item": item,
             }
         )
-        model.audio_sent_ms[item_id] = 0.0
-        model.transcripts[item_id] = text
+        model.new_reply(item_id, text)
         bytes_per_ms = self.rate_out * 2 // 1000
         with scope:
             step = model.delta_ms * bytes_per_ms
