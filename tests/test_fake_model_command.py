@@ -14,9 +14,11 @@ import pytest
 import trio
 
 from gateway.cli import main
+from gateway.processors.realtime import upstream
 from gateway.simulate.fake_model import REPLY_S
 from gateway.testing import open_fake_model, open_gateway, simulated_call, speech
 from gateway.testing.fake_model import REPLIES_KEPT
+from tests.daemons import throwaway_tls
 
 KEY_ENV = "TEST_FAKE_MODEL_KEY"
 
@@ -61,7 +63,7 @@ async def fake_model_process(*flags: str) -> AsyncIterator[FakeModelProcess]:
         assert model.process.stdout is not None
         with trio.fail_after(30):
             first = await _line(model.process.stdout, model.printed)
-        assert " listening on ws://127.0.0.1:" in first, first
+        assert " listening on ws://127.0.0.1:" in first or " on wss://127.0.0.1:" in first, first
         model.url = first.rsplit(" ", 1)[1]
         yield model
     finally:
@@ -96,6 +98,25 @@ async def test_the_command_serves_bridged_calls_and_stops_on_sigterm(monkeypatch
                 assert not acs.received_pcm
         printed = await model.stop()
     assert b"fake model: sessions served: 2;" in printed, printed
+
+
+async def test_the_command_serves_wss_with_the_certificate_it_is_given(monkeypatch, tmp_path):
+    """`--tls-certfile`/`--tls-keyfile`: wss://, as the service; a gateway that trusts the
+    certificate's CA bridges through it as through ws://."""
+    monkeypatch.setenv(KEY_ENV, "k")
+    certfile, keyfile, client_context = throwaway_tls(tmp_path)
+    monkeypatch.setattr(upstream, "_tls_context", lambda: client_context)  # trusts the test CA
+    tls = ("--tls-certfile", str(certfile), "--tls-keyfile", str(keyfile))
+    async with fake_model_process(*tls) as model:
+        assert model.url.startswith("wss://127.0.0.1:")
+        said = speech(24000)[:19200]  # 0.4 s
+        async with open_gateway("realtime", processors=_realtime(model.url)) as server:
+            async with simulated_call(server.urls[0], sample_rate=24000) as acs:
+                await acs.stream(said)
+                with trio.fail_after(10):
+                    await acs.wait_for_audio(len(said))
+                assert acs.received_pcm == said
+        await model.stop()
 
 
 async def test_conversing_it_answers_each_turn_and_hears_a_barge_in(monkeypatch):
