@@ -3,12 +3,13 @@ connection at once; is memory flat, does nothing leak, is every honest call byte
 
     python bench/soak.py --concurrency 30 --duration 1800 --warmup 120 --sample-every 30 --hostile
 
-The gateway (echo, `gc.freeze()` after start-up as `serve` does) runs in this process, so the
-sampler sees its live Trio tasks as well as its RSS and open file descriptors. The load runs in a
-child process (`--load URL`): `--concurrency` workers, each placing one call after another
-through the simulated ACS peer: real-time 20 ms frames of its own random audio for a random
-`--call-seconds` (a range), checking the echo is byte-exact, then hanging up (a few end with a
-TCP reset instead). The load stops by itself after `--duration` seconds.
+The gateway (echo, its garbage collector set up as `serve` sets it: `gateway.ops.collector`)
+runs in this process, so the sampler sees its live Trio tasks as well as its RSS and open file
+descriptors. The load runs in a child process (`--load URL`): `--concurrency` workers, each
+placing one call after another through the simulated ACS peer: real-time 20 ms frames of its own
+random audio for a random `--call-seconds` (a range), checking the echo is byte-exact, then
+hanging up (a few end with a TCP reset instead). The load stops by itself after `--duration`
+seconds.
 
 With `--hostile` the gateway checks ACS tokens (a local key-set server; honest calls carry a
 valid token) and serves its health endpoint, and a second child process (`--attack`) attacks
@@ -46,7 +47,6 @@ before the first call. Also a `RESULT {json}` line.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import logging
 import os
@@ -69,6 +69,7 @@ import echo_model  # noqa: E402
 
 from gateway.acs.packets import frame_bytes  # noqa: E402
 from gateway.config import Config  # noqa: E402
+from gateway.ops import collector  # noqa: E402
 from gateway.ops.health import serve_health  # noqa: E402
 from gateway.processors import load as load_processor  # noqa: E402
 from gateway.server.serve import Server, raise_descriptor_limit, serve  # noqa: E402
@@ -368,7 +369,7 @@ async def soak(args: argparse.Namespace, model_url: str | None) -> dict[str, Any
             await server.auth.keys.first_fetch_done.wait()
             health = partial(serve_health, metrics=server.metrics.exposition)
             health_port = await nursery.start(health, "127.0.0.1", 0, server.readiness)
-        gc.freeze()  # as `acs-media-gateway serve` does after start-up
+        collector.install()  # as `acs-media-gateway serve` does after start-up
         await trio.sleep(0.5)
         started = time.monotonic()
         baseline = sample(server, started)

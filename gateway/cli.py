@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import gc
 import ipaddress
 import logging
 import os
@@ -37,7 +36,7 @@ from .config_settings import LOG_FORMATS, LOG_LEVELS
 from .control import command as dial_command
 from .control import plane
 from .errors import ConfigError
-from .ops import systemd
+from .ops import collector, systemd
 from .ops.health import serve_health
 from .ops.metrics import Metrics
 from .ops.reload import reload_on_sighup
@@ -237,10 +236,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"acs-media-gateway: {exc}", file=sys.stderr)
         return 2
     log.info("acs-media-gateway %s, processor %r", __version__, config.processor)
-    # Everything loaded so far lives as long as the process: keep it out of the cyclic GC's
-    # full collections, whose pauses stall every call at once (docs/performance-echo.md,
-    # "Echo calls per process").
-    gc.freeze()
+    # Everything loaded so far lives as long as the process, and what survives the older
+    # generations' collections lives as long as its call: keep both out of the cyclic GC's
+    # full collections, whose pauses stall every call at once (gateway.ops.collector).
+    collector.install()
     notifier = systemd.Notifier.from_environ()
     try:
         worker_sockets = supervisor.worker_sockets()

@@ -150,6 +150,8 @@ async def test_sighup_in_a_real_daemon(tmp_path):
             assert m[("acs_gateway_config_reloads_total", (("result", "rejected"),))] == 1
             assert m[("acs_gateway_audio_frames_in_total", ())] == 6
             assert m[("acs_gateway_live_calls", ())] == 1
+            # serve froze what it loaded (gateway.ops.collector): the modules, tens of thousands
+            assert m[("acs_gateway_gc_frozen_objects", ())] > 10_000
         d.process.send_signal(signal.SIGTERM)
         with trio.fail_after(10):
             assert await d.process.wait() == 0

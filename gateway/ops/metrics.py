@@ -30,6 +30,7 @@ to that directory's files, which the supervisor sums (`gateway.ops.registry`); l
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Final
@@ -155,6 +156,14 @@ class Metrics:
         self.live_calls = Gauge(
             "live_calls",
             "Calls admitted and not yet ended.",
+            namespace=NAMESPACE,
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.gc_frozen_objects = Gauge(
+            "gc_frozen_objects",
+            "Objects the cyclic garbage collector no longer walks (gateway.ops.collector): "
+            "flat at equal load; growth at equal load is memory kept by frozen cycles.",
             namespace=NAMESPACE,
             registry=r,
             multiprocess_mode="livesum",
@@ -318,6 +327,7 @@ class Metrics:
             self._derive(self._totals())
         if self._process is not None:
             self._process.update()
+        self.gc_frozen_objects.set(gc.get_freeze_count())
         self.processing.flush_into(self.processing_latency)
         self.lateness.flush_into(self.pacing_lateness)
         self.durations.flush_into(self.call_duration)
