@@ -38,15 +38,19 @@ not all of it lined up: audio was lost) or mismatched (it heard as much as it sa
 what it said); the verdict is about leaks, failed calls and sessions left open.
 
 Prints a sample table every `--sample-every` seconds (elapsed, RSS, fds, tasks, live calls,
-calls accepted and failed, inbound frames dropped, connections refused at accept, the probe)
-and a verdict: RSS growth from the end of the warm-up to the end of the load (the goal is
-within 5%), and fds and tasks once the last call has ended against the idle baseline taken
-before the first call. Also a `RESULT {json}` line.
+calls accepted and failed, inbound frames dropped, connections refused at accept, the probe,
+the objects the garbage collector has frozen) and a verdict: RSS growth from the end of the
+warm-up to the end of the load (the goal is within 5%), and fds and tasks once the last call has
+ended against the idle baseline taken before the first call. The frozen objects once the last
+call has ended are printed beside their baseline: what a freeze caught of live calls goes with
+them, so an excess that grows with the run's length is cycles kept frozen
+(`gateway.ops.collector`). Also a `RESULT {json}` line.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -334,11 +338,12 @@ def sample(server: Server, started: float, probe_ms: float | None = None) -> dic
         "dropped": server.stats.audio_frames_dropped + server.stats.frames_flood_dropped,
         "refused": sum(server.stats.connections_refused.values()),
         "probe_ms": "-" if probe_ms is None else probe_ms,
+        "frozen": gc.get_freeze_count(),  # gateway.ops.collector: a leak here is frozen cycles
     }
 
 
 COLUMNS = ("t", "rss_mb", "fds", "tasks", "live", "accepted", "failed", "dropped", "refused")
-COLUMNS += ("probe_ms",)
+COLUMNS += ("probe_ms", "frozen")
 
 
 def show(row: dict[str, Any]) -> None:
@@ -482,6 +487,8 @@ async def soak(args: argparse.Namespace, model_url: str | None) -> dict[str, Any
         "fds_after_calls_ended": final["fds"],
         "tasks_baseline": baseline["tasks"],
         "tasks_after_calls_ended": final["tasks"],
+        "frozen_baseline": baseline["frozen"],
+        "frozen_after_calls_ended": final["frozen"],
         "live_after": final["live"],
     }
 
@@ -557,7 +564,8 @@ def main() -> None:
         f"end of load {r['rss_at_end_mb']} MB ({r['rss_growth_after_warmup_pct']:+.2f}%), "
         f"after the calls ended {r['rss_after_calls_ended_mb']} MB\n"
         f"fds: baseline {r['fds_baseline']}, after {r['fds_after_calls_ended']}; "
-        f"tasks: baseline {r['tasks_baseline']}, after {r['tasks_after_calls_ended']}\n"
+        f"tasks: baseline {r['tasks_baseline']}, after {r['tasks_after_calls_ended']}; "
+        f"objects frozen: baseline {r['frozen_baseline']}, after {r['frozen_after_calls_ended']}\n"
         f"VERDICT: RSS {'flat' if flat else 'GREW'} (goal: within 5%), "
         f"fds {'back to baseline' if fds_ok else 'LEAKED'}, "
         f"tasks {'back to baseline' if tasks_ok else 'LEAKED'}"
