@@ -35,7 +35,7 @@ from . import config as configuration
 from .config_settings import LOG_FORMATS, LOG_LEVELS
 from .control import command as dial_command
 from .control import plane
-from .errors import ConfigError
+from .errors import ConfigError, first_leaf
 from .ops import collector, systemd
 from .ops.health import serve_health
 from .ops.metrics import Metrics
@@ -188,7 +188,7 @@ async def _supervise(
         if taken is None or config.health_port is None:
             raise
         host, port, source = config.health_host, config.health_port, _SOURCES["health_port"]
-        raise CannotListen("health port", host, port, source, _first_leaf(taken)) from None
+        raise CannotListen("health port", host, port, source, first_leaf(taken)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -257,18 +257,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         failure, rest = group.split(OSError)
         if failure is None or rest is not None:
             raise
-        return _cannot_serve(_first_leaf(failure))
+        return _cannot_serve(first_leaf(failure))
     except OSError as exc:
         return _cannot_serve(exc)
     return 0
-
-
-def _first_leaf(group: BaseExceptionGroup[OSError]) -> OSError:
-    leaf: BaseException = group
-    while isinstance(leaf, BaseExceptionGroup):
-        leaf = leaf.exceptions[0]
-    assert isinstance(leaf, OSError)
-    return leaf
 
 
 def _cannot_serve(exc: OSError) -> int:

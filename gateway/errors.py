@@ -162,3 +162,13 @@ class ConfigError(LocalError):
 
 class ProcessorNotFound(ConfigError):
     """The configured processor name does not resolve to a processor factory."""
+
+
+def first_leaf(group: BaseExceptionGroup[OSError]) -> OSError:
+    """The first failure in a (nested) group of them: a port that could not be bound comes out
+    of Trio's nurseries wrapped in groups, and its message is what to report."""
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    assert isinstance(leaf, OSError)
+    return leaf

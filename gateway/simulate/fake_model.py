@@ -38,9 +38,11 @@ from typing import Any
 import trio
 
 from ..audio.samples import read_wav, speech
+from ..errors import first_leaf
 
 DEFAULT_PORT = 8765
 REPLY_S = 3.0  # the bundled reply: the first seconds of the bundled speech clip
+SPEED = 4.0  # a reply streams this many times faster than real time, as a real model's does
 RATES = (16000, 24000)  # Voice Live's 16 kHz; the OpenAI and Azure OpenAI APIs' 24 kHz
 
 
@@ -80,8 +82,9 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     model.add_argument(
         "--speed",
         type=float,
-        default=4.0,
-        help="with --converse: stream each reply this many times faster than real time (4)",
+        default=SPEED,
+        help="with --converse: stream each reply this many times faster than real time "
+        f"({SPEED:g})",
     )
     model.add_argument(
         "--session-max-s",
@@ -111,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         return fail("--session-max-s must be above 0")
     if args.speed <= 0:
         return fail("--speed must be above 0")
-    if (args.reply_wav or args.speed != 4.0) and not args.converse:
+    if (args.reply_wav or args.speed != SPEED) and not args.converse:
         return fail("--reply-wav and --speed go with --converse")
     if args.burst_ms and args.converse:
         return fail("--burst-ms is for the echo: not with --converse")
@@ -139,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         trio.run(_serve, args, replies, api_key, context)
     except* OSError as group:  # a bind failure, from inside the model's nursery
-        failed = _first_leaf(group)
+        failed = first_leaf(group)
     if failed is not None:
         return fail(f"cannot listen on {args.host}:{args.port}: {failed.strerror or failed}")
     return 0
@@ -153,11 +156,6 @@ def _replies(wav: str | None) -> dict[int, Sequence[bytes]]:
     if rate not in RATES or not pcm:
         raise ValueError(f"{wav}: need audio at 16000 or 24000 Hz, got {len(pcm)} bytes at {rate}")
     return {rate: [pcm]}
-
-
-def _first_leaf(group: BaseExceptionGroup[OSError]) -> OSError:
-    first = group.exceptions[0]
-    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 async def _serve(
